@@ -1,0 +1,144 @@
+//! The in-kernel aggregation: one counter per (cgroup, capability, verdict,
+//! call-site kind).
+
+use core::mem::size_of;
+
+/// The check was granted (`cap_capable` returned 0).
+pub const VERDICT_GRANTED: u8 = 0;
+/// The check was refused (`cap_capable` returned an error, -EPERM).
+pub const VERDICT_DENIED: u8 = 1;
+
+/// How a check was made, as far as the kernel side can tell. These ids are
+/// stable and never reused; userspace turns them into the profile's classes.
+pub mod kind {
+    /// Not classified (no `opts`, and the call site is unknown or calibration
+    /// failed). Treated like `AUDIT` so that nothing needed is ever dropped.
+    pub const UNKNOWN: u8 = 0;
+    /// An audited check (CAP_OPT_NONE or CAP_OPT_INSETID): the kernel asks
+    /// because the operation needs the capability.
+    pub const AUDIT: u8 = 1;
+    /// A CAP_OPT_NOAUDIT check that can still gate an operation.
+    pub const NOAUDIT: u8 = 2;
+    /// A CAP_OPT_NOAUDIT probe that changes no permission decision, such as
+    /// `security_vm_enough_memory_mm`'s CAP_SYS_ADMIN check on mmap/brk.
+    pub const ADVISORY: u8 = 3;
+    /// Only in `SITES`: the return address is inside `security_capable`, so
+    /// the kind is decided one frame further out.
+    pub const VIA_SECURITY_CAPABLE: u8 = 4;
+}
+
+/// Key of `COUNTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckKey {
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    pub cap: u32,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    /// `kind::*`.
+    pub kind: u8,
+    /// `phase::*`.
+    pub phase: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<CheckKey>() == 16);
+
+/// Value of `COUNTS`. `count` is updated atomically; the timestamps are
+/// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckStats {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<CheckStats>() == 24);
+
+/// Key of `EVIDENCE_SEEN`: one evidence record is sent per distinct key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EvidenceKey {
+    pub cgroup_id: u64,
+    pub cap: u32,
+    /// Syscall number, or `SYSCALL_UNKNOWN`.
+    pub syscall: u32,
+    /// The task's comm: which program made the check.
+    pub comm: [u8; 16],
+    pub verdict: u8,
+    pub kind: u8,
+    pub phase: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<EvidenceKey>() == 40);
+
+/// `syscall` when the task is not in a syscall or it could not be read.
+pub const SYSCALL_UNKNOWN: u32 = u32::MAX;
+
+/// Values of `WATCH_ROOTS` (how a subtree is profiled) and of the `CGROUPS`
+/// cache (the mode of the root a cgroup lies under, or `UNWATCHED`).
+pub mod watch {
+    /// The cgroup is outside every watched subtree.
+    pub const UNWATCHED: u32 = 0;
+    /// A command's cgroup (`capprof run`): every check is the workload's.
+    pub const COMMAND: u32 = 1;
+    /// Container cgroups: a process is runtime setup until it execs the
+    /// workload (see `phase`).
+    pub const CONTAINERS: u32 = 2;
+}
+
+/// Whether a check was made by the workload or by the container runtime
+/// setting it up. Stable ids.
+pub mod phase {
+    pub const WORKLOAD: u8 = 0;
+    pub const SETUP: u8 = 1;
+
+    /// Whether `comm`, the name an exec leaves, is the container runtime's
+    /// own: runc's `runc:[0:PARENT]`, `runc:[1:CHILD]`, `runc:[2:INIT]` and
+    /// `runc init`, its memfd clones (`runc_cloned:…`, `memfd:runc_cloned…`
+    /// on 6.14+, where an fd exec is named after the file), crun, and `exe`,
+    /// which is what re-executing `/proc/self/exe` leaves.
+    pub const fn is_runtime_comm(comm: &[u8; 16]) -> bool {
+        starts_with(comm, b"runc")
+            || starts_with(comm, b"memfd:runc")
+            || starts_with(comm, b"crun")
+            || (starts_with(comm, b"exe") && comm[3] == 0)
+    }
+
+    /// The phase of a process after it execs and its comm becomes `comm`.
+    /// A process becomes workload at its first exec of a program that is not
+    /// the runtime, and stays workload (its children inherit that).
+    pub const fn after_exec(current: u8, comm: &[u8; 16]) -> u8 {
+        if current == WORKLOAD || !is_runtime_comm(comm) {
+            WORKLOAD
+        } else {
+            SETUP
+        }
+    }
+
+    const fn starts_with(comm: &[u8; 16], prefix: &[u8]) -> bool {
+        let mut i = 0;
+        while i < prefix.len() {
+            if i >= comm.len() || comm[i] != prefix[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
+/// Indexes of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Evidence records that could not be reserved in the ring buffer.
+    pub const RINGBUF_LOST: u32 = 0;
+    /// Checks that could not be counted because `COUNTS` was full.
+    pub const COUNTS_FULL: u32 = 1;
+    /// Checks seen in watched cgroups.
+    pub const WATCHED_CHECKS: u32 = 2;
+    /// Checks whose call site could not be classified.
+    pub const UNCLASSIFIED: u32 = 3;
+    /// cgroup records that could not be reserved in the ring buffer.
+    pub const CGROUP_EVENTS_LOST: u32 = 4;
+    pub const COUNT: u32 = 8;
+}

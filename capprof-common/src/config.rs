@@ -1,0 +1,76 @@
+//! Runtime configuration written by userspace into the `CONFIG` array.
+
+use core::mem::size_of;
+
+/// A kernel function's text range and the kind of check made from it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuncRange {
+    pub start: u64,
+    pub end: u64,
+    /// `check::kind::*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FuncRange>() == 24);
+
+pub const MAX_FUNC_RANGES: usize = 32;
+
+/// How deep below a watched root a cgroup may be and still be found.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// The single value of `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// 8-byte word, counted up from the tracepoint context, holding the
+    /// return address into `cap_capable`'s caller. 0: not calibrated.
+    pub slot_caller: u32,
+    /// Word holding the return address into `security_capable`'s caller.
+    pub slot_outer: u32,
+    /// Offset of `orig_ax` (the syscall number) in `struct pt_regs` of this
+    /// architecture, or u32::MAX when unknown.
+    pub syscall_nr_offset: u32,
+    /// Number of valid entries in `ranges`.
+    pub nr_ranges: u32,
+    /// Offset of `tgid` in `struct task_struct`, from the running kernel's
+    /// BTF, or u32::MAX when unknown (then forks are not followed).
+    pub task_tgid_offset: u32,
+    pub _pad: u32,
+    pub ranges: [FuncRange; MAX_FUNC_RANGES],
+}
+const _: () = assert!(size_of::<Config>() == 24 + 24 * MAX_FUNC_RANGES);
+
+impl Config {
+    pub const fn empty() -> Self {
+        Self {
+            slot_caller: 0,
+            slot_outer: 0,
+            syscall_nr_offset: u32::MAX,
+            nr_ranges: 0,
+            task_tgid_offset: u32::MAX,
+            _pad: 0,
+            ranges: [FuncRange {
+                start: 0,
+                end: 0,
+                kind: 0,
+                _pad: 0,
+            }; MAX_FUNC_RANGES],
+        }
+    }
+}
+
+/// How many stack words the calibration program copies per sample.
+pub const CALIB_WORDS: usize = 48;
+/// How many samples `CALIB` holds.
+pub const CALIB_SAMPLES: u32 = 64;
+
+/// One calibration sample: the words above the tracepoint context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CalibSample {
+    pub cap: u32,
+    pub ret: i32,
+    pub words: [u64; CALIB_WORDS],
+}
+const _: () = assert!(size_of::<CalibSample>() == 8 + 8 * CALIB_WORDS);

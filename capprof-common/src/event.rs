@@ -1,0 +1,71 @@
+//! Records sent to userspace through the `EVENTS` ring buffer.
+//!
+//! Every record starts with a `u32` kind; the ids are stable and never
+//! reused.
+
+use core::mem::size_of;
+
+/// First check of a new (cgroup, capability, syscall, comm, verdict, kind).
+pub const EVENT_EVIDENCE: u32 = 1;
+/// First check seen from a cgroup inside a watched subtree.
+pub const EVENT_CGROUP: u32 = 2;
+/// A process in a container cgroup exec'd (runtime setup -> workload).
+pub const EVENT_EXEC: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EvidenceEvent {
+    /// `EVENT_EVIDENCE`.
+    pub event: u32,
+    pub cap: u32,
+    pub cgroup_id: u64,
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Syscall number or `check::SYSCALL_UNKNOWN`.
+    pub syscall: u32,
+    /// `cap_capable`'s return value: 0 or -EPERM.
+    pub ret: i32,
+    pub verdict: u8,
+    pub kind: u8,
+    pub phase: u8,
+    pub _pad: [u8; 5],
+    pub comm: [u8; 16],
+    /// Return address into `cap_capable`'s caller, 0 if unknown.
+    pub site: u64,
+    /// Return address into `security_capable`'s caller, 0 if unknown.
+    pub outer_site: u64,
+}
+const _: () = assert!(size_of::<EvidenceEvent>() == 88);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    /// `EVENT_CGROUP`.
+    pub event: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<CgroupEvent>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// `EVENT_EXEC`.
+    pub event: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    /// The comm the exec left.
+    pub comm: [u8; 16],
+    /// `phase::*` before and after the exec.
+    pub phase_before: u8,
+    pub phase_after: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 48);

@@ -1,0 +1,74 @@
+//! The names of maps and programs, defined once.
+//!
+//! The eBPF crate names each `static` exactly like the constant here (the
+//! `#[map]` macro takes the identifier as the name), and userspace looks them
+//! up only through these constants. A userspace test loads the object and
+//! checks that every name below exists in it.
+
+/// Cgroups whose subtree is profiled (`CapprofRoot` values, keyed by cgroup id).
+pub const WATCH_ROOTS: &str = "WATCH_ROOTS";
+/// Per-cgroup cache of the watch decision, filled by the kernel (LRU).
+pub const CGROUPS: &str = "CGROUPS";
+/// Runtime configuration (one `Config` entry).
+pub const CONFIG: &str = "CONFIG";
+/// Call-site return address -> `SiteKind`, filled by the kernel on first sight.
+pub const SITES: &str = "SITES";
+/// In-kernel aggregation: `CheckKey` -> `CheckStats`.
+pub const COUNTS: &str = "COUNTS";
+/// Dedup set for evidence records (LRU).
+pub const EVIDENCE_SEEN: &str = "EVIDENCE_SEEN";
+/// Ring buffer carrying `Event` records to userspace.
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU counters of the kernel side's own health, indexed by `stat::*`.
+pub const STATS: &str = "STATS";
+/// Scratch for the kprobe backend: the entry arguments of an in-flight check.
+pub const INFLIGHT: &str = "INFLIGHT";
+/// Stack samples taken by the calibration program.
+pub const CALIB: &str = "CALIB";
+/// Phase (runtime setup or workload) of processes in container cgroups.
+pub const TASKS: &str = "TASKS";
+
+/// tp_btf program on the `cap_capable` tracepoint (Linux 6.14+).
+pub const PROG_TP_BTF: &str = "capprof_tp_btf";
+/// fexit program on `cap_capable()` (trampolines, Linux 5.5+).
+pub const PROG_FEXIT: &str = "capprof_fexit";
+/// kprobe / kretprobe pair on `cap_capable()`.
+pub const PROG_KPROBE: &str = "capprof_kprobe";
+pub const PROG_KRETPROBE: &str = "capprof_kretprobe";
+/// Load-time calibration of the stack slots (tp_btf).
+pub const PROG_CALIBRATE: &str = "capprof_calibrate";
+/// Process lifecycle, to tell runtime setup from the workload (tp_btf).
+pub const PROG_EXEC: &str = "capprof_exec";
+pub const PROG_FORK: &str = "capprof_fork";
+pub const PROG_EXIT: &str = "capprof_exit";
+
+/// The kernel function and tracepoint every backend observes.
+pub const HOOK_FUNCTION: &str = "cap_capable";
+pub const TRACEPOINT_CATEGORY: &str = "capability";
+pub const TRACEPOINT_NAME: &str = "cap_capable";
+
+/// Every map userspace expects to find in the object.
+pub const ALL_MAPS: &[&str] = &[
+    WATCH_ROOTS,
+    CGROUPS,
+    CONFIG,
+    SITES,
+    COUNTS,
+    EVIDENCE_SEEN,
+    EVENTS,
+    STATS,
+    INFLIGHT,
+    CALIB,
+    TASKS,
+];
+/// Every program userspace expects to find in the object.
+pub const ALL_PROGRAMS: &[&str] = &[
+    PROG_TP_BTF,
+    PROG_FEXIT,
+    PROG_KPROBE,
+    PROG_KRETPROBE,
+    PROG_CALIBRATE,
+    PROG_EXEC,
+    PROG_FORK,
+    PROG_EXIT,
+];

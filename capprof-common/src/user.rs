@@ -1,0 +1,14 @@
+//! Userspace-only impls: aya's `Pod` for every map type.
+
+use crate::{
+    check::{CheckKey, CheckStats, EvidenceKey},
+    config::{CalibSample, Config},
+};
+
+// SAFETY: all of these are #[repr(C)], Copy, made of integers with explicit
+// padding, and valid for any bit pattern.
+unsafe impl aya::Pod for CheckKey {}
+unsafe impl aya::Pod for CheckStats {}
+unsafe impl aya::Pod for EvidenceKey {}
+unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for CalibSample {}

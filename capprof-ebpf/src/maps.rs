@@ -1,0 +1,75 @@
+//! Every map of the object. Names match `capprof_common::names`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use capprof_common::{
+    check::{CheckKey, CheckStats, EvidenceKey, stat},
+    config::{CALIB_SAMPLES, CalibSample, Config},
+};
+
+/// Roots of the profiled cgroup subtrees: cgroup id -> `watch::ROOT`.
+/// Written by userspace only.
+#[map]
+pub static WATCH_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// The watch decision for every cgroup a check has come from: cgroup id ->
+/// `watch::WATCHED` / `UNWATCHED`. Filled by the kernel on first sight, so the
+/// steady-state cost for any cgroup is one lookup. cgroup ids are never
+/// reused, so an entry can only go stale when a root is added; userspace
+/// deletes the `UNWATCHED` entries then. LRU: losing an entry only costs a
+/// re-walk of the ancestors.
+#[map]
+pub static CGROUPS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Runtime configuration, one entry, written by userspace after calibration.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Return address -> `kind::*`, filled by the kernel the first time an
+/// address is seen (from `Config::ranges`), so a call site is resolved once.
+#[map]
+pub static SITES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// The aggregation: one counter per (cgroup, cap, verdict, kind). Not LRU: an
+/// evicted entry would be a capability lost from a profile. Userspace deletes
+/// the entries of cgroups it has finished with; inserts that fail because
+/// the map is full are counted in `STATS[COUNTS_FULL]`.
+#[map]
+pub static COUNTS: HashMap<CheckKey, CheckStats> = HashMap::with_max_entries(65536, 0);
+
+/// Evidence already sent. LRU: an evicted entry at worst sends a duplicate.
+#[map]
+pub static EVIDENCE_SEEN: LruHashMap<EvidenceKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Evidence and cgroup records for userspace. Only first sightings go here.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Health counters of the kernel side, indexed by `stat::*`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// kprobe backend: (cap << 32 | opts) of the in-flight check, by thread id.
+#[map]
+pub static INFLIGHT: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
+/// Phase of each process (tgid) in a container cgroup: `phase::*`. Written
+/// at exec, copied to children at fork, removed at exit. LRU so that a
+/// missed exit cannot fill it.
+#[map]
+pub static TASKS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Calibration samples, filled once by `capprof_calibrate`.
+#[map]
+pub static CALIB: Array<CalibSample> = Array::with_max_entries(CALIB_SAMPLES, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; this program cannot be re-entered on this
+        // CPU while it runs.
+        unsafe { *counter += 1 };
+    }
+}

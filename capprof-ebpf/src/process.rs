@@ -1,0 +1,112 @@
+//! Process lifecycle in container cgroups, to tell the runtime's setup from
+//! the workload.
+//!
+//! While a runtime sets a container up, its own processes (`runc:[2:INIT]`,
+//! …) make many checks inside the container's cgroup with full privileges.
+//! A process counts as runtime setup until its first successful exec of a
+//! program that is not the runtime (`phase::after_exec`), and a child starts
+//! in its parent's phase. Only cgroups watched in `CONTAINERS` mode pay
+//! anything beyond the cgroup lookup.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use capprof_common::{
+    check::{phase, watch},
+    event::{EVENT_EXEC, ExecEvent},
+};
+
+use crate::{
+    maps::{CONFIG, EVENTS, TASKS},
+    observe::{cgroup_mode, task_phase},
+};
+
+#[inline(always)]
+fn in_containers() -> (bool, u64) {
+    // SAFETY: helper with no arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    (cgroup_mode(cgroup_id) == watch::CONTAINERS, cgroup_id)
+}
+
+/// match-proto (Linux 3.4+, include/trace/events/sched.h):
+///   TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+/// Fires after a successful exec, in the exec'ing task, with the new comm.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn capprof_exec(_ctx: BtfTracePointContext) -> i32 {
+    let (watched, cgroup_id) = in_containers();
+    if !watched {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let before = task_phase(tgid);
+    let after = phase::after_exec(before, &comm);
+    let _ = TASKS.insert(&tgid, &after, 0);
+    if let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) {
+        entry.write(ExecEvent {
+            event: EVENT_EXEC,
+            tgid,
+            cgroup_id,
+            // SAFETY: helper with no arguments.
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+            comm,
+            phase_before: before,
+            phase_after: after,
+            _pad: [0; 6],
+        });
+        entry.submit(0);
+    }
+    0
+}
+
+/// match-proto (Linux 2.6.32+, include/trace/events/sched.h):
+///   TP_PROTO(struct task_struct *parent, struct task_struct *child)
+/// Runs in the parent. The child's tgid is read at the offset userspace
+/// resolved from the running kernel's BTF (no CO-RE in Rust eBPF).
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn capprof_fork(ctx: BtfTracePointContext) -> i32 {
+    let (watched, _) = in_containers();
+    if !watched {
+        return 0;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
+    };
+    if config.task_tgid_offset == u32::MAX {
+        return 0;
+    }
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: reading the tracepoint's second argument.
+    let child: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(1) };
+    let addr = child + (config.task_tgid_offset as u64 & 0xffff);
+    // SAFETY: checked kernel read.
+    let Ok(child_tgid) = (unsafe { bpf_probe_read_kernel(addr as *const i32) }) else {
+        return 0;
+    };
+    let child_tgid = child_tgid as u32;
+    if child_tgid != parent_tgid {
+        // Always written, so a reused pid never inherits a stale phase.
+        let _ = TASKS.insert(&child_tgid, &task_phase(parent_tgid), 0);
+    }
+    0
+}
+
+/// match-proto (Linux 2.6.32+, include/trace/events/sched.h):
+///   TP_PROTO(struct task_struct *p, …)
+/// Runs in the exiting task; only the group leader's exit drops the entry.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn capprof_exit(_ctx: BtfTracePointContext) -> i32 {
+    let (watched, _) = in_containers();
+    if !watched {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid as u32 == (pid_tgid >> 32) as u32 {
+        let _ = TASKS.remove(&((pid_tgid >> 32) as u32));
+    }
+    0
+}

@@ -1,0 +1,178 @@
+//! `capprof doctor`: what this kernel offers, which backend capprof would
+//! choose and why, and what is missing.
+
+use std::{fs, process::ExitCode};
+
+use serde::Serialize;
+
+use crate::{
+    cgroup,
+    error::Error,
+    observer::{
+        Backend, COMPAT, Observer,
+        btf::{self, KernelBtf},
+        choose_backend,
+    },
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DoctorFormat {
+    Table,
+    Json,
+}
+
+/// Check what this kernel offers capprof: kernel, BTF, tracepoint, cgroup v2,
+/// privileges, and which backend would be used and why. As root it also
+/// loads and calibrates the observer to prove it works. Exits 2 when a
+/// prerequisite is missing.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    #[arg(long, short, value_enum, default_value_t = DoctorFormat::Table, env = "CAPPROF_FORMAT")]
+    pub format: DoctorFormat,
+    /// Only inspect; do not load the eBPF programs.
+    #[arg(long)]
+    pub no_load: bool,
+    /// Check this backend instead of the one capprof would choose.
+    #[arg(long, value_enum, env = "CAPPROF_BACKEND")]
+    pub backend: Option<Backend>,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    kernel: String,
+    backend: Option<String>,
+    reason: Option<String>,
+    classification: Option<String>,
+    load_ms: Option<u128>,
+    checks: Vec<Check>,
+    missing: Vec<String>,
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+fn mounted(fstype: &str) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_ascii_whitespace().next()? == fstype)
+            .then(|| left.split_ascii_whitespace().nth(4).unwrap_or("").to_owned())
+    })
+}
+
+pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
+    let mut checks = vec![];
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    checks.push(Check { name: "root", ok: root, detail: if root { "running as root".into() } else { "capprof needs root".into() } });
+    let has_btf = btf::btf_present();
+    checks.push(Check { name: "btf", ok: has_btf, detail: btf::VMLINUX_BTF.into() });
+    let kernel = if has_btf { KernelBtf::read().ok() } else { None };
+    if let Some(k) = &kernel {
+        checks.push(Check {
+            name: "cap_capable tracepoint",
+            ok: k.has_cap_tracepoint,
+            detail: if k.has_cap_tracepoint { "present (6.14+)".into() } else { "absent (before 6.14)".into() },
+        });
+        checks.push(Check { name: "cap_capable in BTF", ok: k.has_cap_capable_func, detail: "needed by fexit".into() });
+        checks.push(Check {
+            name: "task_struct.tgid",
+            ok: k.task_tgid_offset.is_some(),
+            detail: k.task_tgid_offset.map_or("not found: forks in containers are not followed".into(), |o| format!("offset {o}")),
+        });
+    }
+    let cg2 = cgroup::cgroup2_mount();
+    checks.push(Check {
+        name: "cgroup2",
+        ok: cg2.is_ok(),
+        detail: match &cg2 { Ok(p) => p.display().to_string(), Err(e) => e.to_string() },
+    });
+    let bpffs = mounted("bpf");
+    checks.push(Check { name: "bpffs", ok: bpffs.is_some(), detail: bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()) });
+    let lsm = fs::read_to_string("/sys/kernel/security/lsm").ok();
+    checks.push(Check {
+        name: "bpf lsm",
+        ok: lsm.as_deref().is_some_and(|l| l.split(',').any(|m| m.trim() == "bpf")),
+        detail: lsm.map_or("securityfs not mounted".into(), |l| l.trim().to_owned()),
+    });
+
+    let (mut backend, mut reason) = (None, None);
+    if let Some(k) = &kernel {
+        let (b, why) = choose_backend(k);
+        let b = args.backend.unwrap_or(b);
+        backend = Some(b);
+        reason = Some(if args.backend.is_some() { "forced by --backend".to_owned() } else { why.to_owned() });
+    }
+    let (mut classification, mut load_ms) = (None, None);
+    if root && has_btf && !args.no_load {
+        match Observer::load(backend) {
+            Ok(observer) => {
+                classification = Some(match observer.classification() {
+                    crate::observer::Classification::CallSite { caller_slot, outer_slot } => {
+                        format!("call-site (slots {caller_slot}/{outer_slot})")
+                    }
+                    other => other.to_string(),
+                });
+                load_ms = Some(observer.load_time().as_millis());
+                checks.push(Check { name: "load", ok: true, detail: format!("{} attached", observer.backend()) });
+            }
+            Err(err) => checks.push(Check { name: "load", ok: false, detail: err.to_string() }),
+        }
+    }
+    let required = ["root", "btf", "cgroup2", "load"];
+    let missing: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok && required.contains(&c.name))
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let report = Report {
+        kernel: kernel_release(),
+        backend: backend.map(|b| b.to_string()),
+        reason,
+        classification,
+        load_ms,
+        checks,
+        missing,
+    };
+    match args.format {
+        DoctorFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::internal(e.to_string()))?
+        ),
+        DoctorFormat::Table => print_report(&report),
+    }
+    Ok(if report.missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn print_report(r: &Report) {
+    println!("kernel:   {}", r.kernel);
+    if let (Some(b), Some(why)) = (&r.backend, &r.reason) {
+        println!("backend:  {b} ({why})");
+    }
+    if let Some(c) = &r.classification {
+        println!("classify: {c}");
+    }
+    if let Some(ms) = r.load_ms {
+        println!("load:     {ms} ms (load, calibrate, attach)");
+    }
+    for c in &r.checks {
+        println!("  [{}] {:<24} {}", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail);
+    }
+    println!("backends by preference:");
+    for (b, since, needs) in COMPAT {
+        println!("  {b:<7} Linux {since:<5} needs {needs}");
+    }
+    if r.missing.is_empty() {
+        println!("ready");
+    } else {
+        println!("missing: {}", r.missing.join("; "));
+    }
+}

@@ -1,0 +1,367 @@
+//! `capprof run`: profile one command and all its descendants in a fresh
+//! cgroup.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::{CString, OsString},
+    os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use capprof_common::check::watch;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::oneshot,
+};
+
+use crate::{
+    caps::Cap,
+    cgroup::{self, OwnedCgroup},
+    error::Error,
+    fsutil,
+    observer::{
+        Backend, Classification, Observer, preflight,
+        events::{Record, comm_str, decode},
+    },
+    profile::{Clock, Evidence, Observation, Observations, Profile, Subject, Verdict, rfc3339},
+    table,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table on stderr.
+    Table,
+    /// The table on stderr and, without --out, the JSON profile on stdout.
+    Json,
+}
+
+/// Run CMD in a fresh cgroup v2 and profile the capability checks of CMD
+/// and all its descendants until the last of them exits. Exits with CMD's
+/// exit status.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  capprof run --out ping.json -- ping -c1 127.0.0.1\n  capprof export --format docker ping.json")]
+pub struct RunArgs {
+    /// Write the JSON profile to FILE (atomically).
+    #[arg(long, short, value_name = "FILE", env = "CAPPROF_OUT")]
+    pub out: Option<PathBuf>,
+    /// Output format; `json` prints the profile on stdout when --out is not given.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table, env = "CAPPROF_FORMAT")]
+    pub format: OutputFormat,
+    /// Use this backend instead of the best one the kernel offers.
+    #[arg(long, value_enum, env = "CAPPROF_BACKEND")]
+    pub backend: Option<Backend>,
+    /// Do not print the table.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The command to run, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+pub fn main(args: RunArgs) -> Result<ExitCode, Error> {
+    preflight()?;
+    let mount = cgroup::cgroup2_mount().map_err(|e| Error::usage(e.to_string()))?;
+    let program = resolve_program(&args.command[0])?;
+    if let Some(out) = &args.out {
+        fsutil::check_writable(out)
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", out.display())))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(run(args, program, mount))
+}
+
+/// Finds the program as the shell would, so that a missing command is one
+/// clear error before anything is loaded.
+fn resolve_program(cmd: &OsString) -> Result<PathBuf, Error> {
+    let shown = cmd.to_string_lossy();
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(cmd);
+        return if is_exec(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(Error::usage(format!("{shown}: not an executable file")))
+        } else {
+            Err(Error::usage(format!("command not found: {shown}")))
+        };
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path_var)
+        .map(|dir| dir.join(cmd))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| Error::usage(format!("command not found: {shown}")))
+}
+
+async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode, Error> {
+    let mut observer = Observer::load(args.backend)?;
+    tracing::info!(
+        "loaded {} backend ({} classification) in {:?}",
+        observer.backend(),
+        observer.classification(),
+        observer.load_time()
+    );
+    let name = format!("run-{}-{}", std::process::id(), nanos());
+    let cgroup = OwnedCgroup::create(&mount, &name).map_err(|e| Error::internal(e.to_string()))?;
+    // Start the reader before anything can happen in the cgroup.
+    let events = observer.take_events()?;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let reader = tokio::spawn(read_events(events, stop_rx));
+    observer.watch(cgroup.id(), watch::COMMAND)?;
+
+    let start = SystemTime::now();
+    let status = run_child(&args.command, &program, &cgroup).await?;
+    wait_for_descendants(&cgroup).await;
+    let end = SystemTime::now();
+
+    let _ = stop_tx.send(());
+    let received = reader
+        .await
+        .map_err(|e| Error::internal(format!("event reader failed: {e}")))?
+        .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
+    let mut ids: BTreeSet<u64> = cgroup.subtree_ids().into_iter().collect();
+    ids.extend(received.iter().filter_map(|r| match r.record {
+        Record::Cgroup(c) => Some(c.cgroup_id),
+        _ => None,
+    }));
+    let counts = observer.drain_counts(|id| ids.contains(&id))?;
+    let stats = observer.kernel_stats()?;
+    let ids: Vec<u64> = ids.into_iter().collect();
+    observer.unwatch(cgroup.id(), &ids)?;
+
+    let subject = Subject {
+        kind: "command".into(),
+        cgroup: Some(cgroup.relative().to_owned()),
+        command: Some(args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect()),
+        ..Default::default()
+    };
+    drop(cgroup);
+    let observation = Observation {
+        start: rfc3339(start),
+        end: rfc3339(end),
+        backend: observer.backend().to_string(),
+        classification: observer.classification().to_string(),
+        lost_records: stats.ringbuf_lost,
+        unclassified_checks: stats.unclassified,
+    };
+    if let Classification::Uncalibrated(reason) = observer.classification() {
+        tracing::warn!("classification uncalibrated: {reason}");
+    }
+    let profile = build_profile(&observer, counts, &received, subject, observation);
+
+    if !args.quiet {
+        eprint!("{}", table::render_profile(&profile));
+    }
+    let json = profile.to_json();
+    match (&args.out, args.format) {
+        (Some(out), _) => fsutil::write_atomic(out, json.as_bytes())
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", out.display())))?,
+        (None, OutputFormat::Json) => print!("{json}"),
+        (None, OutputFormat::Table) => {}
+    }
+    Ok(exit_code(status))
+}
+
+fn nanos() -> u128 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code as u8),
+        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Starts CMD inside the cgroup (it moves itself in before exec, so its
+/// very first check is seen) and waits for it, forwarding SIGTERM.
+async fn run_child(
+    command: &[OsString],
+    program: &Path,
+    cgroup: &OwnedCgroup,
+) -> Result<std::process::ExitStatus, Error> {
+    let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes())
+        .map_err(|_| Error::internal("cgroup path holds a NUL byte"))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg0(&command[0]).args(&command[1..]);
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    let shown = command[0].to_string_lossy();
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::usage(format!("command not found: {shown}")),
+        std::io::ErrorKind::PermissionDenied => Error::usage(format!("{shown}: permission denied")),
+        _ => Error::internal(format!("cannot start {shown}: {e}")),
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return status.map_err(|e| Error::internal(format!("waiting for {shown}: {e}")));
+            }
+            // The terminal sends SIGINT to the whole foreground group, CMD
+            // included: let CMD decide, then profile what it did.
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+            }
+        }
+    }
+}
+
+/// Waits until no process is left in the cgroup: daemons CMD started are
+/// part of its profile.
+async fn wait_for_descendants(cgroup: &OwnedCgroup) {
+    let started = Instant::now();
+    let mut announced = false;
+    let Ok(mut sigint) = signal(SignalKind::interrupt()) else { return };
+    while cgroup.populated() {
+        if !announced && started.elapsed() > Duration::from_secs(1) {
+            eprintln!("capprof: waiting for the processes CMD left in {} (Ctrl-C stops them)", cgroup.relative());
+            announced = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = sigint.recv() => cgroup.kill_all(),
+        }
+    }
+}
+
+/// A record, and what could only be learned while its process lived.
+pub struct Received {
+    pub record: Record,
+    pub exe: Option<String>,
+}
+
+fn receive(bytes: &[u8], out: &mut Vec<Received>) {
+    let Some(record) = decode(bytes) else {
+        tracing::debug!("undecodable record of {} bytes", bytes.len());
+        return;
+    };
+    let exe = match record {
+        Record::Evidence(e) => std::fs::read_link(format!("/proc/{}/exe", e.tgid))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+        _ => None,
+    };
+    out.push(Received { record, exe });
+}
+
+/// Reads the ring buffer as records arrive; on `stop`, drains what is left.
+async fn read_events(
+    events: RingBuf<MapData>,
+    mut stop: oneshot::Receiver<()>,
+) -> std::io::Result<Vec<Received>> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same
+    // until the AsyncFd (which owns the ring buffer) is dropped.
+    let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)? };
+    let mut out = vec![];
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    receive(&item, &mut out);
+                }
+                guard.clear_ready();
+            }
+            _ = &mut stop => {
+                let ring = fd.get_mut();
+                while let Some(item) = ring.next() {
+                    receive(&item, &mut out);
+                }
+                return Ok(out);
+            }
+        }
+    }
+}
+
+pub fn syscall_name(nr: u32) -> Option<String> {
+    if nr == capprof_common::check::SYSCALL_UNKNOWN {
+        return None;
+    }
+    Some(match syscalls::Sysno::new(nr as usize) {
+        Some(sysno) => sysno.name().to_owned(),
+        None => format!("syscall_{nr}"),
+    })
+}
+
+pub fn build_profile(
+    observer: &Observer,
+    counts: Vec<(capprof_common::check::CheckKey, capprof_common::check::CheckStats)>,
+    received: &[Received],
+    subject: Subject,
+    observation: Observation,
+) -> Profile {
+    let clock = Clock::new();
+    let mut obs = Observations::default();
+    for (key, stats) in counts {
+        let Some(cap) = Cap::from_number(key.cap) else { continue };
+        obs.add_count(
+            cap,
+            key.verdict,
+            key.kind,
+            key.phase,
+            stats.count,
+            clock.wall(stats.first_ns),
+            clock.wall(stats.last_ns),
+        );
+    }
+    let mut seen: BTreeMap<u64, ()> = BTreeMap::new();
+    for r in received {
+        let Record::Evidence(e) = r.record else { continue };
+        let Some(cap) = Cap::from_number(e.cap) else { continue };
+        let site = if e.outer_site != 0 { e.outer_site } else { e.site };
+        let call_site = observer.kallsyms().and_then(|k| k.symbolize(site));
+        seen.insert(e.cgroup_id, ());
+        obs.add_evidence(
+            cap,
+            e.phase,
+            Evidence {
+                comm: comm_str(&e.comm),
+                exe: r.exe.clone(),
+                syscall: syscall_name(e.syscall),
+                pid: e.tgid,
+                uid: e.uid,
+                verdict: if e.verdict == capprof_common::check::VERDICT_DENIED {
+                    Verdict::Denied
+                } else {
+                    Verdict::Granted
+                },
+                class: crate::profile::Class::of(e.kind, e.verdict),
+                call_site,
+            },
+        );
+    }
+    obs.into_profile(subject, observation)
+}

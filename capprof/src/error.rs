@@ -1,0 +1,37 @@
+//! The errors a user can see, each one line, each with an exit status that
+//! scripts can trust: 2 for bad input or a missing prerequisite, 1 for a
+//! failure of capprof itself.
+
+use crate::{observer::ObserverError, profile::ProfileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input or an environment that lacks a prerequisite (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Observer(#[from] ObserverError),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::Profile(_) => 2,
+            Error::Observer(err) if err.is_prerequisite() => 2,
+            Error::Observer(_) | Error::Internal(_) => 1,
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! capprof: observe which Linux capabilities a workload really uses, and
+//! turn that into a least-privilege allowlist.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod caps;
+mod cgroup;
+mod cmd;
+mod error;
+
+mod fsutil;
+mod kallsyms;
+mod observer;
+mod profile;
+mod table;
+
+use error::Error;
+
+/// Observe the Linux capabilities a workload really uses and emit a
+/// least-privilege allowlist.
+#[derive(Debug, Parser)]
+#[command(name = "capprof", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command in a fresh cgroup and profile it and all its descendants.
+    Run(cmd::run::RunArgs),
+    /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
+
+    /// Check what this kernel offers capprof and which backend it would use.
+    Doctor(cmd::doctor::DoctorArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are not errors.
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing();
+    let result = match cli.command {
+        Command::Run(args) => cmd::run::main(args),
+
+        Command::Doctor(args) => cmd::doctor::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("capprof: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAPPROF_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,90 @@
+//! What the running kernel offers, read from its BTF.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use capprof_common::names;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Facts about the running kernel that choose and configure a backend.
+#[derive(Debug, Clone, Default)]
+pub struct KernelBtf {
+    /// The `capability:cap_capable` tracepoint (Linux 6.14+).
+    pub has_cap_tracepoint: bool,
+    /// `cap_capable` is a function in BTF (fexit needs that).
+    pub has_cap_capable_func: bool,
+    /// Offset of `task_struct.tgid`, for following forks.
+    pub task_tgid_offset: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse {VMLINUX_BTF}: {0}")]
+pub struct BtfError(pub String);
+
+pub fn btf_present() -> bool {
+    Path::new(VMLINUX_BTF).exists()
+}
+
+impl KernelBtf {
+    pub fn read() -> Result<Self, BtfError> {
+        let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| BtfError(e.to_string()))?;
+        let tracepoint = format!("btf_trace_{}", names::TRACEPOINT_NAME);
+        let has = |name: &str| btf.resolve_ids_by_name(name).is_ok_and(|ids| !ids.is_empty());
+        Ok(Self {
+            has_cap_tracepoint: has(&tracepoint),
+            has_cap_capable_func: btf
+                .resolve_types_by_name(names::HOOK_FUNCTION)
+                .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_)))),
+            task_tgid_offset: member_offset(&btf, "task_struct", "tgid"),
+        })
+    }
+}
+
+/// Byte offset of `member` in `struct name`, looking through anonymous
+/// unions and structs.
+fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    let st = types.iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => Some(s),
+        _ => None,
+    })?;
+    find_member(btf, &st.members, member, 0).map(|bits| bits / 8)
+}
+
+fn find_member(btf: &Btf, members: &[btf_rs::Member], wanted: &str, base: u32) -> Option<u32> {
+    for m in members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == wanted {
+            return Some(base + m.bit_offset());
+        }
+        if name.is_empty() {
+            // Anonymous struct/union: search inside it.
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m) {
+                if let Some(off) = find_member(btf, &inner.members, wanted, base + m.bit_offset()) {
+                    return Some(off);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads this machine's BTF: every kernel capprof supports has it.
+    #[test]
+    fn reads_running_kernel_btf() {
+        if !btf_present() {
+            eprintln!("skipped: this kernel has no {VMLINUX_BTF}");
+            return;
+        }
+        let k = KernelBtf::read().unwrap();
+        assert!(k.has_cap_capable_func);
+        let tgid = k.task_tgid_offset.expect("task_struct.tgid");
+        // tgid lives well inside task_struct on every x86_64 build.
+        assert!(tgid > 1000 && tgid < 8192, "{tgid}");
+    }
+}

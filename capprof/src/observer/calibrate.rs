@@ -1,0 +1,228 @@
+//! Finding, on the running kernel, where the callers' return addresses lie
+//! above the tracepoint context.
+//!
+//! Why: the `cap_capable` tracepoint has no `opts`, so it cannot say whether
+//! a check is audited, NOAUDIT or an advisory probe. The call site can. A
+//! stack walk per check (`bpf_get_stack`) costs ~1.9 µs, and every mmap makes
+//! such a check; two 8-byte reads at known slots cost ~70 ns. The slots
+//! depend on the kernel build's frame layout, so they are found here, at
+//! load time, by triggering checks whose callers we know and looking for the
+//! words that resolve to those callers in /proc/kallsyms. When this fails,
+//! the kernel side counts every check as audited: profiles may over-grant
+//! (SYS_ADMIN from mmap), never under-grant, and say so.
+
+use capprof_common::{
+    check::kind,
+    config::{CalibSample, Config, FuncRange, MAX_FUNC_RANGES},
+};
+
+use crate::kallsyms::Kallsyms;
+
+/// The function whose call to `cap_capable` every ordinary check goes
+/// through; the kind is decided one frame further out.
+pub const VIA_SECURITY_CAPABLE: &[&str] = &["security_capable"];
+
+/// Callers of `cap_capable` that only probe (NOAUDIT, no permission
+/// decision): the mmap/brk/execve memory accounting check.
+pub const ADVISORY: &[&str] =
+    &["security_vm_enough_memory_mm", "cap_vm_enough_memory", "__vm_enough_memory"];
+
+/// Callers of `security_capable` that pass CAP_OPT_NOAUDIT.
+pub const NOAUDIT: &[&str] = &[
+    "ns_capable_noaudit",
+    "has_ns_capability_noaudit",
+    "has_capability_noaudit",
+    "ptracer_capable",
+    "kallsyms_show_value",
+];
+
+/// Callers of `security_capable` that audit (CAP_OPT_NONE / INSETID).
+pub const AUDIT: &[&str] = &[
+    "capable",
+    "ns_capable",
+    "ns_capable_setid",
+    "has_capability",
+    "has_ns_capability",
+    "file_ns_capable",
+    "capable_wrt_inode_uidgid",
+    "bpf_token_capable",
+    "sk_ns_capable",
+    "netlink_ns_capable",
+];
+
+/// The capability and trigger of the audited calibration check:
+/// lowering a nice value goes `can_nice()` → `capable(CAP_SYS_NICE)`.
+pub const PROBE_CAP: u32 = capprof_common::cap::CAP_SYS_NICE;
+/// The advisory check: a private writable mmap's memory accounting.
+pub const ADVISORY_CAP: u32 = capprof_common::cap::CAP_SYS_ADMIN;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CalibrationError {
+    #[error("no sample of the CAP_SYS_NICE probe was recorded")]
+    NoProbe,
+    #[error("no word of the probe's stack resolves to security_capable")]
+    NoCallerSlot,
+    #[error("no advisory CAP_SYS_ADMIN check was seen at slot {0}")]
+    NoAdvisory(u32),
+    #[error("no word above slot {0} resolves to an audited caller")]
+    NoOuterSlot(u32),
+}
+
+/// Where the return addresses are, as words above the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    pub caller: u32,
+    pub outer: u32,
+}
+
+fn resolves_to(kallsyms: &Kallsyms, addr: u64, names: &[&str]) -> bool {
+    kallsyms.resolve(addr).is_some_and(|(name, _)| names.contains(&name))
+}
+
+/// Finds the slots in the samples taken while the probes ran.
+pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots, CalibrationError> {
+    let probes: Vec<&CalibSample> = samples.iter().filter(|s| s.cap == PROBE_CAP).collect();
+    if probes.is_empty() {
+        return Err(CalibrationError::NoProbe);
+    }
+    let n = samples[0].words.len();
+    let caller = (1..n)
+        .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], VIA_SECURITY_CAPABLE)))
+        .ok_or(CalibrationError::NoCallerSlot)?;
+    // The advisory path must put its caller at the same slot, or its checks
+    // would be misread.
+    let advisory_seen = samples
+        .iter()
+        .any(|s| s.cap == ADVISORY_CAP && resolves_to(kallsyms, s.words[caller], ADVISORY));
+    if !advisory_seen {
+        return Err(CalibrationError::NoAdvisory(caller as u32));
+    }
+    let outer = (caller + 1..n)
+        .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], AUDIT)))
+        .ok_or(CalibrationError::NoOuterSlot(caller as u32))?;
+    Ok(Slots { caller: caller as u32, outer: outer as u32 })
+}
+
+/// The function ranges the kernel side resolves new return addresses with.
+pub fn ranges(kallsyms: &Kallsyms) -> Vec<FuncRange> {
+    let groups: [(&[&str], u8); 4] = [
+        (VIA_SECURITY_CAPABLE, kind::VIA_SECURITY_CAPABLE),
+        (ADVISORY, kind::ADVISORY),
+        (NOAUDIT, kind::NOAUDIT),
+        (AUDIT, kind::AUDIT),
+    ];
+    let mut out = vec![];
+    for (names, k) in groups {
+        for name in names {
+            if let Some((start, end)) = kallsyms.range(name) {
+                out.push(FuncRange { start, end, kind: k as u32, _pad: 0 });
+            }
+        }
+    }
+    out.truncate(MAX_FUNC_RANGES);
+    out
+}
+
+pub fn apply(config: &mut Config, slots: Option<Slots>, ranges: &[FuncRange]) {
+    if let Some(slots) = slots {
+        config.slot_caller = slots.caller;
+        config.slot_outer = slots.outer;
+    }
+    config.nr_ranges = ranges.len() as u32;
+    for (dst, src) in config.ranges.iter_mut().zip(ranges) {
+        *dst = *src;
+    }
+}
+
+/// Makes the checks the calibration looks for, from a thread of this
+/// process: an audited CAP_SYS_NICE (lowering the thread's nice value from
+/// 19 to 18) and an advisory CAP_SYS_ADMIN (a private writable mmap).
+pub fn trigger_probes() {
+    let handle = std::thread::spawn(|| {
+        // SAFETY: plain syscalls on this thread only.
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            libc::setpriority(libc::PRIO_PROCESS, tid, 18);
+            let len = 1 << 16;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p != libc::MAP_FAILED {
+                libc::munmap(p, len);
+            }
+        }
+    });
+    let _ = handle.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use capprof_common::config::CALIB_WORDS;
+
+    use super::*;
+
+    const SYMS: &str = "\
+ffffffff81000000 T _stext
+ffffffff81100000 T security_capable
+ffffffff81100080 T security_vm_enough_memory_mm
+ffffffff81100100 T capable
+ffffffff81100200 T ns_capable
+ffffffff81100300 T ns_capable_noaudit
+ffffffff81100400 T can_nice
+ffffffff81100500 T zzz_end
+";
+
+    fn sample(cap: u32, words: &[(usize, u64)]) -> CalibSample {
+        let mut s = CalibSample { cap, ret: 0, words: [0xffff_8880_0000_1000; CALIB_WORDS] };
+        for (i, w) in words {
+            s.words[*i] = *w;
+        }
+        s
+    }
+
+    #[test]
+    fn finds_slots_as_seen_on_6_18() {
+        let k = Kallsyms::parse(SYMS).unwrap();
+        let samples = [
+            sample(ADVISORY_CAP, &[(12, 0xffffffff811000b6)]),
+            sample(PROBE_CAP, &[(10, 0xffffffff81000010), (12, 0xffffffff8110003b), (17, 0xffffffff8110012e), (20, 0xffffffff81100410)]),
+        ];
+        assert_eq!(find_slots(&samples, &k), Ok(Slots { caller: 12, outer: 17 }));
+    }
+
+    #[test]
+    fn refuses_inconsistent_layouts() {
+        let k = Kallsyms::parse(SYMS).unwrap();
+        let no_probe = [sample(ADVISORY_CAP, &[(12, 0xffffffff811000b6)])];
+        assert_eq!(find_slots(&no_probe, &k), Err(CalibrationError::NoProbe));
+        // The advisory caller sits at another slot: its checks would be misread.
+        let moved = [
+            sample(ADVISORY_CAP, &[(13, 0xffffffff811000b6)]),
+            sample(PROBE_CAP, &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)]),
+        ];
+        assert_eq!(find_slots(&moved, &k), Err(CalibrationError::NoAdvisory(12)));
+        let no_outer = [
+            sample(ADVISORY_CAP, &[(12, 0xffffffff811000b6)]),
+            sample(PROBE_CAP, &[(12, 0xffffffff8110003b)]),
+        ];
+        assert_eq!(find_slots(&no_outer, &k), Err(CalibrationError::NoOuterSlot(12)));
+    }
+
+    #[test]
+    fn ranges_cover_known_functions() {
+        let k = Kallsyms::parse(SYMS).unwrap();
+        let r = ranges(&k);
+        let find = |addr: u64| r.iter().find(|f| addr >= f.start && addr < f.end).map(|f| f.kind as u8);
+        assert_eq!(find(0xffffffff8110003b), Some(kind::VIA_SECURITY_CAPABLE));
+        assert_eq!(find(0xffffffff811000b6), Some(kind::ADVISORY));
+        assert_eq!(find(0xffffffff8110012e), Some(kind::AUDIT));
+        assert_eq!(find(0xffffffff81100310), Some(kind::NOAUDIT));
+        assert_eq!(find(0xffffffff81100410), None);
+    }
+}

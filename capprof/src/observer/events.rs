@@ -1,0 +1,63 @@
+//! Decoding ring buffer records.
+
+use std::mem::size_of;
+
+use capprof_common::event::{
+    CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EVENT_EXEC, EvidenceEvent, ExecEvent,
+};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Record {
+    Evidence(EvidenceEvent),
+    Cgroup(CgroupEvent),
+    Exec(ExecEvent),
+}
+
+/// Decodes one record; None for a record this build does not know or one
+/// that is too short (never trust sizes).
+pub fn decode(bytes: &[u8]) -> Option<Record> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match kind {
+        EVENT_EVIDENCE => read::<EvidenceEvent>(bytes).map(Record::Evidence),
+        EVENT_CGROUP => read::<CgroupEvent>(bytes).map(Record::Cgroup),
+        EVENT_EXEC => read::<ExecEvent>(bytes).map(Record::Exec),
+        _ => None,
+    }
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>())
+        // SAFETY: T is a repr(C) integer-only record valid for any bits, and
+        // the length is checked; read_unaligned copes with any alignment.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A NUL-padded comm as text.
+pub fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_known_records_and_rejects_short_ones() {
+        let ev = CgroupEvent { event: EVENT_CGROUP, tgid: 7, cgroup_id: 42, ts_ns: 1, comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0" };
+        // SAFETY: viewing a repr(C) value as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<CgroupEvent>())
+        };
+        match decode(bytes) {
+            Some(Record::Cgroup(c)) => {
+                assert_eq!(c.cgroup_id, 42);
+                assert_eq!(comm_str(&c.comm), "sh");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(decode(&bytes[..10]).is_none());
+        assert!(decode(&[9, 0, 0, 0, 1, 2, 3]).is_none());
+        assert!(decode(&[]).is_none());
+    }
+}

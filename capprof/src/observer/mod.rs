@@ -1,0 +1,456 @@
+//! Loading, configuring and reading the kernel side.
+//!
+//! One `Observer` owns the loaded `Ebpf` object. It picks a backend from
+//! what the running kernel offers (`COMPAT`), calibrates call-site
+//! classification for the tracepoint, and exposes the aggregation maps.
+
+pub mod btf;
+pub mod calibrate;
+pub mod events;
+
+use std::{
+    fmt,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FExit, KProbe, ProgramError},
+};
+use capprof_common::{
+    check::{CheckKey, CheckStats, stat, watch},
+    config::{CALIB_SAMPLES, CalibSample, Config},
+    names,
+};
+
+use crate::kallsyms::Kallsyms;
+use btf::KernelBtf;
+
+/// The eBPF object built by build.rs through aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
+
+/// How capprof hooks `cap_capable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// BTF tracepoint `capability:cap_capable` (Linux 6.14+); call-site classification.
+    TpBtf,
+    /// fexit on `cap_capable()` (BPF trampolines); classification from `opts`.
+    Fexit,
+    /// kprobe + kretprobe on `cap_capable()`; classification from `opts`.
+    Kprobe,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Backend::TpBtf => "tp_btf",
+            Backend::Fexit => "fexit",
+            Backend::Kprobe => "kprobe",
+        })
+    }
+}
+
+/// The backends in order of preference, with what each needs
+/// (after kunai's compat.rs).
+pub const COMPAT: &[(Backend, &str, &str)] = &[
+    (Backend::TpBtf, "6.14", "the capability:cap_capable tracepoint in BTF"),
+    (Backend::Fexit, "5.5", "BPF trampolines and cap_capable in BTF"),
+    (Backend::Kprobe, "4.17", "CONFIG_KPROBES"),
+];
+
+/// The first backend this kernel appears to offer. fexit and kprobe
+/// support can only be known by trying, which `Observer::load` does.
+pub fn choose_backend(kernel: &KernelBtf) -> (Backend, &'static str) {
+    if kernel.has_cap_tracepoint {
+        (Backend::TpBtf, "the cap_capable tracepoint exists")
+    } else if kernel.has_cap_capable_func {
+        (Backend::Fexit, "no cap_capable tracepoint (before 6.14); cap_capable is in BTF")
+    } else {
+        (Backend::Kprobe, "neither the tracepoint nor cap_capable in BTF")
+    }
+}
+
+/// How checks are classified with the chosen backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classification {
+    /// Calibrated call-site reads (tracepoint).
+    CallSite { caller_slot: u32, outer_slot: u32 },
+    /// The hook's `opts` argument (fexit, kprobe).
+    Opts,
+    /// Calibration failed: every check counts as audited.
+    Uncalibrated(String),
+}
+
+impl fmt::Display for Classification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Classification::CallSite { .. } => f.write_str("call-site"),
+            Classification::Opts => f.write_str("opts"),
+            Classification::Uncalibrated(_) => f.write_str("uncalibrated"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserverError {
+    #[error("capprof must run as root (it loads eBPF programs and creates cgroups)")]
+    NotRoot,
+    #[error("this kernel has no BTF ({}): capprof needs CONFIG_DEBUG_INFO_BTF", btf::VMLINUX_BTF)]
+    NoBtf,
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("the eBPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("backend {backend} is not available on this kernel: {reason}")]
+    BackendUnavailable { backend: Backend, reason: String },
+}
+
+impl ObserverError {
+    /// Errors that mean "this machine lacks something", not a capprof bug.
+    pub fn is_prerequisite(&self) -> bool {
+        matches!(
+            self,
+            ObserverError::NotRoot | ObserverError::NoBtf | ObserverError::BackendUnavailable { .. }
+        )
+    }
+}
+
+fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> ObserverError {
+    move |source| ObserverError::Program { name, source }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ObserverError {
+    move |source| ObserverError::Map { name, source }
+}
+
+/// Health counters of the kernel side, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    pub ringbuf_lost: u64,
+    pub counts_full: u64,
+    pub watched_checks: u64,
+    pub unclassified: u64,
+    pub cgroup_events_lost: u64,
+}
+
+/// Checks that we are root and that the kernel has BTF.
+pub fn preflight() -> Result<(), ObserverError> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ObserverError::NotRoot);
+    }
+    if !btf::btf_present() {
+        return Err(ObserverError::NoBtf);
+    }
+    Ok(())
+}
+
+pub struct Observer {
+    ebpf: Ebpf,
+    backend: Backend,
+    classification: Classification,
+    kallsyms: Option<Kallsyms>,
+    load_time: Duration,
+}
+
+impl Observer {
+    /// Loads the object, calibrates, and attaches `backend` (or the best one
+    /// this kernel offers).
+    pub fn load(backend: Option<Backend>) -> Result<Self, ObserverError> {
+        let started = Instant::now();
+        preflight()?;
+        bump_memlock_rlimit();
+        let kernel = KernelBtf::read()?;
+        let backend = backend.unwrap_or_else(|| choose_backend(&kernel).0);
+        if backend == Backend::TpBtf && !kernel.has_cap_tracepoint {
+            return Err(ObserverError::BackendUnavailable {
+                backend,
+                reason: "the capability:cap_capable tracepoint needs Linux 6.14+".into(),
+            });
+        }
+        let tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CAPPROF_TGID", &tgid, true)
+            .override_global("CALIBRATE_TGID", &tgid, true)
+            .load(OBJECT)?;
+        let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
+        let kallsyms = match Kallsyms::load() {
+            Ok(k) => Some(k),
+            Err(err) => {
+                tracing::warn!("{err}; call sites cannot be resolved");
+                None
+            }
+        };
+
+        let mut config = Config::empty();
+        config.syscall_nr_offset = SYSCALL_NR_OFFSET.unwrap_or(u32::MAX);
+        config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
+        let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
+        let classification = match (backend, &kallsyms) {
+            (Backend::TpBtf, Some(k)) => match calibrate_slots(&mut ebpf, &btf, k) {
+                Ok(slots) => {
+                    calibrate::apply(&mut config, Some(slots), &ranges);
+                    Classification::CallSite { caller_slot: slots.caller, outer_slot: slots.outer }
+                }
+                Err(reason) => {
+                    tracing::warn!("call-site calibration failed ({reason}); every check will count as audited");
+                    Classification::Uncalibrated(reason)
+                }
+            },
+            (Backend::TpBtf, None) => Classification::Uncalibrated("no /proc/kallsyms".into()),
+            _ => {
+                calibrate::apply(&mut config, None, &ranges);
+                Classification::Opts
+            }
+        };
+        let mut config_map: Array<_, Config> = Array::try_from(
+            ebpf.map_mut(names::CONFIG).ok_or(ObserverError::Missing(names::CONFIG))?,
+        )
+        .map_err(map_err(names::CONFIG))?;
+        config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+
+        attach_process_hooks(&mut ebpf, &btf);
+        attach_backend(&mut ebpf, &btf, backend)?;
+        Ok(Self { ebpf, backend, classification, kallsyms, load_time: started.elapsed() })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn classification(&self) -> &Classification {
+        &self.classification
+    }
+
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    pub fn kallsyms(&self) -> Option<&Kallsyms> {
+        self.kallsyms.as_ref()
+    }
+
+    /// Profiles the subtree rooted at `cgroup_id` in `mode` (`watch::*`).
+    pub fn watch(&mut self, cgroup_id: u64, mode: u32) -> Result<(), ObserverError> {
+        let mut roots: HashMap<_, u64, u32> = HashMap::try_from(
+            self.ebpf.map_mut(names::WATCH_ROOTS).ok_or(ObserverError::Missing(names::WATCH_ROOTS))?,
+        )
+        .map_err(map_err(names::WATCH_ROOTS))?;
+        roots.insert(cgroup_id, mode, 0).map_err(map_err(names::WATCH_ROOTS))?;
+        // Cached "unwatched" decisions below the new root are now stale.
+        // aya's HashMap also opens LRU hash maps.
+        let mut cache: HashMap<_, u64, u32> = HashMap::try_from(
+            self.ebpf.map_mut(names::CGROUPS).ok_or(ObserverError::Missing(names::CGROUPS))?,
+        )
+        .map_err(map_err(names::CGROUPS))?;
+        let stale: Vec<u64> = cache
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, m)| *m == watch::UNWATCHED)
+            .map(|(k, _)| k)
+            .collect();
+        for id in stale {
+            let _ = cache.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Stops profiling the subtree at `cgroup_id` and forgets the cached
+    /// decisions for `ids`.
+    pub fn unwatch(&mut self, cgroup_id: u64, ids: &[u64]) -> Result<(), ObserverError> {
+        let mut roots: HashMap<_, u64, u32> = HashMap::try_from(
+            self.ebpf.map_mut(names::WATCH_ROOTS).ok_or(ObserverError::Missing(names::WATCH_ROOTS))?,
+        )
+        .map_err(map_err(names::WATCH_ROOTS))?;
+        let _ = roots.remove(&cgroup_id);
+        let mut cache: HashMap<_, u64, u32> = HashMap::try_from(
+            self.ebpf.map_mut(names::CGROUPS).ok_or(ObserverError::Missing(names::CGROUPS))?,
+        )
+        .map_err(map_err(names::CGROUPS))?;
+        for id in ids {
+            let _ = cache.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Takes the ring buffer, for a reader task to own.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ObserverError> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(ObserverError::Missing(names::EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(names::EVENTS))
+    }
+
+    /// Reads and deletes the counters of the cgroups `wanted` selects.
+    pub fn drain_counts(
+        &mut self,
+        wanted: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
+        let mut counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
+            self.ebpf.map_mut(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
+        )
+        .map_err(map_err(names::COUNTS))?;
+        let keys: Vec<CheckKey> =
+            counts.keys().filter_map(Result::ok).filter(|k| wanted(k.cgroup_id)).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(stats) = counts.get(&key, 0) {
+                out.push((key, stats));
+            }
+            let _ = counts.remove(&key);
+        }
+        Ok(out)
+    }
+
+    pub fn kernel_stats(&self) -> Result<KernelStats, ObserverError> {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf.map(names::STATS).ok_or(ObserverError::Missing(names::STATS))?,
+        )
+        .map_err(map_err(names::STATS))?;
+        let sum = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        Ok(KernelStats {
+            ringbuf_lost: sum(stat::RINGBUF_LOST),
+            counts_full: sum(stat::COUNTS_FULL),
+            watched_checks: sum(stat::WATCHED_CHECKS),
+            unclassified: sum(stat::UNCLASSIFIED),
+            cgroup_events_lost: sum(stat::CGROUP_EVENTS_LOST),
+        })
+    }
+}
+
+/// Offset of the syscall number in `struct pt_regs` (arch ABI, not a kernel
+/// struct layout that changes between builds).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_NR_OFFSET: Option<u32> = Some(15 * 8); // orig_ax
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_NR_OFFSET: Option<u32> = Some(35 * 8); // syscallno
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SYSCALL_NR_OFFSET: Option<u32> = None;
+
+/// Kernels from 5.11 account BPF memory to the memory cgroup; older ones
+/// need RLIMIT_MEMLOCK raised. Root here lacks CAP_SYS_RESOURCE, so failure
+/// is expected and harmless on new kernels.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn calibrate_slots(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    kallsyms: &Kallsyms,
+) -> Result<calibrate::Slots, String> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(names::PROG_CALIBRATE)
+        .ok_or("no calibration program")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load(names::TRACEPOINT_NAME, btf).map_err(|e| e.to_string())?;
+    let link = prog.attach().map_err(|e| e.to_string())?;
+    calibrate::trigger_probes();
+    prog.detach(link).map_err(|e| e.to_string())?;
+    let _ = prog.unload();
+    let calib: Array<_, CalibSample> =
+        Array::try_from(ebpf.map(names::CALIB).ok_or("no calibration map")?)
+            .map_err(|e| e.to_string())?;
+    let samples: Vec<CalibSample> = (0..CALIB_SAMPLES)
+        .filter_map(|i| calib.get(&i, 0).ok())
+        .filter(|s| s.words[0] != 0)
+        .collect();
+    calibrate::find_slots(&samples, kallsyms).map_err(|e| e.to_string())
+}
+
+/// Process lifecycle hooks for the runtime-setup/workload split. Without
+/// them container profiles would count runtime setup as the workload's, so
+/// failures are loud, but `capprof run` does not need them.
+fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) {
+    for (name, tracepoint) in [
+        (names::PROG_EXEC, "sched_process_exec"),
+        (names::PROG_FORK, "sched_process_fork"),
+        (names::PROG_EXIT, "sched_process_exit"),
+    ] {
+        let result = (|| -> Result<(), ProgramError> {
+            let Some(prog) = ebpf.program_mut(name) else {
+                return Err(ProgramError::NotLoaded);
+            };
+            let prog: &mut BtfTracePoint = prog.try_into()?;
+            prog.load(tracepoint, btf)?;
+            prog.attach()?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            tracing::warn!("cannot attach {name} to {tracepoint}: {err}; runtime setup will not be told apart");
+        }
+    }
+}
+
+fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(), ObserverError> {
+    let unavailable = |reason: String| ObserverError::BackendUnavailable { backend, reason };
+    match backend {
+        Backend::TpBtf => {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(names::PROG_TP_BTF)
+                .ok_or(ObserverError::Missing(names::PROG_TP_BTF))?
+                .try_into()
+                .map_err(program_err(names::PROG_TP_BTF))?;
+            prog.load(names::TRACEPOINT_NAME, btf).map_err(program_err(names::PROG_TP_BTF))?;
+            prog.attach().map_err(program_err(names::PROG_TP_BTF))?;
+        }
+        Backend::Fexit => {
+            let prog: &mut FExit = ebpf
+                .program_mut(names::PROG_FEXIT)
+                .ok_or(ObserverError::Missing(names::PROG_FEXIT))?
+                .try_into()
+                .map_err(program_err(names::PROG_FEXIT))?;
+            prog.load(names::HOOK_FUNCTION, btf).map_err(|e| unavailable(e.to_string()))?;
+            prog.attach().map_err(|e| unavailable(e.to_string()))?;
+        }
+        Backend::Kprobe => {
+            for (name, _) in [(names::PROG_KPROBE, ()), (names::PROG_KRETPROBE, ())] {
+                let prog: &mut KProbe = ebpf
+                    .program_mut(name)
+                    .ok_or(ObserverError::Missing(name))?
+                    .try_into()
+                    .map_err(program_err(name))?;
+                prog.load().map_err(|e| unavailable(e.to_string()))?;
+                prog.attach(names::HOOK_FUNCTION, 0).map_err(|e| unavailable(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every map and program userspace names exists in the built object.
+    #[test]
+    fn object_has_every_named_map_and_program() {
+        let obj = aya_obj::Object::parse(OBJECT).unwrap();
+        for name in names::ALL_MAPS {
+            assert!(obj.maps.contains_key(*name), "map {name} missing from the object");
+        }
+        for name in names::ALL_PROGRAMS {
+            assert!(obj.programs.contains_key(*name), "program {name} missing from the object");
+        }
+    }
+
+    #[test]
+    fn backend_choice_follows_the_kernel() {
+        let tp = KernelBtf { has_cap_tracepoint: true, has_cap_capable_func: true, task_tgid_offset: None };
+        assert_eq!(choose_backend(&tp).0, Backend::TpBtf);
+        let old = KernelBtf { has_cap_tracepoint: false, ..tp.clone() };
+        assert_eq!(choose_backend(&old).0, Backend::Fexit);
+        let bare = KernelBtf { has_cap_capable_func: false, ..old };
+        assert_eq!(choose_backend(&bare).0, Backend::Kprobe);
+    }
+}

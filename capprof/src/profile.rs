@@ -1,0 +1,576 @@
+//! The profile: what a workload was seen to use, as a versioned JSON
+//! document (`capprof.profile/v1`), and how raw kernel counters become one.
+//!
+//! Stable fields read by other tools: `schema`, `required`, `denied`,
+//! `advisory`, `silent`, `allowlist` and `capabilities`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, SystemTime},
+};
+
+use capprof_common::check::{VERDICT_DENIED, kind, phase};
+use serde::{Deserialize, Serialize};
+
+use crate::caps::Cap;
+
+pub const SCHEMA: &str = "capprof.profile/v1";
+
+/// How many distinct evidence entries a capability keeps.
+pub const MAX_EVIDENCE: usize = 16;
+
+/// The class of a check, as the profile reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// Audited and granted: the workload needs it.
+    Required,
+    /// Audited and refused: the workload wanted it and did not get it.
+    Denied,
+    /// NOAUDIT checks that can still gate an operation; granted ones count
+    /// toward the allowlist.
+    Silent,
+    /// NOAUDIT probes that change no permission decision (mmap's
+    /// CAP_SYS_ADMIN in `security_vm_enough_memory_mm`).
+    Advisory,
+}
+
+impl Class {
+    /// The class of one check. Unclassified checks count as audited, so a
+    /// calibration failure can only over-grant, never break a workload.
+    pub fn of(kind: u8, verdict: u8) -> Self {
+        match kind {
+            kind::ADVISORY => Class::Advisory,
+            kind::NOAUDIT => Class::Silent,
+            _ if verdict == VERDICT_DENIED => Class::Denied,
+            _ => Class::Required,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Granted,
+    Denied,
+}
+
+/// What was profiled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// `command` or `container`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The cgroup v2 path, relative to the cgroup2 mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The capabilities the container was started with, from the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Cap>>,
+}
+
+/// How the observation was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub start: String,
+    pub end: String,
+    /// `tp_btf`, `fexit` or `kprobe`.
+    pub backend: String,
+    /// `call-site` (calibrated), `opts`, or `uncalibrated` (every check
+    /// treated as audited).
+    pub classification: String,
+    /// Evidence records the kernel could not send (counts are never lost).
+    #[serde(default)]
+    pub lost_records: u64,
+    /// Checks whose call site was unknown, counted as audited.
+    #[serde(default)]
+    pub unclassified_checks: u64,
+}
+
+/// One piece of evidence: who made a check, and how.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Evidence {
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    pub pid: u32,
+    pub uid: u32,
+    pub verdict: Verdict,
+    pub class: Class,
+    /// The kernel function that asked, as `symbol+0xoff`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_site: Option<String>,
+}
+
+/// Everything seen of one capability.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapUsage {
+    pub name: Cap,
+    pub number: u32,
+    pub class: Class,
+    pub granted: u64,
+    pub denied: u64,
+    /// Checks by class (`required`, `silent`, …), for the curious.
+    #[serde(default)]
+    pub by_class: BTreeMap<Class, u64>,
+    pub first_seen: String,
+    pub last_seen: String,
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub schema: String,
+    pub generator: String,
+    pub subject: Subject,
+    pub observation: Observation,
+    /// What to grant: `required`, plus the `silent` capabilities that were
+    /// granted (they may gate an operation).
+    pub allowlist: Vec<Cap>,
+    pub required: Vec<Cap>,
+    pub denied: Vec<Cap>,
+    pub advisory: Vec<Cap>,
+    pub silent: Vec<Cap>,
+    pub capabilities: Vec<CapUsage>,
+    /// Checks the container runtime made while setting the container up,
+    /// before the workload's exec. Never part of the allowlist.
+    #[serde(default)]
+    pub runtime_setup: Vec<CapUsage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{path}: not a capprof profile: {source}")]
+    Malformed { path: String, source: serde_json::Error },
+    #[error("{path}: schema {found:?} is not supported (expected {SCHEMA:?})")]
+    Schema { path: String, found: String },
+    #[error("{path}: inconsistent profile: {reason}")]
+    Inconsistent { path: String, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+impl Profile {
+    /// Parses and validates a profile from untrusted bytes: the schema must
+    /// match, every capability must be known (serde checks that), and the
+    /// summary arrays must agree with the per-capability records.
+    pub fn from_json(path: &str, bytes: &[u8]) -> Result<Self, ProfileError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: Option<String>,
+        }
+        // Check the schema first, so another version gets a clear message
+        // rather than a missing-field error.
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|source| {
+            ProfileError::Malformed { path: path.to_owned(), source }
+        })?;
+        match probe.schema.as_deref() {
+            Some(SCHEMA) => {}
+            other => {
+                return Err(ProfileError::Schema {
+                    path: path.to_owned(),
+                    found: other.unwrap_or("<none>").to_owned(),
+                });
+            }
+        }
+        let profile: Profile = serde_json::from_slice(bytes)
+            .map_err(|source| ProfileError::Malformed { path: path.to_owned(), source })?;
+        profile.validate().map_err(|reason| ProfileError::Inconsistent {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(profile)
+    }
+
+    pub fn read(path: &str) -> Result<Self, ProfileError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| ProfileError::Read { path: path.to_owned(), source })?;
+        Self::from_json(path, &bytes)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for usage in self.capabilities.iter().chain(&self.runtime_setup) {
+            if usage.number != usage.name.number() {
+                return Err(format!(
+                    "{} has number {}, expected {}",
+                    usage.name,
+                    usage.number,
+                    usage.name.number()
+                ));
+            }
+        }
+        let expected = Summary::of(&self.capabilities);
+        let got = Summary {
+            allowlist: self.allowlist.clone(),
+            required: self.required.clone(),
+            denied: self.denied.clone(),
+            advisory: self.advisory.clone(),
+            silent: self.silent.clone(),
+        };
+        if expected != got {
+            return Err("the summary arrays do not match the capabilities records".into());
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut json = serde_json::to_string_pretty(self).expect("a profile always serializes");
+        json.push('\n');
+        json
+    }
+
+    /// Adds `other`'s observations to this profile: the replicas of one
+    /// service add up to one profile.
+    pub fn merge(&mut self, other: &Profile) {
+        self.capabilities = merge_usages(&self.capabilities, &other.capabilities);
+        self.runtime_setup = merge_usages(&self.runtime_setup, &other.runtime_setup);
+        self.observation.start = min_str(&self.observation.start, &other.observation.start);
+        self.observation.end = max_str(&self.observation.end, &other.observation.end);
+        self.observation.lost_records += other.observation.lost_records;
+        self.observation.unclassified_checks += other.observation.unclassified_checks;
+        self.apply_summary();
+    }
+
+    fn apply_summary(&mut self) {
+        let Summary { allowlist, required, denied, advisory, silent } =
+            Summary::of(&self.capabilities);
+        self.allowlist = allowlist;
+        self.required = required;
+        self.denied = denied;
+        self.advisory = advisory;
+        self.silent = silent;
+    }
+}
+
+fn min_str(a: &str, b: &str) -> String {
+    if a.is_empty() { b } else if b.is_empty() || a <= b { a } else { b }.to_owned()
+}
+
+fn max_str(a: &str, b: &str) -> String {
+    if a >= b { a } else { b }.to_owned()
+}
+
+fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
+    let mut by_cap: BTreeMap<Cap, CapUsage> = BTreeMap::new();
+    for usage in a.iter().chain(b) {
+        match by_cap.get_mut(&usage.name) {
+            None => {
+                by_cap.insert(usage.name, usage.clone());
+            }
+            Some(acc) => {
+                acc.granted += usage.granted;
+                acc.denied += usage.denied;
+                for (class, n) in &usage.by_class {
+                    *acc.by_class.entry(*class).or_default() += n;
+                }
+                acc.first_seen = min_str(&acc.first_seen, &usage.first_seen);
+                acc.last_seen = max_str(&acc.last_seen, &usage.last_seen);
+                let mut evidence: BTreeSet<Evidence> = acc.evidence.drain(..).collect();
+                evidence.extend(usage.evidence.iter().cloned());
+                acc.evidence = evidence.into_iter().take(MAX_EVIDENCE).collect();
+                acc.class = usage_class(&acc.by_class, acc.granted);
+            }
+        }
+    }
+    by_cap.into_values().collect()
+}
+
+/// The class a capability is reported under: the strongest of its checks.
+fn usage_class(by_class: &BTreeMap<Class, u64>, _granted: u64) -> Class {
+    // `Class` orders Required < Denied < Silent < Advisory.
+    by_class.keys().next().copied().unwrap_or(Class::Advisory)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    allowlist: Vec<Cap>,
+    required: Vec<Cap>,
+    denied: Vec<Cap>,
+    advisory: Vec<Cap>,
+    silent: Vec<Cap>,
+}
+
+impl Summary {
+    fn of(usages: &[CapUsage]) -> Self {
+        let mut s = Summary {
+            allowlist: vec![],
+            required: vec![],
+            denied: vec![],
+            advisory: vec![],
+            silent: vec![],
+        };
+        let mut sorted: Vec<&CapUsage> = usages.iter().collect();
+        sorted.sort_by_key(|u| u.name);
+        for usage in sorted {
+            match usage.class {
+                Class::Required => s.required.push(usage.name),
+                Class::Denied => s.denied.push(usage.name),
+                Class::Silent => s.silent.push(usage.name),
+                Class::Advisory => s.advisory.push(usage.name),
+            }
+            let silent_granted = usage.class == Class::Silent && usage.granted > 0;
+            if usage.class == Class::Required || silent_granted {
+                s.allowlist.push(usage.name);
+            }
+        }
+        s
+    }
+}
+
+/// Raw observations of one subject, as read from the kernel, before they
+/// become a profile.
+#[derive(Debug, Default, Clone)]
+pub struct Observations {
+    /// (phase, cap) -> usage being accumulated.
+    usages: BTreeMap<(u8, Cap), Acc>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Acc {
+    granted: u64,
+    denied: u64,
+    by_class: BTreeMap<Class, u64>,
+    first: Option<SystemTime>,
+    last: Option<SystemTime>,
+    evidence: BTreeSet<Evidence>,
+}
+
+impl Observations {
+    /// Adds one kernel counter.
+    pub fn add_count(
+        &mut self,
+        cap: Cap,
+        verdict: u8,
+        kind: u8,
+        phase: u8,
+        count: u64,
+        first: SystemTime,
+        last: SystemTime,
+    ) {
+        let acc = self.usages.entry((phase, cap)).or_default();
+        if verdict == VERDICT_DENIED {
+            acc.denied += count;
+        } else {
+            acc.granted += count;
+        }
+        *acc.by_class.entry(Class::of(kind, verdict)).or_default() += count;
+        acc.first = Some(acc.first.map_or(first, |f| f.min(first)));
+        acc.last = Some(acc.last.map_or(last, |l| l.max(last)));
+    }
+
+    pub fn add_evidence(&mut self, cap: Cap, phase: u8, evidence: Evidence) {
+        let acc = self.usages.entry((phase, cap)).or_default();
+        if acc.evidence.len() < MAX_EVIDENCE {
+            acc.evidence.insert(evidence);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.usages.is_empty()
+    }
+
+    pub fn into_profile(self, subject: Subject, observation: Observation) -> Profile {
+        let mut capabilities = vec![];
+        let mut runtime_setup = vec![];
+        for ((phase_id, cap), acc) in self.usages {
+            // Evidence may arrive for a combination whose counter was not
+            // read (it is only ever a subset); a usage needs counts.
+            if acc.by_class.is_empty() {
+                continue;
+            }
+            let usage = CapUsage {
+                name: cap,
+                number: cap.number(),
+                class: usage_class(&acc.by_class, acc.granted),
+                granted: acc.granted,
+                denied: acc.denied,
+                by_class: acc.by_class,
+                first_seen: acc.first.map(rfc3339).unwrap_or_default(),
+                last_seen: acc.last.map(rfc3339).unwrap_or_default(),
+                evidence: acc.evidence.into_iter().collect(),
+            };
+            if phase_id == phase::SETUP {
+                runtime_setup.push(usage);
+            } else {
+                capabilities.push(usage);
+            }
+        }
+        let mut profile = Profile {
+            schema: SCHEMA.to_owned(),
+            generator: format!("capprof {}", env!("CARGO_PKG_VERSION")),
+            subject,
+            observation,
+            allowlist: vec![],
+            required: vec![],
+            denied: vec![],
+            advisory: vec![],
+            silent: vec![],
+            capabilities,
+            runtime_setup,
+        };
+        profile.apply_summary();
+        profile
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Converts CLOCK_BOOTTIME nanoseconds (the kernel's timestamps) to wall
+/// time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    boot_epoch: SystemTime,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let boot_now = boottime_ns();
+        let now = SystemTime::now();
+        Self { boot_epoch: now - Duration::from_nanos(boot_now) }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot_epoch + Duration::from_nanos(boot_ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capprof_common::check::VERDICT_GRANTED;
+
+    fn cap(s: &str) -> Cap {
+        s.parse().unwrap()
+    }
+
+    fn observe(entries: &[(&str, u8, u8, u8, u64)]) -> Profile {
+        let mut obs = Observations::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (name, verdict, kind, phase, count) in entries {
+            obs.add_count(cap(name), *verdict, *kind, *phase, *count, t, t);
+        }
+        obs.into_profile(
+            Subject { kind: "command".into(), ..Default::default() },
+            Observation::default(),
+        )
+    }
+
+    #[test]
+    fn classes_from_kind_and_verdict() {
+        assert_eq!(Class::of(kind::AUDIT, VERDICT_GRANTED), Class::Required);
+        assert_eq!(Class::of(kind::AUDIT, VERDICT_DENIED), Class::Denied);
+        assert_eq!(Class::of(kind::UNKNOWN, VERDICT_GRANTED), Class::Required);
+        assert_eq!(Class::of(kind::NOAUDIT, VERDICT_GRANTED), Class::Silent);
+        assert_eq!(Class::of(kind::NOAUDIT, VERDICT_DENIED), Class::Silent);
+        assert_eq!(Class::of(kind::ADVISORY, VERDICT_GRANTED), Class::Advisory);
+        assert_eq!(Class::of(kind::ADVISORY, VERDICT_DENIED), Class::Advisory);
+    }
+
+    #[test]
+    fn summary_sorts_each_capability_into_one_class() {
+        let p = observe(&[
+            ("CAP_SYS_ADMIN", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 500),
+            ("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2),
+            ("CAP_SYS_RESOURCE", VERDICT_DENIED, kind::AUDIT, phase::WORKLOAD, 1),
+            ("CAP_SYS_PTRACE", VERDICT_GRANTED, kind::NOAUDIT, phase::WORKLOAD, 1),
+            ("CAP_SYSLOG", VERDICT_DENIED, kind::NOAUDIT, phase::WORKLOAD, 1),
+            // The same capability both advisory and audited is required.
+            ("CAP_FOWNER", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 1),
+            ("CAP_FOWNER", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1),
+            // Runtime setup never reaches the allowlist.
+            ("CAP_SETPCAP", VERDICT_GRANTED, kind::AUDIT, phase::SETUP, 55),
+        ]);
+        assert_eq!(p.required, vec![cap("CHOWN"), cap("FOWNER")]);
+        assert_eq!(p.denied, vec![cap("SYS_RESOURCE")]);
+        assert_eq!(p.silent, vec![cap("SYS_PTRACE"), cap("SYSLOG")]);
+        assert_eq!(p.advisory, vec![cap("SYS_ADMIN")]);
+        assert_eq!(p.allowlist, vec![cap("CHOWN"), cap("FOWNER"), cap("SYS_PTRACE")]);
+        assert_eq!(p.runtime_setup.len(), 1);
+        assert_eq!(p.runtime_setup[0].name, cap("SETPCAP"));
+        let fowner = p.capabilities.iter().find(|u| u.name == cap("FOWNER")).unwrap();
+        assert_eq!(fowner.granted, 2);
+        assert_eq!(fowner.by_class[&Class::Advisory], 1);
+    }
+
+    #[test]
+    fn json_round_trip_and_validation() {
+        let p = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2)]);
+        let json = p.to_json();
+        assert!(json.contains("\"schema\": \"capprof.profile/v1\""));
+        let back = Profile::from_json("p.json", json.as_bytes()).unwrap();
+        assert_eq!(back, p);
+
+        let other = json.replace("capprof.profile/v1", "capprof.profile/v9");
+        let err = Profile::from_json("p.json", other.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("capprof.profile/v9"), "{err}");
+
+        let unknown = json.replace("\"CAP_CHOWN\"", "\"CAP_FLY\"");
+        let err = Profile::from_json("p.json", unknown.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("CAP_FLY"), "{err}");
+
+        let err = Profile::from_json("p.json", b"{\"schema\": \"capprof.profile/v1\"").unwrap_err();
+        assert!(matches!(err, ProfileError::Malformed { .. }), "{err}");
+
+        // A tampered summary that grants more than was observed is refused.
+        let tampered = json.replace(
+            "\"allowlist\": [\n    \"CAP_CHOWN\"\n  ]",
+            "\"allowlist\": [\n    \"CAP_CHOWN\",\n    \"CAP_SYS_ADMIN\"\n  ]",
+        );
+        assert_ne!(tampered, json);
+        let err = Profile::from_json("p.json", tampered.as_bytes()).unwrap_err();
+        assert!(matches!(err, ProfileError::Inconsistent { .. }), "{err}");
+    }
+
+    #[test]
+    fn merge_adds_replicas() {
+        let mut a = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2)]);
+        let b = observe(&[
+            ("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 3),
+            ("CAP_NET_RAW", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1),
+            ("CAP_SYS_ADMIN", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 9),
+        ]);
+        a.merge(&b);
+        assert_eq!(a.required, vec![cap("CHOWN"), cap("NET_RAW")]);
+        assert_eq!(a.advisory, vec![cap("SYS_ADMIN")]);
+        assert_eq!(a.capabilities[0].granted, 5);
+        // Merging is idempotent in its classes and still validates.
+        let json = a.to_json();
+        Profile::from_json("merged.json", json.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn boot_clock_is_close_to_wall_clock() {
+        let clock = Clock::new();
+        let wall = clock.wall(boottime_ns());
+        let now = SystemTime::now();
+        let diff = now.duration_since(wall).unwrap_or_else(|e| e.duration());
+        assert!(diff < Duration::from_secs(1), "{diff:?}");
+    }
+}

@@ -1,0 +1,78 @@
+//! Human-readable tables.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::profile::{CapUsage, Profile};
+
+fn evidence_summary(usage: &CapUsage) -> String {
+    let mut parts: Vec<String> = usage
+        .evidence
+        .iter()
+        .map(|e| match &e.syscall {
+            Some(sc) => format!("{} ({sc})", e.comm),
+            None => e.comm.clone(),
+        })
+        .collect();
+    parts.dedup();
+    if parts.len() > 3 {
+        let more = parts.len() - 3;
+        parts.truncate(3);
+        parts.push(format!("+{more}"));
+    }
+    parts.join(", ")
+}
+
+fn usage_table(usages: &[CapUsage]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["CAPABILITY", "CLASS", "GRANTED", "DENIED", "EVIDENCE"]);
+    for u in usages {
+        let class = serde_json::to_value(u.class)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        table.add_row([
+            u.name.to_string(),
+            class,
+            u.granted.to_string(),
+            u.denied.to_string(),
+            evidence_summary(u),
+        ]);
+    }
+    table
+}
+
+/// The profile as a table plus a one-line summary.
+pub fn render_profile(profile: &Profile) -> String {
+    let mut out = String::new();
+    let names = |caps: &[crate::caps::Cap]| {
+        if caps.is_empty() {
+            "(none)".to_owned()
+        } else {
+            caps.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ")
+        }
+    };
+    if profile.capabilities.is_empty() {
+        out.push_str("no capability checks observed\n");
+    } else {
+        out.push_str(&usage_table(&profile.capabilities).to_string());
+        out.push('\n');
+    }
+    if !profile.runtime_setup.is_empty() {
+        out.push_str("runtime setup (not part of the allowlist):\n");
+        out.push_str(&usage_table(&profile.runtime_setup).to_string());
+        out.push('\n');
+    }
+    out.push_str(&format!("allowlist: {}\n", names(&profile.allowlist)));
+    if !profile.denied.is_empty() {
+        out.push_str(&format!("denied:    {}\n", names(&profile.denied)));
+    }
+    let obs = &profile.observation;
+    if obs.lost_records > 0 || obs.unclassified_checks > 0 || obs.classification == "uncalibrated" {
+        out.push_str(&format!(
+            "warning: classification {}, {} evidence records lost, {} checks unclassified (counted as audited)\n",
+            obs.classification, obs.lost_records, obs.unclassified_checks
+        ));
+    }
+    out
+}
