@@ -36,7 +36,8 @@ pub struct Config {
     /// Offset of `tgid` in `struct task_struct`, from the running kernel's
     /// BTF, or u32::MAX when unknown (then forks are not followed).
     pub task_tgid_offset: u32,
-    pub _pad: u32,
+    /// Offset of `filename` in `struct linux_binprm`, or u32::MAX.
+    pub binprm_filename_offset: u32,
     pub ranges: [FuncRange; MAX_FUNC_RANGES],
 }
 const _: () = assert!(size_of::<Config>() == 24 + 24 * MAX_FUNC_RANGES);
@@ -49,7 +50,7 @@ impl Config {
             syscall_nr_offset: u32::MAX,
             nr_ranges: 0,
             task_tgid_offset: u32::MAX,
-            _pad: 0,
+            binprm_filename_offset: u32::MAX,
             ranges: [FuncRange {
                 start: 0,
                 end: 0,

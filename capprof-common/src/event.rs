@@ -9,7 +9,8 @@ use core::mem::size_of;
 pub const EVENT_EVIDENCE: u32 = 1;
 /// First check seen from a cgroup inside a watched subtree.
 pub const EVENT_CGROUP: u32 = 2;
-/// A process in a container cgroup exec'd (runtime setup -> workload).
+/// A process in a watched cgroup exec'd (and, in container cgroups, maybe
+/// moved from runtime setup to workload).
 pub const EVENT_EXEC: u32 = 3;
 
 #[repr(C)]
@@ -67,5 +68,8 @@ pub struct ExecEvent {
     pub phase_before: u8,
     pub phase_after: u8,
     pub _pad: [u8; 6],
+    /// `bprm->filename`: the path as exec'd, NUL-terminated, truncated.
+    pub filename: [u8; EXEC_FILENAME_LEN],
 }
-const _: () = assert!(size_of::<ExecEvent>() == 48);
+pub const EXEC_FILENAME_LEN: usize = 128;
+const _: () = assert!(size_of::<ExecEvent>() == 48 + EXEC_FILENAME_LEN);

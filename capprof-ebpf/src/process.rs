@@ -10,7 +10,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
+    },
     helpers::generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -35,31 +38,53 @@ fn in_containers() -> (bool, u64) {
 /// match-proto (Linux 3.4+, include/trace/events/sched.h):
 ///   TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 /// Fires after a successful exec, in the exec'ing task, with the new comm.
+/// Also tells userspace which file a process runs, while it still can.
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn capprof_exec(_ctx: BtfTracePointContext) -> i32 {
-    let (watched, cgroup_id) = in_containers();
-    if !watched {
+pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: helper with no arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let mode = cgroup_mode(cgroup_id);
+    if mode == watch::UNWATCHED {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let before = task_phase(tgid);
-    let after = phase::after_exec(before, &comm);
-    let _ = TASKS.insert(&tgid, &after, 0);
-    if let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) {
-        entry.write(ExecEvent {
-            event: EVENT_EXEC,
-            tgid,
-            cgroup_id,
-            // SAFETY: helper with no arguments.
-            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-            comm,
-            phase_before: before,
-            phase_after: after,
-            _pad: [0; 6],
-        });
-        entry.submit(0);
+    let (before, after) = if mode == watch::CONTAINERS {
+        let before = task_phase(tgid);
+        let after = phase::after_exec(before, &comm);
+        let _ = TASKS.insert(&tgid, &after, 0);
+        (before, after)
+    } else {
+        (phase::WORKLOAD, phase::WORKLOAD)
+    };
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record we own until submit; the
+    // filename is read through checked helpers.
+    unsafe {
+        (*event).event = EVENT_EXEC;
+        (*event).tgid = tgid;
+        (*event).cgroup_id = cgroup_id;
+        (*event).ts_ns = bpf_ktime_get_boot_ns();
+        (*event).comm = comm;
+        (*event).phase_before = before;
+        (*event).phase_after = after;
+        (*event)._pad = [0; 6];
+        (*event).filename[0] = 0;
+        if let Some(config) = CONFIG.get(0) {
+            let offset = config.binprm_filename_offset;
+            if offset != u32::MAX {
+                let bprm: u64 = *(ctx.as_ptr() as *const u64).add(2);
+                let at = (bprm + (offset as u64 & 0xffff)) as *const *const u8;
+                if let Ok(filename) = bpf_probe_read_kernel(at) {
+                    let _ = bpf_probe_read_kernel_str_bytes(filename, &mut (*event).filename);
+                }
+            }
+        }
     }
+    entry.submit(0);
     0
 }
 

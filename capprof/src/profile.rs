@@ -124,6 +124,10 @@ pub struct CapUsage {
     /// Checks by class (`required`, `silent`, …), for the curious.
     #[serde(default)]
     pub by_class: BTreeMap<Class, u64>,
+    /// Granted checks of the `silent` class: when the capability is
+    /// reported as silent, these put it on the allowlist.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub silent_granted: u64,
     pub first_seen: String,
     pub last_seen: String,
     #[serde(default)]
@@ -254,6 +258,10 @@ impl Profile {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 fn min_str(a: &str, b: &str) -> String {
     if a.is_empty() { b } else if b.is_empty() || a <= b { a } else { b }.to_owned()
 }
@@ -272,6 +280,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
             Some(acc) => {
                 acc.granted += usage.granted;
                 acc.denied += usage.denied;
+                acc.silent_granted += usage.silent_granted;
                 for (class, n) in &usage.by_class {
                     *acc.by_class.entry(*class).or_default() += n;
                 }
@@ -320,7 +329,7 @@ impl Summary {
                 Class::Silent => s.silent.push(usage.name),
                 Class::Advisory => s.advisory.push(usage.name),
             }
-            let silent_granted = usage.class == Class::Silent && usage.granted > 0;
+            let silent_granted = usage.class == Class::Silent && usage.silent_granted > 0;
             if usage.class == Class::Required || silent_granted {
                 s.allowlist.push(usage.name);
             }
@@ -341,6 +350,7 @@ pub struct Observations {
 struct Acc {
     granted: u64,
     denied: u64,
+    silent_granted: u64,
     by_class: BTreeMap<Class, u64>,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
@@ -365,7 +375,11 @@ impl Observations {
         } else {
             acc.granted += count;
         }
-        *acc.by_class.entry(Class::of(kind, verdict)).or_default() += count;
+        let class = Class::of(kind, verdict);
+        if class == Class::Silent && verdict != VERDICT_DENIED {
+            acc.silent_granted += count;
+        }
+        *acc.by_class.entry(class).or_default() += count;
         acc.first = Some(acc.first.map_or(first, |f| f.min(first)));
         acc.last = Some(acc.last.map_or(last, |l| l.max(last)));
     }
@@ -396,6 +410,7 @@ impl Observations {
                 class: usage_class(&acc.by_class, acc.granted),
                 granted: acc.granted,
                 denied: acc.denied,
+                silent_granted: acc.silent_granted,
                 by_class: acc.by_class,
                 first_seen: acc.first.map(rfc3339).unwrap_or_default(),
                 last_seen: acc.last.map(rfc3339).unwrap_or_default(),
@@ -501,6 +516,8 @@ mod tests {
             ("CAP_SYS_RESOURCE", VERDICT_DENIED, kind::AUDIT, phase::WORKLOAD, 1),
             ("CAP_SYS_PTRACE", VERDICT_GRANTED, kind::NOAUDIT, phase::WORKLOAD, 1),
             ("CAP_SYSLOG", VERDICT_DENIED, kind::NOAUDIT, phase::WORKLOAD, 1),
+            // Granted advisory checks do not make a refused silent one allowed.
+            ("CAP_SYSLOG", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 5),
             // The same capability both advisory and audited is required.
             ("CAP_FOWNER", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 1),
             ("CAP_FOWNER", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1),

@@ -262,18 +262,39 @@ pub struct Received {
     pub exe: Option<String>,
 }
 
-fn receive(bytes: &[u8], out: &mut Vec<Received>) {
-    let Some(record) = decode(bytes) else {
-        tracing::debug!("undecodable record of {} bytes", bytes.len());
-        return;
-    };
-    let exe = match record {
-        Record::Evidence(e) => std::fs::read_link(format!("/proc/{}/exe", e.tgid))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
-        _ => None,
-    };
-    out.push(Received { record, exe });
+/// Names executables: from the kernel's exec records (so a process that
+/// has already exited is still named), else from /proc.
+#[derive(Default)]
+struct ExeNames(std::collections::HashMap<u32, String>);
+
+impl ExeNames {
+    fn receive(&mut self, bytes: &[u8], out: &mut Vec<Received>) {
+        let Some(record) = decode(bytes) else {
+            tracing::debug!("undecodable record of {} bytes", bytes.len());
+            return;
+        };
+        let exe = match record {
+            Record::Exec(e) => {
+                let name = comm_str_n(&e.filename);
+                if !name.is_empty() {
+                    self.0.insert(e.tgid, name);
+                }
+                None
+            }
+            Record::Evidence(e) => self.0.get(&e.tgid).cloned().or_else(|| {
+                std::fs::read_link(format!("/proc/{}/exe", e.tgid))
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned())
+            }),
+            Record::Cgroup(_) => None,
+        };
+        out.push(Received { record, exe });
+    }
+}
+
+fn comm_str_n(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 /// Reads the ring buffer as records arrive; on `stop`, drains what is left.
@@ -285,20 +306,21 @@ async fn read_events(
     // until the AsyncFd (which owns the ring buffer) is dropped.
     let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)? };
     let mut out = vec![];
+    let mut names = ExeNames::default();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
-                    receive(&item, &mut out);
+                    names.receive(&item, &mut out);
                 }
                 guard.clear_ready();
             }
             _ = &mut stop => {
                 let ring = fd.get_mut();
                 while let Some(item) = ring.next() {
-                    receive(&item, &mut out);
+                    names.receive(&item, &mut out);
                 }
                 return Ok(out);
             }

@@ -16,6 +16,8 @@ pub struct KernelBtf {
     pub has_cap_capable_func: bool,
     /// Offset of `task_struct.tgid`, for following forks.
     pub task_tgid_offset: Option<u32>,
+    /// Offset of `linux_binprm.filename`, for naming executables.
+    pub binprm_filename_offset: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,7 @@ impl KernelBtf {
                 .resolve_types_by_name(names::HOOK_FUNCTION)
                 .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_)))),
             task_tgid_offset: member_offset(&btf, "task_struct", "tgid"),
+            binprm_filename_offset: member_offset(&btf, "linux_binprm", "filename"),
         })
     }
 }
@@ -86,5 +89,6 @@ mod tests {
         let tgid = k.task_tgid_offset.expect("task_struct.tgid");
         // tgid lives well inside task_struct on every x86_64 build.
         assert!(tgid > 1000 && tgid < 8192, "{tgid}");
+        assert!(k.binprm_filename_offset.is_some());
     }
 }

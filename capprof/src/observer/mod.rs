@@ -192,6 +192,7 @@ impl Observer {
         let mut config = Config::empty();
         config.syscall_nr_offset = SYSCALL_NR_OFFSET.unwrap_or(u32::MAX);
         config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
+        config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         let classification = match (backend, &kallsyms) {
             (Backend::TpBtf, Some(k)) => match calibrate_slots(&mut ebpf, &btf, k) {
@@ -446,7 +447,7 @@ mod tests {
 
     #[test]
     fn backend_choice_follows_the_kernel() {
-        let tp = KernelBtf { has_cap_tracepoint: true, has_cap_capable_func: true, task_tgid_offset: None };
+        let tp = KernelBtf { has_cap_tracepoint: true, has_cap_capable_func: true, ..Default::default() };
         assert_eq!(choose_backend(&tp).0, Backend::TpBtf);
         let old = KernelBtf { has_cap_tracepoint: false, ..tp.clone() };
         assert_eq!(choose_backend(&old).0, Backend::Fexit);

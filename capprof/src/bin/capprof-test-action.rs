@@ -1,0 +1,102 @@
+//! Test helper: performs exactly one privileged action, so that the
+//! integration tests know which capability checks to expect. Each action is
+//! one syscall (fixtures are prepared by the test, outside the profiled
+//! cgroup). Exits 0 when the action had the expected outcome.
+
+use std::{ffi::CString, process::ExitCode};
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in test paths")
+}
+
+fn check(ok: bool, what: &str) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{what}: {}", std::io::Error::last_os_error());
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    // SAFETY: each arm is a plain syscall on arguments we own.
+    unsafe {
+        match arg(0).as_str() {
+            "nothing" => ExitCode::SUCCESS,
+            "chown" => check(libc::chown(cstr(&arg(1)).as_ptr(), 1000, 1000) == 0, "chown"),
+            "mknod" => {
+                let dev = libc::makedev(1, 3);
+                check(libc::mknod(cstr(&arg(1)).as_ptr(), libc::S_IFCHR | 0o600, dev) == 0, "mknod")
+            }
+            "raw-socket" => check(libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) >= 0, "socket"),
+            "bind-low-port" => {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let port: u16 = arg(1).parse().unwrap_or(600);
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+                    sin_zero: [0; 8],
+                };
+                let ok = libc::bind(
+                    fd,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                ) == 0;
+                check(ok, "bind")
+            }
+            "setuid" => check(libc::setuid(1000) == 0, "setuid"),
+            "setgid" => check(libc::setgid(1000) == 0, "setgid"),
+            "kill" => check(libc::kill(arg(1).parse().unwrap_or(0), 0) == 0, "kill"),
+            "chroot" => check(libc::chroot(cstr("/").as_ptr()) == 0, "chroot"),
+            "write-file" => {
+                let fd = libc::open(cstr(&arg(1)).as_ptr(), libc::O_WRONLY);
+                check(fd >= 0 && libc::write(fd, b"x".as_ptr().cast(), 1) == 1, "write")
+            }
+            "chmod" => check(libc::chmod(cstr(&arg(1)).as_ptr(), 0o640) == 0, "chmod"),
+            "sethostname" => {
+                let ok = libc::unshare(libc::CLONE_NEWUTS) == 0
+                    && libc::sethostname(b"capprof".as_ptr().cast(), 7) == 0;
+                check(ok, "unshare+sethostname")
+            }
+            "nice" => {
+                *libc::__errno_location() = 0;
+                let ok = libc::nice(-1) != -1 || *libc::__errno_location() == 0;
+                check(ok, "nice")
+            }
+            "raise-rlimit" => {
+                // Expected to be refused: root here lacks CAP_SYS_RESOURCE.
+                let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+                let raised = libc::rlimit { rlim_cur: rl.rlim_cur, rlim_max: rl.rlim_max + 1 };
+                let refused = libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0
+                    && *libc::__errno_location() == libc::EPERM;
+                check(refused, "setrlimit was not refused")
+            }
+            "mmap-loop" => {
+                for _ in 0..2000 {
+                    let len = 1 << 16;
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED {
+                        return check(false, "mmap");
+                    }
+                    libc::munmap(p, len);
+                }
+                ExitCode::SUCCESS
+            }
+            other => {
+                eprintln!("unknown action {other:?}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Bad input and missing prerequisites: one clear line, exit status 2,
+//! nothing half-written.
+
+mod common;
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use common::*;
+
+#[test]
+fn unknown_flag() {
+    let out = capprof(&["run", "--bogus", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+}
+
+#[test]
+fn missing_command() {
+    require_root();
+    let out = capprof(&["run", "--", "/nonexistent/capprof-no-such-cmd"]);
+    assert_one_line_error(&out, 2, "command not found: /nonexistent/capprof-no-such-cmd");
+    let out = capprof(&["run", "--", "capprof-no-such-cmd"]);
+    assert_one_line_error(&out, 2, "command not found: capprof-no-such-cmd");
+}
+
+#[test]
+fn unwritable_out() {
+    require_root();
+    let out = capprof(&["run", "--out", "/proc/capprof/p.json", "--", "true"]);
+    assert_one_line_error(&out, 2, "cannot write /proc/capprof/p.json");
+    let dir = Scratch::new("unwritable");
+    let out = capprof(&["run", "--out", dir.0.to_str().unwrap(), "--", "true"]);
+    assert_one_line_error(&out, 2, "cannot write");
+}
+
+#[test]
+fn existing_out_is_kept_when_the_run_cannot_start() {
+    require_root();
+    let dir = Scratch::new("keep");
+    let out_path = dir.path("p.json");
+    std::fs::write(&out_path, "precious").unwrap();
+    let out = capprof(&["run", "--out", out_path.to_str().unwrap(), "--", "capprof-no-such-cmd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "precious");
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1, "no temporary file left");
+}
+
+#[test]
+fn not_root() {
+    require_root();
+    let out = Command::new(CAPPROF)
+        .args(["run", "--", "true"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, 2, "must run as root");
+}
+
+/// Runs capprof in a private mount namespace after `prepare` (shell).
+fn in_mount_ns(prepare: &str, args: &str) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{prepare} && exec {CAPPROF} {args}"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn no_btf() {
+    require_root();
+    // Hide /sys/kernel/btf behind an empty tmpfs, in a private namespace.
+    let out = in_mount_ns("mount -t tmpfs none /sys/kernel/btf", "run -- true");
+    assert_one_line_error(&out, 2, "no BTF");
+}
+
+#[test]
+fn no_cgroup2() {
+    require_root();
+    let mount = capprof_cgroup2_mount();
+    let out = in_mount_ns(&format!("umount -l {mount}"), "run -- true");
+    assert_one_line_error(&out, 2, "no cgroup2");
+}
+
+fn capprof_cgroup2_mount() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.starts_with("cgroup2 ")).then(|| left.split(' ').nth(4).unwrap().to_owned())
+        })
+        .expect("this machine has cgroup2")
+}
+
+#[test]
+fn help_is_clear_for_every_command() {
+    for cmd in [&["--help"][..], &["run", "--help"], &["doctor", "--help"], &["export", "--help"]] {
+        let out = capprof(cmd);
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{cmd:?}: {text}");
+    }
+}

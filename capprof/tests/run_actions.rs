@@ -1,0 +1,245 @@
+//! Root integration tests: real eBPF on the real kernel. Each action makes
+//! a known capability check under `capprof run`, and the profile must hold
+//! exactly the expected `required` set.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
+    let (out, profile) = profile_of(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed under capprof: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(profile["schema"], "capprof.profile/v1");
+    assert_eq!(
+        names(&profile, "required"),
+        expected,
+        "{cmd:?}: {}",
+        serde_json::to_string_pretty(&profile["capabilities"]).unwrap()
+    );
+    assert_eq!(names(&profile, "allowlist"), expected, "{cmd:?}");
+    assert_eq!(profile["observation"]["lost_records"], 0);
+    // Classified from the calibrated call site, with nothing left over.
+    assert_eq!(profile["observation"]["classification"], "call-site");
+    assert_eq!(profile["observation"]["unclassified_checks"], 0, "{profile}");
+    profile
+}
+
+#[test]
+fn chown_needs_chown() {
+    require_root();
+    let dir = Scratch::new("chown");
+    let file = dir.path("f");
+    fixture_file(&file, 0, 0, 0o644);
+    let profile = expect_required(&[ACTION, "chown", file.to_str().unwrap()], &["CAP_CHOWN"]);
+    // Evidence names the program and the syscall.
+    let chown = profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "CAP_CHOWN")
+        .unwrap();
+    assert_eq!(chown["granted"], 2, "uid and gid are checked separately");
+    let ev = &chown["evidence"][0];
+    assert_eq!(ev["comm"], "capprof-test-ac");
+    assert_eq!(ev["syscall"], "chown");
+    assert!(ev["exe"].as_str().unwrap_or("").ends_with("capprof-test-action"), "{ev}");
+    assert!(ev["call_site"].as_str().unwrap_or("").starts_with("capable_wrt_inode_uidgid"), "{ev}");
+}
+
+#[test]
+fn mknod_needs_mknod() {
+    require_root();
+    let dir = Scratch::new("mknod");
+    expect_required(&[ACTION, "mknod", dir.path("null").to_str().unwrap()], &["CAP_MKNOD"]);
+}
+
+#[test]
+fn raw_socket_needs_net_raw() {
+    require_root();
+    expect_required(&[ACTION, "raw-socket"], &["CAP_NET_RAW"]);
+}
+
+#[test]
+fn low_port_needs_net_bind_service() {
+    require_root();
+    // A free port below 1024 on loopback.
+    let port = (600..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free low port");
+    expect_required(&[ACTION, "bind-low-port", &port.to_string()], &["CAP_NET_BIND_SERVICE"]);
+}
+
+#[test]
+fn setuid_needs_setuid() {
+    require_root();
+    expect_required(&[ACTION, "setuid"], &["CAP_SETUID"]);
+}
+
+#[test]
+fn setgid_needs_setgid() {
+    require_root();
+    expect_required(&[ACTION, "setgid"], &["CAP_SETGID"]);
+}
+
+#[test]
+fn signalling_another_uid_needs_kill() {
+    require_root();
+    use std::os::unix::process::CommandExt as _;
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .uid(1000)
+        .gid(1000)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    expect_required(&[ACTION, "kill", &pid], &["CAP_KILL"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+#[test]
+fn chroot_needs_sys_chroot() {
+    require_root();
+    expect_required(&[ACTION, "chroot"], &["CAP_SYS_CHROOT"]);
+}
+
+#[test]
+fn writing_another_users_file_needs_dac_override() {
+    require_root();
+    let dir = Scratch::new("dac");
+    let file = dir.path("secret");
+    fixture_file(&file, 1000, 1000, 0o600);
+    expect_required(&[ACTION, "write-file", file.to_str().unwrap()], &["CAP_DAC_OVERRIDE"]);
+}
+
+#[test]
+fn chmod_of_another_users_file_needs_fowner() {
+    require_root();
+    let dir = Scratch::new("fowner");
+    let file = dir.path("f");
+    // Group 0, which root is in: chmod then makes no CAP_FSETID check.
+    fixture_file(&file, 1000, 0, 0o644);
+    expect_required(&[ACTION, "chmod", file.to_str().unwrap()], &["CAP_FOWNER"]);
+}
+
+#[test]
+fn sethostname_in_new_uts_namespace_needs_sys_admin() {
+    require_root();
+    expect_required(&[ACTION, "sethostname"], &["CAP_SYS_ADMIN"]);
+}
+
+#[test]
+fn lowering_nice_needs_sys_nice() {
+    require_root();
+    expect_required(&[ACTION, "nice"], &["CAP_SYS_NICE"]);
+}
+
+#[test]
+fn refused_rlimit_raise_is_denied_not_required() {
+    require_root();
+    let (out, profile) = profile_of(&[ACTION, "raise-rlimit"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(names(&profile, "denied"), ["CAP_SYS_RESOURCE"]);
+    assert!(names(&profile, "required").is_empty(), "{profile}");
+    assert!(names(&profile, "allowlist").is_empty(), "{profile}");
+}
+
+#[test]
+fn plain_programs_need_nothing() {
+    require_root();
+    for cmd in [
+        &["true"][..],
+        &["ls", "/"][..],
+        &[ACTION, "nothing"][..],
+        &[ACTION, "mmap-loop"][..],
+        &["python3", "-c", "pass"][..],
+    ] {
+        let profile = expect_required(cmd, &[]);
+        // The mmap/brk/execve memory checks are advisory, never required.
+        for class in ["silent", "denied"] {
+            assert!(names(&profile, class).is_empty(), "{cmd:?} {class}: {profile}");
+        }
+    }
+    // The mmap loop's checks really are seen, and classified advisory.
+    let (_, profile) = profile_of(&[ACTION, "mmap-loop"]);
+    assert_eq!(names(&profile, "advisory"), ["CAP_SYS_ADMIN"]);
+    let admin = &profile["capabilities"][0];
+    assert!(admin["granted"].as_u64().unwrap() >= 2000, "{admin}");
+}
+
+#[test]
+fn descendants_are_profiled_until_the_last_exits() {
+    require_root();
+    let dir = Scratch::new("desc");
+    let file = dir.path("f");
+    fixture_file(&file, 0, 0, 0o644);
+    // The parent exits at once; a background child chowns after it.
+    let script = format!("( sleep 0.3; {ACTION} chown {} ) & exit 0", file.display());
+    expect_required(&["sh", "-c", &script], &["CAP_CHOWN"]);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000, "the child ran to completion");
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    require_root();
+    let out = capprof(&["run", "--quiet", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = capprof(&["run", "--quiet", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+}
+
+#[test]
+fn out_file_is_written_and_table_goes_to_stderr() {
+    require_root();
+    let dir = Scratch::new("out");
+    let out_path = dir.path("p.json");
+    let out = capprof(&["run", "--out", out_path.to_str().unwrap(), "--", ACTION, "chroot"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "nothing on stdout with --out");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CAP_SYS_CHROOT") && stderr.contains("allowlist"), "{stderr}");
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    assert_eq!(names(&profile, "required"), ["CAP_SYS_CHROOT"]);
+}
+
+#[test]
+fn format_json_prints_the_profile_on_stdout() {
+    require_root();
+    let out = capprof(&["run", "--format", "json", "--quiet", "--", ACTION, "setgid"]);
+    assert!(out.status.success());
+    let profile: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(names(&profile, "required"), ["CAP_SETGID"]);
+}
+
+#[test]
+fn noaudit_checks_are_silent_and_allowed_when_granted() {
+    require_root();
+    use std::os::unix::process::CommandExt as _;
+    let mut sleeper = Command::new("sleep").arg("30").uid(1000).gid(1000).spawn().unwrap();
+    // /proc/PID/stat of another uid asks ptrace_may_access(…|NOAUDIT):
+    // ns_capable_noaudit(CAP_SYS_PTRACE).
+    let stat = format!("/proc/{}/stat", sleeper.id());
+    let (out, profile) = profile_of(&["cat", &stat]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(out.status.success());
+    assert_eq!(names(&profile, "silent"), ["CAP_SYS_PTRACE"], "{profile}");
+    assert!(names(&profile, "required").is_empty(), "{profile}");
+    assert_eq!(names(&profile, "allowlist"), ["CAP_SYS_PTRACE"]);
+    let ptrace = &profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "CAP_SYS_PTRACE")
+        .unwrap()["evidence"][0];
+    assert!(ptrace["call_site"].as_str().unwrap().starts_with("ns_capable_noaudit"), "{ptrace}");
+}
