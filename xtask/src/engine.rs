@@ -1,0 +1,227 @@
+//! A Docker engine for the container tests: the one the environment already
+//! points at, or a private dockerd under a temp dir that is stopped and
+//! removed when the [`Engine`] is dropped.
+
+use std::{
+    env,
+    fs::{self, File},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{display, note, step, succeeds};
+
+/// How long a private dockerd gets to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a private dockerd gets to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of the private dockerd's log shown when it fails to start.
+const LOG_TAIL_LINES: usize = 40;
+
+/// A Docker engine that answers.
+pub struct Engine {
+    /// `DOCKER_HOST` for the children, when we started the engine ourselves.
+    host: Option<String>,
+    /// The private dockerd, stopped on drop.
+    private: Option<PrivateDockerd>,
+}
+
+impl Engine {
+    /// Uses `DOCKER_HOST` or the system socket if an engine answers there,
+    /// and otherwise starts a private dockerd.
+    pub fn ensure() -> Result<Self> {
+        step("looking for a Docker engine");
+        if let Some(host) = env::var_os("DOCKER_HOST") {
+            let host = host.to_string_lossy().into_owned();
+            if !answers(None) {
+                bail!("DOCKER_HOST={host} is set but no Docker engine answers there");
+            }
+            note(format_args!("using DOCKER_HOST={host}"));
+            return Ok(Self {
+                host: None,
+                private: None,
+            });
+        }
+        if answers(None) {
+            note("using the engine at /var/run/docker.sock");
+            return Ok(Self {
+                host: None,
+                private: None,
+            });
+        }
+        let private = PrivateDockerd::start()?;
+        Ok(Self {
+            host: Some(private.host()),
+            private: Some(private),
+        })
+    }
+
+    /// The `DOCKER_HOST` value children must get, if the environment's own
+    /// does not already do.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// A `docker` command talking to this engine.
+    pub fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        if let Some(host) = &self.host {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd
+    }
+
+    /// Stops the private dockerd now, if there is one (dropping does the same).
+    pub fn stop(mut self) {
+        self.private.take();
+    }
+}
+
+/// Whether `docker version` gets an answer from the server.
+fn answers(host: Option<&str>) -> bool {
+    let mut cmd = Command::new("docker");
+    if let Some(host) = host {
+        cmd.env("DOCKER_HOST", host);
+    }
+    succeeds(cmd.args(["version", "--format", "{{.Server.Version}}"]))
+}
+
+/// A dockerd we started, with everything it owns under `dir`.
+struct PrivateDockerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl PrivateDockerd {
+    fn start() -> Result<Self> {
+        let dir = env::temp_dir().join(format!("capprof-dockerd-{}", std::process::id()));
+        step(format_args!(
+            "starting a private dockerd in {}",
+            dir.display()
+        ));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing stale {}", dir.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log_path = dir.join("dockerd.log");
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log_err = log
+            .try_clone()
+            .context("duplicating the dockerd log handle")?;
+        let sock = dir.join("docker.sock");
+        let mut cmd = Command::new("dockerd");
+        cmd.args([
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--storage-driver=vfs",
+        ])
+        .arg(format!("--data-root={}", dir.join("root").display()))
+        .arg(format!("--exec-root={}", dir.join("exec").display()))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--pidfile")
+        .arg(dir.join("pid"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+        note(format_args!(
+            "$ {} >{} 2>&1",
+            display(&cmd),
+            log_path.display()
+        ));
+        let child = cmd
+            .spawn()
+            .context("could not start dockerd (apt-get install docker.io)")?;
+        // From here on, Drop stops dockerd and removes the directory.
+        let mut engine = Self { dir, child };
+        engine.wait_until_ready()?;
+        note(format_args!(
+            "dockerd (pid {}) answers at {}",
+            engine.child.id(),
+            engine.host()
+        ));
+        Ok(engine)
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let host = self.host();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for dockerd")? {
+                self.print_log_tail();
+                bail!("dockerd exited during start-up ({status}); its log is above");
+            }
+            if answers(Some(&host)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.print_log_tail();
+                bail!(
+                    "dockerd did not answer at {host} within {} s; its log is above",
+                    START_TIMEOUT.as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn print_log_tail(&self) {
+        let path = self.dir.join("dockerd.log");
+        let Ok(log) = fs::read_to_string(&path) else {
+            eprintln!("(could not read {})", path.display());
+            return;
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+        eprintln!("---- last lines of {} ----", path.display());
+        for line in &lines[start..] {
+            eprintln!("{line}");
+        }
+        eprintln!("---- end of dockerd log ----");
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        step(format_args!(
+            "stopping the private dockerd (pid {})",
+            self.child.id()
+        ));
+        if let Ok(None) = self.child.try_wait() {
+            let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(libc::pid_t::MAX);
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // own child, which we have not reaped yet, so it cannot be reused.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            loop {
+                match self.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        note("dockerd ignored SIGTERM; killing it");
+                        let _ = self.child.kill();
+                        let _ = self.child.wait();
+                        break;
+                    }
+                    Ok(None) => thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        }
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            note(format_args!(
+                "could not remove {}: {err}",
+                self.dir.display()
+            ));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The container tests' image, built with no registry: a rootfs of Debian's
+//! static busybox and its applet links, imported with `docker import`.
+
+use std::{
+    fs::{self, Permissions},
+    os::unix::fs::{PermissionsExt as _, chown, symlink},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    engine::Engine,
+    util::{display, note, stdout_of, step, succeeds},
+};
+
+/// The image the container tests run, exported to them as `CAPPROF_TEST_IMAGE`.
+pub const TEST_IMAGE: &str = "capprof-busybox:test";
+
+/// Debian's busybox-static.
+const HOST_BUSYBOX: &str = "/bin/busybox";
+/// Where the image keeps busybox; every applet links here.
+const IMAGE_BUSYBOX: &str = "/usr/bin/busybox";
+
+const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+app:x:1000:1000:app:/home/app:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+";
+const GROUP: &str = "\
+root:x:0:
+app:x:1000:
+nobody:x:65534:
+";
+
+/// Imports [`TEST_IMAGE`] into `engine` unless it is already there.
+pub fn ensure_test_image(engine: &Engine) -> Result<()> {
+    step(format_args!("checking the test image {TEST_IMAGE}"));
+    if succeeds(engine.docker().args(["image", "inspect", TEST_IMAGE])) {
+        note("already present");
+        return Ok(());
+    }
+    let rootfs =
+        TempDir(std::env::temp_dir().join(format!("capprof-rootfs-{}", std::process::id())));
+    step(format_args!(
+        "building the busybox rootfs in {}",
+        rootfs.0.display()
+    ));
+    build_rootfs(&rootfs.0)?;
+    step(format_args!("importing it as {TEST_IMAGE}"));
+    import(engine, &rootfs.0, TEST_IMAGE)
+}
+
+/// Lays out a busybox rootfs: the binary, its applet links, users and /tmp.
+fn build_rootfs(root: &Path) -> Result<()> {
+    if root.exists() {
+        fs::remove_dir_all(root).with_context(|| format!("removing stale {}", root.display()))?;
+    }
+    let busybox = root.join(IMAGE_BUSYBOX.trim_start_matches('/'));
+    let usr_bin = busybox.parent().context("busybox path has no parent")?;
+    fs::create_dir_all(usr_bin).with_context(|| format!("creating {}", usr_bin.display()))?;
+    fs::copy(HOST_BUSYBOX, &busybox).with_context(|| {
+        format!("copying {HOST_BUSYBOX} (apt-get install busybox-static) into the rootfs")
+    })?;
+
+    // `--list-full` names each applet with its usual directory (bin/sh,
+    // usr/bin/env, sbin/ip …).
+    let applets = stdout_of(Command::new(HOST_BUSYBOX).arg("--list-full"))
+        .context("listing busybox applets")?;
+    let mut linked = 0_usize;
+    for applet in applets.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let link = root.join(applet);
+        // Linking the applet named `busybox` would replace the binary with a
+        // link to itself.
+        if link.file_name().is_some_and(|name| name == "busybox")
+            || fs::symlink_metadata(&link).is_ok()
+        {
+            continue;
+        }
+        let dir = link.parent().context("applet path has no parent")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        symlink(IMAGE_BUSYBOX, &link).with_context(|| format!("linking {}", link.display()))?;
+        linked += 1;
+    }
+    if !root.join("bin/sh").exists() {
+        bail!("busybox has no sh applet; is {HOST_BUSYBOX} Debian's busybox-static?");
+    }
+    note(format_args!("linked {linked} applets to {IMAGE_BUSYBOX}"));
+
+    let etc = root.join("etc");
+    fs::create_dir_all(&etc).context("creating /etc in the rootfs")?;
+    fs::write(etc.join("passwd"), PASSWD).context("writing /etc/passwd")?;
+    fs::write(etc.join("group"), GROUP).context("writing /etc/group")?;
+    make_dir(&root.join("tmp"), 0o1777, None)?;
+    make_dir(&root.join("root"), 0o700, None)?;
+    make_dir(&root.join("home/app"), 0o755, Some(1000))?;
+    note("users: root (0), app (1000), nobody (65534); /tmp is 1777");
+    Ok(())
+}
+
+fn make_dir(dir: &Path, mode: u32, owner: Option<u32>) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Set explicitly: create_dir_all's mode is filtered by the umask.
+    fs::set_permissions(dir, Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    if let Some(id) = owner {
+        chown(dir, Some(id), Some(id)).with_context(|| format!("chown {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `tar -C ROOTFS -c . | docker import - NAME`.
+fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
+        .arg(rootfs)
+        .args(["-c", "."])
+        .stdout(Stdio::piped());
+    let mut import = engine.docker();
+    import.args(["import", "--change", r#"CMD ["/bin/sh"]"#, "-", name]);
+    note(format_args!("$ {} | {}", display(&tar), display(&import)));
+
+    let mut tar = tar.spawn().context("could not start tar")?;
+    let tar_out = tar.stdout.take().context("tar has no stdout")?;
+    let import_status = import
+        .stdin(tar_out)
+        .stdout(Stdio::null())
+        .status()
+        .context("could not start docker import");
+    let tar_status = tar.wait().context("waiting for tar")?;
+    let import_status = import_status?;
+    if !tar_status.success() {
+        bail!("tar of {} failed ({tar_status})", rootfs.display());
+    }
+    if !import_status.success() {
+        bail!("docker import of {name} failed ({import_status})");
+    }
+    Ok(())
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            note(format_args!("could not remove {}: {err}", self.0.display()));
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! capprof's development tasks: `cargo xtask setup|test|demo`.
+//!
+//! Every command prints what it does to stderr. `test` and `demo` first run
+//! `setup`'s checks, which install only what is missing.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod engine;
+mod image;
+mod setup;
+mod test;
+mod util;
+
+/// Development tasks for capprof. Run them as root.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install and mount everything capprof's build and tests need (idempotent).
+    Setup,
+    /// Build the workspace and run every test layer against a real Docker engine.
+    Test(test::TestArgs),
+    /// Profile the bundled sample workload and print the allowlist it needs.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::put_cargo_bin_on_path();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Test(args) => test::run(&args),
+        Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

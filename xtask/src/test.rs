@@ -1,0 +1,206 @@
+//! `cargo xtask test`: the README's test command. Builds the workspace,
+//! provides a Docker engine and the test image, runs every test with one
+//! thread, and refuses a run in which no test passed.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use crate::{
+    engine::Engine,
+    image::{self, TEST_IMAGE},
+    setup,
+    util::{display, note, run_checked, step},
+};
+
+/// The eBPF crate builds only for bpfel-unknown-none (capprof's build.rs does
+/// that through aya-build), so host builds of the workspace leave it out.
+const EXCLUDE: &[&str] = &["--exclude", "capprof-ebpf"];
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test`, placed before its `--`
+    /// (a test name filter, `-p capprof`, `--test run_actions` …).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CARGO_TEST_ARGS"
+    )]
+    cargo_args: Vec<String>,
+}
+
+/// `cargo xtask test`.
+pub fn run(args: &TestArgs) -> Result<ExitCode> {
+    setup::ensure()?;
+
+    step("building the workspace");
+    run_checked(
+        Command::new("cargo")
+            .args(["build", "--workspace"])
+            .args(EXCLUDE),
+    )
+    .context("building the workspace")?;
+
+    let engine = Engine::ensure()?;
+    image::ensure_test_image(&engine)?;
+
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .args(EXCLUDE)
+        .args(&args.cargo_args)
+        .args(["--", "--test-threads=1"])
+        .env("CAPPROF_TEST_IMAGE", TEST_IMAGE);
+    if let Some(host) = engine.host() {
+        cmd.env("DOCKER_HOST", host);
+    }
+    step(format_args!(
+        "running the tests (CAPPROF_TEST_IMAGE={TEST_IMAGE}{})",
+        engine
+            .host()
+            .map(|h| format!(", DOCKER_HOST={h}"))
+            .unwrap_or_default()
+    ));
+    let outcome = run_and_count(&mut cmd);
+    // Stop the private engine before the summary, so the summary stays last.
+    engine.stop();
+    let (status, counts) = outcome?;
+
+    let code = if !status.success() {
+        step(format_args!("cargo test failed ({status})"));
+        ExitCode::from(
+            status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .filter(|&c| c != 0)
+                .unwrap_or(1),
+        )
+    } else if counts.passed == 0 {
+        step("error: cargo test succeeded but no test passed; refusing a run that tested nothing");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    println!("{counts}");
+    Ok(code)
+}
+
+/// Runs `cmd`, copying its stdout to ours as it comes, and adds up the
+/// `test result:` lines it prints.
+fn run_and_count(cmd: &mut Command) -> Result<(std::process::ExitStatus, Counts)> {
+    let line = display(cmd);
+    note(format_args!("$ {line}"));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let mut out = child.stdout.take().context("cargo test has no stdout")?;
+    let mut counts = Counts::default();
+    let mut pending = Vec::new();
+    let mut buf = [0_u8; 8192];
+    let stdout = io::stdout();
+    loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err).context("reading cargo test's output"),
+        };
+        // Echo at once (a hanging test must show its name), parse by line.
+        let mut lock = stdout.lock();
+        let _ = lock.write_all(&buf[..n]);
+        let _ = lock.flush();
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            counts.add_line(&String::from_utf8_lossy(&line));
+        }
+    }
+    counts.add_line(&String::from_utf8_lossy(&pending));
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok((status, counts))
+}
+
+/// Totals over every test binary's `test result:` line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Counts {
+    /// Adds `test result: ok. 3 passed; 1 failed; 2 ignored; …` to the totals;
+    /// any other line is left alone.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        let Some((_, fields)) = rest.split_once(". ") else {
+            return;
+        };
+        for field in fields.split(';') {
+            let mut words = field.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_ok_and_failed_results() {
+        let mut counts = Counts::default();
+        for line in [
+            "running 3 tests",
+            "test foo ... ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.20s\n",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            counts.add_line(line);
+        }
+        assert_eq!(
+            counts,
+            Counts {
+                passed: 5,
+                failed: 1,
+                ignored: 1
+            }
+        );
+        assert_eq!(counts.to_string(), "5 passed, 1 failed, 1 skipped");
+    }
+
+    #[test]
+    fn counts_ignore_other_lines() {
+        let mut counts = Counts::default();
+        counts.add_line("test result_parsing ... ok");
+        counts.add_line("");
+        counts.add_line("error: test failed, to rerun pass `-p capprof --test run_actions`");
+        assert_eq!(counts, Counts::default());
+    }
+}

@@ -1,0 +1,119 @@
+//! Small helpers shared by the subcommands: step logging, running commands,
+//! and the workspace's paths.
+
+use std::{
+    env,
+    ffi::OsString,
+    fmt::Display,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Announces a step: `==> installing bpf-linker …`.
+pub fn step(msg: impl Display) {
+    eprintln!("==> {msg}");
+}
+
+/// Reports a detail of the current step, indented under it.
+pub fn note(msg: impl Display) {
+    eprintln!("    {msg}");
+}
+
+/// `$CARGO_HOME/bin`, or `~/.cargo/bin`.
+pub fn cargo_bin_dir() -> PathBuf {
+    if let Some(home) = env::var_os("CARGO_HOME") {
+        return PathBuf::from(home).join("bin");
+    }
+    let home = env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cargo").join("bin")
+}
+
+/// Puts cargo's bin directory at the front of PATH, so that every child
+/// process (and aya-build under `cargo build`) finds `bpf-linker`.
+pub fn put_cargo_bin_on_path() {
+    let bin = cargo_bin_dir();
+    let path = env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    if env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let mut dirs = vec![bin];
+    dirs.extend(env::split_paths(&path));
+    let Ok(joined) = env::join_paths(dirs) else {
+        return;
+    };
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe { env::set_var("PATH", joined) };
+}
+
+/// The workspace's root directory (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// cargo's target directory, honouring `CARGO_TARGET_DIR`.
+pub fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// A command line as a person would type it, for logs and errors.
+pub fn display(cmd: &Command) -> String {
+    let mut words: Vec<OsString> = vec![cmd.get_program().to_owned()];
+    words.extend(cmd.get_args().map(ToOwned::to_owned));
+    words
+        .iter()
+        .map(|w| {
+            let w = w.to_string_lossy();
+            if w.is_empty() || w.contains(|c: char| c.is_whitespace() || "'\"$*?{}".contains(c)) {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            } else {
+                w.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` with inherited stdio, printing it first; fails unless it exits 0.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let line = display(cmd);
+    note(format_args!("$ {line}"));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Whether `cmd` runs and exits 0, with its output discarded.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `cmd` and returns its trimmed stdout; fails unless it exits 0.
+pub fn stdout_of(cmd: &mut Command) -> Result<String> {
+    let line = display(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({})", out.status);
+    }
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("`{line}` printed non-UTF-8 output"))
+        .map(|s| s.trim().to_owned())
+}
