@@ -2,7 +2,7 @@
 //! scripts can trust: 2 for bad input or a missing prerequisite, 1 for a
 //! failure of capprof itself.
 
-use crate::{observer::ObserverError, profile::ProfileError};
+use crate::{export::ExportError, observer::ObserverError, profile::ProfileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,6 +11,8 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error(transparent)]
     Observer(#[from] ObserverError),
     /// Anything else (exit 1).
@@ -29,7 +31,7 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::Profile(_) => 2,
+            Error::Usage(_) | Error::Profile(_) | Error::Export(_) => 2,
             Error::Observer(err) if err.is_prerequisite() => 2,
             Error::Observer(_) | Error::Internal(_) => 1,
         }

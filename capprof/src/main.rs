@@ -5,15 +5,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod attribution;
 mod caps;
 mod cgroup;
 mod cmd;
+mod engine;
 mod error;
+mod export;
 
 mod fsutil;
 mod kallsyms;
 mod observer;
 mod profile;
+mod recorder;
 mod table;
 
 use error::Error;
@@ -31,6 +35,10 @@ struct Cli {
 enum Command {
     /// Run a command in a fresh cgroup and profile it and all its descendants.
     Run(cmd::run::RunArgs),
+    /// Record every container (or the named ones) until stopped; one profile each.
+    Record(cmd::record::RecordArgs),
+    /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
+    Export(cmd::export::ExportArgs),
     /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
 
     /// Check what this kernel offers capprof and which backend it would use.
@@ -50,6 +58,8 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Run(args) => cmd::run::main(args),
+        Command::Record(args) => cmd::record::main(args),
+        Command::Export(args) => cmd::export::main(args),
 
         Command::Doctor(args) => cmd::doctor::main(args),
     };

@@ -10,12 +10,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{MapData, RingBuf};
 use capprof_common::check::watch;
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::oneshot,
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
@@ -25,7 +23,8 @@ use crate::{
     fsutil,
     observer::{
         Backend, Classification, Observer, preflight,
-        events::{Record, comm_str, decode},
+        events::{Record, comm_str},
+        reader::{Received, read_events},
     },
     profile::{Clock, Evidence, Observation, Observations, Profile, Subject, Verdict, rfc3339},
     table,
@@ -116,7 +115,15 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     // Start the reader before anything can happen in the cgroup.
     let events = observer.take_events()?;
     let (stop_tx, stop_rx) = oneshot::channel();
-    let reader = tokio::spawn(read_events(events, stop_rx));
+    let (tx, mut rx) = mpsc::channel(4096);
+    let reader = tokio::spawn(read_events(events, tx, stop_rx));
+    let collector = tokio::spawn(async move {
+        let mut all = vec![];
+        while let Some(r) = rx.recv().await {
+            all.push(r);
+        }
+        all
+    });
     observer.watch(cgroup.id(), watch::COMMAND)?;
 
     let start = SystemTime::now();
@@ -125,10 +132,11 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     let end = SystemTime::now();
 
     let _ = stop_tx.send(());
-    let received = reader
+    reader
         .await
         .map_err(|e| Error::internal(format!("event reader failed: {e}")))?
         .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
+    let received = collector.await.map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
     let mut ids: BTreeSet<u64> = cgroup.subtree_ids().into_iter().collect();
     ids.extend(received.iter().filter_map(|r| match r.record {
         Record::Cgroup(c) => Some(c.cgroup_id),
@@ -252,78 +260,6 @@ async fn wait_for_descendants(cgroup: &OwnedCgroup) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             _ = sigint.recv() => cgroup.kill_all(),
-        }
-    }
-}
-
-/// A record, and what could only be learned while its process lived.
-pub struct Received {
-    pub record: Record,
-    pub exe: Option<String>,
-}
-
-/// Names executables: from the kernel's exec records (so a process that
-/// has already exited is still named), else from /proc.
-#[derive(Default)]
-struct ExeNames(std::collections::HashMap<u32, String>);
-
-impl ExeNames {
-    fn receive(&mut self, bytes: &[u8], out: &mut Vec<Received>) {
-        let Some(record) = decode(bytes) else {
-            tracing::debug!("undecodable record of {} bytes", bytes.len());
-            return;
-        };
-        let exe = match record {
-            Record::Exec(e) => {
-                let name = comm_str_n(&e.filename);
-                if !name.is_empty() {
-                    self.0.insert(e.tgid, name);
-                }
-                None
-            }
-            Record::Evidence(e) => self.0.get(&e.tgid).cloned().or_else(|| {
-                std::fs::read_link(format!("/proc/{}/exe", e.tgid))
-                    .ok()
-                    .map(|p| p.to_string_lossy().into_owned())
-            }),
-            Record::Cgroup(_) => None,
-        };
-        out.push(Received { record, exe });
-    }
-}
-
-fn comm_str_n(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// Reads the ring buffer as records arrive; on `stop`, drains what is left.
-async fn read_events(
-    events: RingBuf<MapData>,
-    mut stop: oneshot::Receiver<()>,
-) -> std::io::Result<Vec<Received>> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and the same
-    // until the AsyncFd (which owns the ring buffer) is dropped.
-    let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)? };
-    let mut out = vec![];
-    let mut names = ExeNames::default();
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    names.receive(&item, &mut out);
-                }
-                guard.clear_ready();
-            }
-            _ = &mut stop => {
-                let ring = fd.get_mut();
-                while let Some(item) = ring.next() {
-                    names.receive(&item, &mut out);
-                }
-                return Ok(out);
-            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use capprof_common::names;
+use capprof_common::{config::CgroupNameOffsets, names};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -18,6 +18,8 @@ pub struct KernelBtf {
     pub task_tgid_offset: Option<u32>,
     /// Offset of `linux_binprm.filename`, for naming executables.
     pub binprm_filename_offset: Option<u32>,
+    /// The path from a task to its cgroup's name.
+    pub cgroup_name: Option<CgroupNameOffsets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +42,22 @@ impl KernelBtf {
                 .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_)))),
             task_tgid_offset: member_offset(&btf, "task_struct", "tgid"),
             binprm_filename_offset: member_offset(&btf, "linux_binprm", "filename"),
+            cgroup_name: cgroup_name_offsets(&btf),
         })
     }
+}
+
+fn cgroup_name_offsets(btf: &Btf) -> Option<CgroupNameOffsets> {
+    Some(CgroupNameOffsets {
+        task_cgroups: member_offset(btf, "task_struct", "cgroups")?,
+        css_set_dfl_cgrp: member_offset(btf, "css_set", "dfl_cgrp")?,
+        cgroup_kn: member_offset(btf, "cgroup", "kn")?,
+        kernfs_node_name: member_offset(btf, "kernfs_node", "name")?,
+        // Renamed to __parent in 6.15.
+        kernfs_node_parent: member_offset(btf, "kernfs_node", "__parent")
+            .or_else(|| member_offset(btf, "kernfs_node", "parent"))?,
+        _pad: 0,
+    })
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous
@@ -90,5 +106,6 @@ mod tests {
         // tgid lives well inside task_struct on every x86_64 build.
         assert!(tgid > 1000 && tgid < 8192, "{tgid}");
         assert!(k.binprm_filename_offset.is_some());
+        assert!(k.cgroup_name.is_some());
     }
 }

@@ -34,8 +34,13 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 
 /// A NUL-padded comm as text.
 pub fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    cstr(comm)
+}
+
+/// A NUL-terminated kernel string as text.
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 #[cfg(test)]
@@ -44,7 +49,16 @@ mod tests {
 
     #[test]
     fn decodes_known_records_and_rejects_short_ones() {
-        let ev = CgroupEvent { event: EVENT_CGROUP, tgid: 7, cgroup_id: 42, ts_ns: 1, comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0" };
+        let mut ev = CgroupEvent {
+            event: EVENT_CGROUP,
+            tgid: 7,
+            cgroup_id: 42,
+            ts_ns: 1,
+            comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            name: [0; 96],
+            parent: [0; 96],
+        };
+        ev.name[..6].copy_from_slice(b"abc123");
         // SAFETY: viewing a repr(C) value as bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<CgroupEvent>())
@@ -53,6 +67,8 @@ mod tests {
             Some(Record::Cgroup(c)) => {
                 assert_eq!(c.cgroup_id, 42);
                 assert_eq!(comm_str(&c.comm), "sh");
+                assert_eq!(cstr(&c.name), "abc123");
+                assert_eq!(cstr(&c.parent), "");
             }
             other => panic!("{other:?}"),
         }

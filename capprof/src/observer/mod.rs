@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod calibrate;
 pub mod events;
+pub mod reader;
 
 use std::{
     fmt,
@@ -193,6 +194,7 @@ impl Observer {
         config.syscall_nr_offset = SYSCALL_NR_OFFSET.unwrap_or(u32::MAX);
         config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
         config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
+        config.cgroup_name = kernel.cgroup_name.unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         let classification = match (backend, &kallsyms) {
             (Backend::TpBtf, Some(k)) => match calibrate_slots(&mut ebpf, &btf, k) {

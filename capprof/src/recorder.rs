@@ -1,0 +1,252 @@
+//! Turning the kernel's records and the engine's events into one profile
+//! per container. Shared by `capprof record` (and the daemon to come).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    attribution::attribute,
+    engine::{ContainerEvent, ContainerInfo, safe_name},
+    observer::{
+        Observer, ObserverError,
+        events::{Record, cstr},
+        reader::Received,
+    },
+    profile::{Observation, Profile, Subject, rfc3339},
+};
+
+/// A cgroup seen in the kernel.
+#[derive(Debug, Clone)]
+struct CgroupMeta {
+    path: String,
+}
+
+/// Everything known about one container so far.
+#[derive(Debug, Default)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub runtime: String,
+    pub cgroup: Option<String>,
+    pub info: ContainerInfo,
+    pub cgroup_ids: BTreeSet<u64>,
+    received: Vec<Received>,
+    started: Option<SystemTime>,
+    died: Option<Instant>,
+    /// What earlier finalizations produced (a restarted container adds up).
+    profile: Option<Profile>,
+}
+
+impl ContainerRecord {
+    /// The file name its profile is written under.
+    pub fn file_stem(&self) -> String {
+        self.info.name.clone().unwrap_or_else(|| self.id.chars().take(12).collect())
+    }
+
+    pub fn matches(&self, wanted: &str) -> bool {
+        let wanted = wanted.trim_start_matches('/');
+        self.info.name.as_deref() == Some(wanted) || (wanted.len() >= 4 && self.id.starts_with(wanted))
+    }
+}
+
+pub struct Recorder {
+    mount: PathBuf,
+    /// Watched roots, relative to the mount (`/docker`).
+    roots: Vec<String>,
+    cgroups: HashMap<u64, CgroupMeta>,
+    containers: HashMap<String, ContainerRecord>,
+    /// Engine names by id, learned from events (they outlive `--rm`).
+    names: HashMap<String, ContainerEvent>,
+    backend: String,
+    classification: String,
+}
+
+impl Recorder {
+    pub fn new(mount: &Path, roots: Vec<String>, observer: &Observer) -> Self {
+        Self {
+            mount: mount.to_owned(),
+            roots,
+            cgroups: HashMap::new(),
+            containers: HashMap::new(),
+            names: HashMap::new(),
+            backend: observer.backend().to_string(),
+            classification: observer.classification().to_string(),
+        }
+    }
+
+    /// The full cgroup path of a cgroup the kernel named: under the watched
+    /// root whose directory is its parent, or found on disk.
+    fn cgroup_path(&self, name: &str, parent: &str) -> String {
+        for root in &self.roots {
+            if root.rsplit('/').next() == Some(parent) {
+                return format!("{root}/{name}");
+            }
+        }
+        for root in &self.roots {
+            if let Some(found) = find_dir(&self.mount.join(root.trim_start_matches('/')), name, 4) {
+                if let Ok(rel) = found.strip_prefix(&self.mount) {
+                    return format!("/{}", rel.display());
+                }
+            }
+        }
+        format!("/{parent}/{name}")
+    }
+
+    pub fn on_record(&mut self, received: Received) {
+        match received.record {
+            Record::Cgroup(c) => {
+                let path = self.cgroup_path(&cstr(&c.name), &cstr(&c.parent));
+                let Some(attr) = attribute(&path) else {
+                    tracing::debug!("cgroup {path} is not a container");
+                    self.cgroups.insert(c.cgroup_id, CgroupMeta { path });
+                    return;
+                };
+                let rec = self.container(&attr.id);
+                rec.runtime = attr.runtime.to_string();
+                rec.cgroup_ids.insert(c.cgroup_id);
+                rec.cgroup.get_or_insert_with(|| path.clone());
+                rec.started.get_or_insert_with(SystemTime::now);
+                self.cgroups.insert(c.cgroup_id, CgroupMeta { path });
+            }
+            Record::Evidence(e) => {
+                if let Some(id) = self.container_of(e.cgroup_id) {
+                    self.container(&id).received.push(received);
+                }
+            }
+            Record::Exec(_) => {}
+        }
+    }
+
+    fn container_of(&self, cgroup_id: u64) -> Option<String> {
+        let meta = self.cgroups.get(&cgroup_id)?;
+        attribute(&meta.path).map(|a| a.id)
+    }
+
+    fn container(&mut self, id: &str) -> &mut ContainerRecord {
+        let names = &self.names;
+        self.containers.entry(id.to_owned()).or_insert_with(|| {
+            let mut rec = ContainerRecord { id: id.to_owned(), ..Default::default() };
+            rec.info.id = id.to_owned();
+            if let Some(ev) = names.get(id) {
+                rec.info.name = ev.name.clone();
+                rec.info.image = ev.image.clone();
+            }
+            rec
+        })
+    }
+
+    /// A lifecycle event from the engine. Returns true when the container
+    /// died and should be finalized once its last records are in.
+    pub fn on_engine_event(&mut self, ev: ContainerEvent) {
+        let died = matches!(ev.action.as_str(), "die" | "died");
+        self.names.insert(ev.id.clone(), ev.clone());
+        let rec = self.container(&ev.id);
+        if rec.info.name.is_none() {
+            rec.info.name = ev.name.clone();
+        }
+        if rec.info.image.is_none() {
+            rec.info.image = ev.image.clone();
+        }
+        if died {
+            rec.died = Some(Instant::now());
+        }
+    }
+
+    pub fn on_inspect(&mut self, info: ContainerInfo) {
+        let rec = self.container(&info.id.clone());
+        rec.info.name = info.name.or(rec.info.name.take());
+        rec.info.image = info.image.or(rec.info.image.take());
+        if info.capabilities.is_some() {
+            rec.info.capabilities = info.capabilities;
+        }
+    }
+
+    /// Containers that died more than `grace` ago (their last records have
+    /// had time to arrive) and are not finalized yet.
+    pub fn due(&self, grace: Duration) -> Vec<String> {
+        self.containers
+            .values()
+            .filter(|c| c.died.is_some_and(|d| d.elapsed() >= grace) && !c.cgroup_ids.is_empty())
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.containers.values().filter(|c| !c.cgroup_ids.is_empty()).map(|c| c.id.clone()).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ContainerRecord> {
+        self.containers.get(id)
+    }
+
+    /// Drains the container's counters from the kernel and builds its
+    /// profile (merged with any earlier one of the same container). None
+    /// when nothing is new since the last time.
+    pub fn finalize(&mut self, id: &str, observer: &mut Observer) -> Result<Option<Profile>, ObserverError> {
+        let Some(rec) = self.containers.get_mut(id) else { return Ok(None) };
+        rec.died = None;
+        let ids = rec.cgroup_ids.clone();
+        let counts = observer.drain_counts(|cg| ids.contains(&cg))?;
+        let received = std::mem::take(&mut rec.received);
+        if counts.is_empty() && rec.profile.is_some() {
+            // Nothing new since the last finalization.
+            return Ok(None);
+        }
+        let stats = observer.kernel_stats()?;
+        let subject = Subject {
+            kind: "container".into(),
+            runtime: Some(rec.runtime.clone()),
+            id: Some(rec.id.clone()),
+            name: rec.info.name.clone(),
+            image: rec.info.image.clone(),
+            cgroup: rec.cgroup.clone(),
+            command: None,
+            capabilities: rec.info.capabilities.clone(),
+        };
+        let observation = Observation {
+            start: rec.started.map(rfc3339).unwrap_or_default(),
+            end: rfc3339(SystemTime::now()),
+            backend: self.backend.clone(),
+            classification: self.classification.clone(),
+            lost_records: stats.ringbuf_lost,
+            unclassified_checks: stats.unclassified,
+        };
+        let fresh = crate::cmd::run::build_profile(observer, counts, &received, subject, observation);
+        let profile = match rec.profile.take() {
+            Some(mut earlier) => {
+                earlier.merge(&fresh);
+                earlier.subject = fresh.subject;
+                earlier
+            }
+            None => fresh,
+        };
+        rec.profile = Some(profile.clone());
+        Ok(Some(profile))
+    }
+}
+
+fn find_dir(dir: &Path, name: &str, depth: u32) -> Option<PathBuf> {
+    if depth == 0 {
+        return None;
+    }
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if entry.file_name().to_str() == Some(name) {
+            return Some(entry.path());
+        }
+        if let Some(found) = find_dir(&entry.path(), name, depth - 1) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// Where a container's profile goes.
+pub fn profile_path(dir: &Path, rec: &ContainerRecord) -> PathBuf {
+    let stem = safe_name(&rec.file_stem()).unwrap_or_else(|| rec.id.chars().take(12).collect());
+    dir.join(format!("{stem}.json"))
+}
