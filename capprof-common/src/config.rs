@@ -38,9 +38,11 @@ pub struct Config {
     pub task_tgid_offset: u32,
     /// Offset of `filename` in `struct linux_binprm`, or u32::MAX.
     pub binprm_filename_offset: u32,
+    /// How to read the current cgroup's name, or all u32::MAX.
+    pub cgroup_name: CgroupNameOffsets,
     pub ranges: [FuncRange; MAX_FUNC_RANGES],
 }
-const _: () = assert!(size_of::<Config>() == 24 + 24 * MAX_FUNC_RANGES);
+const _: () = assert!(size_of::<Config>() == 24 + 24 + 24 * MAX_FUNC_RANGES);
 
 impl Config {
     pub const fn empty() -> Self {
@@ -51,12 +53,42 @@ impl Config {
             nr_ranges: 0,
             task_tgid_offset: u32::MAX,
             binprm_filename_offset: u32::MAX,
+            cgroup_name: CgroupNameOffsets::unknown(),
             ranges: [FuncRange {
                 start: 0,
                 end: 0,
                 kind: 0,
                 _pad: 0,
             }; MAX_FUNC_RANGES],
+        }
+    }
+}
+
+/// Offsets, from the running kernel's BTF, of the fields on the path from
+/// the current task to its cgroup v2 directory's name:
+/// `task->cgroups->dfl_cgrp->kn->name`, and `kn->parent` (`__parent` from
+/// 6.15) for the parent directory's name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupNameOffsets {
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_name: u32,
+    pub kernfs_node_parent: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CgroupNameOffsets>() == 24);
+
+impl CgroupNameOffsets {
+    pub const fn unknown() -> Self {
+        Self {
+            task_cgroups: u32::MAX,
+            css_set_dfl_cgrp: u32::MAX,
+            cgroup_kn: u32::MAX,
+            kernfs_node_name: u32::MAX,
+            kernfs_node_parent: u32::MAX,
+            _pad: 0,
         }
     }
 }

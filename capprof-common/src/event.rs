@@ -42,6 +42,10 @@ pub struct EvidenceEvent {
 }
 const _: () = assert!(size_of::<EvidenceEvent>() == 88);
 
+pub const CGROUP_NAME_LEN: usize = 96;
+
+/// Sent once per watched cgroup, with its name read in the kernel, so that
+/// a container that lives 50 ms is still named after it is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CgroupEvent {
@@ -51,8 +55,13 @@ pub struct CgroupEvent {
     pub cgroup_id: u64,
     pub ts_ns: u64,
     pub comm: [u8; 16],
+    /// The cgroup directory's name (`<id>`, `docker-<id>.scope`, …),
+    /// NUL-terminated; empty when it could not be read.
+    pub name: [u8; CGROUP_NAME_LEN],
+    /// Its parent directory's name (`docker`, `kubepods-…-pod<uid>.slice`).
+    pub parent: [u8; CGROUP_NAME_LEN],
 }
-const _: () = assert!(size_of::<CgroupEvent>() == 40);
+const _: () = assert!(size_of::<CgroupEvent>() == 40 + 2 * CGROUP_NAME_LEN);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
             bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs,
@@ -29,7 +29,7 @@ use capprof_common::{
         CheckKey, CheckStats, EvidenceKey, SYSCALL_UNKNOWN, VERDICT_DENIED, VERDICT_GRANTED,
         kind, phase, stat, watch,
     },
-    config::{Config, MAX_CGROUP_DEPTH, MAX_FUNC_RANGES},
+    config::{CgroupNameOffsets, Config, MAX_CGROUP_DEPTH, MAX_FUNC_RANGES},
     event::{CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EvidenceEvent},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -208,15 +208,53 @@ fn announce_cgroup(cgroup_id: u64) {
         bump(stat::CGROUP_EVENTS_LOST);
         return;
     };
-    entry.write(CgroupEvent {
-        event: EVENT_CGROUP,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        cgroup_id,
-        // SAFETY: helper with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is our reserved record until submit; kernel memory is
+    // only read through checked helpers.
+    unsafe {
+        (*event).event = EVENT_CGROUP;
+        (*event).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*event).cgroup_id = cgroup_id;
+        (*event).ts_ns = bpf_ktime_get_boot_ns();
+        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*event).name[0] = 0;
+        (*event).parent[0] = 0;
+        if let Some(config) = CONFIG.get(0) {
+            read_cgroup_names(&config.cgroup_name, &mut (*event).name, &mut (*event).parent);
+        }
+    }
     entry.submit(0);
+}
+
+/// `current->cgroups->dfl_cgrp->kn->name` and `kn->parent->name`, at
+/// offsets resolved from BTF at load time.
+#[inline(always)]
+unsafe fn read_cgroup_names(o: &CgroupNameOffsets, name: &mut [u8], parent: &mut [u8]) {
+    if o.task_cgroups == u32::MAX {
+        return;
+    }
+    let field = |base: u64, off: u32| -> u64 {
+        if base == 0 {
+            return 0;
+        }
+        // SAFETY: checked kernel read.
+        unsafe { bpf_probe_read_kernel((base + (off as u64 & 0xffff)) as *const u64) }.unwrap_or(0)
+    };
+    // SAFETY: helper with no arguments.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let css_set = field(task, o.task_cgroups);
+    let cgroup = field(css_set, o.css_set_dfl_cgrp);
+    let kn = field(cgroup, o.cgroup_kn);
+    let leaf = field(kn, o.kernfs_node_name);
+    if leaf != 0 {
+        // SAFETY: checked kernel string read into our buffer.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(leaf as *const u8, name) };
+    }
+    let up = field(field(kn, o.kernfs_node_parent), o.kernfs_node_name);
+    if up != 0 {
+        // SAFETY: as above.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(up as *const u8, parent) };
+    }
 }
 
 #[inline(always)]
