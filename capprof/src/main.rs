@@ -5,22 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod attribution;
-mod caps;
-mod cgroup;
-mod cmd;
-mod engine;
-mod error;
-mod export;
-
-mod fsutil;
-mod kallsyms;
-mod observer;
-mod profile;
-mod recorder;
-mod table;
-
-use error::Error;
+use capprof::cmd;
 
 /// Observe the Linux capabilities a workload really uses and emit a
 /// least-privilege allowlist.
