@@ -142,3 +142,17 @@ pub mod stat {
     pub const CGROUP_EVENTS_LOST: u32 = 4;
     pub const COUNT: u32 = 8;
 }
+
+/// Value of `INFLIGHT` (kprobe backend): what the entry probe saw, for the
+/// return probe to count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inflight {
+    pub cap: u32,
+    pub opts: u32,
+    /// Return address into `cap_capable`'s caller, read at entry.
+    pub site: u64,
+    /// Return address one frame further out, read at entry.
+    pub outer: u64,
+}
+const _: () = assert!(size_of::<Inflight>() == 24);

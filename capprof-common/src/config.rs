@@ -23,8 +23,9 @@ pub const MAX_CGROUP_DEPTH: i32 = 16;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// 8-byte word, counted up from the tracepoint context, holding the
-    /// return address into `cap_capable`'s caller. 0: not calibrated.
+    /// 8-byte word, counted up from the hook's frame (tracepoint or
+    /// trampoline context, kprobe entry stack pointer), holding the return
+    /// address into `cap_capable`'s caller. See `calibrated()`.
     pub slot_caller: u32,
     /// Word holding the return address into `security_capable`'s caller.
     pub slot_outer: u32,
@@ -45,6 +46,11 @@ pub struct Config {
 const _: () = assert!(size_of::<Config>() == 24 + 24 + 24 * MAX_FUNC_RANGES);
 
 impl Config {
+    /// Whether the call-site slots were found at load time.
+    pub const fn calibrated(&self) -> bool {
+        self.slot_caller != 0 || self.slot_outer != 0
+    }
+
     pub const fn empty() -> Self {
         Self {
             slot_caller: 0,

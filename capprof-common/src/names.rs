@@ -21,7 +21,7 @@ pub const EVIDENCE_SEEN: &str = "EVIDENCE_SEEN";
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU counters of the kernel side's own health, indexed by `stat::*`.
 pub const STATS: &str = "STATS";
-/// Scratch for the kprobe backend: the entry arguments of an in-flight check.
+/// Scratch for the kprobe backend: what the entry probe saw (`Inflight`).
 pub const INFLIGHT: &str = "INFLIGHT";
 /// Stack samples taken by the calibration program.
 pub const CALIB: &str = "CALIB";
@@ -35,8 +35,10 @@ pub const PROG_FEXIT: &str = "capprof_fexit";
 /// kprobe / kretprobe pair on `cap_capable()`.
 pub const PROG_KPROBE: &str = "capprof_kprobe";
 pub const PROG_KRETPROBE: &str = "capprof_kretprobe";
-/// Load-time calibration of the stack slots (tp_btf).
+/// Load-time calibration of the stack slots, one per backend.
 pub const PROG_CALIBRATE: &str = "capprof_calibrate";
+pub const PROG_CALIBRATE_FEXIT: &str = "capprof_calibrate_fexit";
+pub const PROG_CALIBRATE_KPROBE: &str = "capprof_calibrate_kprobe";
 /// Process lifecycle, to tell runtime setup from the workload (tp_btf).
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
@@ -68,6 +70,8 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_KPROBE,
     PROG_KRETPROBE,
     PROG_CALIBRATE,
+    PROG_CALIBRATE_FEXIT,
+    PROG_CALIBRATE_KPROBE,
     PROG_EXEC,
     PROG_FORK,
     PROG_EXIT,

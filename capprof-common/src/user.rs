@@ -1,7 +1,7 @@
 //! Userspace-only impls: aya's `Pod` for every map type.
 
 use crate::{
-    check::{CheckKey, CheckStats, EvidenceKey},
+    check::{CheckKey, CheckStats, EvidenceKey, Inflight},
     config::{CalibSample, Config},
 };
 
@@ -12,3 +12,4 @@ unsafe impl aya::Pod for CheckStats {}
 unsafe impl aya::Pod for EvidenceKey {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for CalibSample {}
+unsafe impl aya::Pod for Inflight {}

@@ -1,21 +1,22 @@
-//! Load-time calibration of the call-site slots (tracepoint backend).
+//! Load-time calibration of the call-site slots, one program per backend.
 //!
 //! Attached only while userspace triggers known checks from its own process
 //! (an audited CAP_SYS_NICE via `capable()` and the advisory CAP_SYS_ADMIN of
-//! an mmap). It copies the words above the tracepoint context; userspace
+//! an mmap). Each copies the words above its frame (the tracepoint's or the
+//! trampoline's context, or the kprobe's entry stack pointer); userspace
 //! finds the slots whose values resolve to the known callers in
-//! /proc/kallsyms. Slot positions differ between kernel builds, so they are
-//! found on the running kernel rather than assumed.
+//! /proc/kallsyms. Slot positions differ between kernel builds and hooks, so
+//! they are found on the running kernel rather than assumed.
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, fexit, kprobe},
+    programs::{BtfTracePointContext, FExitContext, ProbeContext},
 };
 use capprof_common::config::{CALIB_SAMPLES, CALIB_WORDS};
 
-use crate::maps::CALIB;
+use crate::{kprobe::entry_sp, maps::CALIB};
 
 /// The tgid whose checks are sampled (capprof itself), set at load time.
 #[unsafe(no_mangle)]
@@ -25,13 +26,12 @@ static CALIBRATE_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static mut CALIB_NEXT: u32 = 0;
 
-/// Samples the stack above the context for capprof's own checks.
-#[btf_tracepoint(function = "cap_capable")]
-pub fn capprof_calibrate(ctx: BtfTracePointContext) -> i32 {
+#[inline(always)]
+fn sample(frame: u64, cap: u32, ret: i32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read of a constant global.
     if tgid != unsafe { core::ptr::read_volatile(&CALIBRATE_TGID) } {
-        return 0;
+        return;
     }
     // SAFETY: racy increments only cost a sample.
     let index = unsafe {
@@ -41,23 +41,45 @@ pub fn capprof_calibrate(ctx: BtfTracePointContext) -> i32 {
         index
     };
     if index >= CALIB_SAMPLES {
-        return 0;
+        return;
     }
-    let Some(sample) = CALIB.get_ptr_mut(index) else {
-        return 0;
+    let Some(slot) = CALIB.get_ptr_mut(index) else {
+        return;
     };
-    let cap: i32 = ctx.arg(3);
-    let ret: i32 = ctx.arg(4);
-    let base = ctx.as_ptr() as u64;
-    // SAFETY: `sample` points into a live array slot; every stack read goes
+    // SAFETY: `slot` points into a live array entry; every stack read goes
     // through bpf_probe_read_kernel.
     unsafe {
-        (*sample).cap = cap as u32;
-        (*sample).ret = ret;
+        (*slot).cap = cap;
+        (*slot).ret = ret;
         for i in 0..CALIB_WORDS {
-            (*sample).words[i] =
-                bpf_probe_read_kernel((base + 8 * i as u64) as *const u64).unwrap_or(0);
+            (*slot).words[i] =
+                bpf_probe_read_kernel((frame + 8 * i as u64) as *const u64).unwrap_or(0);
         }
     }
+}
+
+/// Samples the stack above the tracepoint context.
+#[btf_tracepoint(function = "cap_capable")]
+pub fn capprof_calibrate(ctx: BtfTracePointContext) -> i32 {
+    let cap: i32 = ctx.arg(3);
+    let ret: i32 = ctx.arg(4);
+    sample(ctx.as_ptr() as u64, cap as u32, ret);
+    0
+}
+
+/// Samples the stack above the fexit trampoline's context.
+#[fexit(function = "cap_capable")]
+pub fn capprof_calibrate_fexit(ctx: FExitContext) -> i32 {
+    let cap: i32 = ctx.arg(2);
+    let ret: i32 = ctx.arg(4);
+    sample(ctx.as_ptr() as u64, cap as u32, ret);
+    0
+}
+
+/// Samples the stack from the kprobe's entry stack pointer.
+#[kprobe(function = "cap_capable")]
+pub fn capprof_calibrate_kprobe(ctx: ProbeContext) -> u32 {
+    let cap = ctx.arg::<u32>(2).unwrap_or(u32::MAX);
+    sample(entry_sp(&ctx), cap, 0);
     0
 }

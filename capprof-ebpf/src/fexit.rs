@@ -3,11 +3,12 @@
 //! match-proto (Linux 5.19+, security/commoncap.c):
 //!   int cap_capable(const struct cred *cred, struct user_namespace *targ_ns,
 //!                   int cap, unsigned int opts)
-//! fexit gives the real `opts`, so NOAUDIT is known exactly.
+//! fexit gives the real `opts`, so NOAUDIT is known exactly; the call site
+//! still tells the advisory probes from the NOAUDIT checks that gate.
 
-use aya_ebpf::{macros::fexit, programs::FExitContext};
+use aya_ebpf::{EbpfContext as _, macros::fexit, programs::FExitContext};
 
-use crate::observe::{Source, observe};
+use crate::observe::{CallSite, observe};
 
 /// Counts every capability check made from a watched cgroup.
 #[fexit(function = "cap_capable")]
@@ -15,6 +16,8 @@ pub fn capprof_fexit(ctx: FExitContext) -> i32 {
     let cap: i32 = ctx.arg(2);
     let opts: u32 = ctx.arg(3);
     let ret: i32 = ctx.arg(4);
-    observe(cap as u32, ret, Source::Opts(opts, 0));
+    // The return addresses lie above the trampoline's context, at slots
+    // calibrated at load time like the tracepoint's.
+    observe(cap as u32, ret, Some(opts), CallSite::Frame(ctx.as_ptr() as u64));
     0
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use capprof_common::{
-    check::{CheckKey, CheckStats, EvidenceKey, stat},
+    check::{CheckKey, CheckStats, EvidenceKey, Inflight, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
 };
 
@@ -51,9 +51,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// kprobe backend: (cap << 32 | opts) of the in-flight check, by thread id.
+/// kprobe backend: what the entry probe saw of the in-flight check, by
+/// thread id.
 #[map]
-pub static INFLIGHT: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 
 /// Phase of each process (tgid) in a container cgroup: `phase::*`. Written
 /// at exec, copied to children at fork, removed at exit. LRU so that a

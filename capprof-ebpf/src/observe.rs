@@ -45,19 +45,20 @@ static CAPPROF_TGID: u32 = 0;
 /// `cap_capable`'s `opts` argument (include/linux/security.h).
 pub const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 
-/// What the hook knows about how the check was made.
+/// Where the callers' return addresses can be found.
 #[derive(Clone, Copy)]
-pub enum Source {
-    /// The tracepoint: no `opts`, classify from the call site. Holds the
-    /// address of the tracepoint's argument array on the kernel stack.
-    CallSite(u64),
-    /// fexit / kprobe: the real `opts`, and the frame to read call sites
-    /// from when calibrated (0 when not).
-    Opts(u32, u64),
+pub enum CallSite {
+    /// Read them now, at the calibrated slots counted up from this address
+    /// (the tracepoint's or the fexit trampoline's context).
+    Frame(u64),
+    /// Already read (by the kprobe at entry, with `read_sites`).
+    Read(u64, u64),
 }
 
+/// Counts one check. `opts` is `cap_capable`'s real `opts` where the hook
+/// has it (fexit, kprobe), None on the tracepoint.
 #[inline(always)]
-pub fn observe(cap: u32, ret: i32, source: Source) {
+pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let mode = cgroup_mode(cgroup_id);
@@ -74,21 +75,17 @@ pub fn observe(cap: u32, ret: i32, source: Source) {
     let phase = if mode == watch::CONTAINERS { task_phase(tgid) } else { phase::WORKLOAD };
 
     let config = CONFIG.get(0);
-    let (site_kind, site, outer_site) = match (config, source) {
-        (Some(config), Source::CallSite(frame)) | (Some(config), Source::Opts(_, frame))
-            if frame != 0 =>
-        {
-            classify_call_site(config, frame)
-        }
-        _ => (kind::UNKNOWN, 0, 0),
+    let (site_kind, site, outer_site) = match config {
+        Some(config) => classify_call_site(config, call_site),
+        None => (kind::UNKNOWN, 0, 0),
     };
-    let kind = match source {
-        Source::CallSite(_) => site_kind,
-        Source::Opts(opts, _) if opts & CAP_OPT_NOAUDIT == 0 => kind::AUDIT,
+    let kind = match opts {
+        None => site_kind,
+        Some(opts) if opts & CAP_OPT_NOAUDIT == 0 => kind::AUDIT,
         // The call site tells the advisory probes apart from the NOAUDIT
         // checks that gate something; both carry CAP_OPT_NOAUDIT.
-        Source::Opts(_, _) if site_kind == kind::ADVISORY => kind::ADVISORY,
-        Source::Opts(_, _) => kind::NOAUDIT,
+        Some(_) if site_kind == kind::ADVISORY => kind::ADVISORY,
+        Some(_) => kind::NOAUDIT,
     };
     if kind == kind::UNKNOWN {
         bump(stat::UNCLASSIFIED);
@@ -286,19 +283,36 @@ fn add(stats: *mut CheckStats, now: u64) {
     }
 }
 
-/// Reads the return addresses at the calibrated slots and resolves them.
+/// Reads the two return addresses of a check at the calibrated slots above
+/// `frame`; (0, 0) when not calibrated.
+#[inline(always)]
+pub fn read_sites(config: &Config, frame: u64) -> (u64, u64) {
+    if !config.calibrated() || frame == 0 {
+        return (0, 0);
+    }
+    (read_slot(frame, config.slot_caller), read_slot(frame, config.slot_outer))
+}
+
+/// Resolves the return addresses of a check to its kind.
 /// Returns (kind, caller return address, outer return address).
 #[inline(always)]
-fn classify_call_site(config: &Config, frame: u64) -> (u8, u64, u64) {
-    if config.slot_caller == 0 {
+fn classify_call_site(config: &Config, call_site: CallSite) -> (u8, u64, u64) {
+    if !config.calibrated() {
         return (kind::UNKNOWN, 0, 0);
     }
-    let site = read_slot(frame, config.slot_caller);
+    let site = match call_site {
+        CallSite::Frame(frame) => read_slot(frame, config.slot_caller),
+        CallSite::Read(site, _) => site,
+    };
     let site_kind = resolve(config, site);
     if site_kind != kind::VIA_SECURITY_CAPABLE {
         return (site_kind, site, 0);
     }
-    let outer = read_slot(frame, config.slot_outer);
+    // Only ordinary checks go one frame further out.
+    let outer = match call_site {
+        CallSite::Frame(frame) => read_slot(frame, config.slot_outer),
+        CallSite::Read(_, outer) => outer,
+    };
     let outer_kind = resolve(config, outer);
     if outer_kind == kind::VIA_SECURITY_CAPABLE {
         return (kind::UNKNOWN, site, outer);

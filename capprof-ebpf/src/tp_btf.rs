@@ -9,7 +9,7 @@
 
 use aya_ebpf::{EbpfContext as _, macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::observe::{Source, observe};
+use crate::observe::{CallSite, observe};
 
 /// Counts every capability check made from a watched cgroup.
 #[btf_tracepoint(function = "cap_capable")]
@@ -18,6 +18,6 @@ pub fn capprof_tp_btf(ctx: BtfTracePointContext) -> i32 {
     let ret: i32 = ctx.arg(4);
     // The context points at the argument array bpf_trace_run5() keeps on the
     // kernel stack; the callers' return addresses lie above it.
-    observe(cap as u32, ret, Source::CallSite(ctx.as_ptr() as u64));
+    observe(cap as u32, ret, None, CallSite::Frame(ctx.as_ptr() as u64));
     0
 }

@@ -119,6 +119,12 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     crate::observer::Classification::CallSite { caller_slot, outer_slot } => {
                         format!("call-site (slots {caller_slot}/{outer_slot})")
                     }
+                    crate::observer::Classification::Opts { call_site: Some(slots) } => {
+                        format!("opts, advisory probes by call site (slots {}/{})", slots.caller, slots.outer)
+                    }
+                    crate::observer::Classification::Opts { call_site: None } => {
+                        "opts (call sites uncalibrated: advisory probes count as silent)".into()
+                    }
                     other => other.to_string(),
                 });
                 load_ms = Some(observer.load_time().as_millis());

@@ -86,7 +86,9 @@ pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots,
         return Err(CalibrationError::NoProbe);
     }
     let n = samples[0].words.len();
-    let caller = (1..n)
+    // Slot 0 is a real candidate for the kprobe (its frame is the entry
+    // stack pointer, which points at the return address).
+    let caller = (0..n)
         .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], VIA_SECURITY_CAPABLE)))
         .ok_or(CalibrationError::NoCallerSlot)?;
     // The advisory path must put its caller at the same slot, or its checks
@@ -101,6 +103,8 @@ pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots,
         .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], AUDIT)))
         .ok_or(CalibrationError::NoOuterSlot(caller as u32))?;
     Ok(Slots { caller: caller as u32, outer: outer as u32 })
+    // Note: `caller` may be 0 (kprobe); `Config::calibrated()` then relies
+    // on `outer`, which is always above it and so never 0.
 }
 
 /// The function ranges the kernel side resolves new return addresses with.

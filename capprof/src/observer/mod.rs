@@ -77,8 +77,9 @@ pub fn choose_backend(kernel: &KernelBtf) -> (Backend, &'static str) {
 pub enum Classification {
     /// Calibrated call-site reads (tracepoint).
     CallSite { caller_slot: u32, outer_slot: u32 },
-    /// The hook's `opts` argument (fexit, kprobe).
-    Opts,
+    /// The hook's `opts` argument (fexit, kprobe), with calibrated call
+    /// sites to tell the advisory probes apart when they could be found.
+    Opts { call_site: Option<calibrate::Slots> },
     /// Calibration failed: every check counts as audited.
     Uncalibrated(String),
 }
@@ -87,7 +88,7 @@ impl fmt::Display for Classification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Classification::CallSite { .. } => f.write_str("call-site"),
-            Classification::Opts => f.write_str("opts"),
+            Classification::Opts { .. } => f.write_str("opts"),
             Classification::Uncalibrated(_) => f.write_str("uncalibrated"),
         }
     }
@@ -196,21 +197,30 @@ impl Observer {
         config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
         config.cgroup_name = kernel.cgroup_name.unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
-        let classification = match (backend, &kallsyms) {
-            (Backend::TpBtf, Some(k)) => match calibrate_slots(&mut ebpf, &btf, k) {
-                Ok(slots) => {
-                    calibrate::apply(&mut config, Some(slots), &ranges);
-                    Classification::CallSite { caller_slot: slots.caller, outer_slot: slots.outer }
-                }
-                Err(reason) => {
-                    tracing::warn!("call-site calibration failed ({reason}); every check will count as audited");
-                    Classification::Uncalibrated(reason)
-                }
-            },
-            (Backend::TpBtf, None) => Classification::Uncalibrated("no /proc/kallsyms".into()),
-            _ => {
+        // Every backend calibrates the call-site slots: the tracepoint needs
+        // them for every class, fexit and kprobe to tell advisory probes
+        // from other NOAUDIT checks.
+        let slots = match &kallsyms {
+            Some(k) => calibrate_slots(&mut ebpf, &btf, k, backend),
+            None => Err("no /proc/kallsyms".to_owned()),
+        };
+        let classification = match (backend, slots) {
+            (Backend::TpBtf, Ok(slots)) => {
+                calibrate::apply(&mut config, Some(slots), &ranges);
+                Classification::CallSite { caller_slot: slots.caller, outer_slot: slots.outer }
+            }
+            (Backend::TpBtf, Err(reason)) => {
+                tracing::warn!("call-site calibration failed ({reason}); every check will count as audited");
+                Classification::Uncalibrated(reason)
+            }
+            (_, Ok(slots)) => {
+                calibrate::apply(&mut config, Some(slots), &ranges);
+                Classification::Opts { call_site: Some(slots) }
+            }
+            (_, Err(reason)) => {
+                tracing::warn!("call-site calibration failed ({reason}); advisory checks will count as silent");
                 calibrate::apply(&mut config, None, &ranges);
-                Classification::Opts
+                Classification::Opts { call_site: None }
             }
         };
         let mut config_map: Array<_, Config> = Array::try_from(
@@ -350,23 +360,47 @@ fn calibrate_slots(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
     kallsyms: &Kallsyms,
+    backend: Backend,
 ) -> Result<calibrate::Slots, String> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(names::PROG_CALIBRATE)
-        .ok_or("no calibration program")?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
-    prog.load(names::TRACEPOINT_NAME, btf).map_err(|e| e.to_string())?;
-    let link = prog.attach().map_err(|e| e.to_string())?;
-    calibrate::trigger_probes();
-    prog.detach(link).map_err(|e| e.to_string())?;
-    let _ = prog.unload();
+    let err = |e: ProgramError| e.to_string();
+    let name = match backend {
+        Backend::TpBtf => names::PROG_CALIBRATE,
+        Backend::Fexit => names::PROG_CALIBRATE_FEXIT,
+        Backend::Kprobe => names::PROG_CALIBRATE_KPROBE,
+    };
+    let prog = ebpf.program_mut(name).ok_or("no calibration program")?;
+    match backend {
+        Backend::TpBtf => {
+            let prog: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+            prog.load(names::TRACEPOINT_NAME, btf).map_err(err)?;
+            let link = prog.attach().map_err(err)?;
+            calibrate::trigger_probes();
+            prog.detach(link).map_err(err)?;
+            let _ = prog.unload();
+        }
+        Backend::Fexit => {
+            let prog: &mut FExit = prog.try_into().map_err(err)?;
+            prog.load(names::HOOK_FUNCTION, btf).map_err(err)?;
+            let link = prog.attach().map_err(err)?;
+            calibrate::trigger_probes();
+            prog.detach(link).map_err(err)?;
+            let _ = prog.unload();
+        }
+        Backend::Kprobe => {
+            let prog: &mut KProbe = prog.try_into().map_err(err)?;
+            prog.load().map_err(err)?;
+            let link = prog.attach(names::HOOK_FUNCTION, 0).map_err(err)?;
+            calibrate::trigger_probes();
+            prog.detach(link).map_err(err)?;
+            let _ = prog.unload();
+        }
+    }
     let calib: Array<_, CalibSample> =
         Array::try_from(ebpf.map(names::CALIB).ok_or("no calibration map")?)
             .map_err(|e| e.to_string())?;
     let samples: Vec<CalibSample> = (0..CALIB_SAMPLES)
         .filter_map(|i| calib.get(&i, 0).ok())
-        .filter(|s| s.words[0] != 0)
+        .filter(|s| s.words.iter().any(|w| *w != 0))
         .collect();
     calibrate::find_slots(&samples, kallsyms).map_err(|e| e.to_string())
 }
