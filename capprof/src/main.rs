@@ -24,6 +24,12 @@ enum Command {
     Record(cmd::record::RecordArgs),
     /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
     Export(cmd::export::ExportArgs),
+    /// Profile every container, always on, with a local API and metrics.
+    Daemon(cmd::daemon::DaemonArgs),
+    /// List the containers the daemon has profiled.
+    Ps(cmd::ps::PsArgs),
+    /// Print one container's profile (or an export of it) from the daemon.
+    Profile(cmd::profile::ProfileArgs),
     /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
 
     /// Check what this kernel offers capprof and which backend it would use.
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::main(args),
         Command::Record(args) => cmd::record::main(args),
         Command::Export(args) => cmd::export::main(args),
+        Command::Daemon(args) => cmd::daemon::main(args),
+        Command::Ps(args) => cmd::ps::main(args),
+        Command::Profile(args) => cmd::profile::main(args),
 
         Command::Doctor(args) => cmd::doctor::main(args),
     };

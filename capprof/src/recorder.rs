@@ -25,7 +25,7 @@ struct CgroupMeta {
 }
 
 /// Everything known about one container so far.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ContainerRecord {
     pub id: String,
     pub runtime: String,
@@ -35,9 +35,33 @@ pub struct ContainerRecord {
     received: Vec<Received>,
     started: Option<SystemTime>,
     died: Option<Instant>,
-    /// What earlier finalizations produced (a restarted container adds up).
+    /// Whether the container has exited (and its counters were drained).
+    pub exited: bool,
+    /// What earlier finalizations produced (a restarted container adds up):
+    /// counts no longer in the kernel.
     profile: Option<Profile>,
 }
+
+/// What the daemon keeps on disk for one container: enough to go on after
+/// a restart without counting anything twice (`base` holds only counts
+/// already drained from the kernel) and, in `current`, the whole profile as
+/// of the last write, for people and tools.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PersistedContainer {
+    pub schema: String,
+    pub id: String,
+    pub runtime: String,
+    pub cgroup: Option<String>,
+    pub cgroup_ids: Vec<u64>,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub capabilities: Option<Vec<crate::caps::Cap>>,
+    pub exited: bool,
+    pub base: Option<Profile>,
+    pub current: Option<Profile>,
+}
+
+pub const STATE_SCHEMA: &str = "capprof.state/v1";
 
 impl ContainerRecord {
     /// The file name its profile is written under.
@@ -94,6 +118,34 @@ impl Recorder {
         format!("/{parent}/{name}")
     }
 
+    /// Takes in the container cgroups that already exist under the watched
+    /// roots: after a restart, the kernel will not announce them again.
+    pub fn adopt_existing(&mut self) {
+        let mut found = vec![];
+        for root in &self.roots {
+            let dir = self.mount.join(root.trim_start_matches('/'));
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let path = format!("{root}/{name}");
+                if let (Some(attr), Ok(id)) = (attribute(&path), crate::cgroup::cgroup_id(&entry.path())) {
+                    found.push((id, path, attr.id, attr.runtime.to_string()));
+                }
+            }
+        }
+        for (cgroup_id, path, id, runtime) in found {
+            let rec = self.container(&id);
+            rec.runtime = runtime;
+            rec.cgroup_ids.insert(cgroup_id);
+            rec.cgroup.get_or_insert_with(|| path.clone());
+            rec.started.get_or_insert_with(SystemTime::now);
+            self.cgroups.insert(cgroup_id, CgroupMeta { path });
+        }
+    }
+
     pub fn on_record(&mut self, received: Received) {
         match received.record {
             Record::Cgroup(c) => {
@@ -141,6 +193,15 @@ impl Recorder {
     /// died and should be finalized once its last records are in.
     pub fn on_engine_event(&mut self, ev: ContainerEvent) {
         let died = matches!(ev.action.as_str(), "die" | "died");
+        if matches!(ev.action.as_str(), "start") {
+            // A restarted container is running again.
+            if let Some(rec) = self.containers.get_mut(&ev.id) {
+                rec.exited = false;
+            }
+        }
+        if self.names.len() > 4096 {
+            self.names.clear();
+        }
         self.names.insert(ev.id.clone(), ev.clone());
         let rec = self.container(&ev.id);
         if rec.info.name.is_none() {
@@ -161,6 +222,135 @@ impl Recorder {
         if info.capabilities.is_some() {
             rec.info.capabilities = info.capabilities;
         }
+    }
+
+    /// The profile as of now, without draining: earlier finalizations plus
+    /// the live counters in `counts` (one read of the kernel map, shared by
+    /// every container).
+    pub fn snapshot(
+        &self,
+        id: &str,
+        observer: &Observer,
+        counts: &[(capprof_common::check::CheckKey, capprof_common::check::CheckStats)],
+    ) -> Option<Profile> {
+        let rec = self.containers.get(id)?;
+        let live: Vec<_> = counts.iter().filter(|(k, _)| rec.cgroup_ids.contains(&k.cgroup_id)).copied().collect();
+        if live.is_empty() {
+            return rec.profile.clone();
+        }
+        let fresh = crate::cmd::run::build_profile(
+            observer,
+            live,
+            &rec.received,
+            self.subject(rec),
+            self.observation(rec, observer),
+        );
+        Some(match &rec.profile {
+            Some(base) => {
+                let mut merged = base.clone();
+                merged.merge(&fresh);
+                merged.subject = fresh.subject;
+                merged
+            }
+            None => fresh,
+        })
+    }
+
+    fn subject(&self, rec: &ContainerRecord) -> Subject {
+        Subject {
+            kind: "container".into(),
+            runtime: Some(rec.runtime.clone()),
+            id: Some(rec.id.clone()),
+            name: rec.info.name.clone(),
+            image: rec.info.image.clone(),
+            cgroup: rec.cgroup.clone(),
+            command: None,
+            capabilities: rec.info.capabilities.clone(),
+        }
+    }
+
+    fn observation(&self, rec: &ContainerRecord, observer: &Observer) -> Observation {
+        let stats = observer.kernel_stats().unwrap_or_default();
+        Observation {
+            start: rec.started.map(rfc3339).unwrap_or_default(),
+            end: rfc3339(SystemTime::now()),
+            backend: self.backend.clone(),
+            classification: self.classification.clone(),
+            lost_records: stats.ringbuf_lost,
+            unclassified_checks: stats.unclassified,
+        }
+    }
+
+    /// What to write to disk for a container.
+    pub fn persisted(&self, id: &str, current: Option<Profile>) -> Option<PersistedContainer> {
+        let rec = self.containers.get(id)?;
+        Some(PersistedContainer {
+            schema: STATE_SCHEMA.into(),
+            id: rec.id.clone(),
+            runtime: rec.runtime.clone(),
+            cgroup: rec.cgroup.clone(),
+            cgroup_ids: rec.cgroup_ids.iter().copied().collect(),
+            name: rec.info.name.clone(),
+            image: rec.info.image.clone(),
+            capabilities: rec.info.capabilities.clone(),
+            exited: rec.exited,
+            base: rec.profile.clone(),
+            current,
+        })
+    }
+
+    /// Takes a container back from disk after a restart. The ids and
+    /// capability names were validated when the file was parsed.
+    pub fn restore(&mut self, p: PersistedContainer) {
+        for id in &p.cgroup_ids {
+            if let Some(path) = &p.cgroup {
+                self.cgroups.insert(*id, CgroupMeta { path: path.clone() });
+            }
+        }
+        let rec = self.container(&p.id);
+        rec.runtime = p.runtime;
+        rec.cgroup = p.cgroup;
+        rec.cgroup_ids = p.cgroup_ids.into_iter().collect();
+        rec.info.name = p.name;
+        rec.info.image = p.image;
+        rec.info.capabilities = p.capabilities;
+        rec.exited = p.exited;
+        rec.profile = p.base;
+        rec.started.get_or_insert_with(SystemTime::now);
+    }
+
+    /// Forgets a container (it is on disk); returns its cgroup ids.
+    pub fn evict(&mut self, id: &str) -> Vec<u64> {
+        let Some(rec) = self.containers.remove(id) else { return vec![] };
+        for cg in &rec.cgroup_ids {
+            self.cgroups.remove(cg);
+        }
+        self.names.remove(id);
+        rec.cgroup_ids.into_iter().collect()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.containers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    pub fn cgroups_tracked(&self) -> usize {
+        self.cgroups.len()
+    }
+
+    /// The container a user means: exact name, or id prefix (≥ 4 chars).
+    pub fn find(&self, key: &str) -> Option<&ContainerRecord> {
+        self.containers
+            .values()
+            .find(|c| c.info.name.as_deref() == Some(key.trim_start_matches('/')))
+            .or_else(|| self.containers.values().find(|c| c.matches(key)))
     }
 
     /// Containers that died more than `grace` ago (their last records have
@@ -187,6 +377,7 @@ impl Recorder {
     pub fn finalize(&mut self, id: &str, observer: &mut Observer) -> Result<Option<Profile>, ObserverError> {
         let Some(rec) = self.containers.get_mut(id) else { return Ok(None) };
         rec.died = None;
+        rec.exited = true;
         let ids = rec.cgroup_ids.clone();
         let counts = observer.drain_counts(|cg| ids.contains(&cg))?;
         let received = std::mem::take(&mut rec.received);

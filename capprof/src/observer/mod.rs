@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod calibrate;
 pub mod events;
+pub mod pin;
 pub mod reader;
 
 use std::{
@@ -17,7 +18,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError},
+    programs::{
+        BtfTracePoint, FExit, KProbe, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
 };
 use capprof_common::{
     check::{CheckKey, CheckStats, stat, watch},
@@ -29,7 +33,7 @@ use crate::kallsyms::Kallsyms;
 use btf::KernelBtf;
 
 /// The eBPF object built by build.rs through aya-build.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
 
 /// How capprof hooks `cap_capable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +116,10 @@ pub enum ObserverError {
     Missing(&'static str),
     #[error("backend {backend} is not available on this kernel: {reason}")]
     BackendUnavailable { backend: Backend, reason: String },
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ObserverError {
@@ -119,7 +127,10 @@ impl ObserverError {
     pub fn is_prerequisite(&self) -> bool {
         matches!(
             self,
-            ObserverError::NotRoot | ObserverError::NoBtf | ObserverError::BackendUnavailable { .. }
+            ObserverError::NotRoot
+                | ObserverError::NoBtf
+                | ObserverError::BackendUnavailable { .. }
+                | ObserverError::Pin(_)
         )
     }
 }
@@ -154,21 +165,72 @@ pub fn preflight() -> Result<(), ObserverError> {
     Ok(())
 }
 
+/// How to load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Force a backend instead of the best one the kernel offers.
+    pub backend: Option<Backend>,
+    /// Pin maps and links under this bpffs mount (the daemon), reusing
+    /// compatible pins from an earlier run.
+    pub pin_bpffs: Option<std::path::PathBuf>,
+}
+
+/// An attached program's link, kept to be pinned.
+enum Attached {
+    TpBtf(&'static str, aya::programs::tp_btf::BtfTracePointLinkId),
+    Fexit(&'static str, aya::programs::fexit::FExitLinkId),
+    Kprobe(&'static str),
+}
+
 pub struct Observer {
     ebpf: Ebpf,
     backend: Backend,
     classification: Classification,
     kallsyms: Option<Kallsyms>,
     load_time: Duration,
+    attached: Vec<Attached>,
+    pin_dir: Option<std::path::PathBuf>,
+    /// Whether compatible pins of an earlier run were reused.
+    reused_pins: bool,
 }
 
 impl Observer {
     /// Loads the object, calibrates, and attaches `backend` (or the best one
     /// this kernel offers).
     pub fn load(backend: Option<Backend>) -> Result<Self, ObserverError> {
+        Self::load_with(LoadOptions { backend, pin_bpffs: None })
+    }
+
+    pub fn load_with(options: LoadOptions) -> Result<Self, ObserverError> {
+        let backend = options.backend;
         let started = Instant::now();
         preflight()?;
         bump_memlock_rlimit();
+        let mut reused_pins = false;
+        let pin_dir = match &options.pin_bpffs {
+            Some(bpffs) => {
+                pin::ensure_bpffs(bpffs)?;
+                let dir = pin::pin_dir(bpffs);
+                let object = aya_obj::Object::parse(OBJECT)
+                    .map_err(|e| ObserverError::Internal(format!("cannot parse the eBPF object: {e}")))?;
+                if let Some(reason) = pin::incompatibility(&dir, &object) {
+                    tracing::warn!(
+                        "incompatible pins in {} ({reason}), left by another capprof build: replacing them",
+                        dir.display()
+                    );
+                    pin::reset(&dir).map_err(|source| pin::PinError::Dir { path: dir.clone(), source })?;
+                } else {
+                    reused_pins = pin::map_path(&dir, names::COUNTS).exists();
+                }
+                pin::prepare(&dir)?;
+                Some(dir)
+            }
+            None => None,
+        };
+        let map_pins: Vec<(&'static str, std::path::PathBuf)> = match &pin_dir {
+            Some(dir) => pin::PINNED_MAPS.iter().map(|n| (*n, pin::map_path(dir, n))).collect(),
+            None => vec![],
+        };
         let kernel = KernelBtf::read()?;
         let backend = backend.unwrap_or_else(|| choose_backend(&kernel).0);
         if backend == Backend::TpBtf && !kernel.has_cap_tracepoint {
@@ -178,10 +240,12 @@ impl Observer {
             });
         }
         let tgid = std::process::id();
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CAPPROF_TGID", &tgid, true)
-            .override_global("CALIBRATE_TGID", &tgid, true)
-            .load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("CAPPROF_TGID", &tgid, true).override_global("CALIBRATE_TGID", &tgid, true);
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
         let kallsyms = match Kallsyms::load() {
             Ok(k) => Some(k),
@@ -229,9 +293,71 @@ impl Observer {
         .map_err(map_err(names::CONFIG))?;
         config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
 
-        attach_process_hooks(&mut ebpf, &btf);
-        attach_backend(&mut ebpf, &btf, backend)?;
-        Ok(Self { ebpf, backend, classification, kallsyms, load_time: started.elapsed() })
+        let mut attached = attach_process_hooks(&mut ebpf, &btf);
+        attached.push(attach_backend(&mut ebpf, &btf, backend)?);
+        let mut observer = Self {
+            ebpf,
+            backend,
+            classification,
+            kallsyms,
+            load_time: started.elapsed(),
+            attached,
+            pin_dir,
+            reused_pins,
+        };
+        observer.pin_links()?;
+        Ok(observer)
+    }
+
+    /// Whether an earlier run's pins (and the counts in them) were reused.
+    pub fn reused_pins(&self) -> bool {
+        self.reused_pins
+    }
+
+    /// Pins each attached link, replacing an earlier run's: the new program
+    /// is attached before the old one is detached, so no check goes
+    /// uncounted across a restart (a few may be counted twice).
+    fn pin_links(&mut self) -> Result<(), ObserverError> {
+        let Some(dir) = self.pin_dir.clone() else { return Ok(()) };
+        for attached in std::mem::take(&mut self.attached) {
+            let (name, link): (&str, FdLink) = match attached {
+                Attached::TpBtf(name, id) => {
+                    let prog: &mut BtfTracePoint = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or(ObserverError::Missing(names::PROG_TP_BTF))?
+                        .try_into()
+                        .map_err(program_err(names::PROG_TP_BTF))?;
+                    (name, prog.take_link(id).map_err(program_err(names::PROG_TP_BTF))?.into())
+                }
+                Attached::Fexit(name, id) => {
+                    let prog: &mut FExit = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or(ObserverError::Missing(names::PROG_FEXIT))?
+                        .try_into()
+                        .map_err(program_err(names::PROG_FEXIT))?;
+                    (name, prog.take_link(id).map_err(program_err(names::PROG_FEXIT))?.into())
+                }
+                Attached::Kprobe(name) => {
+                    tracing::warn!("{name}: kprobe links are not pinned; checks made while the daemon is down are lost");
+                    continue;
+                }
+            };
+            let path = pin::link_path(&dir, name);
+            if path.exists() {
+                match PinnedLink::from_pin(&path) {
+                    // Dropping the unpinned old link detaches the old program.
+                    Ok(old) => drop(old.unpin()),
+                    Err(e) => {
+                        tracing::warn!("cannot reopen {}: {e}; removing it", path.display());
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            link.pin(&path).map_err(|e| ObserverError::Internal(format!("cannot pin {}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -297,6 +423,15 @@ impl Observer {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ObserverError> {
         let map = self.ebpf.take_map(names::EVENTS).ok_or(ObserverError::Missing(names::EVENTS))?;
         RingBuf::try_from(map).map_err(map_err(names::EVENTS))
+    }
+
+    /// Reads every counter, leaving them in place.
+    pub fn read_counts(&self) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
+        let counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
+            self.ebpf.map(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
+        )
+        .map_err(map_err(names::COUNTS))?;
+        Ok(counts.iter().filter_map(Result::ok).collect())
     }
 
     /// Reads and deletes the counters of the cgroups `wanted` selects.
@@ -408,28 +543,32 @@ fn calibrate_slots(
 /// Process lifecycle hooks for the runtime-setup/workload split. Without
 /// them container profiles would count runtime setup as the workload's, so
 /// failures are loud, but `capprof run` does not need them.
-fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) {
+fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
+    let mut attached = vec![];
     for (name, tracepoint) in [
         (names::PROG_EXEC, "sched_process_exec"),
         (names::PROG_FORK, "sched_process_fork"),
         (names::PROG_EXIT, "sched_process_exit"),
     ] {
-        let result = (|| -> Result<(), ProgramError> {
+        let result = (|| -> Result<_, ProgramError> {
             let Some(prog) = ebpf.program_mut(name) else {
                 return Err(ProgramError::NotLoaded);
             };
             let prog: &mut BtfTracePoint = prog.try_into()?;
             prog.load(tracepoint, btf)?;
-            prog.attach()?;
-            Ok(())
+            prog.attach()
         })();
-        if let Err(err) = result {
-            tracing::warn!("cannot attach {name} to {tracepoint}: {err}; runtime setup will not be told apart");
+        match result {
+            Ok(id) => attached.push(Attached::TpBtf(name, id)),
+            Err(err) => tracing::warn!(
+                "cannot attach {name} to {tracepoint}: {err}; runtime setup will not be told apart"
+            ),
         }
     }
+    attached
 }
 
-fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(), ObserverError> {
+fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<Attached, ObserverError> {
     let unavailable = |reason: String| ObserverError::BackendUnavailable { backend, reason };
     match backend {
         Backend::TpBtf => {
@@ -439,7 +578,8 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(
                 .try_into()
                 .map_err(program_err(names::PROG_TP_BTF))?;
             prog.load(names::TRACEPOINT_NAME, btf).map_err(program_err(names::PROG_TP_BTF))?;
-            prog.attach().map_err(program_err(names::PROG_TP_BTF))?;
+            let id = prog.attach().map_err(program_err(names::PROG_TP_BTF))?;
+            Ok(Attached::TpBtf(names::PROG_TP_BTF, id))
         }
         Backend::Fexit => {
             let prog: &mut FExit = ebpf
@@ -448,7 +588,8 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(
                 .try_into()
                 .map_err(program_err(names::PROG_FEXIT))?;
             prog.load(names::HOOK_FUNCTION, btf).map_err(|e| unavailable(e.to_string()))?;
-            prog.attach().map_err(|e| unavailable(e.to_string()))?;
+            let id = prog.attach().map_err(|e| unavailable(e.to_string()))?;
+            Ok(Attached::Fexit(names::PROG_FEXIT, id))
         }
         Backend::Kprobe => {
             for (name, _) in [(names::PROG_KPROBE, ()), (names::PROG_KRETPROBE, ())] {
@@ -460,9 +601,9 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(
                 prog.load().map_err(|e| unavailable(e.to_string()))?;
                 prog.attach(names::HOOK_FUNCTION, 0).map_err(|e| unavailable(e.to_string()))?;
             }
+            Ok(Attached::Kprobe(names::PROG_KPROBE))
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

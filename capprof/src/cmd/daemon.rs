@@ -1,0 +1,115 @@
+//! `capprof daemon`: always-on per-container profiling.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::{
+    daemon::{
+        self,
+        config::{DaemonConfig, GroupBy},
+    },
+    error::Error,
+    observer::{Backend, preflight},
+};
+
+/// Profile every container on this host, always on: keeps each container's
+/// profile current in the state directory, serves them on a root-only unix
+/// socket (see `capprof ps` and `capprof profile`), and optionally exports
+/// Prometheus metrics. Maps and programs are pinned in bpffs, so checks made
+/// while the daemon is down are counted when it comes back. After attaching
+/// it drops every capability.
+///
+/// Every flag can also come from a CAPPROF_* variable or the TOML --config
+/// file (flags win, then the environment, then the file).
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// State directory [default: /var/lib/capprof].
+    #[arg(long, value_name = "DIR", env = "CAPPROF_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// API socket [default: /run/capprof/capprof.sock].
+    #[arg(long, value_name = "PATH", env = "CAPPROF_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Serve Prometheus metrics here; a bare port binds 127.0.0.1 [default: off].
+    #[arg(long, value_name = "ADDR", env = "CAPPROF_METRICS")]
+    pub metrics: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE", env = "CAPPROF_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Also merge profiles per image, so replicas add up [default: container].
+    #[arg(long, value_enum, env = "CAPPROF_GROUP_BY")]
+    pub group_by: Option<GroupBy>,
+    /// Containers kept in memory; exited ones beyond this are evicted to disk.
+    #[arg(long, value_name = "N", env = "CAPPROF_MAX_CONTAINERS")]
+    pub max_containers: Option<usize>,
+    /// Seconds between writes of changed profiles [default: 3].
+    #[arg(long, value_name = "SECONDS", env = "CAPPROF_FLUSH_INTERVAL")]
+    pub flush_interval: Option<u64>,
+    /// The engine's API socket [default: $DOCKER_HOST, else /var/run/docker.sock].
+    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE")]
+    pub engine: Option<String>,
+    /// bpffs mount point, mounted if missing [default: /sys/fs/bpf].
+    #[arg(long, value_name = "DIR", env = "CAPPROF_BPFFS")]
+    pub bpffs: Option<PathBuf>,
+    /// Use this backend instead of the best one the kernel offers.
+    #[arg(long, value_enum, env = "CAPPROF_BACKEND")]
+    pub backend: Option<Backend>,
+    /// Remove the pinned maps and programs, then exit.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+impl DaemonArgs {
+    fn config(&self) -> Result<DaemonConfig, Error> {
+        let mut c = match &self.config {
+            Some(path) => DaemonConfig::from_file(path).map_err(|e| Error::usage(e.to_string()))?,
+            None => DaemonConfig::default(),
+        };
+        if let Some(v) = &self.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &self.socket {
+            c.socket = v.clone();
+        }
+        if let Some(v) = &self.metrics {
+            c.metrics = Some(v.clone());
+        }
+        if let Some(v) = self.group_by {
+            c.group_by = v;
+        }
+        if let Some(v) = self.max_containers {
+            c.max_containers = v;
+        }
+        if let Some(v) = self.flush_interval {
+            c.flush_interval_secs = v;
+        }
+        if let Some(v) = &self.engine {
+            c.engine = Some(v.clone());
+        }
+        if let Some(v) = &self.bpffs {
+            c.bpffs = v.clone();
+        }
+        c.validate().map_err(|e| Error::usage(e.to_string()))?;
+        Ok(c)
+    }
+}
+
+pub fn main(args: DaemonArgs) -> Result<ExitCode, Error> {
+    let config = args.config()?;
+    preflight()?;
+    if args.reset {
+        let removed = daemon::reset(&config).map_err(|e| Error::internal(e.to_string()))?;
+        eprintln!(
+            "capprof: {}",
+            if removed { "removed the pinned maps and programs" } else { "no pins to remove" }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // One thread: capabilities are per thread, and the daemon drops them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(daemon::run(config, args.backend)).map_err(|e| {
+        if e.is_prerequisite() { Error::usage(e.to_string()) } else { Error::internal(e.to_string()) }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

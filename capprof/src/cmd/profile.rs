@@ -1,0 +1,274 @@
+//! `capprof profile`: one container's (or image's) profile from a running
+//! daemon, as a table, JSON or runtime settings.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use super::ps::{fetch, short_id, write_stdout};
+use crate::{
+    daemon::client::{DEFAULT_SOCKET, encode_segment},
+    error::Error,
+    export::{self, Format},
+    profile::Profile,
+    table,
+};
+
+const EXAMPLES: &str = "\
+Examples:
+  capprof profile web                          the table
+  capprof profile 3f2a9c -f docker             docker run flags
+  capprof profile -f k8s web > caps.yaml
+  capprof profile --image nginx:1.27 -f compose  merged over the image's containers";
+
+/// Show the profile a running `capprof daemon` holds for one container, or
+/// with --image the profile merged over every container of an image.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ProfileArgs {
+    /// The container's name or id (a prefix of 4 characters or more), or
+    /// with --image the image as the engine names it (nginx:1.27,
+    /// docker.io/library/nginx:1.27).
+    #[arg(value_name = "NAME_OR_ID")]
+    pub key: String,
+
+    /// Treat NAME_OR_ID as an image: merge the profiles of all its
+    /// containers.
+    #[arg(long, env = "CAPPROF_PROFILE_IMAGE")]
+    pub image: bool,
+
+    /// The daemon's API socket.
+    #[arg(long, value_name = "PATH", env = "CAPPROF_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Output format.
+    #[arg(short, long, value_enum, value_name = "FORMAT", env = "CAPPROF_PROFILE_FORMAT", default_value_t = ProfileFormat::Table)]
+    pub format: ProfileFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileFormat {
+    /// A table of the capabilities seen, and the allowlist.
+    Table,
+    /// The profile itself (capprof.profile/v1).
+    Json,
+    /// `docker run` flags.
+    Docker,
+    /// A docker compose service snippet.
+    Compose,
+    /// A Kubernetes container securityContext snippet.
+    K8s,
+    /// `podman run` flags.
+    Podman,
+    /// An OCI runtime-spec process.capabilities fragment.
+    Oci,
+    /// A systemd unit drop-in.
+    Systemd,
+}
+
+impl ProfileFormat {
+    /// The export this format is, if it is one.
+    fn export(self) -> Option<Format> {
+        match self {
+            ProfileFormat::Table => None,
+            ProfileFormat::Json => Some(Format::Json),
+            ProfileFormat::Docker => Some(Format::Docker),
+            ProfileFormat::Compose => Some(Format::Compose),
+            ProfileFormat::K8s => Some(Format::K8s),
+            ProfileFormat::Podman => Some(Format::Podman),
+            ProfileFormat::Oci => Some(Format::Oci),
+            ProfileFormat::Systemd => Some(Format::Systemd),
+        }
+    }
+}
+
+pub fn main(args: ProfileArgs) -> Result<ExitCode, Error> {
+    let text = run(&args)?;
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: &ProfileArgs) -> Result<String, Error> {
+    let key = args.key.trim();
+    if key.is_empty() {
+        return Err(Error::usage(
+            "give a container name or id (see `capprof ps`)",
+        ));
+    }
+    let (what, path) = if args.image {
+        (
+            format!("no container of image {key}"),
+            format!("/v1/images/{}", encode_segment(key)),
+        )
+    } else {
+        (
+            format!("no container {key}"),
+            format!("/v1/containers/{}", encode_segment(key)),
+        )
+    };
+    let Some(body) = fetch(&args.socket, &path)? else {
+        return Err(Error::usage(format!(
+            "{what} in the daemon at {} (see `capprof ps`)",
+            args.socket.display()
+        )));
+    };
+    // The daemon's answer is checked like any profile file.
+    let profile = Profile::from_json(&format!("the daemon's profile of {key}"), &body)
+        .map_err(|e| Error::internal(e.to_string()))?;
+    match args.format.export() {
+        Some(format) => Ok(export::render(&profile, format)?),
+        None => Ok(format!(
+            "{}{}",
+            heading(&profile),
+            table::render_profile(&profile)
+        )),
+    }
+}
+
+/// One line naming what the table is about.
+fn heading(profile: &Profile) -> String {
+    let subject = &profile.subject;
+    let who = match (&subject.name, &subject.id) {
+        (Some(name), _) => Some(format!("container {name}")),
+        (None, Some(id)) => Some(format!("container {}", short_id(id))),
+        (None, None) => None,
+    };
+    let head = match (who, &subject.image) {
+        (Some(who), Some(image)) => format!("{who}, image {image}"),
+        (Some(who), None) => who,
+        (None, Some(image)) => format!("image {image}"),
+        (None, None) => "profile".to_owned(),
+    };
+    let obs = &profile.observation;
+    format!(
+        "{head}, observed {} to {} ({} backend)\n",
+        obs.start, obs.end, obs.backend
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::daemon::api::testing::{ID, IMAGE, ThreadServer, sample_profile};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProfileArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ProfileArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("profile").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("capprof-profile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = parse(&["web"]).unwrap();
+        assert_eq!(args.key, "web");
+        assert_eq!(args.format, ProfileFormat::Table);
+        assert!(!args.image);
+        assert_eq!(args.socket, std::path::Path::new(DEFAULT_SOCKET));
+        let args = parse(&["--image", "-f", "k8s", "--socket", "/x", IMAGE]).unwrap();
+        assert!(args.image);
+        assert_eq!(args.format, ProfileFormat::K8s);
+        assert_eq!(args.key, IMAGE);
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["-f", "helm", "web"]).is_err());
+    }
+
+    #[test]
+    fn shows_profiles_in_every_format() {
+        let dir = scratch("formats");
+        let server = ThreadServer::start(dir.join("capprof.sock"));
+        let socket = server.socket.to_str().unwrap();
+
+        let out = run(&parse(&["--socket", socket, "web"]).unwrap()).unwrap();
+        assert!(
+            out.starts_with(
+                "container web, image docker.io/library/nginx:1.27, observed \
+                 2025-01-01T00:00:00Z to 2025-01-01T00:01:00Z (tp_btf backend)\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("allowlist: CAP_CHOWN CAP_NET_BIND_SERVICE\n"),
+            "{out}"
+        );
+
+        let out = run(&parse(&["--socket", socket, "-f", "json", &ID[..8]]).unwrap()).unwrap();
+        assert_eq!(out, sample_profile().to_json());
+
+        for (flag, format) in [
+            ("docker", Format::Docker),
+            ("compose", Format::Compose),
+            ("k8s", Format::K8s),
+            ("podman", Format::Podman),
+            ("oci", Format::Oci),
+            ("systemd", Format::Systemd),
+        ] {
+            let out = run(&parse(&["--socket", socket, "-f", flag, "web"]).unwrap()).unwrap();
+            assert_eq!(
+                out,
+                export::render(&sample_profile(), format).unwrap(),
+                "{flag}"
+            );
+        }
+
+        let out =
+            run(&parse(&["--socket", socket, "--image", "-f", "docker", IMAGE]).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
+        );
+        // An image whose last path component is `export` is still an image.
+        let out = run(&parse(&["--socket", socket, "--image", "acme/export"]).unwrap()).unwrap();
+        assert!(out.contains("allowlist: "), "{out}");
+
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_daemons_are_usage_errors() {
+        let dir = scratch("unknown");
+        let server = ThreadServer::start(dir.join("capprof.sock"));
+        let socket = server.socket.to_str().unwrap().to_owned();
+        let socket = socket.as_str();
+
+        let err = run(&parse(&["--socket", socket, "db"]).unwrap()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            err.to_string(),
+            format!("no container db in the daemon at {socket} (see `capprof ps`)")
+        );
+        let err = run(&parse(&["--socket", socket, "--image", "web"]).unwrap()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .starts_with("no container of image web in the daemon"),
+            "{err}"
+        );
+        // A key cannot reach another route.
+        let err = run(&parse(&["--socket", socket, "web/export"]).unwrap()).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        let err = run(&parse(&["--socket", socket, " "]).unwrap()).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+
+        drop(server);
+        let err = run(&parse(&["--socket", socket, "web"]).unwrap()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().starts_with("no capprof daemon answers at "),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,861 @@
+//! The daemon's local API: HTTP/1 and JSON over a root-only unix socket.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /health` | [`Health`] |
+//! | `GET /v1/containers` | `[ContainerSummary]` |
+//! | `GET /v1/containers/{key}` | the profile (`capprof.profile/v1`) |
+//! | `GET /v1/containers/{key}/export?format=F` | `export::render` as text |
+//! | `GET /v1/images/{image}` | the profile merged over the image's containers |
+//! | `GET /v1/images/{image}/export?format=F` | as for a container |
+//!
+//! `{key}` is a container name or an id prefix of at least 4 characters.
+//! `{image}` is the rest of the path: `/v1/images/docker.io/library/nginx:1.27`
+//! works as written. It is percent-decoded after the route is chosen, so an
+//! image whose name ends in `/export` is asked for with its slashes encoded
+//! (`%2F`), which `capprof profile --image` always does. `format` is one of
+//! docker, compose, k8s, podman, oci, systemd, json (default docker).
+//!
+//! Errors are JSON too, `{"error": "…"}`: 400 for a bad format or key, 404
+//! for an unknown container, image or route, 405 for anything but GET, 503
+//! when the aggregator has gone away (the daemon is stopping).
+
+use std::{
+    fs::{self, DirBuilder},
+    future::Future,
+    io,
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use axum::{
+    Router,
+    extract::{
+        Path as UrlPath, Query as UrlQuery, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+    http::{StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use clap::ValueEnum as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+
+use super::query::{self, Group, Query, QueryTx};
+use crate::export::{self, Format};
+
+/// The socket's mode: read and write (connect) for root only.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// The mode of the socket's directory when `bind` has to create it.
+pub const SOCKET_DIR_MODE: u32 = 0o755;
+
+/// Longest `{key}` or `{image}` accepted; real ones are far shorter.
+const MAX_KEY_LEN: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot create the socket directory {}: {source}", path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("another capprof daemon already answers at {}", path.display())]
+    InUse { path: PathBuf },
+    #[error("cannot remove the stale socket {}: {source}", path.display())]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot bind {}: {source}", path.display())]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot make {} root-only: {source}", path.display())]
+    Permissions { path: PathBuf, source: io::Error },
+    #[error("the API server failed: {0}")]
+    Serve(io::Error),
+}
+
+/// Binds the API socket at `path`, root-only (mode 0600, owner root:root
+/// when running as root).
+///
+/// Creates the parent directory (0755) if it is missing, and replaces a
+/// stale socket left by a daemon that died; it refuses to replace anything
+/// that is not a socket, or a socket that a live daemon still answers on.
+///
+/// There is no moment when the socket is reachable with a wider mode: it is
+/// bound inside a fresh 0700 directory beside `path`, made root-only there,
+/// then renamed into place. (Setting the umask instead would change it for
+/// every thread of the process for that moment.)
+///
+/// Must be called inside a tokio runtime with IO enabled.
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(SOCKET_DIR_MODE)
+            .create(parent)
+            .map_err(|source| ApiError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
+    }
+    remove_stale(path)?;
+
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let private = parent.join(format!(
+        ".{}.{}.bind",
+        file_name.as_deref().unwrap_or("capprof.sock"),
+        std::process::id()
+    ));
+    let bind_err = |source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    // A leftover from a crash of this very pid number: it is ours to remove.
+    if private.exists() {
+        fs::remove_dir_all(&private).map_err(bind_err)?;
+    }
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(bind_err)?;
+    let result = bind_in(&private, path);
+    let _ = fs::remove_dir_all(&private);
+    result
+}
+
+fn bind_in(private: &Path, path: &Path) -> Result<UnixListener, ApiError> {
+    let temp = private.join("s");
+    let listener =
+        std::os::unix::net::UnixListener::bind(&temp).map_err(|source| ApiError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+    let perm_err = |source| ApiError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    fs::set_permissions(&temp, fs::Permissions::from_mode(SOCKET_MODE)).map_err(perm_err)?;
+    // A file bound by root belongs to uid 0; make the group root too (the
+    // process's group or a setgid directory may say otherwise). An
+    // unprivileged daemon (tests) keeps its own ownership, still 0600.
+    if fs::metadata(&temp).map_err(perm_err)?.uid() == 0 {
+        std::os::unix::fs::chown(&temp, Some(0), Some(0)).map_err(perm_err)?;
+    }
+    fs::rename(&temp, path).map_err(|source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ApiError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+    UnixListener::from_std(listener).map_err(|source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes whatever is at `path` if it is a socket nobody answers on.
+fn remove_stale(path: &Path) -> Result<(), ApiError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ApiError::Bind {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ApiError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ApiError::InUse {
+            path: path.to_owned(),
+        });
+    }
+    fs::remove_file(path).map_err(|source| ApiError::RemoveStale {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes the socket at `path` when the daemon stops, if it is still a
+/// socket (never anything else that took its place).
+pub fn unlink(path: &Path) {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets the
+/// requests in flight finish.
+pub async fn serve(
+    listener: UnixListener,
+    tx: QueryTx,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    axum::serve(listener, router(tx))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ApiError::Serve)
+}
+
+/// The routes, over the aggregator's query channel.
+pub fn router(tx: QueryTx) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/containers", get(containers))
+        .route("/v1/containers/{key}", get(container))
+        .route("/v1/containers/{key}/export", get(container_export))
+        .route("/v1/images/{*image}", get(image))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(tx)
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportParams {
+    format: Option<String>,
+}
+
+async fn health(State(tx): State<QueryTx>) -> Response {
+    match query::ask(&tx, |reply| Query::Health { reply }).await {
+        Some(health) => json(StatusCode::OK, &health),
+        None => unavailable(),
+    }
+}
+
+async fn containers(State(tx): State<QueryTx>) -> Response {
+    match query::ask(&tx, |reply| Query::List { reply }).await {
+        Some(list) => json(StatusCode::OK, &list),
+        None => unavailable(),
+    }
+}
+
+async fn container(
+    State(tx): State<QueryTx>,
+    key: Result<UrlPath<String>, PathRejection>,
+) -> Response {
+    match key {
+        Ok(UrlPath(key)) => profile(&tx, Group::Container, key, None).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
+}
+
+async fn container_export(
+    State(tx): State<QueryTx>,
+    key: Result<UrlPath<String>, PathRejection>,
+    params: Result<UrlQuery<ExportParams>, QueryRejection>,
+) -> Response {
+    let format = match params.map(|p| parse_format(p.0.format.as_deref())) {
+        Ok(Ok(format)) => format,
+        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match key {
+        Ok(UrlPath(key)) => profile(&tx, Group::Container, key, Some(format)).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
+}
+
+/// `/v1/images/{*image}` and `/v1/images/{*image}/export`: split on the
+/// raw path, so that an encoded `%2F` never counts as a separator.
+async fn image(
+    State(tx): State<QueryTx>,
+    uri: Uri,
+    params: Result<UrlQuery<ExportParams>, QueryRejection>,
+) -> Response {
+    let raw = uri.path().strip_prefix("/v1/images/").unwrap_or_default();
+    let (raw, export) = match raw.strip_suffix("/export") {
+        Some(image) if !image.is_empty() => (image, true),
+        _ => (raw, false),
+    };
+    let Some(image) = percent_decode(raw) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the image name is not valid percent-encoded UTF-8",
+        );
+    };
+    let format = if export {
+        match params.map(|p| parse_format(p.0.format.as_deref())) {
+            Ok(Ok(format)) => Some(format),
+            Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        }
+    } else {
+        None
+    };
+    profile(&tx, Group::Image, image, format).await
+}
+
+/// One profile, as JSON or (with a format) rendered as text.
+async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>) -> Response {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a name, id or image must have 1 to {MAX_KEY_LEN} bytes"),
+        );
+    }
+    let what = match group {
+        Group::Container => {
+            format!("no container {key} (give a name or an id prefix of 4 or more characters)")
+        }
+        Group::Image => format!("no container of image {key}"),
+    };
+    let asked = query::ask(tx, |reply| Query::Profile { group, key, reply }).await;
+    let profile = match asked {
+        None => return unavailable(),
+        Some(None) => return error(StatusCode::NOT_FOUND, what),
+        Some(Some(profile)) => profile,
+    };
+    match format {
+        None => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            profile.to_json(),
+        )
+            .into_response(),
+        Some(format) => match export::render(&profile, format) {
+            Ok(text) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                text,
+            )
+                .into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    }
+}
+
+/// `?format=`, docker when absent; otherwise the 400 message, listing the
+/// valid ones.
+fn parse_format(format: Option<&str>) -> Result<Format, String> {
+    let Some(name) = format else {
+        return Ok(Format::Docker);
+    };
+    Format::from_str(name, true).map_err(|_| {
+        let valid: Vec<String> = Format::value_variants()
+            .iter()
+            .filter_map(|f| f.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        format!(
+            "unknown format {name:?}; valid formats: {}",
+            valid.join(", ")
+        )
+    })
+}
+
+/// Decodes `%XX` escapes; None if one is malformed or the result is not
+/// UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hi = char::from(bytes.next()?).to_digit(16)?;
+        let lo = char::from(bytes.next()?).to_digit(16)?;
+        out.push(u8::try_from(hi * 16 + lo).ok()?);
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported")
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the daemon is stopping: its aggregator has gone away",
+    )
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
+}
+
+/// Pretty JSON with a final newline, so `curl` output reads well.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut body) => {
+            body.push('\n');
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!(
+                "{{\"error\": \"cannot encode the answer: {}\"}}\n",
+                e.to_string().escape_default()
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// Fixtures for the tests of the API and of the commands that use it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::{path::PathBuf, sync::mpsc as std_mpsc, thread};
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{Query, QueryTx, bind, serve};
+    use crate::{
+        caps::Cap,
+        daemon::query::{ContainerSummary, Group, Health, MetricsSnapshot},
+        profile::Profile,
+    };
+
+    pub const IMAGE: &str = "docker.io/library/nginx:1.27";
+    pub const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    pub fn sample_profile() -> Profile {
+        let json = r#"{
+          "schema": "capprof.profile/v1",
+          "generator": "capprof test",
+          "subject": {"kind": "container", "name": "web", "image": "docker.io/library/nginx:1.27"},
+          "observation": {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z",
+                          "backend": "tp_btf", "classification": "call-site"},
+          "allowlist": ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+          "required": ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+          "denied": [], "advisory": [], "silent": [],
+          "capabilities": [
+            {"name": "CAP_CHOWN", "number": 0, "class": "required", "granted": 3, "denied": 0,
+             "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:02Z"},
+            {"name": "CAP_NET_BIND_SERVICE", "number": 10, "class": "required", "granted": 1,
+             "denied": 0, "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:01Z"}
+          ]
+        }"#;
+        Profile::from_json("sample", json.as_bytes()).unwrap()
+    }
+
+    pub fn sample_list() -> Vec<ContainerSummary> {
+        vec![
+            ContainerSummary {
+                id: ID.into(),
+                name: Some("web".into()),
+                image: Some(IMAGE.into()),
+                runtime: "docker".into(),
+                state: "running".into(),
+                required: vec![Cap::from_number(0).unwrap()],
+                allowlist: vec![Cap::from_number(0).unwrap(), Cap::from_number(10).unwrap()],
+                first_seen: "2025-01-01T00:00:00Z".into(),
+                last_seen: "2025-01-01T00:00:02Z".into(),
+            },
+            ContainerSummary {
+                id: "fedcba9876543210".into(),
+                name: None,
+                image: None,
+                runtime: "podman".into(),
+                state: "exited".into(),
+                required: vec![],
+                allowlist: vec![],
+                first_seen: String::new(),
+                last_seen: String::new(),
+            },
+        ]
+    }
+
+    pub fn sample_health() -> Health {
+        Health {
+            status: "ok".into(),
+            version: "0.1.0".into(),
+            backend: "tp_btf".into(),
+            classification: "call-site".into(),
+            uptime_secs: 7,
+            containers: 2,
+            capabilities: vec![],
+        }
+    }
+
+    /// An aggregator with fixed answers.
+    pub fn fake_aggregator() -> QueryTx {
+        let (tx, mut rx) = mpsc::channel::<Query>(8);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                match q {
+                    Query::List { reply } => {
+                        let _ = reply.send(sample_list());
+                    }
+                    Query::Health { reply } => {
+                        let _ = reply.send(sample_health());
+                    }
+                    Query::Metrics { reply } => {
+                        let _ = reply.send(MetricsSnapshot::default());
+                    }
+                    Query::Profile { group, key, reply } => {
+                        let known = match group {
+                            Group::Container => {
+                                key == "web" || (key.len() >= 4 && ID.starts_with(&key))
+                            }
+                            Group::Image => key == IMAGE || key == "acme/export",
+                        };
+                        let _ = reply.send(known.then(sample_profile));
+                    }
+                }
+            }
+        });
+        tx
+    }
+
+    /// The API with the fake aggregator, on a thread and runtime of its own,
+    /// for callers that run their own runtime (the CLI commands).
+    pub struct ThreadServer {
+        pub socket: PathBuf,
+        stop: Option<oneshot::Sender<()>>,
+        thread: Option<thread::JoinHandle<()>>,
+    }
+
+    impl ThreadServer {
+        pub fn start(socket: PathBuf) -> Self {
+            let (ready_tx, ready_rx) = std_mpsc::channel();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let path = socket.clone();
+            let thread = thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = bind(&path).unwrap();
+                    ready_tx.send(()).unwrap();
+                    serve(listener, fake_aggregator(), async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+                });
+            });
+            ready_rx.recv().unwrap();
+            ThreadServer {
+                socket,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for ThreadServer {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                let joined = thread.join();
+                // Do not panic while already panicking: that would abort.
+                if !thread::panicking() {
+                    joined.unwrap();
+                }
+            }
+            super::unlink(&self.socket);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{testing::*, *};
+    use crate::{
+        daemon::{
+            client,
+            query::{ContainerSummary, Health},
+        },
+        profile::Profile,
+    };
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("capprof-api-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    struct Server {
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), ApiError>>,
+    }
+
+    impl Server {
+        fn start(socket: &Path, tx: QueryTx) -> Self {
+            let listener = bind(socket).unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(serve(listener, tx, async move {
+                let _ = stopped.await;
+            }));
+            Server {
+                stop: Some(stop),
+                task,
+            }
+        }
+
+        async fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn get(socket: &Path, path: &str) -> (StatusCode, String) {
+        let (status, body) = client::get(socket, path).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn error_of(body: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["error"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn every_route_answers() {
+        let dir = scratch("routes");
+        // The socket's directory is missing: bind creates it.
+        let socket = dir.join("run/capprof.sock");
+        let server = Server::start(&socket, fake_aggregator());
+
+        let meta = fs::symlink_metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o7777, SOCKET_MODE, "{:o}", meta.mode());
+        assert_eq!(meta.uid(), fs::metadata(&dir).unwrap().uid());
+        let run = fs::read_dir(socket.parent().unwrap()).unwrap().count();
+        assert_eq!(run, 1, "nothing but the socket is left beside it");
+
+        let (status, body) = get(&socket, "/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Health>(&body).unwrap(),
+            sample_health()
+        );
+
+        let (status, body) = get(&socket, "/v1/containers").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Vec<ContainerSummary>>(&body).unwrap(),
+            sample_list()
+        );
+
+        for key in ["web", "0123", &ID[..12], ID] {
+            let (status, body) = get(&socket, &format!("/v1/containers/{key}")).await;
+            assert_eq!(status, StatusCode::OK, "{key}: {body}");
+            assert_eq!(
+                Profile::from_json("api", body.as_bytes()).unwrap(),
+                sample_profile()
+            );
+        }
+
+        let (status, body) = get(&socket, "/v1/containers/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error_of(&body).starts_with("no container nope"), "{body}");
+
+        let (status, body) = get(&socket, "/v1/containers/web/export?format=k8s").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            export::render(&sample_profile(), Format::K8s).unwrap()
+        );
+        let (status, body) = get(&socket, "/v1/containers/web/export").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
+        );
+        let (status, body) = get(&socket, "/v1/containers/nope/export?format=oci").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        let (status, body) = get(&socket, "/v1/containers/web/export?format=helm").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            error_of(&body),
+            "unknown format \"helm\"; valid formats: docker, compose, k8s, podman, oci, systemd, json"
+        );
+
+        // Images: written as is, or percent-encoded.
+        let encoded = client::encode_segment(IMAGE);
+        for path in [
+            format!("/v1/images/{IMAGE}"),
+            format!("/v1/images/{encoded}"),
+        ] {
+            let (status, body) = get(&socket, &path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!(
+                Profile::from_json("api", body.as_bytes()).unwrap(),
+                sample_profile()
+            );
+            let (status, body) = get(&socket, &format!("{path}/export?format=systemd")).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!(
+                body,
+                export::render(&sample_profile(), Format::Systemd).unwrap()
+            );
+            let (status, _) = get(&socket, &format!("{path}/export?format=nope")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+        }
+        // An image whose name ends in /export: encode its slash.
+        let (status, body) = get(&socket, "/v1/images/acme%2Fexport").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = get(&socket, "/v1/images/acme/export").await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "the export of image acme: {body}"
+        );
+        assert_eq!(error_of(&body), "no container of image acme");
+        let (status, body) = get(&socket, "/v1/images/bad%zz").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+        for path in [
+            "/",
+            "/v1",
+            "/v1/images/",
+            "/v2/containers",
+            "/v1/containers/web/more",
+        ] {
+            let (status, body) = get(&socket, path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert!(
+                error_of(&body).starts_with("no such route: "),
+                "{path}: {body}"
+            );
+        }
+        let long = "x".repeat(MAX_KEY_LEN + 1);
+        let (status, _) = get(&socket, &format!("/v1/containers/{long}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // A second daemon must not take over a live socket.
+        assert!(matches!(bind(&socket), Err(ApiError::InUse { .. })));
+
+        server.stop().await;
+        // The listener is gone: the socket file is stale, and a new bind
+        // replaces it.
+        let err = client::get(&socket, "/health").await.unwrap_err();
+        assert!(matches!(err, client::ClientError::NoDaemon { .. }), "{err}");
+        let server = Server::start(&socket, fake_aggregator());
+        assert_eq!(get(&socket, "/health").await.0, StatusCode::OK);
+        server.stop().await;
+        unlink(&socket);
+        assert!(!socket.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_to_replace_what_is_not_a_socket() {
+        let dir = scratch("notsock");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("capprof.sock");
+        fs::write(&path, b"precious").unwrap();
+        let err = bind(&path).unwrap_err();
+        assert!(matches!(err, ApiError::NotASocket { .. }), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"precious");
+        unlink(&path);
+        assert!(path.exists(), "unlink leaves non-sockets alone");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gone_aggregator_is_503() {
+        let dir = scratch("gone");
+        let socket = dir.join("capprof.sock");
+        let (tx, rx) = mpsc::channel::<Query>(1);
+        drop(rx);
+        let server = Server::start(&socket, tx);
+        for path in [
+            "/health",
+            "/v1/containers",
+            "/v1/containers/web",
+            "/v1/images/x/export",
+        ] {
+            let (status, body) = get(&socket, path).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(
+                error_of(&body).starts_with("the daemon is stopping"),
+                "{body}"
+            );
+        }
+        server.stop().await;
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_clients_get_identical_answers() {
+        let dir = scratch("concurrent");
+        let socket = dir.join("capprof.sock");
+        let server = Server::start(&socket, fake_aggregator());
+        let socket = Arc::new(socket);
+        let clients: Vec<_> = (0..20)
+            .map(|i| {
+                let socket = Arc::clone(&socket);
+                tokio::spawn(async move {
+                    let mut answers = vec![];
+                    for _ in 0..5 {
+                        let path = if i % 2 == 0 {
+                            "/v1/containers"
+                        } else {
+                            "/v1/containers/web"
+                        };
+                        answers.push((i % 2, get(&socket, path).await));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let list = serde_json::to_string_pretty(&sample_list()).unwrap() + "\n";
+        let profile = sample_profile().to_json();
+        let mut answered = 0;
+        for client in clients {
+            for (kind, (status, body)) in client.await.unwrap() {
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(&body, if kind == 0 { &list } else { &profile });
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 100);
+        let socket = Arc::try_unwrap(socket).unwrap();
+        server.stop().await;
+        unlink(&socket);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%3a1").as_deref(), Some("a/b:1"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+}

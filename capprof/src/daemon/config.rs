@@ -1,0 +1,122 @@
+//! The daemon's configuration: flags, `CAPPROF_*` environment variables, and
+//! a TOML file, in that order of precedence, validated at startup.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::query::Group;
+
+/// Every setting, with its default (see `Default`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Profiles and state: /var/lib/capprof.
+    pub state_dir: PathBuf,
+    /// The local API socket: /run/capprof/capprof.sock (root-only, 0600).
+    pub socket: PathBuf,
+    /// Prometheus metrics address; off by default. A bare port binds
+    /// loopback.
+    pub metrics: Option<String>,
+    /// Keep profiles per container (default) or also merged per image.
+    pub group_by: GroupBy,
+    /// Containers held in memory; finished ones beyond this are evicted to
+    /// disk (counted in capprof_evictions_total). Default 1024.
+    pub max_containers: usize,
+    /// How often changed profiles are written, in seconds. Default 3.
+    pub flush_interval_secs: u64,
+    /// The engine API socket: $DOCKER_HOST, else /var/run/docker.sock.
+    pub engine: Option<String>,
+    /// Where bpffs is (mounted if missing): /sys/fs/bpf.
+    pub bpffs: PathBuf,
+    /// Extra cgroup v2 subtrees to watch for containers.
+    pub cgroup_roots: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Container,
+    Image,
+}
+
+impl From<GroupBy> for Group {
+    fn from(g: GroupBy) -> Self {
+        match g {
+            GroupBy::Container => Group::Container,
+            GroupBy::Image => Group::Image,
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/capprof"),
+            socket: PathBuf::from("/run/capprof/capprof.sock"),
+            metrics: None,
+            group_by: GroupBy::Container,
+            max_containers: 1024,
+            flush_interval_secs: 3,
+            engine: None,
+            bpffs: PathBuf::from(crate::observer::pin::DEFAULT_BPFFS),
+            cgroup_roots: vec![],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl DaemonConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, path) in [("state_dir", &self.state_dir), ("socket", &self.socket), ("bpffs", &self.bpffs)] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid(format!("{name} must be an absolute path, not {}", path.display())));
+            }
+        }
+        if self.max_containers == 0 {
+            return Err(ConfigError::Invalid("max_containers must be at least 1".into()));
+        }
+        if self.flush_interval_secs == 0 || self.flush_interval_secs > 3600 {
+            return Err(ConfigError::Invalid("flush_interval_secs must be 1..=3600".into()));
+        }
+        if let Some(m) = &self.metrics {
+            super::metrics::parse_addr(m).map_err(|e| ConfigError::Invalid(format!("metrics: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_and_defaults() {
+        let c: DaemonConfig = toml::from_str("state_dir = \"/srv/capprof\"\ngroup_by = \"image\"\n").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/capprof"));
+        assert_eq!(c.group_by, GroupBy::Image);
+        assert_eq!(c.socket, DaemonConfig::default().socket);
+        c.validate().unwrap();
+        assert!(toml::from_str::<DaemonConfig>("bogus = 1").is_err());
+        let rel = DaemonConfig { socket: "rel.sock".into(), ..Default::default() };
+        assert!(rel.validate().is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! The daemon's internal API: what the HTTP handlers and the metrics
+//! endpoint ask the aggregator task, which owns all profile state. Bounded
+//! mpsc in, oneshot out (lockc's pattern); no shared locks.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{caps::Cap, profile::Profile};
+
+/// One line of `capprof ps` / `GET /v1/containers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub runtime: String,
+    /// `running` or `exited`.
+    pub state: String,
+    pub required: Vec<Cap>,
+    pub allowlist: Vec<Cap>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub backend: String,
+    pub classification: String,
+    pub uptime_secs: u64,
+    pub containers: usize,
+    /// Capabilities the daemon still holds after dropping what it no longer
+    /// needs (empty: none).
+    pub capabilities: Vec<String>,
+}
+
+/// One sample of `capprof_checks` (a gauge of cumulative checks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSample {
+    pub container: String,
+    pub capability: String,
+    /// required, denied, silent, advisory.
+    pub class: String,
+    pub count: u64,
+}
+
+/// Everything the metrics endpoint exports, read in one go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    pub checks: Vec<CheckSample>,
+    pub ringbuf_lost: u64,
+    pub counts_full: u64,
+    pub cgroups_tracked: u64,
+    pub containers_tracked: u64,
+    pub profiles_written: u64,
+    pub evictions: u64,
+}
+
+/// What the grouping key of a profile is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Container,
+    Image,
+}
+
+pub enum Query {
+    /// Every profiled container.
+    List { reply: oneshot::Sender<Vec<ContainerSummary>> },
+    /// One container's profile, by name or id prefix (≥ 4 chars); or, with
+    /// `Group::Image`, the profile merged over every container of an image.
+    Profile { group: Group, key: String, reply: oneshot::Sender<Option<Profile>> },
+    Health { reply: oneshot::Sender<Health> },
+    Metrics { reply: oneshot::Sender<MetricsSnapshot> },
+}
+
+pub type QueryTx = mpsc::Sender<Query>;
+
+/// Asks the aggregator; None when it has gone away.
+pub async fn ask<T>(tx: &QueryTx, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply)).await.ok()?;
+    rx.await.ok()
+}

@@ -1,0 +1,165 @@
+//! The daemon's state directory: one file per container, written
+//! atomically; a corrupt or truncated file is moved aside, never fatal.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use crate::{
+    engine::{is_container_id, safe_name},
+    fsutil,
+    profile::Profile,
+    recorder::{PersistedContainer, STATE_SCHEMA},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot use state directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+pub struct StateDir {
+    containers: PathBuf,
+    profiles: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        let containers = root.join("containers");
+        let profiles = root.join("profiles");
+        for dir in [root, &containers, &profiles] {
+            fs::create_dir_all(dir).map_err(|source| StateError::Dir { path: dir.to_owned(), source })?;
+        }
+        Ok(Self { containers, profiles })
+    }
+
+    /// Every readable container state; unreadable ones are moved aside.
+    /// Returns the states and how many files were set aside.
+    pub fn load_all(&self) -> (Vec<PersistedContainer>, usize) {
+        let mut out = vec![];
+        let mut corrupt = 0;
+        let Ok(entries) = fs::read_dir(&self.containers) else { return (out, 0) };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match parse(&path) {
+                Ok(state) => out.push(state),
+                Err(reason) => {
+                    corrupt += 1;
+                    let stamp = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let aside = path.with_extension(format!("json.corrupt-{stamp}"));
+                    tracing::warn!(
+                        "state file {} is unreadable ({reason}); moved aside to {}",
+                        path.display(),
+                        aside.display()
+                    );
+                    let _ = fs::rename(&path, &aside);
+                }
+            }
+        }
+        (out, corrupt)
+    }
+
+    pub fn write(&self, state: &PersistedContainer) -> Result<(), StateError> {
+        let path = self.containers.join(format!("{}.json", state.id));
+        let mut json = serde_json::to_string_pretty(state).expect("state always serializes");
+        json.push('\n');
+        fsutil::write_atomic(&path, json.as_bytes()).map_err(|source| StateError::Write { path, source })?;
+        if let Some(current) = &state.current {
+            let stem = state
+                .name
+                .as_deref()
+                .and_then(safe_name)
+                .unwrap_or_else(|| state.id.chars().take(12).collect());
+            let path = self.profiles.join(format!("{stem}.json"));
+            fsutil::write_atomic(&path, current.to_json().as_bytes())
+                .map_err(|source| StateError::Write { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Reads one container back (an evicted one, for the API).
+    pub fn read(&self, id: &str) -> Option<PersistedContainer> {
+        if !is_container_id(id) {
+            return None;
+        }
+        parse(&self.containers.join(format!("{id}.json"))).ok()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.containers) else { return vec![] };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
+            .filter(|id| is_container_id(id))
+            .collect()
+    }
+}
+
+/// Parses a state file without trusting it: schema, id, and the profiles
+/// inside must all validate.
+fn parse(path: &Path) -> Result<PersistedContainer, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let state: PersistedContainer = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if state.schema != STATE_SCHEMA {
+        return Err(format!("schema {:?}", state.schema));
+    }
+    if !is_container_id(&state.id) {
+        return Err("not a container id".into());
+    }
+    for profile in [&state.base, &state.current].into_iter().flatten() {
+        let json = serde_json::to_vec(profile).map_err(|e| e.to_string())?;
+        Profile::from_json(&path.display().to_string(), &json).map_err(|e| e.to_string())?;
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_files_are_moved_aside() {
+        let root = std::env::temp_dir().join(format!("capprof-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = StateDir::open(&root).unwrap();
+        let id = "a".repeat(64);
+        let good = PersistedContainer {
+            schema: STATE_SCHEMA.into(),
+            id: id.clone(),
+            runtime: "docker".into(),
+            cgroup: Some(format!("/docker/{id}")),
+            cgroup_ids: vec![7],
+            name: Some("web".into()),
+            image: None,
+            capabilities: None,
+            exited: true,
+            base: None,
+            current: None,
+        };
+        dir.write(&good).unwrap();
+        fs::write(root.join("containers").join(format!("{}.json", "b".repeat(64))), b"{\"schema\": \"capprof.st").unwrap();
+        let (states, corrupt) = dir.load_all();
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].name.as_deref(), Some("web"));
+        assert_eq!(corrupt, 1);
+        let aside = fs::read_dir(root.join("containers"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 1);
+        assert!(dir.read(&id).is_some());
+        assert!(dir.read("../etc/passwd").is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
