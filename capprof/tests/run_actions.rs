@@ -169,10 +169,17 @@ fn plain_programs_need_nothing() {
         }
     }
     // The mmap loop's checks really are seen, and classified advisory.
+    // Kernels that inline cap_capable into cap_vm_enough_memory (Debian's
+    // 6.1 and 6.12) make the probe invisible to fexit and kprobe; only the
+    // tracepoint, inside cap_capable's body, sees it there.
     let (_, profile) = profile_of(&[ACTION, "mmap-loop"]);
-    assert_eq!(names(&profile, "advisory"), ["CAP_SYS_ADMIN"]);
-    let admin = &profile["capabilities"][0];
-    assert!(admin["granted"].as_u64().unwrap() >= 2000, "{admin}");
+    if profile["observation"]["backend"] == "tp_btf" {
+        assert_eq!(names(&profile, "advisory"), ["CAP_SYS_ADMIN"]);
+        let admin = &profile["capabilities"][0];
+        assert!(admin["granted"].as_u64().unwrap() >= 2000, "{admin}");
+    } else {
+        assert!(names(&profile, "advisory").iter().all(|c| c == "CAP_SYS_ADMIN"), "{profile}");
+    }
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub enum CalibrationError {
     NoProbe,
     #[error("no word of the probe's stack resolves to security_capable")]
     NoCallerSlot,
-    #[error("no advisory CAP_SYS_ADMIN check was seen at slot {0}")]
+    #[error("the advisory CAP_SYS_ADMIN check's caller is not at slot {0}")]
     NoAdvisory(u32),
     #[error("no word above slot {0} resolves to an audited caller")]
     NoOuterSlot(u32),
@@ -92,11 +92,14 @@ pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots,
         .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], VIA_SECURITY_CAPABLE)))
         .ok_or(CalibrationError::NoCallerSlot)?;
     // The advisory path must put its caller at the same slot, or its checks
-    // would be misread.
-    let advisory_seen = samples
+    // would be misread. Some builds (Debian's 6.1 and 6.12) inline
+    // cap_capable into cap_vm_enough_memory: then no hook sees that probe,
+    // and there is nothing to misread.
+    let advisory: Vec<&CalibSample> = samples
         .iter()
-        .any(|s| s.cap == ADVISORY_CAP && resolves_to(kallsyms, s.words[caller], ADVISORY));
-    if !advisory_seen {
+        .filter(|s| s.cap == ADVISORY_CAP && s.words.iter().any(|w| resolves_to(kallsyms, *w, ADVISORY)))
+        .collect();
+    if !advisory.is_empty() && !advisory.iter().any(|s| resolves_to(kallsyms, s.words[caller], ADVISORY)) {
         return Err(CalibrationError::NoAdvisory(caller as u32));
     }
     let outer = (caller + 1..n)
@@ -211,6 +214,10 @@ ffffffff81100500 T zzz_end
             sample(PROBE_CAP, &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)]),
         ];
         assert_eq!(find_slots(&moved, &k), Err(CalibrationError::NoAdvisory(12)));
+        // No advisory sample at all (cap_capable inlined into
+        // cap_vm_enough_memory): the slots still hold.
+        let inlined = [sample(PROBE_CAP, &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)])];
+        assert_eq!(find_slots(&inlined, &k), Ok(Slots { caller: 12, outer: 17 }));
         let no_outer = [
             sample(ADVISORY_CAP, &[(12, 0xffffffff811000b6)]),
             sample(PROBE_CAP, &[(12, 0xffffffff8110003b)]),

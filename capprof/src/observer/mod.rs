@@ -240,13 +240,15 @@ impl Observer {
             });
         }
         let tgid = std::process::id();
+        // Parse the kernel's BTF once for the loader and the attaches.
+        let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
         let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
         loader.override_global("CAPPROF_TGID", &tgid, true).override_global("CALIBRATE_TGID", &tgid, true);
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
         let kallsyms = match Kallsyms::load() {
             Ok(k) => Some(k),
             Err(err) => {
