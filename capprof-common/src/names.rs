@@ -43,6 +43,16 @@ pub const PROG_CALIBRATE_KPROBE: &str = "capprof_calibrate_kprobe";
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
 pub const PROG_EXIT: &str = "capprof_exit";
+/// Benchmark only (`capprof-bench`, never loaded by capprof): an empty
+/// program on the `cap_capable` tracepoint, the floor every observer pays.
+/// Deliberately left out of `ALL_PROGRAMS`.
+pub const PROG_BENCH_EMPTY: &str = "capprof_bench_empty";
+/// Benchmark only: the per-event streaming design (one `EVENTS` record per
+/// check, like BCC's `capable`), to compare with in-kernel aggregation.
+pub const PROG_BENCH_STREAM: &str = "capprof_bench_stream";
+/// Benchmark only: capprof's profiled path rebuilt step by step, to price
+/// each step with bpf_stats.
+pub const PROG_BENCH_LADDER: &str = "capprof_bench_ladder";
 
 /// The kernel function and tracepoint every backend observes.
 pub const HOOK_FUNCTION: &str = "cap_capable";

@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd is the only atomic add on BPF")]
 
+mod bench;
 mod calibrate;
 mod fexit;
 mod kprobe;

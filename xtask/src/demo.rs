@@ -1,26 +1,74 @@
-//! `cargo xtask demo`: capprof's main job on a bundled sample. It profiles
-//! `demo/sample.sh` on the host and prints the allowlist as `docker run`
-//! flags. Each step is a function, so that a container step can join later.
+//! `cargo xtask demo`: capprof's main job, end to end, on a container.
+//!
+//! 1. builds capprof (release) and the busybox image, with a private
+//!    dockerd when no engine answers;
+//! 2. starts `capprof record --container capprof-demo` in the background;
+//! 3. runs `demo/sample.sh` in a container named `capprof-demo`, then stops
+//!    the recorder with SIGINT;
+//! 4. prints Docker's default set against what the container used
+//!    (`capprof export --against docker`);
+//! 5. prints the `docker run` flags (`capprof export --format docker`);
+//! 6. proves them: the workload runs with exactly those flags, and fails
+//!    when any one of them is dropped.
+//!
+//! Any step that fails makes the demo fail; the private engine and the
+//! recorder are stopped either way.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    engine::Engine,
+    image::{self, TEST_IMAGE},
     setup,
-    util::{run_checked, stdout_of, step, target_dir, workspace_root},
+    util::{display, note, run_checked, stdout_of, step, target_dir, workspace_root},
 };
 
 /// The sample workload, relative to the workspace root.
 const SAMPLE: &str = "demo/sample.sh";
+/// Where the container sees it.
+const SAMPLE_IN_CONTAINER: &str = "/sample.sh";
+/// The demo container's name, and so its profile's file name.
+const CONTAINER: &str = "capprof-demo";
+/// How long `capprof record` gets to load and attach.
+const RECORD_START: Duration = Duration::from_secs(60);
+/// How long the last records of an exited container get to arrive.
+const SETTLE: Duration = Duration::from_millis(800);
 
 /// `cargo xtask demo`.
 pub fn run() -> Result<()> {
     setup::ensure()?;
     let capprof = build_capprof()?;
-    let profile = profile_sample(&capprof)?;
-    print_docker_flags(&capprof, &profile)?;
+    let engine = Engine::ensure()?;
+    let outcome = demo(&engine, capprof);
+    // Stop the private engine before the verdict, so the verdict stays last.
+    engine.stop();
+    let (profile, flags) = outcome?;
+    step(format_args!(
+        "done: {CONTAINER} needs only `{}`; its profile is {}",
+        flags.join(" "),
+        profile.display()
+    ));
     Ok(())
+}
+
+/// Steps 2 to 6; returns the profile and the flags.
+fn demo(engine: &Engine, capprof: PathBuf) -> Result<(PathBuf, Vec<String>)> {
+    image::ensure_test_image(engine)?;
+    let demo = Demo::new(engine, capprof);
+    let profile = demo.record()?;
+    demo.compare_with_defaults(&profile)?;
+    let flags = demo.docker_flags(&profile)?;
+    demo.prove(&flags)?;
+    Ok((profile, flags))
 }
 
 /// `cargo build --release -p capprof`; returns the binary's path.
@@ -36,41 +84,269 @@ fn build_capprof() -> Result<PathBuf> {
     Ok(target_dir().join("release").join("capprof"))
 }
 
-/// Profiles the sample on the host; capprof prints its table to stderr.
-/// Returns the profile's path.
-fn profile_sample(capprof: &PathBuf) -> Result<PathBuf> {
-    let out_dir = target_dir().join("demo");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let profile = out_dir.join("profile.json");
-    step(format_args!("profiling {SAMPLE} with capprof run"));
-    run_checked(
-        Command::new(capprof)
-            .current_dir(workspace_root())
-            .arg("run")
-            .arg("--out")
-            .arg(&profile)
-            .args(["--", "/bin/sh", SAMPLE]),
-    )
-    .context("profiling the sample workload")?;
-    step(format_args!("profile written to {}", profile.display()));
-    Ok(profile)
+struct Demo<'a> {
+    engine: &'a Engine,
+    capprof: PathBuf,
+    /// `-v HOST:CONTAINER:ro` for the sample.
+    volume: String,
 }
 
-/// Exports the profile for Docker and prints it as a `docker run` line.
-fn print_docker_flags(capprof: &PathBuf, profile: &PathBuf) -> Result<()> {
-    step("exporting the allowlist for docker");
-    let flags = stdout_of(
-        Command::new(capprof)
-            .current_dir(workspace_root())
-            .args(["export", "--format", "docker"])
-            .arg(profile),
-    )
-    .context("exporting the profile for docker")?;
-    let flags = flags.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flags.starts_with("docker ") {
-        println!("{flags}");
-    } else {
-        println!("docker run {flags} …");
+impl<'a> Demo<'a> {
+    fn new(engine: &'a Engine, capprof: PathBuf) -> Self {
+        let sample = workspace_root().join(SAMPLE);
+        let volume = format!("{}:{SAMPLE_IN_CONTAINER}:ro", sample.display());
+        Self {
+            engine,
+            capprof,
+            volume,
+        }
     }
-    Ok(())
+
+    /// A `capprof` command that talks to the demo's engine.
+    fn capprof(&self) -> Command {
+        let mut cmd = Command::new(&self.capprof);
+        cmd.current_dir(workspace_root());
+        if let Some(host) = self.engine.host() {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd
+    }
+
+    /// `docker run --network none [--name capprof-demo | --rm] FLAGS IMAGE
+    /// sh /sample.sh`, printed first; its output is returned, not shown.
+    fn run_sample(&self, name: Option<&str>, flags: &[String]) -> Result<Output> {
+        let mut cmd = self.engine.docker();
+        cmd.args(["run", "--network", "none"]);
+        match name {
+            Some(name) => cmd.args(["--name", name]),
+            None => cmd.arg("--rm"),
+        };
+        cmd.args(flags)
+            .args(["-v", &self.volume, TEST_IMAGE, "sh", SAMPLE_IN_CONTAINER]);
+        note(format_args!("$ {}", display(&cmd)));
+        cmd.stdin(Stdio::null())
+            .output()
+            .context("could not start docker")
+    }
+
+    fn remove_container(&self) {
+        let _ = self
+            .engine
+            .docker()
+            .args(["rm", "-f", CONTAINER])
+            .stdin(Stdio::null())
+            .output();
+    }
+
+    /// Steps 2 and 3: records the sample container; returns its profile.
+    fn record(&self) -> Result<PathBuf> {
+        let out_dir = target_dir().join("demo").join("profiles");
+        let profile = out_dir.join(format!("{CONTAINER}.json"));
+        if out_dir.exists() {
+            std::fs::remove_dir_all(&out_dir)
+                .with_context(|| format!("removing the old {}", out_dir.display()))?;
+        }
+        self.remove_container();
+
+        step(format_args!(
+            "starting capprof record for the container {CONTAINER}"
+        ));
+        let mut cmd = self.capprof();
+        cmd.arg("record")
+            .arg("--out")
+            .arg(&out_dir)
+            .args(["--container", CONTAINER]);
+        let recorder = Recorder::start(cmd)?;
+
+        step(format_args!(
+            "running {SAMPLE} in the container {CONTAINER}"
+        ));
+        let out = self.run_sample(Some(CONTAINER), &[]);
+        self.remove_container();
+        let out = out?;
+        show_output(&out);
+        if !out.status.success() {
+            bail!(
+                "the sample failed under Docker's default capabilities ({})",
+                out.status
+            );
+        }
+        note(format_args!("the sample exited 0"));
+        thread::sleep(SETTLE);
+
+        step("stopping capprof record (SIGINT)");
+        recorder.stop()?;
+        if !profile.exists() {
+            bail!(
+                "capprof record wrote no profile for {CONTAINER} ({} is missing)",
+                profile.display()
+            );
+        }
+        note(format_args!("profile written to {}", profile.display()));
+        Ok(profile)
+    }
+
+    /// Step 4: the default set against what the container used.
+    fn compare_with_defaults(&self, profile: &Path) -> Result<()> {
+        step("Docker's default capabilities against what the container used");
+        let mut cmd = self.capprof();
+        cmd.args(["export", "--against", "docker"]).arg(profile);
+        note(format_args!("$ {}", display(&cmd)));
+        let table = stdout_of(&mut cmd).context("comparing the profile with Docker's defaults")?;
+        println!("{table}");
+        Ok(())
+    }
+
+    /// Step 5: the `docker run` flags.
+    fn docker_flags(&self, profile: &Path) -> Result<Vec<String>> {
+        step("the docker run flags that grant only what it used");
+        let mut cmd = self.capprof();
+        cmd.args(["export", "--format", "docker"]).arg(profile);
+        note(format_args!("$ {}", display(&cmd)));
+        let text = stdout_of(&mut cmd).context("exporting the profile for docker")?;
+        let flags: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        if flags.first().map(String::as_str) != Some("--cap-drop=ALL") {
+            bail!("unexpected docker flags from capprof export: {text:?}");
+        }
+        println!("docker run {} …", flags.join(" "));
+        Ok(flags)
+    }
+
+    /// Step 6: sufficient with exactly the flags, and each one needed.
+    fn prove(&self, flags: &[String]) -> Result<()> {
+        step("re-running the sample with exactly those flags");
+        let out = self.run_sample(None, flags)?;
+        show_output(&out);
+        if !out.status.success() {
+            bail!(
+                "the sample fails with {} ({}): the allowlist is not enough",
+                flags.join(" "),
+                out.status
+            );
+        }
+        step(format_args!(
+            "it works: exit 0 with only {}",
+            flags.join(" ")
+        ));
+
+        if flags.len() > 1 {
+            step("dropping each of them in turn: the sample must fail");
+        }
+        for i in 1..flags.len() {
+            let mut fewer = flags.to_vec();
+            let dropped = fewer.remove(i);
+            let out = self.run_sample(None, &fewer)?;
+            if out.status.success() {
+                bail!("the sample still works without {dropped}: the allowlist is not minimal");
+            }
+            let why = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            note(format_args!(
+                "without {dropped}: fails ({}): {why}",
+                out.status
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Shows a container's output, indented.
+fn show_output(out: &Output) {
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        note(format_args!("| {line}"));
+    }
+}
+
+/// `capprof record` in the background. Its stderr is shown as it comes;
+/// dropping it without `stop` kills it.
+struct Recorder {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Recorder {
+    /// Starts `cmd` and waits for its "recording" line (attached and
+    /// watching).
+    fn start(mut cmd: Command) -> Result<Self> {
+        note(format_args!("$ {} &", display(&cmd)));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("could not start capprof record")?;
+        let stderr = child
+            .stderr
+            .take()
+            .context("capprof record has no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                note(format_args!("[record] {line}"));
+                let _ = tx.send(line);
+            }
+        });
+        // From here on, Drop stops it.
+        let mut recorder = Self { child, lines };
+        let deadline = Instant::now() + RECORD_START;
+        loop {
+            match recorder.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("recording") => return Ok(recorder),
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = recorder
+                        .child
+                        .wait()
+                        .context("waiting for capprof record")?;
+                    bail!("capprof record exited before it was recording ({status})");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "capprof record did not start recording within {} s",
+                    RECORD_START.as_secs()
+                );
+            }
+        }
+    }
+
+    /// SIGINT, as Ctrl-C would: it writes the profiles and exits 0.
+    fn stop(mut self) -> Result<()> {
+        interrupt(&self.child);
+        let status = self.child.wait().context("waiting for capprof record")?;
+        if !status.success() {
+            bail!("capprof record failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            interrupt(&self.child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn interrupt(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own
+    // child, not yet reaped, so it cannot have been reused.
+    unsafe { libc::kill(pid, libc::SIGINT) };
 }

@@ -1,4 +1,4 @@
-//! capprof's development tasks: `cargo xtask setup|test|demo`.
+//! capprof's development tasks: `cargo xtask setup|test|demo|vm-test`.
 //!
 //! Every command prints what it does to stderr. `test` and `demo` first run
 //! `setup`'s checks, which install only what is missing.
@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod engine;
 mod image;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 /// Development tasks for capprof. Run them as root.
 #[derive(Debug, Parser)]
@@ -30,6 +32,12 @@ enum Command {
     Test(test::TestArgs),
     /// Profile the bundled sample workload and print the allowlist it needs.
     Demo,
+    /// Measure capprof's cost per capability check against an empty program,
+    /// a streaming design and bpftrace (BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the root
+    /// integration tests there, with the fexit and kprobe backends.
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +47,8 @@ fn main() -> ExitCode {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test::run(&args),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(&args),
+        Command::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -68,6 +68,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // Stop the private engine before the summary, so the summary stays last.
     engine.stop();
     let (status, counts) = outcome?;
+    // The benchmark's smoke test: it fails only on the storm's no-loss
+    // result, never on a timing.
+    let bench_ok = crate::bench::smoke()?;
 
     let code = if !status.success() {
         step(format_args!("cargo test failed ({status})"));
@@ -80,6 +83,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         )
     } else if counts.passed == 0 {
         step("error: cargo test succeeded but no test passed; refusing a run that tested nothing");
+        ExitCode::FAILURE
+    } else if !bench_ok {
+        step("error: the benchmark smoke test (bench --quick --check) failed");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -594,7 +594,10 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<A
             Ok(Attached::Fexit(names::PROG_FEXIT, id))
         }
         Backend::Kprobe => {
-            for (name, _) in [(names::PROG_KPROBE, ()), (names::PROG_KRETPROBE, ())] {
+            // The return probe first: kprobe handlers registered later run
+            // first, so the entry probe reads the caller's return address
+            // before the kretprobe replaces it with its trampoline.
+            for (name, _) in [(names::PROG_KRETPROBE, ()), (names::PROG_KPROBE, ())] {
                 let prog: &mut KProbe = ebpf
                     .program_mut(name)
                     .ok_or(ObserverError::Missing(name))?

@@ -1,0 +1,213 @@
+//! Benchmark-only programs, loaded by `capprof-bench` and never by capprof
+//! (their names are not in `names::ALL_PROGRAMS`). They share the object so
+//! that the benchmark compares designs built with the same toolchain, and
+//! they add no map of their own to what capprof creates at load.
+//!
+//! match-proto (Linux 6.14+, include/trace/events/capability.h):
+//!   TRACE_EVENT(cap_capable, TP_PROTO(const struct cred *cred,
+//!       struct user_namespace *target_ns, const struct user_namespace *capable_ns,
+//!       int cap, int ret))
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
+            bpf_task_pt_regs,
+        },
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use capprof_common::{
+    check::{
+        CheckKey, CheckStats, EvidenceKey, SYSCALL_UNKNOWN, VERDICT_DENIED, VERDICT_GRANTED, kind,
+        phase, stat, watch,
+    },
+    event::{EVENT_EVIDENCE, EvidenceEvent},
+};
+
+use crate::maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, SITES, bump};
+
+/// The floor: does nothing on every capability check, so that its cost is
+/// the tracepoint's own dispatch.
+#[btf_tracepoint(function = "cap_capable")]
+pub fn capprof_bench_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// The per-event streaming design, as BCC's `capable` does it: one ring
+/// buffer record per check, from every cgroup, with nothing aggregated in
+/// the kernel. Records that cannot be reserved are counted in
+/// `STATS[RINGBUF_LOST]`.
+#[btf_tracepoint(function = "cap_capable")]
+pub fn capprof_bench_stream(ctx: BtfTracePointContext) -> i32 {
+    let cap: i32 = ctx.arg(3);
+    let ret: i32 = ctx.arg(4);
+    stream(cap as u32, ret);
+    0
+}
+
+#[inline(always)]
+fn stream(cap: u32, ret: i32) {
+    let Some(mut entry) = EVENTS.reserve::<EvidenceEvent>(0) else {
+        bump(stat::RINGBUF_LOST);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    entry.write(EvidenceEvent {
+        event: EVENT_EVIDENCE,
+        cap,
+        // SAFETY: helpers with no arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // SAFETY: as above.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        syscall: SYSCALL_UNKNOWN,
+        ret,
+        verdict: if ret == 0 {
+            VERDICT_GRANTED
+        } else {
+            VERDICT_DENIED
+        },
+        kind: kind::UNKNOWN,
+        phase: phase::WORKLOAD,
+        _pad: [0; 5],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        site: 0,
+        outer_site: 0,
+    });
+    entry.submit(0);
+}
+
+/// How much of the profiled path `capprof_bench_ladder` runs (1 to 4), set
+/// at load time.
+#[unsafe(no_mangle)]
+static BENCH_LADDER_STEP: u32 = 0;
+
+/// The profiled path of `observe()` rebuilt one step at a time, so that
+/// bpf_stats can price each step (`capprof-bench measure --config ladderN`).
+/// Step 1 is the unwatched path (cgroup id + `CGROUPS` lookup); 2 adds the
+/// counter (pid, STATS bump, clock, `COUNTS` lookup and atomic add); 3 the
+/// call-site classification (two stack reads, two `SITES` lookups); 4 the
+/// evidence dedup (syscall number, comm, `EVIDENCE_SEEN` lookup). It uses
+/// the slots and pt_regs offset of this machine (x86_64, ENVIRONMENT.md)
+/// instead of `CONFIG`, which it does not need to be calibrated for.
+#[btf_tracepoint(function = "cap_capable")]
+pub fn capprof_bench_ladder(ctx: BtfTracePointContext) -> i32 {
+    let cap: i32 = ctx.arg(3);
+    let ret: i32 = ctx.arg(4);
+    // SAFETY: read of a constant global.
+    let step = unsafe { core::ptr::read_volatile(&BENCH_LADDER_STEP) };
+    ladder(step, cap as u32, ret, ctx.as_ptr() as u64);
+    0
+}
+
+const LADDER_SLOT_CALLER: u64 = 12;
+const LADDER_SLOT_OUTER: u64 = 17;
+const LADDER_ORIG_AX: u64 = 15 * 8;
+
+#[inline(always)]
+fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
+    // 1. The unwatched path.
+    // SAFETY: helper with no arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is a plain u32.
+    let mode = match unsafe { CGROUPS.get(&cgroup_id) } {
+        Some(mode) => *mode,
+        None => {
+            let _ = CGROUPS.insert(&cgroup_id, &watch::COMMAND, 0);
+            watch::COMMAND
+        }
+    };
+    if step <= 1 || mode == watch::UNWATCHED {
+        return;
+    }
+    // 2. The counter.
+    // observe() compares the tgid with capprof's own.
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == 0 {
+        return;
+    }
+    bump(stat::WATCHED_CHECKS);
+    // SAFETY: helper with no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let verdict = if ret == 0 {
+        VERDICT_GRANTED
+    } else {
+        VERDICT_DENIED
+    };
+    let key = CheckKey {
+        cgroup_id,
+        cap,
+        verdict,
+        kind: kind::AUDIT,
+        phase: phase::WORKLOAD,
+        _pad: 0,
+    };
+    match COUNTS.get_ptr_mut(&key) {
+        // SAFETY: a live map value, updated atomically.
+        Some(stats) => unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
+            (*stats).last_ns = now;
+        },
+        None => {
+            let fresh = CheckStats {
+                count: 1,
+                first_ns: now,
+                last_ns: now,
+            };
+            let _ = COUNTS.insert(&key, &fresh, BPF_NOEXIST as u64);
+        }
+    }
+    if step <= 2 {
+        return;
+    }
+    // 3. Call-site classification.
+    let mut site_kind = 0;
+    for slot in [LADDER_SLOT_CALLER, LADDER_SLOT_OUTER] {
+        // SAFETY: checked kernel read.
+        let addr = unsafe { bpf_probe_read_kernel((frame + 8 * slot) as *const u64) }.unwrap_or(0);
+        // SAFETY: the value is a plain u32.
+        match unsafe { SITES.get(&addr) } {
+            Some(k) => site_kind |= *k,
+            None => {
+                let _ = SITES.insert(&addr, &(kind::AUDIT as u32), 0);
+            }
+        }
+    }
+    if step <= 3 {
+        return;
+    }
+    // 4. Evidence dedup.
+    // SAFETY: helpers returning kernel pointers; the read is checked.
+    let syscall = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        match bpf_probe_read_kernel((regs + LADDER_ORIG_AX) as *const i64) {
+            Ok(nr) if regs != 0 && nr >= 0 => nr as u32,
+            _ => SYSCALL_UNKNOWN,
+        }
+    };
+    let evidence_key = EvidenceKey {
+        cgroup_id,
+        cap,
+        syscall,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        verdict,
+        kind: site_kind as u8,
+        phase: phase::WORKLOAD,
+        _pad: [0; 5],
+    };
+    // SAFETY: the value is a plain u8.
+    if unsafe { EVIDENCE_SEEN.get(&evidence_key) }.is_none() {
+        let _ = EVIDENCE_SEEN.insert(&evidence_key, &0, BPF_NOEXIST as u64);
+    }
+}

@@ -1,0 +1,286 @@
+//! `capprof-bench storm`: two workers, many profiled cgroups, as fast as
+//! they can; every (cgroup, capability) pair they exercised must be counted.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+    sync::atomic::Ordering,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use capprof::{
+    cgroup::{self, OwnedCgroup},
+    observer::Observer,
+};
+use capprof_common::{
+    check::{CheckKey, watch},
+    event::EVENT_EVIDENCE,
+};
+use clap::Args;
+use serde::Serialize;
+
+use crate::{
+    reader::Reader,
+    util::{cpu_count, emit, make_dir},
+    worker::{CAP_KILL, WorkerSpec, Workload},
+};
+
+#[derive(Debug, Args)]
+pub struct StormArgs {
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    #[arg(long, default_value_t = 100)]
+    pub cgroups: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StormLine {
+    pub kind: &'static str,
+    pub secs: f64,
+    pub cgroups: usize,
+    pub threads: usize,
+    /// Checks the workers made by construction (made_total), per second of
+    /// the slowest worker's wall time.
+    pub checks_per_s: f64,
+    pub made_total: u64,
+    /// Sum of the drained counters for the exercised pairs.
+    pub counted_total: u64,
+    pub pairs_exercised: usize,
+    /// Exercised (cgroup, cap) pairs absent from the drained counts.
+    pub pairs_missing: usize,
+    /// Pairs whose count is below what the workers made.
+    pub pairs_undercounted: usize,
+    pub ringbuf_lost: u64,
+    pub cgroup_events_lost: u64,
+    pub counts_full: u64,
+    /// Ring buffer records read during the storm.
+    pub records: u64,
+    /// Exercised pairs with no evidence record read.
+    pub pairs_without_evidence: usize,
+    /// Evidence missing with no loss counted: a record vanished silently.
+    pub silent_loss: bool,
+    /// The workers' CPU time over (threads x wall time): below 1 when other
+    /// processes took CPU from them.
+    pub worker_cpu_share: f64,
+    pub load_ms: f64,
+    /// Overflow phase: the reader stops and each check is a new comm, so
+    /// the ring buffer fills. Every first sighting must be either read or
+    /// counted in `ringbuf_lost`, and every check still counted.
+    pub overflow_checks: u64,
+    pub overflow_records: u64,
+    pub overflow_lost: u64,
+    pub overflow_counted: u64,
+    /// records + lost == checks, and counted == checks.
+    pub overflow_accounted: bool,
+    /// Zero missed pairs, nothing undercounted, no silent loss (overflow
+    /// phase included).
+    pub no_loss: bool,
+}
+
+pub fn storm(args: &StormArgs) -> Result<()> {
+    let mount = cgroup::cgroup2_mount()?;
+    let root = OwnedCgroup::create(&mount, &format!("bench-storm-{}", std::process::id()))?;
+    let result = storm_in(args, &root);
+    root.kill_all();
+    result
+}
+
+pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
+    let dirs: Vec<PathBuf> = (0..args.cgroups.max(1))
+        .map(|i| make_dir(root.path(), &format!("s{i:03}")))
+        .collect::<Result<_>>()?;
+    let ids: Vec<u64> = dirs
+        .iter()
+        .map(|d| cgroup::cgroup_id(d))
+        .collect::<Result<_, _>>()?;
+    let mut observer = Observer::load(None).context("loading capprof")?;
+    let load_ms = observer.load_time().as_secs_f64() * 1e3;
+    let reader = Reader::spawn(observer.take_events()?, true);
+    observer.watch(root.id(), watch::COMMAND)?;
+
+    let threads = args.threads.max(1);
+    let ncpu = cpu_count();
+    let ms = (args.secs * 1e3) as u64;
+    let mut workers = Vec::new();
+    let mut owned: Vec<Vec<usize>> = Vec::new();
+    for t in 0..threads {
+        let mine: Vec<usize> = (t..dirs.len()).step_by(threads).collect();
+        let spec = WorkerSpec {
+            workload: Workload::Storm,
+            cgroups: mine.iter().map(|&i| dirs[i].clone()).collect(),
+            cpu: Some(t % ncpu),
+        };
+        workers.push(spec.spawn()?);
+        owned.push(mine);
+    }
+    for w in &mut workers {
+        w.wait_ready()?;
+    }
+    // Several passes over the cgroups, at most 20 ms a visit.
+    let visit = |n: usize| (ms / 4 / n.max(1) as u64).clamp(1, 20);
+    for (w, mine) in workers.iter_mut().zip(&owned) {
+        w.go(ms, visit(mine.len()))?;
+    }
+    let mut made: BTreeMap<(u64, u32), u64> = BTreeMap::new();
+    let mut made_total = 0;
+    let mut wall_ns: u64 = 0;
+    let mut cpu_ns: u64 = 0;
+    for (w, mine) in workers.iter_mut().zip(&owned) {
+        let r = w.result()?;
+        wall_ns = wall_ns.max(r.wall_ns);
+        cpu_ns += r.cpu_ns;
+        for (pos, cap, n) in r.made {
+            let id = ids[mine[pos]];
+            *made.entry((id, cap)).or_default() += n;
+            made_total += n;
+        }
+    }
+    for w in workers {
+        w.finish()?;
+    }
+    // Let the reader catch up with the last records.
+    thread::sleep(Duration::from_millis(100));
+    let records = reader.records.load(Ordering::Relaxed);
+    let (evidence, ring) = reader.finish().context("the ring buffer reader failed")?;
+    let id_set: HashSet<u64> = ids.iter().copied().collect();
+    let drained = observer.drain_counts(|id| id_set.contains(&id))?;
+    let stats = observer.kernel_stats()?;
+    let mut counted: HashMap<(u64, u32), u64> = HashMap::new();
+    for (CheckKey { cgroup_id, cap, .. }, s) in drained {
+        *counted.entry((cgroup_id, cap)).or_default() += s.count;
+    }
+    let mut line = StormLine {
+        kind: "storm",
+        secs: args.secs,
+        cgroups: dirs.len(),
+        threads,
+        checks_per_s: if wall_ns == 0 {
+            0.0
+        } else {
+            made_total as f64 / (wall_ns as f64 / 1e9)
+        },
+        made_total,
+        counted_total: 0,
+        pairs_exercised: made.len(),
+        pairs_missing: 0,
+        pairs_undercounted: 0,
+        ringbuf_lost: stats.ringbuf_lost,
+        cgroup_events_lost: stats.cgroup_events_lost,
+        counts_full: stats.counts_full,
+        records: 0,
+        pairs_without_evidence: 0,
+        silent_loss: false,
+        worker_cpu_share: if wall_ns == 0 {
+            0.0
+        } else {
+            cpu_ns as f64 / (threads as f64 * wall_ns as f64)
+        },
+        load_ms,
+        overflow_checks: 0,
+        overflow_records: 0,
+        overflow_lost: 0,
+        overflow_counted: 0,
+        overflow_accounted: false,
+        no_loss: false,
+    };
+    for (pair, &n) in &made {
+        match counted.get(pair) {
+            None => line.pairs_missing += 1,
+            Some(&c) => {
+                line.counted_total += c;
+                if c < n {
+                    line.pairs_undercounted += 1;
+                }
+            }
+        }
+        if !evidence.contains(pair) {
+            line.pairs_without_evidence += 1;
+        }
+    }
+    line.records = records;
+    line.silent_loss = line.pairs_without_evidence > 0 && stats.ringbuf_lost == 0;
+    overflow(
+        &mut observer,
+        ring,
+        &dirs,
+        &ids,
+        threads,
+        args.secs,
+        &mut line,
+    )?;
+    line.no_loss = line.pairs_missing == 0
+        && line.pairs_undercounted == 0
+        && stats.counts_full == 0
+        && !line.silent_loss
+        && made_total > 0
+        && line.overflow_accounted;
+    let _ = observer.unwatch(root.id(), &ids);
+    emit(&line)
+}
+
+/// With nobody reading the ring buffer, every worker check comes from a new
+/// comm: a new evidence key, so a record to reserve for each, far more than
+/// the ring holds. Then reads what arrived and checks the books.
+fn overflow(
+    observer: &mut Observer,
+    mut ring: RingBuf<MapData>,
+    dirs: &[PathBuf],
+    ids: &[u64],
+    threads: usize,
+    secs: f64,
+    line: &mut StormLine,
+) -> Result<()> {
+    let ms = (secs * 100.0).clamp(200.0, 1000.0) as u64;
+    let lost_before = observer.kernel_stats()?.ringbuf_lost;
+    let ncpu = cpu_count();
+    let mut workers = Vec::new();
+    for (t, dir) in dirs.iter().take(threads).enumerate() {
+        let spec = WorkerSpec {
+            workload: Workload::Overflow,
+            cgroups: vec![dir.clone()],
+            cpu: Some(t % ncpu),
+        };
+        let mut w = spec.spawn()?;
+        w.wait_ready()?;
+        workers.push(w);
+    }
+    let pids: HashSet<u32> = workers.iter().map(|w| w.child.id()).collect();
+    for w in &mut workers {
+        w.go(ms, 0)?;
+    }
+    for w in &mut workers {
+        line.overflow_checks += w.result()?.iters;
+    }
+    // Read the books before the workers exit: their exit kills their kill
+    // target, one more check each.
+    line.overflow_lost = observer.kernel_stats()?.ringbuf_lost - lost_before;
+    // EvidenceEvent: u32 event at 0, tgid at 24.
+    while let Some(item) = ring.next() {
+        let word = |at: usize| {
+            item.get(at..at + 4)
+                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        if word(0) == EVENT_EVIDENCE && pids.contains(&word(24)) {
+            line.overflow_records += 1;
+        }
+    }
+    let used: HashSet<u64> = ids.iter().take(threads).copied().collect();
+    line.overflow_counted = observer
+        .drain_counts(|id| used.contains(&id))?
+        .iter()
+        .filter(|(k, _)| k.cap == CAP_KILL)
+        .map(|(_, s)| s.count)
+        .sum();
+    for w in workers {
+        w.finish()?;
+    }
+    line.overflow_accounted = line.overflow_checks > 0
+        && line.overflow_records + line.overflow_lost == line.overflow_checks
+        && line.overflow_counted == line.overflow_checks;
+    Ok(())
+}
