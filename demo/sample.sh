@@ -14,6 +14,6 @@ echo "hello" >"$dir/file"
 chown 1000:1000 "$dir/file"      # CAP_CHOWN (file goes to another uid)
 mknod "$dir/null" c 1 3          # CAP_MKNOD (character device)
 chroot / true                    # CAP_SYS_CHROOT
-ping -c 1 -W 1 127.0.0.1 >/dev/null  # CAP_NET_RAW (busybox ping: raw socket)
+busybox ping -c 1 -W 1 127.0.0.1 >/dev/null  # CAP_NET_RAW (a raw ICMP socket)
 
 echo "sample workload done" >&2

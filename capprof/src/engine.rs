@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
-    query_parameters::{EventsOptionsBuilder, InspectContainerOptions},
+    query_parameters::EventsOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt as _};
 
@@ -42,6 +42,10 @@ impl Flavor {
 
 pub struct Engine {
     docker: Docker,
+    /// The socket's path, for the requests capprof makes itself.
+    socket: std::path::PathBuf,
+    /// The negotiated API version (`1.41`).
+    api_version: String,
     pub endpoint: String,
     pub flavor: Flavor,
     pub cgroup_driver: String,
@@ -66,6 +70,44 @@ pub struct ContainerEvent {
     pub id: String,
     pub name: Option<String>,
     pub image: Option<String>,
+}
+
+/// More than any inspect reply.
+const MAX_REPLY_BYTES: u64 = 4 << 20;
+
+/// The parts of an inspect reply capprof uses (Docker's and Podman's alike).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectReply {
+    id: Option<String>,
+    name: Option<String>,
+    config: Option<InspectConfig>,
+    host_config: Option<InspectHostConfig>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectConfig {
+    image: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectHostConfig {
+    privileged: Option<bool>,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
+}
+
+/// A path segment: unreserved characters as they are, the rest as %XX.
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The endpoint the docker CLI would use: `DOCKER_HOST` or the default socket.
@@ -114,6 +156,8 @@ impl Engine {
             .is_some_and(|c| c.iter().any(|c| c.name.to_ascii_lowercase().contains("podman")));
         let info = docker.info().await.map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
+            api_version: docker.client_version().to_string(),
+            socket: path.into(),
             docker,
             endpoint: endpoint.to_owned(),
             flavor: if is_podman { Flavor::Podman } else { Flavor::Docker },
@@ -133,12 +177,16 @@ impl Engine {
     }
 
     /// Inspects a container; None when the engine no longer knows it.
+    ///
+    /// The reply is parsed here, keeping only the fields capprof uses, and
+    /// not by bollard: bollard's typed reply rejects Podman's
+    /// `State.Status` values that Docker lacks (`stopped`, `configured`,
+    /// `initialized`), and a short-lived Podman container shows `stopped`
+    /// from its `die` until Podman's cleanup, exactly when capprof asks.
     pub async fn inspect(&self, id_or_name: &str) -> Option<ContainerInfo> {
-        let reply = self
-            .docker
-            .inspect_container(id_or_name, None::<InspectContainerOptions>)
-            .await
-            .ok()?;
+        let path = format!("/containers/{}/json", percent_encode(id_or_name));
+        let body = tokio::time::timeout(Duration::from_secs(TIMEOUT_SECS), self.get(&path)).await.ok()??;
+        let reply: InspectReply = serde_json::from_slice(&body).ok()?;
         let id = reply.id.filter(|id| is_container_id(id))?;
         let host = reply.host_config.unwrap_or_default();
         let capabilities = effective_caps(
@@ -153,6 +201,21 @@ impl Engine {
             image: reply.config.and_then(|c| c.image),
             capabilities,
         })
+    }
+
+    /// `GET path` on the engine's socket with HTTP/1.0 (no chunking, the
+    /// engine closes when done); the body of a 200 reply.
+    async fn get(&self, path: &str) -> Option<Vec<u8>> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::UnixStream::connect(&self.socket).await.ok()?;
+        let request = format!("GET /v{}{path} HTTP/1.0\r\nHost: capprof\r\n\r\n", self.api_version);
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = vec![];
+        stream.take(MAX_REPLY_BYTES).read_to_end(&mut reply).await.ok()?;
+        let end = reply.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let status = reply[..end].split(|&b| b == b'\n').next()?;
+        let ok = status.starts_with(b"HTTP/1.1 200 ") || status.starts_with(b"HTTP/1.0 200 ");
+        ok.then(|| reply.split_off(end + 4))
     }
 
     /// The ids of the running containers.
@@ -195,10 +258,12 @@ pub fn effective_caps(flavor: Flavor, privileged: bool, add: &[String], drop: &[
     if privileged {
         return Some(Cap::all().collect());
     }
-    let runtime = match flavor {
-        Flavor::Docker => crate::export::Runtime::Docker,
-        Flavor::Podman => crate::export::Runtime::Podman,
-    };
+    // Both engines report CapAdd/CapDrop against the same base: Docker's
+    // defaults, and for Podman the OCI default bounding set of
+    // runtime-tools' `generate.New("linux")` (libpod/container_inspect.go),
+    // which is the same 14 — not Podman's own 11 defaults.
+    let _ = flavor;
+    let runtime = crate::export::Runtime::Docker;
     let is_all = |s: &String| s.eq_ignore_ascii_case("ALL");
     let parse = |list: &[String]| -> Option<Vec<Cap>> {
         list.iter().filter(|s| !is_all(s)).map(|s| s.parse::<Cap>().ok()).collect()
@@ -251,6 +316,11 @@ mod tests {
         assert_eq!(minus.len(), 13);
         assert_eq!(effective_caps(Flavor::Docker, true, &[], &[]).unwrap().len(), 41);
         assert_eq!(effective_caps(Flavor::Docker, false, &s(&["FLY"]), &[]), None);
-        assert_eq!(effective_caps(Flavor::Podman, false, &[], &[]).unwrap().len(), 11);
+        // Podman 4.3, a default container: CapAdd [], CapDrop these three.
+        let podman = effective_caps(Flavor::Podman, false, &[], &s(&["AUDIT_WRITE", "MKNOD", "NET_RAW"])).unwrap();
+        assert_eq!(podman, crate::export::Runtime::Podman.default_caps());
+        // `--cap-add=NET_RAW`: CapAdd [], CapDrop [AUDIT_WRITE, MKNOD].
+        let net_raw = effective_caps(Flavor::Podman, false, &[], &s(&["AUDIT_WRITE", "MKNOD"])).unwrap();
+        assert_eq!(net_raw.len(), 12);
     }
 }

@@ -30,7 +30,6 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// Print one container's profile (or an export of it) from the daemon.
     Profile(cmd::profile::ProfileArgs),
-    /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
 
     /// Check what this kernel offers capprof and which backend it would use.
     Doctor(cmd::doctor::DoctorArgs),

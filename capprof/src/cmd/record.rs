@@ -50,6 +50,9 @@ pub struct RecordArgs {
     pub backend: Option<Backend>,
 }
 
+/// How long a dead container's profile waits for the engine's inspect reply.
+const INSPECT_WAIT: Duration = Duration::from_secs(5);
+
 pub fn main(args: RecordArgs) -> Result<ExitCode, Error> {
     preflight()?;
     let mount = cgroup::cgroup2_mount().map_err(|e| Error::usage(e.to_string()))?;
@@ -100,7 +103,9 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     let reader = tokio::spawn(read_events(events_ring, tx, stop_rx));
     let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
     let mut engine_events = Box::pin(engine.events());
-    let (info_tx, mut info_rx) = mpsc::channel(256);
+    let (info_tx, mut info_rx) = mpsc::channel::<(String, Option<engine::ContainerInfo>)>(256);
+    // Containers whose inspect is in flight, since when.
+    let mut inspecting = std::collections::HashMap::new();
     for id in engine.running().await {
         if let Some(info) = engine.inspect(&id).await {
             recorder.on_inspect(info);
@@ -134,10 +139,10 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
                 Some(ev) => {
                     if ev.action == "start" {
                         let (engine, info_tx, id) = (engine.clone(), info_tx.clone(), ev.id.clone());
+                        inspecting.insert(id.clone(), std::time::Instant::now());
                         tokio::spawn(async move {
-                            if let Some(info) = engine.inspect(&id).await {
-                                let _ = info_tx.send(info).await;
-                            }
+                            let info = engine.inspect(&id).await;
+                            let _ = info_tx.send((id, info)).await;
                         });
                     }
                     recorder.on_engine_event(ev);
@@ -147,9 +152,19 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
                     engine_alive = false;
                 }
             },
-            Some(info) = info_rx.recv() => recorder.on_inspect(info),
+            Some((id, info)) = info_rx.recv() => {
+                inspecting.remove(&id);
+                if let Some(info) = info {
+                    recorder.on_inspect(info);
+                }
+            }
             _ = tick.tick() => {
                 for id in recorder.due(Duration::from_millis(300)) {
+                    // Its engine's answer is on the way (Podman answers only
+                    // after its cleanup): wait for it, a while.
+                    if inspecting.get(&id).is_some_and(|t| t.elapsed() < INSPECT_WAIT) {
+                        continue;
+                    }
                     finalize(&mut recorder, &mut observer, &id, &args, &mut written)?;
                 }
             }
@@ -163,8 +178,10 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     while let Ok(r) = rx.try_recv() {
         recorder.on_record(r);
     }
-    while let Ok(info) = info_rx.try_recv() {
-        recorder.on_inspect(info);
+    while let Ok((_, info)) = info_rx.try_recv() {
+        if let Some(info) = info {
+            recorder.on_inspect(info);
+        }
     }
     for id in recorder.ids() {
         finalize(&mut recorder, &mut observer, &id, &args, &mut written)?;
