@@ -122,10 +122,10 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is a plain u32.
-    let mode = match unsafe { CGROUPS.get(&cgroup_id) } {
+    let mode = match unsafe { CGROUPS.get(cgroup_id) } {
         Some(mode) => *mode,
         None => {
-            let _ = CGROUPS.insert(&cgroup_id, &watch::COMMAND, 0);
+            let _ = CGROUPS.insert(cgroup_id, watch::COMMAND, 0);
             watch::COMMAND
         }
     };
@@ -153,7 +153,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         phase: phase::WORKLOAD,
         _pad: 0,
     };
-    match COUNTS.get_ptr_mut(&key) {
+    match COUNTS.get_ptr_mut(key) {
         // SAFETY: a live map value, updated atomically.
         Some(stats) => unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
@@ -165,7 +165,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
                 first_ns: now,
                 last_ns: now,
             };
-            let _ = COUNTS.insert(&key, &fresh, BPF_NOEXIST as u64);
+            let _ = COUNTS.insert(key, fresh, BPF_NOEXIST as u64);
         }
     }
     if step <= 2 {
@@ -177,10 +177,10 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         // SAFETY: checked kernel read.
         let addr = unsafe { bpf_probe_read_kernel((frame + 8 * slot) as *const u64) }.unwrap_or(0);
         // SAFETY: the value is a plain u32.
-        match unsafe { SITES.get(&addr) } {
+        match unsafe { SITES.get(addr) } {
             Some(k) => site_kind |= *k,
             None => {
-                let _ = SITES.insert(&addr, &(kind::AUDIT as u32), 0);
+                let _ = SITES.insert(addr, kind::AUDIT as u32, 0);
             }
         }
     }
@@ -207,7 +207,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         _pad: [0; 5],
     };
     // SAFETY: the value is a plain u8.
-    if unsafe { EVIDENCE_SEEN.get(&evidence_key) }.is_none() {
-        let _ = EVIDENCE_SEEN.insert(&evidence_key, &0, BPF_NOEXIST as u64);
+    if unsafe { EVIDENCE_SEEN.get(evidence_key) }.is_none() {
+        let _ = EVIDENCE_SEEN.insert(evidence_key, 0, BPF_NOEXIST as u64);
     }
 }
