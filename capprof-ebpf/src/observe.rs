@@ -146,7 +146,8 @@ pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
         kind,
         phase,
         _pad: [0; 5],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        // The key's comm is blank for advisory checks; read it only then.
+        comm: if kind == kind::ADVISORY { bpf_get_current_comm().unwrap_or([0; 16]) } else { comm },
         site,
         outer_site,
     });

@@ -67,12 +67,6 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
         .map_err(|source| CgroupError::Read { path: path.to_owned(), source })
 }
 
-/// The cgroup v2 path of a process, relative to the mount (`0::/docker/…`).
-pub fn cgroup_of(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-}
-
 /// A cgroup capprof created, removed on drop.
 #[derive(Debug)]
 pub struct OwnedCgroup {

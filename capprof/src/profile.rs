@@ -289,7 +289,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
                 let mut evidence: BTreeSet<Evidence> = acc.evidence.drain(..).collect();
                 evidence.extend(usage.evidence.iter().cloned());
                 acc.evidence = evidence.into_iter().take(MAX_EVIDENCE).collect();
-                acc.class = usage_class(&acc.by_class, acc.granted);
+                acc.class = usage_class(&acc.by_class);
             }
         }
     }
@@ -297,7 +297,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
 }
 
 /// The class a capability is reported under: the strongest of its checks.
-fn usage_class(by_class: &BTreeMap<Class, u64>, _granted: u64) -> Class {
+fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
     // `Class` orders Required < Denied < Silent < Advisory.
     by_class.keys().next().copied().unwrap_or(Class::Advisory)
 }
@@ -407,7 +407,7 @@ impl Observations {
             let usage = CapUsage {
                 name: cap,
                 number: cap.number(),
-                class: usage_class(&acc.by_class, acc.granted),
+                class: usage_class(&acc.by_class),
                 granted: acc.granted,
                 denied: acc.denied,
                 silent_granted: acc.silent_granted,

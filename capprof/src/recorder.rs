@@ -238,47 +238,9 @@ impl Recorder {
         if live.is_empty() {
             return rec.profile.clone();
         }
-        let fresh = crate::cmd::run::build_profile(
-            observer,
-            live,
-            &rec.received,
-            self.subject(rec),
-            self.observation(rec, observer),
-        );
-        Some(match &rec.profile {
-            Some(base) => {
-                let mut merged = base.clone();
-                merged.merge(&fresh);
-                merged.subject = fresh.subject;
-                merged
-            }
-            None => fresh,
-        })
-    }
-
-    fn subject(&self, rec: &ContainerRecord) -> Subject {
-        Subject {
-            kind: "container".into(),
-            runtime: Some(rec.runtime.clone()),
-            id: Some(rec.id.clone()),
-            name: rec.info.name.clone(),
-            image: rec.info.image.clone(),
-            cgroup: rec.cgroup.clone(),
-            command: None,
-            capabilities: rec.info.capabilities.clone(),
-        }
-    }
-
-    fn observation(&self, rec: &ContainerRecord, observer: &Observer) -> Observation {
-        let stats = observer.kernel_stats().unwrap_or_default();
-        Observation {
-            start: rec.started.map(rfc3339).unwrap_or_default(),
-            end: rfc3339(SystemTime::now()),
-            backend: self.backend.clone(),
-            classification: self.classification.clone(),
-            lost_records: stats.ringbuf_lost,
-            unclassified_checks: stats.unclassified,
-        }
+        let observation = observation(rec, &self.backend, &self.classification, observer);
+        let fresh = crate::cmd::run::build_profile(observer, live, &rec.received, subject(rec), observation);
+        Some(onto(rec.profile.clone(), fresh))
     }
 
     /// What to write to disk for a container.
@@ -385,34 +347,9 @@ impl Recorder {
             // Nothing new since the last finalization.
             return Ok(None);
         }
-        let stats = observer.kernel_stats()?;
-        let subject = Subject {
-            kind: "container".into(),
-            runtime: Some(rec.runtime.clone()),
-            id: Some(rec.id.clone()),
-            name: rec.info.name.clone(),
-            image: rec.info.image.clone(),
-            cgroup: rec.cgroup.clone(),
-            command: None,
-            capabilities: rec.info.capabilities.clone(),
-        };
-        let observation = Observation {
-            start: rec.started.map(rfc3339).unwrap_or_default(),
-            end: rfc3339(SystemTime::now()),
-            backend: self.backend.clone(),
-            classification: self.classification.clone(),
-            lost_records: stats.ringbuf_lost,
-            unclassified_checks: stats.unclassified,
-        };
-        let fresh = crate::cmd::run::build_profile(observer, counts, &received, subject, observation);
-        let profile = match rec.profile.take() {
-            Some(mut earlier) => {
-                earlier.merge(&fresh);
-                earlier.subject = fresh.subject;
-                earlier
-            }
-            None => fresh,
-        };
+        let observation = observation(rec, &self.backend, &self.classification, observer);
+        let fresh = crate::cmd::run::build_profile(observer, counts, &received, subject(rec), observation);
+        let profile = onto(rec.profile.take(), fresh);
         rec.profile = Some(profile.clone());
         Ok(Some(profile))
     }
@@ -434,6 +371,75 @@ fn find_dir(dir: &Path, name: &str, depth: u32) -> Option<PathBuf> {
         }
     }
     None
+}
+
+fn subject(rec: &ContainerRecord) -> Subject {
+    Subject {
+        kind: "container".into(),
+        runtime: Some(rec.runtime.clone()),
+        id: Some(rec.id.clone()),
+        name: rec.info.name.clone(),
+        image: rec.info.image.clone(),
+        cgroup: rec.cgroup.clone(),
+        command: None,
+        capabilities: rec.info.capabilities.clone(),
+    }
+}
+
+fn observation(rec: &ContainerRecord, backend: &str, classification: &str, observer: &Observer) -> Observation {
+    let stats = observer.kernel_stats().unwrap_or_default();
+    Observation {
+        start: rec.started.map(rfc3339).unwrap_or_default(),
+        end: rfc3339(SystemTime::now()),
+        backend: backend.to_owned(),
+        classification: classification.to_owned(),
+        lost_records: stats.ringbuf_lost,
+        unclassified_checks: stats.unclassified,
+    }
+}
+
+/// `fresh` added onto what earlier finalizations drained, under the
+/// freshest subject.
+fn onto(earlier: Option<Profile>, fresh: Profile) -> Profile {
+    match earlier {
+        Some(mut earlier) => {
+            earlier.merge(&fresh);
+            earlier.subject = fresh.subject;
+            earlier
+        }
+        None => fresh,
+    }
+}
+
+/// Watches, in container mode, the engine's cgroup parents and `extra`
+/// subtrees (relative to the mount). Parents may not exist before the first
+/// container, so they are created, and its very first check is seen.
+/// Returns the roots that are watched.
+pub fn watch_container_roots(
+    observer: &mut Observer,
+    mount: &Path,
+    parents: &[&str],
+    extra: &[String],
+) -> Result<Vec<String>, ObserverError> {
+    let mut roots: Vec<String> = parents.iter().map(|s| s.to_string()).collect();
+    roots.extend(extra.iter().map(|r| format!("/{}", r.trim_matches('/'))));
+    roots.sort();
+    roots.dedup();
+    let mut watched = vec![];
+    for root in roots {
+        let dir = mount.join(root.trim_start_matches('/'));
+        if root == "/system.slice" && !dir.exists() {
+            continue;
+        }
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!("cannot create {}: {e}", dir.display());
+            continue;
+        }
+        let Ok(id) = crate::cgroup::cgroup_id(&dir) else { continue };
+        observer.watch(id, capprof_common::check::watch::CONTAINERS)?;
+        watched.push(root);
+    }
+    Ok(watched)
 }
 
 /// Where a container's profile goes.

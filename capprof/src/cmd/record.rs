@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use capprof_common::check::watch;
 use futures_util::StreamExt as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -21,7 +20,7 @@ use crate::{
     error::Error,
     fsutil,
     observer::{Backend, Observer, preflight, reader::read_events},
-    recorder::{Recorder, profile_path},
+    recorder::{Recorder, profile_path, watch_container_roots},
 };
 
 /// Record the capabilities every container uses, until Ctrl-C, SIGTERM or
@@ -73,26 +72,8 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     let engine = Engine::connect(&endpoint).await.map_err(|e| Error::usage(e.to_string()))?;
     let mut observer = Observer::load(args.backend)?;
 
-    // Container parents may not exist before the first container; create
-    // them so that the very first one is seen.
-    let mut roots: Vec<String> = engine.cgroup_parents().iter().map(|s| s.to_string()).collect();
-    roots.extend(args.cgroup_roots.iter().map(|r| format!("/{}", r.trim_matches('/'))));
-    roots.sort();
-    roots.dedup();
-    let mut watched = vec![];
-    for root in &roots {
-        let dir = mount.join(root.trim_start_matches('/'));
-        if root == "/system.slice" && !dir.exists() {
-            continue;
-        }
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!("cannot create {}: {e}", dir.display());
-            continue;
-        }
-        let id = cgroup::cgroup_id(&dir).map_err(|e| Error::internal(e.to_string()))?;
-        observer.watch(id, watch::CONTAINERS)?;
-        watched.push(root.clone());
-    }
+    let watched =
+        watch_container_roots(&mut observer, &mount, &engine.cgroup_parents(), &args.cgroup_roots)?;
     if watched.is_empty() {
         return Err(Error::usage("no container cgroup subtree to watch (try --cgroup-root)"));
     }

@@ -2,7 +2,7 @@
 //! cgroup.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     ffi::{CString, OsString},
     os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
     path::{Path, PathBuf},
@@ -295,13 +295,11 @@ pub fn build_profile(
             clock.wall(stats.last_ns),
         );
     }
-    let mut seen: BTreeMap<u64, ()> = BTreeMap::new();
     for r in received {
         let Record::Evidence(e) = r.record else { continue };
         let Some(cap) = Cap::from_number(e.cap) else { continue };
         let site = if e.outer_site != 0 { e.outer_site } else { e.site };
         let call_site = observer.kallsyms().and_then(|k| k.symbolize(site));
-        seen.insert(e.cgroup_id, ());
         obs.add_evidence(
             cap,
             e.phase,

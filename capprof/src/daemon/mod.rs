@@ -20,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capprof_common::check::watch;
 use futures_util::StreamExt as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -32,7 +31,7 @@ use crate::{
     engine::{self, ContainerInfo, Engine},
     observer::{Backend, LoadOptions, Observer, ObserverError, reader::read_events},
     profile::{Class, Profile},
-    recorder::Recorder,
+    recorder::{Recorder, watch_container_roots},
 };
 use config::DaemonConfig;
 use query::{CheckSample, ContainerSummary, Group, Health, MetricsSnapshot, Query};
@@ -96,27 +95,11 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         eprintln!("capprof: reusing pinned maps and programs: checks made while the daemon was down are kept");
     }
 
-    let mut roots: Vec<String> = match &engine {
-        Some(engine) => engine.cgroup_parents().iter().map(|s| s.to_string()).collect(),
-        None => vec!["/docker".into(), "/libpod_parent".into()],
+    let parents = match &engine {
+        Some(engine) => engine.cgroup_parents(),
+        None => vec!["/docker", "/libpod_parent"],
     };
-    roots.extend(config.cgroup_roots.iter().map(|r| format!("/{}", r.trim_matches('/'))));
-    roots.sort();
-    roots.dedup();
-    let mut watched = vec![];
-    for root in &roots {
-        let dir = mount.join(root.trim_start_matches('/'));
-        if root == "/system.slice" && !dir.exists() {
-            continue;
-        }
-        if std::fs::create_dir_all(&dir).is_err() {
-            continue;
-        }
-        if let Ok(id) = cgroup::cgroup_id(&dir) {
-            observer.watch(id, watch::CONTAINERS)?;
-            watched.push(root.clone());
-        }
-    }
+    let watched = watch_container_roots(&mut observer, &mount, &parents, &config.cgroup_roots)?;
 
     let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
     let (restored, corrupt) = state.load_all();
