@@ -45,7 +45,8 @@ pub struct CheckKey {
 const _: () = assert!(size_of::<CheckKey>() == 16);
 
 /// Value of `COUNTS`. `count` is updated atomically; the timestamps are
-/// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`).
+/// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`; tracing programs
+/// may not use the cheaper coarse clock).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CheckStats {
@@ -72,6 +73,12 @@ pub struct EvidenceKey {
 }
 const _: () = assert!(size_of::<EvidenceKey>() == 40);
 
+/// A `COUNTS` entry takes evidence (syscall, comm) from its first this many
+/// checks only: evidence costs a pt_regs read, a comm copy and an
+/// `EVIDENCE_SEEN` lookup, several times the counter itself, and a busy
+/// loop repeats the same evidence anyway.
+pub const EVIDENCE_BUDGET: u64 = 32;
+
 /// `syscall` when the task is not in a syscall or it could not be read.
 pub const SYSCALL_UNKNOWN: u32 = u32::MAX;
 
@@ -86,6 +93,62 @@ pub mod watch {
     /// workload (see `phase`).
     pub const CONTAINERS: u32 = 2;
 }
+
+/// `CGROUPS` values: the watch mode in the low byte, and above it the
+/// `generations::WATCH` generation it was decided in. A decision from an older
+/// generation (before a root was added or removed) is stale and re-walked,
+/// so userspace never has to find and delete stale entries.
+pub mod decision {
+    pub const fn pack(mode: u32, generation: u32) -> u32 {
+        (mode & 0xff) | (generation << 8)
+    }
+    pub const fn mode(value: u32) -> u32 {
+        value & 0xff
+    }
+    /// Whether `value` was decided in `generation` (compared modulo 2^24).
+    pub const fn is_current(value: u32, generation: u32) -> bool {
+        (value >> 8) == (generation & 0x00ff_ffff)
+    }
+}
+
+/// Indexes of the `GENERATION` array. Each is bumped after the state it
+/// guards changes; `HOT` entries remember the generation they were filled
+/// in and are refilled when it moves.
+pub mod generations {
+    /// Bumped by userspace after every change of `WATCH_ROOTS`.
+    pub const WATCH: u32 = 0;
+    /// Bumped (atomically) by the process hooks after every exec and exit
+    /// in a container cgroup, which is when a cached phase can go stale.
+    pub const TASKS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Entries of `HotCache::sites`, direct-mapped by return address.
+pub const HOT_SITES: usize = 8;
+
+/// The single value of the per-CPU `HOT` map: what the previous check on
+/// this CPU resolved, so that the next check from the same task skips the
+/// `CGROUPS`, `TASKS` and `SITES` lookups. Only the `cap_capable` program
+/// of one loaded object writes it, and never re-entrantly on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HotCache {
+    pub cgroup_id: u64,
+    /// `watch::*` of `cgroup_id`.
+    pub mode: u32,
+    /// `generations::WATCH` when `mode` was decided.
+    pub watch_gen: u32,
+    /// The tgid whose phase is cached, 0 for none.
+    pub tgid: u32,
+    /// `generations::TASKS` when `phase` was read.
+    pub tasks_gen: u32,
+    pub phase: u8,
+    pub _pad: [u8; 7],
+    /// Return address -> `kind::*`; an address of 0 is an empty entry.
+    pub site_addr: [u64; HOT_SITES],
+    pub site_kind: [u8; HOT_SITES],
+}
+const _: () = assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES);
 
 /// Whether a check was made by the workload or by the container runtime
 /// setting it up. Stable ids.
@@ -134,8 +197,9 @@ pub mod stat {
     pub const RINGBUF_LOST: u32 = 0;
     /// Checks that could not be counted because `COUNTS` was full.
     pub const COUNTS_FULL: u32 = 1;
-    /// Checks seen in watched cgroups.
-    pub const WATCHED_CHECKS: u32 = 2;
+    /// Retired (was: checks seen in watched cgroups, now the sum of
+    /// `COUNTS`). Kept so that the indexes below stay stable.
+    pub const RETIRED_WATCHED_CHECKS: u32 = 2;
     /// Checks whose call site could not be classified.
     pub const UNCLASSIFIED: u32 = 3;
     /// cgroup records that could not be reserved in the ring buffer.

@@ -27,6 +27,10 @@ pub const INFLIGHT: &str = "INFLIGHT";
 pub const CALIB: &str = "CALIB";
 /// Phase (runtime setup or workload) of processes in container cgroups.
 pub const TASKS: &str = "TASKS";
+/// Per-CPU cache of the hot path's recent decisions (`HotCache`).
+pub const HOT: &str = "HOT";
+/// Generation counters that invalidate `HOT` (`gen::*` indexes).
+pub const GENERATION: &str = "GENERATION";
 
 /// tp_btf program on the `cap_capable` tracepoint (Linux 6.14+).
 pub const PROG_TP_BTF: &str = "capprof_tp_btf";
@@ -72,6 +76,8 @@ pub const ALL_MAPS: &[&str] = &[
     INFLIGHT,
     CALIB,
     TASKS,
+    HOT,
+    GENERATION,
 ];
 /// Every program userspace expects to find in the object.
 pub const ALL_PROGRAMS: &[&str] = &[

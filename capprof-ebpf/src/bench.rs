@@ -26,13 +26,13 @@ use aya_ebpf::{
 };
 use capprof_common::{
     check::{
-        CheckKey, CheckStats, EvidenceKey, SYSCALL_UNKNOWN, VERDICT_DENIED, VERDICT_GRANTED, kind,
-        phase, stat, watch,
+        CheckKey, CheckStats, EvidenceKey, HOT_SITES, SYSCALL_UNKNOWN, VERDICT_DENIED,
+        VERDICT_GRANTED, decision, generations, kind, phase, stat, watch,
     },
     event::{EVENT_EVIDENCE, EvidenceEvent},
 };
 
-use crate::maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, SITES, bump};
+use crate::maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, bump, generation};
 
 /// The floor: does nothing on every capability check, so that its cost is
 /// the tracepoint's own dispatch.
@@ -96,11 +96,13 @@ static BENCH_LADDER_STEP: u32 = 0;
 
 /// The profiled path of `observe()` rebuilt one step at a time, so that
 /// bpf_stats can price each step (`capprof-bench measure --config ladderN`).
-/// Step 1 is the unwatched path (cgroup id + `CGROUPS` lookup); 2 adds the
-/// counter (pid, STATS bump, clock, `COUNTS` lookup and atomic add); 3 the
-/// call-site classification (two stack reads, two `SITES` lookups); 4 the
-/// evidence dedup (syscall number, comm, `EVIDENCE_SEEN` lookup). It uses
-/// the slots and pt_regs offset of this machine (x86_64, ENVIRONMENT.md)
+/// Step 1 is the unwatched path (cgroup id, the per-CPU `HOT` entry and the
+/// watch generation, compared); 2 adds the counter (pid, clock,
+/// `COUNTS` lookup and atomic add); 3 the call-site classification (two
+/// stack reads resolved through `HOT`'s site cache); 4 the evidence dedup
+/// (syscall number, comm, `EVIDENCE_SEEN` lookup), which `observe()` now
+/// runs only in a counter's first `EVIDENCE_BUDGET` checks. It uses the
+/// slots and pt_regs offset of this machine (x86_64, ENVIRONMENT.md)
 /// instead of `CONFIG`, which it does not need to be calibrated for.
 #[btf_tracepoint(function = "cap_capable")]
 pub fn capprof_bench_ladder(ctx: BtfTracePointContext) -> i32 {
@@ -121,15 +123,25 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     // 1. The unwatched path.
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: the value is a plain u32.
-    let mode = match unsafe { CGROUPS.get(cgroup_id) } {
-        Some(mode) => *mode,
-        None => {
-            let _ = CGROUPS.insert(cgroup_id, watch::COMMAND, 0);
-            watch::COMMAND
-        }
+    let Some(hot) = HOT.get_ptr_mut(0) else {
+        return;
     };
-    if step <= 1 || mode == watch::UNWATCHED {
+    // SAFETY: this CPU's entry, written only by this program.
+    let hot = unsafe { &mut *hot };
+    let watch_gen = generation(generations::WATCH);
+    if hot.cgroup_id != cgroup_id || hot.watch_gen != watch_gen {
+        // SAFETY: the value is a plain u32.
+        hot.mode = match unsafe { CGROUPS.get(cgroup_id) } {
+            Some(value) => decision::mode(*value),
+            None => {
+                let _ = CGROUPS.insert(cgroup_id, decision::pack(watch::COMMAND, watch_gen), 0);
+                watch::COMMAND
+            }
+        };
+        hot.cgroup_id = cgroup_id;
+        hot.watch_gen = watch_gen;
+    }
+    if step <= 1 || hot.mode == watch::UNWATCHED {
         return;
     }
     // 2. The counter.
@@ -137,38 +149,25 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     if (bpf_get_current_pid_tgid() >> 32) as u32 == 0 {
         return;
     }
-    bump(stat::WATCHED_CHECKS);
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let verdict = if ret == 0 {
-        VERDICT_GRANTED
-    } else {
-        VERDICT_DENIED
-    };
-    let key = CheckKey {
-        cgroup_id,
-        cap,
-        verdict,
-        kind: kind::AUDIT,
-        phase: phase::WORKLOAD,
-        _pad: 0,
-    };
-    match COUNTS.get_ptr_mut(key) {
+    let verdict = if ret == 0 { VERDICT_GRANTED } else { VERDICT_DENIED };
+    let key = CheckKey { cgroup_id, cap, verdict, kind: kind::AUDIT, phase: phase::WORKLOAD, _pad: 0 };
+    let before = match COUNTS.get_ptr_mut(key) {
         // SAFETY: a live map value, updated atomically.
         Some(stats) => unsafe {
+            let before = core::ptr::read_volatile(&raw const (*stats).count);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
             (*stats).last_ns = now;
+            before
         },
         None => {
-            let fresh = CheckStats {
-                count: 1,
-                first_ns: now,
-                last_ns: now,
-            };
+            let fresh = CheckStats { count: 1, first_ns: now, last_ns: now };
             let _ = COUNTS.insert(key, fresh, BPF_NOEXIST as u64);
+            0
         }
-    }
-    if step <= 2 {
+    };
+    if step <= 2 || before == u64::MAX {
         return;
     }
     // 3. Call-site classification.
@@ -176,13 +175,22 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     for slot in [LADDER_SLOT_CALLER, LADDER_SLOT_OUTER] {
         // SAFETY: checked kernel read.
         let addr = unsafe { bpf_probe_read_kernel((frame + 8 * slot) as *const u64) }.unwrap_or(0);
+        let i = ((addr ^ (addr >> 5) ^ (addr >> 11)) as usize) & (HOT_SITES - 1);
+        if hot.site_addr[i] == addr {
+            site_kind |= hot.site_kind[i];
+            continue;
+        }
         // SAFETY: the value is a plain u32.
-        match unsafe { SITES.get(addr) } {
-            Some(k) => site_kind |= *k,
+        let found = match unsafe { SITES.get(addr) } {
+            Some(k) => *k as u8,
             None => {
                 let _ = SITES.insert(addr, kind::AUDIT as u32, 0);
+                kind::AUDIT
             }
-        }
+        };
+        hot.site_addr[i] = addr;
+        hot.site_kind[i] = found;
+        site_kind |= found;
     }
     if step <= 3 {
         return;
@@ -202,7 +210,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         syscall,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         verdict,
-        kind: site_kind as u8,
+        kind: site_kind,
         phase: phase::WORKLOAD,
         _pad: [0; 5],
     };

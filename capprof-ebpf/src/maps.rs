@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use capprof_common::{
-    check::{CheckKey, CheckStats, EvidenceKey, Inflight, stat},
+    check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
 };
 
@@ -15,11 +15,11 @@ use capprof_common::{
 pub static WATCH_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 
 /// The watch decision for every cgroup a check has come from: cgroup id ->
-/// `watch::WATCHED` / `UNWATCHED`. Filled by the kernel on first sight, so the
-/// steady-state cost for any cgroup is one lookup. cgroup ids are never
-/// reused, so an entry can only go stale when a root is added; userspace
-/// deletes the `UNWATCHED` entries then. LRU: losing an entry only costs a
-/// re-walk of the ancestors.
+/// `decision::pack(watch::*, generation)`. Filled by the kernel on first
+/// sight. cgroup ids are never reused, so an entry can only go stale when
+/// the roots change, which bumps `GENERATION[generations::WATCH]` and makes every
+/// older entry stale at once. LRU: losing an entry only costs a re-walk of
+/// the ancestors.
 #[map]
 pub static CGROUPS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
@@ -62,6 +62,16 @@ pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0
 #[map]
 pub static TASKS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// The hot path's per-CPU memory of the previous check (see `HotCache`).
+/// Private to each load: it caches decisions made with this load's `CONFIG`.
+#[map]
+pub static HOT: PerCpuArray<HotCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Generation counters, indexed by `generations::*`, that invalidate `HOT` and
+/// `CGROUPS` entries.
+#[map]
+pub static GENERATION: Array<u32> = Array::with_max_entries(generations::COUNT, 0);
+
 /// Calibration samples, filled once by `capprof_calibrate`.
 #[map]
 pub static CALIB: Array<CalibSample> = Array::with_max_entries(CALIB_SAMPLES, 0);
@@ -73,4 +83,10 @@ pub fn bump(index: u32) {
         // CPU while it runs.
         unsafe { *counter += 1 };
     }
+}
+
+/// `GENERATION[index]`, 0 when unreadable.
+#[inline(always)]
+pub fn generation(index: u32) -> u32 {
+    GENERATION.get(index).copied().unwrap_or(0)
 }

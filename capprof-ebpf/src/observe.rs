@@ -1,17 +1,25 @@
 //! The path every backend shares: filter, classify, aggregate, and send
 //! first-sighting evidence.
 //!
-//! Cost model (measured, ENVIRONMENT.md and BENCHMARKS.md): `cap_capable`
-//! fires on nearly every mmap/brk/execve of every process on the host, so
-//! - a check from an unwatched cgroup costs one helper and one LRU lookup;
+//! Cost model (measured with bpf_stats, BENCHMARKS.md): `cap_capable` fires
+//! on nearly every mmap/brk/execve of every process on the host, so
+//! - a check from an unwatched cgroup costs one helper call
+//!   (`bpf_get_current_cgroup_id`), two inlined array lookups (`HOT`,
+//!   `GENERATION`) and a compare: the per-CPU `HOT` entry remembers the
+//!   previous check's cgroup and its watch decision. Only when the cgroup
+//!   changes does the check look `CGROUPS` up (and walk the ancestors the
+//!   first time).
 //! - a watched check never walks the stack. The tracepoint has no `opts`, so
-//!   the kind (audited, NOAUDIT, advisory) comes from the call site: two
-//!   8-byte reads at stack slots calibrated at load time (the return address
-//!   into `cap_capable`'s caller and, when that is `security_capable`, into
-//!   its caller), each resolved once through `SITES`. `bpf_get_stack` would
-//!   cost about 30x the counter (1.9 µs vs 60 ns).
-//! - the counter is updated in place; a ring buffer record is sent only the
-//!   first time a (cgroup, cap, syscall, comm, verdict, kind) is seen.
+//!   the kind (audited, NOAUDIT, advisory) comes from the call site: 8-byte
+//!   reads at stack slots calibrated at load time (the return address into
+//!   `cap_capable`'s caller and, when that is `security_capable`, into its
+//!   caller), each resolved through `HOT`'s small site cache, then `SITES`,
+//!   then the function ranges. `bpf_get_stack` would cost about 30x the
+//!   counter (1.9 µs vs 60 ns). With `opts` (fexit, kprobe), an audited
+//!   check needs no call site at all.
+//! - the counter is one hash lookup and an atomic add. Evidence (syscall,
+//!   comm, dedup through `EVIDENCE_SEEN`, a ring buffer record) is looked
+//!   for only in a counter's first `EVIDENCE_BUDGET` checks.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -20,14 +28,15 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
+            bpf_task_pt_regs,
         },
     },
 };
 use capprof_common::{
     check::{
-        CheckKey, CheckStats, EvidenceKey, SYSCALL_UNKNOWN, VERDICT_DENIED, VERDICT_GRANTED,
-        kind, phase, stat, watch,
+        CheckKey, CheckStats, EVIDENCE_BUDGET, EvidenceKey, HOT_SITES, HotCache, SYSCALL_UNKNOWN,
+        VERDICT_DENIED, VERDICT_GRANTED, decision, generations, kind, phase, stat, watch,
     },
     config::{CgroupNameOffsets, Config, MAX_CGROUP_DEPTH, MAX_FUNC_RANGES},
     event::{CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EvidenceEvent},
@@ -35,7 +44,8 @@ use capprof_common::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::{
-    CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, SITES, TASKS, WATCH_ROOTS, bump,
+    CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, TASKS, WATCH_ROOTS, bump,
+    generation,
 };
 
 /// capprof's own tgid, set at load time: its own checks are never profiled.
@@ -61,31 +71,61 @@ pub enum CallSite {
 pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let mode = cgroup_mode(cgroup_id);
-    if mode == watch::UNWATCHED {
+    let Some(hot) = HOT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's entry. Only this program writes it, and a program
+    // is never re-entered on one CPU (the kernel skips a nested run).
+    let hot = unsafe { &mut *hot };
+    let watch_gen = generation(generations::WATCH);
+    if hot.cgroup_id != cgroup_id || hot.watch_gen != watch_gen {
+        hot.mode = cgroup_mode(cgroup_id, watch_gen);
+        hot.cgroup_id = cgroup_id;
+        hot.watch_gen = watch_gen;
+    }
+    if hot.mode == watch::UNWATCHED {
         return;
     }
+    observe_watched(hot, cgroup_id, cap, ret, opts, call_site);
+}
+
+#[inline(always)]
+fn observe_watched(
+    hot: &mut HotCache,
+    cgroup_id: u64,
+    cap: u32,
+    ret: i32,
+    opts: Option<u32>,
+    call_site: CallSite,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: read of a constant global.
     if tgid == unsafe { core::ptr::read_volatile(&CAPPROF_TGID) } {
         return;
     }
-    bump(stat::WATCHED_CHECKS);
-    let phase = if mode == watch::CONTAINERS { task_phase(tgid) } else { phase::WORKLOAD };
+    let phase = if hot.mode == watch::CONTAINERS { cached_phase(hot, tgid) } else { phase::WORKLOAD };
 
     let config = CONFIG.get(0);
-    let (site_kind, site, outer_site) = match config {
-        Some(config) => classify_call_site(config, call_site),
-        None => (kind::UNKNOWN, 0, 0),
-    };
-    let kind = match opts {
-        None => site_kind,
-        Some(opts) if opts & CAP_OPT_NOAUDIT == 0 => kind::AUDIT,
-        // The call site tells the advisory probes apart from the NOAUDIT
-        // checks that gate something; both carry CAP_OPT_NOAUDIT.
-        Some(_) if site_kind == kind::ADVISORY => kind::ADVISORY,
-        Some(_) => kind::NOAUDIT,
+    let (kind, site, outer_site) = match (opts, config) {
+        // Audited: nothing to tell apart, the call site is not needed.
+        (Some(opts), _) if opts & CAP_OPT_NOAUDIT == 0 => match call_site {
+            CallSite::Read(site, outer) => (kind::AUDIT, site, outer),
+            CallSite::Frame(_) => (kind::AUDIT, 0, 0),
+        },
+        (_, None) => (kind::UNKNOWN, 0, 0),
+        (opts, Some(config)) => {
+            let (site_kind, site, outer) = classify_call_site(hot, config, call_site);
+            let kind = match opts {
+                None => site_kind,
+                // The call site tells the advisory probes apart from the
+                // NOAUDIT checks that gate something; both carry
+                // CAP_OPT_NOAUDIT.
+                Some(_) if site_kind == kind::ADVISORY => kind::ADVISORY,
+                Some(_) => kind::NOAUDIT,
+            };
+            (kind, site, outer)
+        }
     };
     if kind == kind::UNKNOWN {
         bump(stat::UNCLASSIFIED);
@@ -95,21 +135,38 @@ pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
     let key = CheckKey { cgroup_id, cap, verdict, kind, phase, _pad: 0 };
-    count(&key, now);
-
-    // Advisory probes fire on every mmap; their evidence says nothing new
-    // after the first record, so skip the per-check evidence work for them.
-    let syscall = if kind == kind::ADVISORY {
-        SYSCALL_UNKNOWN
-    } else {
-        config.map_or(SYSCALL_UNKNOWN, current_syscall)
+    if count(&key, now) >= EVIDENCE_BUDGET {
+        return;
+    }
+    let (site, outer_site) = match (site, call_site, config) {
+        (0, CallSite::Frame(frame), Some(config)) => read_sites(config, frame),
+        _ => (site, outer_site),
     };
-    let comm = if kind == kind::ADVISORY { [0u8; 16] } else { bpf_get_current_comm().unwrap_or([0; 16]) };
+    send_evidence(&key, ret, pid_tgid, config, site, outer_site);
+}
+
+/// The cold part of a check: dedup its evidence and send a record the first
+/// time a (cgroup, cap, syscall, comm, verdict, kind, phase) is seen.
+#[inline(always)]
+fn send_evidence(
+    key: &CheckKey,
+    ret: i32,
+    pid_tgid: u64,
+    config: Option<&Config>,
+    site: u64,
+    outer_site: u64,
+) {
+    let CheckKey { cgroup_id, cap, verdict, kind, phase, .. } = *key;
+    // Advisory probes fire on every mmap; which program or syscall made one
+    // says nothing new, so they share one evidence key per counter.
+    let advisory = kind == kind::ADVISORY;
+    let syscall = if advisory { SYSCALL_UNKNOWN } else { config.map_or(SYSCALL_UNKNOWN, current_syscall) };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let evidence_key = EvidenceKey {
         cgroup_id,
         cap,
         syscall,
-        comm,
+        comm: if advisory { [0; 16] } else { comm },
         verdict,
         kind,
         phase,
@@ -135,8 +192,9 @@ pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
         event: EVENT_EVIDENCE,
         cap,
         cgroup_id,
-        ts_ns: now,
-        tgid,
+        // SAFETY: helper with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
@@ -146,27 +204,46 @@ pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
         kind,
         phase,
         _pad: [0; 5],
-        // The key's comm is blank for advisory checks; read it only then.
-        comm: if kind == kind::ADVISORY { bpf_get_current_comm().unwrap_or([0; 16]) } else { comm },
+        comm,
         site,
         outer_site,
     });
     entry.submit(0);
 }
 
-/// The watch mode of the current task's cgroup: one lookup for a known
-/// cgroup, a walk of its ancestors the first time.
+/// The phase of `tgid`, from `HOT` while no exec or exit in a container
+/// cgroup has happened since it was read, else from `TASKS`.
 #[inline(always)]
-pub fn cgroup_mode(cgroup_id: u64) -> u32 {
-    // SAFETY: the value is a plain u32.
-    if let Some(mode) = unsafe { CGROUPS.get(&cgroup_id) } {
-        return *mode;
+fn cached_phase(hot: &mut HotCache, tgid: u32) -> u8 {
+    // Read the generation before `TASKS`: a change racing with this read
+    // leaves an older generation in `HOT`, which the next check refreshes.
+    let tasks_gen = generation(generations::TASKS);
+    if hot.tgid != tgid || hot.tasks_gen != tasks_gen {
+        hot.phase = task_phase(tgid);
+        hot.tgid = tgid;
+        hot.tasks_gen = tasks_gen;
     }
-    first_sight(cgroup_id)
+    hot.phase
+}
+
+/// The watch mode of the current task's cgroup in generation `watch_gen`:
+/// one lookup for a known cgroup, a walk of its ancestors the first time
+/// (and again after the roots change).
+#[inline(always)]
+pub fn cgroup_mode(cgroup_id: u64, watch_gen: u32) -> u32 {
+    // SAFETY: the value is a plain u32.
+    let known = unsafe { CGROUPS.get(&cgroup_id) }.copied();
+    if let Some(value) = known {
+        if decision::is_current(value, watch_gen) {
+            return decision::mode(value);
+        }
+    }
+    let was_watched = known.is_some_and(|v| decision::mode(v) != watch::UNWATCHED);
+    first_sight(cgroup_id, watch_gen, was_watched)
 }
 
 #[inline(never)]
-fn first_sight(cgroup_id: u64) -> u32 {
+fn first_sight(cgroup_id: u64, watch_gen: u32, was_watched: bool) -> u32 {
     let mut mode = watch::UNWATCHED;
     // Walk from the root down: the outermost watched ancestor decides.
     let mut level = 0;
@@ -183,8 +260,10 @@ fn first_sight(cgroup_id: u64) -> u32 {
         }
         level += 1;
     }
-    let _ = CGROUPS.insert(&cgroup_id, &mode, 0);
-    if mode != watch::UNWATCHED {
+    let _ = CGROUPS.insert(&cgroup_id, &decision::pack(mode, watch_gen), 0);
+    // Userspace learns the cgroup's name once, not again at every change of
+    // the roots.
+    if mode != watch::UNWATCHED && !was_watched {
         announce_cgroup(cgroup_id);
     }
     mode
@@ -255,32 +334,39 @@ unsafe fn read_cgroup_names(o: &CgroupNameOffsets, name: &mut [u8], parent: &mut
     }
 }
 
+/// Counts the check under `key` and returns how many checks the counter
+/// held before (0 for a new one; u64::MAX when it could not be counted).
 #[inline(always)]
-fn count(key: &CheckKey, now: u64) {
+fn count(key: &CheckKey, now: u64) -> u64 {
     if let Some(stats) = COUNTS.get_ptr_mut(key) {
-        add(stats, now);
-        return;
+        return add(stats, now);
     }
     let fresh = CheckStats { count: 1, first_ns: now, last_ns: now };
     if COUNTS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
-        return;
+        return 0;
     }
     // Lost the race to another CPU's insert, or the map is full.
     match COUNTS.get_ptr_mut(key) {
         Some(stats) => add(stats, now),
-        None => bump(stat::COUNTS_FULL),
+        None => {
+            bump(stat::COUNTS_FULL);
+            u64::MAX
+        }
     }
 }
 
 #[inline(always)]
-fn add(stats: *mut CheckStats, now: u64) {
+fn add(stats: *mut CheckStats, now: u64) -> u64 {
     // SAFETY: `stats` points into a live map value; the counter is only ever
     // updated atomically, and a torn `last_ns` is harmless.
     unsafe {
+        // Racy on purpose: the value before the add only rations evidence.
+        let before = core::ptr::read_volatile(&raw const (*stats).count);
         // The BPF target has no compare-and-swap, so core's AtomicU64 has
         // no fetch_add; the intrinsic lowers to BPF_ATOMIC_ADD.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
         (*stats).last_ns = now;
+        before
     }
 }
 
@@ -297,7 +383,7 @@ pub fn read_sites(config: &Config, frame: u64) -> (u64, u64) {
 /// Resolves the return addresses of a check to its kind.
 /// Returns (kind, caller return address, outer return address).
 #[inline(always)]
-fn classify_call_site(config: &Config, call_site: CallSite) -> (u8, u64, u64) {
+fn classify_call_site(hot: &mut HotCache, config: &Config, call_site: CallSite) -> (u8, u64, u64) {
     if !config.calibrated() {
         return (kind::UNKNOWN, 0, 0);
     }
@@ -305,7 +391,7 @@ fn classify_call_site(config: &Config, call_site: CallSite) -> (u8, u64, u64) {
         CallSite::Frame(frame) => read_slot(frame, config.slot_caller),
         CallSite::Read(site, _) => site,
     };
-    let site_kind = resolve(config, site);
+    let site_kind = resolve_cached(hot, config, site);
     if site_kind != kind::VIA_SECURITY_CAPABLE {
         return (site_kind, site, 0);
     }
@@ -314,7 +400,7 @@ fn classify_call_site(config: &Config, call_site: CallSite) -> (u8, u64, u64) {
         CallSite::Frame(frame) => read_slot(frame, config.slot_outer),
         CallSite::Read(_, outer) => outer,
     };
-    let outer_kind = resolve(config, outer);
+    let outer_kind = resolve_cached(hot, config, outer);
     if outer_kind == kind::VIA_SECURITY_CAPABLE {
         return (kind::UNKNOWN, site, outer);
     }
@@ -327,6 +413,20 @@ fn read_slot(frame: u64, slot: u32) -> u64 {
     // SAFETY: bpf_probe_read_kernel validates the address; a bad slot reads
     // an error, which resolves to UNKNOWN.
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+/// `resolve` through `HOT`'s direct-mapped site cache. Return addresses
+/// and their kinds never change within a load, so entries never go stale.
+#[inline(always)]
+fn resolve_cached(hot: &mut HotCache, config: &Config, addr: u64) -> u8 {
+    let i = ((addr ^ (addr >> 5) ^ (addr >> 11)) as usize) & (HOT_SITES - 1);
+    if addr != 0 && hot.site_addr[i] == addr {
+        return hot.site_kind[i];
+    }
+    let found = resolve(config, addr);
+    hot.site_addr[i] = addr;
+    hot.site_kind[i] = found;
+    found
 }
 
 #[inline(always)]

@@ -8,6 +8,8 @@
 //! in its parent's phase. Only cgroups watched in `CONTAINERS` mode pay
 //! anything beyond the cgroup lookup.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
@@ -19,12 +21,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use capprof_common::{
-    check::{phase, watch},
+    check::{generations, phase, watch},
     event::{EVENT_EXEC, ExecEvent},
 };
 
 use crate::{
-    maps::{CONFIG, EVENTS, TASKS},
+    maps::{CONFIG, EVENTS, GENERATION, TASKS, generation},
     observe::{cgroup_mode, task_phase},
 };
 
@@ -32,7 +34,17 @@ use crate::{
 fn in_containers() -> (bool, u64) {
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    (cgroup_mode(cgroup_id) == watch::CONTAINERS, cgroup_id)
+    (cgroup_mode(cgroup_id, generation(generations::WATCH)) == watch::CONTAINERS, cgroup_id)
+}
+
+/// Tells the hot path that a phase it may have cached changed. Atomic, so
+/// that two CPUs bumping at once still leave a generation no cache holds.
+#[inline(always)]
+fn bump_tasks_generation() {
+    if let Some(value) = GENERATION.get_ptr_mut(generations::TASKS) {
+        // SAFETY: a live array value, only ever updated atomically here.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(value, 1) };
+    }
 }
 
 /// match-proto (Linux 3.4+, include/trace/events/sched.h):
@@ -43,7 +55,7 @@ fn in_containers() -> (bool, u64) {
 pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let mode = cgroup_mode(cgroup_id);
+    let mode = cgroup_mode(cgroup_id, generation(generations::WATCH));
     if mode == watch::UNWATCHED {
         return 0;
     }
@@ -53,6 +65,9 @@ pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
         let before = task_phase(tgid);
         let after = phase::after_exec(before, &comm);
         let _ = TASKS.insert(&tgid, &after, 0);
+        if after != before {
+            bump_tasks_generation();
+        }
         (before, after)
     } else {
         (phase::WORKLOAD, phase::WORKLOAD)
@@ -123,15 +138,14 @@ pub fn capprof_fork(ctx: BtfTracePointContext) -> i32 {
 /// match-proto (Linux 2.6.32+, include/trace/events/sched.h):
 ///   TP_PROTO(struct task_struct *p, …)
 /// Runs in the exiting task; only the group leader's exit drops the entry.
+/// That is done wherever the process exits (it may have left its container
+/// cgroup), so that its pid, once reused, starts from a clean slate, and
+/// the hot path's cached phase for it is invalidated.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn capprof_exit(_ctx: BtfTracePointContext) -> i32 {
-    let (watched, _) = in_containers();
-    if !watched {
-        return 0;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 == (pid_tgid >> 32) as u32 {
-        let _ = TASKS.remove(&((pid_tgid >> 32) as u32));
+    if pid_tgid as u32 == (pid_tgid >> 32) as u32 && TASKS.remove(&((pid_tgid >> 32) as u32)).is_ok() {
+        bump_tasks_generation();
     }
     0
 }

@@ -745,7 +745,7 @@ impl Report {
                     shown: format!(
                         "{} checks into {} pairs: {} missing, {} undercounted, {} without evidence; \
                          ringbuf_lost {}, counts_full {}. Overflow phase (no reader): {} checks, \
-                         {} records read + {} counted lost, {} counted",
+                         {} evidence attempts = {} records read + {} counted lost, {} counted",
                         num(s, "made_total").unwrap_or(0.0),
                         num(s, "pairs_exercised").unwrap_or(0.0),
                         num(s, "pairs_missing").unwrap_or(0.0),
@@ -754,6 +754,7 @@ impl Report {
                         num(s, "ringbuf_lost").unwrap_or(0.0),
                         num(s, "counts_full").unwrap_or(0.0),
                         num(s, "overflow_checks").unwrap_or(0.0),
+                        num(s, "overflow_attempts").unwrap_or(0.0),
                         num(s, "overflow_records").unwrap_or(0.0),
                         num(s, "overflow_lost").unwrap_or(0.0),
                         num(s, "overflow_counted").unwrap_or(0.0),

@@ -24,7 +24,7 @@ use aya::{
     },
 };
 use capprof_common::{
-    check::{CheckKey, CheckStats, stat, watch},
+    check::{CheckKey, CheckStats, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
     names,
 };
@@ -148,7 +148,6 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ObserverEr
 pub struct KernelStats {
     pub ringbuf_lost: u64,
     pub counts_full: u64,
-    pub watched_checks: u64,
     pub unclassified: u64,
     pub cgroup_events_lost: u64,
 }
@@ -385,22 +384,9 @@ impl Observer {
         )
         .map_err(map_err(names::WATCH_ROOTS))?;
         roots.insert(cgroup_id, mode, 0).map_err(map_err(names::WATCH_ROOTS))?;
-        // Cached "unwatched" decisions below the new root are now stale.
-        // aya's HashMap also opens LRU hash maps.
-        let mut cache: HashMap<_, u64, u32> = HashMap::try_from(
-            self.ebpf.map_mut(names::CGROUPS).ok_or(ObserverError::Missing(names::CGROUPS))?,
-        )
-        .map_err(map_err(names::CGROUPS))?;
-        let stale: Vec<u64> = cache
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, m)| *m == watch::UNWATCHED)
-            .map(|(k, _)| k)
-            .collect();
-        for id in stale {
-            let _ = cache.remove(&id);
-        }
-        Ok(())
+        // Every decision cached so far ("unwatched" below the new root
+        // included) is now stale.
+        self.bump_watch_generation()
     }
 
     /// Stops profiling the subtree at `cgroup_id` and forgets the cached
@@ -411,6 +397,8 @@ impl Observer {
         )
         .map_err(map_err(names::WATCH_ROOTS))?;
         let _ = roots.remove(&cgroup_id);
+        self.bump_watch_generation()?;
+        // aya's HashMap also opens LRU hash maps.
         let mut cache: HashMap<_, u64, u32> = HashMap::try_from(
             self.ebpf.map_mut(names::CGROUPS).ok_or(ObserverError::Missing(names::CGROUPS))?,
         )
@@ -419,6 +407,19 @@ impl Observer {
             let _ = cache.remove(id);
         }
         Ok(())
+    }
+
+    /// Invalidates every watch decision the kernel side has cached (in
+    /// `CGROUPS` and in each CPU's `HOT` entry) after `WATCH_ROOTS` changed.
+    /// Only userspace writes this generation, and only one capprof owns a
+    /// set of maps, so read-modify-write is safe.
+    fn bump_watch_generation(&mut self) -> Result<(), ObserverError> {
+        let mut generations: Array<_, u32> = Array::try_from(
+            self.ebpf.map_mut(names::GENERATION).ok_or(ObserverError::Missing(names::GENERATION))?,
+        )
+        .map_err(map_err(names::GENERATION))?;
+        let current = generations.get(&generations::WATCH, 0).map_err(map_err(names::GENERATION))?;
+        generations.set(generations::WATCH, current.wrapping_add(1), 0).map_err(map_err(names::GENERATION))
     }
 
     /// Takes the ring buffer, for a reader task to own.
@@ -466,7 +467,6 @@ impl Observer {
         Ok(KernelStats {
             ringbuf_lost: sum(stat::RINGBUF_LOST),
             counts_full: sum(stat::COUNTS_FULL),
-            watched_checks: sum(stat::WATCHED_CHECKS),
             unclassified: sum(stat::UNCLASSIFIED),
             cgroup_events_lost: sum(stat::CGROUP_EVENTS_LOST),
         })

@@ -18,7 +18,7 @@ use aya::maps::{MapData, MapInfo};
 use capprof_common::{MAP_ABI_VERSION, names};
 
 /// The maps that carry state across restarts. `CALIB` and `INFLIGHT` are
-/// scratch and stay private to each load.
+/// scratch and `HOT` a cache of this load's decisions, private to each load.
 pub const PINNED_MAPS: &[&str] = &[
     names::WATCH_ROOTS,
     names::CGROUPS,
@@ -29,6 +29,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::EVENTS,
     names::STATS,
     names::TASKS,
+    names::GENERATION,
 ];
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

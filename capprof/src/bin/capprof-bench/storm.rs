@@ -16,7 +16,7 @@ use capprof::{
     observer::Observer,
 };
 use capprof_common::{
-    check::{CheckKey, watch},
+    check::{CheckKey, EVIDENCE_BUDGET, watch},
     event::EVENT_EVIDENCE,
 };
 use clap::Args;
@@ -68,14 +68,18 @@ pub struct StormLine {
     /// processes took CPU from them.
     pub worker_cpu_share: f64,
     pub load_ms: f64,
-    /// Overflow phase: the reader stops and each check is a new comm, so
-    /// the ring buffer fills. Every first sighting must be either read or
-    /// counted in `ringbuf_lost`, and every check still counted.
+    /// Overflow phase: the reader stops, and each check in fresh cgroups is
+    /// a new comm, so the ring buffer fills. Every evidence attempt must be
+    /// either read or counted in `ringbuf_lost`, and every check counted.
     pub overflow_checks: u64,
+    /// Checks that looked for evidence: a counter's first
+    /// `EVIDENCE_BUDGET`, each a new evidence key here.
+    pub overflow_attempts: u64,
     pub overflow_records: u64,
     pub overflow_lost: u64,
     pub overflow_counted: u64,
-    /// records + lost == checks, and counted == checks.
+    /// Something was lost, records + lost == attempts, and counted ==
+    /// checks.
     pub overflow_accounted: bool,
     /// Zero missed pairs, nothing undercounted, no silent loss (overflow
     /// phase included).
@@ -182,6 +186,7 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
         },
         load_ms,
         overflow_checks: 0,
+        overflow_attempts: 0,
         overflow_records: 0,
         overflow_lost: 0,
         overflow_counted: 0,
@@ -204,15 +209,7 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     }
     line.records = records;
     line.silent_loss = line.pairs_without_evidence > 0 && stats.ringbuf_lost == 0;
-    overflow(
-        &mut observer,
-        ring,
-        &dirs,
-        &ids,
-        threads,
-        args.secs,
-        &mut line,
-    )?;
+    overflow(&mut observer, ring, root, threads, &mut line)?;
     line.no_loss = line.pairs_missing == 0
         && line.pairs_undercounted == 0
         && stats.counts_full == 0
@@ -223,35 +220,41 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     emit(&line)
 }
 
+/// Fresh cgroups each overflow worker hops through.
+const OVERFLOW_CGROUPS: usize = 300;
+
 /// With nobody reading the ring buffer, every worker check comes from a new
-/// comm: a new evidence key, so a record to reserve for each, far more than
-/// the ring holds. Then reads what arrived and checks the books.
+/// comm, in fresh cgroups: each of a counter's first `EVIDENCE_BUDGET`
+/// checks is a new evidence key, so a record to reserve for each, more than
+/// the ring holds. Then reads what arrived and checks the books: every
+/// evidence attempt was either read or counted lost, and every check was
+/// counted.
 fn overflow(
     observer: &mut Observer,
     mut ring: RingBuf<MapData>,
-    dirs: &[PathBuf],
-    ids: &[u64],
+    root: &OwnedCgroup,
     threads: usize,
-    secs: f64,
     line: &mut StormLine,
 ) -> Result<()> {
-    let ms = (secs * 100.0).clamp(200.0, 1000.0) as u64;
     let lost_before = observer.kernel_stats()?.ringbuf_lost;
     let ncpu = cpu_count();
     let mut workers = Vec::new();
-    for (t, dir) in dirs.iter().take(threads).enumerate() {
-        let spec = WorkerSpec {
-            workload: Workload::Overflow,
-            cgroups: vec![dir.clone()],
-            cpu: Some(t % ncpu),
-        };
+    let mut ids = HashSet::new();
+    for t in 0..threads {
+        let dirs: Vec<PathBuf> = (0..OVERFLOW_CGROUPS)
+            .map(|i| make_dir(root.path(), &format!("o{t}-{i:03}")))
+            .collect::<Result<_>>()?;
+        for d in &dirs {
+            ids.insert(cgroup::cgroup_id(d)?);
+        }
+        let spec = WorkerSpec { workload: Workload::Overflow, cgroups: dirs, cpu: Some(t % ncpu) };
         let mut w = spec.spawn()?;
         w.wait_ready()?;
         workers.push(w);
     }
     let pids: HashSet<u32> = workers.iter().map(|w| w.child.id()).collect();
     for w in &mut workers {
-        w.go(ms, 0)?;
+        w.go(0, 0)?;
     }
     for w in &mut workers {
         line.overflow_checks += w.result()?.iters;
@@ -259,28 +262,29 @@ fn overflow(
     // Read the books before the workers exit: their exit kills their kill
     // target, one more check each.
     line.overflow_lost = observer.kernel_stats()?.ringbuf_lost - lost_before;
-    // EvidenceEvent: u32 event at 0, tgid at 24.
+    // EvidenceEvent: u32 event at 0, u32 cap at 4, tgid at 24.
     while let Some(item) = ring.next() {
         let word = |at: usize| {
-            item.get(at..at + 4)
-                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            item.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
         };
-        if word(0) == EVENT_EVIDENCE && pids.contains(&word(24)) {
+        if word(0) == EVENT_EVIDENCE && word(4) == CAP_KILL && pids.contains(&word(24)) {
             line.overflow_records += 1;
         }
     }
-    let used: HashSet<u64> = ids.iter().take(threads).copied().collect();
-    line.overflow_counted = observer
-        .drain_counts(|id| used.contains(&id))?
-        .iter()
-        .filter(|(k, _)| k.cap == CAP_KILL)
-        .map(|(_, s)| s.count)
-        .sum();
+    for (key, stats) in observer.drain_counts(|id| ids.contains(&id))? {
+        if key.cap == CAP_KILL {
+            line.overflow_counted += stats.count;
+            // One worker per cgroup: a counter's first checks are exactly
+            // the ones that look for evidence.
+            line.overflow_attempts += stats.count.min(EVIDENCE_BUDGET);
+        }
+    }
     for w in workers {
         w.finish()?;
     }
     line.overflow_accounted = line.overflow_checks > 0
-        && line.overflow_records + line.overflow_lost == line.overflow_checks
+        && line.overflow_lost > 0
+        && line.overflow_records + line.overflow_lost == line.overflow_attempts
         && line.overflow_counted == line.overflow_checks;
     Ok(())
 }
