@@ -45,16 +45,20 @@ pub struct CheckKey {
 const _: () = assert!(size_of::<CheckKey>() == 16);
 
 /// Value of `COUNTS`. `count` is updated atomically; the timestamps are
-/// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`; tracing programs
-/// may not use the cheaper coarse clock).
+/// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`). A clock read costs
+/// about 40 ns here, as much as the rest of the counter, so `last_ns` is
+/// refreshed only when `last_jiffies` shows a new tick: exact to a tick,
+/// and one clock read per tick however hot the counter is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CheckStats {
     pub count: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// `jiffies` when `last_ns` was taken.
+    pub last_jiffies: u64,
 }
-const _: () = assert!(size_of::<CheckStats>() == 24);
+const _: () = assert!(size_of::<CheckStats>() == 32);
 
 /// Key of `EVIDENCE_SEEN`: one evidence record is sent per distinct key.
 #[repr(C)]
@@ -128,10 +132,21 @@ pub const HOT_SITES: usize = 8;
 
 /// The single value of the per-CPU `HOT` map: what the previous check on
 /// this CPU resolved, so that the next check from the same task skips the
-/// `CGROUPS`, `TASKS` and `SITES` lookups. Only the `cap_capable` program
-/// of one loaded object writes it, and never re-entrantly on one CPU.
+/// `CGROUPS`, `TASKS` and `SITES` lookups, and checks pending for `COUNTS`.
+/// Only the `cap_capable` program of one loaded object writes it, and never
+/// re-entrantly on one CPU.
+///
+/// Pending checks: once a counter has had its `EVIDENCE_BUDGET` checks, a
+/// repeat of the same key within the same jiffy is only counted here, with
+/// no hash lookup and no atomic on a shared cache line. The pending checks
+/// are added to `COUNTS` (flushed) at the first check on this CPU with
+/// another key, another cgroup or another jiffy. Userspace adds what is
+/// still pending when it reads (see `Observer::read_counts`), and before
+/// draining makes every CPU flush (`Observer::flush_pending`). A
+/// capability's first checks always go to `COUNTS` directly, so nothing
+/// pending can hide one.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct HotCache {
     pub cgroup_id: u64,
     /// `watch::*` of `cgroup_id`.
@@ -147,8 +162,18 @@ pub struct HotCache {
     /// Return address -> `kind::*`; an address of 0 is an empty entry.
     pub site_addr: [u64; HOT_SITES],
     pub site_kind: [u8; HOT_SITES],
+    /// The key checks are pending for; a `cgroup_id` of 0 when none.
+    pub pend_key: CheckKey,
+    /// Checks of `pend_key` counted here and not yet in `COUNTS`.
+    pub pend_count: u64,
+    /// The jiffy they were made in. The check that armed `pend_key` was
+    /// counted in `COUNTS` in that jiffy, so `last_ns` already covers them.
+    pub pend_jiffies: u64,
+    /// Bumped at every flush, so that userspace can tell whether one
+    /// happened while it read `COUNTS`.
+    pub pend_seq: u64,
 }
-const _: () = assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES);
+const _: () = assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES + 16 + 24);
 
 /// Whether a check was made by the workload or by the container runtime
 /// setting it up. Stable ids.
@@ -204,6 +229,9 @@ pub mod stat {
     pub const UNCLASSIFIED: u32 = 3;
     /// cgroup records that could not be reserved in the ring buffer.
     pub const CGROUP_EVENTS_LOST: u32 = 4;
+    /// Pending checks whose counter userspace had already drained when
+    /// they were flushed (it had read them from `HOT` itself).
+    pub const PENDING_DROPPED: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

@@ -1,7 +1,7 @@
 //! Userspace-only impls: aya's `Pod` for every map type.
 
 use crate::{
-    check::{CheckKey, CheckStats, EvidenceKey, Inflight},
+    check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight},
     config::{CalibSample, Config},
 };
 
@@ -13,3 +13,4 @@ unsafe impl aya::Pod for EvidenceKey {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for CalibSample {}
 unsafe impl aya::Pod for Inflight {}
+unsafe impl aya::Pod for HotCache {}

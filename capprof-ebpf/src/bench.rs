@@ -17,7 +17,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_boot_ns,
             bpf_task_pt_regs,
         },
     },
@@ -97,7 +97,7 @@ static BENCH_LADDER_STEP: u32 = 0;
 /// The profiled path of `observe()` rebuilt one step at a time, so that
 /// bpf_stats can price each step (`capprof-bench measure --config ladderN`).
 /// Step 1 is the unwatched path (cgroup id, the per-CPU `HOT` entry and the
-/// watch generation, compared); 2 adds the counter (pid, clock,
+/// watch generation, compared); 2 adds the counter (pid, jiffies, the clock once a tick,
 /// `COUNTS` lookup and atomic add); 3 the call-site classification (two
 /// stack reads resolved through `HOT`'s site cache); 4 the evidence dedup
 /// (syscall number, comm, `EVIDENCE_SEEN` lookup), which `observe()` now
@@ -150,7 +150,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         return;
     }
     // SAFETY: helper with no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let jiffies = unsafe { bpf_jiffies64() };
     let verdict = if ret == 0 { VERDICT_GRANTED } else { VERDICT_DENIED };
     let key = CheckKey { cgroup_id, cap, verdict, kind: kind::AUDIT, phase: phase::WORKLOAD, _pad: 0 };
     let before = match COUNTS.get_ptr_mut(key) {
@@ -158,11 +158,16 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         Some(stats) => unsafe {
             let before = core::ptr::read_volatile(&raw const (*stats).count);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
-            (*stats).last_ns = now;
+            if (*stats).last_jiffies != jiffies {
+                (*stats).last_jiffies = jiffies;
+                (*stats).last_ns = bpf_ktime_get_boot_ns();
+            }
             before
         },
         None => {
-            let fresh = CheckStats { count: 1, first_ns: now, last_ns: now };
+            // SAFETY: helper with no arguments.
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            let fresh = CheckStats { count: 1, first_ns: now, last_ns: now, last_jiffies: jiffies };
             let _ = COUNTS.insert(key, fresh, BPF_NOEXIST as u64);
             0
         }

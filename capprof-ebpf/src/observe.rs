@@ -17,9 +17,12 @@
 //!   then the function ranges. `bpf_get_stack` would cost about 30x the
 //!   counter (1.9 µs vs 60 ns). With `opts` (fexit, kprobe), an audited
 //!   check needs no call site at all.
-//! - the counter is one hash lookup and an atomic add. Evidence (syscall,
-//!   comm, dedup through `EVIDENCE_SEEN`, a ring buffer record) is looked
-//!   for only in a counter's first `EVIDENCE_BUDGET` checks.
+//! - a counter's first `EVIDENCE_BUDGET` checks each cost a hash lookup, an
+//!   atomic add and the evidence dedup (syscall, comm, `EVIDENCE_SEEN`, a
+//!   ring buffer record on first sight). After that, a check that repeats
+//!   the previous one on this CPU within the same jiffy only bumps a
+//!   per-CPU pending count in `HOT` (see `HotCache`): no hash lookup, no
+//!   shared cache line. The counter gets it at most once a jiffy.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -28,8 +31,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
-            bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_task_pt_regs,
         },
     },
 };
@@ -79,6 +81,7 @@ pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
     let hot = unsafe { &mut *hot };
     let watch_gen = generation(generations::WATCH);
     if hot.cgroup_id != cgroup_id || hot.watch_gen != watch_gen {
+        flush_pending(hot);
         hot.mode = cgroup_mode(cgroup_id, watch_gen);
         hot.cgroup_id = cgroup_id;
         hot.watch_gen = watch_gen;
@@ -131,11 +134,24 @@ fn observe_watched(
         bump(stat::UNCLASSIFIED);
     }
     let verdict = if ret == 0 { VERDICT_GRANTED } else { VERDICT_DENIED };
-    // SAFETY: helper with no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-
     let key = CheckKey { cgroup_id, cap, verdict, kind, phase, _pad: 0 };
-    if count(&key, now) >= EVIDENCE_BUDGET {
+    // SAFETY: helper with no arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    if hot.pend_key == key && hot.pend_jiffies == jiffies {
+        hot.pend_count += 1;
+        return;
+    }
+    flush_pending(hot);
+    let before = count(&key, jiffies);
+    if before == u64::MAX {
+        return;
+    }
+    if before + 1 >= EVIDENCE_BUDGET {
+        // The budget is spent: repeats in this jiffy stay in `HOT`.
+        hot.pend_key = key;
+        hot.pend_jiffies = jiffies;
+    }
+    if before >= EVIDENCE_BUDGET {
         return;
     }
     let (site, outer_site) = match (site, call_site, config) {
@@ -334,20 +350,42 @@ unsafe fn read_cgroup_names(o: &CgroupNameOffsets, name: &mut [u8], parent: &mut
     }
 }
 
+/// Adds the checks pending in `HOT` to `COUNTS`.
+#[inline(always)]
+fn flush_pending(hot: &mut HotCache) {
+    let n = hot.pend_count;
+    if n == 0 {
+        return;
+    }
+    hot.pend_count = 0;
+    hot.pend_seq += 1;
+    match COUNTS.get_ptr_mut(&hot.pend_key) {
+        // SAFETY: a live map value; the counter is only updated atomically.
+        Some(stats) => unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, n);
+        },
+        // Userspace drains a counter only after it has made every CPU flush
+        // or has read what was still pending itself: these are counted.
+        None => bump(stat::PENDING_DROPPED),
+    }
+}
+
 /// Counts the check under `key` and returns how many checks the counter
 /// held before (0 for a new one; u64::MAX when it could not be counted).
 #[inline(always)]
-fn count(key: &CheckKey, now: u64) -> u64 {
+fn count(key: &CheckKey, jiffies: u64) -> u64 {
     if let Some(stats) = COUNTS.get_ptr_mut(key) {
-        return add(stats, now);
+        return add(stats, jiffies);
     }
-    let fresh = CheckStats { count: 1, first_ns: now, last_ns: now };
+    // SAFETY: helper with no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let fresh = CheckStats { count: 1, first_ns: now, last_ns: now, last_jiffies: jiffies };
     if COUNTS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
         return 0;
     }
     // Lost the race to another CPU's insert, or the map is full.
     match COUNTS.get_ptr_mut(key) {
-        Some(stats) => add(stats, now),
+        Some(stats) => add(stats, jiffies),
         None => {
             bump(stat::COUNTS_FULL);
             u64::MAX
@@ -356,16 +394,20 @@ fn count(key: &CheckKey, now: u64) -> u64 {
 }
 
 #[inline(always)]
-fn add(stats: *mut CheckStats, now: u64) -> u64 {
+fn add(stats: *mut CheckStats, jiffies: u64) -> u64 {
     // SAFETY: `stats` points into a live map value; the counter is only ever
-    // updated atomically, and a torn `last_ns` is harmless.
+    // updated atomically, and racing timestamp stores are harmless (both
+    // are of this tick).
     unsafe {
         // Racy on purpose: the value before the add only rations evidence.
         let before = core::ptr::read_volatile(&raw const (*stats).count);
         // The BPF target has no compare-and-swap, so core's AtomicU64 has
         // no fetch_add; the intrinsic lowers to BPF_ATOMIC_ADD.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
-        (*stats).last_ns = now;
+        if (*stats).last_jiffies != jiffies {
+            (*stats).last_jiffies = jiffies;
+            (*stats).last_ns = bpf_ktime_get_boot_ns();
+        }
         before
     }
 }
@@ -377,7 +419,8 @@ pub fn read_sites(config: &Config, frame: u64) -> (u64, u64) {
     if !config.calibrated() || frame == 0 {
         return (0, 0);
     }
-    (read_slot(frame, config.slot_caller), read_slot(frame, config.slot_outer))
+    let (caller, outer) = (config.slot_caller, config.slot_outer);
+    (read_slot(frame, caller), read_slot(frame, outer))
 }
 
 /// Resolves the return addresses of a check to its kind.
@@ -395,7 +438,7 @@ fn classify_call_site(hot: &mut HotCache, config: &Config, call_site: CallSite) 
     if site_kind != kind::VIA_SECURITY_CAPABLE {
         return (site_kind, site, 0);
     }
-    // Only ordinary checks go one frame further out.
+    // Only ordinary checks are decided one frame further out.
     let outer = match call_site {
         CallSite::Frame(frame) => read_slot(frame, config.slot_outer),
         CallSite::Read(_, outer) => outer,

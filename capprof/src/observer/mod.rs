@@ -24,7 +24,7 @@ use aya::{
     },
 };
 use capprof_common::{
-    check::{CheckKey, CheckStats, generations, stat},
+    check::{CheckKey, CheckStats, HotCache, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
     names,
 };
@@ -150,6 +150,9 @@ pub struct KernelStats {
     pub counts_full: u64,
     pub unclassified: u64,
     pub cgroup_events_lost: u64,
+    /// Pending checks flushed after their counter was drained (they had
+    /// been read from `HOT`, so they are not lost). Should stay 0.
+    pub pending_dropped: u64,
 }
 
 /// Checks that we are root and that the kernel has BTF.
@@ -320,6 +323,10 @@ impl Observer {
     /// uncounted across a restart (a few may be counted twice).
     fn pin_links(&mut self) -> Result<(), ObserverError> {
         let Some(dir) = self.pin_dir.clone() else { return Ok(()) };
+        // The old programs keep checks pending in their own `HOT`, which
+        // goes away with them: have every CPU flush into the shared
+        // `COUNTS` first.
+        flush_pending();
         for attached in std::mem::take(&mut self.attached) {
             let (name, link): (&str, FdLink) = match attached {
                 Attached::TpBtf(name, id) => {
@@ -428,34 +435,74 @@ impl Observer {
         RingBuf::try_from(map).map_err(map_err(names::EVENTS))
     }
 
-    /// Reads every counter, leaving them in place.
+    /// Reads every counter, leaving them in place, with the checks still
+    /// pending in each CPU's `HOT` entry added.
     pub fn read_counts(&self) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
-        let counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
-            self.ebpf.map(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
-        )
-        .map_err(map_err(names::COUNTS))?;
-        Ok(counts.iter().filter_map(Result::ok).collect())
+        self.read_consistent(|_| true)
     }
 
-    /// Reads and deletes the counters of the cgroups `wanted` selects.
+    /// Reads and deletes the counters of the cgroups `wanted` selects. Every
+    /// CPU flushes its pending checks first, so that none is left behind
+    /// to be added to a counter that is gone.
     pub fn drain_counts(
         &mut self,
         wanted: impl Fn(u64) -> bool,
     ) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
+        flush_pending();
+        let out = self.read_consistent(&wanted)?;
         let mut counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
             self.ebpf.map_mut(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
         )
         .map_err(map_err(names::COUNTS))?;
-        let keys: Vec<CheckKey> =
-            counts.keys().filter_map(Result::ok).filter(|k| wanted(k.cgroup_id)).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Ok(stats) = counts.get(&key, 0) {
-                out.push((key, stats));
-            }
-            let _ = counts.remove(&key);
+        for (key, _) in &out {
+            let _ = counts.remove(key);
         }
         Ok(out)
+    }
+
+    /// `COUNTS` for the `wanted` cgroups plus what is pending in `HOT`, read
+    /// so that no flush falls between the two reads: `HOT` is read before
+    /// and after `COUNTS`, and the read is retried when a CPU flushed in
+    /// between. A counter that keeps flushing (a live, busy one) may after
+    /// three tries be off by one flush; a finished cgroup's never is.
+    fn read_consistent(
+        &self,
+        wanted: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
+        let counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
+            self.ebpf.map(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
+        )
+        .map_err(map_err(names::COUNTS))?;
+        let hot: PerCpuArray<_, HotCache> = PerCpuArray::try_from(
+            self.ebpf.map(names::HOT).ok_or(ObserverError::Missing(names::HOT))?,
+        )
+        .map_err(map_err(names::HOT))?;
+        let read_hot = || -> Result<Vec<HotCache>, ObserverError> {
+            Ok(hot.get(&0, 0).map_err(map_err(names::HOT))?.iter().copied().collect())
+        };
+        let mut attempt = 0;
+        loop {
+            let before = read_hot()?;
+            let mut out: std::collections::HashMap<CheckKey, CheckStats> = counts
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, _)| wanted(k.cgroup_id))
+                .collect();
+            let after = read_hot()?;
+            attempt += 1;
+            let flushed = before.iter().zip(&after).any(|(b, a)| b.pend_seq != a.pend_seq);
+            if flushed && attempt < 3 {
+                continue;
+            }
+            for entry in after.iter().filter(|h| h.pend_count > 0 && wanted(h.pend_key.cgroup_id)) {
+                // A pending key always has its counter (it was armed by a
+                // check counted there); one that is gone was drained.
+                if let Some(stats) = out.get_mut(&entry.pend_key) {
+                    stats.count += entry.pend_count;
+                }
+            }
+            return Ok(out.into_iter().collect());
+        }
     }
 
     pub fn kernel_stats(&self) -> Result<KernelStats, ObserverError> {
@@ -469,7 +516,39 @@ impl Observer {
             counts_full: sum(stat::COUNTS_FULL),
             unclassified: sum(stat::UNCLASSIFIED),
             cgroup_events_lost: sum(stat::CGROUP_EVENTS_LOST),
+            pending_dropped: sum(stat::PENDING_DROPPED),
         })
+    }
+}
+
+/// Makes every CPU this thread may run on flush the checks pending in its
+/// `HOT` entry (of every capprof object loaded): the thread moves to each
+/// CPU in turn and makes one capability check there (a `setuid` to its own
+/// uid, which changes nothing). The check comes from capprof's cgroup, not
+/// the one the pending checks came from, and a change of cgroup flushes.
+/// CPUs this thread may not run on keep theirs; readers add those.
+pub fn flush_pending() {
+    // SAFETY: plain syscalls on this thread with valid cpu_set_t buffers.
+    unsafe {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+            return;
+        }
+        let uid = libc::getuid();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            if !libc::CPU_ISSET(cpu, &allowed) {
+                continue;
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size, &one) == 0 {
+                // The raw syscall: glibc's setuid() would run it on every
+                // thread of the process.
+                libc::syscall(libc::SYS_setuid, uid);
+            }
+        }
+        libc::sched_setaffinity(0, size, &allowed);
     }
 }
 
