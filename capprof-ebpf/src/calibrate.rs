@@ -84,9 +84,10 @@ pub fn capprof_calibrate_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Samples the stack above the BPF-LSM trampoline's context. The LSM hook is
+/// Samples the stack above the BPF-LSM trampoline's context. The hook is
 /// called from `security_capable()` itself (after `cap_capable` granted the
-/// check), so its slots differ from fexit's on `cap_capable`. Returns 0: it
+/// check), through another trampoline than fexit's, so its slots are found
+/// separately (on Debian's 6.1 and 6.12 they match fexit's). Returns 0: it
 /// changes no decision.
 #[lsm(hook = "capable")]
 pub fn capprof_calibrate_lsm(ctx: LsmContext) -> i32 {
