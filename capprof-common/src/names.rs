@@ -39,10 +39,13 @@ pub const PROG_FEXIT: &str = "capprof_fexit";
 /// kprobe / kretprobe pair on `cap_capable()`.
 pub const PROG_KPROBE: &str = "capprof_kprobe";
 pub const PROG_KRETPROBE: &str = "capprof_kretprobe";
+/// BPF-LSM program on the `capable` hook (opt-in; sees granted checks only).
+pub const PROG_LSM: &str = "capprof_lsm";
 /// Load-time calibration of the stack slots, one per backend.
 pub const PROG_CALIBRATE: &str = "capprof_calibrate";
 pub const PROG_CALIBRATE_FEXIT: &str = "capprof_calibrate_fexit";
 pub const PROG_CALIBRATE_KPROBE: &str = "capprof_calibrate_kprobe";
+pub const PROG_CALIBRATE_LSM: &str = "capprof_calibrate_lsm";
 /// Process lifecycle, to tell runtime setup from the workload (tp_btf).
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
@@ -62,6 +65,8 @@ pub const PROG_BENCH_LADDER: &str = "capprof_bench_ladder";
 pub const HOOK_FUNCTION: &str = "cap_capable";
 pub const TRACEPOINT_CATEGORY: &str = "capability";
 pub const TRACEPOINT_NAME: &str = "cap_capable";
+/// The LSM hook the BPF-LSM backend observes (`bpf_lsm_capable` in BTF).
+pub const LSM_HOOK: &str = "capable";
 
 /// Every map userspace expects to find in the object.
 pub const ALL_MAPS: &[&str] = &[
@@ -85,9 +90,11 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_FEXIT,
     PROG_KPROBE,
     PROG_KRETPROBE,
+    PROG_LSM,
     PROG_CALIBRATE,
     PROG_CALIBRATE_FEXIT,
     PROG_CALIBRATE_KPROBE,
+    PROG_CALIBRATE_LSM,
     PROG_EXEC,
     PROG_FORK,
     PROG_EXIT,

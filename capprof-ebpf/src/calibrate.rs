@@ -2,7 +2,7 @@
 //!
 //! Attached only while userspace triggers known checks from its own process
 //! (an audited CAP_SYS_NICE via `capable()` and the advisory CAP_SYS_ADMIN of
-//! an mmap). Each copies the words above its frame (the tracepoint's or the
+//! an mmap). Each copies the words above its frame (the tracepoint's or a
 //! trampoline's context, or the kprobe's entry stack pointer); userspace
 //! finds the slots whose values resolve to the known callers in
 //! /proc/kallsyms. Slot positions differ between kernel builds and hooks, so
@@ -11,8 +11,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, fexit, kprobe},
-    programs::{BtfTracePointContext, FExitContext, ProbeContext},
+    macros::{btf_tracepoint, fexit, kprobe, lsm},
+    programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext},
 };
 use capprof_common::config::{CALIB_SAMPLES, CALIB_WORDS};
 
@@ -81,5 +81,17 @@ pub fn capprof_calibrate_fexit(ctx: FExitContext) -> i32 {
 pub fn capprof_calibrate_kprobe(ctx: ProbeContext) -> u32 {
     let cap = ctx.arg::<u32>(2).unwrap_or(u32::MAX);
     sample(entry_sp(&ctx), cap, 0);
+    0
+}
+
+/// Samples the stack above the BPF-LSM trampoline's context. The hook is
+/// called from `security_capable()` itself (after `cap_capable` granted the
+/// check), through another trampoline than fexit's, so its slots are found
+/// separately (on Debian's 6.1 and 6.12 they match fexit's). Returns 0: it
+/// changes no decision.
+#[lsm(hook = "capable")]
+pub fn capprof_calibrate_lsm(ctx: LsmContext) -> i32 {
+    let cap: i32 = ctx.arg(2);
+    sample(ctx.as_ptr() as u64, cap as u32, 0);
     0
 }

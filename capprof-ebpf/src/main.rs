@@ -9,6 +9,7 @@ mod bench;
 mod calibrate;
 mod fexit;
 mod kprobe;
+mod lsm;
 mod maps;
 mod observe;
 mod process;

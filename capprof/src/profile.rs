@@ -83,7 +83,7 @@ pub struct Subject {
 pub struct Observation {
     pub start: String,
     pub end: String,
-    /// `tp_btf`, `fexit` or `kprobe`.
+    /// `tp_btf`, `fexit`, `kprobe` or `lsm`.
     pub backend: String,
     /// `call-site` (calibrated), `opts`, or `uncalibrated` (every check
     /// treated as audited).
@@ -94,6 +94,11 @@ pub struct Observation {
     /// Checks whose call site was unknown, counted as audited.
     #[serde(default)]
     pub unclassified_checks: u64,
+    /// Classes of checks the backend cannot see, so their arrays are empty
+    /// whatever the workload did: `lsm` lists `denied` (the hook runs only
+    /// for granted checks) and `advisory`. Absent when every class is seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unobservable: Vec<Class>,
 }
 
 /// One piece of evidence: who made a check, and how.
@@ -244,6 +249,10 @@ impl Profile {
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
         self.observation.lost_records += other.observation.lost_records;
         self.observation.unclassified_checks += other.observation.unclassified_checks;
+        // What either observation could not see is not known for the merge.
+        let mut blind: BTreeSet<Class> = self.observation.unobservable.drain(..).collect();
+        blind.extend(other.observation.unobservable.iter().copied());
+        self.observation.unobservable = blind.into_iter().collect();
         self.apply_summary();
     }
 
@@ -580,6 +589,22 @@ mod tests {
         // Merging is idempotent in its classes and still validates.
         let json = a.to_json();
         Profile::from_json("merged.json", json.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn unobservable_classes_are_said_and_merged() {
+        let mut a = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2)]);
+        // Every class seen: the field is left out, as before it existed.
+        assert!(!a.to_json().contains("unobservable"));
+        let mut b = a.clone();
+        b.observation.backend = "lsm".into();
+        b.observation.unobservable = vec![Class::Denied, Class::Advisory];
+        let json = b.to_json();
+        assert!(json.contains("\"unobservable\": [\n      \"denied\",\n      \"advisory\"\n    ]"), "{json}");
+        assert_eq!(Profile::from_json("lsm.json", json.as_bytes()).unwrap(), b);
+        // A merge with an lsm profile cannot vouch for the classes lsm missed.
+        a.merge(&b);
+        assert_eq!(a.observation.unobservable, [Class::Denied, Class::Advisory]);
     }
 
     #[test]

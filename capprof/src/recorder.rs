@@ -395,6 +395,7 @@ fn observation(rec: &ContainerRecord, backend: &str, classification: &str, obser
         classification: classification.to_owned(),
         lost_records: stats.ringbuf_lost,
         unclassified_checks: stats.unclassified,
+        unobservable: observer.unobservable(),
     }
 }
 

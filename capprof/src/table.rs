@@ -2,7 +2,7 @@
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
-use crate::profile::{CapUsage, Profile};
+use crate::profile::{CapUsage, Observation, Profile};
 
 fn evidence_summary(usage: &CapUsage) -> String {
     let mut parts: Vec<String> = usage
@@ -68,6 +68,9 @@ pub fn render_profile(profile: &Profile) -> String {
         out.push_str(&format!("denied:    {}\n", names(&profile.denied)));
     }
     let obs = &profile.observation;
+    if let Some(blind) = unobservable_note(obs) {
+        out.push_str(&format!("note: {blind}\n"));
+    }
     if obs.lost_records > 0 || obs.unclassified_checks > 0 || obs.classification == "uncalibrated" {
         out.push_str(&format!(
             "warning: classification {}, {} evidence records lost, {} checks unclassified (counted as audited)\n",
@@ -75,4 +78,22 @@ pub fn render_profile(profile: &Profile) -> String {
         ));
     }
     out
+}
+
+/// What a profile's backend could not see, as one sentence; `None` when it
+/// saw every class.
+pub fn unobservable_note(obs: &Observation) -> Option<String> {
+    if obs.unobservable.is_empty() {
+        return None;
+    }
+    let classes: Vec<String> = obs
+        .unobservable
+        .iter()
+        .map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+        .collect();
+    Some(format!(
+        "the {} backend cannot see {} checks; those lists are empty whatever the workload did",
+        obs.backend,
+        classes.join(" or ")
+    ))
 }

@@ -75,6 +75,22 @@ fn no_btf() {
 }
 
 #[test]
+fn lsm_backend_without_the_bpf_lsm() {
+    require_root();
+    // An LSM list without `bpf`, in a private namespace: the lsm backend is
+    // refused before anything is loaded.
+    let out = in_mount_ns(
+        "mount -t tmpfs none /sys/kernel/security && echo capability,yama,apparmor > /sys/kernel/security/lsm",
+        "run --backend lsm -- true",
+    );
+    assert_one_line_error(&out, 2, "backend lsm is not available on this kernel: the BPF LSM is not active");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("capability,yama,apparmor"), "{out:?}");
+    // Without securityfs, whether it is active cannot be known: refused too.
+    let out = in_mount_ns("mount -t tmpfs none /sys/kernel/security", "run --backend lsm -- true");
+    assert_one_line_error(&out, 2, "cannot read /sys/kernel/security/lsm");
+}
+
+#[test]
 fn no_cgroup2() {
     require_root();
     let mount = capprof_cgroup2_mount();

@@ -29,6 +29,21 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
     let classification = profile["observation"]["classification"].as_str().unwrap();
     assert!(["call-site", "opts"].contains(&classification), "{classification}");
     assert_eq!(profile["observation"]["unclassified_checks"], 0, "{profile}");
+    // The other classes agree on every backend too: nothing silent or
+    // refused, and nothing advisory but the memory probe. The tracepoint
+    // sees that probe in every run (each exec makes it); hooks on
+    // cap_capable miss it where cap_capable is inlined into
+    // cap_vm_enough_memory (Debian's 6.1 and 6.12), and the lsm hook misses
+    // it everywhere.
+    for class in ["silent", "denied"] {
+        assert!(names(&profile, class).is_empty(), "{cmd:?} {class}: {profile}");
+    }
+    let advisory = names(&profile, "advisory");
+    assert!(advisory.iter().all(|c| c == "CAP_SYS_ADMIN"), "{cmd:?}: {profile}");
+    // (A capability is listed under its strongest class: required wins.)
+    if profile["observation"]["backend"] == "tp_btf" && !expected.contains(&"CAP_SYS_ADMIN") {
+        assert_eq!(advisory, ["CAP_SYS_ADMIN"], "{cmd:?}: {profile}");
+    }
     profile
 }
 
@@ -148,7 +163,16 @@ fn refused_rlimit_raise_is_denied_not_required() {
     require_root();
     let (out, profile) = profile_of(&[ACTION, "raise-rlimit"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(names(&profile, "denied"), ["CAP_SYS_RESOURCE"]);
+    if profile["observation"]["backend"] == "lsm" {
+        // The BPF-LSM hook runs only after cap_capable granted a check: the
+        // refusal is invisible, and the profile says so.
+        assert!(names(&profile, "denied").is_empty(), "{profile}");
+        assert!(profile["capabilities"].as_array().unwrap().is_empty(), "{profile}");
+        assert!(names(&profile["observation"], "unobservable").contains(&"denied".to_owned()), "{profile}");
+    } else {
+        assert_eq!(names(&profile, "denied"), ["CAP_SYS_RESOURCE"]);
+        assert!(profile["observation"].get("unobservable").is_none(), "{profile}");
+    }
     assert!(names(&profile, "required").is_empty(), "{profile}");
     assert!(names(&profile, "allowlist").is_empty(), "{profile}");
 }
@@ -172,11 +196,16 @@ fn plain_programs_need_nothing() {
     // Kernels that inline cap_capable into cap_vm_enough_memory (Debian's
     // 6.1 and 6.12) make the probe invisible to fexit and kprobe; only the
     // tracepoint, inside cap_capable's body, sees it there.
+    // The BPF-LSM hook never sees it on any kernel: cap_vm_enough_memory
+    // calls cap_capable directly, not through security_capable().
     let (_, profile) = profile_of(&[ACTION, "mmap-loop"]);
     if profile["observation"]["backend"] == "tp_btf" {
         assert_eq!(names(&profile, "advisory"), ["CAP_SYS_ADMIN"]);
         let admin = &profile["capabilities"][0];
         assert!(admin["granted"].as_u64().unwrap() >= 2000, "{admin}");
+    } else if profile["observation"]["backend"] == "lsm" {
+        assert!(profile["capabilities"].as_array().unwrap().is_empty(), "{profile}");
+        assert!(names(&profile["observation"], "unobservable").contains(&"advisory".to_owned()), "{profile}");
     } else {
         assert!(names(&profile, "advisory").iter().all(|c| c == "CAP_SYS_ADMIN"), "{profile}");
     }
@@ -257,4 +286,40 @@ fn noaudit_checks_are_silent_and_allowed_when_granted() {
         .find(|c| c["name"] == "CAP_SYS_PTRACE")
         .unwrap()["evidence"][0];
     assert!(ptrace["call_site"].as_str().unwrap().starts_with("ns_capable_noaudit"), "{ptrace}");
+}
+
+/// The BPF-LSM backend, forced: where the kernel runs BPF-LSM programs it
+/// profiles exactly like the others (granted checks, with their call
+/// sites); where it does not (CI's own kernel refuses LSM programs), it is
+/// refused in one line with exit status 2, before the command runs.
+#[test]
+fn lsm_backend_profiles_granted_checks_or_is_refused_in_one_line() {
+    require_root();
+    let dir = Scratch::new("lsm");
+    let file = dir.path("f");
+    fixture_file(&file, 0, 0, 0o644);
+    let out_path = dir.path("p.json");
+    let out = capprof(&[
+        "run", "--backend", "lsm", "--quiet", "--out", out_path.to_str().unwrap(), "--",
+        ACTION, "chown", file.to_str().unwrap(),
+    ]);
+    if out.status.code() == Some(2) {
+        assert_one_line_error(&out, 2, "backend lsm is not available on this kernel");
+        assert!(!out_path.exists(), "no profile when the backend is refused");
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "the command never ran");
+        eprintln!("lsm refused here: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return;
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    assert_eq!(profile["observation"]["backend"], "lsm");
+    assert_eq!(profile["observation"]["classification"], "opts");
+    assert_eq!(names(&profile["observation"], "unobservable"), ["denied", "advisory"]);
+    assert_eq!(names(&profile, "required"), ["CAP_CHOWN"]);
+    let chown = &profile["capabilities"][0];
+    assert_eq!(chown["granted"], 2, "{chown}");
+    let ev = &chown["evidence"][0];
+    assert!(ev["call_site"].as_str().unwrap_or("").starts_with("capable_wrt_inode_uidgid"), "{ev}");
 }

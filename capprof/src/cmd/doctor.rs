@@ -9,9 +9,9 @@ use crate::{
     cgroup,
     error::Error,
     observer::{
-        Backend, COMPAT, Observer,
+        Backend, COMPAT, LSM_LIST, Observer,
         btf::{self, KernelBtf},
-        choose_backend,
+        bpf_lsm_active, choose_backend,
     },
 };
 
@@ -97,25 +97,45 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     });
     let bpffs = mounted("bpf");
     checks.push(Check { name: "bpffs", ok: bpffs.is_some(), detail: bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()) });
-    let lsm = fs::read_to_string("/sys/kernel/security/lsm").ok();
-    checks.push(Check {
-        name: "bpf lsm",
-        ok: lsm.as_deref().is_some_and(|l| l.split(',').any(|m| m.trim() == "bpf")),
-        detail: lsm.map_or("securityfs not mounted".into(), |l| l.trim().to_owned()),
-    });
+    // Not required: the lsm backend is only ever forced. Whether the kernel
+    // also loads BPF-LSM programs is known after loading, below.
+    let lsm = bpf_lsm_active();
+    let lsm_list = fs::read_to_string(LSM_LIST).unwrap_or_default().trim().to_owned();
 
     let (mut backend, mut reason) = (None, None);
     if let Some(k) = &kernel {
         let (b, why) = choose_backend(k);
         let b = args.backend.unwrap_or(b);
         backend = Some(b);
-        reason = Some(if args.backend.is_some() { "forced by --backend".to_owned() } else { why.to_owned() });
+        reason = Some(match args.backend {
+            Some(Backend::Lsm) => "forced by --backend; it cannot see refused or advisory checks".to_owned(),
+            Some(_) => "forced by --backend".to_owned(),
+            None => why.to_owned(),
+        });
     }
     let (mut classification, mut load_ms) = (None, None);
+    // The lsm backend: is `bpf` an active LSM, and does the kernel load the
+    // program (checked with the observer, unless --no-load)?
+    let mut lsm = lsm.map(|()| format!("active ({lsm_list})"));
+    let mut lsm_loads = false;
     if root && has_btf && !args.no_load {
         match Observer::load(backend) {
-            Ok(observer) => {
+            Ok(mut observer) => {
+                if let Ok(active) = &lsm {
+                    lsm_loads = observer.backend() == Backend::Lsm;
+                    if !lsm_loads {
+                        match observer.probe_backend(Backend::Lsm) {
+                            Ok(()) => lsm_loads = true,
+                            Err(why) => lsm = Err(format!("{active}, but {why}")),
+                        }
+                    }
+                }
                 classification = Some(match observer.classification() {
+                    crate::observer::Classification::Opts { call_site: Some(slots) }
+                        if observer.backend() == Backend::Lsm =>
+                    {
+                        format!("opts, call sites at slots {}/{} (granted checks only)", slots.caller, slots.outer)
+                    }
                     crate::observer::Classification::CallSite { caller_slot, outer_slot } => {
                         format!("call-site (slots {caller_slot}/{outer_slot})")
                     }
@@ -130,9 +150,25 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                 load_ms = Some(observer.load_time().as_millis());
                 checks.push(Check { name: "load", ok: true, detail: format!("{} attached", observer.backend()) });
             }
-            Err(err) => checks.push(Check { name: "load", ok: false, detail: err.to_string() }),
+            Err(err) => {
+                if let (Some(Backend::Lsm), Ok(active)) = (backend, &lsm) {
+                    lsm = Err(format!("{active}, but {err}"));
+                }
+                checks.push(Check { name: "load", ok: false, detail: err.to_string() });
+            }
         }
     }
+    checks.push(Check {
+        name: "bpf lsm",
+        ok: lsm.is_ok(),
+        detail: match lsm {
+            Ok(active) if lsm_loads => format!(
+                "{active}, and the kernel loads BPF-LSM programs: `--backend lsm` works; it sees granted checks only, so capprof never picks it by itself"
+            ),
+            Ok(active) => format!("{active}: `--backend lsm` may work (not tried); it sees granted checks only"),
+            Err(why) => format!("{why}: the lsm backend is unavailable"),
+        },
+    });
     let required = ["root", "btf", "cgroup2", "load"];
     let missing: Vec<String> = checks
         .iter()

@@ -115,6 +115,9 @@ fn warn_about(profile: &Profile) {
     if profile.capabilities.is_empty() {
         tracing::warn!("the profile saw no capability checks: the allowlist is empty");
     }
+    if let Some(blind) = crate::table::unobservable_note(&profile.observation) {
+        tracing::warn!("{blind}");
+    }
 }
 
 fn comparison_table(c: &Comparison) -> String {

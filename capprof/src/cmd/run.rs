@@ -161,6 +161,7 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         classification: observer.classification().to_string(),
         lost_records: stats.ringbuf_lost,
         unclassified_checks: stats.unclassified,
+        unobservable: observer.unobservable(),
     };
     if let Classification::Uncalibrated(reason) = observer.classification() {
         tracing::warn!("classification uncalibrated: {reason}");

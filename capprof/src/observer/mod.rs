@@ -19,7 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, FExit, KProbe, ProgramError,
+        BtfTracePoint, FExit, KProbe, Lsm, ProgramError,
+        kprobe::KProbeError,
         links::{FdLink, PinnedLink},
     },
 };
@@ -29,7 +30,7 @@ use capprof_common::{
     names,
 };
 
-use crate::kallsyms::Kallsyms;
+use crate::{kallsyms::Kallsyms, profile::Class};
 use btf::KernelBtf;
 
 /// The eBPF object built by build.rs through aya-build.
@@ -44,6 +45,23 @@ pub enum Backend {
     Fexit,
     /// kprobe + kretprobe on `cap_capable()`; classification from `opts`.
     Kprobe,
+    /// BPF-LSM `capable` hook; classification from `opts`. Opt-in: it only
+    /// sees checks the capability LSM granted, so `denied` stays empty.
+    Lsm,
+}
+
+impl Backend {
+    /// The classes of checks this backend cannot see on any kernel, which
+    /// profiles report as `unobservable`. The BPF-LSM hook runs inside
+    /// `security_capable()` after commoncap's `cap_capable`, and only when
+    /// that granted the check; the advisory mmap probe calls `cap_capable`
+    /// directly and never reaches `security_capable()` at all.
+    pub fn unobservable(self) -> &'static [Class] {
+        match self {
+            Backend::TpBtf | Backend::Fexit | Backend::Kprobe => &[],
+            Backend::Lsm => &[Class::Denied, Class::Advisory],
+        }
+    }
 }
 
 impl fmt::Display for Backend {
@@ -52,20 +70,42 @@ impl fmt::Display for Backend {
             Backend::TpBtf => "tp_btf",
             Backend::Fexit => "fexit",
             Backend::Kprobe => "kprobe",
+            Backend::Lsm => "lsm",
         })
     }
 }
 
 /// The backends in order of preference, with what each needs
-/// (after kunai's compat.rs).
+/// (after kunai's compat.rs). `lsm` comes last and is never chosen by
+/// itself: it cannot see refused checks, and any kernel with the BPF LSM has
+/// the trampolines fexit needs, and fexit sees everything it sees.
 pub const COMPAT: &[(Backend, &str, &str)] = &[
     (Backend::TpBtf, "6.14", "the capability:cap_capable tracepoint in BTF"),
     (Backend::Fexit, "5.5", "BPF trampolines and cap_capable in BTF"),
     (Backend::Kprobe, "4.17", "CONFIG_KPROBES"),
+    (Backend::Lsm, "5.7", "`bpf` in the active LSMs; only with --backend lsm, sees granted checks only"),
 ];
+
+/// The active LSMs, in order, from securityfs.
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// Whether the BPF LSM is active: `Err` says why it cannot be used.
+pub fn bpf_lsm_active() -> Result<(), String> {
+    match std::fs::read_to_string(LSM_LIST) {
+        Ok(list) if list.trim().split(',').any(|m| m == "bpf") => Ok(()),
+        Ok(list) => Err(format!(
+            "the BPF LSM is not active ({LSM_LIST} lists {}; boot with `bpf` in lsm=)",
+            list.trim()
+        )),
+        Err(e) => Err(format!(
+            "cannot read {LSM_LIST} to see whether the BPF LSM is active ({e}; is securityfs mounted?)"
+        )),
+    }
+}
 
 /// The first backend this kernel appears to offer. fexit and kprobe
 /// support can only be known by trying, which `Observer::load` does.
+/// `lsm` is only ever forced (see `COMPAT`).
 pub fn choose_backend(kernel: &KernelBtf) -> (Backend, &'static str) {
     if kernel.has_cap_tracepoint {
         (Backend::TpBtf, "the cap_capable tracepoint exists")
@@ -182,6 +222,7 @@ enum Attached {
     TpBtf(&'static str, aya::programs::tp_btf::BtfTracePointLinkId),
     Fexit(&'static str, aya::programs::fexit::FExitLinkId),
     Kprobe(&'static str),
+    Lsm(&'static str, aya::programs::lsm::LsmLinkId),
 }
 
 pub struct Observer {
@@ -241,6 +282,9 @@ impl Observer {
                 reason: "the capability:cap_capable tracepoint needs Linux 6.14+".into(),
             });
         }
+        if backend == Backend::Lsm {
+            bpf_lsm_active().map_err(|reason| ObserverError::BackendUnavailable { backend, reason })?;
+        }
         let tgid = std::process::id();
         // Parse the kernel's BTF once for the loader and the attaches.
         let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
@@ -267,10 +311,19 @@ impl Observer {
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
         // them for every class, fexit and kprobe to tell advisory probes
-        // from other NOAUDIT checks.
+        // from other NOAUDIT checks, and all of them to name call sites.
         let slots = match &kallsyms {
             Some(k) => calibrate_slots(&mut ebpf, &btf, k, backend),
-            None => Err("no /proc/kallsyms".to_owned()),
+            None => Err(CalibrateError::Failed("no /proc/kallsyms".to_owned())),
+        };
+        // The calibration program is the backend's own program type on the
+        // same hook: when the kernel refuses it, it refuses the backend.
+        let slots = match slots {
+            Err(CalibrateError::Refused(reason)) => {
+                return Err(ObserverError::BackendUnavailable { backend, reason });
+            }
+            Err(CalibrateError::Failed(reason)) => Err(reason),
+            Ok(slots) => Ok(slots),
         };
         let classification = match (backend, slots) {
             (Backend::TpBtf, Ok(slots)) => {
@@ -347,6 +400,15 @@ impl Observer {
                         .map_err(program_err(names::PROG_FEXIT))?;
                     (name, prog.take_link(id).map_err(program_err(names::PROG_FEXIT))?.into())
                 }
+                Attached::Lsm(name, id) => {
+                    let prog: &mut Lsm = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or(ObserverError::Missing(names::PROG_LSM))?
+                        .try_into()
+                        .map_err(program_err(names::PROG_LSM))?;
+                    (name, prog.take_link(id).map_err(program_err(names::PROG_LSM))?.into())
+                }
                 Attached::Kprobe(name) => {
                     tracing::warn!("{name}: kprobe links are not pinned; checks made while the daemon is down are lost");
                     continue;
@@ -370,6 +432,32 @@ impl Observer {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the kernel would take `backend` too: loads (without
+    /// attaching) its calibration program, the same program type on the same
+    /// hook, and unloads it. For `capprof doctor`; `Err` is the refusal.
+    pub fn probe_backend(&mut self, backend: Backend) -> Result<(), String> {
+        if backend == Backend::Lsm {
+            bpf_lsm_active()?;
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        let prog = self.ebpf.program_mut(calibration_program(backend)).ok_or("no such program")?;
+        let result = match backend {
+            Backend::TpBtf => <&mut BtfTracePoint>::try_from(prog)
+                .and_then(|p| p.load(names::TRACEPOINT_NAME, &btf).and_then(|()| p.unload())),
+            Backend::Fexit => <&mut FExit>::try_from(prog)
+                .and_then(|p| p.load(names::HOOK_FUNCTION, &btf).and_then(|()| p.unload())),
+            Backend::Kprobe => <&mut KProbe>::try_from(prog).and_then(|p| p.load().and_then(|()| p.unload())),
+            Backend::Lsm => <&mut Lsm>::try_from(prog)
+                .and_then(|p| p.load(names::LSM_HOOK, &btf).and_then(|()| p.unload())),
+        };
+        result.map_err(|e| refusal(&e))
+    }
+
+    /// The classes of checks the backend cannot see (profiles' `unobservable`).
+    pub fn unobservable(&self) -> Vec<Class> {
+        self.backend.unobservable().to_vec()
     }
 
     pub fn classification(&self) -> &Classification {
@@ -572,53 +660,93 @@ fn bump_memlock_rlimit() {
     }
 }
 
+/// The load-time calibration program of each backend (calibrate.rs).
+fn calibration_program(backend: Backend) -> &'static str {
+    match backend {
+        Backend::TpBtf => names::PROG_CALIBRATE,
+        Backend::Fexit => names::PROG_CALIBRATE_FEXIT,
+        Backend::Kprobe => names::PROG_CALIBRATE_KPROBE,
+        Backend::Lsm => names::PROG_CALIBRATE_LSM,
+    }
+}
+
+/// Why calibration gave no slots.
+enum CalibrateError {
+    /// The kernel refused to load or attach the calibration program.
+    Refused(String),
+    /// It ran, but the slots could not be found.
+    Failed(String),
+}
+
 fn calibrate_slots(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
     kallsyms: &Kallsyms,
     backend: Backend,
-) -> Result<calibrate::Slots, String> {
-    let err = |e: ProgramError| e.to_string();
-    let name = match backend {
-        Backend::TpBtf => names::PROG_CALIBRATE,
-        Backend::Fexit => names::PROG_CALIBRATE_FEXIT,
-        Backend::Kprobe => names::PROG_CALIBRATE_KPROBE,
-    };
-    let prog = ebpf.program_mut(name).ok_or("no calibration program")?;
-    match backend {
-        Backend::TpBtf => {
-            let prog: &mut BtfTracePoint = prog.try_into().map_err(err)?;
-            prog.load(names::TRACEPOINT_NAME, btf).map_err(err)?;
-            let link = prog.attach().map_err(err)?;
-            calibrate::trigger_probes();
-            prog.detach(link).map_err(err)?;
-            let _ = prog.unload();
-        }
-        Backend::Fexit => {
-            let prog: &mut FExit = prog.try_into().map_err(err)?;
-            prog.load(names::HOOK_FUNCTION, btf).map_err(err)?;
-            let link = prog.attach().map_err(err)?;
-            calibrate::trigger_probes();
-            prog.detach(link).map_err(err)?;
-            let _ = prog.unload();
-        }
-        Backend::Kprobe => {
-            let prog: &mut KProbe = prog.try_into().map_err(err)?;
-            prog.load().map_err(err)?;
-            let link = prog.attach(names::HOOK_FUNCTION, 0).map_err(err)?;
-            calibrate::trigger_probes();
-            prog.detach(link).map_err(err)?;
-            let _ = prog.unload();
-        }
-    }
-    let calib: Array<_, CalibSample> =
-        Array::try_from(ebpf.map(names::CALIB).ok_or("no calibration map")?)
-            .map_err(|e| e.to_string())?;
+) -> Result<calibrate::Slots, CalibrateError> {
+    let prog = ebpf
+        .program_mut(calibration_program(backend))
+        .ok_or_else(|| CalibrateError::Failed("no calibration program".to_owned()))?;
+    run_calibration(prog, btf, backend).map_err(|e| CalibrateError::Refused(refusal(&e)))?;
+    let calib: Array<_, CalibSample> = ebpf
+        .map(names::CALIB)
+        .ok_or_else(|| CalibrateError::Failed("no calibration map".to_owned()))
+        .and_then(|m| Array::try_from(m).map_err(|e| CalibrateError::Failed(e.to_string())))?;
     let samples: Vec<CalibSample> = (0..CALIB_SAMPLES)
         .filter_map(|i| calib.get(&i, 0).ok())
         .filter(|s| s.words.iter().any(|w| *w != 0))
         .collect();
-    calibrate::find_slots(&samples, kallsyms).map_err(|e| e.to_string())
+    tracing::debug!(
+        "{backend} calibration: {} samples, {} of the audited probe, {} of the advisory one",
+        samples.len(),
+        samples.iter().filter(|s| s.cap == calibrate::PROBE_CAP).count(),
+        samples.iter().filter(|s| s.cap == calibrate::ADVISORY_CAP).count(),
+    );
+    calibrate::find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))
+}
+
+/// Loads and attaches the calibration program, triggers the known checks,
+/// and detaches it.
+fn run_calibration(
+    prog: &mut aya::programs::Program,
+    btf: &aya::Btf,
+    backend: Backend,
+) -> Result<(), ProgramError> {
+    match backend {
+        Backend::TpBtf => {
+            let prog: &mut BtfTracePoint = prog.try_into()?;
+            prog.load(names::TRACEPOINT_NAME, btf)?;
+            let link = prog.attach()?;
+            calibrate::trigger_probes();
+            prog.detach(link)?;
+            let _ = prog.unload();
+        }
+        Backend::Fexit => {
+            let prog: &mut FExit = prog.try_into()?;
+            prog.load(names::HOOK_FUNCTION, btf)?;
+            let link = prog.attach()?;
+            calibrate::trigger_probes();
+            prog.detach(link)?;
+            let _ = prog.unload();
+        }
+        Backend::Kprobe => {
+            let prog: &mut KProbe = prog.try_into()?;
+            prog.load()?;
+            let link = prog.attach(names::HOOK_FUNCTION, 0)?;
+            calibrate::trigger_probes();
+            prog.detach(link)?;
+            let _ = prog.unload();
+        }
+        Backend::Lsm => {
+            let prog: &mut Lsm = prog.try_into()?;
+            prog.load(names::LSM_HOOK, btf)?;
+            let link = prog.attach()?;
+            calibrate::trigger_probes();
+            prog.detach(link)?;
+            let _ = prog.unload();
+        }
+    }
+    Ok(())
 }
 
 /// Process lifecycle hooks for the runtime-setup/workload split. Without
@@ -649,8 +777,25 @@ fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
     attached
 }
 
+/// Why the kernel refused a program, in one line.
+fn refusal(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            match log.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+                Some(last) => format!("the verifier refused the program ({io_error}): {last}"),
+                None => format!("the kernel refused to load the program: {io_error}"),
+            }
+        }
+        ProgramError::KProbeError(KProbeError::FileError { filename, io_error }) => {
+            format!("kprobes are not available ({}: {io_error})", filename.display())
+        }
+        other => other.to_string().lines().next().unwrap_or_default().to_owned(),
+    }
+}
+
 fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<Attached, ObserverError> {
-    let unavailable = |reason: String| ObserverError::BackendUnavailable { backend, reason };
+    let unavailable = |e: ProgramError| ObserverError::BackendUnavailable { backend, reason: refusal(&e) };
     match backend {
         Backend::TpBtf => {
             let prog: &mut BtfTracePoint = ebpf
@@ -668,8 +813,8 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<A
                 .ok_or(ObserverError::Missing(names::PROG_FEXIT))?
                 .try_into()
                 .map_err(program_err(names::PROG_FEXIT))?;
-            prog.load(names::HOOK_FUNCTION, btf).map_err(|e| unavailable(e.to_string()))?;
-            let id = prog.attach().map_err(|e| unavailable(e.to_string()))?;
+            prog.load(names::HOOK_FUNCTION, btf).map_err(unavailable)?;
+            let id = prog.attach().map_err(unavailable)?;
             Ok(Attached::Fexit(names::PROG_FEXIT, id))
         }
         Backend::Kprobe => {
@@ -682,10 +827,20 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<A
                     .ok_or(ObserverError::Missing(name))?
                     .try_into()
                     .map_err(program_err(name))?;
-                prog.load().map_err(|e| unavailable(e.to_string()))?;
-                prog.attach(names::HOOK_FUNCTION, 0).map_err(|e| unavailable(e.to_string()))?;
+                prog.load().map_err(unavailable)?;
+                prog.attach(names::HOOK_FUNCTION, 0).map_err(unavailable)?;
             }
             Ok(Attached::Kprobe(names::PROG_KPROBE))
+        }
+        Backend::Lsm => {
+            let prog: &mut Lsm = ebpf
+                .program_mut(names::PROG_LSM)
+                .ok_or(ObserverError::Missing(names::PROG_LSM))?
+                .try_into()
+                .map_err(program_err(names::PROG_LSM))?;
+            prog.load(names::LSM_HOOK, btf).map_err(unavailable)?;
+            let id = prog.attach().map_err(unavailable)?;
+            Ok(Attached::Lsm(names::PROG_LSM, id))
         }
     }
 }

@@ -58,6 +58,17 @@ mark "DOCTOR-BEGIN"
 like_ci "$CAPPROF" doctor --format json
 mark "DOCTOR-END: exit $?"
 
+# What the BPF-LSM hook can see, for the log: calibration triggers an
+# audited CAP_SYS_NICE check and an mmap's advisory CAP_SYS_ADMIN probe; the
+# hook should see only the first.
+case " $backends " in
+    *" lsm "*)
+        echo "lsm backend, as doctor sees it:"
+        CAPPROF_LOG=debug like_ci "$CAPPROF" doctor --backend lsm 2>&1 |
+            grep -E "calibration:|^backend|^classify|bpf lsm|load "
+        ;;
+esac
+
 for backend in $backends; do
     mark "PASS-BEGIN: $backend"
     # $filter is empty or one word; unquoted, so that empty adds nothing.

@@ -47,23 +47,24 @@ pub struct Series {
 }
 
 /// bookworm's 6.1: kprobes, BTF and BPF LSM, no cap_capable tracepoint.
-/// fexit is what capprof would choose; kprobe is its fallback.
+/// fexit is what capprof would choose; kprobe is its fallback, and lsm the
+/// opt-in BPF-LSM backend.
 pub const LINUX_6_1: Series = Series {
     name: "6.1",
     prefix: "linux-image-6.1.0-",
     suffixes: &["-cloud-amd64-unsigned"],
     backports: false,
-    backends: &["fexit", "kprobe"],
+    backends: &["fexit", "kprobe", "lsm"],
 };
 
 /// 6.12 from bookworm-backports (bookworm-security carries it too): the
-/// newest kernel before the tracepoint, so fexit.
+/// newest kernel before the tracepoint, so fexit; and the opt-in lsm.
 pub const LINUX_6_12: Series = Series {
     name: "6.12",
     prefix: "linux-image-6.12.",
     suffixes: &["+deb12-cloud-amd64-unsigned", "+bpo-cloud-amd64-unsigned"],
     backports: true,
-    backends: &["fexit"],
+    backends: &["fexit", "lsm"],
 };
 
 pub const ALL: &[Series] = &[LINUX_6_1, LINUX_6_12];

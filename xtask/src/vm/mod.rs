@@ -1,8 +1,8 @@
 //! `cargo xtask vm-test`: capprof's root integration tests on other kernels.
 //!
 //! Debian's 6.1 and 6.12 cloud kernels have no cap_capable tracepoint, so
-//! they exercise the fexit and kprobe backends, which CI's own kernel
-//! refuses. Each kernel boots under qemu's TCG (nested KVM crashes here) from
+//! they exercise the fexit and kprobe backends, and the opt-in BPF-LSM one,
+//! which CI's own kernel refuses. Each kernel boots under qemu's TCG (nested KVM crashes here) from
 //! one initramfs holding busybox, the test executable and the two binaries
 //! it spawns, at their host paths. The guest's init mounts what capprof
 //! needs, prints `capprof doctor`'s verdict, runs the tests once per backend
@@ -240,6 +240,12 @@ fn summarize(kernel: &Kernel, boot: &Boot, outcome: Result<Outcome>) -> bool {
                 .unwrap_or("")
         ),
         None => println!("    doctor: never ran"),
+    }
+    if let Some(Some((ok, detail))) = report.doctor.as_ref().map(|d| d.bpf_lsm.as_ref()) {
+        println!(
+            "    doctor: bpf lsm {}: {detail}",
+            if *ok { "available" } else { "unavailable" }
+        );
     }
     for backend in &expected {
         let Some(pass) = report.passes.iter().find(|p| p.backend == *backend) else {

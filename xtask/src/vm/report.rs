@@ -28,6 +28,8 @@ pub struct Doctor {
     pub classification: Option<String>,
     pub load_ms: Option<u64>,
     pub missing: Vec<String>,
+    /// The `bpf lsm` check: whether the lsm backend is available, and why.
+    pub bpf_lsm: Option<(bool, String)>,
     /// Set when the JSON could not be read; holds what was printed instead.
     pub unreadable: Option<String>,
 }
@@ -247,6 +249,14 @@ fn parse_doctor(text: &str) -> Doctor {
         reason: string("reason"),
         classification: string("classification"),
         load_ms: value["load_ms"].as_u64(),
+        bpf_lsm: value["checks"].as_array().and_then(|checks| {
+            checks.iter().find(|c| c["name"] == "bpf lsm").map(|c| {
+                (
+                    c["ok"].as_bool().unwrap_or(false),
+                    c["detail"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+        }),
         missing: value["missing"]
             .as_array()
             .map(|a| {
@@ -283,7 +293,7 @@ CAPPROF-VM-DOCTOR-BEGIN
   "reason": "no cap_capable tracepoint (before 6.14); cap_capable is in BTF",
   "classification": "opts",
   "load_ms": 412,
-  "checks": [],
+  "checks": [{"name": "bpf lsm", "ok": true, "detail": "active (capability,bpf)"}],
   "missing": []
 }
 CAPPROF-VM-DOCTOR-END: exit 0
@@ -326,6 +336,10 @@ test mknod_needs_mknod ... ok
         assert_eq!(doctor.backend.as_deref(), Some("fexit"));
         assert_eq!(doctor.classification.as_deref(), Some("opts"));
         assert_eq!(doctor.load_ms, Some(412));
+        assert_eq!(
+            doctor.bpf_lsm,
+            Some((true, "active (capability,bpf)".to_owned()))
+        );
         assert!(doctor.missing.is_empty() && doctor.unreadable.is_none());
 
         assert_eq!(report.passes.len(), 2);
