@@ -39,11 +39,19 @@ pub struct Config {
     pub task_tgid_offset: u32,
     /// Offset of `filename` in `struct linux_binprm`, or u32::MAX.
     pub binprm_filename_offset: u32,
+    /// The tracepoint's other frame layout, 0 when unknown. With a single
+    /// program attached, the tracepoint calls it directly; with two or more
+    /// (another capprof, bpftrace) it goes through an iterator with a frame
+    /// of its own, and the return addresses lie further up. Both layouts are
+    /// calibrated at load, and a caller slot that does not resolve is tried
+    /// in the other one.
+    pub slot_caller_alt: u32,
+    pub slot_outer_alt: u32,
     /// How to read the current cgroup's name, or all u32::MAX.
     pub cgroup_name: CgroupNameOffsets,
     pub ranges: [FuncRange; MAX_FUNC_RANGES],
 }
-const _: () = assert!(size_of::<Config>() == 24 + 24 + 24 * MAX_FUNC_RANGES);
+const _: () = assert!(size_of::<Config>() == 32 + 24 + 24 * MAX_FUNC_RANGES);
 
 impl Config {
     /// Whether the call-site slots were found at load time.
@@ -59,6 +67,8 @@ impl Config {
             nr_ranges: 0,
             task_tgid_offset: u32::MAX,
             binprm_filename_offset: u32::MAX,
+            slot_caller_alt: 0,
+            slot_outer_alt: 0,
             cgroup_name: CgroupNameOffsets::unknown(),
             ranges: [FuncRange {
                 start: 0,

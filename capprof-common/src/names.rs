@@ -50,9 +50,11 @@ pub const PROG_CALIBRATE_LSM: &str = "capprof_calibrate_lsm";
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
 pub const PROG_EXIT: &str = "capprof_exit";
-/// Benchmark only (`capprof-bench`, never loaded by capprof): an empty
-/// program on the `cap_capable` tracepoint, the floor every observer pays.
-/// Deliberately left out of `ALL_PROGRAMS`.
+/// An empty program on the `cap_capable` tracepoint: the benchmark's floor
+/// (`capprof-bench`), and, attached for a moment at load, the second
+/// program that makes the tracepoint switch to its other frame layout so
+/// that calibration can find the slots of both. Left out of
+/// `ALL_PROGRAMS`, which lists what capprof keeps loaded.
 pub const PROG_BENCH_EMPTY: &str = "capprof_bench_empty";
 /// Benchmark only: the per-event streaming design (one `EVENTS` record per
 /// check, like BCC's `capable`), to compare with in-kernel aggregation.

@@ -430,17 +430,32 @@ fn classify_call_site(hot: &mut HotCache, config: &Config, call_site: CallSite) 
     if !config.calibrated() {
         return (kind::UNKNOWN, 0, 0);
     }
-    let site = match call_site {
-        CallSite::Frame(frame) => read_slot(frame, config.slot_caller),
-        CallSite::Read(site, _) => site,
+    let (site, site_kind, slot_outer) = match call_site {
+        CallSite::Frame(frame) => {
+            let site = read_slot(frame, config.slot_caller);
+            let site_kind = resolve_cached(hot, config, site);
+            if site_kind == kind::UNKNOWN && config.slot_caller_alt != 0 {
+                // Maybe the tracepoint's other frame layout (another program
+                // attached or gone since calibration).
+                let alt = read_slot(frame, config.slot_caller_alt);
+                let alt_kind = resolve_cached(hot, config, alt);
+                if alt_kind != kind::UNKNOWN {
+                    (alt, alt_kind, config.slot_outer_alt)
+                } else {
+                    (site, site_kind, config.slot_outer)
+                }
+            } else {
+                (site, site_kind, config.slot_outer)
+            }
+        }
+        CallSite::Read(site, _) => (site, resolve_cached(hot, config, site), 0),
     };
-    let site_kind = resolve_cached(hot, config, site);
     if site_kind != kind::VIA_SECURITY_CAPABLE {
         return (site_kind, site, 0);
     }
     // Only ordinary checks are decided one frame further out.
     let outer = match call_site {
-        CallSite::Frame(frame) => read_slot(frame, config.slot_outer),
+        CallSite::Frame(frame) => read_slot(frame, slot_outer),
         CallSite::Read(_, outer) => outer,
     };
     let outer_kind = resolve_cached(hot, config, outer);

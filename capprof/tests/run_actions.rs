@@ -323,3 +323,75 @@ fn lsm_backend_profiles_granted_checks_or_is_refused_in_one_line() {
     let ev = &chown["evidence"][0];
     assert!(ev["call_site"].as_str().unwrap_or("").starts_with("capable_wrt_inode_uidgid"), "{ev}");
 }
+
+/// Waits for `path` to exist (another process's progress marker).
+fn wait_for(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A second program on the cap_capable tracepoint (another capprof here;
+/// bpftrace or any tool in real life) makes the tracepoint call through an
+/// iterator, which moves the callers' return addresses up the stack. The
+/// same checks must be classified the same whether that program was there
+/// at load and left, or came after: advisory stays advisory (not required),
+/// and nothing goes unclassified.
+#[test]
+fn classification_survives_other_programs_coming_and_going() {
+    require_root();
+    let dir = Scratch::new("layout");
+    let file = dir.path("f");
+    let marker = |name: &str| dir.path(name);
+    let wait_loop = |name: &str| {
+        format!("touch {}; while [ ! -e {} ]; do sleep 0.05; done", marker(&format!("{name}-up")).display(), marker(name).display())
+    };
+    let workload = |gate: &str| format!("{}; {ACTION} mmap-loop && {ACTION} chown {}", wait_loop(gate), file.display());
+    let quiet_run = |script: String| {
+        Command::new(CAPPROF)
+            .args(["run", "--quiet", "--", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("capprof runs")
+    };
+    let check = |profile: &serde_json::Value, case: &str| {
+        assert_eq!(names(profile, "required"), ["CAP_CHOWN"], "{case}: {profile}");
+        assert_eq!(profile["observation"]["unclassified_checks"], 0, "{case}: {profile}");
+        if profile["observation"]["backend"] == "tp_btf" {
+            assert_eq!(names(profile, "advisory"), ["CAP_SYS_ADMIN"], "{case}: {profile}");
+        }
+    };
+
+    // Loaded while the other program is attached; the checks come after it
+    // has gone.
+    fixture_file(&file, 0, 0, 0o644);
+    let mut other = quiet_run(wait_loop("a-release"));
+    wait_for(&marker("a-release-up"));
+    let ours = std::thread::scope(|s| {
+        let ours = s.spawn(|| profile_of(&["sh", "-c", &workload("a-go")]));
+        wait_for(&marker("a-go-up"));
+        std::fs::write(marker("a-release"), b"").unwrap();
+        other.wait().unwrap();
+        std::fs::write(marker("a-go"), b"").unwrap();
+        ours.join().unwrap()
+    });
+    check(&ours.1, "other program gone after load");
+
+    // Loaded alone; the checks come while the other program is attached.
+    fixture_file(&file, 0, 0, 0o644);
+    let ours = std::thread::scope(|s| {
+        let ours = s.spawn(|| profile_of(&["sh", "-c", &workload("b-go")]));
+        wait_for(&marker("b-go-up"));
+        let mut other = quiet_run(wait_loop("b-release"));
+        wait_for(&marker("b-release-up"));
+        std::fs::write(marker("b-go"), b"").unwrap();
+        let ours = ours.join().unwrap();
+        std::fs::write(marker("b-release"), b"").unwrap();
+        other.wait().unwrap();
+        ours
+    });
+    check(&ours.1, "other program attached after load");
+}

@@ -110,6 +110,28 @@ pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots,
     // on `outer`, which is always above it and so never 0.
 }
 
+/// The tracepoint's iterator, which is on the stack only while two or more
+/// programs are attached.
+pub const TRACEPOINT_ITERATOR: &str = "__traceiter_cap_capable";
+
+/// The slots of the direct layout (one program on the tracepoint), from
+/// samples taken in the iterator layout (two or more), for when capprof
+/// loads while another tool is attached and that tool later goes away.
+/// Between the return address into the iterator and the one into
+/// `cap_capable` lies the iterator's frame; without the iterator, the
+/// return address into `cap_capable` sits where the one into the iterator
+/// was, and everything above moves down by as much.
+pub fn direct_layout(samples: &[CalibSample], kallsyms: &Kallsyms, slots: Slots) -> Option<Slots> {
+    let probe = samples.iter().find(|s| s.cap == PROBE_CAP)?;
+    let at = |name: &str, from: usize| {
+        (from..probe.words.len()).find(|&i| kallsyms.resolve(probe.words[i]).is_some_and(|(n, _)| n == name))
+    };
+    let iterator = at(TRACEPOINT_ITERATOR, 0)?;
+    let hook = at(capprof_common::names::HOOK_FUNCTION, iterator + 1)?;
+    let shift = (hook - iterator) as u32;
+    Some(Slots { caller: slots.caller.checked_sub(shift)?, outer: slots.outer.checked_sub(shift)? })
+}
+
 /// The function ranges the kernel side resolves new return addresses with.
 pub fn ranges(kallsyms: &Kallsyms) -> Vec<FuncRange> {
     let groups: [(&[&str], u8); 4] = [
@@ -182,7 +204,9 @@ ffffffff81100100 T capable
 ffffffff81100200 T ns_capable
 ffffffff81100300 T ns_capable_noaudit
 ffffffff81100400 T can_nice
-ffffffff81100500 T zzz_end
+ffffffff81100600 T cap_capable
+ffffffff81100700 T __traceiter_cap_capable
+ffffffff81100800 T zzz_end
 ";
 
     fn sample(cap: u32, words: &[(usize, u64)]) -> CalibSample {
@@ -201,6 +225,23 @@ ffffffff81100500 T zzz_end
             sample(PROBE_CAP, &[(10, 0xffffffff81000010), (12, 0xffffffff8110003b), (17, 0xffffffff8110012e), (20, 0xffffffff81100410)]),
         ];
         assert_eq!(find_slots(&samples, &k), Ok(Slots { caller: 12, outer: 17 }));
+    }
+
+    #[test]
+    fn derives_the_direct_tracepoint_layout_from_the_iterator_one() {
+        let k = Kallsyms::parse(SYMS).unwrap();
+        // As sampled on 6.18 with a second program attached: the iterator's
+        // return address at 5, cap_capable's at 12, callers at 19 and 24.
+        let iterator = [sample(
+            PROBE_CAP,
+            &[(5, 0xffffffff81100720), (12, 0xffffffff81100640), (19, 0xffffffff8110003b), (24, 0xffffffff8110012e)],
+        )];
+        let slots = find_slots(&iterator, &k).unwrap();
+        assert_eq!(slots, Slots { caller: 19, outer: 24 });
+        assert_eq!(direct_layout(&iterator, &k, slots), Some(Slots { caller: 12, outer: 17 }));
+        // Alone on the tracepoint there is no iterator frame to measure.
+        let direct = [sample(PROBE_CAP, &[(5, 0xffffffff81100640), (12, 0xffffffff8110003b), (17, 0xffffffff8110012e)])];
+        assert_eq!(direct_layout(&direct, &k, find_slots(&direct, &k).unwrap()), None);
     }
 
     #[test]

@@ -326,15 +326,19 @@ impl Observer {
             Ok(slots) => Ok(slots),
         };
         let classification = match (backend, slots) {
-            (Backend::TpBtf, Ok(slots)) => {
+            (Backend::TpBtf, Ok((slots, other))) => {
                 calibrate::apply(&mut config, Some(slots), &ranges);
+                if let Some(other) = other {
+                    config.slot_caller_alt = other.caller;
+                    config.slot_outer_alt = other.outer;
+                }
                 Classification::CallSite { caller_slot: slots.caller, outer_slot: slots.outer }
             }
             (Backend::TpBtf, Err(reason)) => {
                 tracing::warn!("call-site calibration failed ({reason}); every check will count as audited");
                 Classification::Uncalibrated(reason)
             }
-            (_, Ok(slots)) => {
+            (_, Ok((slots, _))) => {
                 calibrate::apply(&mut config, Some(slots), &ranges);
                 Classification::Opts { call_site: Some(slots) }
             }
@@ -671,6 +675,7 @@ fn calibration_program(backend: Backend) -> &'static str {
 }
 
 /// Why calibration gave no slots.
+#[derive(Debug)]
 enum CalibrateError {
     /// The kernel refused to load or attach the calibration program.
     Refused(String),
@@ -683,26 +688,101 @@ fn calibrate_slots(
     btf: &aya::Btf,
     kallsyms: &Kallsyms,
     backend: Backend,
-) -> Result<calibrate::Slots, CalibrateError> {
+) -> Result<(calibrate::Slots, Option<calibrate::Slots>), CalibrateError> {
+    if backend == Backend::TpBtf {
+        return calibrate_tracepoint(ebpf, btf, kallsyms);
+    }
     let prog = ebpf
         .program_mut(calibration_program(backend))
         .ok_or_else(|| CalibrateError::Failed("no calibration program".to_owned()))?;
     run_calibration(prog, btf, backend).map_err(|e| CalibrateError::Refused(refusal(&e)))?;
+    let samples = calibration_samples(ebpf)?;
+    log_samples(backend, &samples);
+    let slots = calibrate::find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    Ok((slots, None))
+}
+
+/// The tracepoint calls a lone program directly, but two or more through an
+/// iterator with a frame of its own, which moves the return addresses. Other
+/// tools (another capprof, bpftrace) come and go, so both layouts are
+/// calibrated: once with the calibration program as found, once with an
+/// empty program attached next to it. Returns the slots as found and, when
+/// they differ, the other layout's.
+fn calibrate_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    kallsyms: &Kallsyms,
+) -> Result<(calibrate::Slots, Option<calibrate::Slots>), CalibrateError> {
+    fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut BtfTracePoint, CalibrateError> {
+        ebpf.program_mut(name)
+            .ok_or_else(|| CalibrateError::Failed(format!("no program {name}")))?
+            .try_into()
+            .map_err(|e: ProgramError| CalibrateError::Failed(e.to_string()))
+    }
+    let refused = |e: ProgramError| CalibrateError::Refused(refusal(&e));
+    let prog = tracepoint(ebpf, names::PROG_CALIBRATE)?;
+    prog.load(names::TRACEPOINT_NAME, btf).map_err(refused)?;
+    let link = prog.attach().map_err(refused)?;
+    calibrate::trigger_probes();
+    let first = calibration_samples(ebpf);
+
+    let spacer = tracepoint(ebpf, names::PROG_BENCH_EMPTY).and_then(|p| {
+        p.load(names::TRACEPOINT_NAME, btf).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+        p.attach().map_err(|e| CalibrateError::Failed(e.to_string()))
+    });
+    let second = match &spacer {
+        Ok(_) => {
+            calibrate::trigger_probes();
+            calibration_samples(ebpf).ok()
+        }
+        Err(e) => {
+            tracing::debug!("no second tracepoint layout: {e:?}");
+            None
+        }
+    };
+    if let (Ok(spacer_link), Ok(p)) = (spacer, tracepoint(ebpf, names::PROG_BENCH_EMPTY)) {
+        let _ = p.detach(spacer_link);
+        let _ = p.unload();
+    }
+    if let Ok(p) = tracepoint(ebpf, names::PROG_CALIBRATE) {
+        let _ = p.detach(link);
+        let _ = p.unload();
+    }
+
+    let first = first?;
+    log_samples(Backend::TpBtf, &first);
+    let slots = calibrate::find_slots(&first, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    // The second pass's samples follow the first's in `CALIB`.
+    let other = second
+        .and_then(|all| all.get(first.len()..).map(<[_]>::to_vec))
+        .and_then(|s| calibrate::find_slots(&s, kallsyms).ok())
+        .filter(|other| *other != slots)
+        // Both passes in the iterator layout: another program was already
+        // attached. Work out the direct one from the iterator's frame.
+        .or_else(|| calibrate::direct_layout(&first, kallsyms, slots));
+    tracing::debug!("tracepoint slots {slots:?}, other layout {other:?}");
+    Ok((slots, other))
+}
+
+fn calibration_samples(ebpf: &Ebpf) -> Result<Vec<CalibSample>, CalibrateError> {
     let calib: Array<_, CalibSample> = ebpf
         .map(names::CALIB)
         .ok_or_else(|| CalibrateError::Failed("no calibration map".to_owned()))
         .and_then(|m| Array::try_from(m).map_err(|e| CalibrateError::Failed(e.to_string())))?;
-    let samples: Vec<CalibSample> = (0..CALIB_SAMPLES)
+    // Samples are written in order, so the filled ones are a prefix.
+    Ok((0..CALIB_SAMPLES)
         .filter_map(|i| calib.get(&i, 0).ok())
-        .filter(|s| s.words.iter().any(|w| *w != 0))
-        .collect();
+        .take_while(|s| s.words.iter().any(|w| *w != 0))
+        .collect())
+}
+
+fn log_samples(backend: Backend, samples: &[CalibSample]) {
     tracing::debug!(
         "{backend} calibration: {} samples, {} of the audited probe, {} of the advisory one",
         samples.len(),
         samples.iter().filter(|s| s.cap == calibrate::PROBE_CAP).count(),
         samples.iter().filter(|s| s.cap == calibrate::ADVISORY_CAP).count(),
     );
-    calibrate::find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))
 }
 
 /// Loads and attaches the calibration program, triggers the known checks,
