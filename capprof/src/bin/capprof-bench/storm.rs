@@ -55,6 +55,8 @@ pub struct StormLine {
     pub pairs_missing: usize,
     /// Pairs whose count is below what the workers made.
     pub pairs_undercounted: usize,
+    /// More counted than made (one exit-time kill per worker aside).
+    pub overcounted: bool,
     pub ringbuf_lost: u64,
     pub cgroup_events_lost: u64,
     pub counts_full: u64,
@@ -173,6 +175,7 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
         pairs_exercised: made.len(),
         pairs_missing: 0,
         pairs_undercounted: 0,
+        overcounted: false,
         ringbuf_lost: stats.ringbuf_lost,
         cgroup_events_lost: stats.cgroup_events_lost,
         counts_full: stats.counts_full,
@@ -210,8 +213,12 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     line.records = records;
     line.silent_loss = line.pairs_without_evidence > 0 && stats.ringbuf_lost == 0;
     overflow(&mut observer, ring, root, threads, &mut line)?;
+    // Nothing counted twice either: beyond what they made, the workers only
+    // kill their helper process once each as they exit.
+    line.overcounted = line.counted_total > made_total + threads as u64;
     line.no_loss = line.pairs_missing == 0
         && line.pairs_undercounted == 0
+        && !line.overcounted
         && stats.counts_full == 0
         && !line.silent_loss
         && made_total > 0
