@@ -231,7 +231,10 @@ impl Observer {
             Some(dir) => pin::PINNED_MAPS.iter().map(|n| (*n, pin::map_path(dir, n))).collect(),
             None => vec![],
         };
-        let kernel = KernelBtf::read()?;
+        let mut phases = Phases::new(started);
+        let btf_data = btf::read_vmlinux()?;
+        let kernel = KernelBtf::parse(&btf_data)?;
+        phases.mark("kernel btf");
         let backend = backend.unwrap_or_else(|| choose_backend(&kernel).0);
         if backend == Backend::TpBtf && !kernel.has_cap_tracepoint {
             return Err(ObserverError::BackendUnavailable {
@@ -241,14 +244,18 @@ impl Observer {
         }
         let tgid = std::process::id();
         // Parse the kernel's BTF once for the loader and the attaches.
-        let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
+        let btf = aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(|e| btf::BtfError(e.to_string()))?;
+        drop(btf_data);
+        phases.mark("aya btf");
         let mut loader = EbpfLoader::new();
+        phases.mark("loader"); // EbpfLoader::new parses the BTF once more.
         loader.btf(Some(&btf));
         loader.override_global("CAPPROF_TGID", &tgid, true).override_global("CALIBRATE_TGID", &tgid, true);
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
+        phases.mark("object");
         let kallsyms = match Kallsyms::load() {
             Ok(k) => Some(k),
             Err(err) => {
@@ -262,6 +269,7 @@ impl Observer {
         config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
         config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
         config.cgroup_name = kernel.cgroup_name.unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
+        phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
         // them for every class, fexit and kprobe to tell advisory probes
@@ -270,6 +278,7 @@ impl Observer {
             Some(k) => calibrate_slots(&mut ebpf, &btf, k, backend),
             None => Err("no /proc/kallsyms".to_owned()),
         };
+        phases.mark("calibration");
         let classification = match (backend, slots) {
             (Backend::TpBtf, Ok(slots)) => {
                 calibrate::apply(&mut config, Some(slots), &ranges);
@@ -296,7 +305,10 @@ impl Observer {
         config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
 
         let mut attached = attach_process_hooks(&mut ebpf, &btf);
+        phases.mark("process hooks");
         attached.push(attach_backend(&mut ebpf, &btf, backend)?);
+        phases.mark("backend");
+        phases.log();
         let mut observer = Self {
             ebpf,
             backend,
@@ -470,6 +482,32 @@ impl Observer {
             unclassified: sum(stat::UNCLASSIFIED),
             cgroup_events_lost: sum(stat::CGROUP_EVENTS_LOST),
         })
+    }
+}
+
+/// Where load time goes, logged at debug level (`CAPPROF_LOG=debug`).
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(started: Instant) -> Self {
+        Self { last: started, done: vec![] }
+    }
+
+    /// Ends the phase called `name`, which began at the previous mark.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let shown: Vec<String> = self.done.iter().map(|(name, d)| format!("{name} {d:.1?}")).collect();
+            tracing::debug!("load phases: {}", shown.join(", "));
+        }
     }
 }
 
