@@ -206,6 +206,12 @@ impl Observer {
         let started = Instant::now();
         preflight()?;
         bump_memlock_rlimit();
+        // Reading /proc/kallsyms costs ~50 ms of kernel time: let it run
+        // while BTF is parsed and the object is loaded.
+        let kallsyms = std::thread::Builder::new()
+            .name("kallsyms".into())
+            .spawn(Kallsyms::load)
+            .map_err(|e| ObserverError::Internal(format!("cannot start a thread: {e}")))?;
         let mut reused_pins = false;
         let pin_dir = match &options.pin_bpffs {
             Some(bpffs) => {
@@ -256,10 +262,14 @@ impl Observer {
         }
         let mut ebpf = loader.load(OBJECT)?;
         phases.mark("object");
-        let kallsyms = match Kallsyms::load() {
-            Ok(k) => Some(k),
-            Err(err) => {
+        let kallsyms = match kallsyms.join() {
+            Ok(Ok(k)) => Some(k),
+            Ok(Err(err)) => {
                 tracing::warn!("{err}; call sites cannot be resolved");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("reading /proc/kallsyms panicked; call sites cannot be resolved");
                 None
             }
         };
