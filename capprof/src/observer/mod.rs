@@ -210,7 +210,12 @@ impl Observer {
         // while BTF is parsed and the object is loaded.
         let kallsyms = std::thread::Builder::new()
             .name("kallsyms".into())
-            .spawn(Kallsyms::load)
+            .spawn(|| {
+                let started = Instant::now();
+                let kallsyms = Kallsyms::load();
+                tracing::debug!("/proc/kallsyms read in {:.1?}", started.elapsed());
+                kallsyms
+            })
             .map_err(|e| ObserverError::Internal(format!("cannot start a thread: {e}")))?;
         let mut reused_pins = false;
         let pin_dir = match &options.pin_bpffs {
