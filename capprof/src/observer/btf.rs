@@ -275,10 +275,10 @@ impl<'a> RawBtf<'a> {
                 return Some(base + bit_offset);
             }
             // Anonymous struct/union: search inside it.
-            if name.is_empty() {
-                if let Some(off) = self.find_member(ty, wanted, base + bit_offset, depth + 1) {
-                    return Some(off);
-                }
+            if name.is_empty()
+                && let Some(off) = self.find_member(ty, wanted, base + bit_offset, depth + 1)
+            {
+                return Some(off);
             }
         }
         None
@@ -399,16 +399,13 @@ mod tests {
                 if name == wanted {
                     return Some(base + m.bit_offset());
                 }
-                if name.is_empty() {
-                    if let Ok(Type::Struct(inner) | Type::Union(inner)) =
+                if name.is_empty()
+                    && let Ok(Type::Struct(inner) | Type::Union(inner)) =
                         btf.resolve_chained_type(m)
-                    {
-                        if let Some(off) =
-                            find_member(btf, &inner.members, wanted, base + m.bit_offset())
-                        {
-                            return Some(off);
-                        }
-                    }
+                    && let Some(off) =
+                        find_member(btf, &inner.members, wanted, base + m.bit_offset())
+                {
+                    return Some(off);
                 }
             }
             None
