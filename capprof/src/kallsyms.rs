@@ -67,7 +67,8 @@ impl Kallsyms {
     }
 
     pub fn symbolize(&self, addr: u64) -> Option<String> {
-        self.resolve(addr).map(|(name, off)| format!("{name}+{off:#x}"))
+        self.resolve(addr)
+            .map(|(name, off)| format!("{name}+{off:#x}"))
     }
 
     /// The text range of function `name`: from its address to the next
@@ -76,7 +77,10 @@ impl Kallsyms {
         let i = (0..self.symbols.len())
             .find(|&i| self.symbols[i].2 as usize == name.len() && self.name(i) == name)?;
         let start = self.symbols[i].0;
-        let end = self.symbols[i + 1..].iter().map(|(a, ..)| *a).find(|a| *a > start)?;
+        let end = self.symbols[i + 1..]
+            .iter()
+            .map(|(a, ..)| *a)
+            .find(|a| *a > start)?;
         Some((start, end))
     }
 }
@@ -99,9 +103,18 @@ ffffffff81100300 T ns_capable_noaudit [kvm]
     #[test]
     fn resolves_and_ranges() {
         let k = Kallsyms::parse(SAMPLE).unwrap();
-        assert_eq!(k.resolve(0xffffffff8110003b), Some(("security_capable", 0x3b)));
-        assert_eq!(k.symbolize(0xffffffff8110012e).unwrap(), "capable_alias+0x2e");
-        assert_eq!(k.range("capable"), Some((0xffffffff81100100, 0xffffffff81100200)));
+        assert_eq!(
+            k.resolve(0xffffffff8110003b),
+            Some(("security_capable", 0x3b))
+        );
+        assert_eq!(
+            k.symbolize(0xffffffff8110012e).unwrap(),
+            "capable_alias+0x2e"
+        );
+        assert_eq!(
+            k.range("capable"),
+            Some((0xffffffff81100100, 0xffffffff81100200))
+        );
         assert_eq!(k.range("ns_capable_noaudit"), None);
         assert_eq!(k.resolve(0x10), None);
     }
@@ -117,10 +130,22 @@ ffffffff81100300 T zzz_end
 ";
         let k = Kallsyms::parse(text).unwrap();
         assert_eq!(k.resolve(0xffffffff81100201), Some(("ns_capable", 1)));
-        assert_eq!(k.symbolize(0xffffffff8110012e).unwrap(), "capable_alias+0x2e");
-        assert_eq!(k.range("capable"), Some((0xffffffff81100100, 0xffffffff81100200)));
-        assert_eq!(k.range("capable_alias"), Some((0xffffffff81100100, 0xffffffff81100200)));
-        assert_eq!(k.range("_stext"), Some((0xffffffff81000000, 0xffffffff81100100)));
+        assert_eq!(
+            k.symbolize(0xffffffff8110012e).unwrap(),
+            "capable_alias+0x2e"
+        );
+        assert_eq!(
+            k.range("capable"),
+            Some((0xffffffff81100100, 0xffffffff81100200))
+        );
+        assert_eq!(
+            k.range("capable_alias"),
+            Some((0xffffffff81100100, 0xffffffff81100200))
+        );
+        assert_eq!(
+            k.range("_stext"),
+            Some((0xffffffff81000000, 0xffffffff81100100))
+        );
         assert_eq!(k.range("capabl"), None);
     }
 
@@ -141,13 +166,17 @@ ffffffff81100300 T zzz_end
             .filter_map(|line| {
                 let mut f = line.split_ascii_whitespace();
                 let (addr, ty, name) = (f.next()?, f.next()?, f.next()?);
-                matches!(ty, "t" | "T").then(|| Some((u64::from_str_radix(addr, 16).ok()?, name.to_owned())))?
+                matches!(ty, "t" | "T")
+                    .then(|| Some((u64::from_str_radix(addr, 16).ok()?, name.to_owned())))?
             })
             .collect();
         old.sort_unstable_by_key(|(a, _)| *a);
         let old_range = |name: &str| {
             let (i, (start, _)) = old.iter().enumerate().find(|(_, (_, n))| n == name)?;
-            Some((*start, old[i + 1..].iter().map(|(a, _)| *a).find(|a| a > start)?))
+            Some((
+                *start,
+                old[i + 1..].iter().map(|(a, _)| *a).find(|a| a > start)?,
+            ))
         };
         use crate::observer::calibrate::{ADVISORY, AUDIT, NOAUDIT, VIA_SECURITY_CAPABLE};
         for name in [VIA_SECURITY_CAPABLE, ADVISORY, NOAUDIT, AUDIT].concat() {
@@ -158,14 +187,23 @@ ffffffff81100300 T zzz_end
             let (name, off) = k.resolve(addr).unwrap();
             // Among aliases the previous parser's choice was arbitrary.
             let start = addr - off;
-            assert!(old.iter().any(|(a, n)| *a == start && n == name), "{addr:#x}: {name}");
-            assert!(!old.iter().any(|(a, _)| *a > start && *a <= addr), "{addr:#x}");
+            assert!(
+                old.iter().any(|(a, n)| *a == start && n == name),
+                "{addr:#x}: {name}"
+            );
+            assert!(
+                !old.iter().any(|(a, _)| *a > start && *a <= addr),
+                "{addr:#x}"
+            );
         }
     }
 
     #[test]
     fn hidden_addresses_are_an_error() {
         let hidden = "0000000000000000 T _stext\n0000000000000000 T capable\n";
-        assert!(matches!(Kallsyms::parse(hidden), Err(KallsymsError::Hidden)));
+        assert!(matches!(
+            Kallsyms::parse(hidden),
+            Err(KallsymsError::Hidden)
+        ));
     }
 }

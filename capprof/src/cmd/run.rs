@@ -217,15 +217,21 @@ impl HeldChild {
         let mut fds = [0; 2];
         // SAFETY: a valid array of two fds.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(Error::internal(format!("cannot make a pipe: {}", std::io::Error::last_os_error())));
+            return Err(Error::internal(format!(
+                "cannot make a pipe: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: pipe2 just opened both, and nothing else owns them.
-        let (wait_end, gate) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (wait_end, gate) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let (wait_fd, gate_fd) = (wait_end.as_raw_fd(), gate.as_raw_fd());
         // The forking thread's name is CMD's comm until its exec completes,
         // and shows in evidence of the exec's own checks: keep capprof's,
         // not the blocking thread's.
-        let comm = std::fs::read("/proc/self/comm").ok().and_then(|c| CString::new(c.trim_ascii_end()).ok());
+        let comm = std::fs::read("/proc/self/comm")
+            .ok()
+            .and_then(|c| CString::new(c.trim_ascii_end()).ok());
         let mut cmd = tokio::process::Command::new(program);
         cmd.arg0(&command[0]).args(&command[1..]);
         // SAFETY: only async-signal-safe calls (open, write, close, prctl,
@@ -253,7 +259,8 @@ impl HeldChild {
                     match libc::read(wait_fd, (&raw mut byte).cast(), 1) {
                         1 => return Ok(()),
                         0 => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
-                        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+                        _ if std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::Interrupted => {}
                         _ => return Err(std::io::Error::last_os_error()),
                     }
                 }
@@ -266,7 +273,11 @@ impl HeldChild {
             drop(wait_end);
             child
         });
-        Ok(Self { spawned, gate, shown: command[0].to_string_lossy().into_owned() })
+        Ok(Self {
+            spawned,
+            gate,
+            shown: command[0].to_string_lossy().into_owned(),
+        })
     }
 
     /// Lets CMD exec, and returns it once it has.
@@ -274,21 +285,32 @@ impl HeldChild {
         // SAFETY: writing one byte from a valid buffer to our pipe.
         let written = unsafe { libc::write(self.gate.as_raw_fd(), b"1".as_ptr().cast(), 1) };
         if written != 1 {
-            return Err(Error::internal(format!("cannot start CMD: {}", std::io::Error::last_os_error())));
+            return Err(Error::internal(format!(
+                "cannot start CMD: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         drop(self.gate);
         let shown = self.shown;
-        let spawned = self.spawned.await.map_err(|e| Error::internal(format!("cannot start {shown}: {e}")))?;
+        let spawned = self
+            .spawned
+            .await
+            .map_err(|e| Error::internal(format!("cannot start {shown}: {e}")))?;
         spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::usage(format!("command not found: {shown}")),
-            std::io::ErrorKind::PermissionDenied => Error::usage(format!("{shown}: permission denied")),
+            std::io::ErrorKind::PermissionDenied => {
+                Error::usage(format!("{shown}: permission denied"))
+            }
             _ => Error::internal(format!("cannot start {shown}: {e}")),
         })
     }
 }
 
 /// Waits for CMD, forwarding SIGTERM.
-async fn wait_child(mut child: tokio::process::Child, cmd: &OsString) -> Result<std::process::ExitStatus, Error> {
+async fn wait_child(
+    mut child: tokio::process::Child,
+    cmd: &OsString,
+) -> Result<std::process::ExitStatus, Error> {
     let shown = cmd.to_string_lossy();
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;

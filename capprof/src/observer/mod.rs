@@ -255,7 +255,8 @@ impl Observer {
         }
         let tgid = std::process::id();
         // Parse the kernel's BTF once for the loader and the attaches.
-        let btf = aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(|e| btf::BtfError(e.to_string()))?;
+        let btf = aya::Btf::parse(&btf_data, aya::Endianness::default())
+            .map_err(|e| btf::BtfError(e.to_string()))?;
         drop(btf_data);
         phases.mark("aya btf");
         let mut loader = EbpfLoader::new();
@@ -514,7 +515,10 @@ struct Phases {
 
 impl Phases {
     fn new(started: Instant) -> Self {
-        Self { last: started, done: vec![] }
+        Self {
+            last: started,
+            done: vec![],
+        }
     }
 
     /// Ends the phase called `name`, which began at the previous mark.
@@ -526,7 +530,11 @@ impl Phases {
 
     fn log(&self) {
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let shown: Vec<String> = self.done.iter().map(|(name, d)| format!("{name} {d:.1?}")).collect();
+            let shown: Vec<String> = self
+                .done
+                .iter()
+                .map(|(name, d)| format!("{name} {d:.1?}"))
+                .collect();
             tracing::debug!("load phases: {}", shown.join(", "));
         }
     }
