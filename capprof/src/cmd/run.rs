@@ -4,7 +4,10 @@
 use std::{
     collections::BTreeSet,
     ffi::{CString, OsString},
-    os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
+    },
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant, SystemTime},
@@ -103,6 +106,12 @@ fn resolve_program(cmd: &OsString) -> Result<PathBuf, Error> {
 }
 
 async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode, Error> {
+    let name = format!("run-{}-{}", std::process::id(), nanos());
+    let cgroup = OwnedCgroup::create(&mount, &name).map_err(|e| Error::internal(e.to_string()))?;
+    // CMD's process moves into the cgroup now and waits there, before its
+    // exec, until capprof watches: moving a process waits for an RCU grace
+    // period (10-20 ms here), which then passes while capprof loads.
+    let held = HeldChild::start(&args.command, &program, &cgroup)?;
     let mut observer = Observer::load(args.backend)?;
     tracing::info!(
         "loaded {} backend ({} classification) in {:?}",
@@ -110,8 +119,6 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         observer.classification(),
         observer.load_time()
     );
-    let name = format!("run-{}-{}", std::process::id(), nanos());
-    let cgroup = OwnedCgroup::create(&mount, &name).map_err(|e| Error::internal(e.to_string()))?;
     // Start the reader before anything can happen in the cgroup.
     let events = observer.take_events()?;
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -127,7 +134,7 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     observer.watch(cgroup.id(), watch::COMMAND)?;
 
     let start = SystemTime::now();
-    let status = run_child(&args.command, &program, &cgroup).await?;
+    let status = wait_child(held.release().await?, &args.command[0]).await?;
     wait_for_descendants(&cgroup).await;
     let end = SystemTime::now();
 
@@ -193,40 +200,119 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-/// Starts CMD inside the cgroup (it moves itself in before exec, so its
-/// very first check is seen) and waits for it, forwarding SIGTERM.
-async fn run_child(
-    command: &[OsString],
-    program: &Path,
-    cgroup: &OwnedCgroup,
-) -> Result<std::process::ExitStatus, Error> {
-    let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes())
-        .map_err(|_| Error::internal("cgroup path holds a NUL byte"))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.arg0(&command[0]).args(&command[1..]);
-    // SAFETY: only async-signal-safe calls (open, write, close) between fork
-    // and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                return Err(err);
-            }
-            Ok(())
+/// CMD, started in the cgroup and held before its exec until `release`.
+/// Dropped unreleased, it closes the gate and CMD's process exits without
+/// running CMD.
+struct HeldChild {
+    spawned: tokio::task::JoinHandle<std::io::Result<tokio::process::Child>>,
+    gate: OwnedFd,
+    shown: String,
+}
+
+impl HeldChild {
+    /// Forks CMD's process, which moves itself into the cgroup (so CMD's
+    /// very first check is seen) and then waits on the gate.
+    fn start(command: &[OsString], program: &Path, cgroup: &OwnedCgroup) -> Result<Self, Error> {
+        let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes())
+            .map_err(|_| Error::internal("cgroup path holds a NUL byte"))?;
+        let mut fds = [0; 2];
+        // SAFETY: a valid array of two fds.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(Error::internal(format!(
+                "cannot make a pipe: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: pipe2 just opened both, and nothing else owns them.
+        let (wait_end, gate) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (wait_fd, gate_fd) = (wait_end.as_raw_fd(), gate.as_raw_fd());
+        // The forking thread's name is CMD's comm until its exec completes,
+        // and shows in evidence of the exec's own checks: keep capprof's,
+        // not the blocking thread's.
+        let comm = std::fs::read("/proc/self/comm")
+            .ok()
+            .and_then(|c| CString::new(c.trim_ascii_end()).ok());
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg0(&command[0]).args(&command[1..]);
+        // SAFETY: only async-signal-safe calls (open, write, close, prctl,
+        // read) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
+                if let Some(comm) = &comm {
+                    libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
+                }
+                // Our copy of the gate would keep the pipe from ever
+                // reading EOF when capprof drops its own.
+                libc::close(gate_fd);
+                let mut byte = 0u8;
+                loop {
+                    match libc::read(wait_fd, (&raw mut byte).cast(), 1) {
+                        1 => return Ok(()),
+                        0 => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+                        _ if std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::Interrupted => {}
+                        _ => return Err(std::io::Error::last_os_error()),
+                    }
+                }
+            });
+        }
+        // spawn returns only once CMD has exec'd (or failed to), which is
+        // after the gate opens: run it on a blocking thread.
+        let spawned = tokio::task::spawn_blocking(move || {
+            let child = cmd.spawn();
+            drop(wait_end);
+            child
         });
+        Ok(Self {
+            spawned,
+            gate,
+            shown: command[0].to_string_lossy().into_owned(),
+        })
     }
-    let shown = command[0].to_string_lossy();
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::usage(format!("command not found: {shown}")),
-        std::io::ErrorKind::PermissionDenied => Error::usage(format!("{shown}: permission denied")),
-        _ => Error::internal(format!("cannot start {shown}: {e}")),
-    })?;
+
+    /// Lets CMD exec, and returns it once it has.
+    async fn release(self) -> Result<tokio::process::Child, Error> {
+        // SAFETY: writing one byte from a valid buffer to our pipe.
+        let written = unsafe { libc::write(self.gate.as_raw_fd(), b"1".as_ptr().cast(), 1) };
+        if written != 1 {
+            return Err(Error::internal(format!(
+                "cannot start CMD: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        drop(self.gate);
+        let shown = self.shown;
+        let spawned = self
+            .spawned
+            .await
+            .map_err(|e| Error::internal(format!("cannot start {shown}: {e}")))?;
+        spawned.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::usage(format!("command not found: {shown}")),
+            std::io::ErrorKind::PermissionDenied => {
+                Error::usage(format!("{shown}: permission denied"))
+            }
+            _ => Error::internal(format!("cannot start {shown}: {e}")),
+        })
+    }
+}
+
+/// Waits for CMD, forwarding SIGTERM.
+async fn wait_child(
+    mut child: tokio::process::Child,
+    cmd: &OsString,
+) -> Result<std::process::ExitStatus, Error> {
+    let shown = cmd.to_string_lossy();
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
     loop {

@@ -1,14 +1,22 @@
 //! What the running kernel offers, read from its BTF.
+//!
+//! capprof needs a handful of facts from the 5–6 MB of vmlinux BTF: whether
+//! two names exist, and the offsets of six struct members. Building every
+//! type (btf-rs, or aya's own parse) costs tens to hundreds of milliseconds
+//! at every start; this reader makes one pass over the raw type section that
+//! only records where each type starts, then decodes just the structs it is
+//! asked about. BTF is a header, a flat array of variable-length type
+//! records (type id = index + 1) and a string section
+//! (Documentation/bpf/btf.rst).
 
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
 use capprof_common::{config::CgroupNameOffsets, names};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Facts about the running kernel that choose and configure a backend.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelBtf {
     /// The `capability:cap_capable` tracepoint (Linux 6.14+).
     pub has_cap_tracepoint: bool,
@@ -30,63 +38,251 @@ pub fn btf_present() -> bool {
     Path::new(VMLINUX_BTF).exists()
 }
 
+/// Reads the raw vmlinux BTF, to be handed to [`KernelBtf::parse`] and to
+/// aya without reading the file twice.
+pub fn read_vmlinux() -> Result<Vec<u8>, BtfError> {
+    std::fs::read(VMLINUX_BTF).map_err(|e| BtfError(e.to_string()))
+}
+
 impl KernelBtf {
     pub fn read() -> Result<Self, BtfError> {
-        let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| BtfError(e.to_string()))?;
+        Self::parse(&read_vmlinux()?)
+    }
+
+    /// The facts, from raw BTF in this machine's byte order.
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         let tracepoint = format!("btf_trace_{}", names::TRACEPOINT_NAME);
-        let has = |name: &str| btf.resolve_ids_by_name(name).is_ok_and(|ids| !ids.is_empty());
+        let wanted: Vec<&str> = WANTED
+            .iter()
+            .copied()
+            .chain([tracepoint.as_str()])
+            .collect();
+        let btf = RawBtf::parse(data, &wanted)?;
         Ok(Self {
-            has_cap_tracepoint: has(&tracepoint),
+            has_cap_tracepoint: btf.ids_named(&tracepoint).next().is_some(),
             has_cap_capable_func: btf
-                .resolve_types_by_name(names::HOOK_FUNCTION)
-                .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_)))),
-            task_tgid_offset: member_offset(&btf, "task_struct", "tgid"),
-            binprm_filename_offset: member_offset(&btf, "linux_binprm", "filename"),
+                .ids_named(names::HOOK_FUNCTION)
+                .any(|id| btf.header(id).is_some_and(|h| h.kind() == kind::FUNC)),
+            task_tgid_offset: btf.member_offset("task_struct", "tgid"),
+            binprm_filename_offset: btf.member_offset("linux_binprm", "filename"),
             cgroup_name: cgroup_name_offsets(&btf),
         })
     }
 }
 
-fn cgroup_name_offsets(btf: &Btf) -> Option<CgroupNameOffsets> {
+/// The struct and function names `KernelBtf::parse` looks up, besides the
+/// tracepoint's typedef.
+const WANTED: &[&str] = &[
+    names::HOOK_FUNCTION,
+    "task_struct",
+    "linux_binprm",
+    "css_set",
+    "cgroup",
+    "kernfs_node",
+];
+
+fn cgroup_name_offsets(btf: &RawBtf<'_>) -> Option<CgroupNameOffsets> {
     Some(CgroupNameOffsets {
-        task_cgroups: member_offset(btf, "task_struct", "cgroups")?,
-        css_set_dfl_cgrp: member_offset(btf, "css_set", "dfl_cgrp")?,
-        cgroup_kn: member_offset(btf, "cgroup", "kn")?,
-        kernfs_node_name: member_offset(btf, "kernfs_node", "name")?,
+        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kernfs_node_name: btf.member_offset("kernfs_node", "name")?,
         // Renamed to __parent in 6.15.
-        kernfs_node_parent: member_offset(btf, "kernfs_node", "__parent")
-            .or_else(|| member_offset(btf, "kernfs_node", "parent"))?,
+        kernfs_node_parent: btf
+            .member_offset("kernfs_node", "__parent")
+            .or_else(|| btf.member_offset("kernfs_node", "parent"))?,
         _pad: 0,
     })
 }
 
-/// Byte offset of `member` in `struct name`, looking through anonymous
-/// unions and structs.
-fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
-    let types = btf.resolve_types_by_name(name).ok()?;
-    let st = types.iter().find_map(|t| match t {
-        Type::Struct(s) if !s.members.is_empty() => Some(s),
-        _ => None,
-    })?;
-    find_member(btf, &st.members, member, 0).map(|bits| bits / 8)
+/// BTF kinds (include/uapi/linux/btf.h).
+mod kind {
+    pub const INT: u32 = 1;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const DECL_TAG: u32 = 17;
+    pub const ENUM64: u32 = 19;
 }
 
-fn find_member(btf: &Btf, members: &[btf_rs::Member], wanted: &str, base: u32) -> Option<u32> {
-    for m in members {
-        let name = btf.resolve_name(m).unwrap_or_default();
-        if name == wanted {
-            return Some(base + m.bit_offset());
+const MAGIC: u16 = 0xeb9f;
+/// `struct btf_type`: name_off, info, size/type.
+const TYPE_HEADER: usize = 12;
+/// `struct btf_member`: name_off, type, offset.
+const MEMBER: usize = 12;
+
+/// `struct btf_type` of one type.
+#[derive(Debug, Clone, Copy)]
+struct TypeHeader {
+    info: u32,
+}
+
+impl TypeHeader {
+    fn kind(self) -> u32 {
+        (self.info >> 24) & 0x1f
+    }
+
+    fn vlen(self) -> usize {
+        (self.info & 0xffff) as usize
+    }
+
+    fn kind_flag(self) -> bool {
+        self.info >> 31 != 0
+    }
+}
+
+/// The raw sections, and where each type's record starts.
+struct RawBtf<'a> {
+    types: &'a [u8],
+    strings: &'a [u8],
+    /// Byte offset in `types` of type id `i + 1`.
+    starts: Vec<u32>,
+    /// The types called one of the names asked for, in id order.
+    index: Vec<(String, u32)>,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl<'a> RawBtf<'a> {
+    /// Parses the sections and indexes the types called one of `wanted`.
+    fn parse(data: &'a [u8], wanted: &[&str]) -> Result<Self, BtfError> {
+        let bad = |what: &str| BtfError(what.to_owned());
+        let magic = data.get(..2).map(|m| u16::from_ne_bytes([m[0], m[1]]));
+        if magic != Some(MAGIC) {
+            return Err(bad("not BTF in this machine's byte order"));
         }
-        if name.is_empty() {
-            // Anonymous struct/union: search inside it.
-            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m) {
-                if let Some(off) = find_member(btf, &inner.members, wanted, base + m.bit_offset()) {
-                    return Some(off);
+        let field = |i: usize| {
+            u32_at(data, 4 + 4 * i)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad("short header"))
+        };
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+        let section = |off: usize, len: usize, what: &str| {
+            hdr_len
+                .checked_add(off)
+                .and_then(|start| Some(start..start.checked_add(len)?))
+                .and_then(|range| data.get(range))
+                .ok_or_else(|| bad(what))
+        };
+        let types = section(type_off, type_len, "type section out of bounds")?;
+        let strings = section(str_off, str_len, "string section out of bounds")?;
+        let mut starts = Vec::with_capacity(types.len() / 32);
+        let mut index = vec![];
+        let mut at = 0;
+        while at < types.len() {
+            let (Some(name_off), Some(info)) = (u32_at(types, at), u32_at(types, at + 4)) else {
+                return Err(bad("truncated type"));
+            };
+            let header = TypeHeader { info };
+            let vlen = header.vlen();
+            let extra = match header.kind() {
+                kind::INT | kind::VAR | kind::DECL_TAG => 4,
+                kind::ARRAY => 12,
+                kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 12 * vlen,
+                kind::ENUM | kind::FUNC_PROTO => 8 * vlen,
+                // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT,
+                // TYPE_TAG.
+                2 | 7..=12 | 16 | 18 => 0,
+                other => return Err(BtfError(format!("unknown BTF kind {other} at byte {at}"))),
+            };
+            starts.push(at as u32);
+            if name_off != 0 {
+                // Compare in place, name and terminator, without scanning
+                // for the NUL.
+                let rest = strings.get(name_off as usize..).unwrap_or_default();
+                for name in wanted {
+                    if rest.get(name.len()) == Some(&0) && rest.starts_with(name.as_bytes()) {
+                        index.push((name.to_string(), starts.len() as u32));
+                    }
                 }
             }
+            at += TYPE_HEADER + extra;
         }
+        if at != types.len() {
+            return Err(bad("truncated type"));
+        }
+        Ok(Self {
+            types,
+            strings,
+            starts,
+            index,
+        })
     }
-    None
+
+    fn record(&self, id: u32) -> Option<&'a [u8]> {
+        let start = *self.starts.get((id as usize).checked_sub(1)?)? as usize;
+        self.types.get(start..)
+    }
+
+    fn header(&self, id: u32) -> Option<TypeHeader> {
+        Some(TypeHeader {
+            info: u32_at(self.record(id)?, 4)?,
+        })
+    }
+
+    /// The NUL-terminated name at `off`, without the NUL.
+    fn name(&self, off: u32) -> &'a [u8] {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    /// Ids of every type called `name`, in id order.
+    fn ids_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = u32> + 's {
+        self.index
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, id)| *id)
+    }
+
+    /// Byte offset of `member` in `struct name` (the first such struct with
+    /// members), looking through anonymous unions and structs.
+    fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        let id = self.ids_named(name).find(|&id| {
+            self.header(id)
+                .is_some_and(|h| h.kind() == kind::STRUCT && h.vlen() > 0)
+        })?;
+        self.find_member(id, member.as_bytes(), 0, 0)
+            .map(|bits| bits / 8)
+    }
+
+    /// Bit offset of `wanted` in the struct or union `id`, plus `base`.
+    fn find_member(&self, id: u32, wanted: &[u8], base: u32, depth: u32) -> Option<u32> {
+        let header = self.header(id)?;
+        if !matches!(header.kind(), kind::STRUCT | kind::UNION) || depth > 32 {
+            return None;
+        }
+        let rec = self.record(id)?;
+        for i in 0..header.vlen() {
+            let at = TYPE_HEADER + i * MEMBER;
+            let (name_off, ty, offset) =
+                (u32_at(rec, at)?, u32_at(rec, at + 4)?, u32_at(rec, at + 8)?);
+            // With kind_flag, the top 8 bits hold a bitfield's size.
+            let bit_offset = if header.kind_flag() {
+                offset & 0xff_ffff
+            } else {
+                offset
+            };
+            let name = self.name(name_off);
+            if name == wanted {
+                return Some(base + bit_offset);
+            }
+            // Anonymous struct/union: search inside it.
+            if name.is_empty()
+                && let Some(off) = self.find_member(ty, wanted, base + bit_offset, depth + 1)
+            {
+                return Some(off);
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +303,112 @@ mod tests {
         assert!(tgid > 1000 && tgid < 8192, "{tgid}");
         assert!(k.binprm_filename_offset.is_some());
         assert!(k.cgroup_name.is_some());
+    }
+
+    /// The same facts as btf-rs's full parse, which capprof used before.
+    #[test]
+    fn agrees_with_btf_rs() {
+        if !btf_present() {
+            eprintln!("skipped: this kernel has no {VMLINUX_BTF}");
+            return;
+        }
+        assert_eq!(KernelBtf::read().unwrap(), btf_rs_reference::read());
+    }
+
+    /// Missing names and members are None, not errors.
+    #[test]
+    fn absent_things_are_none() {
+        if !btf_present() {
+            eprintln!("skipped: this kernel has no {VMLINUX_BTF}");
+            return;
+        }
+        let data = read_vmlinux().unwrap();
+        let btf = RawBtf::parse(&data, &["task_struct", "task_struc"]).unwrap();
+        assert_eq!(btf.member_offset("task_struct", "no_such_member"), None);
+        assert_eq!(btf.member_offset("no_such_struct", "tgid"), None);
+        assert_eq!(btf.ids_named("no_such_name").next(), None);
+        // A prefix of a real name is not that name.
+        assert_eq!(btf.ids_named("task_struc").next(), None);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(KernelBtf::parse(b"").is_err());
+        assert!(KernelBtf::parse(&[0u8; 64]).is_err());
+        // A valid header whose sections lie past the end.
+        let mut h = vec![];
+        h.extend_from_slice(&MAGIC.to_ne_bytes());
+        h.extend_from_slice(&[1, 0]);
+        for v in [24u32, 0, 1000, 1000, 10] {
+            h.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert!(KernelBtf::parse(&h).is_err());
+    }
+
+    /// The previous implementation, on btf-rs, kept as the reference.
+    mod btf_rs_reference {
+        use btf_rs::{Btf, Type};
+
+        use super::super::*;
+
+        pub fn read() -> KernelBtf {
+            let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+            let tracepoint = format!("btf_trace_{}", names::TRACEPOINT_NAME);
+            let has = |name: &str| {
+                btf.resolve_ids_by_name(name)
+                    .is_ok_and(|ids| !ids.is_empty())
+            };
+            KernelBtf {
+                has_cap_tracepoint: has(&tracepoint),
+                has_cap_capable_func: btf
+                    .resolve_types_by_name(names::HOOK_FUNCTION)
+                    .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_)))),
+                task_tgid_offset: member_offset(&btf, "task_struct", "tgid"),
+                binprm_filename_offset: member_offset(&btf, "linux_binprm", "filename"),
+                cgroup_name: (|| {
+                    Some(CgroupNameOffsets {
+                        task_cgroups: member_offset(&btf, "task_struct", "cgroups")?,
+                        css_set_dfl_cgrp: member_offset(&btf, "css_set", "dfl_cgrp")?,
+                        cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
+                        kernfs_node_name: member_offset(&btf, "kernfs_node", "name")?,
+                        kernfs_node_parent: member_offset(&btf, "kernfs_node", "__parent")
+                            .or_else(|| member_offset(&btf, "kernfs_node", "parent"))?,
+                        _pad: 0,
+                    })
+                })(),
+            }
+        }
+
+        fn member_offset(btf: &Btf, name: &str, member: &str) -> Option<u32> {
+            let types = btf.resolve_types_by_name(name).ok()?;
+            let st = types.iter().find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })?;
+            find_member(btf, &st.members, member, 0).map(|bits| bits / 8)
+        }
+
+        fn find_member(
+            btf: &Btf,
+            members: &[btf_rs::Member],
+            wanted: &str,
+            base: u32,
+        ) -> Option<u32> {
+            for m in members {
+                let name = btf.resolve_name(m).unwrap_or_default();
+                if name == wanted {
+                    return Some(base + m.bit_offset());
+                }
+                if name.is_empty()
+                    && let Ok(Type::Struct(inner) | Type::Union(inner)) =
+                        btf.resolve_chained_type(m)
+                    && let Some(off) =
+                        find_member(btf, &inner.members, wanted, base + m.bit_offset())
+                {
+                    return Some(off);
+                }
+            }
+            None
+        }
     }
 }

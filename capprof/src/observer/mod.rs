@@ -249,6 +249,17 @@ impl Observer {
         let started = Instant::now();
         preflight()?;
         bump_memlock_rlimit();
+        // Reading /proc/kallsyms costs ~50 ms of kernel time: let it run
+        // while BTF is parsed and the object is loaded.
+        let kallsyms = std::thread::Builder::new()
+            .name("kallsyms".into())
+            .spawn(|| {
+                let started = Instant::now();
+                let kallsyms = Kallsyms::load();
+                tracing::debug!("/proc/kallsyms read in {:.1?}", started.elapsed());
+                kallsyms
+            })
+            .map_err(|e| ObserverError::Internal(format!("cannot start a thread: {e}")))?;
         let mut reused_pins = false;
         let pin_dir = match &options.pin_bpffs {
             Some(bpffs) => {
@@ -274,7 +285,10 @@ impl Observer {
             Some(dir) => pin::PINNED_MAPS.iter().map(|n| (*n, pin::map_path(dir, n))).collect(),
             None => vec![],
         };
-        let kernel = KernelBtf::read()?;
+        let mut phases = Phases::new(started);
+        let btf_data = btf::read_vmlinux()?;
+        let kernel = KernelBtf::parse(&btf_data)?;
+        phases.mark("kernel btf");
         let backend = backend.unwrap_or_else(|| choose_backend(&kernel).0);
         if backend == Backend::TpBtf && !kernel.has_cap_tracepoint {
             return Err(ObserverError::BackendUnavailable {
@@ -287,18 +301,27 @@ impl Observer {
         }
         let tgid = std::process::id();
         // Parse the kernel's BTF once for the loader and the attaches.
-        let btf = aya::Btf::from_sys_fs().map_err(|e| btf::BtfError(e.to_string()))?;
+        let btf = aya::Btf::parse(&btf_data, aya::Endianness::default())
+            .map_err(|e| btf::BtfError(e.to_string()))?;
+        drop(btf_data);
+        phases.mark("aya btf");
         let mut loader = EbpfLoader::new();
+        phases.mark("loader"); // EbpfLoader::new parses the BTF once more.
         loader.btf(Some(&btf));
         loader.override_global("CAPPROF_TGID", &tgid, true).override_global("CALIBRATE_TGID", &tgid, true);
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        let kallsyms = match Kallsyms::load() {
-            Ok(k) => Some(k),
-            Err(err) => {
+        phases.mark("object");
+        let kallsyms = match kallsyms.join() {
+            Ok(Ok(k)) => Some(k),
+            Ok(Err(err)) => {
                 tracing::warn!("{err}; call sites cannot be resolved");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("reading /proc/kallsyms panicked; call sites cannot be resolved");
                 None
             }
         };
@@ -308,6 +331,7 @@ impl Observer {
         config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
         config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
         config.cgroup_name = kernel.cgroup_name.unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
+        phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
         // them for every class, fexit and kprobe to tell advisory probes
@@ -325,6 +349,7 @@ impl Observer {
             Err(CalibrateError::Failed(reason)) => Err(reason),
             Ok(slots) => Ok(slots),
         };
+        phases.mark("calibration");
         let classification = match (backend, slots) {
             (Backend::TpBtf, Ok((slots, other))) => {
                 calibrate::apply(&mut config, Some(slots), &ranges);
@@ -354,8 +379,17 @@ impl Observer {
         .map_err(map_err(names::CONFIG))?;
         config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
 
+        // The backend first. Calibration has just left the tracepoint, and
+        // the next first attach to any tracepoint waits out an RCU grace
+        // period after that (kernel/tracepoint.c, its 1->0->1 transition
+        // sync): the backend's verification lets the period pass, the process
+        // hooks' short one did not (a 6-19 ms wait here).
+        let backend_link = attach_backend(&mut ebpf, &btf, backend)?;
+        phases.mark("backend");
         let mut attached = attach_process_hooks(&mut ebpf, &btf);
-        attached.push(attach_backend(&mut ebpf, &btf, backend)?);
+        attached.push(backend_link);
+        phases.mark("process hooks");
+        phases.log();
         let mut observer = Self {
             ebpf,
             backend,
@@ -641,6 +675,39 @@ pub fn flush_pending() {
             }
         }
         libc::sched_setaffinity(0, size, &allowed);
+    }
+}
+
+/// Where load time goes, logged at debug level (`CAPPROF_LOG=debug`).
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(started: Instant) -> Self {
+        Self {
+            last: started,
+            done: vec![],
+        }
+    }
+
+    /// Ends the phase called `name`, which began at the previous mark.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let shown: Vec<String> = self
+                .done
+                .iter()
+                .map(|(name, d)| format!("{name} {d:.1?}"))
+                .collect();
+            tracing::debug!("load phases: {}", shown.join(", "));
+        }
     }
 }
 
