@@ -17,8 +17,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_boot_ns,
-            bpf_task_pt_regs,
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_jiffies64,
+            bpf_ktime_get_boot_ns, bpf_task_pt_regs,
         },
     },
     macros::btf_tracepoint,
@@ -151,8 +151,19 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     }
     // SAFETY: helper with no arguments.
     let jiffies = unsafe { bpf_jiffies64() };
-    let verdict = if ret == 0 { VERDICT_GRANTED } else { VERDICT_DENIED };
-    let key = CheckKey { cgroup_id, cap, verdict, kind: kind::AUDIT, phase: phase::WORKLOAD, _pad: 0 };
+    let verdict = if ret == 0 {
+        VERDICT_GRANTED
+    } else {
+        VERDICT_DENIED
+    };
+    let key = CheckKey {
+        cgroup_id,
+        cap,
+        verdict,
+        kind: kind::AUDIT,
+        phase: phase::WORKLOAD,
+        _pad: 0,
+    };
     let before = match COUNTS.get_ptr_mut(key) {
         // SAFETY: a live map value, updated atomically.
         Some(stats) => unsafe {
@@ -167,7 +178,12 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         None => {
             // SAFETY: helper with no arguments.
             let now = unsafe { bpf_ktime_get_boot_ns() };
-            let fresh = CheckStats { count: 1, first_ns: now, last_ns: now, last_jiffies: jiffies };
+            let fresh = CheckStats {
+                count: 1,
+                first_ns: now,
+                last_ns: now,
+                last_jiffies: jiffies,
+            };
             let _ = COUNTS.insert(key, fresh, BPF_NOEXIST as u64);
             0
         }

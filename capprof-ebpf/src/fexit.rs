@@ -18,6 +18,11 @@ pub fn capprof_fexit(ctx: FExitContext) -> i32 {
     let ret: i32 = ctx.arg(4);
     // The return addresses lie above the trampoline's context, at slots
     // calibrated at load time like the tracepoint's.
-    observe(cap as u32, ret, Some(opts), CallSite::Frame(ctx.as_ptr() as u64));
+    observe(
+        cap as u32,
+        ret,
+        Some(opts),
+        CallSite::Frame(ctx.as_ptr() as u64),
+    );
     0
 }

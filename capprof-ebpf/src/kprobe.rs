@@ -47,7 +47,16 @@ pub fn capprof_kprobe(ctx: ProbeContext) -> u32 {
         None => (0, 0),
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = INFLIGHT.insert(&tid, &Inflight { cap, opts, site, outer }, 0);
+    let _ = INFLIGHT.insert(
+        &tid,
+        &Inflight {
+            cap,
+            opts,
+            site,
+            outer,
+        },
+        0,
+    );
     0
 }
 
@@ -61,6 +70,11 @@ pub fn capprof_kretprobe(ctx: RetProbeContext) -> u32 {
     };
     let _ = INFLIGHT.remove(&tid);
     let ret: i32 = ctx.ret();
-    observe(inflight.cap, ret, Some(inflight.opts), CallSite::Read(inflight.site, inflight.outer));
+    observe(
+        inflight.cap,
+        ret,
+        Some(inflight.opts),
+        CallSite::Read(inflight.site, inflight.outer),
+    );
     0
 }

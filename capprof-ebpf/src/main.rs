@@ -3,7 +3,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only atomic add on BPF")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add on BPF"
+)]
 
 mod bench;
 mod calibrate;

@@ -24,6 +24,8 @@
 //!   per-CPU pending count in `HOT` (see `HotCache`): no hash lookup, no
 //!   shared cache line. The counter gets it at most once a jiffy.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -43,7 +45,6 @@ use capprof_common::{
     config::{CgroupNameOffsets, Config, MAX_CGROUP_DEPTH, MAX_FUNC_RANGES},
     event::{CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EvidenceEvent},
 };
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::{
     CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, TASKS, WATCH_ROOTS, bump,
@@ -107,7 +108,11 @@ fn observe_watched(
     if tgid == unsafe { core::ptr::read_volatile(&CAPPROF_TGID) } {
         return;
     }
-    let phase = if hot.mode == watch::CONTAINERS { cached_phase(hot, tgid) } else { phase::WORKLOAD };
+    let phase = if hot.mode == watch::CONTAINERS {
+        cached_phase(hot, tgid)
+    } else {
+        phase::WORKLOAD
+    };
 
     let config = CONFIG.get(0);
     let (kind, site, outer_site) = match (opts, config) {
@@ -133,8 +138,19 @@ fn observe_watched(
     if kind == kind::UNKNOWN {
         bump(stat::UNCLASSIFIED);
     }
-    let verdict = if ret == 0 { VERDICT_GRANTED } else { VERDICT_DENIED };
-    let key = CheckKey { cgroup_id, cap, verdict, kind, phase, _pad: 0 };
+    let verdict = if ret == 0 {
+        VERDICT_GRANTED
+    } else {
+        VERDICT_DENIED
+    };
+    let key = CheckKey {
+        cgroup_id,
+        cap,
+        verdict,
+        kind,
+        phase,
+        _pad: 0,
+    };
     // SAFETY: helper with no arguments.
     let jiffies = unsafe { bpf_jiffies64() };
     if hot.pend_key == key && hot.pend_jiffies == jiffies {
@@ -172,11 +188,22 @@ fn send_evidence(
     site: u64,
     outer_site: u64,
 ) {
-    let CheckKey { cgroup_id, cap, verdict, kind, phase, .. } = *key;
+    let CheckKey {
+        cgroup_id,
+        cap,
+        verdict,
+        kind,
+        phase,
+        ..
+    } = *key;
     // Advisory probes fire on every mmap; which program or syscall made one
     // says nothing new, so they share one evidence key per counter.
     let advisory = kind == kind::ADVISORY;
-    let syscall = if advisory { SYSCALL_UNKNOWN } else { config.map_or(SYSCALL_UNKNOWN, current_syscall) };
+    let syscall = if advisory {
+        SYSCALL_UNKNOWN
+    } else {
+        config.map_or(SYSCALL_UNKNOWN, current_syscall)
+    };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let evidence_key = EvidenceKey {
         cgroup_id,
@@ -192,7 +219,10 @@ fn send_evidence(
     if unsafe { EVIDENCE_SEEN.get(&evidence_key) }.is_some() {
         return;
     }
-    if EVIDENCE_SEEN.insert(&evidence_key, &0, BPF_NOEXIST as u64).is_err() {
+    if EVIDENCE_SEEN
+        .insert(&evidence_key, &0, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Another CPU inserted it first, or the map refused: either way the
         // record is (or will be) sent by someone else.
         return;
@@ -313,7 +343,11 @@ fn announce_cgroup(cgroup_id: u64) {
         (*event).name[0] = 0;
         (*event).parent[0] = 0;
         if let Some(config) = CONFIG.get(0) {
-            read_cgroup_names(&config.cgroup_name, &mut (*event).name, &mut (*event).parent);
+            read_cgroup_names(
+                &config.cgroup_name,
+                &mut (*event).name,
+                &mut (*event).parent,
+            );
         }
     }
     entry.submit(0);
@@ -379,7 +413,12 @@ fn count(key: &CheckKey, jiffies: u64) -> u64 {
     }
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let fresh = CheckStats { count: 1, first_ns: now, last_ns: now, last_jiffies: jiffies };
+    let fresh = CheckStats {
+        count: 1,
+        first_ns: now,
+        last_ns: now,
+        last_jiffies: jiffies,
+    };
     if COUNTS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
         return 0;
     }

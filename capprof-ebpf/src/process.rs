@@ -15,8 +15,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
-    helpers::generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -34,7 +34,10 @@ use crate::{
 fn in_containers() -> (bool, u64) {
     // SAFETY: helper with no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    (cgroup_mode(cgroup_id, generation(generations::WATCH)) == watch::CONTAINERS, cgroup_id)
+    (
+        cgroup_mode(cgroup_id, generation(generations::WATCH)) == watch::CONTAINERS,
+        cgroup_id,
+    )
 }
 
 /// Tells the hot path that a phase it may have cached changed. Atomic, so
@@ -144,7 +147,9 @@ pub fn capprof_fork(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn capprof_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 == (pid_tgid >> 32) as u32 && TASKS.remove(&((pid_tgid >> 32) as u32)).is_ok() {
+    if pid_tgid as u32 == (pid_tgid >> 32) as u32
+        && TASKS.remove(&((pid_tgid >> 32) as u32)).is_ok()
+    {
         bump_tasks_generation();
     }
     0

@@ -81,7 +81,12 @@ pub struct Attribution {
 
 impl Attribution {
     fn new(runtime: Runtime, id: &str) -> Self {
-        Self { runtime, id: id.to_owned(), pod_uid: None, namespace: None }
+        Self {
+            runtime,
+            id: id.to_owned(),
+            pod_uid: None,
+            namespace: None,
+        }
     }
 
     fn in_pod(mut self, pod_uid: Option<&str>) -> Self {
@@ -97,7 +102,14 @@ pub fn short_id(id: &str) -> &str {
 }
 
 /// Top-level cgroups that are never a containerd namespace.
-const NOT_NAMESPACES: &[&str] = &["docker", "kubepods", "libpod_parent", "lxc", "machine", "user"];
+const NOT_NAMESPACES: &[&str] = &[
+    "docker",
+    "kubepods",
+    "libpod_parent",
+    "lxc",
+    "machine",
+    "user",
+];
 
 /// What one path component says.
 enum Step {
@@ -132,7 +144,10 @@ pub fn attribute(cgroup_path: &str) -> Option<Attribution> {
             kube_pod = true;
             continue;
         }
-        if let Some(uid) = comp.strip_prefix("pod").filter(|u| kube_cgroupfs && is_pod_uid(u)) {
+        if let Some(uid) = comp
+            .strip_prefix("pod")
+            .filter(|u| kube_cgroupfs && is_pod_uid(u))
+        {
             pod = Some(uid.to_owned());
             kube_pod = true;
             continue;
@@ -174,13 +189,19 @@ fn top_level(comps: &[&str]) -> Step {
             .map_or(Step::Next, |id| found(Runtime::Docker, id));
     }
     if let Some(name) = first.strip_prefix("lxc.payload.") {
-        return if is_lxc_name(name) { found(Runtime::Lxc, name) } else { Step::Next };
+        return if is_lxc_name(name) {
+            found(Runtime::Lxc, name)
+        } else {
+            Step::Next
+        };
     }
     if first.starts_with("lxc.monitor.") {
         return Step::Monitor;
     }
     if first == "lxc" {
-        return second.filter(|n| is_lxc_name(n)).map_or(Step::Next, |n| found(Runtime::Lxc, n));
+        return second
+            .filter(|n| is_lxc_name(n))
+            .map_or(Step::Next, |n| found(Runtime::Lxc, n));
     }
     match second {
         Some(id) if is_hex64(id) && is_containerd_namespace(first) => {
@@ -246,7 +267,8 @@ fn is_hex64(s: &str) -> bool {
 /// a bare hash.
 fn is_pod_uid(s: &str) -> bool {
     (8..=64).contains(&s.len())
-        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'_'))
+        && s.bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'_'))
 }
 
 /// containerd's identifier rule (`identifiers.Validate`): alphanumeric
@@ -255,12 +277,18 @@ fn is_containerd_namespace(s: &str) -> bool {
     let separators = |b: u8| matches!(b, b'.' | b'_' | b'-');
     !s.is_empty()
         && s.len() <= 76
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || separators(b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || separators(b))
         && !s.starts_with(|c: char| !c.is_ascii_alphanumeric())
         && !s.ends_with(|c: char| !c.is_ascii_alphanumeric())
-        && !s.as_bytes().windows(2).any(|w| separators(w[0]) && separators(w[1]))
+        && !s
+            .as_bytes()
+            .windows(2)
+            .any(|w| separators(w[0]) && separators(w[1]))
         && !NOT_NAMESPACES.contains(&s)
-        && ![".slice", ".scope", ".service", ".mount"].iter().any(|sfx| s.ends_with(sfx))
+        && ![".slice", ".scope", ".service", ".mount"]
+            .iter()
+            .any(|sfx| s.ends_with(sfx))
 }
 
 fn is_lxc_name(s: &str) -> bool {
@@ -271,8 +299,10 @@ fn is_lxc_name(s: &str) -> bool {
 /// `foo\x2dbar.service`).
 fn is_service_unit(s: &str) -> bool {
     s.len() <= 255
-        && s.strip_suffix(".service").is_some_and(|stem| !stem.is_empty())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
+        && s.strip_suffix(".service")
+            .is_some_and(|stem| !stem.is_empty())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
 #[cfg(test)]
@@ -304,10 +334,19 @@ mod tests {
         let rows: Vec<(String, Option<Attribution>)> = vec![
             // Docker.
             (format!("/docker/{ID}"), expect(Docker, ID, None, None)),
-            (format!("/system.slice/docker-{ID}.scope"), expect(Docker, ID, None, None)),
+            (
+                format!("/system.slice/docker-{ID}.scope"),
+                expect(Docker, ID, None, None),
+            ),
             (format!("/docker/{ID}/init"), expect(Docker, ID, None, None)),
-            (format!("/system.slice/docker-{ID}.scope/app/worker"), expect(Docker, ID, None, None)),
-            (format!("/docker/{ID}/docker/{ID2}"), expect(Docker, ID, None, None)),
+            (
+                format!("/system.slice/docker-{ID}.scope/app/worker"),
+                expect(Docker, ID, None, None),
+            ),
+            (
+                format!("/docker/{ID}/docker/{ID2}"),
+                expect(Docker, ID, None, None),
+            ),
             (
                 format!(
                     "/user.slice/user-1000.slice/user@1000.service/user.slice/docker-{ID}.scope"
@@ -336,19 +375,39 @@ mod tests {
                 format!(
                     "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f3a9c1e2b4d6f8a0c2e4a6b8d0f2e4c.slice/cri-containerd-{ID}.scope"
                 ),
-                expect(Containerd, ID, Some("0f3a9c1e2b4d6f8a0c2e4a6b8d0f2e4c"), None),
+                expect(
+                    Containerd,
+                    ID,
+                    Some("0f3a9c1e2b4d6f8a0c2e4a6b8d0f2e4c"),
+                    None,
+                ),
             ),
             // ... cgroupfs driver.
-            (format!("/kubepods/burstable/pod{POD}/{ID}"), expect(Containerd, ID, Some(POD), None)),
+            (
+                format!("/kubepods/burstable/pod{POD}/{ID}"),
+                expect(Containerd, ID, Some(POD), None),
+            ),
             (
                 format!("/kubepods/besteffort/pod{POD}/{ID}"),
                 expect(Containerd, ID, Some(POD), None),
             ),
-            (format!("/kubepods/pod{POD}/{ID}"), expect(Containerd, ID, Some(POD), None)),
+            (
+                format!("/kubepods/pod{POD}/{ID}"),
+                expect(Containerd, ID, Some(POD), None),
+            ),
             // Plain containerd: the namespace is in the path.
-            (format!("/default/{ID}"), expect(Containerd, ID, None, Some("default"))),
-            (format!("/k8s.io/{ID}"), expect(Containerd, ID, None, Some("k8s.io"))),
-            (format!("/buildkit-ns/{ID}/sub"), expect(Containerd, ID, None, Some("buildkit-ns"))),
+            (
+                format!("/default/{ID}"),
+                expect(Containerd, ID, None, Some("default")),
+            ),
+            (
+                format!("/k8s.io/{ID}"),
+                expect(Containerd, ID, None, Some("k8s.io")),
+            ),
+            (
+                format!("/buildkit-ns/{ID}/sub"),
+                expect(Containerd, ID, None, Some("buildkit-ns")),
+            ),
             // CRI-O.
             (
                 format!(
@@ -356,7 +415,10 @@ mod tests {
                 ),
                 expect(Crio, ID, Some(POD), None),
             ),
-            (format!("/kubepods/burstable/pod{POD}/crio-{ID}"), expect(Crio, ID, Some(POD), None)),
+            (
+                format!("/kubepods/burstable/pod{POD}/crio-{ID}"),
+                expect(Crio, ID, Some(POD), None),
+            ),
             (
                 format!(
                     "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{POD_}.slice/crio-{ID}.scope"
@@ -364,9 +426,18 @@ mod tests {
                 expect(Crio, ID, Some(POD), None),
             ),
             // Podman.
-            (format!("/machine.slice/libpod-{ID}.scope"), expect(Podman, ID, None, None)),
-            (format!("/machine.slice/libpod-{ID}.scope/container"), expect(Podman, ID, None, None)),
-            (format!("/libpod_parent/libpod-{ID}"), expect(Podman, ID, None, None)),
+            (
+                format!("/machine.slice/libpod-{ID}.scope"),
+                expect(Podman, ID, None, None),
+            ),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                expect(Podman, ID, None, None),
+            ),
+            (
+                format!("/libpod_parent/libpod-{ID}"),
+                expect(Podman, ID, None, None),
+            ),
             (
                 format!(
                     "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
@@ -383,10 +454,16 @@ mod tests {
             ),
             // LXC.
             ("/lxc.payload.web1".into(), expect(Lxc, "web1", None, None)),
-            ("/lxc.payload.web1/system.slice/cron.service".into(), expect(Lxc, "web1", None, None)),
+            (
+                "/lxc.payload.web1/system.slice/cron.service".into(),
+                expect(Lxc, "web1", None, None),
+            ),
             ("/lxc/db".into(), expect(Lxc, "db", None, None)),
             // systemd services.
-            ("/system.slice/nginx.service".into(), expect(Systemd, "nginx.service", None, None)),
+            (
+                "/system.slice/nginx.service".into(),
+                expect(Systemd, "nginx.service", None, None),
+            ),
             (
                 "/system.slice/nginx.service/worker".into(),
                 expect(Systemd, "nginx.service", None, None),
@@ -399,7 +476,10 @@ mod tests {
                 "/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.service".into(),
                 expect(Systemd, "app-foo.service", None, None),
             ),
-            ("/system.slice/docker.service".into(), expect(Systemd, "docker.service", None, None)),
+            (
+                "/system.slice/docker.service".into(),
+                expect(Systemd, "docker.service", None, None),
+            ),
             // Not a workload.
             ("/".into(), None),
             ("".into(), None),
@@ -422,7 +502,10 @@ mod tests {
                 ),
                 None,
             ),
-            (format!("/kubepods/burstable/pod{POD}/crio-conmon-{ID}"), None),
+            (
+                format!("/kubepods/burstable/pod{POD}/crio-conmon-{ID}"),
+                None,
+            ),
             (format!("/machine.slice/libpod-conmon-{ID}.scope"), None),
             ("/lxc.monitor.web1".into(), None),
             // Ids must be 64 lowercase hex digits.

@@ -86,7 +86,10 @@ mod tests {
         assert_eq!("CAP_CHOWN".parse::<Cap>().unwrap().number(), 0);
         assert_eq!("net_raw".parse::<Cap>().unwrap().number(), 13);
         assert_eq!("SYS_ADMIN".parse::<Cap>().unwrap().number(), 21);
-        assert_eq!("CAP_CHECKPOINT_RESTORE".parse::<Cap>().unwrap().number(), 40);
+        assert_eq!(
+            "CAP_CHECKPOINT_RESTORE".parse::<Cap>().unwrap().number(),
+            40
+        );
         assert!("CAP_FLY".parse::<Cap>().is_err());
         assert!("".parse::<Cap>().is_err());
     }

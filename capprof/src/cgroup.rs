@@ -43,7 +43,9 @@ fn unescape(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(c) => {
                 out.push(c as char);
@@ -64,7 +66,10 @@ fn unescape(s: &str) -> String {
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Read { path: path.to_owned(), source })
+        .map_err(|source| CgroupError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// A cgroup capprof created, removed on drop.
@@ -80,9 +85,16 @@ impl OwnedCgroup {
     pub fn create(mount: &Path, name: &str) -> Result<Self, CgroupError> {
         let parent = mount.join("capprof");
         let path = parent.join(name);
-        fs::create_dir_all(&path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
+        fs::create_dir_all(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
         let id = cgroup_id(&path)?;
-        Ok(Self { relative: format!("/capprof/{name}"), path, id })
+        Ok(Self {
+            relative: format!("/capprof/{name}"),
+            path,
+            id,
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -153,7 +165,10 @@ impl OwnedCgroup {
                 }
                 dirs.push(dir);
             }
-            let ok = dirs.iter().rev().all(|d| fs::remove_dir(d).is_ok() || !d.exists());
+            let ok = dirs
+                .iter()
+                .rev()
+                .all(|d| fs::remove_dir(d).is_ok() || !d.exists());
             if ok || Instant::now() > deadline {
                 if !ok {
                     tracing::warn!("could not remove cgroup {}", self.path.display());
@@ -182,11 +197,23 @@ mod tests {
 26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
 27 25 0:24 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
 ";
-        assert_eq!(cgroup2_mount_in(hybrid).unwrap(), PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            cgroup2_mount_in(hybrid).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
         let unified = "30 1 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount_in(unified).unwrap(), PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            cgroup2_mount_in(unified).unwrap(),
+            PathBuf::from("/sys/fs/cgroup")
+        );
         let escaped = "30 1 0:26 / /mnt/my\\040cgroup rw - cgroup2 none rw\n";
-        assert_eq!(cgroup2_mount_in(escaped).unwrap(), PathBuf::from("/mnt/my cgroup"));
-        assert_eq!(cgroup2_mount_in("25 24 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs ro\n"), None);
+        assert_eq!(
+            cgroup2_mount_in(escaped).unwrap(),
+            PathBuf::from("/mnt/my cgroup")
+        );
+        assert_eq!(
+            cgroup2_mount_in("25 24 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs ro\n"),
+            None
+        );
     }
 }

@@ -5,10 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use bollard::{
-    API_DEFAULT_VERSION, Docker,
-    query_parameters::EventsOptionsBuilder,
-};
+use bollard::{API_DEFAULT_VERSION, Docker, query_parameters::EventsOptionsBuilder};
 use futures_util::{Stream, StreamExt as _};
 
 use crate::caps::Cap;
@@ -104,7 +101,9 @@ fn percent_encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -112,11 +111,17 @@ fn percent_encode(segment: &str) -> String {
 
 /// The endpoint the docker CLI would use: `DOCKER_HOST` or the default socket.
 pub fn endpoint_from_env() -> String {
-    std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| DEFAULT_HOST.to_owned())
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
 }
 
 pub fn is_container_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// A container name as a file name: the engine's name without its leading
@@ -125,7 +130,13 @@ pub fn safe_name(name: &str) -> Option<String> {
     let trimmed = name.trim_start_matches('/');
     let cleaned: String = trimmed
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(128)
         .collect();
     (!cleaned.is_empty() && cleaned != "." && cleaned != "..").then_some(cleaned)
@@ -135,8 +146,13 @@ impl Engine {
     /// Connects to `endpoint`, negotiating the API version down to the
     /// engine's (Debian's dockerd 20.10 speaks 1.41).
     pub async fn connect(endpoint: &str) -> Result<Self, EngineError> {
-        let unreachable = |reason: String| EngineError::Unreachable { endpoint: endpoint.to_owned(), reason };
-        let Some(path) = endpoint.strip_prefix("unix://").or_else(|| endpoint.starts_with('/').then_some(endpoint))
+        let unreachable = |reason: String| EngineError::Unreachable {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        let Some(path) = endpoint
+            .strip_prefix("unix://")
+            .or_else(|| endpoint.starts_with('/').then_some(endpoint))
         else {
             return Err(EngineError::UnsupportedHost(endpoint.to_owned()));
         };
@@ -149,19 +165,32 @@ impl Engine {
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let version = docker.version().await.map_err(|e| unreachable(e.to_string()))?;
-        let is_podman = version
-            .components
-            .as_ref()
-            .is_some_and(|c| c.iter().any(|c| c.name.to_ascii_lowercase().contains("podman")));
-        let info = docker.info().await.map_err(|e| unreachable(e.to_string()))?;
+        let version = docker
+            .version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let is_podman = version.components.as_ref().is_some_and(|c| {
+            c.iter()
+                .any(|c| c.name.to_ascii_lowercase().contains("podman"))
+        });
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             api_version: docker.client_version().to_string(),
             socket: path.into(),
             docker,
             endpoint: endpoint.to_owned(),
-            flavor: if is_podman { Flavor::Podman } else { Flavor::Docker },
-            cgroup_driver: info.cgroup_driver.map(|d| format!("{d:?}").to_ascii_lowercase()).unwrap_or_default(),
+            flavor: if is_podman {
+                Flavor::Podman
+            } else {
+                Flavor::Docker
+            },
+            cgroup_driver: info
+                .cgroup_driver
+                .map(|d| format!("{d:?}").to_ascii_lowercase())
+                .unwrap_or_default(),
             version: version.version.unwrap_or_default(),
         })
     }
@@ -185,7 +214,9 @@ impl Engine {
     /// from its `die` until Podman's cleanup, exactly when capprof asks.
     pub async fn inspect(&self, id_or_name: &str) -> Option<ContainerInfo> {
         let path = format!("/containers/{}/json", percent_encode(id_or_name));
-        let body = tokio::time::timeout(Duration::from_secs(TIMEOUT_SECS), self.get(&path)).await.ok()??;
+        let body = tokio::time::timeout(Duration::from_secs(TIMEOUT_SECS), self.get(&path))
+            .await
+            .ok()??;
         let reply: InspectReply = serde_json::from_slice(&body).ok()?;
         let id = reply.id.filter(|id| is_container_id(id))?;
         let host = reply.host_config.unwrap_or_default();
@@ -208,10 +239,17 @@ impl Engine {
     async fn get(&self, path: &str) -> Option<Vec<u8>> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut stream = tokio::net::UnixStream::connect(&self.socket).await.ok()?;
-        let request = format!("GET /v{}{path} HTTP/1.0\r\nHost: capprof\r\n\r\n", self.api_version);
+        let request = format!(
+            "GET /v{}{path} HTTP/1.0\r\nHost: capprof\r\n\r\n",
+            self.api_version
+        );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut reply = vec![];
-        stream.take(MAX_REPLY_BYTES).read_to_end(&mut reply).await.ok()?;
+        stream
+            .take(MAX_REPLY_BYTES)
+            .read_to_end(&mut reply)
+            .await
+            .ok()?;
         let end = reply.windows(4).position(|w| w == b"\r\n\r\n")?;
         let status = reply[..end].split(|&b| b == b'\n').next()?;
         let ok = status.starts_with(b"HTTP/1.1 200 ") || status.starts_with(b"HTTP/1.0 200 ");
@@ -236,25 +274,32 @@ impl Engine {
         let mut filters = HashMap::new();
         filters.insert("type", vec!["container"]);
         let opts = EventsOptionsBuilder::default().filters(&filters).build();
-        self.docker.events(Some(opts)).filter_map(|event| async move {
-            let event = event.ok()?;
-            let actor = event.actor?;
-            let id = actor.id.filter(|id| is_container_id(id))?;
-            let attrs = actor.attributes.unwrap_or_default();
-            Some(ContainerEvent {
-                action: event.action.unwrap_or_default(),
-                id,
-                name: attrs.get("name").and_then(|n| safe_name(n)),
-                image: attrs.get("image").cloned(),
+        self.docker
+            .events(Some(opts))
+            .filter_map(|event| async move {
+                let event = event.ok()?;
+                let actor = event.actor?;
+                let id = actor.id.filter(|id| is_container_id(id))?;
+                let attrs = actor.attributes.unwrap_or_default();
+                Some(ContainerEvent {
+                    action: event.action.unwrap_or_default(),
+                    id,
+                    name: attrs.get("name").and_then(|n| safe_name(n)),
+                    image: attrs.get("image").cloned(),
+                })
             })
-        })
     }
 }
 
 /// The capabilities a container runs with: the engine's defaults, plus
 /// --cap-add, minus --cap-drop (`ALL` as either). Unknown names in the
 /// engine's reply make the answer unknown rather than wrong.
-pub fn effective_caps(flavor: Flavor, privileged: bool, add: &[String], drop: &[String]) -> Option<Vec<Cap>> {
+pub fn effective_caps(
+    flavor: Flavor,
+    privileged: bool,
+    add: &[String],
+    drop: &[String],
+) -> Option<Vec<Cap>> {
     if privileged {
         return Some(Cap::all().collect());
     }
@@ -266,7 +311,10 @@ pub fn effective_caps(flavor: Flavor, privileged: bool, add: &[String], drop: &[
     let runtime = crate::export::Runtime::Docker;
     let is_all = |s: &String| s.eq_ignore_ascii_case("ALL");
     let parse = |list: &[String]| -> Option<Vec<Cap>> {
-        list.iter().filter(|s| !is_all(s)).map(|s| s.parse::<Cap>().ok()).collect()
+        list.iter()
+            .filter(|s| !is_all(s))
+            .map(|s| s.parse::<Cap>().ok())
+            .collect()
     };
     let mut set: std::collections::BTreeSet<Cap> = if drop.iter().any(is_all) {
         Default::default()
@@ -290,7 +338,10 @@ mod tests {
     #[test]
     fn names_become_safe_file_names() {
         assert_eq!(safe_name("/web-1").as_deref(), Some("web-1"));
-        assert_eq!(safe_name("/../etc/passwd").as_deref(), Some(".._etc_passwd"));
+        assert_eq!(
+            safe_name("/../etc/passwd").as_deref(),
+            Some(".._etc_passwd")
+        );
         assert_eq!(safe_name("/.."), None);
         assert_eq!(safe_name("/"), None);
         assert_eq!(safe_name("a b/c").as_deref(), Some("a_b_c"));
@@ -310,17 +361,38 @@ mod tests {
         let names = |caps: Vec<Cap>| caps.into_iter().map(|c| c.short_name()).collect::<Vec<_>>();
         let default = effective_caps(Flavor::Docker, false, &[], &[]).unwrap();
         assert_eq!(default.len(), 14);
-        let only = effective_caps(Flavor::Docker, false, &s(&["CHOWN", "CAP_NET_RAW"]), &s(&["ALL"])).unwrap();
+        let only = effective_caps(
+            Flavor::Docker,
+            false,
+            &s(&["CHOWN", "CAP_NET_RAW"]),
+            &s(&["ALL"]),
+        )
+        .unwrap();
         assert_eq!(names(only), ["CHOWN", "NET_RAW"]);
         let minus = effective_caps(Flavor::Docker, false, &[], &s(&["NET_RAW"])).unwrap();
         assert_eq!(minus.len(), 13);
-        assert_eq!(effective_caps(Flavor::Docker, true, &[], &[]).unwrap().len(), 41);
-        assert_eq!(effective_caps(Flavor::Docker, false, &s(&["FLY"]), &[]), None);
+        assert_eq!(
+            effective_caps(Flavor::Docker, true, &[], &[])
+                .unwrap()
+                .len(),
+            41
+        );
+        assert_eq!(
+            effective_caps(Flavor::Docker, false, &s(&["FLY"]), &[]),
+            None
+        );
         // Podman 4.3, a default container: CapAdd [], CapDrop these three.
-        let podman = effective_caps(Flavor::Podman, false, &[], &s(&["AUDIT_WRITE", "MKNOD", "NET_RAW"])).unwrap();
+        let podman = effective_caps(
+            Flavor::Podman,
+            false,
+            &[],
+            &s(&["AUDIT_WRITE", "MKNOD", "NET_RAW"]),
+        )
+        .unwrap();
         assert_eq!(podman, crate::export::Runtime::Podman.default_caps());
         // `--cap-add=NET_RAW`: CapAdd [], CapDrop [AUDIT_WRITE, MKNOD].
-        let net_raw = effective_caps(Flavor::Podman, false, &[], &s(&["AUDIT_WRITE", "MKNOD"])).unwrap();
+        let net_raw =
+            effective_caps(Flavor::Podman, false, &[], &s(&["AUDIT_WRITE", "MKNOD"])).unwrap();
         assert_eq!(net_raw.len(), 12);
     }
 }

@@ -134,7 +134,9 @@ impl Runtime {
             Runtime::Runc => RUNC_DEFAULTS,
         };
         // Every name above is known to `Cap` (the tests count them).
-        Cap::all().filter(|cap| names.contains(&cap.short_name())).collect()
+        Cap::all()
+            .filter(|cap| names.contains(&cap.short_name()))
+            .collect()
     }
 }
 
@@ -173,18 +175,42 @@ pub fn compare(profile: &Profile, runtime: Runtime) -> Comparison {
     let mut needed = profile.allowlist.clone();
     needed.sort();
     needed.dedup();
-    let keep = defaults.iter().copied().filter(|c| needed.contains(c)).collect();
-    let drop = defaults.iter().copied().filter(|c| !needed.contains(c)).collect();
-    let add = needed.iter().copied().filter(|c| !defaults.contains(c)).collect();
-    Comparison { runtime, defaults, keep, drop, add }
+    let keep = defaults
+        .iter()
+        .copied()
+        .filter(|c| needed.contains(c))
+        .collect();
+    let drop = defaults
+        .iter()
+        .copied()
+        .filter(|c| !needed.contains(c))
+        .collect();
+    let add = needed
+        .iter()
+        .copied()
+        .filter(|c| !defaults.contains(c))
+        .collect();
+    Comparison {
+        runtime,
+        defaults,
+        keep,
+        drop,
+        add,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot render the {format} output: {source}")]
-    Yaml { format: Format, source: serde_norway::Error },
+    Yaml {
+        format: Format,
+        source: serde_norway::Error,
+    },
     #[error("cannot render the {format} output: {source}")]
-    Json { format: Format, source: serde_json::Error },
+    Json {
+        format: Format,
+        source: serde_json::Error,
+    },
 }
 
 /// Renders `profile`'s allowlist in `format`. The output ends with a newline.
@@ -288,8 +314,11 @@ fn header(profile: &Profile) -> String {
     .flatten()
     .find(|s| !s.trim().is_empty())
     .unwrap_or_else(|| "unnamed subject".to_owned());
-    let mut clean: String =
-        label.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_CHARS).collect();
+    let mut clean: String = label
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CHARS)
+        .collect();
     if label.chars().count() > MAX_CHARS {
         clean.push('…');
     }
@@ -372,10 +401,21 @@ mod tests {
         let mut obs = Observations::default();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for name in names {
-            obs.add_count(cap(name), VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1, t, t);
+            obs.add_count(
+                cap(name),
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                1,
+                t,
+                t,
+            );
         }
-        let subject =
-            Subject { kind: "container".into(), name: Some("web".into()), ..Default::default() };
+        let subject = Subject {
+            kind: "container".into(),
+            name: Some("web".into()),
+            ..Default::default()
+        };
         let p = obs.into_profile(subject, Observation::default());
         assert_eq!(p.allowlist, caps(names), "test profile");
         p
@@ -480,7 +520,14 @@ mod tests {
 
         let out = render(&profile(EMPTY), Format::Systemd).unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(&lines[1..], ["[Service]", "CapabilityBoundingSet=", "AmbientCapabilities="]);
+        assert_eq!(
+            &lines[1..],
+            [
+                "[Service]",
+                "CapabilityBoundingSet=",
+                "AmbientCapabilities="
+            ]
+        );
     }
 
     #[test]
@@ -498,8 +545,16 @@ mod tests {
         let mut p = profile(TWO);
         p.subject.name = Some("evil\ncap_add: [SYS_ADMIN]\r\n".into());
         let out = render(&p, Format::Compose).unwrap();
-        assert_eq!(strings(&yaml_value(&out)["cap_add"]), ["CHOWN", "NET_RAW"], "{out}");
-        assert_eq!(out.lines().filter(|l| l.starts_with('#')).count(), 1, "{out}");
+        assert_eq!(
+            strings(&yaml_value(&out)["cap_add"]),
+            ["CHOWN", "NET_RAW"],
+            "{out}"
+        );
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with('#')).count(),
+            1,
+            "{out}"
+        );
 
         p.subject.name = None;
         p.subject.command = Some(vec!["nginx".into(), "-g".into(), "daemon off;".into()]);
@@ -521,13 +576,21 @@ mod tests {
         assert_eq!(Runtime::Crio.default_caps().len(), 9);
         assert_eq!(Runtime::Podman.default_caps().len(), 11);
         assert_eq!(Runtime::Runc.default_caps().len(), 3);
-        assert_eq!(Runtime::Docker.default_caps(), Runtime::Containerd.default_caps());
+        assert_eq!(
+            Runtime::Docker.default_caps(),
+            Runtime::Containerd.default_caps()
+        );
         assert_eq!(
             Runtime::Runc.default_caps(),
             caps(&["KILL", "NET_BIND_SERVICE", "AUDIT_WRITE"]), // by number
         );
         // No name in the tables is misspelled or repeated.
-        for names in [DOCKER_DEFAULTS, CRIO_DEFAULTS, PODMAN_DEFAULTS, RUNC_DEFAULTS] {
+        for names in [
+            DOCKER_DEFAULTS,
+            CRIO_DEFAULTS,
+            PODMAN_DEFAULTS,
+            RUNC_DEFAULTS,
+        ] {
             let mut parsed = caps(names);
             parsed.sort();
             parsed.dedup();
@@ -551,13 +614,19 @@ mod tests {
         assert_eq!(c.drop.len(), 12);
         assert!(!c.drop.contains(&cap("CHOWN")));
         assert!(c.drop.contains(&cap("MKNOD")));
-        assert_eq!(c.summary(), "docker grants 14 by default: drop 12, keep 2, add 1");
+        assert_eq!(
+            c.summary(),
+            "docker grants 14 by default: drop 12, keep 2, add 1"
+        );
 
         let c = compare(&p, Runtime::Crio);
         assert_eq!(c.keep, caps(&["CHOWN"]));
         assert_eq!(c.add, caps(&["NET_RAW", "SYS_ADMIN"]));
         assert_eq!(c.drop.len(), 8);
-        assert_eq!(c.summary(), "crio grants 9 by default: drop 8, keep 1, add 2");
+        assert_eq!(
+            c.summary(),
+            "crio grants 9 by default: drop 8, keep 1, add 2"
+        );
 
         let c = compare(&profile(EMPTY), Runtime::Runc);
         assert!(c.keep.is_empty() && c.add.is_empty());
@@ -565,7 +634,10 @@ mod tests {
 
         let json = serde_json::to_value(compare(&p, Runtime::Podman)).unwrap();
         assert_eq!(json["runtime"], "podman");
-        assert_eq!(json["add"], serde_json::json!(["CAP_NET_RAW", "CAP_SYS_ADMIN"]));
+        assert_eq!(
+            json["add"],
+            serde_json::json!(["CAP_NET_RAW", "CAP_SYS_ADMIN"])
+        );
         assert_eq!(json["keep"], serde_json::json!(["CAP_CHOWN"]));
         assert_eq!(json["defaults"].as_array().unwrap().len(), 11);
     }

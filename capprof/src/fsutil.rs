@@ -29,10 +29,17 @@ fn parent(path: &Path) -> &Path {
 /// does not end in a write error.
 pub fn check_writable(path: &Path) -> io::Result<()> {
     if path.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        ));
     }
     let temp = temp_path(path)?;
-    OpenOptions::new().write(true).create_new(true).mode(0o644).open(&temp)?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temp)?;
     fs::remove_file(&temp)
 }
 
@@ -40,8 +47,12 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let temp = temp_path(path)?;
     let result = (|| {
-        let mut file =
-            OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&temp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)?;
@@ -66,7 +77,11 @@ mod tests {
         write_atomic(&target, b"one").unwrap();
         write_atomic(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
         assert!(check_writable(&dir).is_err());
         assert!(check_writable(&dir.join("missing/p.json")).is_err());
         assert!(write_atomic(&dir.join("missing/p.json"), b"x").is_err());

@@ -3,9 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
 use capprof::cmd;
+use clap::{Parser, Subcommand};
 
 /// Observe the Linux capabilities a workload really uses and emit a
 /// least-privilege allowlist.

@@ -162,13 +162,19 @@ pub struct Profile {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("{path}: not a capprof profile: {source}")]
-    Malformed { path: String, source: serde_json::Error },
+    Malformed {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("{path}: schema {found:?} is not supported (expected {SCHEMA:?})")]
     Schema { path: String, found: String },
     #[error("{path}: inconsistent profile: {reason}")]
     Inconsistent { path: String, reason: String },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Profile {
@@ -182,9 +188,11 @@ impl Profile {
         }
         // Check the schema first, so another version gets a clear message
         // rather than a missing-field error.
-        let probe: Probe = serde_json::from_slice(bytes).map_err(|source| {
-            ProfileError::Malformed { path: path.to_owned(), source }
-        })?;
+        let probe: Probe =
+            serde_json::from_slice(bytes).map_err(|source| ProfileError::Malformed {
+                path: path.to_owned(),
+                source,
+            })?;
         match probe.schema.as_deref() {
             Some(SCHEMA) => {}
             other => {
@@ -194,18 +202,25 @@ impl Profile {
                 });
             }
         }
-        let profile: Profile = serde_json::from_slice(bytes)
-            .map_err(|source| ProfileError::Malformed { path: path.to_owned(), source })?;
-        profile.validate().map_err(|reason| ProfileError::Inconsistent {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let profile: Profile =
+            serde_json::from_slice(bytes).map_err(|source| ProfileError::Malformed {
+                path: path.to_owned(),
+                source,
+            })?;
+        profile
+            .validate()
+            .map_err(|reason| ProfileError::Inconsistent {
+                path: path.to_owned(),
+                reason,
+            })?;
         Ok(profile)
     }
 
     pub fn read(path: &str) -> Result<Self, ProfileError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| ProfileError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ProfileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_json(path, &bytes)
     }
 
@@ -257,8 +272,13 @@ impl Profile {
     }
 
     fn apply_summary(&mut self) {
-        let Summary { allowlist, required, denied, advisory, silent } =
-            Summary::of(&self.capabilities);
+        let Summary {
+            allowlist,
+            required,
+            denied,
+            advisory,
+            silent,
+        } = Summary::of(&self.capabilities);
         self.allowlist = allowlist;
         self.required = required;
         self.denied = denied;
@@ -272,7 +292,14 @@ fn is_zero(n: &u64) -> bool {
 }
 
 fn min_str(a: &str, b: &str) -> String {
-    if a.is_empty() { b } else if b.is_empty() || a <= b { a } else { b }.to_owned()
+    if a.is_empty() {
+        b
+    } else if b.is_empty() || a <= b {
+        a
+    } else {
+        b
+    }
+    .to_owned()
 }
 
 fn max_str(a: &str, b: &str) -> String {
@@ -464,7 +491,9 @@ impl Clock {
     pub fn new() -> Self {
         let boot_now = boottime_ns();
         let now = SystemTime::now();
-        Self { boot_epoch: now - Duration::from_nanos(boot_now) }
+        Self {
+            boot_epoch: now - Duration::from_nanos(boot_now),
+        }
     }
 
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
@@ -479,7 +508,10 @@ impl Default for Clock {
 }
 
 fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -487,8 +519,9 @@ fn boottime_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use capprof_common::check::VERDICT_GRANTED;
+
+    use super::*;
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()
@@ -501,7 +534,10 @@ mod tests {
             obs.add_count(cap(name), *verdict, *kind, *phase, *count, t, t);
         }
         obs.into_profile(
-            Subject { kind: "command".into(), ..Default::default() },
+            Subject {
+                kind: "command".into(),
+                ..Default::default()
+            },
             Observation::default(),
         )
     }
@@ -520,34 +556,101 @@ mod tests {
     #[test]
     fn summary_sorts_each_capability_into_one_class() {
         let p = observe(&[
-            ("CAP_SYS_ADMIN", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 500),
-            ("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2),
-            ("CAP_SYS_RESOURCE", VERDICT_DENIED, kind::AUDIT, phase::WORKLOAD, 1),
-            ("CAP_SYS_PTRACE", VERDICT_GRANTED, kind::NOAUDIT, phase::WORKLOAD, 1),
-            ("CAP_SYSLOG", VERDICT_DENIED, kind::NOAUDIT, phase::WORKLOAD, 1),
+            (
+                "CAP_SYS_ADMIN",
+                VERDICT_GRANTED,
+                kind::ADVISORY,
+                phase::WORKLOAD,
+                500,
+            ),
+            (
+                "CAP_CHOWN",
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                2,
+            ),
+            (
+                "CAP_SYS_RESOURCE",
+                VERDICT_DENIED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                1,
+            ),
+            (
+                "CAP_SYS_PTRACE",
+                VERDICT_GRANTED,
+                kind::NOAUDIT,
+                phase::WORKLOAD,
+                1,
+            ),
+            (
+                "CAP_SYSLOG",
+                VERDICT_DENIED,
+                kind::NOAUDIT,
+                phase::WORKLOAD,
+                1,
+            ),
             // Granted advisory checks do not make a refused silent one allowed.
-            ("CAP_SYSLOG", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 5),
+            (
+                "CAP_SYSLOG",
+                VERDICT_GRANTED,
+                kind::ADVISORY,
+                phase::WORKLOAD,
+                5,
+            ),
             // The same capability both advisory and audited is required.
-            ("CAP_FOWNER", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 1),
-            ("CAP_FOWNER", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1),
+            (
+                "CAP_FOWNER",
+                VERDICT_GRANTED,
+                kind::ADVISORY,
+                phase::WORKLOAD,
+                1,
+            ),
+            (
+                "CAP_FOWNER",
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                1,
+            ),
             // Runtime setup never reaches the allowlist.
-            ("CAP_SETPCAP", VERDICT_GRANTED, kind::AUDIT, phase::SETUP, 55),
+            (
+                "CAP_SETPCAP",
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::SETUP,
+                55,
+            ),
         ]);
         assert_eq!(p.required, vec![cap("CHOWN"), cap("FOWNER")]);
         assert_eq!(p.denied, vec![cap("SYS_RESOURCE")]);
         assert_eq!(p.silent, vec![cap("SYS_PTRACE"), cap("SYSLOG")]);
         assert_eq!(p.advisory, vec![cap("SYS_ADMIN")]);
-        assert_eq!(p.allowlist, vec![cap("CHOWN"), cap("FOWNER"), cap("SYS_PTRACE")]);
+        assert_eq!(
+            p.allowlist,
+            vec![cap("CHOWN"), cap("FOWNER"), cap("SYS_PTRACE")]
+        );
         assert_eq!(p.runtime_setup.len(), 1);
         assert_eq!(p.runtime_setup[0].name, cap("SETPCAP"));
-        let fowner = p.capabilities.iter().find(|u| u.name == cap("FOWNER")).unwrap();
+        let fowner = p
+            .capabilities
+            .iter()
+            .find(|u| u.name == cap("FOWNER"))
+            .unwrap();
         assert_eq!(fowner.granted, 2);
         assert_eq!(fowner.by_class[&Class::Advisory], 1);
     }
 
     #[test]
     fn json_round_trip_and_validation() {
-        let p = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2)]);
+        let p = observe(&[(
+            "CAP_CHOWN",
+            VERDICT_GRANTED,
+            kind::AUDIT,
+            phase::WORKLOAD,
+            2,
+        )]);
         let json = p.to_json();
         assert!(json.contains("\"schema\": \"capprof.profile/v1\""));
         let back = Profile::from_json("p.json", json.as_bytes()).unwrap();
@@ -576,11 +679,35 @@ mod tests {
 
     #[test]
     fn merge_adds_replicas() {
-        let mut a = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2)]);
+        let mut a = observe(&[(
+            "CAP_CHOWN",
+            VERDICT_GRANTED,
+            kind::AUDIT,
+            phase::WORKLOAD,
+            2,
+        )]);
         let b = observe(&[
-            ("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 3),
-            ("CAP_NET_RAW", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1),
-            ("CAP_SYS_ADMIN", VERDICT_GRANTED, kind::ADVISORY, phase::WORKLOAD, 9),
+            (
+                "CAP_CHOWN",
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                3,
+            ),
+            (
+                "CAP_NET_RAW",
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                1,
+            ),
+            (
+                "CAP_SYS_ADMIN",
+                VERDICT_GRANTED,
+                kind::ADVISORY,
+                phase::WORKLOAD,
+                9,
+            ),
         ]);
         a.merge(&b);
         assert_eq!(a.required, vec![cap("CHOWN"), cap("NET_RAW")]);
@@ -593,14 +720,23 @@ mod tests {
 
     #[test]
     fn unobservable_classes_are_said_and_merged() {
-        let mut a = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 2)]);
+        let mut a = observe(&[(
+            "CAP_CHOWN",
+            VERDICT_GRANTED,
+            kind::AUDIT,
+            phase::WORKLOAD,
+            2,
+        )]);
         // Every class seen: the field is left out, as before it existed.
         assert!(!a.to_json().contains("unobservable"));
         let mut b = a.clone();
         b.observation.backend = "lsm".into();
         b.observation.unobservable = vec![Class::Denied, Class::Advisory];
         let json = b.to_json();
-        assert!(json.contains("\"unobservable\": [\n      \"denied\",\n      \"advisory\"\n    ]"), "{json}");
+        assert!(
+            json.contains("\"unobservable\": [\n      \"denied\",\n      \"advisory\"\n    ]"),
+            "{json}"
+        );
         assert_eq!(Profile::from_json("lsm.json", json.as_bytes()).unwrap(), b);
         // A merge with an lsm profile cannot vouch for the classes lsm missed.
         a.merge(&b);

@@ -66,12 +66,16 @@ pub const STATE_SCHEMA: &str = "capprof.state/v1";
 impl ContainerRecord {
     /// The file name its profile is written under.
     pub fn file_stem(&self) -> String {
-        self.info.name.clone().unwrap_or_else(|| self.id.chars().take(12).collect())
+        self.info
+            .name
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(12).collect())
     }
 
     pub fn matches(&self, wanted: &str) -> bool {
         let wanted = wanted.trim_start_matches('/');
-        self.info.name.as_deref() == Some(wanted) || (wanted.len() >= 4 && self.id.starts_with(wanted))
+        self.info.name.as_deref() == Some(wanted)
+            || (wanted.len() >= 4 && self.id.starts_with(wanted))
     }
 }
 
@@ -124,14 +128,20 @@ impl Recorder {
         let mut found = vec![];
         for root in &self.roots {
             let dir = self.mount.join(root.trim_start_matches('/'));
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
                 let path = format!("{root}/{name}");
-                if let (Some(attr), Ok(id)) = (attribute(&path), crate::cgroup::cgroup_id(&entry.path())) {
+                if let (Some(attr), Ok(id)) =
+                    (attribute(&path), crate::cgroup::cgroup_id(&entry.path()))
+                {
                     found.push((id, path, attr.id, attr.runtime.to_string()));
                 }
             }
@@ -179,7 +189,10 @@ impl Recorder {
     fn container(&mut self, id: &str) -> &mut ContainerRecord {
         let names = &self.names;
         self.containers.entry(id.to_owned()).or_insert_with(|| {
-            let mut rec = ContainerRecord { id: id.to_owned(), ..Default::default() };
+            let mut rec = ContainerRecord {
+                id: id.to_owned(),
+                ..Default::default()
+            };
             rec.info.id = id.to_owned();
             if let Some(ev) = names.get(id) {
                 rec.info.name = ev.name.clone();
@@ -231,15 +244,28 @@ impl Recorder {
         &self,
         id: &str,
         observer: &Observer,
-        counts: &[(capprof_common::check::CheckKey, capprof_common::check::CheckStats)],
+        counts: &[(
+            capprof_common::check::CheckKey,
+            capprof_common::check::CheckStats,
+        )],
     ) -> Option<Profile> {
         let rec = self.containers.get(id)?;
-        let live: Vec<_> = counts.iter().filter(|(k, _)| rec.cgroup_ids.contains(&k.cgroup_id)).copied().collect();
+        let live: Vec<_> = counts
+            .iter()
+            .filter(|(k, _)| rec.cgroup_ids.contains(&k.cgroup_id))
+            .copied()
+            .collect();
         if live.is_empty() {
             return rec.profile.clone();
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh = crate::cmd::run::build_profile(observer, live, &rec.received, subject(rec), observation);
+        let fresh = crate::cmd::run::build_profile(
+            observer,
+            live,
+            &rec.received,
+            subject(rec),
+            observation,
+        );
         Some(onto(rec.profile.clone(), fresh))
     }
 
@@ -283,7 +309,9 @@ impl Recorder {
 
     /// Forgets a container (it is on disk); returns its cgroup ids.
     pub fn evict(&mut self, id: &str) -> Vec<u64> {
-        let Some(rec) = self.containers.remove(id) else { return vec![] };
+        let Some(rec) = self.containers.remove(id) else {
+            return vec![];
+        };
         for cg in &rec.cgroup_ids {
             self.cgroups.remove(cg);
         }
@@ -326,7 +354,11 @@ impl Recorder {
     }
 
     pub fn ids(&self) -> Vec<String> {
-        self.containers.values().filter(|c| !c.cgroup_ids.is_empty()).map(|c| c.id.clone()).collect()
+        self.containers
+            .values()
+            .filter(|c| !c.cgroup_ids.is_empty())
+            .map(|c| c.id.clone())
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<&ContainerRecord> {
@@ -336,8 +368,14 @@ impl Recorder {
     /// Drains the container's counters from the kernel and builds its
     /// profile (merged with any earlier one of the same container). None
     /// when nothing is new since the last time.
-    pub fn finalize(&mut self, id: &str, observer: &mut Observer) -> Result<Option<Profile>, ObserverError> {
-        let Some(rec) = self.containers.get_mut(id) else { return Ok(None) };
+    pub fn finalize(
+        &mut self,
+        id: &str,
+        observer: &mut Observer,
+    ) -> Result<Option<Profile>, ObserverError> {
+        let Some(rec) = self.containers.get_mut(id) else {
+            return Ok(None);
+        };
         rec.died = None;
         rec.exited = true;
         let ids = rec.cgroup_ids.clone();
@@ -348,7 +386,8 @@ impl Recorder {
             return Ok(None);
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh = crate::cmd::run::build_profile(observer, counts, &received, subject(rec), observation);
+        let fresh =
+            crate::cmd::run::build_profile(observer, counts, &received, subject(rec), observation);
         let profile = onto(rec.profile.take(), fresh);
         rec.profile = Some(profile.clone());
         Ok(Some(profile))
@@ -386,7 +425,12 @@ fn subject(rec: &ContainerRecord) -> Subject {
     }
 }
 
-fn observation(rec: &ContainerRecord, backend: &str, classification: &str, observer: &Observer) -> Observation {
+fn observation(
+    rec: &ContainerRecord,
+    backend: &str,
+    classification: &str,
+    observer: &Observer,
+) -> Observation {
     let stats = observer.kernel_stats().unwrap_or_default();
     Observation {
         start: rec.started.map(rfc3339).unwrap_or_default(),
@@ -436,7 +480,9 @@ pub fn watch_container_roots(
             tracing::warn!("cannot create {}: {e}", dir.display());
             continue;
         }
-        let Ok(id) = crate::cgroup::cgroup_id(&dir) else { continue };
+        let Ok(id) = crate::cgroup::cgroup_id(&dir) else {
+            continue;
+        };
         observer.watch(id, capprof_common::check::watch::CONTAINERS)?;
         watched.push(root);
     }

@@ -49,7 +49,10 @@ pub fn render_profile(profile: &Profile) -> String {
         if caps.is_empty() {
             "(none)".to_owned()
         } else {
-            caps.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ")
+            caps.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         }
     };
     if profile.capabilities.is_empty() {
@@ -89,7 +92,12 @@ pub fn unobservable_note(obs: &Observation) -> Option<String> {
     let classes: Vec<String> = obs
         .unobservable
         .iter()
-        .map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+        .map(|c| {
+            serde_json::to_value(c)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        })
         .collect();
     Some(format!(
         "the {} backend cannot see {} checks; those lists are empty whatever the workload did",

@@ -18,7 +18,11 @@ fn unknown_flag() {
 fn missing_command() {
     require_root();
     let out = capprof(&["run", "--", "/nonexistent/capprof-no-such-cmd"]);
-    assert_one_line_error(&out, 2, "command not found: /nonexistent/capprof-no-such-cmd");
+    assert_one_line_error(
+        &out,
+        2,
+        "command not found: /nonexistent/capprof-no-such-cmd",
+    );
     let out = capprof(&["run", "--", "capprof-no-such-cmd"]);
     assert_one_line_error(&out, 2, "command not found: capprof-no-such-cmd");
 }
@@ -39,10 +43,20 @@ fn existing_out_is_kept_when_the_run_cannot_start() {
     let dir = Scratch::new("keep");
     let out_path = dir.path("p.json");
     std::fs::write(&out_path, "precious").unwrap();
-    let out = capprof(&["run", "--out", out_path.to_str().unwrap(), "--", "capprof-no-such-cmd"]);
+    let out = capprof(&[
+        "run",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--",
+        "capprof-no-such-cmd",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "precious");
-    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1, "no temporary file left");
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
 }
 
 #[test]
@@ -83,10 +97,20 @@ fn lsm_backend_without_the_bpf_lsm() {
         "mount -t tmpfs none /sys/kernel/security && echo capability,yama,apparmor > /sys/kernel/security/lsm",
         "run --backend lsm -- true",
     );
-    assert_one_line_error(&out, 2, "backend lsm is not available on this kernel: the BPF LSM is not active");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("capability,yama,apparmor"), "{out:?}");
+    assert_one_line_error(
+        &out,
+        2,
+        "backend lsm is not available on this kernel: the BPF LSM is not active",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("capability,yama,apparmor"),
+        "{out:?}"
+    );
     // Without securityfs, whether it is active cannot be known: refused too.
-    let out = in_mount_ns("mount -t tmpfs none /sys/kernel/security", "run --backend lsm -- true");
+    let out = in_mount_ns(
+        "mount -t tmpfs none /sys/kernel/security",
+        "run --backend lsm -- true",
+    );
     assert_one_line_error(&out, 2, "cannot read /sys/kernel/security/lsm");
 }
 
@@ -110,7 +134,12 @@ fn capprof_cgroup2_mount() -> String {
 
 #[test]
 fn help_is_clear_for_every_command() {
-    for cmd in [&["--help"][..], &["run", "--help"], &["doctor", "--help"], &["export", "--help"]] {
+    for cmd in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["doctor", "--help"],
+        &["export", "--help"],
+    ] {
         let out = capprof(cmd);
         assert_eq!(out.status.code(), Some(0), "{cmd:?}");
         let text = String::from_utf8_lossy(&out.stdout);

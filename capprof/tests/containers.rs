@@ -21,7 +21,10 @@ fn image() -> String {
 
 /// The docker CLI, pointed at the engine the harness chose.
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("the docker CLI runs")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
 }
 
 fn require_engine() {
@@ -48,24 +51,54 @@ fn workloads(data_dir: &Path) -> Vec<Workload> {
     let sh = |s: &'static str| vec!["sh", "-c", s];
     let vol = format!("{}:/data", data_dir.display());
     vec![
-        Workload { name: "chown", flags: vec![], cmd: sh("touch /tmp/f && chown 1000:1000 /tmp/f"), expected: vec!["CAP_CHOWN"] },
-        Workload { name: "ping", flags: vec![], cmd: vec!["ping", "-c1", "-W1", "127.0.0.1"], expected: vec!["CAP_NET_RAW"] },
-        Workload { name: "mknod", flags: vec![], cmd: vec!["mknod", "/tmp/null", "c", "1", "3"], expected: vec!["CAP_MKNOD"] },
-        Workload { name: "su", flags: vec![], cmd: vec!["su", "-s", "/bin/sh", "app", "-c", "id"], expected: vec!["CAP_SETGID", "CAP_SETUID"] },
+        Workload {
+            name: "chown",
+            flags: vec![],
+            cmd: sh("touch /tmp/f && chown 1000:1000 /tmp/f"),
+            expected: vec!["CAP_CHOWN"],
+        },
+        Workload {
+            name: "ping",
+            flags: vec![],
+            cmd: vec!["ping", "-c1", "-W1", "127.0.0.1"],
+            expected: vec!["CAP_NET_RAW"],
+        },
+        Workload {
+            name: "mknod",
+            flags: vec![],
+            cmd: vec!["mknod", "/tmp/null", "c", "1", "3"],
+            expected: vec!["CAP_MKNOD"],
+        },
+        Workload {
+            name: "su",
+            flags: vec![],
+            cmd: vec!["su", "-s", "/bin/sh", "app", "-c", "id"],
+            expected: vec!["CAP_SETGID", "CAP_SETUID"],
+        },
         Workload {
             name: "kill",
             flags: vec![],
             cmd: sh("su -s /bin/sh app -c 'sleep 5' & sleep 0.5; kill $!"),
             expected: vec!["CAP_KILL", "CAP_SETGID", "CAP_SETUID"],
         },
-        Workload { name: "chroot", flags: vec![], cmd: vec!["chroot", "/", "true"], expected: vec!["CAP_SYS_CHROOT"] },
+        Workload {
+            name: "chroot",
+            flags: vec![],
+            cmd: vec!["chroot", "/", "true"],
+            expected: vec!["CAP_SYS_CHROOT"],
+        },
         Workload {
             name: "dac",
             flags: vec!["-v".into(), vol],
             cmd: sh("echo x >> /data/secret"),
             expected: vec!["CAP_DAC_OVERRIDE"],
         },
-        Workload { name: "nothing", flags: vec![], cmd: vec!["true"], expected: vec![] },
+        Workload {
+            name: "nothing",
+            flags: vec![],
+            cmd: vec!["true"],
+            expected: vec![],
+        },
     ]
 }
 
@@ -104,7 +137,10 @@ impl Recording {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 eprintln!("[record] {line}");
                 let _ = tx.send(line);
             }
@@ -145,8 +181,16 @@ fn read_profile(dir: &Scratch, name: &str) -> Value {
 fn export_flags(dir: &Scratch, name: &str) -> Vec<String> {
     let path = dir.path("profiles").join(format!("{name}.json"));
     let out = capprof(&["export", "--format", "docker", path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().split_whitespace().map(str::to_owned).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn remove(names: &[String]) {
@@ -160,15 +204,22 @@ fn docker_matrix_profiles_are_exact_sufficient_and_minimal() {
     require_engine();
     let data = Scratch::new("data");
     let secret = data.path("secret");
-    let names: Vec<String> =
-        workloads(&data.0).iter().map(|w| format!("capprof-t-{}-{}", w.name, std::process::id())).collect();
+    let names: Vec<String> = workloads(&data.0)
+        .iter()
+        .map(|w| format!("capprof-t-{}-{}", w.name, std::process::id()))
+        .collect();
     remove(&names);
 
     let rec = Recording::start("matrix", &[]);
     for (w, name) in workloads(&data.0).iter().zip(&names) {
         fixture_file(&secret, 1000, 1000, 0o600);
         let out = docker_run(Some(name), &w.flags, &w.cmd);
-        assert!(out.status.success(), "{} failed under the default set: {}", w.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} failed under the default set: {}",
+            w.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     std::thread::sleep(Duration::from_millis(800));
     let dir = rec.stop();
@@ -179,23 +230,46 @@ fn docker_matrix_profiles_are_exact_sufficient_and_minimal() {
         assert_eq!(profile["subject"]["kind"], "container");
         assert_eq!(profile["subject"]["name"], name.as_str());
         assert_eq!(profile["subject"]["runtime"], "docker");
-        assert_eq!(profile["subject"]["capabilities"].as_array().map(Vec::len), Some(14), "{profile}");
-        assert_eq!(names_of(&profile, "required"), w.expected, "{}: {}", w.name, profile["capabilities"]);
+        assert_eq!(
+            profile["subject"]["capabilities"].as_array().map(Vec::len),
+            Some(14),
+            "{profile}"
+        );
+        assert_eq!(
+            names_of(&profile, "required"),
+            w.expected,
+            "{}: {}",
+            w.name,
+            profile["capabilities"]
+        );
         assert_eq!(names_of(&profile, "allowlist"), w.expected, "{}", w.name);
         // The runtime's own setup checks never leak into the allowlist.
-        assert!(!profile["runtime_setup"].as_array().unwrap().is_empty(), "{}: runc's setup was seen", w.name);
+        assert!(
+            !profile["runtime_setup"].as_array().unwrap().is_empty(),
+            "{}: runc's setup was seen",
+            w.name
+        );
 
         let flags = export_flags(&dir, name);
         assert_eq!(flags[0], "--cap-drop=ALL");
         fixture_file(&secret, 1000, 1000, 0o600);
         let out = docker_run(None, &[flags.clone(), w.flags.clone()].concat(), &w.cmd);
-        assert!(out.status.success(), "{} is not sufficient with {flags:?}: {}", w.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} is not sufficient with {flags:?}: {}",
+            w.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         for drop in 1..flags.len() {
             let mut fewer = flags.clone();
             let dropped = fewer.remove(drop);
             fixture_file(&secret, 1000, 1000, 0o600);
             let out = docker_run(None, &[fewer, w.flags.clone()].concat(), &w.cmd);
-            assert!(!out.status.success(), "{} still works without {dropped}: the profile is not minimal", w.name);
+            assert!(
+                !out.status.success(),
+                "{} still works without {dropped}: the profile is not minimal",
+                w.name
+            );
         }
     }
 }
@@ -210,30 +284,74 @@ fn docker_exec_setup_is_not_the_workloads() {
     let name = format!("capprof-t-exec-{}", std::process::id());
     remove(std::slice::from_ref(&name));
     let rec = Recording::start("exec", &["--container", &name]);
-    let out = docker(&["run", "-d", "--network", "none", "--name", &name, &image(), "sleep", "30"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        &image(),
+        "sleep",
+        "30",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(300));
     let out = docker(&["exec", &name, "chroot", "/", "true"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
     let dir = rec.stop();
     remove(std::slice::from_ref(&name));
     let profile = read_profile(&dir, &name);
     // Only the exec'd chroot is the workload's; runc's exec setup is not.
-    assert_eq!(names_of(&profile, "required"), ["CAP_SYS_CHROOT"], "{profile}");
-    let setup: Vec<&str> =
-        profile["runtime_setup"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert!(setup.contains(&"CAP_SYS_ADMIN"), "runc's setup is reported apart: {setup:?}");
+    assert_eq!(
+        names_of(&profile, "required"),
+        ["CAP_SYS_CHROOT"],
+        "{profile}"
+    );
+    let setup: Vec<&str> = profile["runtime_setup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        setup.contains(&"CAP_SYS_ADMIN"),
+        "runc's setup is reported apart: {setup:?}"
+    );
 }
 
 #[test]
 fn short_lived_containers_all_get_named_profiles() {
     require_engine();
     let rec = Recording::start("short", &[]);
-    let names: Vec<String> = (0..20).map(|i| format!("capprof-t-short{i}-{}", std::process::id())).collect();
+    let names: Vec<String> = (0..20)
+        .map(|i| format!("capprof-t-short{i}-{}", std::process::id()))
+        .collect();
     for name in &names {
-        let out = docker(&["run", "--rm", "--network", "none", "--name", name, &image(), "true"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--name",
+            name,
+            &image(),
+            "true",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     std::thread::sleep(Duration::from_millis(800));
     let dir = rec.stop();
@@ -249,7 +367,13 @@ fn unreachable_engine_is_a_clear_error() {
     require_root();
     let dir = Scratch::new("noengine");
     let out = Command::new(CAPPROF)
-        .args(["record", "--out", dir.0.to_str().unwrap(), "--duration", "1"])
+        .args([
+            "record",
+            "--out",
+            dir.0.to_str().unwrap(),
+            "--duration",
+            "1",
+        ])
         .env("DOCKER_HOST", "unix:///nonexistent/capprof.sock")
         .output()
         .unwrap();

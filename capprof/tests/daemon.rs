@@ -24,13 +24,19 @@ fn image() -> String {
 }
 
 fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().expect("the docker CLI runs")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
 }
 
 fn require_engine() {
     require_root();
     let out = docker(&["version", "--format", "{{.Server.Version}}"]);
-    assert!(out.status.success(), "no Docker engine answers; run through `cargo xtask test`");
+    assert!(
+        out.status.success(),
+        "no Docker engine answers; run through `cargo xtask test`"
+    );
 }
 
 /// A daemon's private world: state dir, socket, and its own bpffs.
@@ -71,11 +77,18 @@ impl World {
             args.extend(["--flush-interval".to_owned(), "1".to_owned()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(CAPPROF).args(&args).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(CAPPROF)
+            .args(&args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 eprintln!("[daemon] {line}");
                 let _ = tx.send(line);
             }
@@ -93,20 +106,48 @@ impl World {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("the daemon exited early ({status}): {lines:?}");
             }
-            assert!(Instant::now() < deadline, "the daemon did not get ready: {lines:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not get ready: {lines:?}"
+            );
         }
-        Daemon { child, lines: rx, early: lines }
+        Daemon {
+            child,
+            lines: rx,
+            early: lines,
+        }
     }
 
     fn ps(&self) -> Value {
-        let out = capprof(&["ps", "--format", "json", "--socket", self.socket().to_str().unwrap()]);
-        assert!(out.status.success(), "ps: {}", String::from_utf8_lossy(&out.stderr));
+        let out = capprof(&[
+            "ps",
+            "--format",
+            "json",
+            "--socket",
+            self.socket().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "ps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn profile(&self, name: &str) -> Value {
-        let out = capprof(&["profile", name, "--format", "json", "--socket", self.socket().to_str().unwrap()]);
-        assert!(out.status.success(), "profile {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = capprof(&[
+            "profile",
+            name,
+            "--format",
+            "json",
+            "--socket",
+            self.socket().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "profile {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -114,7 +155,12 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = Command::new(CAPPROF)
-            .args(["daemon", "--reset", "--bpffs", self.bpffs().to_str().unwrap()])
+            .args([
+                "daemon",
+                "--reset",
+                "--bpffs",
+                self.bpffs().to_str().unwrap(),
+            ])
             .output();
         let _ = Command::new("umount").arg(self.bpffs()).output();
     }
@@ -169,8 +215,32 @@ fn restart_after_kill_9_loses_nothing() {
     let name = format!("capprof-d-restart-{}", std::process::id());
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&[]);
-    assert!(docker(&["run", "-d", "--network", "none", "--name", &name, &image(), "sleep", "60"]).status.success());
-    assert!(docker(&["exec", &name, "sh", "-c", "touch /tmp/f && chown 1000 /tmp/f"]).status.success());
+    assert!(
+        docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            &image(),
+            "sleep",
+            "60"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        docker(&[
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "touch /tmp/f && chown 1000 /tmp/f"
+        ])
+        .status
+        .success()
+    );
     wait_until("CHOWN in the daemon", Duration::from_secs(10), || {
         allowlist(&world.profile(&name)).contains(&"CAP_CHOWN".to_owned())
     });
@@ -178,16 +248,32 @@ fn restart_after_kill_9_loses_nothing() {
     daemon.signal(libc::SIGKILL);
     let _ = daemon.wait();
     // While the daemon is down, the same container uses NET_RAW.
-    assert!(docker(&["exec", &name, "ping", "-c1", "-W1", "127.0.0.1"]).status.success());
+    assert!(
+        docker(&["exec", &name, "ping", "-c1", "-W1", "127.0.0.1"])
+            .status
+            .success()
+    );
 
     let daemon = world.start(&[]);
-    wait_until("CHOWN and NET_RAW after the restart", Duration::from_secs(10), || {
-        let a = allowlist(&world.profile(&name));
-        a == ["CAP_CHOWN", "CAP_NET_RAW"]
-    });
+    wait_until(
+        "CHOWN and NET_RAW after the restart",
+        Duration::from_secs(10),
+        || {
+            let a = allowlist(&world.profile(&name));
+            a == ["CAP_CHOWN", "CAP_NET_RAW"]
+        },
+    );
     let profile = world.profile(&name);
-    let chown = profile["capabilities"].as_array().unwrap().iter().find(|c| c["name"] == "CAP_CHOWN").unwrap();
-    assert_eq!(chown["granted"], 1, "counted once, not twice, across the restart: {chown}");
+    let chown = profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "CAP_CHOWN")
+        .unwrap();
+    assert_eq!(
+        chown["granted"], 1,
+        "counted once, not twice, across the restart: {chown}"
+    );
     daemon.signal(libc::SIGTERM);
     let (status, _) = daemon.wait();
     assert!(status.success());
@@ -201,14 +287,36 @@ fn sigterm_flushes_complete_profiles_and_exits_0() {
     let name = format!("capprof-d-term-{}", std::process::id());
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&["--flush-interval", "3600"]);
-    assert!(docker(&["run", "-d", "--network", "none", "--name", &name, &image(), "sleep", "60"]).status.success());
-    assert!(docker(&["exec", &name, "chroot", "/", "true"]).status.success());
+    assert!(
+        docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            &image(),
+            "sleep",
+            "60"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        docker(&["exec", &name, "chroot", "/", "true"])
+            .status
+            .success()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     daemon.signal(libc::SIGTERM);
     let (status, _) = daemon.wait();
     assert!(status.success(), "{status}");
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     let path = world.state().join("profiles").join(format!("{name}.json"));
     let profile: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(allowlist(&profile), ["CAP_SYS_CHROOT"]);
@@ -225,9 +333,16 @@ fn corrupt_state_does_not_stop_startup() {
     std::fs::write(&bad, b"{\"schema\": \"capprof.state/v1\", \"id\": \"ccc").unwrap();
     let daemon = world.start(&[]);
     assert!(!bad.exists(), "the corrupt file was moved aside");
-    let aside = std::fs::read_dir(&containers).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+    let aside = std::fs::read_dir(&containers)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
     assert!(aside);
-    assert!(daemon.early.iter().any(|l| l.contains("corrupt")), "{:?}", daemon.early);
+    assert!(
+        daemon.early.iter().any(|l| l.contains("corrupt")),
+        "{:?}",
+        daemon.early
+    );
     world.ps();
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().0.success());
@@ -243,17 +358,33 @@ fn socket_is_root_only_and_capabilities_are_dropped() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     // A non-root client is refused.
     std::fs::set_permissions(world.dir.0.clone(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(world.dir.path("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        world.dir.path("run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = Command::new(CAPPROF)
         .args(["ps", "--socket", world.socket().to_str().unwrap()])
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("permission denied"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("permission denied")
+    );
     // After attaching, the daemon holds no capability on any thread.
-    for task in std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+        .unwrap()
+        .flatten()
+    {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap();
         for set in ["CapEff", "CapPrm", "CapBnd"] {
             let line = status.lines().find(|l| l.starts_with(set)).unwrap();
@@ -271,7 +402,21 @@ fn concurrent_clients_get_consistent_answers() {
     let name = format!("capprof-d-conc-{}", std::process::id());
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&[]);
-    assert!(docker(&["run", "--network", "none", "--name", &name, &image(), "chroot", "/", "true"]).status.success());
+    assert!(
+        docker(&[
+            "run",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            &image(),
+            "chroot",
+            "/",
+            "true"
+        ])
+        .status
+        .success()
+    );
     wait_until("the profile", Duration::from_secs(10), || {
         allowlist(&world.profile(&name)) == ["CAP_SYS_CHROOT"]
     });
@@ -282,16 +427,32 @@ fn concurrent_clients_get_consistent_answers() {
             let name = name.clone();
             std::thread::spawn(move || {
                 let out = Command::new(CAPPROF)
-                    .args(["profile", &name, "--format", "docker", "--socket", socket.to_str().unwrap()])
+                    .args([
+                        "profile",
+                        &name,
+                        "--format",
+                        "docker",
+                        "--socket",
+                        socket.to_str().unwrap(),
+                    ])
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 String::from_utf8(out.stdout).unwrap()
             })
         })
         .collect();
     let answers: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(answers.iter().all(|a| a.trim() == "--cap-drop=ALL --cap-add=SYS_CHROOT"), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.trim() == "--cap-drop=ALL --cap-add=SYS_CHROOT"),
+        "{answers:?}"
+    );
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().0.success());
     let _ = docker(&["rm", "-f", &name]);
@@ -318,7 +479,16 @@ fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
             .iter()
             .map(|n| {
                 Command::new("docker")
-                    .args(["run", "--rm", "--network", "none", "--name", n, &image(), "true"])
+                    .args([
+                        "run",
+                        "--rm",
+                        "--network",
+                        "none",
+                        "--name",
+                        n,
+                        &image(),
+                        "true",
+                    ])
                     .stdout(Stdio::null())
                     .spawn()
                     .unwrap()
@@ -330,17 +500,39 @@ fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
     }
     eprintln!("300 containers in {:?}", started.elapsed());
     let on_disk = |dir: &Path| -> usize {
-        std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count()).unwrap_or(0)
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .count()
+            })
+            .unwrap_or(0)
     };
     let profiles = world.state().join("profiles");
-    wait_until("300 profiles on disk", Duration::from_secs(30), || on_disk(&profiles) == 300);
+    wait_until("300 profiles on disk", Duration::from_secs(30), || {
+        on_disk(&profiles) == 300
+    });
     let rss = daemon.rss_kb();
-    eprintln!("daemon RSS: {rss_at_start} kB at start, {rss} kB after churn (bounds {RSS_BOUND_KB} kB, growth {RSS_GROWTH_BOUND_KB} kB)");
+    eprintln!(
+        "daemon RSS: {rss_at_start} kB at start, {rss} kB after churn (bounds {RSS_BOUND_KB} kB, growth {RSS_GROWTH_BOUND_KB} kB)"
+    );
     assert!(rss < RSS_BOUND_KB, "RSS {rss} kB over the bound");
-    assert!(rss.saturating_sub(rss_at_start) < RSS_GROWTH_BOUND_KB, "RSS grew from {rss_at_start} to {rss} kB");
-    let health = capprof(&["ps", "--format", "json", "--socket", world.socket().to_str().unwrap()]);
+    assert!(
+        rss.saturating_sub(rss_at_start) < RSS_GROWTH_BOUND_KB,
+        "RSS grew from {rss_at_start} to {rss} kB"
+    );
+    let health = capprof(&[
+        "ps",
+        "--format",
+        "json",
+        "--socket",
+        world.socket().to_str().unwrap(),
+    ]);
     let list: Value = serde_json::from_slice(&health.stdout).unwrap();
-    assert!(list.as_array().unwrap().len() <= 60, "evicted down to about --max-containers");
+    assert!(
+        list.as_array().unwrap().len() <= 60,
+        "evicted down to about --max-containers"
+    );
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().0.success());
 }

@@ -24,7 +24,9 @@ const NEEDED: &[&str] = &[
 ];
 
 fn deploy(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -68,7 +70,10 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
         .map(|c| format!("CAP_{}", c.as_str().unwrap()).parse().unwrap())
         .collect();
     assert_eq!(added, needed());
-    assert_eq!(sc["capabilities"]["add"].as_array().unwrap().len(), NEEDED.len());
+    assert_eq!(
+        sc["capabilities"]["add"].as_array().unwrap().len(),
+        NEEDED.len()
+    );
 
     // Every mount the daemon relies on, read-only where it only reads.
     let mounts = c["volumeMounts"].as_array().unwrap();
@@ -78,7 +83,12 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
             .find(|m| m["mountPath"] == path)
             .unwrap_or_else(|| panic!("no mount at {path}"))
     };
-    for ro in ["/sys/kernel/btf", "/sys/fs/cgroup", "/host/run", "/etc/capprof"] {
+    for ro in [
+        "/sys/kernel/btf",
+        "/sys/fs/cgroup",
+        "/host/run",
+        "/etc/capprof",
+    ] {
         assert_eq!(mount(ro)["readOnly"], true, "{ro}");
     }
     for rw in ["/sys/fs/bpf", "/run/capprof", "/var/lib/capprof"] {
@@ -87,21 +97,33 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
     assert_eq!(mount("/sys/fs/bpf")["mountPropagation"], "HostToContainer");
     let volumes = pod["volumes"].as_array().unwrap();
     for m in mounts {
-        assert!(volumes.iter().any(|v| v["name"] == m["name"]), "no volume for {m}");
+        assert!(
+            volumes.iter().any(|v| v["name"] == m["name"]),
+            "no volume for {m}"
+        );
     }
 
     // Settings: known variables, values the daemon accepts.
     let env = c["env"].as_array().unwrap();
     let var = |name: &str| {
-        env.iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).unwrap()
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap()
     };
     for e in env {
         assert!(e["name"].as_str().unwrap().starts_with("CAPPROF_"), "{e}");
     }
     let addr = metrics::parse_addr(var("CAPPROF_METRICS")).unwrap();
     assert_eq!(c["ports"][0]["containerPort"], u64::from(addr.port()));
-    assert_eq!(var("CAPPROF_SOCKET"), DaemonConfig::default().socket.to_str().unwrap());
-    assert_eq!(var("CAPPROF_STATE_DIR"), DaemonConfig::default().state_dir.to_str().unwrap());
+    assert_eq!(
+        var("CAPPROF_SOCKET"),
+        DaemonConfig::default().socket.to_str().unwrap()
+    );
+    assert_eq!(
+        var("CAPPROF_STATE_DIR"),
+        DaemonConfig::default().state_dir.to_str().unwrap()
+    );
     assert_eq!(var("CAPPROF_CONFIG"), "/etc/capprof/capprof.toml");
 
     let toml = docs[1]["data"]["capprof.toml"].as_str().unwrap();
@@ -117,10 +139,17 @@ fn systemd_unit_bounds_the_daemon_to_what_it_needs() {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
-        .map(|l| l.split_once('=').unwrap_or_else(|| panic!("not a directive: {l}")))
+        .map(|l| {
+            l.split_once('=')
+                .unwrap_or_else(|| panic!("not a directive: {l}"))
+        })
         .collect();
     let get = |key: &str| -> Vec<&str> {
-        directives.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect()
+        directives
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .collect()
     };
     assert_eq!(get("ExecStart"), ["/usr/local/bin/capprof daemon"]);
     assert_eq!(get("Restart"), ["on-failure"]);
@@ -128,11 +157,18 @@ fn systemd_unit_bounds_the_daemon_to_what_it_needs() {
     assert_eq!(get("RuntimeDirectory"), ["capprof"]);
     let bounding = get("CapabilityBoundingSet");
     assert_eq!(bounding.len(), 1);
-    let bounding: BTreeSet<Cap> =
-        bounding[0].split_whitespace().map(|c| c.parse().unwrap()).collect();
+    let bounding: BTreeSet<Cap> = bounding[0]
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect();
     assert_eq!(bounding, needed());
     // These would take away what eBPF loading needs.
-    for breaking in ["ProtectKernelLogs", "ProtectKernelTunables", "SystemCallFilter", "User"] {
+    for breaking in [
+        "ProtectKernelLogs",
+        "ProtectKernelTunables",
+        "SystemCallFilter",
+        "User",
+    ] {
         assert!(get(breaking).is_empty(), "{breaking}= breaks the daemon");
     }
     assert!(get("Environment").contains(&"CAPPROF_SOCKET=/run/capprof/capprof.sock"));
@@ -142,7 +178,10 @@ fn systemd_unit_bounds_the_daemon_to_what_it_needs() {
     for (i, line) in lines.iter().enumerate() {
         let directive = !line.is_empty() && !line.starts_with('#') && !line.starts_with('[');
         if directive {
-            assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
+            assert!(
+                i > 0 && lines[i - 1].starts_with('#'),
+                "no comment above {line:?}"
+            );
         }
     }
 }

@@ -27,8 +27,14 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
     // Classified (from the calibrated call site, or `opts` on fexit and
     // kprobe), with nothing left over.
     let classification = profile["observation"]["classification"].as_str().unwrap();
-    assert!(["call-site", "opts"].contains(&classification), "{classification}");
-    assert_eq!(profile["observation"]["unclassified_checks"], 0, "{profile}");
+    assert!(
+        ["call-site", "opts"].contains(&classification),
+        "{classification}"
+    );
+    assert_eq!(
+        profile["observation"]["unclassified_checks"], 0,
+        "{profile}"
+    );
     // The other classes agree on every backend too: nothing silent or
     // refused, and nothing advisory but the memory probe. The tracepoint
     // sees that probe in every run (each exec makes it); hooks on
@@ -36,10 +42,16 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
     // cap_vm_enough_memory (Debian's 6.1 and 6.12), and the lsm hook misses
     // it everywhere.
     for class in ["silent", "denied"] {
-        assert!(names(&profile, class).is_empty(), "{cmd:?} {class}: {profile}");
+        assert!(
+            names(&profile, class).is_empty(),
+            "{cmd:?} {class}: {profile}"
+        );
     }
     let advisory = names(&profile, "advisory");
-    assert!(advisory.iter().all(|c| c == "CAP_SYS_ADMIN"), "{cmd:?}: {profile}");
+    assert!(
+        advisory.iter().all(|c| c == "CAP_SYS_ADMIN"),
+        "{cmd:?}: {profile}"
+    );
     // (A capability is listed under its strongest class: required wins.)
     if profile["observation"]["backend"] == "tp_btf" && !expected.contains(&"CAP_SYS_ADMIN") {
         assert_eq!(advisory, ["CAP_SYS_ADMIN"], "{cmd:?}: {profile}");
@@ -65,15 +77,30 @@ fn chown_needs_chown() {
     let ev = &chown["evidence"][0];
     assert_eq!(ev["comm"], "capprof-test-ac");
     assert_eq!(ev["syscall"], "chown");
-    assert!(ev["exe"].as_str().unwrap_or("").ends_with("capprof-test-action"), "{ev}");
-    assert!(ev["call_site"].as_str().unwrap_or("").starts_with("capable_wrt_inode_uidgid"), "{ev}");
+    assert!(
+        ev["exe"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("capprof-test-action"),
+        "{ev}"
+    );
+    assert!(
+        ev["call_site"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("capable_wrt_inode_uidgid"),
+        "{ev}"
+    );
 }
 
 #[test]
 fn mknod_needs_mknod() {
     require_root();
     let dir = Scratch::new("mknod");
-    expect_required(&[ACTION, "mknod", dir.path("null").to_str().unwrap()], &["CAP_MKNOD"]);
+    expect_required(
+        &[ACTION, "mknod", dir.path("null").to_str().unwrap()],
+        &["CAP_MKNOD"],
+    );
 }
 
 #[test]
@@ -89,7 +116,10 @@ fn low_port_needs_net_bind_service() {
     let port = (600..1000)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free low port");
-    expect_required(&[ACTION, "bind-low-port", &port.to_string()], &["CAP_NET_BIND_SERVICE"]);
+    expect_required(
+        &[ACTION, "bind-low-port", &port.to_string()],
+        &["CAP_NET_BIND_SERVICE"],
+    );
 }
 
 #[test]
@@ -133,7 +163,10 @@ fn writing_another_users_file_needs_dac_override() {
     let dir = Scratch::new("dac");
     let file = dir.path("secret");
     fixture_file(&file, 1000, 1000, 0o600);
-    expect_required(&[ACTION, "write-file", file.to_str().unwrap()], &["CAP_DAC_OVERRIDE"]);
+    expect_required(
+        &[ACTION, "write-file", file.to_str().unwrap()],
+        &["CAP_DAC_OVERRIDE"],
+    );
 }
 
 #[test]
@@ -162,16 +195,29 @@ fn lowering_nice_needs_sys_nice() {
 fn refused_rlimit_raise_is_denied_not_required() {
     require_root();
     let (out, profile) = profile_of(&[ACTION, "raise-rlimit"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if profile["observation"]["backend"] == "lsm" {
         // The BPF-LSM hook runs only after cap_capable granted a check: the
         // refusal is invisible, and the profile says so.
         assert!(names(&profile, "denied").is_empty(), "{profile}");
-        assert!(profile["capabilities"].as_array().unwrap().is_empty(), "{profile}");
-        assert!(names(&profile["observation"], "unobservable").contains(&"denied".to_owned()), "{profile}");
+        assert!(
+            profile["capabilities"].as_array().unwrap().is_empty(),
+            "{profile}"
+        );
+        assert!(
+            names(&profile["observation"], "unobservable").contains(&"denied".to_owned()),
+            "{profile}"
+        );
     } else {
         assert_eq!(names(&profile, "denied"), ["CAP_SYS_RESOURCE"]);
-        assert!(profile["observation"].get("unobservable").is_none(), "{profile}");
+        assert!(
+            profile["observation"].get("unobservable").is_none(),
+            "{profile}"
+        );
     }
     assert!(names(&profile, "required").is_empty(), "{profile}");
     assert!(names(&profile, "allowlist").is_empty(), "{profile}");
@@ -189,7 +235,10 @@ fn plain_programs_need_nothing() {
         let profile = expect_required(cmd, &[]);
         // The mmap/brk/execve memory checks are advisory, never required.
         for class in ["silent", "denied"] {
-            assert!(names(&profile, class).is_empty(), "{cmd:?} {class}: {profile}");
+            assert!(
+                names(&profile, class).is_empty(),
+                "{cmd:?} {class}: {profile}"
+            );
         }
     }
     // The mmap loop's checks really are seen, and classified advisory.
@@ -204,10 +253,21 @@ fn plain_programs_need_nothing() {
         let admin = &profile["capabilities"][0];
         assert!(admin["granted"].as_u64().unwrap() >= 2000, "{admin}");
     } else if profile["observation"]["backend"] == "lsm" {
-        assert!(profile["capabilities"].as_array().unwrap().is_empty(), "{profile}");
-        assert!(names(&profile["observation"], "unobservable").contains(&"advisory".to_owned()), "{profile}");
+        assert!(
+            profile["capabilities"].as_array().unwrap().is_empty(),
+            "{profile}"
+        );
+        assert!(
+            names(&profile["observation"], "unobservable").contains(&"advisory".to_owned()),
+            "{profile}"
+        );
     } else {
-        assert!(names(&profile, "advisory").iter().all(|c| c == "CAP_SYS_ADMIN"), "{profile}");
+        assert!(
+            names(&profile, "advisory")
+                .iter()
+                .all(|c| c == "CAP_SYS_ADMIN"),
+            "{profile}"
+        );
     }
 }
 
@@ -228,7 +288,11 @@ fn descendants_are_profiled_until_the_last_exits() {
     let script = format!("( sleep 0.3; {ACTION} chown {} ) & exit 0", file.display());
     expect_required(&["sh", "-c", &script], &["CAP_CHOWN"]);
     let meta = std::fs::metadata(&file).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000, "the child ran to completion");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        1000,
+        "the child ran to completion"
+    );
 }
 
 #[test]
@@ -245,11 +309,21 @@ fn out_file_is_written_and_table_goes_to_stderr() {
     require_root();
     let dir = Scratch::new("out");
     let out_path = dir.path("p.json");
-    let out = capprof(&["run", "--out", out_path.to_str().unwrap(), "--", ACTION, "chroot"]);
+    let out = capprof(&[
+        "run",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--",
+        ACTION,
+        "chroot",
+    ]);
     assert!(out.status.success());
     assert!(out.stdout.is_empty(), "nothing on stdout with --out");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("CAP_SYS_CHROOT") && stderr.contains("allowlist"), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_CHROOT") && stderr.contains("allowlist"),
+        "{stderr}"
+    );
     let profile: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(names(&profile, "required"), ["CAP_SYS_CHROOT"]);
@@ -268,7 +342,12 @@ fn format_json_prints_the_profile_on_stdout() {
 fn noaudit_checks_are_silent_and_allowed_when_granted() {
     require_root();
     use std::os::unix::process::CommandExt as _;
-    let mut sleeper = Command::new("sleep").arg("30").uid(1000).gid(1000).spawn().unwrap();
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .uid(1000)
+        .gid(1000)
+        .spawn()
+        .unwrap();
     // /proc/PID/stat of another uid asks ptrace_may_access(…|NOAUDIT):
     // ns_capable_noaudit(CAP_SYS_PTRACE).
     let stat = format!("/proc/{}/stat", sleeper.id());
@@ -285,7 +364,13 @@ fn noaudit_checks_are_silent_and_allowed_when_granted() {
         .iter()
         .find(|c| c["name"] == "CAP_SYS_PTRACE")
         .unwrap()["evidence"][0];
-    assert!(ptrace["call_site"].as_str().unwrap().starts_with("ns_capable_noaudit"), "{ptrace}");
+    assert!(
+        ptrace["call_site"]
+            .as_str()
+            .unwrap()
+            .starts_with("ns_capable_noaudit"),
+        "{ptrace}"
+    );
 }
 
 /// The BPF-LSM backend, forced: where the kernel runs BPF-LSM programs it
@@ -300,35 +385,67 @@ fn lsm_backend_profiles_granted_checks_or_is_refused_in_one_line() {
     fixture_file(&file, 0, 0, 0o644);
     let out_path = dir.path("p.json");
     let out = capprof(&[
-        "run", "--backend", "lsm", "--quiet", "--out", out_path.to_str().unwrap(), "--",
-        ACTION, "chown", file.to_str().unwrap(),
+        "run",
+        "--backend",
+        "lsm",
+        "--quiet",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--",
+        ACTION,
+        "chown",
+        file.to_str().unwrap(),
     ]);
     if out.status.code() == Some(2) {
         assert_one_line_error(&out, 2, "backend lsm is not available on this kernel");
         assert!(!out_path.exists(), "no profile when the backend is refused");
         let meta = std::fs::metadata(&file).unwrap();
-        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "the command never ran");
-        eprintln!("lsm refused here: {}", String::from_utf8_lossy(&out.stderr).trim());
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            0,
+            "the command never ran"
+        );
+        eprintln!(
+            "lsm refused here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         return;
     }
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let profile: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(profile["observation"]["backend"], "lsm");
     assert_eq!(profile["observation"]["classification"], "opts");
-    assert_eq!(names(&profile["observation"], "unobservable"), ["denied", "advisory"]);
+    assert_eq!(
+        names(&profile["observation"], "unobservable"),
+        ["denied", "advisory"]
+    );
     assert_eq!(names(&profile, "required"), ["CAP_CHOWN"]);
     let chown = &profile["capabilities"][0];
     assert_eq!(chown["granted"], 2, "{chown}");
     let ev = &chown["evidence"][0];
-    assert!(ev["call_site"].as_str().unwrap_or("").starts_with("capable_wrt_inode_uidgid"), "{ev}");
+    assert!(
+        ev["call_site"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("capable_wrt_inode_uidgid"),
+        "{ev}"
+    );
 }
 
 /// Waits for `path` to exist (another process's progress marker).
 fn wait_for(path: &std::path::Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !path.exists() {
-        assert!(std::time::Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -346,9 +463,19 @@ fn classification_survives_other_programs_coming_and_going() {
     let file = dir.path("f");
     let marker = |name: &str| dir.path(name);
     let wait_loop = |name: &str| {
-        format!("touch {}; while [ ! -e {} ]; do sleep 0.05; done", marker(&format!("{name}-up")).display(), marker(name).display())
+        format!(
+            "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+            marker(&format!("{name}-up")).display(),
+            marker(name).display()
+        )
     };
-    let workload = |gate: &str| format!("{}; {ACTION} mmap-loop && {ACTION} chown {}", wait_loop(gate), file.display());
+    let workload = |gate: &str| {
+        format!(
+            "{}; {ACTION} mmap-loop && {ACTION} chown {}",
+            wait_loop(gate),
+            file.display()
+        )
+    };
     let quiet_run = |script: String| {
         Command::new(CAPPROF)
             .args(["run", "--quiet", "--", "sh", "-c", &script])
@@ -358,10 +485,21 @@ fn classification_survives_other_programs_coming_and_going() {
             .expect("capprof runs")
     };
     let check = |profile: &serde_json::Value, case: &str| {
-        assert_eq!(names(profile, "required"), ["CAP_CHOWN"], "{case}: {profile}");
-        assert_eq!(profile["observation"]["unclassified_checks"], 0, "{case}: {profile}");
+        assert_eq!(
+            names(profile, "required"),
+            ["CAP_CHOWN"],
+            "{case}: {profile}"
+        );
+        assert_eq!(
+            profile["observation"]["unclassified_checks"], 0,
+            "{case}: {profile}"
+        );
         if profile["observation"]["backend"] == "tp_btf" {
-            assert_eq!(names(profile, "advisory"), ["CAP_SYS_ADMIN"], "{case}: {profile}");
+            assert_eq!(
+                names(profile, "advisory"),
+                ["CAP_SYS_ADMIN"],
+                "{case}: {profile}"
+            );
         }
     };
 

@@ -646,9 +646,18 @@ impl Report {
         let mut prev = self.per_run("empty", TARGET_WORKLOAD);
         for (c, label) in [
             ("empty", "empty program (floor)"),
-            ("ladder1", "+ cgroup id, per-CPU `HOT` entry, watch generation (= unwatched path)"),
-            ("ladder2", "+ tgid check, jiffies, `COUNTS` lookup + atomic add (the counter)"),
-            ("ladder3", "+ 2 stack reads through `HOT`'s site cache (classification)"),
+            (
+                "ladder1",
+                "+ cgroup id, per-CPU `HOT` entry, watch generation (= unwatched path)",
+            ),
+            (
+                "ladder2",
+                "+ tgid check, jiffies, `COUNTS` lookup + atomic add (the counter)",
+            ),
+            (
+                "ladder3",
+                "+ 2 stack reads through `HOT`'s site cache (classification)",
+            ),
             (
                 "ladder4",
                 "+ syscall nr, comm, `EVIDENCE_SEEN` lookup (evidence: now only a counter's first 32 checks)",
@@ -664,8 +673,16 @@ impl Report {
             }
             // The real program is compared with ladder 3, the same work
             // without the pending count; ladder 4 is what it no longer does.
-            let base = if c == "profiled" { self.per_run("ladder3", TARGET_WORKLOAD) } else { prev };
-            let step = if c == "empty" { None } else { cur.zip(base).map(|(a, b)| a.median - b.median) };
+            let base = if c == "profiled" {
+                self.per_run("ladder3", TARGET_WORKLOAD)
+            } else {
+                prev
+            };
+            let step = if c == "empty" {
+                None
+            } else {
+                cur.zip(base).map(|(a, b)| a.median - b.median)
+            };
             let _ = writeln!(
                 out,
                 "| {label} | {} | {} |",

@@ -25,19 +25,30 @@ fn main() -> ExitCode {
     unsafe {
         match arg(0).as_str() {
             "nothing" => ExitCode::SUCCESS,
-            "chown" => check(libc::chown(cstr(&arg(1)).as_ptr(), 1000, 1000) == 0, "chown"),
+            "chown" => check(
+                libc::chown(cstr(&arg(1)).as_ptr(), 1000, 1000) == 0,
+                "chown",
+            ),
             "mknod" => {
                 let dev = libc::makedev(1, 3);
-                check(libc::mknod(cstr(&arg(1)).as_ptr(), libc::S_IFCHR | 0o600, dev) == 0, "mknod")
+                check(
+                    libc::mknod(cstr(&arg(1)).as_ptr(), libc::S_IFCHR | 0o600, dev) == 0,
+                    "mknod",
+                )
             }
-            "raw-socket" => check(libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) >= 0, "socket"),
+            "raw-socket" => check(
+                libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) >= 0,
+                "socket",
+            ),
             "bind-low-port" => {
                 let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
                 let port: u16 = arg(1).parse().unwrap_or(600);
                 let addr = libc::sockaddr_in {
                     sin_family: libc::AF_INET as u16,
                     sin_port: port.to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+                    },
                     sin_zero: [0; 8],
                 };
                 let ok = libc::bind(
@@ -53,7 +64,10 @@ fn main() -> ExitCode {
             "chroot" => check(libc::chroot(cstr("/").as_ptr()) == 0, "chroot"),
             "write-file" => {
                 let fd = libc::open(cstr(&arg(1)).as_ptr(), libc::O_WRONLY);
-                check(fd >= 0 && libc::write(fd, b"x".as_ptr().cast(), 1) == 1, "write")
+                check(
+                    fd >= 0 && libc::write(fd, b"x".as_ptr().cast(), 1) == 1,
+                    "write",
+                )
             }
             "chmod" => check(libc::chmod(cstr(&arg(1)).as_ptr(), 0o640) == 0, "chmod"),
             "sethostname" => {
@@ -68,9 +82,15 @@ fn main() -> ExitCode {
             }
             "raise-rlimit" => {
                 // Expected to be refused: root here lacks CAP_SYS_RESOURCE.
-                let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let mut rl = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-                let raised = libc::rlimit { rlim_cur: rl.rlim_cur, rlim_max: rl.rlim_max + 1 };
+                let raised = libc::rlimit {
+                    rlim_cur: rl.rlim_cur,
+                    rlim_max: rl.rlim_max + 1,
+                };
                 let refused = libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0
                     && *libc::__errno_location() == libc::EPERM;
                 check(refused, "setrlimit was not refused")

@@ -99,7 +99,11 @@ pub fn main(args: DaemonArgs) -> Result<ExitCode, Error> {
         let removed = daemon::reset(&config).map_err(|e| Error::internal(e.to_string()))?;
         eprintln!(
             "capprof: {}",
-            if removed { "removed the pinned maps and programs" } else { "no pins to remove" }
+            if removed {
+                "removed the pinned maps and programs"
+            } else {
+                "no pins to remove"
+            }
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -108,8 +112,14 @@ pub fn main(args: DaemonArgs) -> Result<ExitCode, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(daemon::run(config, args.backend)).map_err(|e| {
-        if e.is_prerequisite() { Error::usage(e.to_string()) } else { Error::internal(e.to_string()) }
-    })?;
+    runtime
+        .block_on(daemon::run(config, args.backend))
+        .map_err(|e| {
+            if e.is_prerequisite() {
+                Error::usage(e.to_string())
+            } else {
+                Error::internal(e.to_string())
+            }
+        })?;
     Ok(ExitCode::SUCCESS)
 }

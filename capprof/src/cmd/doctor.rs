@@ -9,9 +9,9 @@ use crate::{
     cgroup,
     error::Error,
     observer::{
-        Backend, COMPAT, LSM_LIST, Observer,
+        Backend, COMPAT, LSM_LIST, Observer, bpf_lsm_active,
         btf::{self, KernelBtf},
-        bpf_lsm_active, choose_backend,
+        choose_backend,
     },
 };
 
@@ -56,15 +56,21 @@ struct Report {
 }
 
 fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn mounted(fstype: &str) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        (right.split_ascii_whitespace().next()? == fstype)
-            .then(|| left.split_ascii_whitespace().nth(4).unwrap_or("").to_owned())
+        (right.split_ascii_whitespace().next()? == fstype).then(|| {
+            left.split_ascii_whitespace()
+                .nth(4)
+                .unwrap_or("")
+                .to_owned()
+        })
     })
 }
 
@@ -72,35 +78,72 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     let mut checks = vec![];
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    checks.push(Check { name: "root", ok: root, detail: if root { "running as root".into() } else { "capprof needs root".into() } });
+    checks.push(Check {
+        name: "root",
+        ok: root,
+        detail: if root {
+            "running as root".into()
+        } else {
+            "capprof needs root".into()
+        },
+    });
     let has_btf = btf::btf_present();
-    checks.push(Check { name: "btf", ok: has_btf, detail: btf::VMLINUX_BTF.into() });
-    let kernel = if has_btf { KernelBtf::read().ok() } else { None };
+    checks.push(Check {
+        name: "btf",
+        ok: has_btf,
+        detail: btf::VMLINUX_BTF.into(),
+    });
+    let kernel = if has_btf {
+        KernelBtf::read().ok()
+    } else {
+        None
+    };
     if let Some(k) = &kernel {
         checks.push(Check {
             name: "cap_capable tracepoint",
             ok: k.has_cap_tracepoint,
-            detail: if k.has_cap_tracepoint { "present (6.14+)".into() } else { "absent (before 6.14)".into() },
+            detail: if k.has_cap_tracepoint {
+                "present (6.14+)".into()
+            } else {
+                "absent (before 6.14)".into()
+            },
         });
-        checks.push(Check { name: "cap_capable in BTF", ok: k.has_cap_capable_func, detail: "needed by fexit".into() });
+        checks.push(Check {
+            name: "cap_capable in BTF",
+            ok: k.has_cap_capable_func,
+            detail: "needed by fexit".into(),
+        });
         checks.push(Check {
             name: "task_struct.tgid",
             ok: k.task_tgid_offset.is_some(),
-            detail: k.task_tgid_offset.map_or("not found: forks in containers are not followed".into(), |o| format!("offset {o}")),
+            detail: k.task_tgid_offset.map_or(
+                "not found: forks in containers are not followed".into(),
+                |o| format!("offset {o}"),
+            ),
         });
     }
     let cg2 = cgroup::cgroup2_mount();
     checks.push(Check {
         name: "cgroup2",
         ok: cg2.is_ok(),
-        detail: match &cg2 { Ok(p) => p.display().to_string(), Err(e) => e.to_string() },
+        detail: match &cg2 {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
     });
     let bpffs = mounted("bpf");
-    checks.push(Check { name: "bpffs", ok: bpffs.is_some(), detail: bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()) });
+    checks.push(Check {
+        name: "bpffs",
+        ok: bpffs.is_some(),
+        detail: bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()),
+    });
     // Not required: the lsm backend is only ever forced. Whether the kernel
     // also loads BPF-LSM programs is known after loading, below.
     let lsm = bpf_lsm_active();
-    let lsm_list = fs::read_to_string(LSM_LIST).unwrap_or_default().trim().to_owned();
+    let lsm_list = fs::read_to_string(LSM_LIST)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
 
     let (mut backend, mut reason) = (None, None);
     if let Some(k) = &kernel {
@@ -108,7 +151,9 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         let b = args.backend.unwrap_or(b);
         backend = Some(b);
         reason = Some(match args.backend {
-            Some(Backend::Lsm) => "forced by --backend; it cannot see refused or advisory checks".to_owned(),
+            Some(Backend::Lsm) => {
+                "forced by --backend; it cannot see refused or advisory checks".to_owned()
+            }
             Some(_) => "forced by --backend".to_owned(),
             None => why.to_owned(),
         });
@@ -131,16 +176,27 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     }
                 }
                 classification = Some(match observer.classification() {
-                    crate::observer::Classification::Opts { call_site: Some(slots) }
-                        if observer.backend() == Backend::Lsm =>
-                    {
-                        format!("opts, call sites at slots {}/{} (granted checks only)", slots.caller, slots.outer)
+                    crate::observer::Classification::Opts {
+                        call_site: Some(slots),
+                    } if observer.backend() == Backend::Lsm => {
+                        format!(
+                            "opts, call sites at slots {}/{} (granted checks only)",
+                            slots.caller, slots.outer
+                        )
                     }
-                    crate::observer::Classification::CallSite { caller_slot, outer_slot } => {
+                    crate::observer::Classification::CallSite {
+                        caller_slot,
+                        outer_slot,
+                    } => {
                         format!("call-site (slots {caller_slot}/{outer_slot})")
                     }
-                    crate::observer::Classification::Opts { call_site: Some(slots) } => {
-                        format!("opts, advisory probes by call site (slots {}/{})", slots.caller, slots.outer)
+                    crate::observer::Classification::Opts {
+                        call_site: Some(slots),
+                    } => {
+                        format!(
+                            "opts, advisory probes by call site (slots {}/{})",
+                            slots.caller, slots.outer
+                        )
                     }
                     crate::observer::Classification::Opts { call_site: None } => {
                         "opts (call sites uncalibrated: advisory probes count as silent)".into()
@@ -148,13 +204,21 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     other => other.to_string(),
                 });
                 load_ms = Some(observer.load_time().as_millis());
-                checks.push(Check { name: "load", ok: true, detail: format!("{} attached", observer.backend()) });
+                checks.push(Check {
+                    name: "load",
+                    ok: true,
+                    detail: format!("{} attached", observer.backend()),
+                });
             }
             Err(err) => {
                 if let (Some(Backend::Lsm), Ok(active)) = (backend, &lsm) {
                     lsm = Err(format!("{active}, but {err}"));
                 }
-                checks.push(Check { name: "load", ok: false, detail: err.to_string() });
+                checks.push(Check {
+                    name: "load",
+                    ok: false,
+                    detail: err.to_string(),
+                });
             }
         }
     }
@@ -191,7 +255,11 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         ),
         DoctorFormat::Table => print_report(&report),
     }
-    Ok(if report.missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if report.missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn print_report(r: &Report) {
@@ -206,7 +274,12 @@ fn print_report(r: &Report) {
         println!("load:     {ms} ms (load, calibrate, attach)");
     }
     for c in &r.checks {
-        println!("  [{}] {:<24} {}", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail);
+        println!(
+            "  [{}] {:<24} {}",
+            if c.ok { " ok " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
     }
     println!("backends by preference:");
     for (b, since, needs) in COMPAT {

@@ -36,12 +36,24 @@ pub struct ExportArgs {
     ///
     /// With --against, only `json` may be given: it prints the comparison as
     /// JSON instead of a table.
-    #[arg(short, long, value_enum, value_name = "FORMAT", env = "CAPPROF_EXPORT_FORMAT")]
+    #[arg(
+        short,
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "CAPPROF_EXPORT_FORMAT"
+    )]
     pub format: Option<Format>,
 
     /// Instead of exporting, compare the allowlist with RUNTIME's default
     /// capabilities and show what to keep, drop and add.
-    #[arg(short, long, value_enum, value_name = "RUNTIME", env = "CAPPROF_EXPORT_AGAINST")]
+    #[arg(
+        short,
+        long,
+        value_enum,
+        value_name = "RUNTIME",
+        env = "CAPPROF_EXPORT_AGAINST"
+    )]
     pub against: Option<Runtime>,
 
     /// Write to FILE instead of stdout, replacing it atomically (`-` is
@@ -92,7 +104,10 @@ fn read_profile(path: &str) -> Result<Profile, Error> {
         .lock()
         .take(MAX_STDIN_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| ProfileError::Read { path: STDIN.to_owned(), source })?;
+        .map_err(|source| ProfileError::Read {
+            path: STDIN.to_owned(),
+            source,
+        })?;
     if bytes.len() as u64 > MAX_STDIN_BYTES {
         return Err(Error::usage(format!(
             "{STDIN}: larger than {} MiB, not a capprof profile",
@@ -147,7 +162,10 @@ fn comparison_table(c: &Comparison) -> String {
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn write_stdout(text: &str) -> Result<(), Error> {
     let mut stdout = io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
             Err(Error::internal(format!("cannot write to stdout: {e}")))
         }
@@ -217,11 +235,17 @@ mod tests {
     fn table_lists_every_capability_once() {
         let c = export::compare(&sample(), Runtime::Docker);
         let out = comparison_table(&c);
-        assert!(out.ends_with("docker grants 14 by default: drop 13, keep 1, add 1\n"), "{out}");
+        assert!(
+            out.ends_with("docker grants 14 by default: drop 13, keep 1, add 1\n"),
+            "{out}"
+        );
         assert_eq!(out.matches("CAP_CHOWN").count(), 1, "{out}");
         assert_eq!(out.matches("CAP_SYS_ADMIN").count(), 1, "{out}");
-        let rows =
-            |action: &str| out.lines().filter(|l| l.contains(&format!("┆ {action} "))).count();
+        let rows = |action: &str| {
+            out.lines()
+                .filter(|l| l.contains(&format!("┆ {action} ")))
+                .count()
+        };
         assert_eq!(rows("drop"), 13, "{out}");
         assert_eq!(rows("keep"), 1, "{out}");
         assert_eq!(rows("add"), 1, "{out}");
@@ -242,8 +266,16 @@ mod tests {
         );
 
         let out = dir.join("cmp.json");
-        let args =
-            parse(&["-a", "runc", "-f", "json", "-o", out.to_str().unwrap(), input]).unwrap();
+        let args = parse(&[
+            "-a",
+            "runc",
+            "-f",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+            input,
+        ])
+        .unwrap();
         main(args).unwrap();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();

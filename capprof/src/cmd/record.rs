@@ -27,7 +27,9 @@ use crate::{
 /// --duration; write DIR/<container-name>.json for each. A container that
 /// exits while recording is written at once.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  capprof record --out profiles --duration 60 &\n  docker run --name web … ; capprof export --format docker profiles/web.json")]
+#[command(
+    after_help = "Example:\n  capprof record --out profiles --duration 60 &\n  docker run --name web … ; capprof export --format docker profiles/web.json"
+)]
 pub struct RecordArgs {
     /// Directory for the profiles (created if missing).
     #[arg(long, short, value_name = "DIR", env = "CAPPROF_OUT")]
@@ -68,14 +70,25 @@ pub fn main(args: RecordArgs) -> Result<ExitCode, Error> {
 }
 
 async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
-    let endpoint = args.engine.clone().unwrap_or_else(engine::endpoint_from_env);
-    let engine = Engine::connect(&endpoint).await.map_err(|e| Error::usage(e.to_string()))?;
+    let endpoint = args
+        .engine
+        .clone()
+        .unwrap_or_else(engine::endpoint_from_env);
+    let engine = Engine::connect(&endpoint)
+        .await
+        .map_err(|e| Error::usage(e.to_string()))?;
     let mut observer = Observer::load(args.backend)?;
 
-    let watched =
-        watch_container_roots(&mut observer, &mount, &engine.cgroup_parents(), &args.cgroup_roots)?;
+    let watched = watch_container_roots(
+        &mut observer,
+        &mount,
+        &engine.cgroup_parents(),
+        &args.cgroup_roots,
+    )?;
     if watched.is_empty() {
-        return Err(Error::usage("no container cgroup subtree to watch (try --cgroup-root)"));
+        return Err(Error::usage(
+            "no container cgroup subtree to watch (try --cgroup-root)",
+        ));
     }
 
     let events_ring = observer.take_events()?;
@@ -102,7 +115,8 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     );
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
     let deadline = async {
         match args.duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
@@ -167,7 +181,11 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     for id in recorder.ids() {
         finalize(&mut recorder, &mut observer, &id, &args, &mut written)?;
     }
-    eprintln!("capprof: wrote {} profile(s) to {}", written.len(), args.out.display());
+    eprintln!(
+        "capprof: wrote {} profile(s) to {}",
+        written.len(),
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -178,14 +196,18 @@ fn finalize(
     args: &RecordArgs,
     written: &mut BTreeSet<String>,
 ) -> Result<(), Error> {
-    let Some(rec) = recorder.get(id) else { return Ok(()) };
+    let Some(rec) = recorder.get(id) else {
+        return Ok(());
+    };
     if !args.containers.is_empty() && !args.containers.iter().any(|w| rec.matches(w)) {
         // Not wanted: still drain its counters so the kernel map stays small.
         let _ = recorder.finalize(id, observer)?;
         return Ok(());
     }
     let path = profile_path(&args.out, rec);
-    let Some(profile) = recorder.finalize(id, observer)? else { return Ok(()) };
+    let Some(profile) = recorder.finalize(id, observer)? else {
+        return Ok(());
+    };
     write_profile(&path, &profile.to_json())?;
     written.insert(path.display().to_string());
     {
@@ -196,7 +218,12 @@ fn finalize(
             if profile.allowlist.is_empty() {
                 "none".to_owned()
             } else {
-                profile.allowlist.iter().map(|c| c.short_name()).collect::<Vec<_>>().join(",")
+                profile
+                    .allowlist
+                    .iter()
+                    .map(|c| c.short_name())
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
         );
     }

@@ -25,8 +25,9 @@ use crate::{
     error::Error,
     fsutil,
     observer::{
-        Backend, Classification, Observer, preflight,
+        Backend, Classification, Observer,
         events::{Record, comm_str},
+        preflight,
         reader::{Received, read_events},
     },
     profile::{Clock, Evidence, Observation, Observations, Profile, Subject, Verdict, rfc3339},
@@ -45,7 +46,9 @@ pub enum OutputFormat {
 /// and all its descendants until the last of them exits. Exits with CMD's
 /// exit status.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  capprof run --out ping.json -- ping -c1 127.0.0.1\n  capprof export --format docker ping.json")]
+#[command(
+    after_help = "Example:\n  capprof run --out ping.json -- ping -c1 127.0.0.1\n  capprof export --format docker ping.json"
+)]
 pub struct RunArgs {
     /// Write the JSON profile to FILE (atomically).
     #[arg(long, short, value_name = "FILE", env = "CAPPROF_OUT")]
@@ -85,8 +88,9 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Error> {
 fn resolve_program(cmd: &OsString) -> Result<PathBuf, Error> {
     let shown = cmd.to_string_lossy();
     let is_exec = |p: &Path| {
-        std::fs::metadata(p)
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
     };
     if cmd.as_bytes().contains(&b'/') {
         let path = PathBuf::from(cmd);
@@ -143,7 +147,9 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         .await
         .map_err(|e| Error::internal(format!("event reader failed: {e}")))?
         .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
-    let received = collector.await.map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
+    let received = collector
+        .await
+        .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
     let mut ids: BTreeSet<u64> = cgroup.subtree_ids().into_iter().collect();
     ids.extend(received.iter().filter_map(|r| match r.record {
         Record::Cgroup(c) => Some(c.cgroup_id),
@@ -157,7 +163,12 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     let subject = Subject {
         kind: "command".into(),
         cgroup: Some(cgroup.relative().to_owned()),
-        command: Some(args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect()),
+        command: Some(
+            args.command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        ),
         ..Default::default()
     };
     drop(cgroup);
@@ -189,7 +200,10 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
 }
 
 fn nanos() -> u128 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {
@@ -314,7 +328,8 @@ async fn wait_child(
 ) -> Result<std::process::ExitStatus, Error> {
     let shown = cmd.to_string_lossy();
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -338,10 +353,15 @@ async fn wait_child(
 async fn wait_for_descendants(cgroup: &OwnedCgroup) {
     let started = Instant::now();
     let mut announced = false;
-    let Ok(mut sigint) = signal(SignalKind::interrupt()) else { return };
+    let Ok(mut sigint) = signal(SignalKind::interrupt()) else {
+        return;
+    };
     while cgroup.populated() {
         if !announced && started.elapsed() > Duration::from_secs(1) {
-            eprintln!("capprof: waiting for the processes CMD left in {} (Ctrl-C stops them)", cgroup.relative());
+            eprintln!(
+                "capprof: waiting for the processes CMD left in {} (Ctrl-C stops them)",
+                cgroup.relative()
+            );
             announced = true;
         }
         tokio::select! {
@@ -363,7 +383,10 @@ pub fn syscall_name(nr: u32) -> Option<String> {
 
 pub fn build_profile(
     observer: &Observer,
-    counts: Vec<(capprof_common::check::CheckKey, capprof_common::check::CheckStats)>,
+    counts: Vec<(
+        capprof_common::check::CheckKey,
+        capprof_common::check::CheckStats,
+    )>,
     received: &[Received],
     subject: Subject,
     observation: Observation,
@@ -371,7 +394,9 @@ pub fn build_profile(
     let clock = Clock::new();
     let mut obs = Observations::default();
     for (key, stats) in counts {
-        let Some(cap) = Cap::from_number(key.cap) else { continue };
+        let Some(cap) = Cap::from_number(key.cap) else {
+            continue;
+        };
         obs.add_count(
             cap,
             key.verdict,
@@ -383,9 +408,17 @@ pub fn build_profile(
         );
     }
     for r in received {
-        let Record::Evidence(e) = r.record else { continue };
-        let Some(cap) = Cap::from_number(e.cap) else { continue };
-        let site = if e.outer_site != 0 { e.outer_site } else { e.site };
+        let Record::Evidence(e) = r.record else {
+            continue;
+        };
+        let Some(cap) = Cap::from_number(e.cap) else {
+            continue;
+        };
+        let site = if e.outer_site != 0 {
+            e.outer_site
+        } else {
+            e.site
+        };
         let call_site = observer.kallsyms().and_then(|k| k.symbolize(site));
         obs.add_evidence(
             cap,

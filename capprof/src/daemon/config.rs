@@ -68,7 +68,10 @@ impl Default for DaemonConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -77,8 +80,10 @@ pub enum ConfigError {
 
 impl DaemonConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.message().to_owned(),
@@ -86,19 +91,31 @@ impl DaemonConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (name, path) in [("state_dir", &self.state_dir), ("socket", &self.socket), ("bpffs", &self.bpffs)] {
+        for (name, path) in [
+            ("state_dir", &self.state_dir),
+            ("socket", &self.socket),
+            ("bpffs", &self.bpffs),
+        ] {
             if !path.is_absolute() {
-                return Err(ConfigError::Invalid(format!("{name} must be an absolute path, not {}", path.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be an absolute path, not {}",
+                    path.display()
+                )));
             }
         }
         if self.max_containers == 0 {
-            return Err(ConfigError::Invalid("max_containers must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_containers must be at least 1".into(),
+            ));
         }
         if self.flush_interval_secs == 0 || self.flush_interval_secs > 3600 {
-            return Err(ConfigError::Invalid("flush_interval_secs must be 1..=3600".into()));
+            return Err(ConfigError::Invalid(
+                "flush_interval_secs must be 1..=3600".into(),
+            ));
         }
         if let Some(m) = &self.metrics {
-            super::metrics::parse_addr(m).map_err(|e| ConfigError::Invalid(format!("metrics: {e}")))?;
+            super::metrics::parse_addr(m)
+                .map_err(|e| ConfigError::Invalid(format!("metrics: {e}")))?;
         }
         Ok(())
     }
@@ -110,13 +127,17 @@ mod tests {
 
     #[test]
     fn file_values_and_defaults() {
-        let c: DaemonConfig = toml::from_str("state_dir = \"/srv/capprof\"\ngroup_by = \"image\"\n").unwrap();
+        let c: DaemonConfig =
+            toml::from_str("state_dir = \"/srv/capprof\"\ngroup_by = \"image\"\n").unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/srv/capprof"));
         assert_eq!(c.group_by, GroupBy::Image);
         assert_eq!(c.socket, DaemonConfig::default().socket);
         c.validate().unwrap();
         assert!(toml::from_str::<DaemonConfig>("bogus = 1").is_err());
-        let rel = DaemonConfig { socket: "rel.sock".into(), ..Default::default() };
+        let rel = DaemonConfig {
+            socket: "rel.sock".into(),
+            ..Default::default()
+        };
         assert!(rel.validate().is_err());
     }
 }

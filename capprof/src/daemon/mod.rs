@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use config::DaemonConfig;
 use futures_util::StreamExt as _;
+use query::{CheckSample, ContainerSummary, Group, Health, MetricsSnapshot, Query};
+use state::StateDir;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch as tokio_watch},
@@ -33,9 +36,6 @@ use crate::{
     profile::{Class, Profile},
     recorder::{Recorder, watch_container_roots},
 };
-use config::DaemonConfig;
-use query::{CheckSample, ContainerSummary, Group, Health, MetricsSnapshot, Query};
-use state::StateDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -64,7 +64,8 @@ impl DaemonError {
 /// Removes the daemon's pins (`capprof daemon --reset`).
 pub fn reset(config: &DaemonConfig) -> Result<bool, DaemonError> {
     let dir = crate::observer::pin::pin_dir(&config.bpffs);
-    crate::observer::pin::reset(&dir).map_err(|e| DaemonError::Setup(format!("cannot remove {}: {e}", dir.display())))
+    crate::observer::pin::reset(&dir)
+        .map_err(|e| DaemonError::Setup(format!("cannot remove {}: {e}", dir.display())))
 }
 
 /// Counters the metrics endpoint reports.
@@ -81,7 +82,10 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let started = Instant::now();
     let mount = cgroup::cgroup2_mount().map_err(|e| DaemonError::Setup(e.to_string()))?;
     let state = StateDir::open(&config.state_dir)?;
-    let endpoint = config.engine.clone().unwrap_or_else(engine::endpoint_from_env);
+    let endpoint = config
+        .engine
+        .clone()
+        .unwrap_or_else(engine::endpoint_from_env);
     let engine = match Engine::connect(&endpoint).await {
         Ok(engine) => Some(engine),
         Err(e) => {
@@ -89,10 +93,14 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
             None
         }
     };
-    let mut observer =
-        Observer::load_with(LoadOptions { backend, pin_bpffs: Some(config.bpffs.clone()) })?;
+    let mut observer = Observer::load_with(LoadOptions {
+        backend,
+        pin_bpffs: Some(config.bpffs.clone()),
+    })?;
     if observer.reused_pins() {
-        eprintln!("capprof: reusing pinned maps and programs: checks made while the daemon was down are kept");
+        eprintln!(
+            "capprof: reusing pinned maps and programs: checks made while the daemon was down are kept"
+        );
     }
 
     let parents = match &engine {
@@ -113,17 +121,17 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
 
     // Everything privileged is done: bind, then drop every capability.
     let listener = api::bind(&config.socket)?;
-    let metrics_listener = match &config.metrics {
-        Some(addr) => {
-            let addr = metrics::parse_addr(addr).map_err(|e| DaemonError::Setup(format!("metrics: {e}")))?;
-            Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| DaemonError::Setup(format!("cannot bind metrics on {addr}: {e}")))?,
-            )
-        }
-        None => None,
-    };
+    let metrics_listener =
+        match &config.metrics {
+            Some(addr) => {
+                let addr = metrics::parse_addr(addr)
+                    .map_err(|e| DaemonError::Setup(format!("metrics: {e}")))?;
+                Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    DaemonError::Setup(format!("cannot bind metrics on {addr}: {e}"))
+                })?)
+            }
+            None => None,
+        };
     let kept = privileges::drop_all()?;
 
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
@@ -131,9 +139,18 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
-    let api_task = tokio::spawn(api::serve(listener, query_tx.clone(), shutdown(shutdown_rx.clone())));
-    let metrics_task = metrics_listener
-        .map(|l| tokio::spawn(metrics::serve_listener(l, query_tx.clone(), shutdown(shutdown_rx.clone()))));
+    let api_task = tokio::spawn(api::serve(
+        listener,
+        query_tx.clone(),
+        shutdown(shutdown_rx.clone()),
+    ));
+    let metrics_task = metrics_listener.map(|l| {
+        tokio::spawn(metrics::serve_listener(
+            l,
+            query_tx.clone(),
+            shutdown(shutdown_rx.clone()),
+        ))
+    });
 
     let ring = observer.take_events()?;
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -156,17 +173,32 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         observer.backend(),
         watched.join(", "),
         config.socket.display(),
-        if kept.is_empty() { "no".to_owned() } else { kept.join(",") },
-        config.metrics.as_deref().map(|m| format!(", metrics {m}")).unwrap_or_default(),
+        if kept.is_empty() {
+            "no".to_owned()
+        } else {
+            kept.join(",")
+        },
+        config
+            .metrics
+            .as_deref()
+            .map(|m| format!(", metrics {m}"))
+            .unwrap_or_default(),
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::Setup(e.to_string()))?;
     let mut flush = tokio::time::interval(Duration::from_secs(config.flush_interval_secs));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut counters = Counters::default();
     let mut written: HashMap<String, String> = HashMap::new();
-    let ctx = Ctx { backend: observer.backend().to_string(), classification: observer.classification().to_string(), kept, started };
+    let ctx = Ctx {
+        backend: observer.backend().to_string(),
+        classification: observer.classification().to_string(),
+        kept,
+        started,
+    };
 
     loop {
         tokio::select! {
@@ -221,7 +253,11 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
-    eprintln!("capprof: daemon stopped; {} profile(s) in {}", recorder.len(), config.state_dir.display());
+    eprintln!(
+        "capprof: daemon stopped; {} profile(s) in {}",
+        recorder.len(),
+        config.state_dir.display()
+    );
     Ok(())
 }
 
@@ -248,15 +284,26 @@ fn persist_with(
     id: &str,
     recorder: &Recorder,
     observer: &Observer,
-    counts: &[(capprof_common::check::CheckKey, capprof_common::check::CheckStats)],
+    counts: &[(
+        capprof_common::check::CheckKey,
+        capprof_common::check::CheckStats,
+    )],
     state: &StateDir,
     written: &mut HashMap<String, String>,
     counters: &mut Counters,
 ) {
     let current = recorder.snapshot(id, observer, counts);
-    let Some(p) = recorder.persisted(id, current) else { return };
+    let Some(p) = recorder.persisted(id, current) else {
+        return;
+    };
     // Skip unchanged containers (the end time always moves; compare the rest).
-    let fingerprint = serde_json::to_string(&(&p.base.as_ref().map(|b| &b.capabilities), p.current.as_ref().map(|c| &c.capabilities), &p.name, p.exited)).unwrap_or_default();
+    let fingerprint = serde_json::to_string(&(
+        &p.base.as_ref().map(|b| &b.capabilities),
+        p.current.as_ref().map(|c| &c.capabilities),
+        &p.name,
+        p.exited,
+    ))
+    .unwrap_or_default();
     if written.get(id) == Some(&fingerprint) {
         return;
     }
@@ -289,7 +336,11 @@ fn evict(recorder: &mut Recorder, observer: &mut Observer, max: usize, counters:
     if recorder.len() <= max {
         return;
     }
-    let mut exited: Vec<String> = recorder.records().filter(|r| r.exited).map(|r| r.id.clone()).collect();
+    let mut exited: Vec<String> = recorder
+        .records()
+        .filter(|r| r.exited)
+        .map(|r| r.id.clone())
+        .collect();
     exited.sort();
     for id in exited.into_iter().take(recorder.len() - max) {
         let ids = recorder.evict(&id);
@@ -308,7 +359,9 @@ fn summary(recorder: &Recorder, id: &str, profile: Option<&Profile>) -> Option<C
         state: if rec.exited { "exited" } else { "running" }.into(),
         required: profile.map(|p| p.required.clone()).unwrap_or_default(),
         allowlist: profile.map(|p| p.allowlist.clone()).unwrap_or_default(),
-        first_seen: profile.map(|p| p.observation.start.clone()).unwrap_or_default(),
+        first_seen: profile
+            .map(|p| p.observation.start.clone())
+            .unwrap_or_default(),
         last_seen: profile
             .and_then(|p| p.capabilities.iter().map(|c| c.last_seen.clone()).max())
             .unwrap_or_default(),
@@ -341,12 +394,22 @@ fn answer(
             let mut list: Vec<ContainerSummary> = recorder
                 .records()
                 .filter(|r| !r.cgroup_ids.is_empty())
-                .filter_map(|r| summary(recorder, &r.id, recorder.snapshot(&r.id, observer, &counts).as_ref()))
+                .filter_map(|r| {
+                    summary(
+                        recorder,
+                        &r.id,
+                        recorder.snapshot(&r.id, observer, &counts).as_ref(),
+                    )
+                })
                 .collect();
             list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
             let _ = reply.send(list);
         }
-        Query::Profile { group: Group::Container, key, reply } => {
+        Query::Profile {
+            group: Group::Container,
+            key,
+            reply,
+        } => {
             let counts = observer.read_counts().unwrap_or_default();
             let profile = match recorder.find(&key) {
                 Some(rec) => recorder.snapshot(&rec.id, observer, &counts),
@@ -355,15 +418,25 @@ fn answer(
                     .ids()
                     .into_iter()
                     .filter_map(|id| state.read(&id))
-                    .find(|p| p.name.as_deref() == Some(key.as_str()) || (key.len() >= 4 && p.id.starts_with(&key)))
+                    .find(|p| {
+                        p.name.as_deref() == Some(key.as_str())
+                            || (key.len() >= 4 && p.id.starts_with(&key))
+                    })
                     .and_then(|p| p.current),
             };
             let _ = reply.send(profile);
         }
-        Query::Profile { group: Group::Image, key, reply } => {
+        Query::Profile {
+            group: Group::Image,
+            key,
+            reply,
+        } => {
             let counts = observer.read_counts().unwrap_or_default();
             let mut merged: Option<Profile> = None;
-            for rec in recorder.records().filter(|r| r.info.image.as_deref() == Some(key.as_str())) {
+            for rec in recorder
+                .records()
+                .filter(|r| r.info.image.as_deref() == Some(key.as_str()))
+            {
                 if let Some(p) = recorder.snapshot(&rec.id, observer, &counts) {
                     match &mut merged {
                         Some(m) => m.merge(&p),
@@ -385,8 +458,14 @@ fn answer(
             let stats = observer.kernel_stats().unwrap_or_default();
             let mut checks: BTreeMap<(String, String, String), u64> = BTreeMap::new();
             for rec in recorder.records() {
-                let Some(p) = recorder.snapshot(&rec.id, observer, &counts) else { continue };
-                let container = rec.info.name.clone().unwrap_or_else(|| rec.id.chars().take(12).collect());
+                let Some(p) = recorder.snapshot(&rec.id, observer, &counts) else {
+                    continue;
+                };
+                let container = rec
+                    .info
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| rec.id.chars().take(12).collect());
                 for u in p.capabilities.iter().chain(&p.runtime_setup) {
                     for (class, n) in &u.by_class {
                         let class = match class {
@@ -395,14 +474,21 @@ fn answer(
                             Class::Silent => "silent",
                             Class::Advisory => "advisory",
                         };
-                        *checks.entry((container.clone(), u.name.to_string(), class.to_owned())).or_default() += n;
+                        *checks
+                            .entry((container.clone(), u.name.to_string(), class.to_owned()))
+                            .or_default() += n;
                     }
                 }
             }
             let _ = reply.send(MetricsSnapshot {
                 checks: checks
                     .into_iter()
-                    .map(|((container, capability, class), count)| CheckSample { container, capability, class, count })
+                    .map(|((container, capability, class), count)| CheckSample {
+                        container,
+                        capability,
+                        class,
+                        count,
+                    })
                     .collect(),
                 ringbuf_lost: stats.ringbuf_lost,
                 counts_full: stats.counts_full,

@@ -68,12 +68,22 @@ pub enum Group {
 
 pub enum Query {
     /// Every profiled container.
-    List { reply: oneshot::Sender<Vec<ContainerSummary>> },
+    List {
+        reply: oneshot::Sender<Vec<ContainerSummary>>,
+    },
     /// One container's profile, by name or id prefix (≥ 4 chars); or, with
     /// `Group::Image`, the profile merged over every container of an image.
-    Profile { group: Group, key: String, reply: oneshot::Sender<Option<Profile>> },
-    Health { reply: oneshot::Sender<Health> },
-    Metrics { reply: oneshot::Sender<MetricsSnapshot> },
+    Profile {
+        group: Group,
+        key: String,
+        reply: oneshot::Sender<Option<Profile>>,
+    },
+    Health {
+        reply: oneshot::Sender<Health>,
+    },
+    Metrics {
+        reply: oneshot::Sender<MetricsSnapshot>,
+    },
 }
 
 pub type QueryTx = mpsc::Sender<Query>;

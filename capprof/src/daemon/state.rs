@@ -17,9 +17,15 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot use state directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct StateDir {
@@ -32,9 +38,15 @@ impl StateDir {
         let containers = root.join("containers");
         let profiles = root.join("profiles");
         for dir in [root, &containers, &profiles] {
-            fs::create_dir_all(dir).map_err(|source| StateError::Dir { path: dir.to_owned(), source })?;
+            fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
-        Ok(Self { containers, profiles })
+        Ok(Self {
+            containers,
+            profiles,
+        })
     }
 
     /// Every readable container state; unreadable ones are moved aside.
@@ -42,7 +54,9 @@ impl StateDir {
     pub fn load_all(&self) -> (Vec<PersistedContainer>, usize) {
         let mut out = vec![];
         let mut corrupt = 0;
-        let Ok(entries) = fs::read_dir(&self.containers) else { return (out, 0) };
+        let Ok(entries) = fs::read_dir(&self.containers) else {
+            return (out, 0);
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -73,7 +87,8 @@ impl StateDir {
         let path = self.containers.join(format!("{}.json", state.id));
         let mut json = serde_json::to_string_pretty(state).expect("state always serializes");
         json.push('\n');
-        fsutil::write_atomic(&path, json.as_bytes()).map_err(|source| StateError::Write { path, source })?;
+        fsutil::write_atomic(&path, json.as_bytes())
+            .map_err(|source| StateError::Write { path, source })?;
         if let Some(current) = &state.current {
             let stem = state
                 .name
@@ -96,10 +111,17 @@ impl StateDir {
     }
 
     pub fn ids(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.containers) else { return vec![] };
+        let Ok(entries) = fs::read_dir(&self.containers) else {
+            return vec![];
+        };
         entries
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_owned)
+            })
             .filter(|id| is_container_id(id))
             .collect()
     }
@@ -147,7 +169,12 @@ mod tests {
             current: None,
         };
         dir.write(&good).unwrap();
-        fs::write(root.join("containers").join(format!("{}.json", "b".repeat(64))), b"{\"schema\": \"capprof.st").unwrap();
+        fs::write(
+            root.join("containers")
+                .join(format!("{}.json", "b".repeat(64))),
+            b"{\"schema\": \"capprof.st",
+        )
+        .unwrap();
         let (states, corrupt) = dir.load_all();
         assert_eq!(states.len(), 1);
         assert_eq!(states[0].name.as_deref(), Some("web"));

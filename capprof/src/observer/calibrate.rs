@@ -24,8 +24,11 @@ pub const VIA_SECURITY_CAPABLE: &[&str] = &["security_capable"];
 
 /// Callers of `cap_capable` that only probe (NOAUDIT, no permission
 /// decision): the mmap/brk/execve memory accounting check.
-pub const ADVISORY: &[&str] =
-    &["security_vm_enough_memory_mm", "cap_vm_enough_memory", "__vm_enough_memory"];
+pub const ADVISORY: &[&str] = &[
+    "security_vm_enough_memory_mm",
+    "cap_vm_enough_memory",
+    "__vm_enough_memory",
+];
 
 /// Callers of `security_capable` that pass CAP_OPT_NOAUDIT.
 pub const NOAUDIT: &[&str] = &[
@@ -76,7 +79,9 @@ pub struct Slots {
 }
 
 fn resolves_to(kallsyms: &Kallsyms, addr: u64, names: &[&str]) -> bool {
-    kallsyms.resolve(addr).is_some_and(|(name, _)| names.contains(&name))
+    kallsyms
+        .resolve(addr)
+        .is_some_and(|(name, _)| names.contains(&name))
 }
 
 /// Finds the slots in the samples taken while the probes ran.
@@ -89,7 +94,11 @@ pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots,
     // Slot 0 is a real candidate for the kprobe (its frame is the entry
     // stack pointer, which points at the return address).
     let caller = (0..n)
-        .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], VIA_SECURITY_CAPABLE)))
+        .find(|&i| {
+            probes
+                .iter()
+                .any(|s| resolves_to(kallsyms, s.words[i], VIA_SECURITY_CAPABLE))
+        })
         .ok_or(CalibrationError::NoCallerSlot)?;
     // The advisory path must put its caller at the same slot, or its checks
     // would be misread. Some builds (Debian's 6.1 and 6.12) inline
@@ -97,15 +106,28 @@ pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots,
     // and there is nothing to misread.
     let advisory: Vec<&CalibSample> = samples
         .iter()
-        .filter(|s| s.cap == ADVISORY_CAP && s.words.iter().any(|w| resolves_to(kallsyms, *w, ADVISORY)))
+        .filter(|s| {
+            s.cap == ADVISORY_CAP && s.words.iter().any(|w| resolves_to(kallsyms, *w, ADVISORY))
+        })
         .collect();
-    if !advisory.is_empty() && !advisory.iter().any(|s| resolves_to(kallsyms, s.words[caller], ADVISORY)) {
+    if !advisory.is_empty()
+        && !advisory
+            .iter()
+            .any(|s| resolves_to(kallsyms, s.words[caller], ADVISORY))
+    {
         return Err(CalibrationError::NoAdvisory(caller as u32));
     }
     let outer = (caller + 1..n)
-        .find(|&i| probes.iter().any(|s| resolves_to(kallsyms, s.words[i], AUDIT)))
+        .find(|&i| {
+            probes
+                .iter()
+                .any(|s| resolves_to(kallsyms, s.words[i], AUDIT))
+        })
         .ok_or(CalibrationError::NoOuterSlot(caller as u32))?;
-    Ok(Slots { caller: caller as u32, outer: outer as u32 })
+    Ok(Slots {
+        caller: caller as u32,
+        outer: outer as u32,
+    })
     // Note: `caller` may be 0 (kprobe); `Config::calibrated()` then relies
     // on `outer`, which is always above it and so never 0.
 }
@@ -124,12 +146,19 @@ pub const TRACEPOINT_ITERATOR: &str = "__traceiter_cap_capable";
 pub fn direct_layout(samples: &[CalibSample], kallsyms: &Kallsyms, slots: Slots) -> Option<Slots> {
     let probe = samples.iter().find(|s| s.cap == PROBE_CAP)?;
     let at = |name: &str, from: usize| {
-        (from..probe.words.len()).find(|&i| kallsyms.resolve(probe.words[i]).is_some_and(|(n, _)| n == name))
+        (from..probe.words.len()).find(|&i| {
+            kallsyms
+                .resolve(probe.words[i])
+                .is_some_and(|(n, _)| n == name)
+        })
     };
     let iterator = at(TRACEPOINT_ITERATOR, 0)?;
     let hook = at(capprof_common::names::HOOK_FUNCTION, iterator + 1)?;
     let shift = (hook - iterator) as u32;
-    Some(Slots { caller: slots.caller.checked_sub(shift)?, outer: slots.outer.checked_sub(shift)? })
+    Some(Slots {
+        caller: slots.caller.checked_sub(shift)?,
+        outer: slots.outer.checked_sub(shift)?,
+    })
 }
 
 /// The function ranges the kernel side resolves new return addresses with.
@@ -144,7 +173,12 @@ pub fn ranges(kallsyms: &Kallsyms) -> Vec<FuncRange> {
     for (names, k) in groups {
         for name in names {
             if let Some((start, end)) = kallsyms.range(name) {
-                out.push(FuncRange { start, end, kind: k as u32, _pad: 0 });
+                out.push(FuncRange {
+                    start,
+                    end,
+                    kind: k as u32,
+                    _pad: 0,
+                });
             }
         }
     }
@@ -210,7 +244,11 @@ ffffffff81100800 T zzz_end
 ";
 
     fn sample(cap: u32, words: &[(usize, u64)]) -> CalibSample {
-        let mut s = CalibSample { cap, ret: 0, words: [0xffff_8880_0000_1000; CALIB_WORDS] };
+        let mut s = CalibSample {
+            cap,
+            ret: 0,
+            words: [0xffff_8880_0000_1000; CALIB_WORDS],
+        };
         for (i, w) in words {
             s.words[*i] = *w;
         }
@@ -222,9 +260,23 @@ ffffffff81100800 T zzz_end
         let k = Kallsyms::parse(SYMS).unwrap();
         let samples = [
             sample(ADVISORY_CAP, &[(12, 0xffffffff811000b6)]),
-            sample(PROBE_CAP, &[(10, 0xffffffff81000010), (12, 0xffffffff8110003b), (17, 0xffffffff8110012e), (20, 0xffffffff81100410)]),
+            sample(
+                PROBE_CAP,
+                &[
+                    (10, 0xffffffff81000010),
+                    (12, 0xffffffff8110003b),
+                    (17, 0xffffffff8110012e),
+                    (20, 0xffffffff81100410),
+                ],
+            ),
         ];
-        assert_eq!(find_slots(&samples, &k), Ok(Slots { caller: 12, outer: 17 }));
+        assert_eq!(
+            find_slots(&samples, &k),
+            Ok(Slots {
+                caller: 12,
+                outer: 17
+            })
+        );
     }
 
     #[test]
@@ -234,14 +286,41 @@ ffffffff81100800 T zzz_end
         // return address at 5, cap_capable's at 12, callers at 19 and 24.
         let iterator = [sample(
             PROBE_CAP,
-            &[(5, 0xffffffff81100720), (12, 0xffffffff81100640), (19, 0xffffffff8110003b), (24, 0xffffffff8110012e)],
+            &[
+                (5, 0xffffffff81100720),
+                (12, 0xffffffff81100640),
+                (19, 0xffffffff8110003b),
+                (24, 0xffffffff8110012e),
+            ],
         )];
         let slots = find_slots(&iterator, &k).unwrap();
-        assert_eq!(slots, Slots { caller: 19, outer: 24 });
-        assert_eq!(direct_layout(&iterator, &k, slots), Some(Slots { caller: 12, outer: 17 }));
+        assert_eq!(
+            slots,
+            Slots {
+                caller: 19,
+                outer: 24
+            }
+        );
+        assert_eq!(
+            direct_layout(&iterator, &k, slots),
+            Some(Slots {
+                caller: 12,
+                outer: 17
+            })
+        );
         // Alone on the tracepoint there is no iterator frame to measure.
-        let direct = [sample(PROBE_CAP, &[(5, 0xffffffff81100640), (12, 0xffffffff8110003b), (17, 0xffffffff8110012e)])];
-        assert_eq!(direct_layout(&direct, &k, find_slots(&direct, &k).unwrap()), None);
+        let direct = [sample(
+            PROBE_CAP,
+            &[
+                (5, 0xffffffff81100640),
+                (12, 0xffffffff8110003b),
+                (17, 0xffffffff8110012e),
+            ],
+        )];
+        assert_eq!(
+            direct_layout(&direct, &k, find_slots(&direct, &k).unwrap()),
+            None
+        );
     }
 
     #[test]
@@ -252,25 +331,47 @@ ffffffff81100800 T zzz_end
         // The advisory caller sits at another slot: its checks would be misread.
         let moved = [
             sample(ADVISORY_CAP, &[(13, 0xffffffff811000b6)]),
-            sample(PROBE_CAP, &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)]),
+            sample(
+                PROBE_CAP,
+                &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)],
+            ),
         ];
-        assert_eq!(find_slots(&moved, &k), Err(CalibrationError::NoAdvisory(12)));
+        assert_eq!(
+            find_slots(&moved, &k),
+            Err(CalibrationError::NoAdvisory(12))
+        );
         // No advisory sample at all (cap_capable inlined into
         // cap_vm_enough_memory): the slots still hold.
-        let inlined = [sample(PROBE_CAP, &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)])];
-        assert_eq!(find_slots(&inlined, &k), Ok(Slots { caller: 12, outer: 17 }));
+        let inlined = [sample(
+            PROBE_CAP,
+            &[(12, 0xffffffff8110003b), (17, 0xffffffff8110012e)],
+        )];
+        assert_eq!(
+            find_slots(&inlined, &k),
+            Ok(Slots {
+                caller: 12,
+                outer: 17
+            })
+        );
         let no_outer = [
             sample(ADVISORY_CAP, &[(12, 0xffffffff811000b6)]),
             sample(PROBE_CAP, &[(12, 0xffffffff8110003b)]),
         ];
-        assert_eq!(find_slots(&no_outer, &k), Err(CalibrationError::NoOuterSlot(12)));
+        assert_eq!(
+            find_slots(&no_outer, &k),
+            Err(CalibrationError::NoOuterSlot(12))
+        );
     }
 
     #[test]
     fn ranges_cover_known_functions() {
         let k = Kallsyms::parse(SYMS).unwrap();
         let r = ranges(&k);
-        let find = |addr: u64| r.iter().find(|f| addr >= f.start && addr < f.end).map(|f| f.kind as u8);
+        let find = |addr: u64| {
+            r.iter()
+                .find(|f| addr >= f.start && addr < f.end)
+                .map(|f| f.kind as u8)
+        };
         assert_eq!(find(0xffffffff8110003b), Some(kind::VIA_SECURITY_CAPABLE));
         assert_eq!(find(0xffffffff811000b6), Some(kind::ADVISORY));
         assert_eq!(find(0xffffffff8110012e), Some(kind::AUDIT));

@@ -24,6 +24,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
+use btf::KernelBtf;
 use capprof_common::{
     check::{CheckKey, CheckStats, HotCache, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
@@ -31,7 +32,6 @@ use capprof_common::{
 };
 
 use crate::{kallsyms::Kallsyms, profile::Class};
-use btf::KernelBtf;
 
 /// The eBPF object built by build.rs through aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
@@ -80,10 +80,22 @@ impl fmt::Display for Backend {
 /// itself: it cannot see refused checks, and any kernel with the BPF LSM has
 /// the trampolines fexit needs, and fexit sees everything it sees.
 pub const COMPAT: &[(Backend, &str, &str)] = &[
-    (Backend::TpBtf, "6.14", "the capability:cap_capable tracepoint in BTF"),
-    (Backend::Fexit, "5.5", "BPF trampolines and cap_capable in BTF"),
+    (
+        Backend::TpBtf,
+        "6.14",
+        "the capability:cap_capable tracepoint in BTF",
+    ),
+    (
+        Backend::Fexit,
+        "5.5",
+        "BPF trampolines and cap_capable in BTF",
+    ),
     (Backend::Kprobe, "4.17", "CONFIG_KPROBES"),
-    (Backend::Lsm, "5.7", "`bpf` in the active LSMs; only with --backend lsm, sees granted checks only"),
+    (
+        Backend::Lsm,
+        "5.7",
+        "`bpf` in the active LSMs; only with --backend lsm, sees granted checks only",
+    ),
 ];
 
 /// The active LSMs, in order, from securityfs.
@@ -110,9 +122,15 @@ pub fn choose_backend(kernel: &KernelBtf) -> (Backend, &'static str) {
     if kernel.has_cap_tracepoint {
         (Backend::TpBtf, "the cap_capable tracepoint exists")
     } else if kernel.has_cap_capable_func {
-        (Backend::Fexit, "no cap_capable tracepoint (before 6.14); cap_capable is in BTF")
+        (
+            Backend::Fexit,
+            "no cap_capable tracepoint (before 6.14); cap_capable is in BTF",
+        )
     } else {
-        (Backend::Kprobe, "neither the tracepoint nor cap_capable in BTF")
+        (
+            Backend::Kprobe,
+            "neither the tracepoint nor cap_capable in BTF",
+        )
     }
 }
 
@@ -142,16 +160,25 @@ impl fmt::Display for Classification {
 pub enum ObserverError {
     #[error("capprof must run as root (it loads eBPF programs and creates cgroups)")]
     NotRoot,
-    #[error("this kernel has no BTF ({}): capprof needs CONFIG_DEBUG_INFO_BTF", btf::VMLINUX_BTF)]
+    #[error(
+        "this kernel has no BTF ({}): capprof needs CONFIG_DEBUG_INFO_BTF",
+        btf::VMLINUX_BTF
+    )]
     NoBtf,
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("the eBPF object lacks {0}")]
     Missing(&'static str),
     #[error("backend {backend} is not available on this kernel: {reason}")]
@@ -241,7 +268,10 @@ impl Observer {
     /// Loads the object, calibrates, and attaches `backend` (or the best one
     /// this kernel offers).
     pub fn load(backend: Option<Backend>) -> Result<Self, ObserverError> {
-        Self::load_with(LoadOptions { backend, pin_bpffs: None })
+        Self::load_with(LoadOptions {
+            backend,
+            pin_bpffs: None,
+        })
     }
 
     pub fn load_with(options: LoadOptions) -> Result<Self, ObserverError> {
@@ -265,14 +295,18 @@ impl Observer {
             Some(bpffs) => {
                 pin::ensure_bpffs(bpffs)?;
                 let dir = pin::pin_dir(bpffs);
-                let object = aya_obj::Object::parse(OBJECT)
-                    .map_err(|e| ObserverError::Internal(format!("cannot parse the eBPF object: {e}")))?;
+                let object = aya_obj::Object::parse(OBJECT).map_err(|e| {
+                    ObserverError::Internal(format!("cannot parse the eBPF object: {e}"))
+                })?;
                 if let Some(reason) = pin::incompatibility(&dir, &object) {
                     tracing::warn!(
                         "incompatible pins in {} ({reason}), left by another capprof build: replacing them",
                         dir.display()
                     );
-                    pin::reset(&dir).map_err(|source| pin::PinError::Dir { path: dir.clone(), source })?;
+                    pin::reset(&dir).map_err(|source| pin::PinError::Dir {
+                        path: dir.clone(),
+                        source,
+                    })?;
                 } else {
                     reused_pins = pin::map_path(&dir, names::COUNTS).exists();
                 }
@@ -282,7 +316,10 @@ impl Observer {
             None => None,
         };
         let map_pins: Vec<(&'static str, std::path::PathBuf)> = match &pin_dir {
-            Some(dir) => pin::PINNED_MAPS.iter().map(|n| (*n, pin::map_path(dir, n))).collect(),
+            Some(dir) => pin::PINNED_MAPS
+                .iter()
+                .map(|n| (*n, pin::map_path(dir, n)))
+                .collect(),
             None => vec![],
         };
         let mut phases = Phases::new(started);
@@ -297,7 +334,8 @@ impl Observer {
             });
         }
         if backend == Backend::Lsm {
-            bpf_lsm_active().map_err(|reason| ObserverError::BackendUnavailable { backend, reason })?;
+            bpf_lsm_active()
+                .map_err(|reason| ObserverError::BackendUnavailable { backend, reason })?;
         }
         let tgid = std::process::id();
         // Parse the kernel's BTF once for the loader and the attaches.
@@ -308,7 +346,9 @@ impl Observer {
         let mut loader = EbpfLoader::new();
         phases.mark("loader"); // EbpfLoader::new parses the BTF once more.
         loader.btf(Some(&btf));
-        loader.override_global("CAPPROF_TGID", &tgid, true).override_global("CALIBRATE_TGID", &tgid, true);
+        loader
+            .override_global("CAPPROF_TGID", &tgid, true)
+            .override_global("CALIBRATE_TGID", &tgid, true);
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -330,7 +370,9 @@ impl Observer {
         config.syscall_nr_offset = SYSCALL_NR_OFFSET.unwrap_or(u32::MAX);
         config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
         config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
-        config.cgroup_name = kernel.cgroup_name.unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
+        config.cgroup_name = kernel
+            .cgroup_name
+            .unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
         phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
@@ -357,27 +399,39 @@ impl Observer {
                     config.slot_caller_alt = other.caller;
                     config.slot_outer_alt = other.outer;
                 }
-                Classification::CallSite { caller_slot: slots.caller, outer_slot: slots.outer }
+                Classification::CallSite {
+                    caller_slot: slots.caller,
+                    outer_slot: slots.outer,
+                }
             }
             (Backend::TpBtf, Err(reason)) => {
-                tracing::warn!("call-site calibration failed ({reason}); every check will count as audited");
+                tracing::warn!(
+                    "call-site calibration failed ({reason}); every check will count as audited"
+                );
                 Classification::Uncalibrated(reason)
             }
             (_, Ok((slots, _))) => {
                 calibrate::apply(&mut config, Some(slots), &ranges);
-                Classification::Opts { call_site: Some(slots) }
+                Classification::Opts {
+                    call_site: Some(slots),
+                }
             }
             (_, Err(reason)) => {
-                tracing::warn!("call-site calibration failed ({reason}); advisory checks will count as silent");
+                tracing::warn!(
+                    "call-site calibration failed ({reason}); advisory checks will count as silent"
+                );
                 calibrate::apply(&mut config, None, &ranges);
                 Classification::Opts { call_site: None }
             }
         };
         let mut config_map: Array<_, Config> = Array::try_from(
-            ebpf.map_mut(names::CONFIG).ok_or(ObserverError::Missing(names::CONFIG))?,
+            ebpf.map_mut(names::CONFIG)
+                .ok_or(ObserverError::Missing(names::CONFIG))?,
         )
         .map_err(map_err(names::CONFIG))?;
-        config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))?;
 
         // The backend first. Calibration has just left the tracepoint, and
         // the next first attach to any tracepoint waits out an RCU grace
@@ -413,7 +467,9 @@ impl Observer {
     /// is attached before the old one is detached, so no check goes
     /// uncounted across a restart (a few may be counted twice).
     fn pin_links(&mut self) -> Result<(), ObserverError> {
-        let Some(dir) = self.pin_dir.clone() else { return Ok(()) };
+        let Some(dir) = self.pin_dir.clone() else {
+            return Ok(());
+        };
         // The old programs keep checks pending in their own `HOT`, which
         // goes away with them: have every CPU flush into the shared
         // `COUNTS` first.
@@ -427,7 +483,12 @@ impl Observer {
                         .ok_or(ObserverError::Missing(names::PROG_TP_BTF))?
                         .try_into()
                         .map_err(program_err(names::PROG_TP_BTF))?;
-                    (name, prog.take_link(id).map_err(program_err(names::PROG_TP_BTF))?.into())
+                    (
+                        name,
+                        prog.take_link(id)
+                            .map_err(program_err(names::PROG_TP_BTF))?
+                            .into(),
+                    )
                 }
                 Attached::Fexit(name, id) => {
                     let prog: &mut FExit = self
@@ -436,7 +497,12 @@ impl Observer {
                         .ok_or(ObserverError::Missing(names::PROG_FEXIT))?
                         .try_into()
                         .map_err(program_err(names::PROG_FEXIT))?;
-                    (name, prog.take_link(id).map_err(program_err(names::PROG_FEXIT))?.into())
+                    (
+                        name,
+                        prog.take_link(id)
+                            .map_err(program_err(names::PROG_FEXIT))?
+                            .into(),
+                    )
                 }
                 Attached::Lsm(name, id) => {
                     let prog: &mut Lsm = self
@@ -445,10 +511,17 @@ impl Observer {
                         .ok_or(ObserverError::Missing(names::PROG_LSM))?
                         .try_into()
                         .map_err(program_err(names::PROG_LSM))?;
-                    (name, prog.take_link(id).map_err(program_err(names::PROG_LSM))?.into())
+                    (
+                        name,
+                        prog.take_link(id)
+                            .map_err(program_err(names::PROG_LSM))?
+                            .into(),
+                    )
                 }
                 Attached::Kprobe(name) => {
-                    tracing::warn!("{name}: kprobe links are not pinned; checks made while the daemon is down are lost");
+                    tracing::warn!(
+                        "{name}: kprobe links are not pinned; checks made while the daemon is down are lost"
+                    );
                     continue;
                 }
             };
@@ -463,7 +536,9 @@ impl Observer {
                     }
                 }
             }
-            link.pin(&path).map_err(|e| ObserverError::Internal(format!("cannot pin {}: {e}", path.display())))?;
+            link.pin(&path).map_err(|e| {
+                ObserverError::Internal(format!("cannot pin {}: {e}", path.display()))
+            })?;
         }
         Ok(())
     }
@@ -480,13 +555,20 @@ impl Observer {
             bpf_lsm_active()?;
         }
         let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
-        let prog = self.ebpf.program_mut(calibration_program(backend)).ok_or("no such program")?;
+        let prog = self
+            .ebpf
+            .program_mut(calibration_program(backend))
+            .ok_or("no such program")?;
         let result = match backend {
-            Backend::TpBtf => <&mut BtfTracePoint>::try_from(prog)
-                .and_then(|p| p.load(names::TRACEPOINT_NAME, &btf).and_then(|()| p.unload())),
+            Backend::TpBtf => <&mut BtfTracePoint>::try_from(prog).and_then(|p| {
+                p.load(names::TRACEPOINT_NAME, &btf)
+                    .and_then(|()| p.unload())
+            }),
             Backend::Fexit => <&mut FExit>::try_from(prog)
                 .and_then(|p| p.load(names::HOOK_FUNCTION, &btf).and_then(|()| p.unload())),
-            Backend::Kprobe => <&mut KProbe>::try_from(prog).and_then(|p| p.load().and_then(|()| p.unload())),
+            Backend::Kprobe => {
+                <&mut KProbe>::try_from(prog).and_then(|p| p.load().and_then(|()| p.unload()))
+            }
             Backend::Lsm => <&mut Lsm>::try_from(prog)
                 .and_then(|p| p.load(names::LSM_HOOK, &btf).and_then(|()| p.unload())),
         };
@@ -513,10 +595,14 @@ impl Observer {
     /// Profiles the subtree rooted at `cgroup_id` in `mode` (`watch::*`).
     pub fn watch(&mut self, cgroup_id: u64, mode: u32) -> Result<(), ObserverError> {
         let mut roots: HashMap<_, u64, u32> = HashMap::try_from(
-            self.ebpf.map_mut(names::WATCH_ROOTS).ok_or(ObserverError::Missing(names::WATCH_ROOTS))?,
+            self.ebpf
+                .map_mut(names::WATCH_ROOTS)
+                .ok_or(ObserverError::Missing(names::WATCH_ROOTS))?,
         )
         .map_err(map_err(names::WATCH_ROOTS))?;
-        roots.insert(cgroup_id, mode, 0).map_err(map_err(names::WATCH_ROOTS))?;
+        roots
+            .insert(cgroup_id, mode, 0)
+            .map_err(map_err(names::WATCH_ROOTS))?;
         // Every decision cached so far ("unwatched" below the new root
         // included) is now stale.
         self.bump_watch_generation()
@@ -526,14 +612,18 @@ impl Observer {
     /// decisions for `ids`.
     pub fn unwatch(&mut self, cgroup_id: u64, ids: &[u64]) -> Result<(), ObserverError> {
         let mut roots: HashMap<_, u64, u32> = HashMap::try_from(
-            self.ebpf.map_mut(names::WATCH_ROOTS).ok_or(ObserverError::Missing(names::WATCH_ROOTS))?,
+            self.ebpf
+                .map_mut(names::WATCH_ROOTS)
+                .ok_or(ObserverError::Missing(names::WATCH_ROOTS))?,
         )
         .map_err(map_err(names::WATCH_ROOTS))?;
         let _ = roots.remove(&cgroup_id);
         self.bump_watch_generation()?;
         // aya's HashMap also opens LRU hash maps.
         let mut cache: HashMap<_, u64, u32> = HashMap::try_from(
-            self.ebpf.map_mut(names::CGROUPS).ok_or(ObserverError::Missing(names::CGROUPS))?,
+            self.ebpf
+                .map_mut(names::CGROUPS)
+                .ok_or(ObserverError::Missing(names::CGROUPS))?,
         )
         .map_err(map_err(names::CGROUPS))?;
         for id in ids {
@@ -548,16 +638,25 @@ impl Observer {
     /// set of maps, so read-modify-write is safe.
     fn bump_watch_generation(&mut self) -> Result<(), ObserverError> {
         let mut generations: Array<_, u32> = Array::try_from(
-            self.ebpf.map_mut(names::GENERATION).ok_or(ObserverError::Missing(names::GENERATION))?,
+            self.ebpf
+                .map_mut(names::GENERATION)
+                .ok_or(ObserverError::Missing(names::GENERATION))?,
         )
         .map_err(map_err(names::GENERATION))?;
-        let current = generations.get(&generations::WATCH, 0).map_err(map_err(names::GENERATION))?;
-        generations.set(generations::WATCH, current.wrapping_add(1), 0).map_err(map_err(names::GENERATION))
+        let current = generations
+            .get(&generations::WATCH, 0)
+            .map_err(map_err(names::GENERATION))?;
+        generations
+            .set(generations::WATCH, current.wrapping_add(1), 0)
+            .map_err(map_err(names::GENERATION))
     }
 
     /// Takes the ring buffer, for a reader task to own.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ObserverError> {
-        let map = self.ebpf.take_map(names::EVENTS).ok_or(ObserverError::Missing(names::EVENTS))?;
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(ObserverError::Missing(names::EVENTS))?;
         RingBuf::try_from(map).map_err(map_err(names::EVENTS))
     }
 
@@ -577,7 +676,9 @@ impl Observer {
         flush_pending();
         let out = self.read_consistent(&wanted)?;
         let mut counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
-            self.ebpf.map_mut(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
+            self.ebpf
+                .map_mut(names::COUNTS)
+                .ok_or(ObserverError::Missing(names::COUNTS))?,
         )
         .map_err(map_err(names::COUNTS))?;
         for (key, _) in &out {
@@ -596,15 +697,24 @@ impl Observer {
         wanted: impl Fn(u64) -> bool,
     ) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
         let counts: HashMap<_, CheckKey, CheckStats> = HashMap::try_from(
-            self.ebpf.map(names::COUNTS).ok_or(ObserverError::Missing(names::COUNTS))?,
+            self.ebpf
+                .map(names::COUNTS)
+                .ok_or(ObserverError::Missing(names::COUNTS))?,
         )
         .map_err(map_err(names::COUNTS))?;
         let hot: PerCpuArray<_, HotCache> = PerCpuArray::try_from(
-            self.ebpf.map(names::HOT).ok_or(ObserverError::Missing(names::HOT))?,
+            self.ebpf
+                .map(names::HOT)
+                .ok_or(ObserverError::Missing(names::HOT))?,
         )
         .map_err(map_err(names::HOT))?;
         let read_hot = || -> Result<Vec<HotCache>, ObserverError> {
-            Ok(hot.get(&0, 0).map_err(map_err(names::HOT))?.iter().copied().collect())
+            Ok(hot
+                .get(&0, 0)
+                .map_err(map_err(names::HOT))?
+                .iter()
+                .copied()
+                .collect())
         };
         let mut attempt = 0;
         loop {
@@ -616,11 +726,17 @@ impl Observer {
                 .collect();
             let after = read_hot()?;
             attempt += 1;
-            let flushed = before.iter().zip(&after).any(|(b, a)| b.pend_seq != a.pend_seq);
+            let flushed = before
+                .iter()
+                .zip(&after)
+                .any(|(b, a)| b.pend_seq != a.pend_seq);
             if flushed && attempt < 3 {
                 continue;
             }
-            for entry in after.iter().filter(|h| h.pend_count > 0 && wanted(h.pend_key.cgroup_id)) {
+            for entry in after
+                .iter()
+                .filter(|h| h.pend_count > 0 && wanted(h.pend_key.cgroup_id))
+            {
                 // A pending key always has its counter (it was armed by a
                 // check counted there); one that is gone was drained.
                 if let Some(stats) = out.get_mut(&entry.pend_key) {
@@ -633,7 +749,9 @@ impl Observer {
 
     pub fn kernel_stats(&self) -> Result<KernelStats, ObserverError> {
         let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map(names::STATS).ok_or(ObserverError::Missing(names::STATS))?,
+            self.ebpf
+                .map(names::STATS)
+                .ok_or(ObserverError::Missing(names::STATS))?,
         )
         .map_err(map_err(names::STATS))?;
         let sum = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
@@ -724,10 +842,16 @@ const SYSCALL_NR_OFFSET: Option<u32> = None;
 /// need RLIMIT_MEMLOCK raised. Root here lacks CAP_SYS_RESOURCE, so failure
 /// is expected and harmless on new kernels.
 fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to a rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        tracing::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -765,7 +889,8 @@ fn calibrate_slots(
     run_calibration(prog, btf, backend).map_err(|e| CalibrateError::Refused(refusal(&e)))?;
     let samples = calibration_samples(ebpf)?;
     log_samples(backend, &samples);
-    let slots = calibrate::find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    let slots = calibrate::find_slots(&samples, kallsyms)
+        .map_err(|e| CalibrateError::Failed(e.to_string()))?;
     Ok((slots, None))
 }
 
@@ -780,7 +905,10 @@ fn calibrate_tracepoint(
     btf: &aya::Btf,
     kallsyms: &Kallsyms,
 ) -> Result<(calibrate::Slots, Option<calibrate::Slots>), CalibrateError> {
-    fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut BtfTracePoint, CalibrateError> {
+    fn tracepoint<'a>(
+        ebpf: &'a mut Ebpf,
+        name: &str,
+    ) -> Result<&'a mut BtfTracePoint, CalibrateError> {
         ebpf.program_mut(name)
             .ok_or_else(|| CalibrateError::Failed(format!("no program {name}")))?
             .try_into()
@@ -794,8 +922,10 @@ fn calibrate_tracepoint(
     let first = calibration_samples(ebpf);
 
     let spacer = tracepoint(ebpf, names::PROG_BENCH_EMPTY).and_then(|p| {
-        p.load(names::TRACEPOINT_NAME, btf).map_err(|e| CalibrateError::Failed(e.to_string()))?;
-        p.attach().map_err(|e| CalibrateError::Failed(e.to_string()))
+        p.load(names::TRACEPOINT_NAME, btf)
+            .map_err(|e| CalibrateError::Failed(e.to_string()))?;
+        p.attach()
+            .map_err(|e| CalibrateError::Failed(e.to_string()))
     });
     let second = match &spacer {
         Ok(_) => {
@@ -818,7 +948,8 @@ fn calibrate_tracepoint(
 
     let first = first?;
     log_samples(Backend::TpBtf, &first);
-    let slots = calibrate::find_slots(&first, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    let slots = calibrate::find_slots(&first, kallsyms)
+        .map_err(|e| CalibrateError::Failed(e.to_string()))?;
     // The second pass's samples follow the first's in `CALIB`.
     let other = second
         .and_then(|all| all.get(first.len()..).map(<[_]>::to_vec))
@@ -847,8 +978,14 @@ fn log_samples(backend: Backend, samples: &[CalibSample]) {
     tracing::debug!(
         "{backend} calibration: {} samples, {} of the audited probe, {} of the advisory one",
         samples.len(),
-        samples.iter().filter(|s| s.cap == calibrate::PROBE_CAP).count(),
-        samples.iter().filter(|s| s.cap == calibrate::ADVISORY_CAP).count(),
+        samples
+            .iter()
+            .filter(|s| s.cap == calibrate::PROBE_CAP)
+            .count(),
+        samples
+            .iter()
+            .filter(|s| s.cap == calibrate::ADVISORY_CAP)
+            .count(),
     );
 }
 
@@ -927,7 +1064,10 @@ fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
 /// Why the kernel refused a program, in one line.
 fn refusal(err: &ProgramError) -> String {
     match err {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             match log.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
                 Some(last) => format!("the verifier refused the program ({io_error}): {last}"),
@@ -935,14 +1075,29 @@ fn refusal(err: &ProgramError) -> String {
             }
         }
         ProgramError::KProbeError(KProbeError::FileError { filename, io_error }) => {
-            format!("kprobes are not available ({}: {io_error})", filename.display())
+            format!(
+                "kprobes are not available ({}: {io_error})",
+                filename.display()
+            )
         }
-        other => other.to_string().lines().next().unwrap_or_default().to_owned(),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 
-fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<Attached, ObserverError> {
-    let unavailable = |e: ProgramError| ObserverError::BackendUnavailable { backend, reason: refusal(&e) };
+fn attach_backend(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    backend: Backend,
+) -> Result<Attached, ObserverError> {
+    let unavailable = |e: ProgramError| ObserverError::BackendUnavailable {
+        backend,
+        reason: refusal(&e),
+    };
     match backend {
         Backend::TpBtf => {
             let prog: &mut BtfTracePoint = ebpf
@@ -950,7 +1105,8 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<A
                 .ok_or(ObserverError::Missing(names::PROG_TP_BTF))?
                 .try_into()
                 .map_err(program_err(names::PROG_TP_BTF))?;
-            prog.load(names::TRACEPOINT_NAME, btf).map_err(program_err(names::PROG_TP_BTF))?;
+            prog.load(names::TRACEPOINT_NAME, btf)
+                .map_err(program_err(names::PROG_TP_BTF))?;
             let id = prog.attach().map_err(program_err(names::PROG_TP_BTF))?;
             Ok(Attached::TpBtf(names::PROG_TP_BTF, id))
         }
@@ -1001,20 +1157,36 @@ mod tests {
     fn object_has_every_named_map_and_program() {
         let obj = aya_obj::Object::parse(OBJECT).unwrap();
         for name in names::ALL_MAPS {
-            assert!(obj.maps.contains_key(*name), "map {name} missing from the object");
+            assert!(
+                obj.maps.contains_key(*name),
+                "map {name} missing from the object"
+            );
         }
         for name in names::ALL_PROGRAMS {
-            assert!(obj.programs.contains_key(*name), "program {name} missing from the object");
+            assert!(
+                obj.programs.contains_key(*name),
+                "program {name} missing from the object"
+            );
         }
     }
 
     #[test]
     fn backend_choice_follows_the_kernel() {
-        let tp = KernelBtf { has_cap_tracepoint: true, has_cap_capable_func: true, ..Default::default() };
+        let tp = KernelBtf {
+            has_cap_tracepoint: true,
+            has_cap_capable_func: true,
+            ..Default::default()
+        };
         assert_eq!(choose_backend(&tp).0, Backend::TpBtf);
-        let old = KernelBtf { has_cap_tracepoint: false, ..tp.clone() };
+        let old = KernelBtf {
+            has_cap_tracepoint: false,
+            ..tp.clone()
+        };
         assert_eq!(choose_backend(&old).0, Backend::Fexit);
-        let bare = KernelBtf { has_cap_capable_func: false, ..old };
+        let bare = KernelBtf {
+            has_cap_capable_func: false,
+            ..old
+        };
         assert_eq!(choose_backend(&bare).0, Backend::Kprobe);
     }
 }

@@ -56,9 +56,13 @@ pub fn link_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn is_bpffs_mounted(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     info.lines().any(|line| {
-        let Some((left, right)) = line.split_once(" - ") else { return false };
+        let Some((left, right)) = line.split_once(" - ") else {
+            return false;
+        };
         right.split_ascii_whitespace().next() == Some("bpf")
             && left.split_ascii_whitespace().nth(4).map(Path::new) == Some(path)
     })
@@ -69,15 +73,29 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), PinError> {
     if is_bpffs_mounted(path) {
         return Ok(());
     }
-    fs::create_dir_all(path).map_err(|source| PinError::Mount { path: path.to_owned(), source })?;
-    let target = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| PinError::Mount { path: path.to_owned(), source: io::Error::other(e) })?;
+    fs::create_dir_all(path).map_err(|source| PinError::Mount {
+        path: path.to_owned(),
+        source,
+    })?;
+    let target = CString::new(path.as_os_str().as_bytes()).map_err(|e| PinError::Mount {
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(PinError::Mount { path: path.to_owned(), source: io::Error::last_os_error() });
+        return Err(PinError::Mount {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        });
     }
     tracing::info!("mounted bpffs at {}", path.display());
     Ok(())
@@ -142,7 +160,10 @@ mod tests {
     #[test]
     fn pin_paths_carry_the_abi_version() {
         let dir = pin_dir(Path::new("/sys/fs/bpf"));
-        assert_eq!(dir, PathBuf::from(format!("/sys/fs/bpf/capprof/v{MAP_ABI_VERSION}")));
+        assert_eq!(
+            dir,
+            PathBuf::from(format!("/sys/fs/bpf/capprof/v{MAP_ABI_VERSION}"))
+        );
         assert_eq!(map_path(&dir, "COUNTS"), dir.join("maps/COUNTS"));
     }
 }

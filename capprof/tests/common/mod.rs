@@ -52,7 +52,10 @@ pub fn fixture_file(path: &Path, uid: u32, gid: u32, mode: u32) {
 }
 
 pub fn capprof(args: &[&str]) -> Output {
-    Command::new(CAPPROF).args(args).output().expect("capprof runs")
+    Command::new(CAPPROF)
+        .args(args)
+        .output()
+        .expect("capprof runs")
 }
 
 /// `capprof run --out FILE -q -- CMD…`: the exit status and the profile.
@@ -88,6 +91,9 @@ pub fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }

@@ -254,7 +254,11 @@ fn overflow(
         for d in &dirs {
             ids.insert(cgroup::cgroup_id(d)?);
         }
-        let spec = WorkerSpec { workload: Workload::Overflow, cgroups: dirs, cpu: Some(t % ncpu) };
+        let spec = WorkerSpec {
+            workload: Workload::Overflow,
+            cgroups: dirs,
+            cpu: Some(t % ncpu),
+        };
         let mut w = spec.spawn()?;
         w.wait_ready()?;
         workers.push(w);
@@ -272,7 +276,8 @@ fn overflow(
     // EvidenceEvent: u32 event at 0, u32 cap at 4, tgid at 24.
     while let Some(item) = ring.next() {
         let word = |at: usize| {
-            item.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            item.get(at..at + 4)
+                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
         };
         if word(0) == EVENT_EVIDENCE && word(4) == CAP_KILL && pids.contains(&word(24)) {
             line.overflow_records += 1;
