@@ -138,9 +138,12 @@ pub const HOT_SITES: usize = 8;
 ///
 /// Pending checks: once a counter has had its `EVIDENCE_BUDGET` checks, a
 /// repeat of the same key within the same jiffy is only counted here, with
-/// no hash lookup and no atomic on a shared cache line. The pending checks
-/// are added to `COUNTS` (flushed) at the first check on this CPU with
-/// another key, another cgroup or another jiffy. Userspace adds what is
+/// no hash lookup and no atomic on a shared cache line. Keys have
+/// `HOT_PENDING` slots, chosen by `pending_slot`, so a workload that
+/// alternates between a few capabilities keeps each in its own. A slot's
+/// checks are added to `COUNTS` (flushed) at the first check on this CPU
+/// that takes the slot with another key or in another jiffy, and all slots
+/// at a change of cgroup. Userspace adds what is
 /// still pending when it reads (see `Observer::read_counts`), and before
 /// draining makes every CPU flush (`Observer::flush_pending`). A
 /// capability's first checks always go to `COUNTS` directly, so nothing
@@ -162,18 +165,28 @@ pub struct HotCache {
     /// Return address -> `kind::*`; an address of 0 is an empty entry.
     pub site_addr: [u64; HOT_SITES],
     pub site_kind: [u8; HOT_SITES],
-    /// The key checks are pending for; a `cgroup_id` of 0 when none.
-    pub pend_key: CheckKey,
+    /// The keys checks are pending for; a `cgroup_id` of 0 when none.
+    pub pend_key: [CheckKey; HOT_PENDING],
     /// Checks of `pend_key` counted here and not yet in `COUNTS`.
-    pub pend_count: u64,
-    /// The jiffy they were made in. The check that armed `pend_key` was
-    /// counted in `COUNTS` in that jiffy, so `last_ns` already covers them.
-    pub pend_jiffies: u64,
+    pub pend_count: [u64; HOT_PENDING],
+    /// The jiffy they were made in. The check that armed a slot was counted
+    /// in `COUNTS` in that jiffy, so `last_ns` already covers them.
+    pub pend_jiffies: [u64; HOT_PENDING],
     /// Bumped at every flush, so that userspace can tell whether one
     /// happened while it read `COUNTS`.
     pub pend_seq: u64,
 }
-const _: () = assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES + 16 + 24);
+const _: () =
+    assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES + 32 * HOT_PENDING + 8);
+
+/// Pending slots in `HotCache`, a power of two.
+pub const HOT_PENDING: usize = 8;
+
+/// The pending slot of a key: spreads the capabilities a workload mixes
+/// (the storm's six, and the advisory mmap probe) over different slots.
+pub const fn pending_slot(key: &CheckKey) -> usize {
+    (key.cap as usize + 5 * key.kind as usize + 3 * key.verdict as usize) & (HOT_PENDING - 1)
+}
 
 /// Whether a check was made by the workload or by the container runtime
 /// setting it up. Stable ids.

@@ -39,8 +39,9 @@ use aya_ebpf::{
 };
 use capprof_common::{
     check::{
-        CheckKey, CheckStats, EVIDENCE_BUDGET, EvidenceKey, HOT_SITES, HotCache, SYSCALL_UNKNOWN,
-        VERDICT_DENIED, VERDICT_GRANTED, decision, generations, kind, phase, stat, watch,
+        CheckKey, CheckStats, EVIDENCE_BUDGET, EvidenceKey, HOT_PENDING, HOT_SITES, HotCache,
+        SYSCALL_UNKNOWN, VERDICT_DENIED, VERDICT_GRANTED, decision, generations, kind,
+        pending_slot, phase, stat, watch,
     },
     config::{CgroupNameOffsets, Config, MAX_CGROUP_DEPTH, MAX_FUNC_RANGES},
     event::{CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EvidenceEvent},
@@ -82,7 +83,9 @@ pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite) {
     let hot = unsafe { &mut *hot };
     let watch_gen = generation(generations::WATCH);
     if hot.cgroup_id != cgroup_id || hot.watch_gen != watch_gen {
-        flush_pending(hot);
+        for slot in 0..HOT_PENDING {
+            flush_pending(hot, slot);
+        }
         hot.mode = cgroup_mode(cgroup_id, watch_gen);
         hot.cgroup_id = cgroup_id;
         hot.watch_gen = watch_gen;
@@ -153,19 +156,20 @@ fn observe_watched(
     };
     // SAFETY: helper with no arguments.
     let jiffies = unsafe { bpf_jiffies64() };
-    if hot.pend_key == key && hot.pend_jiffies == jiffies {
-        hot.pend_count += 1;
+    let slot = pending_slot(&key);
+    if hot.pend_key[slot] == key && hot.pend_jiffies[slot] == jiffies {
+        hot.pend_count[slot] += 1;
         return;
     }
-    flush_pending(hot);
+    flush_pending(hot, slot);
     let before = count(&key, jiffies);
     if before == u64::MAX {
         return;
     }
     if before + 1 >= EVIDENCE_BUDGET {
         // The budget is spent: repeats in this jiffy stay in `HOT`.
-        hot.pend_key = key;
-        hot.pend_jiffies = jiffies;
+        hot.pend_key[slot] = key;
+        hot.pend_jiffies[slot] = jiffies;
     }
     if before >= EVIDENCE_BUDGET {
         return;
@@ -384,16 +388,17 @@ unsafe fn read_cgroup_names(o: &CgroupNameOffsets, name: &mut [u8], parent: &mut
     }
 }
 
-/// Adds the checks pending in `HOT` to `COUNTS`.
+/// Adds the checks pending in one of `HOT`'s slots to `COUNTS`.
 #[inline(always)]
-fn flush_pending(hot: &mut HotCache) {
-    let n = hot.pend_count;
+fn flush_pending(hot: &mut HotCache, slot: usize) {
+    let slot = slot & (HOT_PENDING - 1);
+    let n = hot.pend_count[slot];
     if n == 0 {
         return;
     }
-    hot.pend_count = 0;
+    hot.pend_count[slot] = 0;
     hot.pend_seq += 1;
-    match COUNTS.get_ptr_mut(&hot.pend_key) {
+    match COUNTS.get_ptr_mut(&hot.pend_key[slot]) {
         // SAFETY: a live map value; the counter is only updated atomically.
         Some(stats) => unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, n);

@@ -733,14 +733,15 @@ impl Observer {
             if flushed && attempt < 3 {
                 continue;
             }
-            for entry in after
+            let pending = after
                 .iter()
-                .filter(|h| h.pend_count > 0 && wanted(h.pend_key.cgroup_id))
-            {
+                .flat_map(|h| h.pend_key.iter().zip(h.pend_count))
+                .filter(|(key, n)| *n > 0 && wanted(key.cgroup_id));
+            for (key, n) in pending {
                 // A pending key always has its counter (it was armed by a
                 // check counted there); one that is gone was drained.
-                if let Some(stats) = out.get_mut(&entry.pend_key) {
-                    stats.count += entry.pend_count;
+                if let Some(stats) = out.get_mut(key) {
+                    stats.count += n;
                 }
             }
             return Ok(out.into_iter().collect());
