@@ -15,13 +15,13 @@
 //!   `cap_capable`'s caller and, when that is `security_capable`, into its
 //!   caller), each resolved through `HOT`'s small site cache, then `SITES`,
 //!   then the function ranges. `bpf_get_stack` would cost about 30x the
-//!   counter (1.9 µs vs 60 ns). With `opts` (fexit, kprobe), an audited
+//!   counter (1.9 µs vs 60 ns). With `opts` (fexit, kprobe, lsm), an audited
 //!   check needs no call site at all.
 //! - a counter's first `EVIDENCE_BUDGET` checks each cost a hash lookup, an
 //!   atomic add and the evidence dedup (syscall, comm, `EVIDENCE_SEEN`, a
-//!   ring buffer record on first sight). After that, a check that repeats
-//!   the previous one on this CPU within the same jiffy only bumps a
-//!   per-CPU pending count in `HOT` (see `HotCache`): no hash lookup, no
+//!   ring buffer record on first sight). After that, a check whose key is
+//!   already pending on this CPU within the same jiffy only bumps one of
+//!   `HOT`'s eight pending counts (see `HotCache`): no hash lookup, no
 //!   shared cache line. The counter gets it at most once a jiffy.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
