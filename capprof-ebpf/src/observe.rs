@@ -463,8 +463,10 @@ pub fn read_sites(config: &Config, frame: u64) -> (u64, u64) {
     if !config.calibrated() || frame == 0 {
         return (0, 0);
     }
-    let (caller, outer) = (config.slot_caller, config.slot_outer);
-    (read_slot(frame, caller), read_slot(frame, outer))
+    (
+        read_slot(frame, config.slot_caller),
+        read_slot(frame, config.slot_outer),
+    )
 }
 
 /// Resolves the return addresses of a check to its kind.

@@ -881,13 +881,46 @@ fn calibrate_slots(
     kallsyms: &Kallsyms,
     backend: Backend,
 ) -> Result<(calibrate::Slots, Option<calibrate::Slots>), CalibrateError> {
-    if backend == Backend::TpBtf {
-        return calibrate_tracepoint(ebpf, btf, kallsyms);
-    }
     let prog = ebpf
         .program_mut(calibration_program(backend))
         .ok_or_else(|| CalibrateError::Failed("no calibration program".to_owned()))?;
-    run_calibration(prog, btf, backend).map_err(|e| CalibrateError::Refused(refusal(&e)))?;
+    // Loads and attaches the calibration program, triggers the known checks,
+    // and detaches it.
+    let ran = (|| -> Result<(), ProgramError> {
+        match backend {
+            // Two layouts, two passes: see calibrate_tracepoint.
+            Backend::TpBtf => return Ok(()),
+            Backend::Fexit => {
+                let prog: &mut FExit = prog.try_into()?;
+                prog.load(names::HOOK_FUNCTION, btf)?;
+                let link = prog.attach()?;
+                calibrate::trigger_probes();
+                prog.detach(link)?;
+                let _ = prog.unload();
+            }
+            Backend::Kprobe => {
+                let prog: &mut KProbe = prog.try_into()?;
+                prog.load()?;
+                let link = prog.attach(names::HOOK_FUNCTION, 0)?;
+                calibrate::trigger_probes();
+                prog.detach(link)?;
+                let _ = prog.unload();
+            }
+            Backend::Lsm => {
+                let prog: &mut Lsm = prog.try_into()?;
+                prog.load(names::LSM_HOOK, btf)?;
+                let link = prog.attach()?;
+                calibrate::trigger_probes();
+                prog.detach(link)?;
+                let _ = prog.unload();
+            }
+        }
+        Ok(())
+    })();
+    ran.map_err(|e| CalibrateError::Refused(refusal(&e)))?;
+    if backend == Backend::TpBtf {
+        return calibrate_tracepoint(ebpf, btf, kallsyms);
+    }
     let samples = calibration_samples(ebpf)?;
     log_samples(backend, &samples);
     let slots = calibrate::find_slots(&samples, kallsyms)
@@ -988,50 +1021,6 @@ fn log_samples(backend: Backend, samples: &[CalibSample]) {
             .filter(|s| s.cap == calibrate::ADVISORY_CAP)
             .count(),
     );
-}
-
-/// Loads and attaches the calibration program, triggers the known checks,
-/// and detaches it.
-fn run_calibration(
-    prog: &mut aya::programs::Program,
-    btf: &aya::Btf,
-    backend: Backend,
-) -> Result<(), ProgramError> {
-    match backend {
-        Backend::TpBtf => {
-            let prog: &mut BtfTracePoint = prog.try_into()?;
-            prog.load(names::TRACEPOINT_NAME, btf)?;
-            let link = prog.attach()?;
-            calibrate::trigger_probes();
-            prog.detach(link)?;
-            let _ = prog.unload();
-        }
-        Backend::Fexit => {
-            let prog: &mut FExit = prog.try_into()?;
-            prog.load(names::HOOK_FUNCTION, btf)?;
-            let link = prog.attach()?;
-            calibrate::trigger_probes();
-            prog.detach(link)?;
-            let _ = prog.unload();
-        }
-        Backend::Kprobe => {
-            let prog: &mut KProbe = prog.try_into()?;
-            prog.load()?;
-            let link = prog.attach(names::HOOK_FUNCTION, 0)?;
-            calibrate::trigger_probes();
-            prog.detach(link)?;
-            let _ = prog.unload();
-        }
-        Backend::Lsm => {
-            let prog: &mut Lsm = prog.try_into()?;
-            prog.load(names::LSM_HOOK, btf)?;
-            let link = prog.attach()?;
-            calibrate::trigger_probes();
-            prog.detach(link)?;
-            let _ = prog.unload();
-        }
-    }
-    Ok(())
 }
 
 /// Process lifecycle hooks for the runtime-setup/workload split. Without

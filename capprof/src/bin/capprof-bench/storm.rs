@@ -60,6 +60,9 @@ pub struct StormLine {
     pub ringbuf_lost: u64,
     pub cgroup_events_lost: u64,
     pub counts_full: u64,
+    /// Pending checks flushed into a counter already drained (they were
+    /// read from `HOT` instead); 0 when every CPU could be made to flush.
+    pub pending_dropped: u64,
     /// Ring buffer records read during the storm.
     pub records: u64,
     /// Exercised pairs with no evidence record read.
@@ -179,6 +182,7 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
         ringbuf_lost: stats.ringbuf_lost,
         cgroup_events_lost: stats.cgroup_events_lost,
         counts_full: stats.counts_full,
+        pending_dropped: stats.pending_dropped,
         records: 0,
         pairs_without_evidence: 0,
         silent_loss: false,
