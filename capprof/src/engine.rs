@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use bollard::{API_DEFAULT_VERSION, Docker, query_parameters::EventsOptionsBuilder};
 use futures_util::{Stream, StreamExt as _};
 
-use crate::caps::Cap;
+use crate::capability::Cap;
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 const TIMEOUT_SECS: u64 = 30;

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::{caps::Cap, profile::Profile};
+use crate::{capability::Cap, profile::Profile};
 
 /// What `render` produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -4,7 +4,7 @@
 //! too.
 
 pub mod attribution;
-pub mod caps;
+pub mod capability;
 pub mod cgroup;
 pub mod cmd;
 pub mod daemon;

@@ -12,7 +12,7 @@ use std::{
 use capprof_common::check::{VERDICT_DENIED, kind, phase};
 use serde::{Deserialize, Serialize};
 
-use crate::caps::Cap;
+use crate::capability::Cap;
 
 pub const SCHEMA: &str = "capprof.profile/v1";
 

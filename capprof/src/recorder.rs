@@ -55,7 +55,7 @@ pub struct PersistedContainer {
     pub cgroup_ids: Vec<u64>,
     pub name: Option<String>,
     pub image: Option<String>,
-    pub capabilities: Option<Vec<crate::caps::Cap>>,
+    pub capabilities: Option<Vec<crate::capability::Cap>>,
     pub exited: bool,
     pub base: Option<Profile>,
     pub current: Option<Profile>,

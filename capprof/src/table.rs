@@ -45,7 +45,7 @@ fn usage_table(usages: &[CapUsage]) -> Table {
 /// The profile as a table plus a one-line summary.
 pub fn render_profile(profile: &Profile) -> String {
     let mut out = String::new();
-    let names = |caps: &[crate::caps::Cap]| {
+    let names = |caps: &[crate::capability::Cap]| {
         if caps.is_empty() {
             "(none)".to_owned()
         } else {

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use capprof::{
-    caps::Cap,
+    capability::Cap,
     daemon::{config::DaemonConfig, metrics},
 };
 use serde::Deserialize as _;

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capprof::caps::Cap;
+use capprof::capability::Cap;
 use common::*;
 use serde_json::Value;
 

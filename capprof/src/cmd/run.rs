@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    caps::Cap,
+    capability::Cap,
     cgroup::{self, OwnedCgroup},
     error::Error,
     fsutil,

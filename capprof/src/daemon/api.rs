@@ -431,7 +431,7 @@ pub(crate) mod testing {
 
     use super::{Query, QueryTx, bind, serve};
     use crate::{
-        caps::Cap,
+        capability::Cap,
         daemon::query::{ContainerSummary, Group, Health, MetricsSnapshot},
         profile::Profile,
     };

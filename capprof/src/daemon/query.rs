@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{caps::Cap, profile::Profile};
+use crate::{capability::Cap, profile::Profile};
 
 /// One line of `capprof ps` / `GET /v1/containers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,5 @@
-//! Capability names: parsing, validation and display.
+//! Capability names: parsing, validation and display. (Not named `caps`,
+//! which would shadow the `caps` crate the daemon uses to drop its own.)
 
 use std::{fmt, str::FromStr};
 
