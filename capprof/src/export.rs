@@ -381,12 +381,8 @@ struct OciCapabilities {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use capprof_common::check::{VERDICT_GRANTED, kind, phase};
-
     use super::*;
-    use crate::profile::{Observation, Observations, Subject};
+    use crate::profile::Subject;
 
     fn cap(name: &str) -> Cap {
         name.parse().unwrap()
@@ -398,25 +394,12 @@ mod tests {
 
     /// A profile whose allowlist is exactly `names`.
     fn profile(names: &[&str]) -> Profile {
-        let mut obs = Observations::default();
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        for name in names {
-            obs.add_count(
-                cap(name),
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
-                1,
-                t,
-                t,
-            );
-        }
         let subject = Subject {
             kind: "container".into(),
             name: Some("web".into()),
             ..Default::default()
         };
-        let p = obs.into_profile(subject, Observation::default());
+        let p = crate::profile::with_allowlist(names, subject);
         assert_eq!(p.allowlist, caps(names), "test profile");
         p
     }

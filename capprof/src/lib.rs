@@ -12,7 +12,6 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod fsutil;
-pub mod kallsyms;
 pub mod observer;
 pub mod profile;
 pub mod recorder;

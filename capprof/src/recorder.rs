@@ -11,11 +11,11 @@ use crate::{
     attribution::attribute,
     engine::{ContainerEvent, ContainerInfo, safe_name},
     observer::{
-        Observer, ObserverError,
+        Count, Observer, ObserverError,
         events::{Record, cstr},
         reader::Received,
     },
-    profile::{Observation, Profile, Subject, rfc3339},
+    profile::{self, Class, Observation, Profile, Subject, rfc3339},
 };
 
 /// A cgroup seen in the kernel.
@@ -244,28 +244,20 @@ impl Recorder {
         &self,
         id: &str,
         observer: &Observer,
-        counts: &[(
-            capprof_common::check::CheckKey,
-            capprof_common::check::CheckStats,
-        )],
+        counts: &[Count],
     ) -> Option<Profile> {
         let rec = self.containers.get(id)?;
         let live: Vec<_> = counts
             .iter()
-            .filter(|(k, _)| rec.cgroup_ids.contains(&k.cgroup_id))
+            .filter(|c| rec.cgroup_ids.contains(&c.cgroup_id))
             .copied()
             .collect();
         if live.is_empty() {
             return rec.profile.clone();
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh = crate::cmd::run::build_profile(
-            observer,
-            live,
-            &rec.received,
-            subject(rec),
-            observation,
-        );
+        let sightings = rec.received.iter().filter_map(|r| observer.sighting(r));
+        let fresh = profile::build(live, sightings, subject(rec), observation);
         Some(onto(rec.profile.clone(), fresh))
     }
 
@@ -386,8 +378,8 @@ impl Recorder {
             return Ok(None);
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh =
-            crate::cmd::run::build_profile(observer, counts, &received, subject(rec), observation);
+        let sightings = received.iter().filter_map(|r| observer.sighting(r));
+        let fresh = profile::build(counts, sightings, subject(rec), observation);
         let profile = onto(rec.profile.take(), fresh);
         rec.profile = Some(profile.clone());
         Ok(Some(profile))
@@ -439,7 +431,7 @@ fn observation(
         classification: classification.to_owned(),
         lost_records: stats.ringbuf_lost,
         unclassified_checks: stats.unclassified,
-        unobservable: observer.unobservable(),
+        unobservable: Class::unobservable_on(observer.backend()),
     }
 }
 

@@ -139,7 +139,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     });
     // Not required: the lsm backend is only ever forced. Whether the kernel
     // also loads BPF-LSM programs is known after loading, below.
-    let lsm = bpf_lsm_active();
+    let lsm = bpf_lsm_active().map_err(|e| e.to_string());
     let lsm_list = fs::read_to_string(LSM_LIST)
         .unwrap_or_default()
         .trim()

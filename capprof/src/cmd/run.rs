@@ -20,17 +20,11 @@ use tokio::{
 };
 
 use crate::{
-    capability::Cap,
     cgroup::{self, OwnedCgroup},
     error::Error,
     fsutil,
-    observer::{
-        Backend, Classification, Observer,
-        events::{Record, comm_str},
-        preflight,
-        reader::{Received, read_events},
-    },
-    profile::{Clock, Evidence, Observation, Observations, Profile, Subject, Verdict, rfc3339},
+    observer::{Backend, Classification, Observer, events::Record, preflight, reader::read_events},
+    profile::{self, Class, Observation, Subject, rfc3339},
     table,
 };
 
@@ -179,12 +173,13 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         classification: observer.classification().to_string(),
         lost_records: stats.ringbuf_lost,
         unclassified_checks: stats.unclassified,
-        unobservable: observer.unobservable(),
+        unobservable: Class::unobservable_on(observer.backend()),
     };
     if let Classification::Uncalibrated(reason) = observer.classification() {
         tracing::warn!("classification uncalibrated: {reason}");
     }
-    let profile = build_profile(&observer, counts, &received, subject, observation);
+    let sightings = received.iter().filter_map(|r| observer.sighting(r));
+    let profile = profile::build(counts, sightings, subject, observation);
 
     if !args.quiet {
         eprint!("{}", table::render_profile(&profile));
@@ -369,75 +364,4 @@ async fn wait_for_descendants(cgroup: &OwnedCgroup) {
             _ = sigint.recv() => cgroup.kill_all(),
         }
     }
-}
-
-pub fn syscall_name(nr: u32) -> Option<String> {
-    if nr == capprof_common::check::SYSCALL_UNKNOWN {
-        return None;
-    }
-    Some(match syscalls::Sysno::new(nr as usize) {
-        Some(sysno) => sysno.name().to_owned(),
-        None => format!("syscall_{nr}"),
-    })
-}
-
-pub fn build_profile(
-    observer: &Observer,
-    counts: Vec<(
-        capprof_common::check::CheckKey,
-        capprof_common::check::CheckStats,
-    )>,
-    received: &[Received],
-    subject: Subject,
-    observation: Observation,
-) -> Profile {
-    let clock = Clock::new();
-    let mut obs = Observations::default();
-    for (key, stats) in counts {
-        let Some(cap) = Cap::from_number(key.cap) else {
-            continue;
-        };
-        obs.add_count(
-            cap,
-            key.verdict,
-            key.kind,
-            key.phase,
-            stats.count,
-            clock.wall(stats.first_ns),
-            clock.wall(stats.last_ns),
-        );
-    }
-    for r in received {
-        let Record::Evidence(e) = r.record else {
-            continue;
-        };
-        let Some(cap) = Cap::from_number(e.cap) else {
-            continue;
-        };
-        let site = if e.outer_site != 0 {
-            e.outer_site
-        } else {
-            e.site
-        };
-        let call_site = observer.kallsyms().and_then(|k| k.symbolize(site));
-        obs.add_evidence(
-            cap,
-            e.phase,
-            Evidence {
-                comm: comm_str(&e.comm),
-                exe: r.exe.clone(),
-                syscall: syscall_name(e.syscall),
-                pid: e.tgid,
-                uid: e.uid,
-                verdict: if e.verdict == capprof_common::check::VERDICT_DENIED {
-                    Verdict::Denied
-                } else {
-                    Verdict::Granted
-                },
-                class: crate::profile::Class::of(e.kind, e.verdict),
-                call_site,
-            },
-        );
-    }
-    obs.into_profile(subject, observation)
 }

@@ -284,10 +284,7 @@ fn persist_with(
     id: &str,
     recorder: &Recorder,
     observer: &Observer,
-    counts: &[(
-        capprof_common::check::CheckKey,
-        capprof_common::check::CheckStats,
-    )],
+    counts: &[crate::observer::Count],
     state: &StateDir,
     written: &mut HashMap<String, String>,
     counters: &mut Counters,

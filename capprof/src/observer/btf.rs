@@ -31,8 +31,16 @@ pub struct KernelBtf {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot parse {VMLINUX_BTF}: {0}")]
-pub struct BtfError(pub String);
+pub enum BtfError {
+    #[error("cannot read {VMLINUX_BTF}: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("cannot parse {VMLINUX_BTF}: {0}")]
+    Malformed(&'static str),
+    #[error("cannot parse {VMLINUX_BTF}: unknown BTF kind {kind} at byte {at}")]
+    UnknownKind { kind: u32, at: usize },
+    #[error("cannot parse {VMLINUX_BTF}: {0}")]
+    Aya(#[source] aya::BtfError),
+}
 
 pub fn btf_present() -> bool {
     Path::new(VMLINUX_BTF).exists()
@@ -41,7 +49,7 @@ pub fn btf_present() -> bool {
 /// Reads the raw vmlinux BTF, to be handed to [`KernelBtf::parse`] and to
 /// aya without reading the file twice.
 pub fn read_vmlinux() -> Result<Vec<u8>, BtfError> {
-    std::fs::read(VMLINUX_BTF).map_err(|e| BtfError(e.to_string()))
+    std::fs::read(VMLINUX_BTF).map_err(BtfError::Read)
 }
 
 impl KernelBtf {
@@ -153,7 +161,7 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 impl<'a> RawBtf<'a> {
     /// Parses the sections and indexes the types called one of `wanted`.
     fn parse(data: &'a [u8], wanted: &[&str]) -> Result<Self, BtfError> {
-        let bad = |what: &str| BtfError(what.to_owned());
+        let bad = BtfError::Malformed;
         let magic = data.get(..2).map(|m| u16::from_ne_bytes([m[0], m[1]]));
         if magic != Some(MAGIC) {
             return Err(bad("not BTF in this machine's byte order"));
@@ -165,7 +173,7 @@ impl<'a> RawBtf<'a> {
         };
         let (hdr_len, type_off, type_len, str_off, str_len) =
             (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
-        let section = |off: usize, len: usize, what: &str| {
+        let section = |off: usize, len: usize, what: &'static str| {
             hdr_len
                 .checked_add(off)
                 .and_then(|start| Some(start..start.checked_add(len)?))
@@ -191,7 +199,7 @@ impl<'a> RawBtf<'a> {
                 // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT,
                 // TYPE_TAG.
                 2 | 7..=12 | 16 | 18 => 0,
-                other => return Err(BtfError(format!("unknown BTF kind {other} at byte {at}"))),
+                other => return Err(BtfError::UnknownKind { kind: other, at }),
             };
             starts.push(at as u32);
             if name_off != 0 {

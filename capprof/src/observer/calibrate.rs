@@ -1,5 +1,6 @@
 //! Finding, on the running kernel, where the callers' return addresses lie
-//! above the tracepoint context.
+//! above the hook's context: the analysis of the samples, and the
+//! load-time run that takes them.
 //!
 //! Why: the `cap_capable` tracepoint has no `opts`, so it cannot say whether
 //! a check is audited, NOAUDIT or an advisory probe. The call site can. A
@@ -11,12 +12,18 @@
 //! the kernel side counts every check as audited: profiles may over-grant
 //! (SYS_ADMIN from mmap), never under-grant, and say so.
 
+use aya::{Ebpf, maps::Array};
 use capprof_common::{
     check::kind,
-    config::{CalibSample, Config, FuncRange, MAX_FUNC_RANGES},
+    config::{CALIB_SAMPLES, CalibSample, Config, FuncRange, MAX_FUNC_RANGES},
+    names,
 };
 
-use crate::kallsyms::Kallsyms;
+use super::{
+    attach::{self, AttachError, Hook},
+    backend::Backend,
+    kallsyms::Kallsyms,
+};
 
 /// The function whose call to `cap_capable` every ordinary check goes
 /// through; the kind is decided one frame further out.
@@ -222,6 +229,130 @@ pub fn trigger_probes() {
         }
     });
     let _ = handle.join();
+}
+
+/// The calibration program of each backend: the backend's own program type
+/// on the same hook, so that a kernel that refuses it refuses the backend.
+pub fn program(backend: Backend) -> (&'static str, Hook) {
+    match backend {
+        Backend::TpBtf => (names::PROG_CALIBRATE, Hook::TpBtf(names::TRACEPOINT_NAME)),
+        Backend::Fexit => (
+            names::PROG_CALIBRATE_FEXIT,
+            Hook::Fexit(names::HOOK_FUNCTION),
+        ),
+        Backend::Kprobe => (
+            names::PROG_CALIBRATE_KPROBE,
+            Hook::Kprobe(names::HOOK_FUNCTION),
+        ),
+        Backend::Lsm => (names::PROG_CALIBRATE_LSM, Hook::Lsm(names::LSM_HOOK)),
+    }
+}
+
+/// Why calibration gave no slots.
+#[derive(Debug)]
+pub enum CalibrateError {
+    /// The kernel refused to load or attach the calibration program.
+    Refused(String),
+    /// It ran, but the slots could not be found.
+    Failed(String),
+}
+
+/// Loads and attaches `backend`'s calibration program, triggers the known
+/// checks, detaches it, and finds the slots in what it sampled. Returns the
+/// slots as found and, for the tracepoint, the other frame layout's when
+/// it differs.
+pub fn calibrate(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    kallsyms: &Kallsyms,
+    backend: Backend,
+) -> Result<(Slots, Option<Slots>), CalibrateError> {
+    if backend == Backend::TpBtf {
+        return calibrate_tracepoint(ebpf, btf, kallsyms);
+    }
+    let (name, hook) = program(backend);
+    let refused = |e: AttachError| CalibrateError::Refused(e.refusal());
+    let attached = attach::load_and_attach(ebpf, btf, name, hook).map_err(refused)?;
+    trigger_probes();
+    attached.detach(ebpf).map_err(refused)?;
+    let _ = attach::unload(ebpf, name, hook);
+    let samples = samples(ebpf)?;
+    log_samples(backend, &samples);
+    let slots = find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    Ok((slots, None))
+}
+
+/// The tracepoint calls a lone program directly, but two or more through an
+/// iterator with a frame of its own, which moves the return addresses. Other
+/// tools (another capprof, bpftrace) come and go, so both layouts are
+/// calibrated: once with the calibration program as found, once with an
+/// empty program attached next to it. Returns the slots as found and, when
+/// they differ, the other layout's.
+fn calibrate_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    kallsyms: &Kallsyms,
+) -> Result<(Slots, Option<Slots>), CalibrateError> {
+    let (name, hook) = program(Backend::TpBtf);
+    let refused = |e: AttachError| CalibrateError::Refused(e.refusal());
+    let attached = attach::load_and_attach(ebpf, btf, name, hook).map_err(refused)?;
+    trigger_probes();
+    let first = samples(ebpf);
+
+    let spacer_hook = Hook::TpBtf(names::TRACEPOINT_NAME);
+    let spacer = attach::load_and_attach(ebpf, btf, names::PROG_BENCH_EMPTY, spacer_hook);
+    let second = match &spacer {
+        Ok(_) => {
+            trigger_probes();
+            samples(ebpf).ok()
+        }
+        Err(e) => {
+            tracing::debug!("no second tracepoint layout: {e}");
+            None
+        }
+    };
+    if let Ok(spacer) = spacer {
+        let _ = spacer.detach(ebpf);
+        let _ = attach::unload(ebpf, names::PROG_BENCH_EMPTY, spacer_hook);
+    }
+    let _ = attached.detach(ebpf);
+    let _ = attach::unload(ebpf, name, hook);
+
+    let first = first?;
+    log_samples(Backend::TpBtf, &first);
+    let slots = find_slots(&first, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    // The second pass's samples follow the first's in `CALIB`.
+    let other = second
+        .and_then(|all| all.get(first.len()..).map(<[_]>::to_vec))
+        .and_then(|s| find_slots(&s, kallsyms).ok())
+        .filter(|other| *other != slots)
+        // Both passes in the iterator layout: another program was already
+        // attached. Work out the direct one from the iterator's frame.
+        .or_else(|| direct_layout(&first, kallsyms, slots));
+    tracing::debug!("tracepoint slots {slots:?}, other layout {other:?}");
+    Ok((slots, other))
+}
+
+/// The samples the calibration programs wrote to `CALIB`.
+fn samples(ebpf: &Ebpf) -> Result<Vec<CalibSample>, CalibrateError> {
+    let calib: Array<_, CalibSample> = ebpf
+        .map(names::CALIB)
+        .ok_or_else(|| CalibrateError::Failed("no calibration map".to_owned()))
+        .and_then(|m| Array::try_from(m).map_err(|e| CalibrateError::Failed(e.to_string())))?;
+    // Samples are written in order, so the filled ones are a prefix.
+    Ok((0..CALIB_SAMPLES)
+        .filter_map(|i| calib.get(&i, 0).ok())
+        .take_while(|s| s.words.iter().any(|w| *w != 0))
+        .collect())
+}
+
+fn log_samples(backend: Backend, samples: &[CalibSample]) {
+    tracing::debug!(
+        "{backend} calibration: {} samples, {} of the audited probe, {} of the advisory one",
+        samples.len(),
+        samples.iter().filter(|s| s.cap == PROBE_CAP).count(),
+        samples.iter().filter(|s| s.cap == ADVISORY_CAP).count(),
+    );
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use capprof::{
     observer::Observer,
 };
 use capprof_common::{
-    check::{CheckKey, EVIDENCE_BUDGET, watch},
+    check::{EVIDENCE_BUDGET, watch},
     event::EVENT_EVIDENCE,
 };
 use clap::Args;
@@ -160,8 +160,8 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     let drained = observer.drain_counts(|id| id_set.contains(&id))?;
     let stats = observer.kernel_stats()?;
     let mut counted: HashMap<(u64, u32), u64> = HashMap::new();
-    for (CheckKey { cgroup_id, cap, .. }, s) in drained {
-        *counted.entry((cgroup_id, cap)).or_default() += s.count;
+    for c in drained {
+        *counted.entry((c.cgroup_id, c.cap.number())).or_default() += c.count;
     }
     let mut line = StormLine {
         kind: "storm",
@@ -287,12 +287,12 @@ fn overflow(
             line.overflow_records += 1;
         }
     }
-    for (key, stats) in observer.drain_counts(|id| ids.contains(&id))? {
-        if key.cap == CAP_KILL {
-            line.overflow_counted += stats.count;
+    for c in observer.drain_counts(|id| ids.contains(&id))? {
+        if c.cap.number() == CAP_KILL {
+            line.overflow_counted += c.count;
             // One worker per cgroup: a counter's first checks are exactly
             // the ones that look for evidence.
-            line.overflow_attempts += stats.count.min(EVIDENCE_BUDGET);
+            line.overflow_attempts += c.count.min(EVIDENCE_BUDGET);
         }
     }
     for w in workers {

@@ -1,18 +1,27 @@
 //! The profile: what a workload was seen to use, as a versioned JSON
-//! document (`capprof.profile/v1`), and how raw kernel counters become one.
+//! document (`capprof.profile/v1`). `build` makes one from what the
+//! observer hands out.
 //!
 //! Stable fields read by other tools: `schema`, `required`, `denied`,
 //! `advisory`, `silent`, `allowlist` and `capabilities`.
 
+mod build;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
-use capprof_common::check::{VERDICT_DENIED, kind, phase};
+#[cfg(test)]
+pub use build::with_allowlist;
+pub use build::{ProfileBuilder, build};
 use serde::{Deserialize, Serialize};
 
-use crate::capability::Cap;
+pub use crate::observer::Verdict;
+use crate::{
+    capability::Cap,
+    observer::{Backend, Kind},
+};
 
 pub const SCHEMA: &str = "capprof.profile/v1";
 
@@ -38,21 +47,27 @@ pub enum Class {
 impl Class {
     /// The class of one check. Unclassified checks count as audited, so a
     /// calibration failure can only over-grant, never break a workload.
-    pub fn of(kind: u8, verdict: u8) -> Self {
-        match kind {
-            kind::ADVISORY => Class::Advisory,
-            kind::NOAUDIT => Class::Silent,
-            _ if verdict == VERDICT_DENIED => Class::Denied,
-            _ => Class::Required,
+    pub fn of(kind: Kind, verdict: Verdict) -> Self {
+        match (kind, verdict) {
+            (Kind::Advisory, _) => Class::Advisory,
+            (Kind::NoAudit, _) => Class::Silent,
+            (Kind::Audit | Kind::Unknown, Verdict::Denied) => Class::Denied,
+            (Kind::Audit | Kind::Unknown, Verdict::Granted) => Class::Required,
         }
     }
-}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Granted,
-    Denied,
+    /// The classes of checks `backend` cannot see on any kernel, which
+    /// profiles report as `unobservable`.
+    pub fn unobservable_on(backend: Backend) -> Vec<Class> {
+        let mut blind = vec![];
+        if !backend.sees_refusals() {
+            blind.push(Class::Denied);
+        }
+        if !backend.sees_advisory() {
+            blind.push(Class::Advisory);
+        }
+        blind
+    }
 }
 
 /// What was profiled.
@@ -374,166 +389,37 @@ impl Summary {
     }
 }
 
-/// Raw observations of one subject, as read from the kernel, before they
-/// become a profile.
-#[derive(Debug, Default, Clone)]
-pub struct Observations {
-    /// (phase, cap) -> usage being accumulated.
-    usages: BTreeMap<(u8, Cap), Acc>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Acc {
-    granted: u64,
-    denied: u64,
-    silent_granted: u64,
-    by_class: BTreeMap<Class, u64>,
-    first: Option<SystemTime>,
-    last: Option<SystemTime>,
-    evidence: BTreeSet<Evidence>,
-}
-
-impl Observations {
-    /// Adds one kernel counter.
-    pub fn add_count(
-        &mut self,
-        cap: Cap,
-        verdict: u8,
-        kind: u8,
-        phase: u8,
-        count: u64,
-        first: SystemTime,
-        last: SystemTime,
-    ) {
-        let acc = self.usages.entry((phase, cap)).or_default();
-        if verdict == VERDICT_DENIED {
-            acc.denied += count;
-        } else {
-            acc.granted += count;
-        }
-        let class = Class::of(kind, verdict);
-        if class == Class::Silent && verdict != VERDICT_DENIED {
-            acc.silent_granted += count;
-        }
-        *acc.by_class.entry(class).or_default() += count;
-        acc.first = Some(acc.first.map_or(first, |f| f.min(first)));
-        acc.last = Some(acc.last.map_or(last, |l| l.max(last)));
-    }
-
-    pub fn add_evidence(&mut self, cap: Cap, phase: u8, evidence: Evidence) {
-        let acc = self.usages.entry((phase, cap)).or_default();
-        if acc.evidence.len() < MAX_EVIDENCE {
-            acc.evidence.insert(evidence);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.usages.is_empty()
-    }
-
-    pub fn into_profile(self, subject: Subject, observation: Observation) -> Profile {
-        let mut capabilities = vec![];
-        let mut runtime_setup = vec![];
-        for ((phase_id, cap), acc) in self.usages {
-            // Evidence may arrive for a combination whose counter was not
-            // read (it is only ever a subset); a usage needs counts.
-            if acc.by_class.is_empty() {
-                continue;
-            }
-            let usage = CapUsage {
-                name: cap,
-                number: cap.number(),
-                class: usage_class(&acc.by_class),
-                granted: acc.granted,
-                denied: acc.denied,
-                silent_granted: acc.silent_granted,
-                by_class: acc.by_class,
-                first_seen: acc.first.map(rfc3339).unwrap_or_default(),
-                last_seen: acc.last.map(rfc3339).unwrap_or_default(),
-                evidence: acc.evidence.into_iter().collect(),
-            };
-            if phase_id == phase::SETUP {
-                runtime_setup.push(usage);
-            } else {
-                capabilities.push(usage);
-            }
-        }
-        let mut profile = Profile {
-            schema: SCHEMA.to_owned(),
-            generator: format!("capprof {}", env!("CARGO_PKG_VERSION")),
-            subject,
-            observation,
-            allowlist: vec![],
-            required: vec![],
-            denied: vec![],
-            advisory: vec![],
-            silent: vec![],
-            capabilities,
-            runtime_setup,
-        };
-        profile.apply_summary();
-        profile
-    }
-}
-
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Converts CLOCK_BOOTTIME nanoseconds (the kernel's timestamps) to wall
-/// time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    boot_epoch: SystemTime,
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        let boot_now = boottime_ns();
-        let now = SystemTime::now();
-        Self {
-            boot_epoch: now - Duration::from_nanos(boot_now),
-        }
-    }
-
-    pub fn wall(&self, boot_ns: u64) -> SystemTime {
-        self.boot_epoch + Duration::from_nanos(boot_ns)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[cfg(test)]
 mod tests {
-    use capprof_common::check::VERDICT_GRANTED;
+    use std::time::Duration;
 
     use super::*;
+    use crate::observer::{Count, Phase};
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()
     }
 
-    fn observe(entries: &[(&str, u8, u8, u8, u64)]) -> Profile {
-        let mut obs = Observations::default();
+    fn observe(entries: &[(&str, Verdict, Kind, Phase, u64)]) -> Profile {
+        let mut builder = ProfileBuilder::default();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        for (name, verdict, kind, phase, count) in entries {
-            obs.add_count(cap(name), *verdict, *kind, *phase, *count, t, t);
+        for &(name, verdict, kind, phase, count) in entries {
+            builder.add_count(&Count {
+                cgroup_id: 1,
+                cap: cap(name),
+                verdict,
+                kind,
+                phase,
+                count,
+                first_seen: t,
+                last_seen: t,
+            });
         }
-        obs.into_profile(
+        builder.build(
             Subject {
                 kind: "command".into(),
                 ..Default::default()
@@ -544,13 +430,13 @@ mod tests {
 
     #[test]
     fn classes_from_kind_and_verdict() {
-        assert_eq!(Class::of(kind::AUDIT, VERDICT_GRANTED), Class::Required);
-        assert_eq!(Class::of(kind::AUDIT, VERDICT_DENIED), Class::Denied);
-        assert_eq!(Class::of(kind::UNKNOWN, VERDICT_GRANTED), Class::Required);
-        assert_eq!(Class::of(kind::NOAUDIT, VERDICT_GRANTED), Class::Silent);
-        assert_eq!(Class::of(kind::NOAUDIT, VERDICT_DENIED), Class::Silent);
-        assert_eq!(Class::of(kind::ADVISORY, VERDICT_GRANTED), Class::Advisory);
-        assert_eq!(Class::of(kind::ADVISORY, VERDICT_DENIED), Class::Advisory);
+        assert_eq!(Class::of(Kind::Audit, Verdict::Granted), Class::Required);
+        assert_eq!(Class::of(Kind::Audit, Verdict::Denied), Class::Denied);
+        assert_eq!(Class::of(Kind::Unknown, Verdict::Granted), Class::Required);
+        assert_eq!(Class::of(Kind::NoAudit, Verdict::Granted), Class::Silent);
+        assert_eq!(Class::of(Kind::NoAudit, Verdict::Denied), Class::Silent);
+        assert_eq!(Class::of(Kind::Advisory, Verdict::Granted), Class::Advisory);
+        assert_eq!(Class::of(Kind::Advisory, Verdict::Denied), Class::Advisory);
     }
 
     #[test]
@@ -558,68 +444,68 @@ mod tests {
         let p = observe(&[
             (
                 "CAP_SYS_ADMIN",
-                VERDICT_GRANTED,
-                kind::ADVISORY,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Advisory,
+                Phase::Workload,
                 500,
             ),
             (
                 "CAP_CHOWN",
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Audit,
+                Phase::Workload,
                 2,
             ),
             (
                 "CAP_SYS_RESOURCE",
-                VERDICT_DENIED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                Verdict::Denied,
+                Kind::Audit,
+                Phase::Workload,
                 1,
             ),
             (
                 "CAP_SYS_PTRACE",
-                VERDICT_GRANTED,
-                kind::NOAUDIT,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::NoAudit,
+                Phase::Workload,
                 1,
             ),
             (
                 "CAP_SYSLOG",
-                VERDICT_DENIED,
-                kind::NOAUDIT,
-                phase::WORKLOAD,
+                Verdict::Denied,
+                Kind::NoAudit,
+                Phase::Workload,
                 1,
             ),
             // Granted advisory checks do not make a refused silent one allowed.
             (
                 "CAP_SYSLOG",
-                VERDICT_GRANTED,
-                kind::ADVISORY,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Advisory,
+                Phase::Workload,
                 5,
             ),
             // The same capability both advisory and audited is required.
             (
                 "CAP_FOWNER",
-                VERDICT_GRANTED,
-                kind::ADVISORY,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Advisory,
+                Phase::Workload,
                 1,
             ),
             (
                 "CAP_FOWNER",
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Audit,
+                Phase::Workload,
                 1,
             ),
             // Runtime setup never reaches the allowlist.
             (
                 "CAP_SETPCAP",
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::SETUP,
+                Verdict::Granted,
+                Kind::Audit,
+                Phase::Setup,
                 55,
             ),
         ]);
@@ -646,9 +532,9 @@ mod tests {
     fn json_round_trip_and_validation() {
         let p = observe(&[(
             "CAP_CHOWN",
-            VERDICT_GRANTED,
-            kind::AUDIT,
-            phase::WORKLOAD,
+            Verdict::Granted,
+            Kind::Audit,
+            Phase::Workload,
             2,
         )]);
         let json = p.to_json();
@@ -681,31 +567,31 @@ mod tests {
     fn merge_adds_replicas() {
         let mut a = observe(&[(
             "CAP_CHOWN",
-            VERDICT_GRANTED,
-            kind::AUDIT,
-            phase::WORKLOAD,
+            Verdict::Granted,
+            Kind::Audit,
+            Phase::Workload,
             2,
         )]);
         let b = observe(&[
             (
                 "CAP_CHOWN",
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Audit,
+                Phase::Workload,
                 3,
             ),
             (
                 "CAP_NET_RAW",
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Audit,
+                Phase::Workload,
                 1,
             ),
             (
                 "CAP_SYS_ADMIN",
-                VERDICT_GRANTED,
-                kind::ADVISORY,
-                phase::WORKLOAD,
+                Verdict::Granted,
+                Kind::Advisory,
+                Phase::Workload,
                 9,
             ),
         ]);
@@ -722,9 +608,9 @@ mod tests {
     fn unobservable_classes_are_said_and_merged() {
         let mut a = observe(&[(
             "CAP_CHOWN",
-            VERDICT_GRANTED,
-            kind::AUDIT,
-            phase::WORKLOAD,
+            Verdict::Granted,
+            Kind::Audit,
+            Phase::Workload,
             2,
         )]);
         // Every class seen: the field is left out, as before it existed.
@@ -741,14 +627,5 @@ mod tests {
         // A merge with an lsm profile cannot vouch for the classes lsm missed.
         a.merge(&b);
         assert_eq!(a.observation.unobservable, [Class::Denied, Class::Advisory]);
-    }
-
-    #[test]
-    fn boot_clock_is_close_to_wall_clock() {
-        let clock = Clock::new();
-        let wall = clock.wall(boottime_ns());
-        let now = SystemTime::now();
-        let diff = now.duration_since(wall).unwrap_or_else(|e| e.duration());
-        assert!(diff < Duration::from_secs(1), "{diff:?}");
     }
 }

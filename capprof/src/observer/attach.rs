@@ -1,0 +1,194 @@
+//! Loading, attaching, detaching and pinning programs: one helper for every
+//! program type capprof uses, so that each caller names a program and its
+//! hook once.
+
+use aya::{
+    Btf, Ebpf,
+    programs::{
+        BtfTracePoint, FExit, KProbe, Lsm, Program, ProgramError,
+        fexit::FExitLinkId,
+        kprobe::{KProbeError, KProbeLinkId},
+        links::FdLink,
+        lsm::LsmLinkId,
+        tp_btf::BtfTracePointLinkId,
+    },
+};
+
+/// Where a program goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A BTF tracepoint (`tp_btf`), by tracepoint name.
+    TpBtf(&'static str),
+    /// fexit on a kernel function.
+    Fexit(&'static str),
+    /// A kprobe or kretprobe (the program says which) on a kernel function.
+    Kprobe(&'static str),
+    /// A BPF-LSM hook, by hook name.
+    Lsm(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("the eBPF object lacks program {0}")]
+    Missing(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+impl AttachError {
+    /// Why the kernel refused the program, in one line.
+    pub fn refusal(&self) -> String {
+        match self {
+            AttachError::Missing(_) => self.to_string(),
+            AttachError::Program { source, .. } => refusal(source),
+        }
+    }
+}
+
+/// Why the kernel refused a program, in one line.
+pub fn refusal(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            match log.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+                Some(last) => format!("the verifier refused the program ({io_error}): {last}"),
+                None => format!("the kernel refused to load the program: {io_error}"),
+            }
+        }
+        ProgramError::KProbeError(KProbeError::FileError { filename, io_error }) => {
+            format!(
+                "kprobes are not available ({}: {io_error})",
+                filename.display()
+            )
+        }
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// An attached program's link, until it is detached or pinned.
+#[derive(Debug)]
+pub struct Attached {
+    pub name: &'static str,
+    link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    TpBtf(BtfTracePointLinkId),
+    Fexit(FExitLinkId),
+    Kprobe(KProbeLinkId),
+    Lsm(LsmLinkId),
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, AttachError> {
+    ebpf.program_mut(name).ok_or(AttachError::Missing(name))
+}
+
+fn failed(name: &'static str) -> impl FnOnce(ProgramError) -> AttachError {
+    move |source| AttachError::Program { name, source }
+}
+
+/// Loads program `name` for `hook`: the verifier runs here.
+pub fn load(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, hook: Hook) -> Result<(), AttachError> {
+    let prog = program(ebpf, name)?;
+    match hook {
+        Hook::TpBtf(tp) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.load(tp, btf)),
+        Hook::Fexit(func) => <&mut FExit>::try_from(prog).and_then(|p| p.load(func, btf)),
+        Hook::Kprobe(_) => <&mut KProbe>::try_from(prog).and_then(|p| p.load()),
+        Hook::Lsm(lsm) => <&mut Lsm>::try_from(prog).and_then(|p| p.load(lsm, btf)),
+    }
+    .map_err(failed(name))
+}
+
+/// Attaches a loaded program to `hook`.
+pub fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<Attached, AttachError> {
+    let prog = program(ebpf, name)?;
+    let link = match hook {
+        Hook::TpBtf(_) => <&mut BtfTracePoint>::try_from(prog)
+            .and_then(|p| p.attach())
+            .map(Link::TpBtf),
+        Hook::Fexit(_) => <&mut FExit>::try_from(prog)
+            .and_then(|p| p.attach())
+            .map(Link::Fexit),
+        Hook::Kprobe(func) => <&mut KProbe>::try_from(prog)
+            .and_then(|p| p.attach(func, 0))
+            .map(Link::Kprobe),
+        Hook::Lsm(_) => <&mut Lsm>::try_from(prog)
+            .and_then(|p| p.attach())
+            .map(Link::Lsm),
+    }
+    .map_err(failed(name))?;
+    Ok(Attached { name, link })
+}
+
+/// Loads program `name` and attaches it to `hook`.
+pub fn load_and_attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    hook: Hook,
+) -> Result<Attached, AttachError> {
+    load(ebpf, btf, name, hook)?;
+    attach(ebpf, name, hook)
+}
+
+/// Unloads program `name`, detaching whatever links it still has.
+pub fn unload(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), AttachError> {
+    let prog = program(ebpf, name)?;
+    match hook {
+        Hook::TpBtf(_) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.unload()),
+        Hook::Fexit(_) => <&mut FExit>::try_from(prog).and_then(|p| p.unload()),
+        Hook::Kprobe(_) => <&mut KProbe>::try_from(prog).and_then(|p| p.unload()),
+        Hook::Lsm(_) => <&mut Lsm>::try_from(prog).and_then(|p| p.unload()),
+    }
+    .map_err(failed(name))
+}
+
+impl Attached {
+    /// Detaches the program (it stays loaded).
+    pub fn detach(self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
+        let name = self.name;
+        let prog = program(ebpf, name)?;
+        match self.link {
+            Link::TpBtf(id) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(id)),
+            Link::Fexit(id) => <&mut FExit>::try_from(prog).and_then(|p| p.detach(id)),
+            Link::Kprobe(id) => <&mut KProbe>::try_from(prog).and_then(|p| p.detach(id)),
+            Link::Lsm(id) => <&mut Lsm>::try_from(prog).and_then(|p| p.detach(id)),
+        }
+        .map_err(failed(name))
+    }
+
+    /// Takes the link out of the program's keeping, to be pinned: it then
+    /// outlives this process. kprobe links are perf-event links, which
+    /// cannot be pinned: None.
+    pub fn into_fd_link(self, ebpf: &mut Ebpf) -> Result<Option<FdLink>, AttachError> {
+        let name = self.name;
+        let prog = program(ebpf, name)?;
+        let link = match self.link {
+            Link::TpBtf(id) => <&mut BtfTracePoint>::try_from(prog)
+                .and_then(|p| p.take_link(id))
+                .map(FdLink::from),
+            Link::Fexit(id) => <&mut FExit>::try_from(prog)
+                .and_then(|p| p.take_link(id))
+                .map(FdLink::from),
+            Link::Lsm(id) => <&mut Lsm>::try_from(prog)
+                .and_then(|p| p.take_link(id))
+                .map(FdLink::from),
+            Link::Kprobe(_) => return Ok(None),
+        }
+        .map_err(failed(name))?;
+        Ok(Some(link))
+    }
+}

@@ -1,0 +1,154 @@
+//! How what the observer hands out (typed counts and sightings) becomes a
+//! profile.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
+
+use super::{
+    CapUsage, Class, Evidence, MAX_EVIDENCE, Observation, Profile, SCHEMA, Subject, rfc3339,
+    usage_class,
+};
+use crate::{
+    capability::Cap,
+    observer::{Count, Phase, Sighting, Verdict},
+};
+
+/// Builds one subject's profile from its counts and evidence.
+pub fn build(
+    counts: impl IntoIterator<Item = Count>,
+    sightings: impl IntoIterator<Item = Sighting>,
+    subject: Subject,
+    observation: Observation,
+) -> Profile {
+    let mut builder = ProfileBuilder::default();
+    for count in counts {
+        builder.add_count(&count);
+    }
+    for sighting in sightings {
+        builder.add_sighting(sighting);
+    }
+    builder.build(subject, observation)
+}
+
+/// One subject's counts and evidence, accumulated per phase and capability
+/// until they become a profile.
+#[derive(Debug, Default, Clone)]
+pub struct ProfileBuilder {
+    usages: BTreeMap<(Phase, Cap), Acc>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Acc {
+    granted: u64,
+    denied: u64,
+    silent_granted: u64,
+    by_class: BTreeMap<Class, u64>,
+    first: Option<SystemTime>,
+    last: Option<SystemTime>,
+    evidence: BTreeSet<Evidence>,
+}
+
+impl ProfileBuilder {
+    /// Adds one kernel counter.
+    pub fn add_count(&mut self, count: &Count) {
+        let acc = self.usages.entry((count.phase, count.cap)).or_default();
+        match count.verdict {
+            Verdict::Denied => acc.denied += count.count,
+            Verdict::Granted => acc.granted += count.count,
+        }
+        let class = Class::of(count.kind, count.verdict);
+        if class == Class::Silent && count.verdict == Verdict::Granted {
+            acc.silent_granted += count.count;
+        }
+        *acc.by_class.entry(class).or_default() += count.count;
+        acc.first = Some(acc.first.map_or(count.first_seen, |f| f.min(count.first_seen)));
+        acc.last = Some(acc.last.map_or(count.last_seen, |l| l.max(count.last_seen)));
+    }
+
+    /// Adds one piece of evidence; each capability keeps `MAX_EVIDENCE`.
+    pub fn add_sighting(&mut self, s: Sighting) {
+        let acc = self.usages.entry((s.phase, s.cap)).or_default();
+        if acc.evidence.len() < MAX_EVIDENCE {
+            acc.evidence.insert(Evidence {
+                comm: s.comm,
+                exe: s.exe,
+                syscall: s.syscall,
+                pid: s.pid,
+                uid: s.uid,
+                verdict: s.verdict,
+                class: Class::of(s.kind, s.verdict),
+                call_site: s.call_site,
+            });
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.usages.is_empty()
+    }
+
+    pub fn build(self, subject: Subject, observation: Observation) -> Profile {
+        let mut capabilities = vec![];
+        let mut runtime_setup = vec![];
+        for ((phase, cap), acc) in self.usages {
+            // Evidence may arrive for a combination whose counter was not
+            // read (it is only ever a subset); a usage needs counts.
+            if acc.by_class.is_empty() {
+                continue;
+            }
+            let usage = CapUsage {
+                name: cap,
+                number: cap.number(),
+                class: usage_class(&acc.by_class),
+                granted: acc.granted,
+                denied: acc.denied,
+                silent_granted: acc.silent_granted,
+                by_class: acc.by_class,
+                first_seen: acc.first.map(rfc3339).unwrap_or_default(),
+                last_seen: acc.last.map(rfc3339).unwrap_or_default(),
+                evidence: acc.evidence.into_iter().collect(),
+            };
+            match phase {
+                Phase::Setup => runtime_setup.push(usage),
+                Phase::Workload => capabilities.push(usage),
+            }
+        }
+        let mut profile = Profile {
+            schema: SCHEMA.to_owned(),
+            generator: format!("capprof {}", env!("CARGO_PKG_VERSION")),
+            subject,
+            observation,
+            allowlist: vec![],
+            required: vec![],
+            denied: vec![],
+            advisory: vec![],
+            silent: vec![],
+            capabilities,
+            runtime_setup,
+        };
+        profile.apply_summary();
+        profile
+    }
+}
+
+/// A profile whose allowlist is exactly `names`, each seen once, for tests.
+#[cfg(test)]
+pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
+    use std::time::Duration;
+
+    use crate::observer::Kind;
+
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let counts = names.iter().map(|name| Count {
+        cgroup_id: 1,
+        cap: name.parse().expect("a known capability"),
+        verdict: Verdict::Granted,
+        kind: Kind::Audit,
+        phase: Phase::Workload,
+        count: 1,
+        first_seen: t,
+        last_seen: t,
+    });
+    build(counts, [], subject, Observation::default())
+}
