@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use crate::{
     daemon::{
         self,
-        config::{DaemonConfig, GroupBy},
+        config::DaemonConfig,
     },
     error::Error,
     observer::{Backend, preflight},
@@ -34,9 +34,6 @@ pub struct DaemonArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "CAPPROF_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Also merge profiles per image, so replicas add up [default: container].
-    #[arg(long, value_enum, env = "CAPPROF_GROUP_BY")]
-    pub group_by: Option<GroupBy>,
     /// Containers kept in memory; exited ones beyond this are evicted to disk.
     #[arg(long, value_name = "N", env = "CAPPROF_MAX_CONTAINERS")]
     pub max_containers: Option<usize>,
@@ -71,9 +68,6 @@ impl DaemonArgs {
         }
         if let Some(v) = &self.metrics {
             c.metrics = Some(v.clone());
-        }
-        if let Some(v) = self.group_by {
-            c.group_by = v;
         }
         if let Some(v) = self.max_containers {
             c.max_containers = v;

@@ -8,19 +8,16 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup,
     engine::{self, Engine},
     error::Error,
     fsutil,
-    observer::{Backend, Observer, preflight, reader::read_events},
-    recorder::{Recorder, profile_path, watch_container_roots},
+    observer::{Backend, Observer, preflight},
+    profile::Profile,
+    recorder::{Finalized, Recorder, Session, profile_path, watch_container_roots},
 };
 
 /// Record the capabilities every container uses, until Ctrl-C, SIGTERM or
@@ -51,8 +48,8 @@ pub struct RecordArgs {
     pub backend: Option<Backend>,
 }
 
-/// How long a dead container's profile waits for the engine's inspect reply.
-const INSPECT_WAIT: Duration = Duration::from_secs(5);
+/// How often exited containers are looked for.
+const TICK: Duration = Duration::from_millis(100);
 
 pub fn main(args: RecordArgs) -> Result<ExitCode, Error> {
     preflight()?;
@@ -91,27 +88,16 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
         ));
     }
 
-    let events_ring = observer.take_events()?;
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let (tx, mut rx) = mpsc::channel(4096);
-    let reader = tokio::spawn(read_events(events_ring, tx, stop_rx));
-    let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
-    let mut engine_events = Box::pin(engine.events());
-    let (info_tx, mut info_rx) = mpsc::channel::<(String, Option<engine::ContainerInfo>)>(256);
-    // Containers whose inspect is in flight, since when.
-    let mut inspecting = std::collections::HashMap::new();
-    for id in engine.running().await {
-        if let Some(info) = engine.inspect(&id).await {
-            recorder.on_inspect(info);
-        }
-    }
-    let engine = std::sync::Arc::new(engine);
+    let recorder = Recorder::new(&mount, watched.clone(), &observer);
+    let backend = observer.backend();
+    let (flavor, version) = (engine.flavor, engine.version.clone());
+    let mut session = Session::start(observer, recorder, Some(engine), TICK).await?;
     eprintln!(
         "capprof: recording containers of {} {} under {} ({} backend); Ctrl-C to stop",
-        engine.flavor.runtime_name(),
-        engine.version,
+        flavor.runtime_name(),
+        version,
         watched.join(", "),
-        observer.backend()
+        backend
     );
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
@@ -124,43 +110,12 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
         }
     };
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut written = BTreeSet::new();
-    let mut engine_alive = true;
     loop {
         tokio::select! {
-            Some(r) = rx.recv() => recorder.on_record(r),
-            ev = engine_events.next(), if engine_alive => match ev {
-                Some(ev) => {
-                    if ev.action == "start" {
-                        let (engine, info_tx, id) = (engine.clone(), info_tx.clone(), ev.id.clone());
-                        inspecting.insert(id.clone(), std::time::Instant::now());
-                        tokio::spawn(async move {
-                            let info = engine.inspect(&id).await;
-                            let _ = info_tx.send((id, info)).await;
-                        });
-                    }
-                    recorder.on_engine_event(ev);
-                }
-                None => {
-                    tracing::warn!("the engine's event stream ended; finalizing on stop only");
-                    engine_alive = false;
-                }
-            },
-            Some((id, info)) = info_rx.recv() => {
-                inspecting.remove(&id);
-                if let Some(info) = info {
-                    recorder.on_inspect(info);
-                }
-            }
-            _ = tick.tick() => {
-                for id in recorder.due(Duration::from_millis(300)) {
-                    // Its engine's answer is on the way (Podman answers only
-                    // after its cleanup): wait for it, a while.
-                    if inspecting.get(&id).is_some_and(|t| t.elapsed() < INSPECT_WAIT) {
-                        continue;
-                    }
-                    finalize(&mut recorder, &mut observer, &id, &args, &mut written)?;
+            finalized = session.next() => {
+                for Finalized { id, profile } in finalized {
+                    write(&session, &id, profile?, &args, &mut written)?;
                 }
             }
             _ = sigint.recv() => break,
@@ -168,18 +123,13 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
             _ = &mut deadline => break,
         }
     }
-    let _ = stop_tx.send(());
-    let _ = reader.await;
-    while let Ok(r) = rx.try_recv() {
-        recorder.on_record(r);
-    }
-    while let Ok((_, info)) = info_rx.try_recv() {
-        if let Some(info) = info {
-            recorder.on_inspect(info);
-        }
-    }
-    for id in recorder.ids() {
-        finalize(&mut recorder, &mut observer, &id, &args, &mut written)?;
+    session
+        .stop()
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    for id in session.recorder().ids() {
+        let profile = session.finalize(&id)?;
+        write(&session, &id, profile, &args, &mut written)?;
     }
     eprintln!(
         "capprof: wrote {} profile(s) to {}",
@@ -189,44 +139,43 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn finalize(
-    recorder: &mut Recorder,
-    observer: &mut Observer,
+/// Writes a finalized container's profile, if it is one of the wanted.
+fn write(
+    session: &Session,
     id: &str,
+    profile: Option<Profile>,
     args: &RecordArgs,
     written: &mut BTreeSet<String>,
 ) -> Result<(), Error> {
-    let Some(rec) = recorder.get(id) else {
+    let Some(rec) = session.recorder().get(id) else {
         return Ok(());
     };
+    // Containers that are not wanted are finalized all the same, so that
+    // the kernel's map stays small.
     if !args.containers.is_empty() && !args.containers.iter().any(|w| rec.matches(w)) {
-        // Not wanted: still drain its counters so the kernel map stays small.
-        let _ = recorder.finalize(id, observer)?;
         return Ok(());
     }
-    let path = profile_path(&args.out, rec);
-    let Some(profile) = recorder.finalize(id, observer)? else {
+    let Some(profile) = profile else {
         return Ok(());
     };
+    let path = profile_path(&args.out, rec);
     write_profile(&path, &profile.to_json())?;
     written.insert(path.display().to_string());
-    {
-        eprintln!(
-            "capprof: {} -> {} (allowlist: {})",
-            profile.subject.name.as_deref().unwrap_or(id),
-            path.display(),
-            if profile.allowlist.is_empty() {
-                "none".to_owned()
-            } else {
-                profile
-                    .allowlist
-                    .iter()
-                    .map(|c| c.short_name())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }
-        );
-    }
+    eprintln!(
+        "capprof: {} -> {} (allowlist: {})",
+        profile.subject.name.as_deref().unwrap_or(id),
+        path.display(),
+        if profile.allowlist.is_empty() {
+            "none".to_owned()
+        } else {
+            profile
+                .allowlist
+                .iter()
+                .map(|c| c.short_name())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    );
     Ok(())
 }
 

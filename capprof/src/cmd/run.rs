@@ -14,16 +14,13 @@ use std::{
 };
 
 use capprof_common::check::watch;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup::{self, OwnedCgroup},
     error::Error,
     fsutil,
-    observer::{Backend, Classification, Observer, events::Record, preflight, reader::read_events},
+    observer::{Backend, Classification, Observer, events::Record, preflight, reader::EventReader},
     profile::{self, Class, Observation, Subject, rfc3339},
     table,
 };
@@ -118,10 +115,7 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         observer.load_time()
     );
     // Start the reader before anything can happen in the cgroup.
-    let events = observer.take_events()?;
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let (tx, mut rx) = mpsc::channel(4096);
-    let reader = tokio::spawn(read_events(events, tx, stop_rx));
+    let (reader, mut rx) = EventReader::spawn(&mut observer)?;
     let collector = tokio::spawn(async move {
         let mut all = vec![];
         while let Some(r) = rx.recv().await {
@@ -136,11 +130,10 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     wait_for_descendants(&cgroup).await;
     let end = SystemTime::now();
 
-    let _ = stop_tx.send(());
     reader
+        .stop()
         .await
-        .map_err(|e| Error::internal(format!("event reader failed: {e}")))?
-        .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     let received = collector
         .await
         .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::query::Group;
-
 /// Every setting, with its default (see `Default`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,8 +16,6 @@ pub struct DaemonConfig {
     /// Prometheus metrics address; off by default. A bare port binds
     /// loopback.
     pub metrics: Option<String>,
-    /// Keep profiles per container (default) or also merged per image.
-    pub group_by: GroupBy,
     /// Containers held in memory; finished ones beyond this are evicted to
     /// disk (counted in capprof_evictions_total). Default 1024.
     pub max_containers: usize,
@@ -33,29 +29,12 @@ pub struct DaemonConfig {
     pub cgroup_roots: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupBy {
-    Container,
-    Image,
-}
-
-impl From<GroupBy> for Group {
-    fn from(g: GroupBy) -> Self {
-        match g {
-            GroupBy::Container => Group::Container,
-            GroupBy::Image => Group::Image,
-        }
-    }
-}
-
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from("/var/lib/capprof"),
             socket: PathBuf::from("/run/capprof/capprof.sock"),
             metrics: None,
-            group_by: GroupBy::Container,
             max_containers: 1024,
             flush_interval_secs: 3,
             engine: None,
@@ -128,9 +107,9 @@ mod tests {
     #[test]
     fn file_values_and_defaults() {
         let c: DaemonConfig =
-            toml::from_str("state_dir = \"/srv/capprof\"\ngroup_by = \"image\"\n").unwrap();
+            toml::from_str("state_dir = \"/srv/capprof\"\nmax_containers = 9\n").unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/srv/capprof"));
-        assert_eq!(c.group_by, GroupBy::Image);
+        assert_eq!(c.max_containers, 9);
         assert_eq!(c.socket, DaemonConfig::default().socket);
         c.validate().unwrap();
         assert!(toml::from_str::<DaemonConfig>("bogus = 1").is_err());

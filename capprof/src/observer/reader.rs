@@ -10,7 +10,48 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::events::{Record, cstr, decode};
+use super::{
+    Observer, ObserverError,
+    events::{Record, cstr, decode},
+};
+
+/// How many decoded records may wait for their consumer.
+const CHANNEL: usize = 4096;
+
+/// The reader task of a loaded observer.
+pub struct EventReader {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("the ring buffer reader failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the ring buffer reader task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl EventReader {
+    /// Takes the observer's ring buffer and starts reading it; records come
+    /// out of the returned channel. Must run inside a tokio runtime.
+    pub fn spawn(
+        observer: &mut Observer,
+    ) -> Result<(Self, mpsc::Receiver<Received>), ObserverError> {
+        let ring = observer.take_events()?;
+        let (stop, stop_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let task = tokio::spawn(read_events(ring, tx, stop_rx));
+        Ok((Self { stop, task }, rx))
+    }
+
+    /// Stops reading once what the ring buffer holds now is drained, and
+    /// waits for that. The channel then ends after its last record.
+    pub async fn stop(self) -> Result<(), ReaderError> {
+        let _ = self.stop.send(());
+        Ok(self.task.await??)
+    }
+}
 
 /// A record, and what could only be learned while its process lived.
 #[derive(Debug, Clone)]
@@ -57,7 +98,7 @@ impl ExeNames {
 /// Reads the ring buffer until `stop`, then drains what is left and
 /// returns. Records go to `tx`; a full channel makes the reader wait, and
 /// the kernel counts what the ring buffer then cannot take.
-pub async fn read_events(
+async fn read_events(
     events: RingBuf<MapData>,
     tx: mpsc::Sender<Received>,
     mut stop: oneshot::Receiver<()>,

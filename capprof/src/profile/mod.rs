@@ -56,6 +56,15 @@ impl Class {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Required => "required",
+            Class::Denied => "denied",
+            Class::Silent => "silent",
+            Class::Advisory => "advisory",
+        }
+    }
+
     /// The classes of checks `backend` cannot see on any kernel, which
     /// profiles report as `unobservable`.
     pub fn unobservable_on(backend: Backend) -> Vec<Class> {
@@ -67,6 +76,12 @@ impl Class {
             blind.push(Class::Advisory);
         }
         blind
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 

@@ -1,11 +1,17 @@
 //! Turning the kernel's records and the engine's events into one profile
-//! per container. Shared by `capprof record` (and the daemon to come).
+//! per container. `Recorder` keeps what is known of each container;
+//! `Session` runs the loop that feeds it. Shared by `capprof record` and
+//! the daemon.
+
+mod session;
 
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
+
+pub use session::{Finalized, Session};
 
 use crate::{
     attribution::attribute,
