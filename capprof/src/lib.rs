@@ -1,15 +1,14 @@
 //! capprof as a library: the observer (eBPF loading, calibration, maps),
-//! the profile model, container attribution, engines and exports. The
-//! `capprof` binary is a thin CLI over it; benchmarks and the daemon use it
-//! too.
+//! the profile model, container attribution, engines, exports, the
+//! recorder and the daemon. The `capprof` binary (src/bin/capprof) is the
+//! command line over it; the benchmark uses it too. Nothing here imports
+//! the command line.
 
 pub mod attribution;
 pub mod capability;
 pub mod cgroup;
-pub mod cmd;
 pub mod daemon;
 pub mod engine;
-pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod observer;

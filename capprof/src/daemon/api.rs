@@ -423,8 +423,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 }
 
 /// Fixtures for the tests of the API and of the commands that use it.
-#[cfg(test)]
-pub(crate) mod testing {
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use std::{path::PathBuf, sync::mpsc as std_mpsc, thread};
 
     use tokio::sync::{mpsc, oneshot};

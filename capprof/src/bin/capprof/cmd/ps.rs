@@ -9,12 +9,12 @@ use std::{
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use hyper::{StatusCode, body::Bytes};
 
-use crate::{
+use crate::error::Error;
+use capprof::{
     daemon::{
         client::{self, ClientError, DEFAULT_SOCKET},
         query::ContainerSummary,
     },
-    error::Error,
 };
 
 const EXAMPLES: &str = "\
@@ -173,7 +173,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::daemon::api::testing::{ThreadServer, sample_list};
+    use capprof::daemon::api::testing::{ThreadServer, sample_list};
 
     #[derive(Debug, Parser)]
     struct Cli {

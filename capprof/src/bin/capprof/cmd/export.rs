@@ -9,8 +9,8 @@ use std::{
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
-use crate::{
-    error::Error,
+use crate::error::Error;
+use capprof::{
     export::{self, Comparison, Format, Runtime},
     fsutil,
     profile::{Profile, ProfileError},
@@ -130,7 +130,7 @@ fn warn_about(profile: &Profile) {
     if profile.capabilities.is_empty() {
         tracing::warn!("the profile saw no capability checks: the allowlist is empty");
     }
-    if let Some(blind) = crate::table::unobservable_note(&profile.observation) {
+    if let Some(blind) = capprof::table::unobservable_note(&profile.observation) {
         tracing::warn!("{blind}");
     }
 }

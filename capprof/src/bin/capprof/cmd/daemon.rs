@@ -2,12 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::{
+use crate::error::Error;
+use capprof::{
     daemon::{
         self,
         config::DaemonConfig,
     },
-    error::Error,
     observer::{Backend, preflight},
 };
 

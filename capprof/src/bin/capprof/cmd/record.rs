@@ -10,10 +10,10 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{
+use crate::error::Error;
+use capprof::{
     cgroup,
     engine::{self, Engine},
-    error::Error,
     fsutil,
     observer::{Backend, Observer, preflight},
     profile::Profile,

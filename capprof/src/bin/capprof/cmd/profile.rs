@@ -4,9 +4,9 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::ps::{fetch, short_id, write_stdout};
-use crate::{
+use crate::error::Error;
+use capprof::{
     daemon::client::{DEFAULT_SOCKET, encode_segment},
-    error::Error,
     export::{self, Format},
     profile::Profile,
     table,
@@ -149,7 +149,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::daemon::api::testing::{ID, IMAGE, ThreadServer, sample_profile};
+    use capprof::daemon::api::testing::{ID, IMAGE, ThreadServer, sample_profile};
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -1,10 +1,16 @@
 //! capprof: observe which Linux capabilities a workload really uses, and
 //! turn that into a least-privilege allowlist.
+//!
+//! The command line lives in this binary, not in the library, so that the
+//! compiler keeps the layering: commands use the library, never the other
+//! way round.
 
 use std::process::ExitCode;
 
-use capprof::cmd;
 use clap::{Parser, Subcommand};
+
+mod cmd;
+mod error;
 
 /// Observe the Linux capabilities a workload really uses and emit a
 /// least-privilege allowlist.

@@ -5,9 +5,9 @@ use std::{fs, process::ExitCode};
 
 use serde::Serialize;
 
-use crate::{
+use crate::error::Error;
+use capprof::{
     cgroup,
-    error::Error,
     observer::{
         Backend, COMPAT, LSM_LIST, Observer, bpf_lsm_active,
         btf::{self, KernelBtf},
@@ -176,7 +176,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     }
                 }
                 classification = Some(match observer.classification() {
-                    crate::observer::Classification::Opts {
+                    capprof::observer::Classification::Opts {
                         call_site: Some(slots),
                     } if observer.backend() == Backend::Lsm => {
                         format!(
@@ -184,13 +184,13 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                             slots.caller, slots.outer
                         )
                     }
-                    crate::observer::Classification::CallSite {
+                    capprof::observer::Classification::CallSite {
                         caller_slot,
                         outer_slot,
                     } => {
                         format!("call-site (slots {caller_slot}/{outer_slot})")
                     }
-                    crate::observer::Classification::Opts {
+                    capprof::observer::Classification::Opts {
                         call_site: Some(slots),
                     } => {
                         format!(
@@ -198,7 +198,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                             slots.caller, slots.outer
                         )
                     }
-                    crate::observer::Classification::Opts { call_site: None } => {
+                    capprof::observer::Classification::Opts { call_site: None } => {
                         "opts (call sites uncalibrated: advisory probes count as silent)".into()
                     }
                     other => other.to_string(),

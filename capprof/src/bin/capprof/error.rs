@@ -2,7 +2,7 @@
 //! scripts can trust: 2 for bad input or a missing prerequisite, 1 for a
 //! failure of capprof itself.
 
-use crate::{export::ExportError, observer::ObserverError, profile::ProfileError};
+use capprof::{export::ExportError, observer::ObserverError, profile::ProfileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -16,9 +16,9 @@ use std::{
 use capprof_common::check::watch;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{
+use crate::error::Error;
+use capprof::{
     cgroup::{self, OwnedCgroup},
-    error::Error,
     fsutil,
     observer::{Backend, Classification, Observer, events::Record, preflight, reader::EventReader},
     profile::{self, Class, Observation, Subject, rfc3339},
