@@ -96,17 +96,10 @@ struct InspectHostConfig {
     cap_drop: Option<Vec<String>>,
 }
 
-/// A path segment: unreserved characters as they are, the rest as %XX.
-fn percent_encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A container id as the engines' own tables show it: its first 12
+/// characters.
+pub fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 /// The endpoint the docker CLI would use: `DOCKER_HOST` or the default socket.
@@ -213,7 +206,10 @@ impl Engine {
     /// `initialized`), and a short-lived Podman container shows `stopped`
     /// from its `die` until Podman's cleanup, exactly when capprof asks.
     pub async fn inspect(&self, id_or_name: &str) -> Option<ContainerInfo> {
-        let path = format!("/containers/{}/json", percent_encode(id_or_name));
+        let path = format!(
+            "/containers/{}/json",
+            crate::urlpath::encode_segment(id_or_name)
+        );
         let body = tokio::time::timeout(Duration::from_secs(TIMEOUT_SECS), self.get(&path))
             .await
             .ok()??;

@@ -15,3 +15,4 @@ pub mod observer;
 pub mod profile;
 pub mod recorder;
 pub mod table;
+pub mod urlpath;

@@ -278,7 +278,7 @@ async fn image(
         Some(image) if !image.is_empty() => (image, true),
         _ => (raw, false),
     };
-    let Some(image) = percent_decode(raw) else {
+    let Some(image) = crate::urlpath::decode_segment(raw) else {
         return error(
             StatusCode::BAD_REQUEST,
             "the image name is not valid percent-encoded UTF-8",
@@ -356,21 +356,6 @@ fn parse_format(format: Option<&str>) -> Result<Format, String> {
 
 /// Decodes `%XX` escapes; None if one is malformed or the result is not
 /// UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b != b'%' {
-            out.push(b);
-            continue;
-        }
-        let hi = char::from(bytes.next()?).to_digit(16)?;
-        let lo = char::from(bytes.next()?).to_digit(16)?;
-        out.push(u8::try_from(hi * 16 + lo).ok()?);
-    }
-    String::from_utf8(out).ok()
-}
-
 async fn not_found(uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -846,16 +831,5 @@ mod tests {
         server.stop().await;
         unlink(&socket);
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb%3a1").as_deref(), Some("a/b:1"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
-        assert_eq!(percent_decode("%"), None);
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%+1"), None);
-        assert_eq!(percent_decode("%FF"), None);
     }
 }

@@ -142,20 +142,7 @@ fn connect_error(socket: &Path, err: io::Error) -> ClientError {
     }
 }
 
-/// Percent-encodes `s` as one path segment: everything but RFC 3986's
-/// unreserved characters is escaped, `/` included, so a key can never
-/// reach another route.
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::urlpath::encode_segment;
 
 /// The `error` field of the daemon's JSON error body, or the body itself
 /// (trimmed and bounded) when it is not one.
@@ -180,17 +167,6 @@ pub fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_are_encoded_whole() {
-        assert_eq!(encode_segment("web-1.a_b~"), "web-1.a_b~");
-        assert_eq!(
-            encode_segment("docker.io/library/nginx:1.27"),
-            "docker.io%2Flibrary%2Fnginx%3A1.27"
-        );
-        assert_eq!(encode_segment("a b?c#d%"), "a%20b%3Fc%23d%25");
-        assert_eq!(encode_segment("é"), "%C3%A9");
-    }
 
     #[test]
     fn error_messages_come_from_json_or_text() {

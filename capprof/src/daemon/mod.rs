@@ -144,18 +144,17 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
 
     // Everything privileged is done: bind, then drop every capability.
     let listener = api::bind(&config.socket)?;
-    let metrics_listener =
-        match &config.metrics {
-            Some(addr) => {
-                let addr = metrics::parse_addr(addr)?;
-                Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| DaemonError::MetricsBind { addr, source })?,
-                )
-            }
-            None => None,
-        };
+    let metrics_listener = match &config.metrics {
+        Some(addr) => {
+            let addr = metrics::parse_addr(addr)?;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::MetricsBind { addr, source })?,
+            )
+        }
+        None => None,
+    };
     let kept = privileges::drop_all()?;
 
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);

@@ -94,7 +94,7 @@ impl StateDir {
                 .name
                 .as_deref()
                 .and_then(safe_name)
-                .unwrap_or_else(|| state.id.chars().take(12).collect());
+                .unwrap_or_else(|| crate::engine::short_id(&state.id));
             let path = self.profiles.join(format!("{stem}.json"));
             fsutil::write_atomic(&path, current.to_json().as_bytes())
                 .map_err(|source| StateError::Write { path, source })?;

@@ -278,7 +278,8 @@ pub fn calibrate(
     let _ = attach::unload(ebpf, name, hook);
     let samples = samples(ebpf)?;
     log_samples(backend, &samples);
-    let slots = find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    let slots =
+        find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
     Ok((slots, None))
 }
 

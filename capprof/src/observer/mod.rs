@@ -22,20 +22,18 @@ use std::{
 };
 
 use attach::{AttachError, Attached, Hook};
-pub use backend::{Backend, COMPAT, Classification, LSM_LIST, LsmUnavailable, bpf_lsm_active, choose_backend};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, RingBuf},
     programs::links::PinnedLink,
 };
+pub use backend::{
+    Backend, COMPAT, Classification, LSM_LIST, LsmUnavailable, bpf_lsm_active, choose_backend,
+};
 use btf::KernelBtf;
 use calibrate::CalibrateError;
-use capprof_common::{
-    check::generations,
-    config::Config,
-    names,
-};
-pub use counts::{Clock, Count, Kind, KernelStats, Phase, Sighting, Verdict, flush_pending};
+use capprof_common::{check::generations, config::Config, names};
+pub use counts::{Clock, Count, KernelStats, Kind, Phase, Sighting, Verdict, flush_pending};
 use kallsyms::Kallsyms;
 
 /// The eBPF object built by build.rs through aya-build.
@@ -200,13 +198,15 @@ impl Observer {
             });
         }
         if backend == Backend::Lsm {
-            bpf_lsm_active()
-                .map_err(|reason| ObserverError::BackendUnavailable { backend, reason: reason.to_string() })?;
+            bpf_lsm_active().map_err(|reason| ObserverError::BackendUnavailable {
+                backend,
+                reason: reason.to_string(),
+            })?;
         }
         let tgid = std::process::id();
         // Parse the kernel's BTF once for the loader and the attaches.
-        let btf = aya::Btf::parse(&btf_data, aya::Endianness::default())
-            .map_err(btf::BtfError::Aya)?;
+        let btf =
+            aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(btf::BtfError::Aya)?;
         drop(btf_data);
         phases.mark("aya btf");
         let mut loader = EbpfLoader::new();
@@ -398,7 +398,9 @@ impl Observer {
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, ObserverError> {
-        self.ebpf.map_mut(name).ok_or(ObserverError::MissingMap(name))
+        self.ebpf
+            .map_mut(name)
+            .ok_or(ObserverError::MissingMap(name))
     }
 
     /// Profiles the subtree rooted at `cgroup_id` in `mode` (`watch::*`).

@@ -63,7 +63,10 @@ impl ProfileBuilder {
             acc.silent_granted += count.count;
         }
         *acc.by_class.entry(class).or_default() += count.count;
-        acc.first = Some(acc.first.map_or(count.first_seen, |f| f.min(count.first_seen)));
+        acc.first = Some(
+            acc.first
+                .map_or(count.first_seen, |f| f.min(count.first_seen)),
+        );
         acc.last = Some(acc.last.map_or(count.last_seen, |l| l.max(count.last_seen)));
     }
 

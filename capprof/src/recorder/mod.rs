@@ -15,7 +15,7 @@ pub use session::{Finalized, Session};
 
 use crate::{
     attribution::attribute,
-    engine::{ContainerEvent, ContainerInfo, safe_name},
+    engine::{ContainerEvent, ContainerInfo, safe_name, short_id},
     observer::{
         Count, Observer, ObserverError,
         events::{Record, cstr},
@@ -72,10 +72,7 @@ pub const STATE_SCHEMA: &str = "capprof.state/v1";
 impl ContainerRecord {
     /// The file name its profile is written under.
     pub fn file_stem(&self) -> String {
-        self.info
-            .name
-            .clone()
-            .unwrap_or_else(|| self.id.chars().take(12).collect())
+        self.info.name.clone().unwrap_or_else(|| short_id(&self.id))
     }
 
     pub fn matches(&self, wanted: &str) -> bool {
@@ -246,12 +243,7 @@ impl Recorder {
     /// The profile as of now, without draining: earlier finalizations plus
     /// the live counters in `counts` (one read of the kernel map, shared by
     /// every container).
-    pub fn snapshot(
-        &self,
-        id: &str,
-        observer: &Observer,
-        counts: &[Count],
-    ) -> Option<Profile> {
+    pub fn snapshot(&self, id: &str, observer: &Observer, counts: &[Count]) -> Option<Profile> {
         let rec = self.containers.get(id)?;
         let live: Vec<_> = counts
             .iter()
@@ -489,6 +481,6 @@ pub fn watch_container_roots(
 
 /// Where a container's profile goes.
 pub fn profile_path(dir: &Path, rec: &ContainerRecord) -> PathBuf {
-    let stem = safe_name(&rec.file_stem()).unwrap_or_else(|| rec.id.chars().take(12).collect());
+    let stem = safe_name(&rec.file_stem()).unwrap_or_else(|| short_id(&rec.id));
     dir.join(format!("{stem}.json"))
 }

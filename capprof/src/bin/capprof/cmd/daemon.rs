@@ -2,14 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::error::Error;
 use capprof::{
-    daemon::{
-        self,
-        config::DaemonConfig,
-    },
+    daemon::{self, config::DaemonConfig},
     observer::{Backend, preflight},
 };
+
+use crate::error::Error;
 
 /// Profile every container on this host, always on: keeps each container's
 /// profile current in the state directory, serves them on a root-only unix

@@ -3,9 +3,6 @@
 
 use std::{fs, process::ExitCode};
 
-use serde::Serialize;
-
-use crate::error::Error;
 use capprof::{
     cgroup,
     observer::{
@@ -14,6 +11,9 @@ use capprof::{
         choose_backend,
     },
 };
+use serde::Serialize;
+
+use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DoctorFormat {

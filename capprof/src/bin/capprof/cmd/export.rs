@@ -2,19 +2,20 @@
 //! with a runtime's defaults.
 
 use std::{
-    io::{self, Read as _, Write as _},
+    io::{self, Read as _},
     path::PathBuf,
     process::ExitCode,
 };
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-
-use crate::error::Error;
 use capprof::{
     export::{self, Comparison, Format, Runtime},
     fsutil,
     profile::{Profile, ProfileError},
 };
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use super::write_stdout;
+use crate::error::Error;
 
 /// How much of stdin a profile may take: far more than any real profile, and
 /// a bound on what an untrusted pipe can make capprof hold.
@@ -157,20 +158,6 @@ fn comparison_table(c: &Comparison) -> String {
         ]);
     }
     format!("{table}\n{}\n", c.summary())
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn write_stdout(text: &str) -> Result<(), Error> {
-    let mut stdout = io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(Error::internal(format!("cannot write to stdout: {e}")))
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -7,3 +7,22 @@ pub mod profile;
 pub mod ps;
 pub mod record;
 pub mod run;
+
+use std::io::{self, Write as _};
+
+use crate::error::Error;
+
+/// Writes a command's output to stdout. A reader that went away (`| head`)
+/// ends the output quietly, as in other command-line tools.
+pub(crate) fn write_stdout(text: &str) -> Result<(), Error> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Error::internal(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}

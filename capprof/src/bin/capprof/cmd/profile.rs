@@ -3,14 +3,16 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use super::ps::{fetch, short_id, write_stdout};
-use crate::error::Error;
 use capprof::{
     daemon::client::{DEFAULT_SOCKET, encode_segment},
+    engine::short_id,
     export::{self, Format},
     profile::Profile,
     table,
 };
+
+use super::{ps::fetch, write_stdout};
+use crate::error::Error;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -146,10 +148,10 @@ fn heading(profile: &Profile) -> String {
 
 #[cfg(test)]
 mod tests {
+    use capprof::daemon::api::testing::{ID, IMAGE, ThreadServer, sample_profile};
     use clap::Parser;
 
     use super::*;
-    use capprof::daemon::api::testing::{ID, IMAGE, ThreadServer, sample_profile};
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -1,21 +1,19 @@
 //! `capprof ps`: the containers a running daemon profiles.
 
 use std::{
-    io::{self, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
+use capprof::daemon::{
+    client::{self, ClientError, DEFAULT_SOCKET},
+    query::ContainerSummary,
+};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use hyper::{StatusCode, body::Bytes};
 
+use super::write_stdout;
 use crate::error::Error;
-use capprof::{
-    daemon::{
-        client::{self, ClientError, DEFAULT_SOCKET},
-        query::ContainerSummary,
-    },
-};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -107,7 +105,9 @@ fn table(list: &[ContainerSummary]) -> Table {
                 .join(",")
         };
         table.add_row([
-            c.name.clone().unwrap_or_else(|| short_id(&c.id)),
+            c.name
+                .clone()
+                .unwrap_or_else(|| capprof::engine::short_id(&c.id)),
             dash(c.image.as_deref().unwrap_or_default()),
             dash(&c.runtime),
             dash(&c.state),
@@ -117,11 +117,6 @@ fn table(list: &[ContainerSummary]) -> Table {
         ]);
     }
     table
-}
-
-/// The 12-character id that docker and podman show.
-pub(crate) fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
 }
 
 /// GETs `path` from the daemon: the body on 200, None on 404, an error
@@ -154,26 +149,12 @@ pub(crate) fn client_error(err: ClientError) -> Error {
     }
 }
 
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub(crate) fn write_stdout(text: &str) -> Result<(), Error> {
-    let mut stdout = io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(Error::internal(format!("cannot write to stdout: {e}")))
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use capprof::daemon::api::testing::{ThreadServer, sample_list};
     use clap::Parser;
 
     use super::*;
-    use capprof::daemon::api::testing::{ThreadServer, sample_list};
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -8,9 +8,6 @@ use std::{
     time::Duration,
 };
 
-use tokio::signal::unix::{SignalKind, signal};
-
-use crate::error::Error;
 use capprof::{
     cgroup,
     engine::{self, Engine},
@@ -19,6 +16,9 @@ use capprof::{
     profile::Profile,
     recorder::{Finalized, Recorder, Session, profile_path, watch_container_roots},
 };
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::Error;
 
 /// Record the capabilities every container uses, until Ctrl-C, SIGTERM or
 /// --duration; write DIR/<container-name>.json for each. A container that

@@ -13,10 +13,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use capprof_common::check::watch;
-use tokio::signal::unix::{SignalKind, signal};
-
-use crate::error::Error;
 use capprof::{
     cgroup::{self, OwnedCgroup},
     fsutil,
@@ -24,6 +20,10 @@ use capprof::{
     profile::{self, Class, Observation, Subject, rfc3339},
     table,
 };
+use capprof_common::check::watch;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
