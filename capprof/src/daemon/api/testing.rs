@@ -1,0 +1,157 @@
+//! Fixtures for the tests of the API and of the commands that use it.
+
+use std::{path::PathBuf, sync::mpsc as std_mpsc, thread};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Query, QueryTx, bind, serve};
+use crate::{
+    capability::Cap,
+    daemon::query::{ContainerSummary, Group, Health, MetricsSnapshot},
+    profile::Profile,
+};
+
+pub const IMAGE: &str = "docker.io/library/nginx:1.27";
+pub const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+pub fn sample_profile() -> Profile {
+    let json = r#"{
+      "schema": "capprof.profile/v1",
+      "generator": "capprof test",
+      "subject": {"kind": "container", "name": "web", "image": "docker.io/library/nginx:1.27"},
+      "observation": {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z",
+                      "backend": "tp_btf", "classification": "call-site"},
+      "allowlist": ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+      "required": ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+      "denied": [], "advisory": [], "silent": [],
+      "capabilities": [
+        {"name": "CAP_CHOWN", "number": 0, "class": "required", "granted": 3, "denied": 0,
+         "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:02Z"},
+        {"name": "CAP_NET_BIND_SERVICE", "number": 10, "class": "required", "granted": 1,
+         "denied": 0, "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:01Z"}
+      ]
+    }"#;
+    Profile::from_json("sample", json.as_bytes()).unwrap()
+}
+
+pub fn sample_list() -> Vec<ContainerSummary> {
+    vec![
+        ContainerSummary {
+            id: ID.into(),
+            name: Some("web".into()),
+            image: Some(IMAGE.into()),
+            runtime: "docker".into(),
+            state: "running".into(),
+            required: vec![Cap::from_number(0).unwrap()],
+            allowlist: vec![Cap::from_number(0).unwrap(), Cap::from_number(10).unwrap()],
+            first_seen: "2025-01-01T00:00:00Z".into(),
+            last_seen: "2025-01-01T00:00:02Z".into(),
+        },
+        ContainerSummary {
+            id: "fedcba9876543210".into(),
+            name: None,
+            image: None,
+            runtime: "podman".into(),
+            state: "exited".into(),
+            required: vec![],
+            allowlist: vec![],
+            first_seen: String::new(),
+            last_seen: String::new(),
+        },
+    ]
+}
+
+pub fn sample_health() -> Health {
+    Health {
+        status: "ok".into(),
+        version: "0.1.0".into(),
+        backend: "tp_btf".into(),
+        classification: "call-site".into(),
+        uptime_secs: 7,
+        containers: 2,
+        capabilities: vec![],
+    }
+}
+
+/// An aggregator with fixed answers.
+pub fn fake_aggregator() -> QueryTx {
+    let (tx, mut rx) = mpsc::channel::<Query>(8);
+    tokio::spawn(async move {
+        while let Some(q) = rx.recv().await {
+            match q {
+                Query::List { reply } => {
+                    let _ = reply.send(sample_list());
+                }
+                Query::Health { reply } => {
+                    let _ = reply.send(sample_health());
+                }
+                Query::Metrics { reply } => {
+                    let _ = reply.send(MetricsSnapshot::default());
+                }
+                Query::Profile { group, key, reply } => {
+                    let known = match group {
+                        Group::Container => {
+                            key == "web" || (key.len() >= 4 && ID.starts_with(&key))
+                        }
+                        Group::Image => key == IMAGE || key == "acme/export",
+                    };
+                    let _ = reply.send(known.then(sample_profile));
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// The API with the fake aggregator, on a thread and runtime of its own,
+/// for callers that run their own runtime (the CLI commands).
+pub struct ThreadServer {
+    pub socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ThreadServer {
+    pub fn start(socket: PathBuf) -> Self {
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let path = socket.clone();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = bind(&path).unwrap();
+                ready_tx.send(()).unwrap();
+                serve(listener, fake_aggregator(), async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        ready_rx.recv().unwrap();
+        ThreadServer {
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ThreadServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            // Do not panic while already panicking: that would abort.
+            if !thread::panicking() {
+                joined.unwrap();
+            }
+        }
+        super::unlink(&self.socket);
+    }
+}
