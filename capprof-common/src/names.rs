@@ -5,31 +5,20 @@
 //! up only through these constants. A userspace test loads the object and
 //! checks that every name below exists in it.
 
-/// Cgroups whose subtree is profiled (`CapprofRoot` values, keyed by cgroup id).
+// Maps: each is documented once, at its definition in
+// capprof-ebpf/src/maps.rs.
 pub const WATCH_ROOTS: &str = "WATCH_ROOTS";
-/// Per-cgroup cache of the watch decision, filled by the kernel (LRU).
 pub const CGROUPS: &str = "CGROUPS";
-/// Runtime configuration (one `Config` entry).
 pub const CONFIG: &str = "CONFIG";
-/// Call-site return address -> `SiteKind`, filled by the kernel on first sight.
 pub const SITES: &str = "SITES";
-/// In-kernel aggregation: `CheckKey` -> `CheckStats`.
 pub const COUNTS: &str = "COUNTS";
-/// Dedup set for evidence records (LRU).
 pub const EVIDENCE_SEEN: &str = "EVIDENCE_SEEN";
-/// Ring buffer carrying `Event` records to userspace.
 pub const EVENTS: &str = "EVENTS";
-/// Per-CPU counters of the kernel side's own health, indexed by `stat::*`.
 pub const STATS: &str = "STATS";
-/// Scratch for the kprobe backend: what the entry probe saw (`Inflight`).
 pub const INFLIGHT: &str = "INFLIGHT";
-/// Stack samples taken by the calibration program.
 pub const CALIB: &str = "CALIB";
-/// Phase (runtime setup or workload) of processes in container cgroups.
 pub const TASKS: &str = "TASKS";
-/// Per-CPU cache of the hot path's recent decisions (`HotCache`).
 pub const HOT: &str = "HOT";
-/// Generation counters that invalidate `HOT` (`gen::*` indexes).
 pub const GENERATION: &str = "GENERATION";
 
 /// tp_btf program on the `cap_capable` tracepoint (Linux 6.14+).

@@ -127,20 +127,35 @@ impl StateDir {
     }
 }
 
+/// Why a state file was not taken back.
+#[derive(Debug, thiserror::Error)]
+pub enum BadState {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not a state file: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("schema {0:?} is not {STATE_SCHEMA:?}")]
+    Schema(String),
+    #[error("{0:?} is not a container id")]
+    Id(String),
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
+}
+
 /// Parses a state file without trusting it: schema, id, and the profiles
 /// inside must all validate.
-fn parse(path: &Path) -> Result<PersistedContainer, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let state: PersistedContainer = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+fn parse(path: &Path) -> Result<PersistedContainer, BadState> {
+    let bytes = fs::read(path).map_err(BadState::Read)?;
+    let state: PersistedContainer = serde_json::from_slice(&bytes).map_err(BadState::Json)?;
     if state.schema != STATE_SCHEMA {
-        return Err(format!("schema {:?}", state.schema));
+        return Err(BadState::Schema(state.schema));
     }
     if !is_container_id(&state.id) {
-        return Err("not a container id".into());
+        return Err(BadState::Id(state.id));
     }
     for profile in [&state.base, &state.current].into_iter().flatten() {
-        let json = serde_json::to_vec(profile).map_err(|e| e.to_string())?;
-        Profile::from_json(&path.display().to_string(), &json).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(profile).map_err(BadState::Json)?;
+        Profile::from_json(&path.display().to_string(), &json)?;
     }
     Ok(state)
 }
