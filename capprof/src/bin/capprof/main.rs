@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    install_panic_hook();
     init_tracing();
     let result = match cli.command {
         Command::Run(args) => cmd::run::main(args),
@@ -79,4 +80,40 @@ fn init_tracing() {
         .with_target(false)
         .without_time()
         .init();
+}
+
+/// A panic is a capprof bug, but the user still gets one line and no
+/// backtrace (set RUST_BACKTRACE=1 to see one, for a bug report). A write
+/// to a closed pipe (`| head`) that got past `write_stdout` ends quietly,
+/// and one to a full disk says so in one line.
+fn install_panic_hook() {
+    use std::io::Write as _;
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let mut stderr = std::io::stderr();
+        if msg.starts_with("failed printing to") {
+            if msg.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            let _ = writeln!(stderr, "capprof: cannot write output: {msg}");
+            std::process::exit(1);
+        }
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            stderr,
+            "capprof: internal error{at}: {msg} (a bug; please report it)"
+        );
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            let _ = writeln!(stderr, "{}", std::backtrace::Backtrace::force_capture());
+        }
+        std::process::exit(101);
+    }));
 }

@@ -248,13 +248,16 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         checks,
         missing,
     };
-    match args.format {
-        DoctorFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Error::internal(e.to_string()))?
-        ),
-        DoctorFormat::Table => print_report(&report),
-    }
+    let text = match args.format {
+        DoctorFormat::Json => {
+            let mut json = serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            json.push('\n');
+            json
+        }
+        DoctorFormat::Table => render_report(&report),
+    };
+    super::write_stdout(&text)?;
     Ok(if report.missing.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -262,32 +265,36 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     })
 }
 
-fn print_report(r: &Report) {
-    println!("kernel:   {}", r.kernel);
+fn render_report(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "kernel:   {}", r.kernel);
     if let (Some(b), Some(why)) = (&r.backend, &r.reason) {
-        println!("backend:  {b} ({why})");
+        let _ = writeln!(out, "backend:  {b} ({why})");
     }
     if let Some(c) = &r.classification {
-        println!("classify: {c}");
+        let _ = writeln!(out, "classify: {c}");
     }
     if let Some(ms) = r.load_ms {
-        println!("load:     {ms} ms (load, calibrate, attach)");
+        let _ = writeln!(out, "load:     {ms} ms (load, calibrate, attach)");
     }
     for c in &r.checks {
-        println!(
+        let _ = writeln!(
+            out,
             "  [{}] {:<24} {}",
             if c.ok { " ok " } else { "FAIL" },
             c.name,
             c.detail
         );
     }
-    println!("backends by preference:");
+    let _ = writeln!(out, "backends by preference:");
     for (b, since, needs) in COMPAT {
-        println!("  {b:<7} Linux {since:<5} needs {needs}");
+        let _ = writeln!(out, "  {b:<7} Linux {since:<5} needs {needs}");
     }
     if r.missing.is_empty() {
-        println!("ready");
+        let _ = writeln!(out, "ready");
     } else {
-        println!("missing: {}", r.missing.join("; "));
+        let _ = writeln!(out, "missing: {}", r.missing.join("; "));
     }
+    out
 }

@@ -106,7 +106,10 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     // CMD's process moves into the cgroup now and waits there, before its
     // exec, until capprof watches: moving a process waits for an RCU grace
     // period (10-20 ms here), which then passes while capprof loads.
-    let held = HeldChild::start(&args.command, &program, &cgroup)?;
+    // With the profile on stdout, CMD's own output goes to stderr, so that
+    // stdout is the JSON alone.
+    let json_on_stdout = args.out.is_none() && args.format == OutputFormat::Json;
+    let held = HeldChild::start(&args.command, &program, &cgroup, json_on_stdout)?;
     let mut observer = Observer::load(args.backend)?;
     tracing::info!(
         "loaded {} backend ({} classification) in {:?}",
@@ -175,13 +178,17 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     let profile = profile::build(counts, sightings, subject, observation);
 
     if !args.quiet {
-        eprint!("{}", table::render_profile(&profile));
+        // Nothing is left to tell if stderr cannot be written to.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            table::render_profile(&profile).as_bytes(),
+        );
     }
     let json = profile.to_json();
     match (&args.out, args.format) {
         (Some(out), _) => fsutil::write_atomic(out, json.as_bytes())
             .map_err(|e| Error::usage(format!("cannot write {}: {e}", out.display())))?,
-        (None, OutputFormat::Json) => print!("{json}"),
+        (None, OutputFormat::Json) => super::write_stdout(&json)?,
         (None, OutputFormat::Table) => {}
     }
     Ok(exit_code(status))
@@ -214,7 +221,12 @@ struct HeldChild {
 impl HeldChild {
     /// Forks CMD's process, which moves itself into the cgroup (so CMD's
     /// very first check is seen) and then waits on the gate.
-    fn start(command: &[OsString], program: &Path, cgroup: &OwnedCgroup) -> Result<Self, Error> {
+    fn start(
+        command: &[OsString],
+        program: &Path,
+        cgroup: &OwnedCgroup,
+        stdout_to_stderr: bool,
+    ) -> Result<Self, Error> {
         let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes())
             .map_err(|_| Error::internal("cgroup path holds a NUL byte"))?;
         let mut fds = [0; 2];
@@ -237,6 +249,12 @@ impl HeldChild {
             .and_then(|c| CString::new(c.trim_ascii_end()).ok());
         let mut cmd = tokio::process::Command::new(program);
         cmd.arg0(&command[0]).args(&command[1..]);
+        if stdout_to_stderr {
+            let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
+                .try_clone_to_owned()
+                .map_err(|e| Error::internal(format!("cannot duplicate stderr: {e}")))?;
+            cmd.stdout(std::process::Stdio::from(stderr));
+        }
         // SAFETY: only async-signal-safe calls (open, write, close, prctl,
         // read) between fork and exec.
         unsafe {
