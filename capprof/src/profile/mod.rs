@@ -205,7 +205,18 @@ pub enum ProfileError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: not a capprof profile: the JSON is not an object")]
+    NotAnObject { path: String },
+    #[error("{path}: {what}, not a capprof profile")]
+    NotAFile { path: String, what: &'static str },
+    #[error("{path}: larger than {} MiB, not a capprof profile", MAX_BYTES >> 20)]
+    TooLarge { path: String },
 }
+
+/// How large a profile file may be: far more than any real profile (a few
+/// hundred KiB), and a bound on what an untrusted file or pipe can make
+/// capprof hold.
+pub const MAX_BYTES: u64 = 64 << 20;
 
 impl Profile {
     /// Parses and validates a profile from untrusted bytes: the schema must
@@ -218,11 +229,20 @@ impl Profile {
         }
         // Check the schema first, so another version gets a clear message
         // rather than a missing-field error.
-        let probe: Probe =
-            serde_json::from_slice(bytes).map_err(|source| ProfileError::Malformed {
-                path: path.to_owned(),
-                source,
-            })?;
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|source| {
+            if source.classify() == serde_json::error::Category::Data {
+                // Valid JSON of another shape; serde's own words would name
+                // capprof's internal type.
+                ProfileError::NotAnObject {
+                    path: path.to_owned(),
+                }
+            } else {
+                ProfileError::Malformed {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
         match probe.schema.as_deref() {
             Some(SCHEMA) => {}
             other => {
@@ -246,11 +266,44 @@ impl Profile {
         Ok(profile)
     }
 
+    /// Reads a profile file: a regular file of at most `MAX_BYTES`.
     pub fn read(path: &str) -> Result<Self, ProfileError> {
-        let bytes = std::fs::read(path).map_err(|source| ProfileError::Read {
+        let read_err = |source| ProfileError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else {
+                "a special file"
+            };
+            return Err(ProfileError::NotAFile {
+                path: path.to_owned(),
+                what,
+            });
+        }
+        Self::read_from(path, file)
+    }
+
+    /// Reads a profile from a stream (stdin), at most `MAX_BYTES` of it.
+    pub fn read_from(path: &str, reader: impl std::io::Read) -> Result<Self, ProfileError> {
+        use std::io::Read as _;
+        let mut bytes = vec![];
+        reader
+            .take(MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ProfileError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(ProfileError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
         Self::from_json(path, &bytes)
     }
 
@@ -410,7 +463,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{io::Read as _, time::Duration};
 
     use super::*;
     use crate::observer::{Count, Phase};
@@ -642,5 +695,23 @@ mod tests {
         // A merge with an lsm profile cannot vouch for the classes lsm missed.
         a.merge(&b);
         assert_eq!(a.observation.unobservable, [Class::Denied, Class::Advisory]);
+    }
+
+    #[test]
+    fn untrusted_input_is_bounded_and_named_in_the_users_words() {
+        let big = std::io::repeat(b' ').take(MAX_BYTES + 10);
+        assert!(matches!(
+            Profile::read_from("<stdin>", big),
+            Err(ProfileError::TooLarge { .. })
+        ));
+        let err = Profile::from_json("x.json", b"[1, 2]").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.json: not a capprof profile: the JSON is not an object"
+        );
+        for special in ["/dev/zero", "/tmp"] {
+            let err = Profile::read(special).unwrap_err();
+            assert!(matches!(err, ProfileError::NotAFile { .. }), "{err}");
+        }
     }
 }

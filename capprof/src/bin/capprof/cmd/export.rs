@@ -1,25 +1,17 @@
 //! `capprof export`: a profile's allowlist as runtime settings, or compared
 //! with a runtime's defaults.
 
-use std::{
-    io::{self, Read as _},
-    path::PathBuf,
-    process::ExitCode,
-};
+use std::{io, path::PathBuf, process::ExitCode};
 
 use capprof::{
     export::{self, Comparison, Format, Runtime},
     fsutil,
-    profile::{Profile, ProfileError},
+    profile::Profile,
 };
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use super::write_stdout;
 use crate::error::Error;
-
-/// How much of stdin a profile may take: far more than any real profile, and
-/// a bound on what an untrusted pipe can make capprof hold.
-const MAX_STDIN_BYTES: u64 = 64 << 20;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -96,26 +88,11 @@ pub fn main(args: ExportArgs) -> Result<ExitCode, Error> {
 }
 
 fn read_profile(path: &str) -> Result<Profile, Error> {
-    if path != "-" {
-        return Ok(Profile::read(path)?);
-    }
-    const STDIN: &str = "<stdin>";
-    let mut bytes = vec![];
-    io::stdin()
-        .lock()
-        .take(MAX_STDIN_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| ProfileError::Read {
-            path: STDIN.to_owned(),
-            source,
-        })?;
-    if bytes.len() as u64 > MAX_STDIN_BYTES {
-        return Err(Error::usage(format!(
-            "{STDIN}: larger than {} MiB, not a capprof profile",
-            MAX_STDIN_BYTES >> 20
-        )));
-    }
-    Ok(Profile::from_json(STDIN, &bytes)?)
+    Ok(if path == "-" {
+        Profile::read_from("<stdin>", io::stdin().lock())?
+    } else {
+        Profile::read(path)?
+    })
 }
 
 /// What the allowlist may lack: capabilities that were refused, or an
