@@ -21,7 +21,7 @@ use std::{
 };
 
 use config::DaemonConfig;
-use query::{CheckSample, ContainerSummary, Group, Health, MetricsSnapshot, Query};
+use query::{CheckSample, ContainerSummary, Group, Health, Lookup, MetricsSnapshot, Query};
 use state::StateDir;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -389,21 +389,35 @@ impl Aggregator {
                 reply,
             } => {
                 let counts = observer.read_counts().unwrap_or_default();
-                let profile = match recorder.find(&key) {
-                    Some(rec) => recorder.snapshot(&rec.id, observer, &counts),
-                    // Evicted: from disk.
-                    None => self
-                        .state
-                        .ids()
-                        .into_iter()
-                        .filter_map(|id| self.state.read(&id))
-                        .find(|p| {
-                            p.name.as_deref() == Some(key.as_str())
-                                || (key.len() >= 4 && p.id.starts_with(&key))
-                        })
-                        .and_then(|p| p.current),
+                let mut ids: Vec<String> =
+                    recorder.find(&key).iter().map(|r| r.id.clone()).collect();
+                // Evicted ones are on disk only.
+                for p in self
+                    .state
+                    .ids()
+                    .into_iter()
+                    .filter_map(|id| self.state.read(&id))
+                {
+                    let by_name = p.name.as_deref() == Some(key.as_str());
+                    if (by_name || (key.len() >= 4 && p.id.starts_with(&key)))
+                        && !ids.contains(&p.id)
+                    {
+                        ids.push(p.id);
+                    }
+                }
+                let answer = match ids.as_slice() {
+                    [] => Err(Lookup::NotFound),
+                    [id] => match recorder.get(id) {
+                        Some(_) => recorder.snapshot(id, observer, &counts),
+                        None => self.state.read(id).and_then(|p| p.current),
+                    }
+                    .ok_or(Lookup::NotFound),
+                    _ => {
+                        ids.sort();
+                        Err(Lookup::Ambiguous(ids))
+                    }
                 };
-                let _ = reply.send(profile);
+                let _ = reply.send(answer);
             }
             Query::Profile {
                 group: Group::Image,
@@ -429,7 +443,7 @@ impl Aggregator {
                         }
                     }
                 }
-                let _ = reply.send(merged);
+                let _ = reply.send(merged.ok_or(Lookup::NotFound));
             }
             Query::Metrics { reply } => {
                 let counts = observer.read_counts().unwrap_or_default();

@@ -66,6 +66,15 @@ pub enum Group {
     Image,
 }
 
+/// Why a profile query has no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    NotFound,
+    /// A name that more than one container has had (re-used names): their
+    /// ids, so the user can pick one.
+    Ambiguous(Vec<String>),
+}
+
 pub enum Query {
     /// Every profiled container.
     List {
@@ -76,7 +85,7 @@ pub enum Query {
     Profile {
         group: Group,
         key: String,
-        reply: oneshot::Sender<Option<Profile>>,
+        reply: oneshot::Sender<Result<Profile, Lookup>>,
     },
     Health {
         reply: oneshot::Sender<Health>,

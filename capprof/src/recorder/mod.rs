@@ -326,11 +326,23 @@ impl Recorder {
     }
 
     /// The container a user means: exact name, or id prefix (≥ 4 chars).
-    pub fn find(&self, key: &str) -> Option<&ContainerRecord> {
+    ///
+    /// A name that several containers have had (one re-used it after the
+    /// other exited) matches them all: the caller must not guess.
+    pub fn find(&self, key: &str) -> Vec<&ContainerRecord> {
+        let name = key.trim_start_matches('/');
+        let by_name: Vec<_> = self
+            .containers
+            .values()
+            .filter(|c| c.info.name.as_deref() == Some(name))
+            .collect();
+        if !by_name.is_empty() {
+            return by_name;
+        }
         self.containers
             .values()
-            .find(|c| c.info.name.as_deref() == Some(key.trim_start_matches('/')))
-            .or_else(|| self.containers.values().find(|c| c.matches(key)))
+            .filter(|c| c.matches(key))
+            .collect()
     }
 
     /// Containers that died more than `grace` ago (their last records have
@@ -480,7 +492,20 @@ pub fn watch_container_roots(
 }
 
 /// Where a container's profile goes.
+///
+/// `NAME.json`, unless that file holds the profile of another container
+/// (a name re-used while recording, or by an earlier recording): then
+/// `NAME-<short id>.json`, so that no container's profile is ever
+/// overwritten by another's.
 pub fn profile_path(dir: &Path, rec: &ContainerRecord) -> PathBuf {
     let stem = safe_name(&rec.file_stem()).unwrap_or_else(|| short_id(&rec.id));
-    dir.join(format!("{stem}.json"))
+    let path = dir.join(format!("{stem}.json"));
+    let taken = path.exists()
+        && Profile::read(&path.to_string_lossy())
+            .map_or(true, |p| p.subject.id.as_deref() != Some(rec.id.as_str()));
+    if taken {
+        dir.join(format!("{stem}-{}.json", short_id(&rec.id)))
+    } else {
+        path
+    }
 }

@@ -42,7 +42,7 @@ use clap::ValueEnum as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
-use super::query::{self, Group, Query, QueryTx};
+use super::query::{self, Group, Lookup, Query, QueryTx};
 use crate::export::{self, Format};
 
 /// The socket's mode: read and write (connect) for root only.
@@ -310,11 +310,27 @@ async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>
         }
         Group::Image => format!("no container of image {key}"),
     };
-    let asked = query::ask(tx, |reply| Query::Profile { group, key, reply }).await;
+    let asked = query::ask(tx, |reply| Query::Profile {
+        group,
+        key: key.clone(),
+        reply,
+    })
+    .await;
     let profile = match asked {
         None => return unavailable(),
-        Some(None) => return error(StatusCode::NOT_FOUND, what),
-        Some(Some(profile)) => profile,
+        Some(Err(Lookup::NotFound)) => return error(StatusCode::NOT_FOUND, what),
+        Some(Err(Lookup::Ambiguous(ids))) => {
+            let ids: Vec<String> = ids.iter().map(|id| crate::engine::short_id(id)).collect();
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} containers have had the name {key} ({}): give an id prefix instead",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            );
+        }
+        Some(Ok(profile)) => profile,
     };
     match format {
         None => (

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Query, QueryTx, bind, serve};
 use crate::{
     capability::Cap,
-    daemon::query::{ContainerSummary, Group, Health, MetricsSnapshot},
+    daemon::query::{ContainerSummary, Group, Health, Lookup, MetricsSnapshot},
     profile::Profile,
 };
 
@@ -95,7 +95,7 @@ pub fn fake_aggregator() -> QueryTx {
                         }
                         Group::Image => key == IMAGE || key == "acme/export",
                     };
-                    let _ = reply.send(known.then(sample_profile));
+                    let _ = reply.send(known.then(sample_profile).ok_or(Lookup::NotFound));
                 }
             }
         }

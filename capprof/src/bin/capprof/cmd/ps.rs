@@ -127,7 +127,7 @@ pub(crate) fn fetch(socket: &Path, path: &str) -> Result<Option<Bytes>, Error> {
     match status {
         StatusCode::OK => Ok(Some(body)),
         StatusCode::NOT_FOUND => Ok(None),
-        StatusCode::BAD_REQUEST => Err(Error::usage(message())),
+        StatusCode::BAD_REQUEST | StatusCode::CONFLICT => Err(Error::usage(message())),
         StatusCode::SERVICE_UNAVAILABLE => Err(Error::usage(format!(
             "the capprof daemon at {}: {}",
             socket.display(),
