@@ -58,6 +58,8 @@ pub struct ContainerInfo {
     /// The capabilities it was started with, if the engine said enough to
     /// know.
     pub capabilities: Option<Vec<Cap>>,
+    /// When it (last) started, if the engine gave a valid time.
+    pub started_at: Option<std::time::SystemTime>,
 }
 
 /// A container lifecycle event.
@@ -80,6 +82,13 @@ struct InspectReply {
     name: Option<String>,
     config: Option<InspectConfig>,
     host_config: Option<InspectHostConfig>,
+    state: Option<InspectState>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectState {
+    started_at: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -227,6 +236,12 @@ impl Engine {
             name: reply.name.as_deref().and_then(safe_name),
             image: reply.config.and_then(|c| c.image),
             capabilities,
+            started_at: reply
+                .state
+                .and_then(|s| s.started_at)
+                .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+                // Docker says 0001-01-01 for a container that never ran.
+                .filter(|t| *t > std::time::UNIX_EPOCH),
         })
     }
 

@@ -71,6 +71,10 @@ pub fn render_profile(profile: &Profile) -> String {
         out.push_str(&format!("denied:    {}\n", names(&profile.denied)));
     }
     let obs = &profile.observation;
+    if let Some(partial) = &obs.partial {
+        let what = profile.subject.name.as_deref().unwrap_or("the workload");
+        out.push_str(&format!("WARNING: {}\n", partial.warning(what)));
+    }
     if let Some(blind) = unobservable_note(obs) {
         out.push_str(&format!("note: {blind}\n"));
     }

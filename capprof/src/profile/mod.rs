@@ -129,6 +129,34 @@ pub struct Observation {
     /// for granted checks) and `advisory`. Absent when every class is seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unobservable: Vec<Class>,
+    /// Set when the recording began after the workload had started: its
+    /// start-up checks were not seen, so the allowlist may be too small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+}
+
+/// Why an observation missed the workload's start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// When the container started, as its engine says (RFC 3339), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_started: Option<String>,
+    /// When the recording started.
+    pub recording_started: String,
+}
+
+impl Partial {
+    /// One sentence for a warning.
+    pub fn warning(&self, what: &str) -> String {
+        format!(
+            "{what} was already running when recording started ({}recording started {}): its start-up needs were not seen, and the allowlist may be too small; record it from its start",
+            self.workload_started
+                .as_deref()
+                .map(|t| format!("it started {t}, "))
+                .unwrap_or_default(),
+            self.recording_started
+        )
+    }
 }
 
 /// One piece of evidence: who made a check, and how.
@@ -351,6 +379,10 @@ impl Profile {
         let mut blind: BTreeSet<Class> = self.observation.unobservable.drain(..).collect();
         blind.extend(other.observation.unobservable.iter().copied());
         self.observation.unobservable = blind.into_iter().collect();
+        // A merge that includes a partial observation is partial.
+        if self.observation.partial.is_none() {
+            self.observation.partial = other.observation.partial.clone();
+        }
         self.apply_summary();
     }
 

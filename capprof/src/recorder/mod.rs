@@ -21,7 +21,7 @@ use crate::{
         events::{Record, cstr},
         reader::Received,
     },
-    profile::{self, Class, Observation, Profile, Subject, rfc3339},
+    profile::{self, Class, Observation, Partial, Profile, Subject, rfc3339},
 };
 
 /// A cgroup seen in the kernel.
@@ -43,6 +43,9 @@ pub struct ContainerRecord {
     died: Option<Instant>,
     /// Whether the container has exited (and its counters were drained).
     pub exited: bool,
+    /// Set when the container was already running when recording began:
+    /// its start was not seen. Holds when it started, if known.
+    preexisting: Option<Option<SystemTime>>,
     /// What earlier finalizations produced (a restarted container adds up):
     /// counts no longer in the kernel.
     profile: Option<Profile>,
@@ -228,6 +231,20 @@ impl Recorder {
         }
         if died {
             rec.died = Some(Instant::now());
+        }
+    }
+
+    /// A container that was running before the recording began: its
+    /// profile will say that it is partial.
+    pub fn on_preexisting(&mut self, info: ContainerInfo) {
+        let started_at = info.started_at;
+        let id = info.id.clone();
+        self.on_inspect(info);
+        let rec = self.container(&id);
+        // A container restored from the daemon's state was seen from its
+        // start by an earlier run.
+        if rec.profile.is_none() {
+            rec.preexisting = Some(started_at);
         }
     }
 
@@ -442,6 +459,10 @@ fn observation(
         lost_records: stats.ringbuf_lost,
         unclassified_checks: stats.unclassified,
         unobservable: Class::unobservable_on(observer.backend()),
+        partial: rec.preexisting.map(|started| Partial {
+            workload_started: started.map(rfc3339),
+            recording_started: rec.started.map(rfc3339).unwrap_or_default(),
+        }),
     }
 }
 

@@ -68,7 +68,7 @@ impl Session {
         if let Some(engine) = &engine {
             for id in engine.running().await {
                 if let Some(info) = engine.inspect(&id).await {
-                    recorder.on_inspect(info);
+                    recorder.on_preexisting(info);
                 }
             }
         }

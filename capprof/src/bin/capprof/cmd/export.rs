@@ -54,13 +54,31 @@ pub struct ExportArgs {
     #[arg(short, long, value_name = "FILE", env = "CAPPROF_EXPORT_OUT")]
     pub out: Option<PathBuf>,
 
-    /// The profile written by `capprof run` (`-` reads stdin).
+    /// Refuse (exit 2) a profile whose recording began after the workload
+    /// had started, instead of only warning: its start-up needs were not
+    /// seen.
+    #[arg(long, env = "CAPPROF_REQUIRE_COMPLETE")]
+    pub require_complete: bool,
+
+    /// The profile written by `capprof run` or `record` (`-` reads stdin).
     #[arg(value_name = "PROFILE.json")]
     pub profile: String,
 }
 
 pub fn main(args: ExportArgs) -> Result<ExitCode, Error> {
     let profile = read_profile(&args.profile)?;
+    if let Some(partial) = &profile.observation.partial {
+        let what = profile.subject.name.as_deref().unwrap_or("the workload");
+        if args.require_complete {
+            return Err(Error::usage(format!(
+                "{}: {} (--require-complete)",
+                args.profile,
+                partial.warning(what)
+            )));
+        }
+        use std::io::Write as _;
+        let _ = writeln!(io::stderr(), "capprof: WARNING: {}", partial.warning(what));
+    }
     warn_about(&profile);
     let text = match (args.against, args.format) {
         (None, format) => export::render(&profile, format.unwrap_or(Format::Docker))?,

@@ -170,6 +170,7 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         lost_records: stats.ringbuf_lost,
         unclassified_checks: stats.unclassified,
         unobservable: Class::unobservable_on(observer.backend()),
+        partial: None,
     };
     if let Classification::Uncalibrated(reason) = observer.classification() {
         tracing::warn!("classification uncalibrated: {reason}");
