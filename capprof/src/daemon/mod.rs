@@ -125,6 +125,11 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
             "capprof: reusing pinned maps and programs: checks made while the daemon was down are kept"
         );
     }
+    // Until the daemon is up, a failure removes the pins this run made:
+    // nothing is left attached behind a daemon that never started.
+    let mut pins = crate::observer::pin::Cleanup {
+        dir: (!observer.reused_pins()).then(|| crate::observer::pin::pin_dir(&config.bpffs)),
+    };
 
     let parents = match &engine {
         Some(engine) => engine.cgroup_parents(),
@@ -142,8 +147,8 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     }
     recorder.adopt_existing();
 
-    // Everything privileged is done: bind, then drop every capability.
-    let listener = api::bind(&config.socket)?;
+    // Everything privileged is done: bind, then drop every capability. The
+    // metrics port first: its failure then leaves no socket behind.
     let metrics_listener = match &config.metrics {
         Some(addr) => {
             let addr = metrics::parse_addr(addr)?;
@@ -155,7 +160,14 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         }
         None => None,
     };
-    let kept = privileges::drop_all()?;
+    let listener = api::bind(&config.socket)?;
+    let kept = match privileges::drop_all() {
+        Ok(kept) => kept,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e.into());
+        }
+    };
 
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
     let shutdown = |mut rx: tokio_watch::Receiver<bool>| async move {
@@ -178,6 +190,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let backend = observer.backend();
     let classification = observer.classification().to_string();
     let session = Session::start(observer, recorder, engine, TICK).await?;
+    pins.dir = None;
 
     eprintln!(
         "capprof: daemon ready: {} backend, watching {}, api {}, {} capabilities kept{}",

@@ -128,6 +128,8 @@ pub struct Observer {
     pin_dir: Option<PathBuf>,
     /// Whether compatible pins of an earlier run were reused.
     reused_pins: bool,
+    /// Held while this observer owns pins.
+    _pin_lock: Option<pin::PinLock>,
 }
 
 impl Observer {
@@ -157,9 +159,13 @@ impl Observer {
             })
             .map_err(ObserverError::Thread)?;
         let mut reused_pins = false;
+        let mut pin_lock = None;
         let pin_dir = match &options.pin_bpffs {
             Some(bpffs) => {
                 pin::ensure_bpffs(bpffs)?;
+                // Before anything is reused or replaced: another daemon's
+                // pins are not ours to touch.
+                pin_lock = Some(pin::lock(bpffs)?);
                 let dir = pin::pin_dir(bpffs);
                 let object = aya_obj::Object::parse(OBJECT).map_err(ObserverError::Object)?;
                 if let Some(reason) = pin::incompatibility(&dir, &object) {
@@ -178,6 +184,10 @@ impl Observer {
                 Some(dir)
             }
             None => None,
+        };
+        // Pins this load makes are removed again if it fails.
+        let mut cleanup = pin::Cleanup {
+            dir: pin_dir.clone().filter(|_| !reused_pins),
         };
         let map_pins: Vec<(&'static str, std::path::PathBuf)> = match &pin_dir {
             Some(dir) => pin::PINNED_MAPS
@@ -318,8 +328,10 @@ impl Observer {
             attached,
             pin_dir,
             reused_pins,
+            _pin_lock: pin_lock,
         };
         observer.pin_links()?;
+        cleanup.dir = None;
         Ok(observer)
     }
 

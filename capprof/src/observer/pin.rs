@@ -40,6 +40,63 @@ pub enum PinError {
     Mount { path: PathBuf, source: io::Error },
     #[error("cannot use pin directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
+    #[error(
+        "another capprof daemon{} uses the pins in {}: stop it first, or give this one its own --bpffs",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    Busy { path: PathBuf, pid: Option<u32> },
+}
+
+/// An exclusive hold on a bpffs mount's capprof pins, for as long as it
+/// lives: two daemons sharing pins would each drain the other's counts.
+#[derive(Debug)]
+pub struct PinLock {
+    _dir: fs::File,
+}
+
+/// Takes the pins of `bpffs` for this process, or says who has them. The
+/// lock is a `flock` on the `capprof` directory itself (bpffs holds no
+/// regular files), so the kernel drops it when the holder dies, even by
+/// `kill -9`.
+pub fn lock(bpffs: &Path) -> Result<PinLock, PinError> {
+    use std::os::fd::AsRawFd as _;
+    let path = bpffs.join("capprof");
+    let dir_err = |source| PinError::Dir {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(&path).map_err(dir_err)?;
+    let dir = fs::File::open(&path).map_err(dir_err)?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(dir_err(err));
+        }
+        let pid = holder(&dir);
+        return Err(PinError::Busy { path, pid });
+    }
+    Ok(PinLock { _dir: dir })
+}
+
+/// The pid holding a flock on `file`, from /proc/locks.
+fn holder(file: &fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = file.metadata().ok()?;
+    let inode = meta.ino();
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let wanted = format!("{major:02x}:{minor:02x}:{inode}");
+    // "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"
+    fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str()))
+                .then(|| fields.get(4)?.parse().ok())
+                .flatten()
+        })
 }
 
 /// The versioned pin directory under a bpffs mount.
@@ -143,6 +200,23 @@ fn mismatch(info: &MapInfo, def: &aya_obj::Map) -> Option<String> {
     })
 }
 
+/// Removes the pin directory when dropped, unless disarmed (`dir: None`):
+/// a load or a daemon that fails leaves no pin behind it.
+#[derive(Debug)]
+pub struct Cleanup {
+    pub dir: Option<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir
+            && let Err(e) = reset(dir)
+        {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
 /// Removes every pin: unpinning the links detaches the programs once no
 /// process holds them.
 pub fn reset(dir: &Path) -> io::Result<bool> {
@@ -156,6 +230,24 @@ pub fn reset(dir: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_and_named() {
+        // Any directory shows the flock logic; bpffs is only where it is used.
+        let root = std::env::temp_dir().join(format!("capprof-pinlock-{}", std::process::id()));
+        let first = lock(&root).unwrap();
+        // A second open file description conflicts even in one process.
+        let err = lock(&root).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PinError::Busy { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("(pid {})", std::process::id())),
+            "{msg}"
+        );
+        drop(first);
+        lock(&root).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn pin_paths_carry_the_abi_version() {
