@@ -133,8 +133,10 @@ fn measure(args: &BenchArgs) -> Result<bool> {
         "--release",
         "-p",
         "capprof",
+        "-p",
+        "capprof-bench",
     ]))
-    .context("building capprof")?;
+    .context("building capprof and capprof-bench")?;
     let release = target_dir().join("release");
     let bench = release.join("capprof-bench");
     let capprof = release.join("capprof");
