@@ -50,12 +50,11 @@ pub const PROG_CALIBRATE_LSM: &str = "capprof_calibrate_lsm";
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
 pub const PROG_EXIT: &str = "capprof_exit";
-/// An empty program on the `cap_capable` tracepoint: the benchmark's floor
-/// (`capprof-bench`), and, attached for a moment at load, the second
-/// program that makes the tracepoint switch to its other frame layout so
-/// that calibration can find the slots of both. Left out of
-/// `ALL_PROGRAMS`, which lists what capprof keeps loaded.
-pub const PROG_BENCH_EMPTY: &str = "capprof_bench_empty";
+/// An empty program on the `cap_capable` tracepoint, attached for a moment
+/// at load next to `PROG_CALIBRATE`: a second program makes the tracepoint
+/// switch to its other frame layout, so that calibration finds the slots of
+/// both. The benchmark also uses it as its floor.
+pub const PROG_CALIBRATE_SPACER: &str = "capprof_calibrate_spacer";
 /// Benchmark only: the per-event streaming design (one `EVENTS` record per
 /// check, like BCC's `capable`), to compare with in-kernel aggregation.
 pub const PROG_BENCH_STREAM: &str = "capprof_bench_stream";
@@ -97,6 +96,7 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_CALIBRATE_FEXIT,
     PROG_CALIBRATE_KPROBE,
     PROG_CALIBRATE_LSM,
+    PROG_CALIBRATE_SPACER,
     PROG_EXEC,
     PROG_FORK,
     PROG_EXIT,

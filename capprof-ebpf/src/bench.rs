@@ -34,13 +34,6 @@ use capprof_common::{
 
 use crate::maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, bump, generation};
 
-/// The floor: does nothing on every capability check, so that its cost is
-/// the tracepoint's own dispatch.
-#[btf_tracepoint(function = "cap_capable")]
-pub fn capprof_bench_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
 /// The per-event streaming design, as BCC's `capable` does it: one ring
 /// buffer record per check, from every cgroup, with nothing aggregated in
 /// the kernel. Records that cannot be reserved are counted in

@@ -955,7 +955,7 @@ fn calibrate_tracepoint(
     calibrate::trigger_probes();
     let first = calibration_samples(ebpf);
 
-    let spacer = tracepoint(ebpf, names::PROG_BENCH_EMPTY).and_then(|p| {
+    let spacer = tracepoint(ebpf, names::PROG_CALIBRATE_SPACER).and_then(|p| {
         p.load(names::TRACEPOINT_NAME, btf)
             .map_err(|e| CalibrateError::Failed(e.to_string()))?;
         p.attach()
@@ -971,7 +971,7 @@ fn calibrate_tracepoint(
             None
         }
     };
-    if let (Ok(spacer_link), Ok(p)) = (spacer, tracepoint(ebpf, names::PROG_BENCH_EMPTY)) {
+    if let (Ok(spacer_link), Ok(p)) = (spacer, tracepoint(ebpf, names::PROG_CALIBRATE_SPACER)) {
         let _ = p.detach(spacer_link);
         let _ = p.unload();
     }

@@ -37,7 +37,7 @@ use crate::{
 pub enum Config {
     /// Nothing attached.
     None,
-    /// `capprof_bench_empty`: an empty program on the same hook (the floor).
+    /// `capprof_calibrate_spacer`: an empty program on the same hook (the floor).
     Empty,
     /// capprof, with the workload's cgroup profiled.
     Profiled,
@@ -309,8 +309,11 @@ impl Attached {
     pub fn set_up(config: Config, root: &OwnedCgroup, other: &Path) -> Result<Self> {
         Ok(match config {
             Config::None => Attached::Nothing,
+            // Calibration's spacer returns 0 and does nothing else: it is
+            // exactly the empty program the floor needs, so the bench
+            // reuses it rather than carry a copy.
             Config::Empty => Attached::Own {
-                ebpf: load_bench_prog(names::PROG_BENCH_EMPTY, 0)?,
+                ebpf: load_bench_prog(names::PROG_CALIBRATE_SPACER, 0)?,
                 reader: None,
             },
             Config::Ladder1 | Config::Ladder2 | Config::Ladder3 | Config::Ladder4 => {
