@@ -3,7 +3,8 @@
 //! The eBPF crate names each `static` exactly like the constant here (the
 //! `#[map]` macro takes the identifier as the name), and userspace looks them
 //! up only through these constants. A userspace test loads the object and
-//! checks that every name below exists in it.
+//! checks that every name below exists in it, and that none of `bench`'s
+//! does.
 
 /// Cgroups whose subtree is profiled (`CapprofRoot` values, keyed by cgroup id).
 pub const WATCH_ROOTS: &str = "WATCH_ROOTS";
@@ -55,12 +56,6 @@ pub const PROG_EXIT: &str = "capprof_exit";
 /// switch to its other frame layout, so that calibration finds the slots of
 /// both. The benchmark also uses it as its floor.
 pub const PROG_CALIBRATE_SPACER: &str = "capprof_calibrate_spacer";
-/// Benchmark only: the per-event streaming design (one `EVENTS` record per
-/// check, like BCC's `capable`), to compare with in-kernel aggregation.
-pub const PROG_BENCH_STREAM: &str = "capprof_bench_stream";
-/// Benchmark only: capprof's profiled path rebuilt step by step, to price
-/// each step with bpf_stats.
-pub const PROG_BENCH_LADDER: &str = "capprof_bench_ladder";
 
 /// The kernel function and tracepoint every backend observes.
 pub const HOOK_FUNCTION: &str = "cap_capable";
@@ -69,7 +64,7 @@ pub const TRACEPOINT_NAME: &str = "cap_capable";
 /// The LSM hook the BPF-LSM backend observes (`bpf_lsm_capable` in BTF).
 pub const LSM_HOOK: &str = "capable";
 
-/// Every map userspace expects to find in the object.
+/// Every map userspace expects to find in the object capprof embeds.
 pub const ALL_MAPS: &[&str] = &[
     WATCH_ROOTS,
     CGROUPS,
@@ -85,7 +80,7 @@ pub const ALL_MAPS: &[&str] = &[
     HOT,
     GENERATION,
 ];
-/// Every program userspace expects to find in the object.
+/// Every program userspace expects to find in the object capprof embeds.
 pub const ALL_PROGRAMS: &[&str] = &[
     PROG_TP_BTF,
     PROG_FEXIT,
@@ -101,3 +96,18 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_FORK,
     PROG_EXIT,
 ];
+
+/// The benchmark's own programs (`capprof-bench`). capprof-ebpf builds them
+/// only with its `bench` feature, into the benchmark's copy of the object;
+/// the object capprof embeds does not have them.
+pub mod bench {
+    /// The per-event streaming design (one `EVENTS` record per check, like
+    /// BCC's `capable`), to compare with in-kernel aggregation.
+    pub const PROG_STREAM: &str = "capprof_bench_stream";
+    /// capprof's profiled path rebuilt step by step, to price each step
+    /// with bpf_stats.
+    pub const PROG_LADDER: &str = "capprof_bench_ladder";
+
+    /// Every program the `bench` feature adds to the object.
+    pub const ALL_PROGRAMS: &[&str] = &[PROG_STREAM, PROG_LADDER];
+}

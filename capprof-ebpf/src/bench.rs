@@ -1,7 +1,9 @@
 //! Benchmark-only programs, loaded by `capprof-bench` and never by capprof
-//! (their names are not in `names::ALL_PROGRAMS`). They share the object so
-//! that the benchmark compares designs built with the same toolchain, and
-//! they add no map of their own to what capprof creates at load.
+//! (their names are in `names::bench`). Only the crate's `bench` feature
+//! builds them, into the benchmark's copy of the object, next to capprof's
+//! own programs: the benchmark compares designs built with the same
+//! toolchain, and the object capprof embeds does not carry them. They add no
+//! map of their own to what capprof creates at load.
 //!
 //! match-proto (Linux 6.14+, include/trace/events/capability.h):
 //!   TRACE_EVENT(cap_capable, TP_PROTO(const struct cred *cred,
