@@ -1,0 +1,101 @@
+//! Running capprof-bench: every configuration, round after round, then the
+//! storm.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::{CONFIGS, Plan, TARGET_WORKLOAD, WORKLOADS};
+use crate::util::{display, note, step};
+
+/// Every round of every configuration, then the storm. A failed
+/// invocation is recorded and the run goes on.
+pub fn run_all(
+    plan: &Plan,
+    bench: &Path,
+    capprof: &Path,
+    have_bpftrace: bool,
+    lines: &mut Vec<Value>,
+    failures: &mut Vec<String>,
+) {
+    for round in 0..plan.rounds {
+        // Rotate, so that each configuration takes each position in turn.
+        let n = CONFIGS.len();
+        for i in 0..n {
+            let config = CONFIGS[(i + round * 3) % n];
+            if config == "bpftrace" && !have_bpftrace {
+                continue;
+            }
+            step(format_args!(
+                "round {}/{}: {config}",
+                round + 1,
+                plan.rounds
+            ));
+            let mut cmd = Command::new(bench);
+            if config == "startup" {
+                cmd.args(["startup", "--capprof"]).arg(capprof);
+            } else {
+                let workloads = if config.starts_with("ladder") {
+                    TARGET_WORKLOAD.to_owned()
+                } else {
+                    WORKLOADS.join(",")
+                };
+                cmd.args(["measure", "--config", config, "--workloads", &workloads])
+                    .args(["--base-ms", &plan.base_ms.to_string()])
+                    .args(["--e2e-ms", &plan.e2e_ms.to_string()])
+                    .args(["--stats-ms", &plan.stats_ms.to_string()])
+                    .args(["--cgroups", &plan.mixed_cgroups.to_string()]);
+            }
+            match run_bench(&mut cmd, round) {
+                Ok(mut out) => lines.append(&mut out),
+                Err(err) => {
+                    note(format_args!("error: {err:#}"));
+                    failures.push(format!("round {}: {config}: {err:#}", round + 1));
+                }
+            }
+        }
+    }
+    step(format_args!(
+        "storm: 2 threads, {} profiled cgroups, {} s",
+        plan.storm_cgroups, plan.storm_secs
+    ));
+    let mut cmd = Command::new(bench);
+    cmd.args(["storm", "--threads", "2"])
+        .args(["--cgroups", &plan.storm_cgroups.to_string()])
+        .args(["--secs", &plan.storm_secs.to_string()]);
+    match run_bench(&mut cmd, 0) {
+        Ok(mut out) => lines.append(&mut out),
+        Err(err) => {
+            note(format_args!("error: {err:#}"));
+            failures.push(format!("storm: {err:#}"));
+        }
+    }
+}
+
+/// Runs one capprof-bench invocation; returns its JSON lines, tagged with the round.
+pub fn run_bench(cmd: &mut Command, round: usize) -> Result<Vec<Value>> {
+    let line = display(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut values = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut v: Value =
+            serde_json::from_str(l).with_context(|| format!("bad line from capprof-bench: {l}"))?;
+        if let Value::Object(map) = &mut v {
+            map.insert("round".into(), Value::from(round));
+        }
+        values.push(v);
+    }
+    Ok(values)
+}
