@@ -5,13 +5,14 @@
 //! `capprof-bench` crate), which prints one JSON object per line. This
 //! module builds it; `run` runs it once per configuration per round with the
 //! order rotated each round (so that slow drifts of a noisy machine spread
-//! over every configuration); `report` turns the lines into tables of
-//! medians and min–max (`stats`) and ratios to the floor, and `targets`
-//! judges them against the targets. `host` reads and restores the
-//! machine around the run.
+//! over every configuration); `rows` reads its lines into typed rows;
+//! `report` turns them into tables of medians and min–max (`stats`) and
+//! ratios to the floor; `targets` judges them against the targets.
+//! `host` reads and restores the machine around the run.
 
 mod host;
 mod report;
+mod rows;
 mod run;
 mod stats;
 mod targets;
@@ -26,11 +27,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use serde_json::Value;
 
 use self::{
     host::{cleanup, loadavg, read_sysctl, which},
     report::Report,
+    rows::Line,
     run::run_all,
     targets::{Verdict, render_targets},
 };
@@ -160,7 +161,7 @@ fn measure(args: &BenchArgs) -> Result<bool> {
     }
     let started = Instant::now();
     let load_before = loadavg();
-    let mut lines: Vec<Value> = Vec::new();
+    let mut lines: Vec<Line> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     run_all(
         &plan,
@@ -175,10 +176,10 @@ fn measure(args: &BenchArgs) -> Result<bool> {
     let load = format!("{load_before} at the start, {} at the end", loadavg());
 
     if let Some(path) = &args.raw {
-        let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
+        let text: String = lines.iter().map(|l| format!("{}\n", l.json)).collect();
         fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    let report = Report::new(&lines);
+    let report = Report::new(lines.into_iter().map(|l| l.row));
     let mut out = String::new();
     report.render(&mut out, &plan, args, elapsed.as_secs_f64(), &load);
     let verdicts = report.targets(args.quick, have_bpftrace);

@@ -6,58 +6,43 @@ use std::{
     fmt::Write as _,
 };
 
-use serde_json::Value;
-
 use super::{
     BenchArgs, Plan, TARGET_WORKLOAD, WORKLOADS,
     host::{cpu_model, cpus, kernel_release},
+    rows::{MeasureRow, Row, StartupRow, StormRow},
     stats::{Summary, ratio, show_opt, show_ratio},
 };
-
-pub fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
 
 /// Everything measured, by (config, workload).
 pub struct Report {
     /// (config, workload) -> rows, one per round.
-    pub measure: BTreeMap<(String, String), Vec<Value>>,
+    pub measure: BTreeMap<(String, String), Vec<MeasureRow>>,
     /// Checks one iteration of a workload makes (bpf_stats' minimum over
     /// every configuration that runs a program: other processes' checks
     /// only add to it).
     pub checks_per_iter: BTreeMap<String, f64>,
-    pub storm: Vec<Value>,
-    pub startup: Vec<Value>,
+    pub storm: Vec<StormRow>,
+    pub startup: Vec<StartupRow>,
     pub foreign: BTreeSet<String>,
 }
 
 impl Report {
-    pub fn new(lines: &[Value]) -> Self {
-        let mut measure: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    pub fn new(rows: impl IntoIterator<Item = Row>) -> Self {
+        let mut measure: BTreeMap<(String, String), Vec<MeasureRow>> = BTreeMap::new();
         let mut storm = vec![];
         let mut startup = vec![];
         let mut foreign = BTreeSet::new();
-        for v in lines {
-            match text(v, "kind") {
-                "measure" => {
-                    for f in text(v, "foreign_progs")
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                    {
-                        foreign.insert(f.to_owned());
-                    }
+        for row in rows {
+            match row {
+                Row::Measure(m) => {
+                    foreign.extend(m.foreign().map(str::to_owned));
                     measure
-                        .entry((text(v, "config").to_owned(), text(v, "workload").to_owned()))
+                        .entry((m.config.clone(), m.workload.clone()))
                         .or_default()
-                        .push(v.clone());
+                        .push(m);
                 }
-                "storm" => storm.push(v.clone()),
-                "startup" => startup.push(v.clone()),
-                _ => {}
+                Row::Storm(s) => storm.push(s),
+                Row::Startup(s) => startup.push(s),
             }
         }
         let mut checks_per_iter = BTreeMap::new();
@@ -66,13 +51,14 @@ impl Report {
                 .iter()
                 .filter(|((_, wl), _)| wl == w)
                 .flat_map(|(_, rows)| rows.iter())
-                .find_map(|r| num(r, "nominal_checks_per_iter"))
+                .map(|r| r.nominal_checks_per_iter)
+                .next()
                 .unwrap_or(1.0);
             let measured = measure
                 .iter()
                 .filter(|((c, wl), _)| wl == w && c != "none")
                 .flat_map(|(_, rows)| rows.iter())
-                .filter_map(|r| num(r, "checks_per_iter"))
+                .filter_map(|r| r.checks_per_iter)
                 .filter(|&x| x >= nominal * 0.5)
                 .fold(f64::INFINITY, f64::min);
             checks_per_iter.insert(
@@ -93,7 +79,7 @@ impl Report {
         }
     }
 
-    fn rows(&self, config: &str, workload: &str) -> &[Value] {
+    fn rows(&self, config: &str, workload: &str) -> &[MeasureRow] {
         self.measure
             .get(&(config.to_owned(), workload.to_owned()))
             .map_or(&[], Vec::as_slice)
@@ -104,7 +90,7 @@ impl Report {
     pub fn e2e(&self, config: &str, workload: &str) -> Option<Summary> {
         Self::summary(
             self.stable_rows(config, workload),
-            "ns_per_iter",
+            |r| Some(r.ns_per_iter),
             self.cpi(workload),
         )
     }
@@ -116,7 +102,7 @@ impl Report {
     pub fn added(&self, config: &str, workload: &str) -> Option<Summary> {
         Self::summary(
             self.stable_rows(config, workload),
-            "added_ns_per_iter",
+            |r| r.added_ns_per_iter,
             self.cpi(workload),
         )
     }
@@ -124,12 +110,9 @@ impl Report {
     /// The rounds whose end-to-end figures can be compared: those in which
     /// no other tool's tracing program came or went (`others_stable`). All
     /// rounds when there is no such round.
-    pub fn stable_rows(&self, config: &str, workload: &str) -> Vec<&Value> {
+    pub fn stable_rows(&self, config: &str, workload: &str) -> Vec<&MeasureRow> {
         let rows = self.rows(config, workload);
-        let stable: Vec<&Value> = rows
-            .iter()
-            .filter(|r| r.get("others_stable").and_then(Value::as_bool) != Some(false))
-            .collect();
+        let stable: Vec<&MeasureRow> = rows.iter().filter(|r| r.others_stable).collect();
         if stable.is_empty() {
             rows.iter().collect()
         } else {
@@ -141,28 +124,33 @@ impl Report {
         self.checks_per_iter.get(workload).copied().unwrap_or(1.0)
     }
 
-    fn summary(rows: Vec<&Value>, key: &str, div: f64) -> Option<Summary> {
+    fn summary(
+        rows: Vec<&MeasureRow>,
+        value: impl Fn(&MeasureRow) -> Option<f64>,
+        div: f64,
+    ) -> Option<Summary> {
         let values: Vec<f64> = rows
-            .iter()
-            .filter_map(|r| num(r, key))
+            .into_iter()
+            .filter_map(value)
             .map(|x| x / div)
             .collect();
         Summary::of(&values)
     }
 
+    /// One field over every round, per check when `per_check`.
     pub fn field(
         &self,
         config: &str,
         workload: &str,
-        key: &str,
+        value: impl Fn(&MeasureRow) -> Option<f64>,
         per_check: bool,
     ) -> Option<Summary> {
         let div = if per_check { self.cpi(workload) } else { 1.0 };
-        Self::summary(self.rows(config, workload).iter().collect(), key, div)
+        Self::summary(self.rows(config, workload).iter().collect(), value, div)
     }
 
     pub fn per_run(&self, config: &str, workload: &str) -> Option<Summary> {
-        self.field(config, workload, "ns_per_run", false)
+        self.field(config, workload, |r| r.ns_per_run, false)
     }
 
     pub fn render(&self, out: &mut String, plan: &Plan, args: &BenchArgs, secs: f64, load: &str) {
@@ -242,7 +230,7 @@ impl Report {
                     },
                     show_opt(self.per_run(c, w), 1),
                     show_ratio(ratio(self.per_run(c, w), self.per_run("empty", w))),
-                    show_opt(self.field(c, w, "consumer_ns_per_iter", true), 1),
+                    show_opt(self.field(c, w, |r| Some(r.consumer_ns_per_iter), true), 1),
                     self.stable_rows(c, w).len(),
                     self.rows(c, w).len(),
                 );
@@ -308,7 +296,7 @@ impl Report {
         let _ = writeln!(out, "| configuration | setup ms |");
         let _ = writeln!(out, "|---|---|");
         for c in ["empty", "profiled", "unprofiled", "stream", "bpftrace"] {
-            if let Some(s) = self.field(c, TARGET_WORKLOAD, "setup_ms", false) {
+            if let Some(s) = self.field(c, TARGET_WORKLOAD, |r| Some(r.setup_ms), false) {
                 let _ = writeln!(out, "| {c} | {} |", s.show(0));
             }
         }
@@ -317,28 +305,32 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
-    fn row(config: &str, round: u64, added: f64, stable: bool, cpi: f64) -> Value {
-        json!({
-            "kind": "measure", "config": config, "workload": "mixed", "round": round,
-            "ns_per_iter": 6000.0 + added, "added_ns_per_iter": added,
-            "ns_per_run": 40.0, "checks_per_iter": cpi, "nominal_checks_per_iter": 6.0,
-            "others_stable": stable, "foreign_progs": "",
+    fn row(config: &str, added: f64, stable: bool, cpi: f64) -> Row {
+        Row::Measure(MeasureRow {
+            config: config.into(),
+            workload: "mixed".into(),
+            setup_ms: 1.0,
+            ns_per_iter: 6000.0 + added,
+            added_ns_per_iter: Some(added),
+            consumer_ns_per_iter: 0.0,
+            ns_per_run: Some(40.0),
+            checks_per_iter: Some(cpi),
+            nominal_checks_per_iter: 6.0,
+            foreign_progs: String::new(),
+            others_stable: stable,
         })
     }
 
     #[test]
     fn added_cost_is_per_check_and_skips_unstable_rounds() {
-        let lines = vec![
-            row("empty", 0, 60.0, true, 6.02),
-            row("empty", 1, 600.0, false, 6.0),
-            row("empty", 2, 66.0, true, 6.01),
-            row("profiled", 0, 600.0, true, 6.5),
-        ];
-        let report = Report::new(&lines);
+        let report = Report::new([
+            row("empty", 60.0, true, 6.02),
+            row("empty", 600.0, false, 6.0),
+            row("empty", 66.0, true, 6.01),
+            row("profiled", 600.0, true, 6.5),
+        ]);
         // The fewest checks any program saw per iteration: others' checks only add.
         assert_eq!(report.cpi("mixed"), 6.0);
         let empty = report.added("empty", "mixed").unwrap();
@@ -350,11 +342,10 @@ mod tests {
 
     #[test]
     fn all_rounds_are_used_when_none_is_stable() {
-        let lines = vec![
-            row("empty", 0, 60.0, false, 6.0),
-            row("empty", 1, 66.0, false, 6.0),
-        ];
-        let report = Report::new(&lines);
+        let report = Report::new([
+            row("empty", 60.0, false, 6.0),
+            row("empty", 66.0, false, 6.0),
+        ]);
         assert_eq!(report.stable_rows("empty", "mixed").len(), 2);
     }
 }

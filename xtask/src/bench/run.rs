@@ -7,9 +7,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
 
-use super::{CONFIGS, Plan, TARGET_WORKLOAD, WORKLOADS};
+use super::{CONFIGS, Plan, TARGET_WORKLOAD, WORKLOADS, rows::Line};
 use crate::util::{display, note, step};
 
 /// Every round of every configuration, then the storm. A failed
@@ -19,7 +18,7 @@ pub fn run_all(
     bench: &Path,
     capprof: &Path,
     have_bpftrace: bool,
-    lines: &mut Vec<Value>,
+    lines: &mut Vec<Line>,
     failures: &mut Vec<String>,
 ) {
     for round in 0..plan.rounds {
@@ -76,8 +75,8 @@ pub fn run_all(
     }
 }
 
-/// Runs one capprof-bench invocation; returns its JSON lines, tagged with the round.
-pub fn run_bench(cmd: &mut Command, round: usize) -> Result<Vec<Value>> {
+/// Runs one capprof-bench invocation; returns its lines, tagged with the round.
+pub fn run_bench(cmd: &mut Command, round: usize) -> Result<Vec<Line>> {
     let line = display(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -88,14 +87,8 @@ pub fn run_bench(cmd: &mut Command, round: usize) -> Result<Vec<Value>> {
         bail!("`{line}` failed ({})", out.status);
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut values = Vec::new();
-    for l in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut v: Value =
-            serde_json::from_str(l).with_context(|| format!("bad line from capprof-bench: {l}"))?;
-        if let Value::Object(map) = &mut v {
-            map.insert("round".into(), Value::from(round));
-        }
-        values.push(v);
-    }
-    Ok(values)
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Line::parse(l, round))
+        .collect()
 }

@@ -2,11 +2,9 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use super::{
     TARGET_WORKLOAD,
-    report::{Report, num},
+    report::Report,
     stats::{Summary, ratio, show_opt},
 };
 
@@ -56,32 +54,32 @@ impl Report {
         }
         match self.storm.first() {
             Some(s) => {
-                let rate = num(s, "checks_per_s").unwrap_or(0.0);
+                let rate = s.checks_per_s;
                 v.push(Verdict {
                     name: format!(
                         "storm: every (cgroup, cap) pair counted, nothing lost silently ({} threads, {} cgroups, {} s)",
-                        num(s, "threads").unwrap_or(0.0),
-                        num(s, "cgroups").unwrap_or(0.0),
-                        num(s, "secs").unwrap_or(0.0)
+                        s.threads,
+                        s.cgroups,
+                        s.secs
                     ),
                     shown: format!(
                         "{} checks into {} pairs: {} missing, {} undercounted, {} without evidence; \
                          ringbuf_lost {}, counts_full {}. Overflow phase (no reader): {} checks, \
                          {} evidence attempts = {} records read + {} counted lost, {} counted",
-                        num(s, "made_total").unwrap_or(0.0),
-                        num(s, "pairs_exercised").unwrap_or(0.0),
-                        num(s, "pairs_missing").unwrap_or(0.0),
-                        num(s, "pairs_undercounted").unwrap_or(0.0),
-                        num(s, "pairs_without_evidence").unwrap_or(0.0),
-                        num(s, "ringbuf_lost").unwrap_or(0.0),
-                        num(s, "counts_full").unwrap_or(0.0),
-                        num(s, "overflow_checks").unwrap_or(0.0),
-                        num(s, "overflow_attempts").unwrap_or(0.0),
-                        num(s, "overflow_records").unwrap_or(0.0),
-                        num(s, "overflow_lost").unwrap_or(0.0),
-                        num(s, "overflow_counted").unwrap_or(0.0),
+                        s.made_total,
+                        s.pairs_exercised,
+                        s.pairs_missing,
+                        s.pairs_undercounted,
+                        s.pairs_without_evidence,
+                        s.ringbuf_lost,
+                        s.counts_full,
+                        s.overflow_checks,
+                        s.overflow_attempts,
+                        s.overflow_records,
+                        s.overflow_lost,
+                        s.overflow_counted,
                     ),
-                    pass: s.get("no_loss").and_then(Value::as_bool) == Some(true),
+                    pass: s.no_loss,
                     enforced: true,
                 });
                 v.push(Verdict {
@@ -89,7 +87,7 @@ impl Report {
                     shown: format!(
                         "{:.2}M checks/s; the workers got {:.0}% of their CPUs",
                         rate / 1e6,
-                        num(s, "worker_cpu_share").unwrap_or(0.0) * 100.0
+                        s.worker_cpu_share * 100.0
                     ),
                     pass: rate >= 1e6,
                     enforced: timing,
@@ -106,16 +104,10 @@ impl Report {
             &self
                 .startup
                 .iter()
-                .filter_map(|s| num(s, "run_true_ms"))
+                .map(|s| s.run_true_ms)
                 .collect::<Vec<_>>(),
         );
-        let load = Summary::of(
-            &self
-                .startup
-                .iter()
-                .filter_map(|s| num(s, "load_ms"))
-                .collect::<Vec<_>>(),
-        );
+        let load = Summary::of(&self.startup.iter().map(|s| s.load_ms).collect::<Vec<_>>());
         v.push(Verdict {
             name: "`capprof run -- true` under 300 ms wall (median)".into(),
             shown: format!(
