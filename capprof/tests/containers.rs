@@ -200,6 +200,7 @@ fn remove(names: &[String]) {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn docker_matrix_profiles_are_exact_sufficient_and_minimal() {
     require_engine();
     let data = Scratch::new("data");
@@ -279,6 +280,7 @@ fn names_of(profile: &Value, field: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn docker_exec_setup_is_not_the_workloads() {
     require_engine();
     let name = format!("capprof-t-exec-{}", std::process::id());
@@ -330,6 +332,7 @@ fn docker_exec_setup_is_not_the_workloads() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn short_lived_containers_all_get_named_profiles() {
     require_engine();
     let rec = Recording::start("short", &[]);
@@ -363,6 +366,7 @@ fn short_lived_containers_all_get_named_profiles() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn unreachable_engine_is_a_clear_error() {
     require_root();
     let dir = Scratch::new("noengine");

@@ -209,6 +209,7 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn restart_after_kill_9_loses_nothing() {
     require_engine();
     let world = World::new("d-restart");
@@ -281,6 +282,7 @@ fn restart_after_kill_9_loses_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn sigterm_flushes_complete_profiles_and_exits_0() {
     require_engine();
     let world = World::new("d-term");
@@ -324,6 +326,7 @@ fn sigterm_flushes_complete_profiles_and_exits_0() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn corrupt_state_does_not_stop_startup() {
     require_engine();
     let world = World::new("d-corrupt");
@@ -349,6 +352,7 @@ fn corrupt_state_does_not_stop_startup() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn socket_is_root_only_and_capabilities_are_dropped() {
     require_engine();
     let world = World::new("d-sock");
@@ -396,6 +400,7 @@ fn socket_is_root_only_and_capabilities_are_dropped() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn concurrent_clients_get_consistent_answers() {
     require_engine();
     let world = World::new("d-conc");
@@ -465,6 +470,7 @@ const RSS_BOUND_KB: u64 = 96 * 1024;
 const RSS_GROWTH_BOUND_KB: u64 = 16 * 1024;
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
     require_engine();
     let world = World::new("d-churn");

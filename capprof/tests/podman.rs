@@ -438,6 +438,7 @@ fn cap_add_flags(caps: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and podman"]
 fn podman_matrix_profiles_are_exact_sufficient_and_minimal() {
     let podman = Podman::start("matrix");
     let ctr_names: Vec<String> = workloads()
@@ -527,6 +528,7 @@ fn podman_matrix_profiles_are_exact_sufficient_and_minimal() {
 }
 
 #[test]
+#[ignore = "needs root and podman"]
 fn podman_default_set_is_capprofs() {
     let podman = Podman::start("defaults");
     let out = podman.run(None, &[], &["grep", "CapBnd", "/proc/self/status"]);
@@ -575,6 +577,7 @@ fn podman_default_set_is_capprofs() {
 }
 
 #[test]
+#[ignore = "needs root and podman"]
 fn podman_container_filter_resolves_names() {
     let podman = Podman::start("filter");
     let name = format!("capprof-pt-wanted-{}", std::process::id());
@@ -617,6 +620,7 @@ fn podman_container_filter_resolves_names() {
 /// containers are the hard case: capprof asks the compat API after Podman's
 /// delayed events, while the container is `stopped`.
 #[test]
+#[ignore = "needs root and podman"]
 fn podman_subjects_carry_the_containers_capabilities() {
     let podman = Podman::start("subject");
     let pid = std::process::id();

@@ -60,6 +60,7 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn chown_needs_chown() {
     require_root();
     let dir = Scratch::new("chown");
@@ -94,6 +95,7 @@ fn chown_needs_chown() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mknod_needs_mknod() {
     require_root();
     let dir = Scratch::new("mknod");
@@ -104,12 +106,14 @@ fn mknod_needs_mknod() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn raw_socket_needs_net_raw() {
     require_root();
     expect_required(&[ACTION, "raw-socket"], &["CAP_NET_RAW"]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn low_port_needs_net_bind_service() {
     require_root();
     // A free port below 1024 on loopback.
@@ -123,18 +127,21 @@ fn low_port_needs_net_bind_service() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn setuid_needs_setuid() {
     require_root();
     expect_required(&[ACTION, "setuid"], &["CAP_SETUID"]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn setgid_needs_setgid() {
     require_root();
     expect_required(&[ACTION, "setgid"], &["CAP_SETGID"]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn signalling_another_uid_needs_kill() {
     require_root();
     use std::os::unix::process::CommandExt as _;
@@ -152,12 +159,14 @@ fn signalling_another_uid_needs_kill() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn chroot_needs_sys_chroot() {
     require_root();
     expect_required(&[ACTION, "chroot"], &["CAP_SYS_CHROOT"]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn writing_another_users_file_needs_dac_override() {
     require_root();
     let dir = Scratch::new("dac");
@@ -170,6 +179,7 @@ fn writing_another_users_file_needs_dac_override() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn chmod_of_another_users_file_needs_fowner() {
     require_root();
     let dir = Scratch::new("fowner");
@@ -180,18 +190,21 @@ fn chmod_of_another_users_file_needs_fowner() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sethostname_in_new_uts_namespace_needs_sys_admin() {
     require_root();
     expect_required(&[ACTION, "sethostname"], &["CAP_SYS_ADMIN"]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lowering_nice_needs_sys_nice() {
     require_root();
     expect_required(&[ACTION, "nice"], &["CAP_SYS_NICE"]);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn refused_rlimit_raise_is_denied_not_required() {
     require_root();
     let (out, profile) = profile_of(&[ACTION, "raise-rlimit"]);
@@ -224,6 +237,7 @@ fn refused_rlimit_raise_is_denied_not_required() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn plain_programs_need_nothing() {
     require_root();
     for cmd in [
@@ -272,6 +286,7 @@ fn plain_programs_need_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn python_needs_nothing() {
     require_root();
     let profile = expect_required(&["python3", "-c", "pass"], &[]);
@@ -279,6 +294,7 @@ fn python_needs_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn descendants_are_profiled_until_the_last_exits() {
     require_root();
     let dir = Scratch::new("desc");
@@ -296,6 +312,7 @@ fn descendants_are_profiled_until_the_last_exits() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn exit_status_is_the_commands() {
     require_root();
     let out = capprof(&["run", "--quiet", "--", "sh", "-c", "exit 7"]);
@@ -305,6 +322,7 @@ fn exit_status_is_the_commands() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn out_file_is_written_and_table_goes_to_stderr() {
     require_root();
     let dir = Scratch::new("out");
@@ -330,6 +348,7 @@ fn out_file_is_written_and_table_goes_to_stderr() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn format_json_prints_the_profile_on_stdout() {
     require_root();
     let out = capprof(&["run", "--format", "json", "--quiet", "--", ACTION, "setgid"]);
@@ -339,6 +358,7 @@ fn format_json_prints_the_profile_on_stdout() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn noaudit_checks_are_silent_and_allowed_when_granted() {
     require_root();
     use std::os::unix::process::CommandExt as _;
@@ -378,6 +398,7 @@ fn noaudit_checks_are_silent_and_allowed_when_granted() {
 /// sites); where it does not (CI's own kernel refuses LSM programs), it is
 /// refused in one line with exit status 2, before the command runs.
 #[test]
+#[ignore = "needs root"]
 fn lsm_backend_profiles_granted_checks_or_is_refused_in_one_line() {
     require_root();
     let dir = Scratch::new("lsm");
@@ -457,6 +478,7 @@ fn wait_for(path: &std::path::Path) {
 /// at load and left, or came after: advisory stays advisory (not required),
 /// and nothing goes unclassified.
 #[test]
+#[ignore = "needs root"]
 fn classification_survives_other_programs_coming_and_going() {
     require_root();
     let dir = Scratch::new("layout");

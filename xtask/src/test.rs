@@ -1,6 +1,11 @@
 //! `cargo xtask test`: the README's test command. Builds the workspace,
 //! provides a Docker engine and the test image, runs every test with one
 //! thread, and refuses a run in which no test passed.
+//!
+//! Tests that need root (and an engine) are `#[ignore = "needs root"]`, so
+//! that a plain `cargo test` as a normal user passes; this command runs them
+//! too (`--include-ignored`), so they count as passed or failed, never as
+//! skipped.
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -52,7 +57,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(EXCLUDE)
         .args(&args.cargo_args)
-        .args(["--", "--test-threads=1"])
+        .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
