@@ -8,7 +8,6 @@
 mod common;
 
 use std::{
-    io::BufRead as _,
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,28 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{engine::*, *};
 use serde_json::Value;
-
-fn image() -> String {
-    std::env::var("CAPPROF_TEST_IMAGE").unwrap_or_else(|_| "capprof-busybox:test".into())
-}
-
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs")
-}
-
-fn require_engine() {
-    require_root();
-    let out = docker(&["version", "--format", "{{.Server.Version}}"]);
-    assert!(
-        out.status.success(),
-        "no Docker engine answers; run through `cargo xtask test`"
-    );
-}
 
 /// A daemon's private world: state dir, socket, and its own bpffs.
 struct World {
@@ -82,17 +61,7 @@ impl World {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
+        let rx = echo_lines(child.stderr.take().unwrap(), "daemon");
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut lines = vec![];
         loop {
@@ -224,7 +193,7 @@ fn restart_after_kill_9_loses_nothing() {
             "none",
             "--name",
             &name,
-            &image(),
+            &test_image(),
             "sleep",
             "60"
         ])
@@ -297,7 +266,7 @@ fn sigterm_flushes_complete_profiles_and_exits_0() {
             "none",
             "--name",
             &name,
-            &image(),
+            &test_image(),
             "sleep",
             "60"
         ])
@@ -414,7 +383,7 @@ fn concurrent_clients_get_consistent_answers() {
             "none",
             "--name",
             &name,
-            &image(),
+            &test_image(),
             "chroot",
             "/",
             "true"
@@ -492,7 +461,7 @@ fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
                         "none",
                         "--name",
                         n,
-                        &image(),
+                        &test_image(),
                         "true",
                     ])
                     .stdout(Stdio::null())

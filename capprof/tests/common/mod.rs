@@ -1,6 +1,8 @@
 //! Shared helpers for the root integration tests.
 #![allow(dead_code, reason = "each test crate uses a different subset")]
 
+pub mod engine;
+
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -49,6 +51,15 @@ pub fn fixture_file(path: &Path, uid: u32, gid: u32, mode: u32) {
     std::fs::write(path, b"fixture\n").unwrap();
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A command's stdout and stderr, for failure messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub fn capprof(args: &[&str]) -> Output {
