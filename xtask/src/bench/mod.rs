@@ -17,13 +17,7 @@ mod run;
 mod stats;
 mod targets;
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::PathBuf,
-    process::{Command, ExitCode},
-    time::Instant,
-};
+use std::{fmt::Write as _, fs, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -37,7 +31,7 @@ use self::{
 };
 use crate::{
     setup,
-    util::{note, run_checked, step, target_dir, workspace_root},
+    util::{build_release, note, step},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -69,22 +63,19 @@ pub fn smoke() -> Result<bool> {
     })
 }
 
-/// The configurations of one round, in their base order. `ladder*` and
-/// `startup` are not attachments of the end-to-end table but run in the same
-/// rotation.
-const CONFIGS: &[&str] = &[
+/// What can be attached to the hook: the configurations of the end-to-end
+/// tables, in their order.
+const ATTACHMENTS: &[&str] = &[
     "none",
     "empty",
     "profiled",
     "unprofiled",
     "stream",
     "bpftrace",
-    "ladder1",
-    "ladder2",
-    "ladder3",
-    "ladder4",
-    "startup",
 ];
+/// Not attachments of the end-to-end tables, but run in the same rotation:
+/// the ladder's steps and the startup timing.
+const OTHER_CONFIGS: &[&str] = &["ladder1", "ladder2", "ladder3", "ladder4", "startup"];
 const WORKLOADS: &[&str] = &["kill", "mmap", "mixed"];
 /// The workload the targets are judged on: exactly one check per call.
 const TARGET_WORKLOAD: &str = "kill";
@@ -139,17 +130,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 /// missed target or a run failed.
 fn measure(args: &BenchArgs) -> Result<bool> {
     setup::ensure()?;
-    step("building capprof and capprof-bench (release)");
-    run_checked(Command::new("cargo").current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "capprof",
-        "-p",
-        "capprof-bench",
-    ]))
-    .context("building capprof and capprof-bench")?;
-    let release = target_dir().join("release");
+    let release = build_release(&["capprof", "capprof-bench"])?;
     let bench = release.join("capprof-bench");
     let capprof = release.join("capprof");
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    BenchArgs, Plan, TARGET_WORKLOAD, WORKLOADS,
+    ATTACHMENTS, BenchArgs, Plan, TARGET_WORKLOAD, WORKLOADS,
     host::{cpu_model, cpus, kernel_release},
     rows::{MeasureRow, Row, StartupRow, StormRow},
     stats::{Summary, ratio, show_opt, show_ratio},
@@ -206,14 +206,7 @@ impl Report {
                 "| configuration | e2e ns/check | added ns/check | added ÷ empty | per run ns | per run ÷ empty | userspace ns/check | e2e rounds |"
             );
             let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-            for c in [
-                "none",
-                "empty",
-                "profiled",
-                "unprofiled",
-                "stream",
-                "bpftrace",
-            ] {
+            for &c in ATTACHMENTS {
                 if self.rows(c, w).is_empty() {
                     continue;
                 }

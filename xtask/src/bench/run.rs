@@ -1,15 +1,12 @@
 //! Running capprof-bench: every configuration, round after round, then the
 //! storm.
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{path::Path, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 
-use super::{CONFIGS, Plan, TARGET_WORKLOAD, WORKLOADS, rows::Line};
-use crate::util::{display, note, step};
+use super::{ATTACHMENTS, OTHER_CONFIGS, Plan, TARGET_WORKLOAD, WORKLOADS, rows::Line};
+use crate::util::{note, stdout_of, step};
 
 /// Every round of every configuration, then the storm. A failed
 /// invocation is recorded and the run goes on.
@@ -21,11 +18,12 @@ pub fn run_all(
     lines: &mut Vec<Line>,
     failures: &mut Vec<String>,
 ) {
+    let configs: Vec<&str> = ATTACHMENTS.iter().chain(OTHER_CONFIGS).copied().collect();
     for round in 0..plan.rounds {
         // Rotate, so that each configuration takes each position in turn.
-        let n = CONFIGS.len();
+        let n = configs.len();
         for i in 0..n {
-            let config = CONFIGS[(i + round * 3) % n];
+            let config = configs[(i + round * 3) % n];
             if config == "bpftrace" && !have_bpftrace {
                 continue;
             }
@@ -77,17 +75,8 @@ pub fn run_all(
 
 /// Runs one capprof-bench invocation; returns its lines, tagged with the round.
 pub fn run_bench(cmd: &mut Command, round: usize) -> Result<Vec<Line>> {
-    let line = display(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!("`{line}` failed ({})", out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    stdout_of(cmd)?
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| Line::parse(l, round))
         .collect()
