@@ -407,17 +407,15 @@ fn podman_default_set_is_capprofs() {
         .collect();
     real.sort();
 
-    // capprof's idea of them: --against podman on an empty profile.
-    let dir = Scratch::new("podman-defaults");
-    let empty = dir.path("empty.json");
-    std::fs::write(&empty, EMPTY_PROFILE).unwrap();
+    // capprof's idea of them: the defaults of `--against podman`, which
+    // do not depend on the profile.
     let out = capprof(&[
         "export",
         "--against",
         "podman",
         "--format",
         "json",
-        empty.to_str().unwrap(),
+        SAMPLE_PROFILE,
     ]);
     assert!(
         out.status.success(),
@@ -546,12 +544,3 @@ fn podman_subjects_carry_the_containers_capabilities() {
         wrong.join("\n")
     );
 }
-
-const EMPTY_PROFILE: &str = r#"{
-  "schema": "capprof.profile/v1",
-  "generator": "capprof test",
-  "subject": {"kind": "container", "name": "empty"},
-  "observation": {"start": "", "end": "", "backend": "tp_btf", "classification": "call-site"},
-  "allowlist": [], "required": [], "denied": [], "advisory": [], "silent": [],
-  "capabilities": []
-}"#;

@@ -12,6 +12,11 @@ use std::{
 use serde_json::Value;
 
 pub const CAPPROF: &str = env!("CARGO_BIN_EXE_capprof");
+/// The sample profile the unit tests share too (`daemon::api::testing`).
+pub const SAMPLE_PROFILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/web-profile.json"
+);
 pub const ACTION: &str = env!("CARGO_BIN_EXE_capprof-test-action");
 
 pub fn require_root() {
