@@ -74,11 +74,6 @@ fn workloads(data_dir: &Path) -> Vec<Workload> {
     ]
 }
 
-fn docker_run(name: Option<&str>, flags: &[String], cmd: &[&str]) -> std::process::Output {
-    let args = run_args(&["--network", "none"], name, flags, &test_image(), cmd);
-    docker(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 fn remove(names: &[String]) {
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
@@ -142,17 +137,7 @@ fn docker_exec_setup_is_not_the_workloads() {
     let name = format!("capprof-t-exec-{}", std::process::id());
     remove(std::slice::from_ref(&name));
     let rec = Recording::start("exec", &["--container", &name]);
-    let out = docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        &name,
-        &test_image(),
-        "sleep",
-        "30",
-    ]);
+    let out = docker_run(Some(&name), &["-d".into()], &["sleep", "30"]);
     assert!(
         out.status.success(),
         "{}",

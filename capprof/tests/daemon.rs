@@ -88,33 +88,22 @@ impl World {
     }
 
     fn ps(&self) -> Value {
-        let out = capprof(&[
-            "ps",
-            "--format",
-            "json",
-            "--socket",
-            self.socket().to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "ps: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.ask(&["ps"])
     }
 
     fn profile(&self, name: &str) -> Value {
-        let out = capprof(&[
-            "profile",
-            name,
-            "--format",
-            "json",
-            "--socket",
-            self.socket().to_str().unwrap(),
-        ]);
+        self.ask(&["profile", name])
+    }
+
+    /// `capprof ARGS… --format json --socket SOCK`: the daemon's answer.
+    fn ask(&self, args: &[&str]) -> Value {
+        let socket = self.socket();
+        let mut all = args.to_vec();
+        all.extend(["--format", "json", "--socket", socket.to_str().unwrap()]);
+        let out = capprof(&all);
         assert!(
             out.status.success(),
-            "profile {name}: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
@@ -186,19 +175,9 @@ fn restart_after_kill_9_loses_nothing() {
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&[]);
     assert!(
-        docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            &test_image(),
-            "sleep",
-            "60"
-        ])
-        .status
-        .success()
+        docker_run(Some(&name), &["-d".into()], &["sleep", "60"])
+            .status
+            .success()
     );
     assert!(
         docker(&[
@@ -234,12 +213,7 @@ fn restart_after_kill_9_loses_nothing() {
         },
     );
     let profile = world.profile(&name);
-    let chown = profile["capabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "CAP_CHOWN")
-        .unwrap();
+    let chown = capability(&profile, "CAP_CHOWN");
     assert_eq!(
         chown["granted"], 1,
         "counted once, not twice, across the restart: {chown}"
@@ -259,19 +233,9 @@ fn sigterm_flushes_complete_profiles_and_exits_0() {
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&["--flush-interval", "3600"]);
     assert!(
-        docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            &test_image(),
-            "sleep",
-            "60"
-        ])
-        .status
-        .success()
+        docker_run(Some(&name), &["-d".into()], &["sleep", "60"])
+            .status
+            .success()
     );
     assert!(
         docker(&["exec", &name, "chroot", "/", "true"])
@@ -377,19 +341,9 @@ fn concurrent_clients_get_consistent_answers() {
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&[]);
     assert!(
-        docker(&[
-            "run",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            &test_image(),
-            "chroot",
-            "/",
-            "true"
-        ])
-        .status
-        .success()
+        docker_run(Some(&name), &[], &["chroot", "/", "true"])
+            .status
+            .success()
     );
     wait_until("the profile", Duration::from_secs(10), || {
         allowlist(&world.profile(&name)) == ["CAP_SYS_CHROOT"]

@@ -59,6 +59,32 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
     profile
 }
 
+/// `sleep 30` as uid and gid 1000: a process of another user.
+fn sleeper_of_another_uid() -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    Command::new("sleep")
+        .arg("30")
+        .uid(1000)
+        .gid(1000)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A backend that cannot see a class of checks (the BPF-LSM hook sees
+/// neither refusals nor advisory checks) records none, and the profile says
+/// that class is unobservable.
+fn assert_unseen(profile: &serde_json::Value, class: &str) {
+    assert!(
+        profile["capabilities"].as_array().unwrap().is_empty(),
+        "{profile}"
+    );
+    assert!(
+        names(&profile["observation"], "unobservable").contains(&class.to_owned()),
+        "{profile}"
+    );
+}
+
 #[test]
 #[ignore = "needs root"]
 fn chown_needs_chown() {
@@ -68,12 +94,7 @@ fn chown_needs_chown() {
     fixture_file(&file, 0, 0, 0o644);
     let profile = expect_required(&[ACTION, "chown", file.to_str().unwrap()], &["CAP_CHOWN"]);
     // Evidence names the program and the syscall.
-    let chown = profile["capabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "CAP_CHOWN")
-        .unwrap();
+    let chown = capability(&profile, "CAP_CHOWN");
     assert_eq!(chown["granted"], 2, "uid and gid are checked separately");
     let ev = &chown["evidence"][0];
     assert_eq!(ev["comm"], "capprof-test-ac");
@@ -144,14 +165,7 @@ fn setgid_needs_setgid() {
 #[ignore = "needs root"]
 fn signalling_another_uid_needs_kill() {
     require_root();
-    use std::os::unix::process::CommandExt as _;
-    let mut sleeper = Command::new("sleep")
-        .arg("30")
-        .uid(1000)
-        .gid(1000)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sleeper = sleeper_of_another_uid();
     let pid = sleeper.id().to_string();
     expect_required(&[ACTION, "kill", &pid], &["CAP_KILL"]);
     let _ = sleeper.kill();
@@ -217,14 +231,7 @@ fn refused_rlimit_raise_is_denied_not_required() {
         // The BPF-LSM hook runs only after cap_capable granted a check: the
         // refusal is invisible, and the profile says so.
         assert!(names(&profile, "denied").is_empty(), "{profile}");
-        assert!(
-            profile["capabilities"].as_array().unwrap().is_empty(),
-            "{profile}"
-        );
-        assert!(
-            names(&profile["observation"], "unobservable").contains(&"denied".to_owned()),
-            "{profile}"
-        );
+        assert_unseen(&profile, "denied");
     } else {
         assert_eq!(names(&profile, "denied"), ["CAP_SYS_RESOURCE"]);
         assert!(
@@ -267,14 +274,7 @@ fn plain_programs_need_nothing() {
         let admin = &profile["capabilities"][0];
         assert!(admin["granted"].as_u64().unwrap() >= 2000, "{admin}");
     } else if profile["observation"]["backend"] == "lsm" {
-        assert!(
-            profile["capabilities"].as_array().unwrap().is_empty(),
-            "{profile}"
-        );
-        assert!(
-            names(&profile["observation"], "unobservable").contains(&"advisory".to_owned()),
-            "{profile}"
-        );
+        assert_unseen(&profile, "advisory");
     } else {
         assert!(
             names(&profile, "advisory")
@@ -361,13 +361,7 @@ fn format_json_prints_the_profile_on_stdout() {
 #[ignore = "needs root"]
 fn noaudit_checks_are_silent_and_allowed_when_granted() {
     require_root();
-    use std::os::unix::process::CommandExt as _;
-    let mut sleeper = Command::new("sleep")
-        .arg("30")
-        .uid(1000)
-        .gid(1000)
-        .spawn()
-        .unwrap();
+    let mut sleeper = sleeper_of_another_uid();
     // /proc/PID/stat of another uid asks ptrace_may_access(…|NOAUDIT):
     // ns_capable_noaudit(CAP_SYS_PTRACE).
     let stat = format!("/proc/{}/stat", sleeper.id());
@@ -378,12 +372,7 @@ fn noaudit_checks_are_silent_and_allowed_when_granted() {
     assert_eq!(names(&profile, "silent"), ["CAP_SYS_PTRACE"], "{profile}");
     assert!(names(&profile, "required").is_empty(), "{profile}");
     assert_eq!(names(&profile, "allowlist"), ["CAP_SYS_PTRACE"]);
-    let ptrace = &profile["capabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "CAP_SYS_PTRACE")
-        .unwrap()["evidence"][0];
+    let ptrace = &capability(&profile, "CAP_SYS_PTRACE")["evidence"][0];
     assert!(
         ptrace["call_site"]
             .as_str()

@@ -60,6 +60,13 @@ pub fn run_args(
     args
 }
 
+/// `docker run --network none` of the test image: named and kept, or
+/// `--rm`.
+pub fn docker_run(name: Option<&str>, flags: &[String], cmd: &[&str]) -> Output {
+    let args = run_args(&["--network", "none"], name, flags, &test_image(), cmd);
+    docker(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Echoes a child's stderr to ours, each line marked `[tag]`, and hands
 /// the lines over.
 pub fn echo_lines(stderr: ChildStderr, tag: &'static str) -> mpsc::Receiver<String> {

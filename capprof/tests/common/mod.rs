@@ -100,6 +100,16 @@ pub fn names(profile: &Value, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// The record of capability `name` in a profile's `capabilities`.
+pub fn capability<'a>(profile: &'a Value, name: &str) -> &'a Value {
+    profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {profile}"))
+}
+
 /// Asserts a user-facing failure: the given exit status and exactly one
 /// line on stderr, no panic, no backtrace.
 pub fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
