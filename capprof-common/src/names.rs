@@ -3,7 +3,8 @@
 //! The eBPF crate names each `static` exactly like the constant here (the
 //! `#[map]` macro takes the identifier as the name), and userspace looks them
 //! up only through these constants. A userspace test loads the object and
-//! checks that every name below exists in it.
+//! checks that every name below exists in it, and that none of `bench`'s
+//! does.
 
 // Maps: each is documented once, at its definition in
 // capprof-ebpf/src/maps.rs.
@@ -39,18 +40,11 @@ pub const PROG_CALIBRATE_LSM: &str = "capprof_calibrate_lsm";
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
 pub const PROG_EXIT: &str = "capprof_exit";
-/// An empty program on the `cap_capable` tracepoint: the benchmark's floor
-/// (`capprof-bench`), and, attached for a moment at load, the second
-/// program that makes the tracepoint switch to its other frame layout so
-/// that calibration can find the slots of both. Left out of
-/// `ALL_PROGRAMS`, which lists what capprof keeps loaded.
-pub const PROG_BENCH_EMPTY: &str = "capprof_bench_empty";
-/// Benchmark only: the per-event streaming design (one `EVENTS` record per
-/// check, like BCC's `capable`), to compare with in-kernel aggregation.
-pub const PROG_BENCH_STREAM: &str = "capprof_bench_stream";
-/// Benchmark only: capprof's profiled path rebuilt step by step, to price
-/// each step with bpf_stats.
-pub const PROG_BENCH_LADDER: &str = "capprof_bench_ladder";
+/// An empty program on the `cap_capable` tracepoint, attached for a moment
+/// at load next to `PROG_CALIBRATE`: a second program makes the tracepoint
+/// switch to its other frame layout, so that calibration finds the slots of
+/// both. The benchmark also uses it as its floor.
+pub const PROG_CALIBRATE_SPACER: &str = "capprof_calibrate_spacer";
 
 /// The kernel function and tracepoint every backend observes.
 pub const HOOK_FUNCTION: &str = "cap_capable";
@@ -59,7 +53,7 @@ pub const TRACEPOINT_NAME: &str = "cap_capable";
 /// The LSM hook the BPF-LSM backend observes (`bpf_lsm_capable` in BTF).
 pub const LSM_HOOK: &str = "capable";
 
-/// Every map userspace expects to find in the object.
+/// Every map userspace expects to find in the object capprof embeds.
 pub const ALL_MAPS: &[&str] = &[
     WATCH_ROOTS,
     CGROUPS,
@@ -75,7 +69,7 @@ pub const ALL_MAPS: &[&str] = &[
     HOT,
     GENERATION,
 ];
-/// Every program userspace expects to find in the object.
+/// Every program userspace expects to find in the object capprof embeds.
 pub const ALL_PROGRAMS: &[&str] = &[
     PROG_TP_BTF,
     PROG_FEXIT,
@@ -86,7 +80,23 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_CALIBRATE_FEXIT,
     PROG_CALIBRATE_KPROBE,
     PROG_CALIBRATE_LSM,
+    PROG_CALIBRATE_SPACER,
     PROG_EXEC,
     PROG_FORK,
     PROG_EXIT,
 ];
+
+/// The benchmark's own programs (`capprof-bench`). capprof-ebpf builds them
+/// only with its `bench` feature, into the benchmark's copy of the object;
+/// the object capprof embeds does not have them.
+pub mod bench {
+    /// The per-event streaming design (one `EVENTS` record per check, like
+    /// BCC's `capable`), to compare with in-kernel aggregation.
+    pub const PROG_STREAM: &str = "capprof_bench_stream";
+    /// capprof's profiled path rebuilt step by step, to price each step
+    /// with bpf_stats.
+    pub const PROG_LADDER: &str = "capprof_bench_ladder";
+
+    /// Every program the `bench` feature adds to the object.
+    pub const ALL_PROGRAMS: &[&str] = &[PROG_STREAM, PROG_LADDER];
+}

@@ -1,7 +1,9 @@
 //! Benchmark-only programs, loaded by `capprof-bench` and never by capprof
-//! (their names are not in `names::ALL_PROGRAMS`). They share the object so
-//! that the benchmark compares designs built with the same toolchain, and
-//! they add no map of their own to what capprof creates at load.
+//! (their names are in `names::bench`). Only the crate's `bench` feature
+//! builds them, into the benchmark's copy of the object, next to capprof's
+//! own programs: the benchmark compares designs built with the same
+//! toolchain, and the object capprof embeds does not carry them. They add no
+//! map of their own to what capprof creates at load.
 //!
 //! match-proto (Linux 6.14+, include/trace/events/capability.h):
 //!   TRACE_EVENT(cap_capable, TP_PROTO(const struct cred *cred,
@@ -33,13 +35,6 @@ use capprof_common::{
 };
 
 use crate::maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, bump, generation};
-
-/// The floor: does nothing on every capability check, so that its cost is
-/// the tracepoint's own dispatch.
-#[btf_tracepoint(function = "cap_capable")]
-pub fn capprof_bench_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
 
 /// The per-event streaming design, as BCC's `capable` does it: one ring
 /// buffer record per check, from every cgroup, with nothing aggregated in

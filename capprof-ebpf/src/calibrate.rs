@@ -67,6 +67,15 @@ pub fn capprof_calibrate(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Does nothing. Attached next to `capprof_calibrate` for a moment, it makes
+/// the tracepoint call its programs through `__traceiter_cap_capable`, whose
+/// frame moves the return addresses, so that calibration finds the slots of
+/// that layout too (`calibrate_tracepoint` in userspace).
+#[btf_tracepoint(function = "cap_capable")]
+pub fn capprof_calibrate_spacer(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 /// Samples the stack above the fexit trampoline's context.
 #[fexit(function = "cap_capable")]
 pub fn capprof_calibrate_fexit(ctx: FExitContext) -> i32 {

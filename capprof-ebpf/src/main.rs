@@ -8,6 +8,8 @@
     reason = "atomic_xadd is the only atomic add on BPF"
 )]
 
+// The benchmark's programs, only in capprof-bench's copy of the object.
+#[cfg(feature = "bench")]
 mod bench;
 mod calibrate;
 mod fexit;

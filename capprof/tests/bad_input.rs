@@ -15,6 +15,7 @@ fn unknown_flag() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn missing_command() {
     require_root();
     let out = capprof(&["run", "--", "/nonexistent/capprof-no-such-cmd"]);
@@ -28,6 +29,7 @@ fn missing_command() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unwritable_out() {
     require_root();
     let out = capprof(&["run", "--out", "/proc/capprof/p.json", "--", "true"]);
@@ -38,6 +40,7 @@ fn unwritable_out() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn existing_out_is_kept_when_the_run_cannot_start() {
     require_root();
     let dir = Scratch::new("keep");
@@ -60,6 +63,7 @@ fn existing_out_is_kept_when_the_run_cannot_start() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn not_root() {
     require_root();
     let out = Command::new(CAPPROF)
@@ -81,6 +85,7 @@ fn in_mount_ns(prepare: &str, args: &str) -> std::process::Output {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn no_btf() {
     require_root();
     // Hide /sys/kernel/btf behind an empty tmpfs, in a private namespace.
@@ -89,6 +94,7 @@ fn no_btf() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lsm_backend_without_the_bpf_lsm() {
     require_root();
     // An LSM list without `bpf`, in a private namespace: the lsm backend is
@@ -115,6 +121,7 @@ fn lsm_backend_without_the_bpf_lsm() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn no_cgroup2() {
     require_root();
     let mount = capprof_cgroup2_mount();

@@ -6,37 +6,9 @@
 
 mod common;
 
-use std::{
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use common::*;
-use serde_json::Value;
-
-fn image() -> String {
-    std::env::var("CAPPROF_TEST_IMAGE").unwrap_or_else(|_| "capprof-busybox:test".into())
-}
-
-/// The docker CLI, pointed at the engine the harness chose.
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs")
-}
-
-fn require_engine() {
-    require_root();
-    let out = docker(&["version", "--format", "{{.Server.Version}}"]);
-    assert!(
-        out.status.success(),
-        "no Docker engine answers (DOCKER_HOST={:?}); run through `cargo xtask test`, which starts one: {}",
-        std::env::var("DOCKER_HOST").ok(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{engine::*, *};
 
 /// A workload: a name, docker run flags, a command, and the capabilities
 /// it is known to need.
@@ -102,97 +74,6 @@ fn workloads(data_dir: &Path) -> Vec<Workload> {
     ]
 }
 
-fn docker_run(name: Option<&str>, flags: &[String], cmd: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["run".into(), "--network".into(), "none".into()];
-    match name {
-        Some(n) => args.extend(["--name".into(), n.into()]),
-        None => args.push("--rm".into()),
-    }
-    args.extend(flags.iter().cloned());
-    args.push(image());
-    args.extend(cmd.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    docker(&args)
-}
-
-/// `capprof record` in the background until stopped with SIGINT.
-struct Recording {
-    child: Child,
-    dir: Scratch,
-}
-
-impl Recording {
-    fn start(tag: &str, extra: &[&str]) -> Self {
-        let dir = Scratch::new(tag);
-        let out = dir.path("profiles");
-        let mut args = vec!["record", "--out", out.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let mut child = Command::new(CAPPROF)
-            .args(&args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("capprof record starts");
-        // Wait for the "recording" line: attached and watching.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("[record] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("recording") => break,
-                Ok(line) if line.starts_with("capprof:") && !line.contains("recording") => {
-                    panic!("capprof record failed: {line}")
-                }
-                _ if Instant::now() > deadline => panic!("capprof record did not start"),
-                _ => {}
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("capprof record exited early: {status}");
-            }
-        }
-        Self { child, dir }
-    }
-
-    fn stop(mut self) -> Scratch {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "capprof record exited with {status}");
-        self.dir
-    }
-}
-
-fn read_profile(dir: &Scratch, name: &str) -> Value {
-    let path = dir.path("profiles").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no profile {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn export_flags(dir: &Scratch, name: &str) -> Vec<String> {
-    let path = dir.path("profiles").join(format!("{name}.json"));
-    let out = capprof(&["export", "--format", "docker", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 fn remove(names: &[String]) {
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
@@ -200,18 +81,19 @@ fn remove(names: &[String]) {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn docker_matrix_profiles_are_exact_sufficient_and_minimal() {
     require_engine();
     let data = Scratch::new("data");
     let secret = data.path("secret");
-    let names: Vec<String> = workloads(&data.0)
+    let ctr_names: Vec<String> = workloads(&data.0)
         .iter()
         .map(|w| format!("capprof-t-{}-{}", w.name, std::process::id()))
         .collect();
-    remove(&names);
+    remove(&ctr_names);
 
     let rec = Recording::start("matrix", &[]);
-    for (w, name) in workloads(&data.0).iter().zip(&names) {
+    for (w, name) in workloads(&data.0).iter().zip(&ctr_names) {
         fixture_file(&secret, 1000, 1000, 0o600);
         let out = docker_run(Some(name), &w.flags, &w.cmd);
         assert!(
@@ -223,9 +105,9 @@ fn docker_matrix_profiles_are_exact_sufficient_and_minimal() {
     }
     std::thread::sleep(Duration::from_millis(800));
     let dir = rec.stop();
-    remove(&names);
+    remove(&ctr_names);
 
-    for (w, name) in workloads(&data.0).iter().zip(&names) {
+    for (w, name) in workloads(&data.0).iter().zip(&ctr_names) {
         let profile = read_profile(&dir, name);
         assert_eq!(profile["subject"]["kind"], "container");
         assert_eq!(profile["subject"]["name"], name.as_str());
@@ -235,66 +117,27 @@ fn docker_matrix_profiles_are_exact_sufficient_and_minimal() {
             Some(14),
             "{profile}"
         );
-        assert_eq!(
-            names_of(&profile, "required"),
-            w.expected,
-            "{}: {}",
-            w.name,
-            profile["capabilities"]
-        );
-        assert_eq!(names_of(&profile, "allowlist"), w.expected, "{}", w.name);
-        // The runtime's own setup checks never leak into the allowlist.
-        assert!(
-            !profile["runtime_setup"].as_array().unwrap().is_empty(),
-            "{}: runc's setup was seen",
-            w.name
-        );
+        assert_exact(&profile, w.name, &w.expected);
 
-        let flags = export_flags(&dir, name);
-        assert_eq!(flags[0], "--cap-drop=ALL");
-        fixture_file(&secret, 1000, 1000, 0o600);
-        let out = docker_run(None, &[flags.clone(), w.flags.clone()].concat(), &w.cmd);
-        assert!(
-            out.status.success(),
-            "{} is not sufficient with {flags:?}: {}",
-            w.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for drop in 1..flags.len() {
-            let mut fewer = flags.clone();
-            let dropped = fewer.remove(drop);
+        let flags: Vec<String> = export(&dir, name, &["--format", "docker"])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_sufficient_and_minimal(w.name, &flags, |flags| {
             fixture_file(&secret, 1000, 1000, 0o600);
-            let out = docker_run(None, &[fewer, w.flags.clone()].concat(), &w.cmd);
-            assert!(
-                !out.status.success(),
-                "{} still works without {dropped}: the profile is not minimal",
-                w.name
-            );
-        }
+            docker_run(None, &[flags, w.flags.as_slice()].concat(), &w.cmd)
+        });
     }
 }
 
-fn names_of(profile: &Value, field: &str) -> Vec<String> {
-    names(profile, field)
-}
-
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn docker_exec_setup_is_not_the_workloads() {
     require_engine();
     let name = format!("capprof-t-exec-{}", std::process::id());
     remove(std::slice::from_ref(&name));
     let rec = Recording::start("exec", &["--container", &name]);
-    let out = docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        &name,
-        &image(),
-        "sleep",
-        "30",
-    ]);
+    let out = docker_run(Some(&name), &["-d".into()], &["sleep", "30"]);
     assert!(
         out.status.success(),
         "{}",
@@ -312,11 +155,7 @@ fn docker_exec_setup_is_not_the_workloads() {
     remove(std::slice::from_ref(&name));
     let profile = read_profile(&dir, &name);
     // Only the exec'd chroot is the workload's; runc's exec setup is not.
-    assert_eq!(
-        names_of(&profile, "required"),
-        ["CAP_SYS_CHROOT"],
-        "{profile}"
-    );
+    assert_eq!(names(&profile, "required"), ["CAP_SYS_CHROOT"], "{profile}");
     let setup: Vec<&str> = profile["runtime_setup"]
         .as_array()
         .unwrap()
@@ -330,13 +169,14 @@ fn docker_exec_setup_is_not_the_workloads() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn short_lived_containers_all_get_named_profiles() {
     require_engine();
     let rec = Recording::start("short", &[]);
-    let names: Vec<String> = (0..20)
+    let ctr_names: Vec<String> = (0..20)
         .map(|i| format!("capprof-t-short{i}-{}", std::process::id()))
         .collect();
-    for name in &names {
+    for name in &ctr_names {
         let out = docker(&[
             "run",
             "--rm",
@@ -344,7 +184,7 @@ fn short_lived_containers_all_get_named_profiles() {
             "none",
             "--name",
             name,
-            &image(),
+            &test_image(),
             "true",
         ]);
         assert!(
@@ -355,14 +195,15 @@ fn short_lived_containers_all_get_named_profiles() {
     }
     std::thread::sleep(Duration::from_millis(800));
     let dir = rec.stop();
-    for name in &names {
+    for name in &ctr_names {
         let profile = read_profile(&dir, name);
         assert_eq!(profile["subject"]["name"], name.as_str());
-        assert!(names_of(&profile, "allowlist").is_empty(), "{profile}");
+        assert!(names(&profile, "allowlist").is_empty(), "{profile}");
     }
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn unreachable_engine_is_a_clear_error() {
     require_root();
     let dir = Scratch::new("noengine");

@@ -8,7 +8,6 @@
 mod common;
 
 use std::{
-    io::BufRead as _,
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,28 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{engine::*, *};
 use serde_json::Value;
-
-fn image() -> String {
-    std::env::var("CAPPROF_TEST_IMAGE").unwrap_or_else(|_| "capprof-busybox:test".into())
-}
-
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs")
-}
-
-fn require_engine() {
-    require_root();
-    let out = docker(&["version", "--format", "{{.Server.Version}}"]);
-    assert!(
-        out.status.success(),
-        "no Docker engine answers; run through `cargo xtask test`"
-    );
-}
 
 /// A daemon's private world: state dir, socket, and its own bpffs.
 struct World {
@@ -82,17 +61,7 @@ impl World {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
+        let rx = echo_lines(child.stderr.take().unwrap(), "daemon");
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut lines = vec![];
         loop {
@@ -119,33 +88,22 @@ impl World {
     }
 
     fn ps(&self) -> Value {
-        let out = capprof(&[
-            "ps",
-            "--format",
-            "json",
-            "--socket",
-            self.socket().to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "ps: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.ask(&["ps"])
     }
 
     fn profile(&self, name: &str) -> Value {
-        let out = capprof(&[
-            "profile",
-            name,
-            "--format",
-            "json",
-            "--socket",
-            self.socket().to_str().unwrap(),
-        ]);
+        self.ask(&["profile", name])
+    }
+
+    /// `capprof ARGS… --format json --socket SOCK`: the daemon's answer.
+    fn ask(&self, args: &[&str]) -> Value {
+        let socket = self.socket();
+        let mut all = args.to_vec();
+        all.extend(["--format", "json", "--socket", socket.to_str().unwrap()]);
+        let out = capprof(&all);
         assert!(
             out.status.success(),
-            "profile {name}: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
@@ -209,6 +167,7 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn restart_after_kill_9_loses_nothing() {
     require_engine();
     let world = World::new("d-restart");
@@ -216,19 +175,9 @@ fn restart_after_kill_9_loses_nothing() {
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&[]);
     assert!(
-        docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            &image(),
-            "sleep",
-            "60"
-        ])
-        .status
-        .success()
+        docker_run(Some(&name), &["-d".into()], &["sleep", "60"])
+            .status
+            .success()
     );
     assert!(
         docker(&[
@@ -264,12 +213,7 @@ fn restart_after_kill_9_loses_nothing() {
         },
     );
     let profile = world.profile(&name);
-    let chown = profile["capabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "CAP_CHOWN")
-        .unwrap();
+    let chown = capability(&profile, "CAP_CHOWN");
     assert_eq!(
         chown["granted"], 1,
         "counted once, not twice, across the restart: {chown}"
@@ -281,6 +225,7 @@ fn restart_after_kill_9_loses_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn sigterm_flushes_complete_profiles_and_exits_0() {
     require_engine();
     let world = World::new("d-term");
@@ -288,19 +233,9 @@ fn sigterm_flushes_complete_profiles_and_exits_0() {
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&["--flush-interval", "3600"]);
     assert!(
-        docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            &image(),
-            "sleep",
-            "60"
-        ])
-        .status
-        .success()
+        docker_run(Some(&name), &["-d".into()], &["sleep", "60"])
+            .status
+            .success()
     );
     assert!(
         docker(&["exec", &name, "chroot", "/", "true"])
@@ -324,6 +259,7 @@ fn sigterm_flushes_complete_profiles_and_exits_0() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn corrupt_state_does_not_stop_startup() {
     require_engine();
     let world = World::new("d-corrupt");
@@ -349,6 +285,7 @@ fn corrupt_state_does_not_stop_startup() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn socket_is_root_only_and_capabilities_are_dropped() {
     require_engine();
     let world = World::new("d-sock");
@@ -396,6 +333,7 @@ fn socket_is_root_only_and_capabilities_are_dropped() {
 }
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn concurrent_clients_get_consistent_answers() {
     require_engine();
     let world = World::new("d-conc");
@@ -403,19 +341,9 @@ fn concurrent_clients_get_consistent_answers() {
     let _ = docker(&["rm", "-f", &name]);
     let daemon = world.start(&[]);
     assert!(
-        docker(&[
-            "run",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            &image(),
-            "chroot",
-            "/",
-            "true"
-        ])
-        .status
-        .success()
+        docker_run(Some(&name), &[], &["chroot", "/", "true"])
+            .status
+            .success()
     );
     wait_until("the profile", Duration::from_secs(10), || {
         allowlist(&world.profile(&name)) == ["CAP_SYS_CHROOT"]
@@ -465,6 +393,7 @@ const RSS_BOUND_KB: u64 = 96 * 1024;
 const RSS_GROWTH_BOUND_KB: u64 = 16 * 1024;
 
 #[test]
+#[ignore = "needs root and a Docker engine"]
 fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
     require_engine();
     let world = World::new("d-churn");
@@ -486,7 +415,7 @@ fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
                         "none",
                         "--name",
                         n,
-                        &image(),
+                        &test_image(),
                         "true",
                     ])
                     .stdout(Stdio::null())

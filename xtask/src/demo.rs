@@ -29,7 +29,7 @@ use crate::{
     engine::Engine,
     image::{self, TEST_IMAGE},
     setup,
-    util::{display, note, run_checked, stdout_of, step, target_dir, workspace_root},
+    util::{build_release, display, note, stdout_of, step, target_dir, workspace_root},
 };
 
 /// The sample workload, relative to the workspace root.
@@ -73,15 +73,7 @@ fn demo(engine: &Engine, capprof: PathBuf) -> Result<(PathBuf, Vec<String>)> {
 
 /// `cargo build --release -p capprof`; returns the binary's path.
 fn build_capprof() -> Result<PathBuf> {
-    step("building capprof (release)");
-    run_checked(Command::new("cargo").current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "capprof",
-    ]))
-    .context("building capprof")?;
-    Ok(target_dir().join("release").join("capprof"))
+    Ok(build_release(&["capprof"])?.join("capprof"))
 }
 
 struct Demo<'a> {

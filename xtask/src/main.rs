@@ -11,6 +11,7 @@ mod bench;
 mod demo;
 mod engine;
 mod image;
+mod libtest;
 mod setup;
 mod test;
 mod util;

@@ -1,6 +1,11 @@
 //! `cargo xtask test`: the README's test command. Builds the workspace,
 //! provides a Docker engine and the test image, runs every test with one
 //! thread, and refuses a run in which no test passed.
+//!
+//! Tests that need root (and an engine) are `#[ignore = "needs root"]`, so
+//! that a plain `cargo test` as a normal user passes; this command runs them
+//! too (`--include-ignored`), so they count as passed or failed, never as
+//! skipped.
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -13,6 +18,7 @@ use clap::Args;
 use crate::{
     engine::Engine,
     image::{self, TEST_IMAGE},
+    libtest::Counts,
     setup,
     util::{display, note, run_checked, step},
 };
@@ -52,7 +58,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(EXCLUDE)
         .args(&args.cargo_args)
-        .args(["--", "--test-threads=1"])
+        .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
@@ -122,91 +128,10 @@ fn run_and_count(cmd: &mut Command) -> Result<(std::process::ExitStatus, Counts)
         pending.extend_from_slice(&buf[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            counts.add_line(&String::from_utf8_lossy(&line));
+            counts += Counts::parse(&String::from_utf8_lossy(&line)).unwrap_or_default();
         }
     }
-    counts.add_line(&String::from_utf8_lossy(&pending));
+    counts += Counts::parse(&String::from_utf8_lossy(&pending)).unwrap_or_default();
     let status = child.wait().context("waiting for cargo test")?;
     Ok((status, counts))
-}
-
-/// Totals over every test binary's `test result:` line.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-}
-
-impl Counts {
-    /// Adds `test result: ok. 3 passed; 1 failed; 2 ignored; …` to the totals;
-    /// any other line is left alone.
-    fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
-            return;
-        };
-        let Some((_, fields)) = rest.split_once(". ") else {
-            return;
-        };
-        for field in fields.split(';') {
-            let mut words = field.split_whitespace();
-            let (Some(n), Some(what)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(n) = n.parse::<u64>() else { continue };
-            match what {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
-                _ => {}
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} passed, {} failed, {} skipped",
-            self.passed, self.failed, self.ignored
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_add_up_ok_and_failed_results() {
-        let mut counts = Counts::default();
-        for line in [
-            "running 3 tests",
-            "test foo ... ok",
-            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
-            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.20s\n",
-            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
-        ] {
-            counts.add_line(line);
-        }
-        assert_eq!(
-            counts,
-            Counts {
-                passed: 5,
-                failed: 1,
-                ignored: 1
-            }
-        );
-        assert_eq!(counts.to_string(), "5 passed, 1 failed, 1 skipped");
-    }
-
-    #[test]
-    fn counts_ignore_other_lines() {
-        let mut counts = Counts::default();
-        counts.add_line("test result_parsing ... ok");
-        counts.add_line("");
-        counts.add_line("error: test failed, to rerun pass `-p capprof --test run_actions`");
-        assert_eq!(counts, Counts::default());
-    }
 }

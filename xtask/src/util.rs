@@ -62,6 +62,21 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// `cargo build --release -p PACKAGE…` in the workspace; returns the
+/// directory the binaries are in.
+pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
+    let what = packages.join(" and ");
+    step(format_args!("building {what} (release)"));
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args(["build", "--release"]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    run_checked(&mut cmd).with_context(|| format!("building {what}"))?;
+    Ok(target_dir().join("release"))
+}
+
 /// A command line as a person would type it, for logs and errors.
 pub fn display(cmd: &Command) -> String {
     let mut words: Vec<OsString> = vec![cmd.get_program().to_owned()];

@@ -301,7 +301,7 @@ fn calibrate_tracepoint(
     let first = samples(ebpf);
 
     let spacer_hook = Hook::TpBtf(names::TRACEPOINT_NAME);
-    let spacer = attach::load_and_attach(ebpf, btf, names::PROG_BENCH_EMPTY, spacer_hook);
+    let spacer = attach::load_and_attach(ebpf, btf, names::PROG_CALIBRATE_SPACER, spacer_hook);
     let second = match &spacer {
         Ok(_) => {
             trigger_probes();
@@ -314,7 +314,7 @@ fn calibrate_tracepoint(
     };
     if let Ok(spacer) = spacer {
         let _ = spacer.detach(ebpf);
-        let _ = attach::unload(ebpf, names::PROG_BENCH_EMPTY, spacer_hook);
+        let _ = attach::unload(ebpf, names::PROG_CALIBRATE_SPACER, spacer_hook);
     }
     let _ = attached.detach(ebpf);
     let _ = attach::unload(ebpf, name, hook);

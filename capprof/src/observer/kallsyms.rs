@@ -152,13 +152,14 @@ ffffffff81100300 T zzz_end
     /// The same ranges and resolutions as the previous parser (one String
     /// per symbol, unstable sort), on this host's /proc/kallsyms.
     #[test]
+    #[ignore = "needs root: /proc/kallsyms hides addresses from other users"]
     fn agrees_with_the_previous_parser_on_this_host() {
         let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
-            eprintln!("skipped: /proc/kallsyms is unreadable");
+            eprintln!("skipped: this kernel has no /proc/kallsyms");
             return;
         };
         let Ok(k) = Kallsyms::parse(&text) else {
-            eprintln!("skipped: /proc/kallsyms hides addresses");
+            eprintln!("skipped: /proc/kallsyms hides addresses even from root (kptr_restrict)");
             return;
         };
         let mut old: Vec<(u64, String)> = text

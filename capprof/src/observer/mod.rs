@@ -603,4 +603,16 @@ mod tests {
             );
         }
     }
+
+    /// The benchmark's programs stay out of the object capprof embeds.
+    #[test]
+    fn object_has_no_bench_program() {
+        let obj = aya_obj::Object::parse(OBJECT).unwrap();
+        for name in names::bench::ALL_PROGRAMS {
+            assert!(
+                !obj.programs.contains_key(*name),
+                "benchmark program {name} in capprof's object"
+            );
+        }
+    }
 }

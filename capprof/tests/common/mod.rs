@@ -1,6 +1,8 @@
 //! Shared helpers for the root integration tests.
 #![allow(dead_code, reason = "each test crate uses a different subset")]
 
+pub mod engine;
+
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -10,6 +12,11 @@ use std::{
 use serde_json::Value;
 
 pub const CAPPROF: &str = env!("CARGO_BIN_EXE_capprof");
+/// The sample profile the unit tests share too (`daemon::api::testing`).
+pub const SAMPLE_PROFILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/web-profile.json"
+);
 pub const ACTION: &str = env!("CARGO_BIN_EXE_capprof-test-action");
 
 pub fn require_root() {
@@ -51,6 +58,15 @@ pub fn fixture_file(path: &Path, uid: u32, gid: u32, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A command's stdout and stderr, for failure messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn capprof(args: &[&str]) -> Output {
     Command::new(CAPPROF)
         .args(args)
@@ -82,6 +98,16 @@ pub fn names(profile: &Value, field: &str) -> Vec<String> {
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The record of capability `name` in a profile's `capabilities`.
+pub fn capability<'a>(profile: &'a Value, name: &str) -> &'a Value {
+    profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {profile}"))
 }
 
 /// Asserts a user-facing failure: the given exit status and exactly one

@@ -73,7 +73,8 @@ for backend in $backends; do
     mark "PASS-BEGIN: $backend"
     # $filter is empty or one word; unquoted, so that empty adds nothing.
     export CAPPROF_BACKEND="$backend"
-    like_ci "$TEST_EXE" --test-threads=1 --color never --skip python $filter
+    # The tests need root, so they are #[ignore]d for a plain `cargo test`.
+    like_ci "$TEST_EXE" --test-threads=1 --include-ignored --color never --skip python $filter
     rc=$?
     if [ "$rc" -eq 0 ]; then
         mark "RESULT: $backend PASS"

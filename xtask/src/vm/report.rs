@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::qemu::Line;
+use crate::libtest::Counts;
 
 /// What one guest said.
 #[derive(Debug, Default)]
@@ -52,14 +53,6 @@ impl Pass {
     pub fn ok(&self) -> bool {
         self.passed == Some(true) && self.counts.passed > 0
     }
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub passed: u64,
-    pub failed: u64,
-    pub ignored: u64,
-    pub filtered: u64,
 }
 
 /// A failed test and the start of its panic message.
@@ -117,11 +110,8 @@ pub fn parse(lines: &[Line]) -> Report {
         let Some(pass) = report.passes.last_mut().filter(|p| p.passed.is_none()) else {
             continue;
         };
-        if let Some(counts) = parse_result_line(text) {
-            pass.counts.passed += counts.passed;
-            pass.counts.failed += counts.failed;
-            pass.counts.ignored += counts.ignored;
-            pass.counts.filtered += counts.filtered;
+        if let Some(counts) = Counts::parse(text) {
+            pass.counts += counts;
         } else if let Some(name) = text
             .strip_prefix("test ")
             .and_then(|t| t.strip_suffix(" ... FAILED"))
@@ -203,28 +193,6 @@ fn is_kernel_trouble(text: &str) -> bool {
     ]
     .iter()
     .any(|p| body.starts_with(p))
-}
-
-/// `test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 5 filtered out; …`
-fn parse_result_line(text: &str) -> Option<Counts> {
-    let rest = text.trim().strip_prefix("test result: ")?;
-    let (_, fields) = rest.split_once(". ")?;
-    let mut counts = Counts::default();
-    for field in fields.split(';') {
-        let mut words = field.split_whitespace();
-        let (Some(n), Some(what)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(n) = n.parse::<u64>() else { continue };
-        match what {
-            "passed" => counts.passed += n,
-            "failed" => counts.failed += n,
-            "ignored" => counts.ignored += n,
-            "filtered" => counts.filtered += n,
-            _ => {}
-        }
-    }
-    Some(counts)
 }
 
 fn parse_doctor(text: &str) -> Doctor {

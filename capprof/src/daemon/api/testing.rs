@@ -14,24 +14,14 @@ use crate::{
 pub const IMAGE: &str = "docker.io/library/nginx:1.27";
 pub const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// The sample profile every test shares (tests/fixtures/web-profile.json):
+/// container `web` of nginx, needing CHOWN and NET_BIND_SERVICE.
 pub fn sample_profile() -> Profile {
-    let json = r#"{
-      "schema": "capprof.profile/v1",
-      "generator": "capprof test",
-      "subject": {"kind": "container", "name": "web", "image": "docker.io/library/nginx:1.27"},
-      "observation": {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z",
-                      "backend": "tp_btf", "classification": "call-site"},
-      "allowlist": ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
-      "required": ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
-      "denied": [], "advisory": [], "silent": [],
-      "capabilities": [
-        {"name": "CAP_CHOWN", "number": 0, "class": "required", "granted": 3, "denied": 0,
-         "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:02Z"},
-        {"name": "CAP_NET_BIND_SERVICE", "number": 10, "class": "required", "granted": 1,
-         "denied": 0, "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:01Z"}
-      ]
-    }"#;
-    Profile::from_json("sample", json.as_bytes()).unwrap()
+    let json = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/web-profile.json"
+    ));
+    Profile::from_json("web-profile.json", json).unwrap()
 }
 
 pub fn sample_list() -> Vec<ContainerSummary> {

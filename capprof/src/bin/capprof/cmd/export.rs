@@ -157,6 +157,7 @@ fn comparison_table(c: &Comparison) -> String {
 
 #[cfg(test)]
 mod tests {
+    use capprof::daemon::api::testing::sample_profile;
     use clap::Parser;
 
     use super::*;
@@ -169,25 +170,6 @@ mod tests {
 
     fn parse(argv: &[&str]) -> Result<ExportArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("export").chain(argv.iter().copied())).map(|c| c.args)
-    }
-
-    fn sample() -> Profile {
-        let json = r#"{
-          "schema": "capprof.profile/v1",
-          "generator": "capprof test",
-          "subject": {"kind": "container", "name": "web"},
-          "observation": {"start": "", "end": "", "backend": "tp_btf", "classification": "call-site"},
-          "allowlist": ["CAP_CHOWN", "CAP_SYS_ADMIN"],
-          "required": ["CAP_CHOWN", "CAP_SYS_ADMIN"],
-          "denied": [], "advisory": [], "silent": [],
-          "capabilities": [
-            {"name": "CAP_CHOWN", "number": 0, "class": "required", "granted": 1, "denied": 0,
-             "first_seen": "", "last_seen": ""},
-            {"name": "CAP_SYS_ADMIN", "number": 21, "class": "required", "granted": 1, "denied": 0,
-             "first_seen": "", "last_seen": ""}
-          ]
-        }"#;
-        Profile::from_json("sample.json", json.as_bytes()).unwrap()
     }
 
     fn scratch_dir(name: &str) -> PathBuf {
@@ -215,20 +197,22 @@ mod tests {
 
     #[test]
     fn table_lists_every_capability_once() {
-        let c = export::compare(&sample(), Runtime::Docker);
+        // runc grants AUDIT_WRITE, KILL and NET_BIND_SERVICE: the sample
+        // keeps one, drops two and adds CHOWN.
+        let c = export::compare(&sample_profile(), Runtime::Runc);
         let out = comparison_table(&c);
         assert!(
-            out.ends_with("docker grants 14 by default: drop 13, keep 1, add 1\n"),
+            out.ends_with("runc grants 3 by default: drop 2, keep 1, add 1\n"),
             "{out}"
         );
         assert_eq!(out.matches("CAP_CHOWN").count(), 1, "{out}");
-        assert_eq!(out.matches("CAP_SYS_ADMIN").count(), 1, "{out}");
+        assert_eq!(out.matches("CAP_NET_BIND_SERVICE").count(), 1, "{out}");
         let rows = |action: &str| {
             out.lines()
                 .filter(|l| l.contains(&format!("┆ {action} ")))
                 .count()
         };
-        assert_eq!(rows("drop"), 13, "{out}");
+        assert_eq!(rows("drop"), 2, "{out}");
         assert_eq!(rows("keep"), 1, "{out}");
         assert_eq!(rows("add"), 1, "{out}");
     }
@@ -237,14 +221,14 @@ mod tests {
     fn writes_out_file_and_refuses_bad_combinations() {
         let dir = scratch_dir("out");
         let input = dir.join("p.json");
-        std::fs::write(&input, sample().to_json()).unwrap();
+        std::fs::write(&input, sample_profile().to_json()).unwrap();
         let input = input.to_str().unwrap();
         let out = dir.join("flags.txt");
         let args = parse(&["-o", out.to_str().unwrap(), input]).unwrap();
         main(args).unwrap();
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
-            "--cap-drop=ALL --cap-add=CHOWN --cap-add=SYS_ADMIN\n"
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
         );
 
         let out = dir.join("cmp.json");
@@ -262,7 +246,7 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         assert_eq!(json["runtime"], "runc");
-        assert_eq!(json["drop"].as_array().unwrap().len(), 3);
+        assert_eq!(json["drop"].as_array().unwrap().len(), 2);
 
         let args = parse(&["-a", "docker", "-f", "k8s", input]).unwrap();
         let err = main(args).unwrap_err();

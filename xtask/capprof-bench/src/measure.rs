@@ -17,7 +17,7 @@ use aya::{
 };
 use capprof::{
     cgroup::{self, OwnedCgroup},
-    observer::{OBJECT, Observer},
+    observer::Observer,
 };
 use capprof_common::{check::watch, names};
 use clap::{Args, ValueEnum};
@@ -37,7 +37,7 @@ use crate::{
 pub enum Config {
     /// Nothing attached.
     None,
-    /// `capprof_bench_empty`: an empty program on the same hook (the floor).
+    /// `capprof_calibrate_spacer`: an empty program on the same hook (the floor).
     Empty,
     /// capprof, with the workload's cgroup profiled.
     Profiled,
@@ -309,8 +309,11 @@ impl Attached {
     pub fn set_up(config: Config, root: &OwnedCgroup, other: &Path) -> Result<Self> {
         Ok(match config {
             Config::None => Attached::Nothing,
+            // Calibration's spacer returns 0 and does nothing else: it is
+            // exactly the empty program the floor needs, so the bench
+            // reuses it rather than carry a copy.
             Config::Empty => Attached::Own {
-                ebpf: load_bench_prog(names::PROG_BENCH_EMPTY, 0)?,
+                ebpf: load_bench_prog(names::PROG_CALIBRATE_SPACER, 0)?,
                 reader: None,
             },
             Config::Ladder1 | Config::Ladder2 | Config::Ladder3 | Config::Ladder4 => {
@@ -321,12 +324,12 @@ impl Attached {
                     _ => 4,
                 };
                 Attached::Own {
-                    ebpf: load_bench_prog(names::PROG_BENCH_LADDER, step)?,
+                    ebpf: load_bench_prog(names::bench::PROG_LADDER, step)?,
                     reader: None,
                 }
             }
             Config::Stream => {
-                let mut ebpf = load_bench_prog(names::PROG_BENCH_STREAM, 0)?;
+                let mut ebpf = load_bench_prog(names::bench::PROG_STREAM, 0)?;
                 let map = ebpf
                     .take_map(names::EVENTS)
                     .ok_or_else(|| anyhow!("no {} map", names::EVENTS))?;
@@ -391,12 +394,17 @@ impl Attached {
     }
 }
 
-/// Loads the object and attaches one bench program to `cap_capable`
-/// (`step`: how much of the ladder runs).
+/// capprof's eBPF object with the benchmark's programs added (build.rs
+/// builds it with capprof-ebpf's `bench` feature). capprof's own
+/// configurations load capprof's object, through `Observer::load`.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
+
+/// Loads the benchmark's object and attaches one of its programs to
+/// `cap_capable` (`step`: how much of the ladder runs).
 pub fn load_bench_prog(name: &'static str, step: u32) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .override_global("BENCH_LADDER_STEP", &step, true)
-        .load(OBJECT)
+        .load(BENCH_OBJECT)
         .context("loading the eBPF object")?;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     let prog: &mut BtfTracePoint = ebpf
@@ -407,4 +415,21 @@ pub fn load_bench_prog(name: &'static str, step: u32) -> Result<Ebpf> {
         .with_context(|| format!("loading {name}"))?;
     prog.attach().with_context(|| format!("attaching {name}"))?;
     Ok(ebpf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's object has its own programs and capprof's.
+    #[test]
+    fn bench_object_has_every_program() {
+        let obj = aya_obj::Object::parse(BENCH_OBJECT).unwrap();
+        for name in names::bench::ALL_PROGRAMS.iter().chain(names::ALL_PROGRAMS) {
+            assert!(
+                obj.programs.contains_key(*name),
+                "program {name} missing from the benchmark's object"
+            );
+        }
+    }
 }

@@ -1,0 +1,167 @@
+//! The issue's targets, judged on the report, and their table.
+
+use std::fmt::Write as _;
+
+use super::{
+    TARGET_WORKLOAD,
+    report::Report,
+    stats::{Summary, ratio, show_opt},
+};
+
+impl Report {
+    /// Every target of issue 5, measured; which are enforced depends on --quick.
+    pub fn targets(&self, quick: bool, have_bpftrace: bool) -> Vec<Verdict> {
+        let w = TARGET_WORKLOAD;
+        let timing = !quick;
+        let mut v = vec![];
+        let empty_added = self.added("empty", w);
+        let empty_run = self.per_run("empty", w);
+        for (config, limit) in [("profiled", 1.25), ("unprofiled", 1.1)] {
+            let r = ratio(self.added(config, w), empty_added);
+            v.push(Verdict::ratio(
+                format!("{config}: added e2e cost per check ≤ {limit}× the empty program's"),
+                r,
+                limit,
+                timing,
+            ));
+            v.push(Verdict::ratio(
+                format!("{config}: per-run cost (bpf_stats) ≤ {limit}× the empty program's"),
+                ratio(self.per_run(config, w), empty_run),
+                limit,
+                false,
+            ));
+        }
+        if have_bpftrace {
+            v.push(Verdict::ratio(
+                "profiled cheaper per check than bpftrace (added e2e cost)".into(),
+                ratio(self.added("profiled", w), self.added("bpftrace", w)),
+                1.0,
+                timing,
+            ));
+            v.push(Verdict::ratio(
+                "profiled cheaper per check than bpftrace (per run, bpf_stats)".into(),
+                ratio(self.per_run("profiled", w), self.per_run("bpftrace", w)),
+                1.0,
+                false,
+            ));
+        } else {
+            v.push(Verdict {
+                name: "profiled cheaper per check than bpftrace".into(),
+                shown: "not measured (no bpftrace)".into(),
+                pass: false,
+                enforced: timing,
+            });
+        }
+        match self.storm.first() {
+            Some(s) => {
+                let rate = s.checks_per_s;
+                v.push(Verdict {
+                    name: format!(
+                        "storm: every (cgroup, cap) pair counted, nothing lost silently ({} threads, {} cgroups, {} s)",
+                        s.threads,
+                        s.cgroups,
+                        s.secs
+                    ),
+                    shown: format!(
+                        "{} checks into {} pairs: {} missing, {} undercounted, {} without evidence; \
+                         ringbuf_lost {}, counts_full {}. Overflow phase (no reader): {} checks, \
+                         {} evidence attempts = {} records read + {} counted lost, {} counted",
+                        s.made_total,
+                        s.pairs_exercised,
+                        s.pairs_missing,
+                        s.pairs_undercounted,
+                        s.pairs_without_evidence,
+                        s.ringbuf_lost,
+                        s.counts_full,
+                        s.overflow_checks,
+                        s.overflow_attempts,
+                        s.overflow_records,
+                        s.overflow_lost,
+                        s.overflow_counted,
+                    ),
+                    pass: s.no_loss,
+                    enforced: true,
+                });
+                v.push(Verdict {
+                    name: "storm: ≥ 1M checks/s in total".into(),
+                    shown: format!(
+                        "{:.2}M checks/s; the workers got {:.0}% of their CPUs",
+                        rate / 1e6,
+                        s.worker_cpu_share * 100.0
+                    ),
+                    pass: rate >= 1e6,
+                    enforced: timing,
+                });
+            }
+            None => v.push(Verdict {
+                name: "storm".into(),
+                shown: "did not run".into(),
+                pass: false,
+                enforced: true,
+            }),
+        }
+        let run_true = Summary::of(
+            &self
+                .startup
+                .iter()
+                .map(|s| s.run_true_ms)
+                .collect::<Vec<_>>(),
+        );
+        let load = Summary::of(&self.startup.iter().map(|s| s.load_ms).collect::<Vec<_>>());
+        v.push(Verdict {
+            name: "`capprof run -- true` under 300 ms wall (median)".into(),
+            shown: format!(
+                "{} ms; Observer::load_time() alone {} ms",
+                show_opt(run_true, 0),
+                show_opt(load, 0)
+            ),
+            pass: run_true.is_some_and(|s| s.median < 300.0),
+            enforced: timing,
+        });
+        v
+    }
+}
+
+pub struct Verdict {
+    pub name: String,
+    pub shown: String,
+    pub pass: bool,
+    pub enforced: bool,
+}
+
+impl Verdict {
+    pub fn ratio(name: String, r: Option<f64>, limit: f64, enforced: bool) -> Self {
+        Self {
+            name,
+            shown: r.map_or_else(
+                || "not measured".to_owned(),
+                |r| format!("{r:.2}× (limit {limit}×)"),
+            ),
+            pass: r.is_some_and(|r| r <= limit),
+            enforced,
+        }
+    }
+}
+
+pub fn render_targets(out: &mut String, verdicts: &[Verdict], quick: bool) {
+    let _ = writeln!(
+        out,
+        "\n### Targets (judged on `{TARGET_WORKLOAD}`){}\n",
+        if quick {
+            "; --quick enforces only the storm's no-loss result"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "| target | measured | result |");
+    let _ = writeln!(out, "|---|---|---|");
+    for v in verdicts {
+        let result = match (v.pass, v.enforced) {
+            (true, true) => "PASS",
+            (false, true) => "FAIL",
+            (true, false) => "pass (informational)",
+            (false, false) => "miss (informational)",
+        };
+        let _ = writeln!(out, "| {} | {} | {result} |", v.name, v.shown);
+    }
+}
