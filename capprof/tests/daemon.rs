@@ -465,3 +465,64 @@ fn churn_of_300_containers_stays_bounded_and_all_are_on_disk() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().0.success());
 }
+
+/// Two daemons on one bpffs would drain each other's counts: the second
+/// refuses in one line that names the first. A daemon that fails to start
+/// leaves no pin behind.
+#[test]
+#[ignore = "needs root"]
+fn one_daemon_per_bpffs_and_a_failed_start_leaves_no_pin() {
+    require_root();
+    let world = World::new("pinlock");
+    let first = world.start(&[]);
+    let pins = world.bpffs().join("capprof");
+    assert!(pins.exists(), "the first daemon pinned nothing");
+
+    // Same pins, another socket and state dir.
+    let other = Scratch::new("pinlock2");
+    let out = Command::new(CAPPROF)
+        .args([
+            "daemon",
+            "--bpffs",
+            world.bpffs().to_str().unwrap(),
+            "--socket",
+            other.path("d.sock").to_str().unwrap(),
+            "--state-dir",
+            other.path("state").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, 2, &format!("pid {}", first.pid()));
+    first.signal(libc::SIGTERM);
+    let (status, _) = first.wait();
+    assert!(status.success());
+
+    // A daemon that fails after loading (its metrics port is taken) removes
+    // the pins it made.
+    let world = World::new("pinfail");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut args = vec!["daemon".to_owned()];
+    args.extend(world.args());
+    args.extend(["--metrics".to_owned(), format!("127.0.0.1:{port}")]);
+    let out = Command::new(CAPPROF).args(&args).output().unwrap();
+    assert_one_line_error(&out, 2, "cannot bind metrics");
+    let left: Vec<_> = walk(&world.bpffs());
+    assert!(
+        left.iter().all(|p| p.is_dir()),
+        "pins left behind: {left:?}"
+    );
+    assert!(!world.socket().exists(), "the API socket was left behind");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}

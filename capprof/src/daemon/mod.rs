@@ -87,6 +87,8 @@ impl DaemonError {
 
 /// Removes the daemon's pins (`capprof daemon --reset`).
 pub fn reset(config: &DaemonConfig) -> Result<bool, DaemonError> {
+    // Never under a running daemon's feet.
+    let _lock = crate::observer::pin::lock(&config.bpffs).map_err(ObserverError::from)?;
     let dir = crate::observer::pin::pin_dir(&config.bpffs);
     crate::observer::pin::reset(&dir).map_err(|source| DaemonError::Reset { path: dir, source })
 }

@@ -1,0 +1,154 @@
+//! Profiles that mean what they say under awkward input: re-used names,
+//! containers recorded after they started, and files that are not
+//! profiles, on the real engine.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{engine::*, *};
+
+fn name(tag: &str) -> String {
+    format!("capprof-t-{tag}-{}", std::process::id())
+}
+
+/// A name re-used during one recording: both containers keep a profile,
+/// each with its own id, and neither overwrites the other.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn a_reused_name_keeps_both_profiles() {
+    require_engine();
+    let ctr = name("reuse");
+    let rec = Recording::start("reuse", &[]);
+    // First a chown (CHOWN), then, under the same name, a mknod (MKNOD).
+    let first = docker_run(
+        Some(&ctr),
+        &[],
+        &["sh", "-c", "touch /tmp/f && chown 1000 /tmp/f"],
+    );
+    assert!(first.status.success(), "{}", output_text(&first));
+    let first_id = String::from_utf8_lossy(&docker(&["inspect", "-f", "{{.Id}}", &ctr]).stdout)
+        .trim()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(800));
+    docker(&["rm", "-f", &ctr]);
+    let second = docker_run(Some(&ctr), &[], &["mknod", "/tmp/n", "c", "1", "3"]);
+    assert!(second.status.success(), "{}", output_text(&second));
+    let second_id = String::from_utf8_lossy(&docker(&["inspect", "-f", "{{.Id}}", &ctr]).stdout)
+        .trim()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(800));
+    let dir = rec.stop();
+    docker(&["rm", "-f", &ctr]);
+
+    let mut seen = vec![];
+    for entry in std::fs::read_dir(dir.path("profiles")).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if !stem.starts_with(&ctr) {
+            continue;
+        }
+        let profile: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let id = profile["subject"]["id"].as_str().unwrap().to_owned();
+        seen.push((stem, id, names(&profile, "allowlist")));
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let of = |id: &str| seen.iter().find(|(_, i, _)| i == id).cloned();
+    let (_, _, first_caps) = of(&first_id).expect("the first container's profile");
+    let (_, _, second_caps) = of(&second_id).expect("the second container's profile");
+    assert_eq!(first_caps, ["CAP_CHOWN"], "{seen:?}");
+    assert_eq!(second_caps, ["CAP_MKNOD"], "{seen:?}");
+    // One keeps the plain name, the other is told apart by its id.
+    assert!(seen.iter().any(|(stem, ..)| *stem == ctr), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(stem, id, _)| *stem == format!("{ctr}-{}", &id[..12])),
+        "{seen:?}"
+    );
+}
+
+/// A container that was running before the recording began: the profile
+/// says it is partial, export warns, and --require-complete refuses.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn a_container_recorded_after_its_start_is_partial() {
+    require_engine();
+    let ctr = name("partial");
+    let out = docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &ctr,
+        &test_image(),
+        "sh",
+        "-c",
+        "sleep 2; touch /tmp/f; chown 1000 /tmp/f",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let rec = Recording::start("partial", &["--container", &ctr]);
+    let waited = docker(&["wait", &ctr]);
+    assert!(waited.status.success(), "{}", output_text(&waited));
+    std::thread::sleep(Duration::from_millis(800));
+    let dir = rec.stop();
+    docker(&["rm", "-f", &ctr]);
+
+    let profile = read_profile(&dir, &ctr);
+    let partial = &profile["observation"]["partial"];
+    assert!(partial.is_object(), "not marked partial: {profile}");
+    assert!(partial["workload_started"].is_string(), "{partial}");
+    assert!(partial["recording_started"].is_string(), "{partial}");
+
+    let path = profile_path(&dir, &ctr);
+    let out = capprof(&["export", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("already running"),
+        "{stderr}"
+    );
+    let out = capprof(&["export", "--require-complete", path.to_str().unwrap()]);
+    assert_one_line_error(&out, 2, "already running");
+}
+
+/// Output paths that are not regular files are refused, and left as they
+/// were.
+#[test]
+#[ignore = "needs root"]
+fn export_writes_only_regular_files() {
+    require_root();
+    let dir = Scratch::new("outpaths");
+    let out = capprof(&["export", "-o", "/dev/full", SAMPLE_PROFILE]);
+    assert_one_line_error(&out, 2, "character device");
+    assert!(
+        std::fs::metadata("/dev/full")
+            .map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+            .unwrap_or(false),
+        "/dev/full is still a device"
+    );
+    // A new file is private; a replaced one keeps its mode.
+    let fresh = dir.path("fresh.txt");
+    let out = capprof(&["export", "-o", fresh.to_str().unwrap(), SAMPLE_PROFILE]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&fresh), 0o600);
+    std::fs::set_permissions(
+        &fresh,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = capprof(&["export", "-o", fresh.to_str().unwrap(), SAMPLE_PROFILE]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(mode(&fresh), 0o644);
+    // Profiles that are not files, or too large, are one line and exit 2.
+    for (input, needle) in [("/dev/zero", "special file"), ("/tmp", "directory")] {
+        let out = capprof(&["export", input]);
+        assert_one_line_error(&out, 2, needle);
+    }
+}
