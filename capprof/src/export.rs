@@ -275,16 +275,24 @@ fn run_flags(caps: &[Cap]) -> String {
     out
 }
 
-/// A systemd drop-in. An empty assignment sets the empty set (systemd.exec:
-/// "If the empty string is assigned to this option, the bounding set is
-/// reset to the empty capability set").
+/// A systemd drop-in. In a drop-in, systemd merges each assignment with the
+/// unit's own (systemd.exec: "If this option appears more than once, the
+/// bounding sets are merged"), so a unit that had CAP_SYS_ADMIN would keep
+/// it. Each setting therefore starts with an empty assignment, which
+/// "resets the bounding set to the empty capability set", and only then
+/// names the allowlist.
 fn systemd(profile: &Profile) -> String {
     let names: Vec<String> = profile.allowlist.iter().map(|c| c.name()).collect();
     let names = names.join(" ");
-    format!(
-        "{}[Service]\nCapabilityBoundingSet={names}\nAmbientCapabilities={names}\n",
-        header(profile)
-    )
+    let mut out = header(profile);
+    out.push_str("[Service]\n");
+    for setting in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        out.push_str(&format!("{setting}=\n"));
+        if !names.is_empty() {
+            out.push_str(&format!("{setting}={names}\n"));
+        }
+    }
+    out
 }
 
 fn yaml(profile: &Profile, format: Format, doc: &impl Serialize) -> Result<String, ExportError> {
@@ -381,6 +389,8 @@ struct OciCapabilities {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::profile::Subject;
 
@@ -495,7 +505,9 @@ mod tests {
             &lines[1..],
             [
                 "[Service]",
+                "CapabilityBoundingSet=",
                 "CapabilityBoundingSet=CAP_CHOWN CAP_NET_RAW",
+                "AmbientCapabilities=",
                 "AmbientCapabilities=CAP_CHOWN CAP_NET_RAW",
             ]
         );
@@ -511,6 +523,48 @@ mod tests {
                 "AmbientCapabilities="
             ]
         );
+    }
+
+    /// systemd.exec(5)'s rules for a capability setting assigned more than
+    /// once across a unit and its drop-ins: assignments are merged (OR), a
+    /// `~` prefix removes instead (AND NOT), and an empty assignment resets
+    /// to the empty set.
+    fn systemd_merge(assignments: &[&str]) -> BTreeSet<String> {
+        let mut set = BTreeSet::new();
+        for value in assignments {
+            if value.is_empty() {
+                set.clear();
+            } else if let Some(removed) = value.strip_prefix('~') {
+                for cap in removed.split_whitespace() {
+                    set.remove(cap);
+                }
+            } else {
+                set.extend(value.split_whitespace().map(str::to_owned));
+            }
+        }
+        set
+    }
+
+    #[test]
+    fn systemd_drop_in_overrides_a_units_own_capabilities() {
+        // The unit as shipped, then the drop-in, in the order systemd reads
+        // them.
+        let unit = "[Service]\nExecStart=/usr/bin/web\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_CHOWN\nAmbientCapabilities=CAP_SYS_ADMIN\n";
+        for names in [TWO, EMPTY] {
+            let drop_in = render(&profile(names), Format::Systemd).unwrap();
+            for setting in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+                let assignments: Vec<&str> = unit
+                    .lines()
+                    .chain(drop_in.lines())
+                    .filter_map(|l| l.strip_prefix(setting)?.strip_prefix('='))
+                    .collect();
+                let merged = systemd_merge(&assignments);
+                let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+                assert_eq!(merged, want, "{setting} after the drop-in:\n{drop_in}");
+            }
+        }
+        // Without the reset line the unit's CAP_SYS_ADMIN would survive.
+        assert!(systemd_merge(&["CAP_SYS_ADMIN", "CAP_CHOWN"]).contains("CAP_SYS_ADMIN"));
     }
 
     #[test]

@@ -138,11 +138,7 @@ fn export_writes_only_regular_files() {
             & 0o777
     };
     assert_eq!(mode(&fresh), 0o600);
-    std::fs::set_permissions(
-        &fresh,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
+    std::fs::set_permissions(&fresh, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let out = capprof(&["export", "-o", fresh.to_str().unwrap(), SAMPLE_PROFILE]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(mode(&fresh), 0o644);

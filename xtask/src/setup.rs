@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "qemu-system-x86",
     "cpio",
+    // systemd-analyze, which checks the systemd export against a real unit.
+    "systemd",
+    // promtool, which checks the daemon's metrics.
+    "prometheus",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.
