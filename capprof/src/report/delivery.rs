@@ -86,12 +86,31 @@ pub struct Delivery {
     pub sysctls: Vec<Sysctl>,
 }
 
-fn setcap_command(program: &str, caps: &[Cap]) -> String {
+/// `setcap cap_a,cap_b+ep PATH`, or with `"$(command -v NAME)"` when only
+/// the command name is known. Program names come from the workload, so
+/// they are shell-quoted: a copied line runs nothing the workload chose.
+fn setcap_command(program: &str, path_known: bool, caps: &[Cap]) -> String {
     let names: Vec<String> = caps
         .iter()
         .map(|c| format!("cap_{}", c.short_name().to_ascii_lowercase()))
         .collect();
-    format!("setcap {}+ep {program}", names.join(","))
+    let target = if path_known {
+        shell_quote(program)
+    } else {
+        format!("\"$(command -v {})\"", shell_quote(program))
+    };
+    format!("setcap {}+ep {target}", names.join(","))
+}
+
+/// `s` as one shell word: as it is when it holds only safe characters,
+/// else in single quotes.
+fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._+-,:=@".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn is_shared(program: &str) -> bool {
@@ -115,9 +134,13 @@ pub fn delivery(profile: &Profile) -> Delivery {
             .iter()
             .filter(|e| e.verdict == Verdict::Granted)
         {
+            // `/proc/self/exe` (busybox re-executing itself) names no file
+            // a capability could be set on.
             let program = match &ev.exe {
-                Some(exe) => (exe.clone(), true),
-                None => (ev.comm.clone(), false),
+                Some(exe) if exe.starts_with('/') && !exe.starts_with("/proc/") => {
+                    (exe.clone(), true)
+                }
+                _ => (ev.comm.clone(), false),
             };
             by_program
                 .entry(program.clone())
@@ -174,7 +197,7 @@ pub fn delivery(profile: &Profile) -> Delivery {
         .map(|((program, path_known), caps)| {
             let caps: Vec<Cap> = caps.into_iter().collect();
             FileCap {
-                command: setcap_command(&program, &caps),
+                command: setcap_command(&program, path_known, &caps),
                 shared: is_shared(&program),
                 program,
                 path_known,
@@ -290,6 +313,7 @@ mod tests {
             ("CHOWN", Some("/bin/busybox"), 0),
             ("NET_RAW", Some("/bin/busybox"), 0),
             ("MKNOD", None, 0),
+            ("KILL", Some("/proc/self/exe"), 0),
         ]);
         let d = delivery(&p);
         assert_eq!(d.runs_as, RunsAs::Root);
@@ -299,11 +323,24 @@ mod tests {
             commands,
             [
                 "setcap cap_chown,cap_net_raw+ep /bin/busybox",
-                "setcap cap_mknod+ep app"
+                "setcap cap_mknod+ep \"$(command -v app)\"",
+                "setcap cap_kill+ep \"$(command -v exe)\""
             ]
         );
         assert!(d.file_caps[0].shared, "busybox runs every applet");
         assert!(!d.file_caps[1].path_known);
+    }
+
+    #[test]
+    fn program_names_are_shell_quoted() {
+        let p = profile(&[("CHOWN", Some("/opt/my app/$(reboot)"), 1000)]);
+        assert_eq!(
+            delivery(&p).file_caps[0].command,
+            "setcap cap_chown+ep '/opt/my app/$(reboot)'"
+        );
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("/usr/sbin/nginx"), "/usr/sbin/nginx");
+        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]

@@ -641,8 +641,8 @@ fn recommendations(out: &mut String, c: &Container) {
         for f in d.file_caps.iter().filter(|f| !f.path_known) {
             w!(
                 out,
-                "<li>The path of <code>{}</code> was not recorded: find it in the image (<code>command -v {}</code>).</li>",
-                Esc(&f.program),
+                "<li>The path of <code>{}</code> was not recorded, so its line looks it up with \
+                 <code>command -v</code> when the image is built.</li>",
                 Esc(&f.program)
             );
         }

@@ -55,9 +55,10 @@ impl Display for Md<'_> {
     }
 }
 
-/// Escapes a string for a `<pre>` block, which GitHub renders as HTML:
-/// markup is escaped, and a line break becomes a space so that each
-/// command stays on its line.
+/// Escapes a string for an HTML block (`<pre>`, `<summary>`), where GitHub
+/// reads HTML, not Markdown: markup is escaped, brackets and backticks
+/// become entities too (no renderer can make a link of them), and a line
+/// break becomes a space so that each command stays on its line.
 pub struct Pre<'a>(pub &'a str);
 
 impl Display for Pre<'_> {
@@ -67,7 +68,13 @@ impl Display for Pre<'_> {
             .chars()
             .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
             .collect();
-        write!(f, "{}", Esc(&flat))
+        let escaped = Esc(&flat).to_string();
+        f.write_str(
+            &escaped
+                .replace('[', "&#91;")
+                .replace(']', "&#93;")
+                .replace('`', "&#96;"),
+        )
     }
 }
 
