@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "qemu-system-x86",
     "cpio",
+    // The headless browser the report tests render HTML in.
+    "chromium",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.
