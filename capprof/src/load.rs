@@ -9,10 +9,13 @@
 //! leaves a container out would mislead.
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::{self, Read as _},
     path::{Path, PathBuf},
 };
+
+use serde_json::Value;
 
 use crate::profile::{Profile, ProfileError};
 
@@ -31,6 +34,81 @@ pub struct Loaded {
     /// The path as given or found, or `<stdin>`.
     pub source: String,
     pub profile: Profile,
+    /// Fields of the file this build does not know (written by a newer
+    /// capprof), as paths such as `conditional` or `capabilities[].foo`.
+    /// They are ignored: a report cannot show them, a merge drops them.
+    pub unknown_fields: Vec<String>,
+}
+
+impl Loaded {
+    /// A profile already in memory: nothing unknown.
+    pub fn new(source: impl Into<String>, profile: Profile) -> Self {
+        Self {
+            source: source.into(),
+            profile,
+            unknown_fields: vec![],
+        }
+    }
+
+    fn parse(source: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+        let profile = Profile::from_json(source, bytes)?;
+        // `from_json` accepted the bytes, so they are JSON.
+        let unknown_fields = match (
+            serde_json::from_slice::<Value>(bytes),
+            serde_json::to_value(&profile),
+        ) {
+            (Ok(raw), Ok(known)) => {
+                let mut out = BTreeSet::new();
+                unknown(&raw, &known, "", &mut out);
+                out.into_iter().collect()
+            }
+            _ => vec![],
+        };
+        Ok(Self {
+            source: source.to_owned(),
+            profile,
+            unknown_fields,
+        })
+    }
+}
+
+/// Collects the paths of `raw` that `known` (the same document as this
+/// build reads and writes it) lacks. An empty value (`null`, `0`, `""`,
+/// `[]`, `{}`, `false`) carries nothing, and this build leaves some out
+/// when it writes, so those are not counted.
+fn unknown(raw: &Value, known: &Value, path: &str, out: &mut BTreeSet<String>) {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    };
+    match (raw, known) {
+        (Value::Object(raw), Value::Object(known)) => {
+            for (key, value) in raw {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match known.get(key) {
+                    None if !empty(value) => {
+                        out.insert(here);
+                    }
+                    None => {}
+                    Some(k) => unknown(value, k, &here, out),
+                }
+            }
+        }
+        (Value::Array(raw), Value::Array(known)) => {
+            for (r, k) in raw.iter().zip(known) {
+                unknown(r, k, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,19 +222,13 @@ fn read_file(path: &str) -> Result<Loaded, LoadError> {
     }
     let file = fs::File::open(path).map_err(read_err)?;
     let bytes = read_bounded(file, path)?;
-    Ok(Loaded {
-        source: path.to_owned(),
-        profile: Profile::from_json(path, &bytes)?,
-    })
+    Loaded::parse(path, &bytes)
 }
 
 fn read_stdin() -> Result<Loaded, LoadError> {
     const STDIN: &str = "<stdin>";
     let bytes = read_bounded(io::stdin().lock(), STDIN)?;
-    Ok(Loaded {
-        source: STDIN.to_owned(),
-        profile: Profile::from_json(STDIN, &bytes)?,
-    })
+    Loaded::parse(STDIN, &bytes)
 }
 
 /// Reads at most [`MAX_BYTES`]; a file that grows past it is refused.
@@ -216,6 +288,23 @@ mod tests {
             .collect();
         assert_eq!(names, ["/a.json", "/b.json", "/ns/pod/c.json"]);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fields_of_a_newer_capprof_are_named() {
+        let newer = PROFILE
+            .replace(
+                "\"capabilities\": []",
+                "\"capabilities\": [], \"conditional\": [{\"capability\": \"CAP_NET_BIND_SERVICE\"}], \"empty\": []",
+            )
+            .replace(
+                "\"kind\": \"command\"",
+                "\"kind\": \"command\", \"run\": {\"image\": \"x\"}, \"id\": null",
+            );
+        let loaded = Loaded::parse("newer.json", newer.as_bytes()).unwrap();
+        assert_eq!(loaded.unknown_fields, ["conditional", "subject.run"]);
+        let same = Loaded::parse("p.json", PROFILE.as_bytes()).unwrap();
+        assert!(same.unknown_fields.is_empty(), "{:?}", same.unknown_fields);
     }
 
     #[test]

@@ -257,10 +257,10 @@ mod tests {
             classification: "call-site".into(),
             ..Default::default()
         };
-        Loaded {
-            source: format!("{name}.json"),
-            profile: obs.into_profile(subject, observation),
-        }
+        Loaded::new(
+            format!("{name}.json"),
+            obs.into_profile(subject, observation),
+        )
     }
 
     #[test]
@@ -317,14 +317,7 @@ mod tests {
         ])
         .unwrap();
         let c = observed("c", &[("CHOWN", "/bin/chown"), ("KILL", "/bin/kill")]);
-        let all = merge(&[
-            Loaded {
-                source: "ab.json".into(),
-                profile: ab,
-            },
-            c,
-        ])
-        .unwrap();
+        let all = merge(&[Loaded::new("ab.json", ab), c]).unwrap();
         let coverage = all.coverage.unwrap();
         assert_eq!(coverage.profiles, 3);
         assert_eq!(coverage.subjects.len(), 3);

@@ -393,3 +393,34 @@ fn ci_recipe_end_to_end() {
     let (_, two, _) = diff(&["-f", "json", &baseline, &more_again]);
     assert_eq!(strip(one), strip(two));
 }
+
+/// A profile from a newer capprof merges, and the fields this build cannot
+/// carry are named rather than silently dropped.
+#[test]
+fn merge_names_fields_it_cannot_carry() {
+    let dir = Scratch::new("merge-newer");
+    let newer = derived(
+        &dir,
+        "run-sample.json",
+        "newer.json",
+        "\"runtime_setup\": []",
+        "\"runtime_setup\": [], \"conditional\": [{\"capability\": \"CAP_NET_BIND_SERVICE\"}]",
+    );
+    let out = dir.path("merged.json");
+    let result = capprof(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        &newer,
+        &fixture("run-phases.json"),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "newer.json: written by a newer capprof; conditional not carried into the merge"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(read_json(&out)["coverage"]["profiles"], 2);
+}

@@ -29,6 +29,13 @@ pub struct MergeArgs {
 
 pub fn main(args: MergeArgs) -> Result<ExitCode, Error> {
     let inputs = load::load(&args.inputs)?;
+    for input in inputs.iter().filter(|i| !i.unknown_fields.is_empty()) {
+        tracing::warn!(
+            "{}: written by a newer capprof; {} not carried into the merge",
+            input.source,
+            input.unknown_fields.join(", ")
+        );
+    }
     let merged = merge::merge(&inputs)?;
     output::write(Some(&args.out), &merged.to_json())?;
     eprintln!("capprof: {}", merge::summary(&merged));

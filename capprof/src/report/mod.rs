@@ -344,12 +344,18 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
         docker_flags: export::render(profile, export::Format::Docker)
             .map(|s| s.trim_end().to_owned())
             .unwrap_or_default(),
-        warnings: warnings(profile),
+        warnings: warnings(profile, &input.unknown_fields),
     }
 }
 
-fn warnings(profile: &Profile) -> Vec<String> {
+fn warnings(profile: &Profile, unknown_fields: &[String]) -> Vec<String> {
     let mut out = vec![];
+    if !unknown_fields.is_empty() {
+        out.push(format!(
+            "written by a newer capprof: this report ignores {}",
+            unknown_fields.join(", ")
+        ));
+    }
     if !profile.denied.is_empty() {
         let names: Vec<String> = profile.denied.iter().map(Cap::to_string).collect();
         out.push(format!(
@@ -435,10 +441,10 @@ mod tests {
     use super::*;
 
     fn load(json: &str) -> Loaded {
-        Loaded {
-            source: "fixture.json".into(),
-            profile: Profile::from_json("fixture.json", json.as_bytes()).unwrap(),
-        }
+        Loaded::new(
+            "fixture.json",
+            Profile::from_json("fixture.json", json.as_bytes()).unwrap(),
+        )
     }
 
     #[test]
