@@ -192,7 +192,7 @@ pub fn delivery(profile: &Profile) -> Delivery {
             BTreeMap::new(),
         ),
     };
-    let file_caps = programs
+    let file_caps = known_paths_first(programs)
         .into_iter()
         .map(|((program, path_known), caps)| {
             let caps: Vec<Cap> = caps.into_iter().collect();
@@ -213,6 +213,32 @@ pub fn delivery(profile: &Profile) -> Delivery {
         file_caps,
         sysctls,
     }
+}
+
+/// A program known only by name joins a program whose path ends in that
+/// name: busybox seen through `/proc/self/exe` is the `/usr/bin/busybox`
+/// seen elsewhere.
+fn known_paths_first(
+    programs: BTreeMap<(String, bool), BTreeSet<Cap>>,
+) -> BTreeMap<(String, bool), BTreeSet<Cap>> {
+    let (mut known, unknown): (BTreeMap<_, _>, BTreeMap<_, _>) = programs
+        .into_iter()
+        .partition(|((_, path_known), _)| *path_known);
+    let mut out = BTreeMap::new();
+    for ((name, _), caps) in unknown {
+        let same = known
+            .keys()
+            .find(|(path, _)| path.rsplit('/').next() == Some(name.as_str()))
+            .cloned();
+        match same.and_then(|key| known.get_mut(&key)) {
+            Some(entry) => entry.extend(caps),
+            None => {
+                out.insert((name, false), caps);
+            }
+        }
+    }
+    out.extend(known);
+    out
 }
 
 fn sysctls(allow: &BTreeSet<Cap>) -> Vec<Sysctl> {
@@ -250,7 +276,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// `(capability, exe, uid)`: one granted check each.
+    /// `(capability, exe, uid)`: one granted check each. An `exe` without
+    /// a slash is a command name whose path was not recorded.
     fn profile(checks: &[(&str, Option<&str>, u32)]) -> Profile {
         let mut obs = Observations::default();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -269,7 +296,7 @@ mod tests {
                 phase::WORKLOAD,
                 Evidence {
                     comm: exe.unwrap_or("app").rsplit('/').next().unwrap().to_owned(),
-                    exe: exe.map(str::to_owned),
+                    exe: exe.filter(|e| e.contains('/')).map(str::to_owned),
                     syscall: None,
                     pid: 1,
                     uid: *uid,
@@ -314,6 +341,8 @@ mod tests {
             ("NET_RAW", Some("/bin/busybox"), 0),
             ("MKNOD", None, 0),
             ("KILL", Some("/proc/self/exe"), 0),
+            // busybox re-executing itself is the busybox seen above.
+            ("SYS_CHROOT", Some("busybox"), 0),
         ]);
         let d = delivery(&p);
         assert_eq!(d.runs_as, RunsAs::Root);
@@ -322,7 +351,7 @@ mod tests {
         assert_eq!(
             commands,
             [
-                "setcap cap_chown,cap_net_raw+ep /bin/busybox",
+                "setcap cap_chown,cap_net_raw,cap_sys_chroot+ep /bin/busybox",
                 "setcap cap_mknod+ep \"$(command -v app)\"",
                 "setcap cap_kill+ep \"$(command -v exe)\""
             ]
