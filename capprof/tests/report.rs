@@ -43,6 +43,12 @@ fn report_json(inputs: &[String]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A line on stderr that the test harness does not capture.
+fn show(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "    {line}");
+}
+
 /// Runs Debian's chromium headless on `page` with `args`; its stdout.
 fn chromium(scratch: &Scratch, page: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("chromium")
@@ -125,12 +131,12 @@ fn html_report_renders_in_headless_chromium() {
     assert_eq!((width, height), (1400, 1800));
     let colours: HashSet<[u8; 3]> = pixels.iter().copied().collect();
     let non_white = pixels.iter().filter(|p| **p != [255, 255, 255]).count();
-    println!(
+    show(format_args!(
         "screenshot {}: {} colours, {:.0}% non-white",
         shot.display(),
         colours.len(),
         100.0 * non_white as f64 / pixels.len() as f64
-    );
+    ));
     assert!(colours.len() > 50, "only {} colours", colours.len());
     assert!(non_white * 10 > pixels.len(), "the page is nearly blank");
     // The header's navy and a full-strength advisory cell (SYS_ADMIN, over
@@ -480,12 +486,14 @@ fn five_hundred_profiles() {
             String::from_utf8_lossy(&out.stderr)
         );
         let size = std::fs::metadata(&out_path).unwrap().len();
-        println!(
+        // Written to stderr directly, past the test harness's capture, so the
+        // numbers show in every run's output.
+        show(format_args!(
             "report of 500 profiles ({format}): {:.0} ms, {} bytes ({:.1} KiB per profile)",
             took.as_secs_f64() * 1000.0,
             size,
             size as f64 / 500.0 / 1024.0
-        );
+        ));
         assert!(took.as_secs_f64() < 5.0, "{took:?}");
         assert!(size < 40 << 20, "{size} bytes");
         let text = std::fs::read_to_string(&out_path).unwrap();
