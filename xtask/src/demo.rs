@@ -9,7 +9,9 @@
 //!    (`capprof export --against docker`);
 //! 5. prints the `docker run` flags (`capprof export --format docker`);
 //! 6. proves them: the workload runs with exactly those flags, and fails
-//!    when any one of them is dropped.
+//!    when any one of them is dropped;
+//! 7. writes the HTML report of the profile (`capprof report`) and prints
+//!    its path.
 //!
 //! Any step that fails makes the demo fail; the private engine and the
 //! recorder are stopped either way.
@@ -51,24 +53,26 @@ pub fn run() -> Result<()> {
     let outcome = demo(&engine, capprof);
     // Stop the private engine before the verdict, so the verdict stays last.
     engine.stop();
-    let (profile, flags) = outcome?;
+    let (profile, flags, report) = outcome?;
     step(format_args!(
         "done: {CONTAINER} needs only `{}`; its profile is {}",
         flags.join(" "),
         profile.display()
     ));
+    step(format_args!("report: {}", report.display()));
     Ok(())
 }
 
-/// Steps 2 to 6; returns the profile and the flags.
-fn demo(engine: &Engine, capprof: PathBuf) -> Result<(PathBuf, Vec<String>)> {
+/// Steps 2 to 7; returns the profile, the flags and the report.
+fn demo(engine: &Engine, capprof: PathBuf) -> Result<(PathBuf, Vec<String>, PathBuf)> {
     image::ensure_test_image(engine)?;
     let demo = Demo::new(engine, capprof);
     let profile = demo.record()?;
     demo.compare_with_defaults(&profile)?;
     let flags = demo.docker_flags(&profile)?;
     demo.prove(&flags)?;
-    Ok((profile, flags))
+    let report = demo.report(&profile)?;
+    Ok((profile, flags, report))
 }
 
 /// `cargo build --release -p capprof`; returns the binary's path.
@@ -202,6 +206,17 @@ impl<'a> Demo<'a> {
         }
         println!("docker run {} …", flags.join(" "));
         Ok(flags)
+    }
+
+    /// Step 7: the HTML report of the profile, beside the profiles.
+    fn report(&self, profile: &Path) -> Result<PathBuf> {
+        step("writing the HTML report of the profile");
+        let report = target_dir().join("demo").join("report.html");
+        let mut cmd = self.capprof();
+        cmd.args(["report", "--out"]).arg(&report).arg(profile);
+        note(format_args!("$ {}", display(&cmd)));
+        stdout_of(&mut cmd).context("writing the report")?;
+        Ok(report)
     }
 
     /// Step 6: sufficient with exactly the flags, and each one needed.

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // promtool, which checks the daemon's metrics.
     "prometheus",
+    // The headless browser the report tests render HTML in.
+    "chromium",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.

@@ -28,7 +28,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn from_raw(verdict: u8) -> Self {
+    pub fn from_raw(verdict: u8) -> Self {
         if verdict == check::VERDICT_DENIED {
             Verdict::Denied
         } else {
@@ -52,7 +52,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_raw(kind: u8) -> Self {
+    pub fn from_raw(kind: u8) -> Self {
         match kind {
             check::kind::AUDIT => Kind::Audit,
             check::kind::NOAUDIT => Kind::NoAudit,
@@ -73,7 +73,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn from_raw(phase: u8) -> Self {
+    pub fn from_raw(phase: u8) -> Self {
         if phase == check::phase::SETUP {
             Phase::Setup
         } else {

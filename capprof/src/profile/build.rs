@@ -129,6 +129,8 @@ impl ProfileBuilder {
             silent: vec![],
             capabilities,
             runtime_setup,
+            proof: None,
+            coverage: None,
         };
         profile.apply_summary();
         profile
@@ -154,4 +156,54 @@ pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
         last_seen: t,
     });
     build(counts, [], subject, Observation::default())
+}
+
+/// For tests that write a profile by hand in the kernel's raw codes.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Observations(ProfileBuilder);
+
+#[cfg(test)]
+impl Observations {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the kernel key's fields, as in COUNTS"
+    )]
+    pub fn add_count(
+        &mut self,
+        cap: Cap,
+        verdict: u8,
+        kind: u8,
+        phase: u8,
+        count: u64,
+        first_seen: SystemTime,
+        last_seen: SystemTime,
+    ) {
+        use crate::observer::Kind;
+        self.0.add_count(&Count {
+            cgroup_id: 0,
+            cap,
+            verdict: Verdict::from_raw(verdict),
+            kind: Kind::from_raw(kind),
+            phase: Phase::from_raw(phase),
+            count,
+            first_seen,
+            last_seen,
+        });
+    }
+
+    pub fn add_evidence(&mut self, cap: Cap, phase: u8, evidence: Evidence) {
+        let acc = self
+            .0
+            .usages
+            .entry((Phase::from_raw(phase), cap))
+            .or_default();
+        if acc.evidence.len() < MAX_EVIDENCE {
+            acc.evidence.insert(evidence);
+        }
+    }
+
+    pub fn into_profile(self, subject: Subject, observation: Observation) -> Profile {
+        self.0.build(subject, observation)
+    }
 }

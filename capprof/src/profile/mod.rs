@@ -13,7 +13,7 @@ use std::{
 };
 
 #[cfg(test)]
-pub use build::with_allowlist;
+pub use build::{Observations, with_allowlist};
 pub use build::{ProfileBuilder, build};
 use serde::{Deserialize, Serialize};
 
@@ -215,6 +215,81 @@ pub struct Profile {
     /// before the workload's exec. Never part of the allowlist.
     #[serde(default)]
     pub runtime_setup: Vec<CapUsage>,
+    /// What re-running the workload proved about the allowlist; absent for
+    /// a profile that was only observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+    /// How `capprof merge` made this profile out of others; absent for a
+    /// profile of one observation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+}
+
+/// What `capprof verify` or `capprof minimize` established by re-running
+/// the workload with exactly the allowlist. Only `sufficient: true` makes a
+/// profile proven; other fields those commands write are kept as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// `verify` or `minimize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The workload succeeded with exactly the allowlist.
+    #[serde(default)]
+    pub sufficient: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(flatten)]
+    pub details: BTreeMap<String, serde_json::Value>,
+}
+
+/// How many profiles a merged profile stands for, and where each capability
+/// was seen (`capprof merge`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// How many single observations were merged (M).
+    pub profiles: u64,
+    /// The subjects of those observations, in merge order.
+    #[serde(default)]
+    pub subjects: Vec<Subject>,
+    /// For each workload capability: in how many of the M it was seen, and
+    /// by which executables.
+    #[serde(default)]
+    pub capabilities: BTreeMap<Cap, CapCoverage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapCoverage {
+    /// In how many of the merged observations the capability was seen (N).
+    pub seen_in: u64,
+    /// The programs whose checks were kept as evidence (`exe`, else `comm`).
+    #[serde(default)]
+    pub executables: Vec<String>,
+}
+
+impl Coverage {
+    /// Untrusted input: counts must be possible and name only capabilities
+    /// the profile has.
+    fn check(&self, usages: &[CapUsage]) -> Result<(), String> {
+        if self.profiles == 0 {
+            return Err("coverage.profiles is 0".into());
+        }
+        for (cap, cov) in &self.capabilities {
+            if cov.seen_in == 0 || cov.seen_in > self.profiles {
+                return Err(format!(
+                    "coverage of {cap}: seen_in {} is not within 1..={}",
+                    cov.seen_in, self.profiles
+                ));
+            }
+            if !usages.iter().any(|u| u.name == *cap) {
+                return Err(format!("coverage names {cap}, which was not seen"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +431,9 @@ impl Profile {
         };
         if expected != got {
             return Err("the summary arrays do not match the capabilities records".into());
+        }
+        if let Some(coverage) = &self.coverage {
+            coverage.check(&self.capabilities)?;
         }
         Ok(())
     }

@@ -2,7 +2,10 @@
 //! scripts can trust: 2 for bad input or a missing prerequisite, 1 for a
 //! failure of capprof itself.
 
-use capprof::{export::ExportError, observer::ObserverError, profile::ProfileError};
+use capprof::{
+    export::ExportError, load::LoadError, merge::MergeError, observer::ObserverError,
+    profile::ProfileError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,6 +18,10 @@ pub enum Error {
     Export(#[from] ExportError),
     #[error(transparent)]
     Observer(#[from] ObserverError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
     /// Anything else (exit 1).
     #[error("{0}")]
     Internal(String),
@@ -31,7 +38,11 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::Profile(_) | Error::Export(_) => 2,
+            Error::Usage(_)
+            | Error::Profile(_)
+            | Error::Export(_)
+            | Error::Load(_)
+            | Error::Merge(_) => 2,
             Error::Observer(err) if err.is_prerequisite() => 2,
             Error::Observer(_) | Error::Internal(_) => 1,
         }

@@ -35,6 +35,12 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// Print one container's profile (or an export of it) from the daemon.
     Profile(cmd::profile::ProfileArgs),
+    /// Write an HTML or Markdown report of profiles: matrix, evidence, scores.
+    Report(cmd::report::ReportArgs),
+    /// Merge profiles of one workload into one, with coverage.
+    Merge(cmd::merge::MergeArgs),
+    /// Compare a new profile with a baseline; exit 3 when it needs more.
+    Diff(cmd::diff::DiffArgs),
 
     /// Check what this kernel offers capprof and which backend it would use.
     Doctor(cmd::doctor::DoctorArgs),
@@ -59,6 +65,9 @@ fn main() -> ExitCode {
         Command::Daemon(args) => cmd::daemon::main(args),
         Command::Ps(args) => cmd::ps::main(args),
         Command::Profile(args) => cmd::profile::main(args),
+        Command::Report(args) => cmd::report::main(args),
+        Command::Merge(args) => cmd::merge::main(args),
+        Command::Diff(args) => cmd::diff::main(args),
 
         Command::Doctor(args) => cmd::doctor::main(args),
     };

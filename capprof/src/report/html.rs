@@ -1,0 +1,795 @@
+//! The report as one self-contained HTML page: no script, no external
+//! style, font or image, so it can be mailed, attached to a ticket or
+//! opened offline.
+//!
+//! Every string that comes from a profile (names, commands, program paths,
+//! call sites) goes through [`Esc`]; only the markup written here is raw.
+
+use std::fmt::{self, Display, Write as _};
+
+use super::{
+    Container, Report, Status, capsh_line, catalogue,
+    matrix::{self, CLASSES},
+    score::{self, Exposure, PodSecurity},
+    setpriv_line,
+};
+use crate::{capability::Cap, export::Runtime};
+
+/// Writing to a `String` cannot fail.
+macro_rules! w {
+    ($dst:expr, $($arg:tt)*) => {{
+        let _ = write!($dst, $($arg)*);
+    }};
+}
+
+/// HTML-escapes a string for text and attribute values (quoted with `"`).
+/// Control characters, which have no business in a name, become U+FFFD.
+pub struct Esc<'a>(pub &'a str);
+
+impl Display for Esc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(|c: char| {
+            matches!(c, '&' | '<' | '>' | '"' | '\'') || (c.is_control() && c != '\n')
+        }) {
+            f.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or('\u{FFFD}');
+            f.write_str(match c {
+                '&' => "&amp;",
+                '<' => "&lt;",
+                '>' => "&gt;",
+                '"' => "&quot;",
+                '\'' => "&#39;",
+                _ => "\u{FFFD}",
+            })?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// Above this many containers, their sections start folded.
+const OPEN_SECTIONS: usize = 12;
+
+const STYLE: &str = r#"
+:root{--ink:#1f2937;--muted:#6b7280;--line:#e5e7eb;--panel:#f8fafc}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 "DejaVu Sans",system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:var(--ink);background:#fff}
+header{background:#0f172a;color:#f8fafc;padding:18px 32px}
+header h1{margin:0;font-size:22px;letter-spacing:.2px}
+header p{margin:4px 0 0;color:#cbd5e1}
+nav{background:#1e293b;padding:6px 32px}
+nav a{color:#e2e8f0;margin-right:18px;text-decoration:none;font-size:13px}
+main{padding:4px 32px 48px}
+h2{margin:28px 0 10px;font-size:18px;border-bottom:2px solid var(--line);padding-bottom:4px}
+h3{margin:18px 0 6px;font-size:15px}
+p.note{color:var(--muted);margin:4px 0 10px}
+table{border-collapse:collapse}
+table.t th,table.t td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+table.t th{background:var(--panel);font-weight:600;white-space:nowrap}
+table.t td.n{text-align:right;font-variant-numeric:tabular-nums}
+code{font:12px/1.35 "DejaVu Sans Mono",ui-monospace,Menlo,Consolas,monospace;background:#f1f5f9;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere}
+pre{font:12px/1.4 "DejaVu Sans Mono",ui-monospace,Menlo,Consolas,monospace;background:#0f172a;color:#e2e8f0;padding:8px 12px;border-radius:4px;overflow-x:auto;white-space:pre-wrap}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
+.s-proven{background:#dcfce7;color:#166534}.s-observed{background:#fef3c7;color:#92400e}.s-proof-failed{background:#fee2e2;color:#991b1b}
+.esc{display:inline-block;padding:0 5px;border-radius:3px;background:#fee2e2;color:#b91c1c;font-size:11px;font-weight:700;margin-left:4px}
+.act-keep{color:#1d4ed8;font-weight:600}.act-drop{color:#15803d;font-weight:600}.act-add{color:#b91c1c;font-weight:600}
+.warn{background:#fff7ed;border-left:4px solid #ea580c;padding:6px 10px;margin:6px 0;list-style:none}
+ul.warns{padding:0;margin:8px 0}
+.matrix{margin:6px 0 4px}
+.matrix th.cap{writing-mode:vertical-rl;transform:rotate(180deg);font-size:12px;font-weight:600;padding:6px 3px;white-space:nowrap;text-align:left}
+.matrix th.row{text-align:right;padding:0 8px 0 0;white-space:nowrap;max-width:260px;overflow:hidden;text-overflow:ellipsis;font-weight:500}
+.matrix th.row a{color:var(--ink);text-decoration:none}
+.matrix td{width:40px;min-width:40px;height:36px;border:2px solid #fff;text-align:center;font-size:11px;line-height:1.05;padding:0}
+.matrix td.e{background:#f1f5f9}
+.matrix td.m{--c:#4b5563}
+.matrix td.m b{display:block;font-size:13px}
+.i1{background:color-mix(in srgb,var(--c) 30%,#fff)}
+.i2{background:color-mix(in srgb,var(--c) 52%,#fff)}
+.i3{background:color-mix(in srgb,var(--c) 76%,#fff);color:#fff}
+.i4{background:var(--c);color:#fff}
+.legend{display:flex;flex-wrap:wrap;gap:6px 16px;margin:8px 0;font-size:12px}
+.legend span.k{display:inline-block;width:22px;height:16px;border-radius:3px;vertical-align:-3px;margin-right:5px;color:#fff;text-align:center;font-weight:700;font-size:11px;line-height:16px}
+.bar{display:inline-block;width:160px;height:12px;background:#e5e7eb;border-radius:6px;vertical-align:-1px;margin-right:8px;overflow:hidden}
+.bar span{display:block;height:100%}
+.r-SAFE{background:#16a34a}.r-OK{background:#65a30d}.r-MEDIUM{background:#ca8a04}.r-EXPOSED{background:#ea580c}.r-UNSAFE{background:#dc2626}
+.lvl{font-weight:700}.lvl-restricted{color:#15803d}.lvl-baseline{color:#a16207}.lvl-privileged{color:#b91c1c}
+details.c{border:1px solid var(--line);border-radius:6px;margin:10px 0;padding:0 14px 8px}
+details.c>summary{cursor:pointer;padding:10px 0;font-size:15px;font-weight:600}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:4px 0 10px;font-size:13px}
+dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
+.ev{font-size:12px}
+td.cap,td.nw{white-space:nowrap}
+tr.seen td{background:#f8fafc}
+"#;
+
+/// Renders `report` as one HTML document.
+pub fn render(report: &Report) -> String {
+    let mut out = String::with_capacity(64 * 1024 + report.containers.len() * 8 * 1024);
+    head(&mut out, report);
+    summary(&mut out, report);
+    matrix_section(&mut out, report);
+    containers(&mut out, report);
+    catalogue_section(&mut out, report);
+    model(&mut out);
+    out.push_str("</main>\n</body>\n</html>\n");
+    out
+}
+
+fn head(out: &mut String, report: &Report) {
+    let n = report.containers.len();
+    out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    w!(
+        out,
+        "<title>capprof report: {n} profile{}</title>\n",
+        plural(n)
+    );
+    out.push_str("<style>");
+    out.push_str(STYLE);
+    for class in CLASSES {
+        w!(
+            out,
+            ".matrix td.m[data-class=\"{}\"]{{--c:{}}}.legend span.k-{}{{background:{}}}\n",
+            class.key,
+            class.colour,
+            class.key,
+            class.colour
+        );
+    }
+    out.push_str(
+        "</style>\n</head>\n<body>\n<header>\n<h1>capprof: observed capability usage</h1>\n",
+    );
+    let proven = report
+        .containers
+        .iter()
+        .filter(|c| c.status == Status::Proven)
+        .count();
+    w!(
+        out,
+        "<p>{n} profile{} · {proven} proven, {} only observed · {}</p>\n</header>\n",
+        plural(n),
+        n - proven,
+        Esc(&report.generator)
+    );
+    out.push_str(
+        "<nav><a href=\"#summary\">Summary</a><a href=\"#matrix\">Matrix</a>\
+         <a href=\"#containers\">Containers</a><a href=\"#catalogue\">Catalogue</a>\
+         <a href=\"#model\">How to read this</a></nav>\n<main>\n",
+    );
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn status_badge(out: &mut String, status: Status) {
+    let class = match status {
+        Status::Observed => "s-observed",
+        Status::Proven => "s-proven",
+        Status::ProofFailed => "s-proof-failed",
+    };
+    w!(
+        out,
+        "<span class=\"badge {class}\">{}</span>",
+        status.label()
+    );
+}
+
+fn caps_code(out: &mut String, caps: &[Cap]) {
+    if caps.is_empty() {
+        out.push_str("<i>none</i>");
+    }
+    for (i, cap) in caps.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        w!(out, "<code>{}</code>", cap.short_name());
+        if catalogue::entry(*cap).escape {
+            out.push_str("<span class=\"esc\" title=\"escape-relevant\">escape</span>");
+        }
+    }
+}
+
+fn exposure_bar(out: &mut String, e: &Exposure) {
+    w!(
+        out,
+        "<span class=\"bar\"><span class=\"r-{}\" style=\"width:{:.0}%\"></span></span><b>{:.1}</b> {}",
+        e.rating,
+        e.score * 10.0,
+        e.score,
+        e.rating
+    );
+}
+
+fn level(out: &mut String, p: &PodSecurity) {
+    let name = p.level.name();
+    w!(out, "<span class=\"lvl lvl-{name}\">{name}</span>");
+}
+
+fn summary(out: &mut String, report: &Report) {
+    out.push_str("<h2 id=\"summary\">Summary</h2>\n");
+    out.push_str(
+        "<p class=\"note\">Per profile: what it needs, what the runtime's default grants beyond that, \
+         and what granting only the allowlist changes.</p>\n",
+    );
+    out.push_str(
+        "<table class=\"t\"><thead><tr><th>container</th><th>status</th><th>allowlist</th>\
+         <th>default drops</th><th>exposure: default → allowlist</th>\
+         <th>Pod Security: default → allowlist</th></tr></thead><tbody>\n",
+    );
+    for (i, c) in report.containers.iter().enumerate() {
+        w!(
+            out,
+            "<tr><td><a href=\"#c{i}\">{}</a></td><td>",
+            Esc(&c.label)
+        );
+        status_badge(out, c.status);
+        out.push_str("</td><td>");
+        caps_code(out, &c.allowlist);
+        w!(
+            out,
+            "</td><td class=\"n\">{} of {}</td><td>{:.1} → <b>{:.1}</b> {}</td><td>",
+            c.drop.len(),
+            c.defaults.len(),
+            c.exposure_default.score,
+            c.exposure_allowlist.score,
+            c.exposure_allowlist.rating
+        );
+        level(out, &c.pod_security_default);
+        out.push_str(" → ");
+        level(out, &c.pod_security_allowlist);
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+/// 1 check, a few, tens, hundreds and more.
+fn intensity(count: u64) -> u8 {
+    match count {
+        0..=1 => 1,
+        2..=9 => 2,
+        10..=99 => 3,
+        _ => 4,
+    }
+}
+
+fn matrix_section(out: &mut String, report: &Report) {
+    let m = &report.matrix;
+    out.push_str("<h2 id=\"matrix-title\">Containers × capabilities</h2>\n");
+    out.push_str(
+        "<p class=\"note\">Each cell is the class a capability was reported under in that profile, \
+         and its number of checks; the stronger the colour, the more checks. Hover for details.</p>\n",
+    );
+    out.push_str("<div class=\"legend\">");
+    for class in CLASSES {
+        w!(
+            out,
+            "<span><span class=\"k k-{}\">{}</span>{}</span>",
+            class.key,
+            class.short,
+            class.key
+        );
+    }
+    out.push_str("</div>\n");
+    if m.capabilities.is_empty() {
+        out.push_str("<p id=\"matrix\"><i>No profile saw any capability check.</i></p>\n");
+        return;
+    }
+    out.push_str("<table class=\"matrix\" id=\"matrix\"><thead><tr><th></th>");
+    for cap in &m.capabilities {
+        w!(
+            out,
+            "<th class=\"cap\" title=\"{cap}\">{}</th>",
+            cap.short_name()
+        );
+    }
+    out.push_str("</tr></thead><tbody>\n");
+    for (i, row) in m.rows.iter().enumerate() {
+        w!(
+            out,
+            "<tr><th class=\"row\" title=\"{0}\"><a href=\"#c{i}\">{0}</a></th>",
+            Esc(&row.label)
+        );
+        for (cap, cell) in m.capabilities.iter().zip(&row.cells) {
+            match cell {
+                None => out.push_str("<td class=\"e\"></td>"),
+                Some(cell) => {
+                    let style = matrix::style(&cell.class);
+                    w!(
+                        out,
+                        "<td class=\"m i{}\" data-class=\"{}\" title=\"{cap}: {} ({} check{})\">{}<b>{}</b></td>",
+                        intensity(cell.count),
+                        Esc(&cell.class),
+                        Esc(&cell.class),
+                        cell.count,
+                        if cell.count == 1 { "" } else { "s" },
+                        style.short,
+                        cell.count
+                    );
+                }
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+fn containers(out: &mut String, report: &Report) {
+    out.push_str("<h2 id=\"containers\">Containers</h2>\n");
+    let open = report.containers.len() <= OPEN_SECTIONS;
+    for (i, c) in report.containers.iter().enumerate() {
+        container(out, i, c, open);
+    }
+}
+
+fn container(out: &mut String, i: usize, c: &Container, open: bool) {
+    w!(
+        out,
+        "<details class=\"c\" id=\"c{i}\"{}><summary>{} ",
+        if open { " open" } else { "" },
+        Esc(&c.label)
+    );
+    status_badge(out, c.status);
+    w!(
+        out,
+        " <span class=\"note\" style=\"font-weight:400;color:#6b7280\">· allowlist {} · exposure {:.1} {}</span></summary>\n",
+        c.allowlist.len(),
+        c.exposure_allowlist.score,
+        c.exposure_allowlist.rating
+    );
+    facts(out, c);
+    if !c.warnings.is_empty() {
+        out.push_str("<ul class=\"warns\">");
+        for warning in &c.warnings {
+            w!(out, "<li class=\"warn\">{}</li>", Esc(warning));
+        }
+        out.push_str("</ul>\n");
+    }
+    usage_table(out, c);
+    verdicts(out, c);
+    recommendations(out, c);
+    out.push_str("</details>\n");
+}
+
+fn facts(out: &mut String, c: &Container) {
+    out.push_str("<dl class=\"facts\">");
+    let mut fact = |name: &str, value: &str| {
+        w!(out, "<dt>{name}</dt><dd>{}</dd>", Esc(value));
+    };
+    fact("profile", &c.source);
+    fact("subject", &c.kind);
+    if let Some(image) = &c.image {
+        fact("image", image);
+    }
+    if let Some(id) = &c.id {
+        fact("id", id);
+    }
+    if let Some(command) = &c.command {
+        fact("command", &command.join(" "));
+    }
+    let obs = &c.observation;
+    fact(
+        "observed",
+        &format!(
+            "{} → {}",
+            none_if_empty(&obs.start),
+            none_if_empty(&obs.end)
+        ),
+    );
+    fact(
+        "backend",
+        &format!("{}, classification {}", obs.backend, obs.classification),
+    );
+    if let Some(m) = c.merged_from {
+        fact("merged from", &format!("{m} observations"));
+    }
+    let status = match (&c.proof, c.status) {
+        (Some(p), status) => {
+            let mut s = format!(
+                "{} by {}",
+                status.label(),
+                p.method.as_deref().unwrap_or("a proof")
+            );
+            if let Some(runs) = p.runs {
+                s.push_str(&format!(", {runs} run{}", if runs == 1 { "" } else { "s" }));
+            }
+            if let Some(engine) = &p.engine {
+                s.push_str(&format!(", on {engine}"));
+            }
+            if let Some(at) = &p.at {
+                s.push_str(&format!(", {at}"));
+            }
+            s
+        }
+        (None, _) => {
+            "only observed: re-run it with exactly the allowlist (capprof verify) to prove it"
+                .to_owned()
+        }
+    };
+    fact("status", &status);
+    out.push_str("</dl>\n");
+}
+
+fn none_if_empty(s: &str) -> &str {
+    if s.is_empty() { "?" } else { s }
+}
+
+fn runtime_name(runtime: Runtime) -> String {
+    runtime.to_string()
+}
+
+fn usage_table(out: &mut String, c: &Container) {
+    w!(
+        out,
+        "<h3>{}'s default set ({}) against use</h3>\n",
+        runtime_name(c.runtime),
+        c.defaults.len()
+    );
+    if let Some(started) = &c.started_with {
+        out.push_str("<p class=\"note\">Started with ");
+        caps_code(out, started);
+        out.push_str(" rather than the defaults.</p>\n");
+    }
+    out.push_str(
+        "<table class=\"t\"><thead><tr><th>capability</th><th>default</th><th>used as</th>\
+         <th>checks</th><th>action</th><th>phase</th><th>first seen</th><th>last seen</th>\
+         <th>evidence: program · syscall · call site · uid</th></tr></thead><tbody>\n",
+    );
+    for row in &c.rows {
+        w!(
+            out,
+            "<tr{}><td class=\"cap\"><code>{}</code>",
+            if row.class.is_some() {
+                " class=\"seen\""
+            } else {
+                ""
+            },
+            row.capability.short_name()
+        );
+        if catalogue::entry(row.capability).escape {
+            out.push_str("<span class=\"esc\">escape</span>");
+        }
+        w!(
+            out,
+            "</td><td>{}</td><td class=\"nw\">",
+            if row.in_default { "yes" } else { "-" }
+        );
+        match &row.class {
+            Some(class) => {
+                w!(out, "{}", Esc(class));
+                if let Some((n, m)) = row.seen_in {
+                    w!(out, " <span class=\"note\">(in {n} of {m})</span>");
+                }
+            }
+            None => out.push_str("<i>not used</i>"),
+        }
+        w!(
+            out,
+            "</td><td class=\"n\">{}</td><td class=\"act-{}\">{}</td><td class=\"nw\">{}</td><td>{}</td><td>{}</td><td>",
+            if row.class.is_some() {
+                row.checks.to_string()
+            } else {
+                String::new()
+            },
+            row.action,
+            row.action,
+            if row.class.is_some() {
+                row.phase.label()
+            } else {
+                ""
+            },
+            Esc(time_of_day(row.first_seen.as_deref())),
+            Esc(time_of_day(row.last_seen.as_deref())),
+        );
+        for ev in &row.evidence {
+            w!(out, "<div class=\"ev\"><code>{}</code>", Esc(&ev.comm));
+            if let Some(exe) = &ev.exe
+                && exe.rsplit('/').next() != Some(ev.comm.as_str())
+            {
+                w!(out, " {}", Esc(exe));
+            } else if let Some(exe) = &ev.exe {
+                w!(out, " <span class=\"note\">{}</span>", Esc(exe));
+            }
+            if let Some(syscall) = &ev.syscall {
+                w!(out, " · {}", Esc(syscall));
+            }
+            if let Some(site) = &ev.call_site {
+                w!(out, " · {}", Esc(site));
+            }
+            w!(out, " · uid {}", ev.uid);
+            let class = super::class_key(ev.class);
+            if Some(&class) != row.class.as_ref() {
+                w!(out, " · {}", Esc(&class));
+            }
+            out.push_str("</div>");
+        }
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</tbody></table>\n");
+    w!(
+        out,
+        "<p>Keep {}, drop {}, add {}.</p>\n",
+        c.keep.len(),
+        c.drop.len(),
+        c.add.len()
+    );
+    if !c.runtime_setup.is_empty() {
+        out.push_str(
+            "<p class=\"note\">Runtime setup, before the workload's exec (the runtime's own checks, \
+             never on the allowlist): ",
+        );
+        let parts: Vec<String> = c
+            .runtime_setup
+            .iter()
+            .map(|s| format!("{} ×{}", s.capability.short_name(), s.checks))
+            .collect();
+        w!(out, "{}.</p>\n", Esc(&parts.join(", ")));
+    }
+}
+
+/// `15:52:03.401` from an RFC 3339 time; the date is in the facts above.
+fn time_of_day(t: Option<&str>) -> &str {
+    let Some(t) = t else { return "" };
+    t.split_once('T')
+        .map(|(_, time)| time.trim_end_matches('Z'))
+        .unwrap_or(t)
+}
+
+fn verdicts(out: &mut String, c: &Container) {
+    out.push_str("<h3>Exposure</h3>\n<table class=\"t\"><tbody>");
+    w!(
+        out,
+        "<tr><th>{}'s default ({})</th><td>",
+        runtime_name(c.runtime),
+        c.exposure_default.capabilities
+    );
+    exposure_bar(out, &c.exposure_default);
+    w!(
+        out,
+        "</td></tr><tr><th>the allowlist ({})</th><td>",
+        c.exposure_allowlist.capabilities
+    );
+    exposure_bar(out, &c.exposure_allowlist);
+    out.push_str("</td></tr></tbody></table>\n");
+    if !c.exposure_allowlist.escape.is_empty() {
+        out.push_str("<p>The allowlist holds escape-relevant capabilities: ");
+        caps_code(out, &c.exposure_allowlist.escape);
+        out.push_str(". Check that the workload truly needs them.</p>\n");
+    }
+
+    out.push_str("<h3>Pod Security (capabilities rules)</h3>\n<table class=\"t\"><tbody>");
+    for (name, p) in [
+        (
+            "runtime default, no securityContext",
+            &c.pod_security_default,
+        ),
+        ("drop ALL, add the allowlist", &c.pod_security_allowlist),
+    ] {
+        w!(out, "<tr><th>{name}</th><td>");
+        level(out, p);
+        if !p.blockers.is_empty() {
+            w!(
+                out,
+                " <span class=\"note\">({})</span>",
+                Esc(&p.blockers.join("; "))
+            );
+        }
+        out.push_str("</td></tr>");
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+fn recommendations(out: &mut String, c: &Container) {
+    out.push_str("<h3>Recommendations</h3>\n");
+    w!(
+        out,
+        "<p>Grant exactly the allowlist (<code>capprof export -f k8s|compose|oci|systemd {}</code> for other formats):</p>\n<pre>docker run {} …</pre>\n",
+        Esc(&c.source),
+        Esc(&c.docker_flags)
+    );
+
+    // Start-up only.
+    if !c.startup_only.is_empty() {
+        out.push_str("<p><b>Used only at start-up:</b> ");
+        caps_code(out, &c.startup_only);
+        let programs: Vec<String> = c
+            .rows
+            .iter()
+            .filter(|r| c.startup_only.contains(&r.capability))
+            .flat_map(|r| r.evidence.iter().map(|e| e.comm.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        w!(
+            out,
+            " (by {}). Their last check came within the first {} s, and {} s more passed without one. \
+             Drop them once start-up is done: run those steps in an initContainer that holds them and \
+             leave them out of the main container, or end the entrypoint with one of:</p>\n<pre>{}\n{}</pre>\n",
+            Esc(&programs.join(", ")),
+            c.phases.window_seconds,
+            c.phases.window_seconds,
+            Esc(&setpriv_line(&c.startup_only)),
+            Esc(&capsh_line(&c.startup_only))
+        );
+    } else if let Some(why) = &c.phases.unknown_because {
+        w!(
+            out,
+            "<p class=\"note\">Start-up or steady state: cannot tell, {}.</p>\n",
+            Esc(why)
+        );
+    } else if !c.allowlist.is_empty() {
+        out.push_str(
+            "<p class=\"note\">Every capability on the allowlist was used after start-up.</p>\n",
+        );
+    }
+
+    // Non-root delivery.
+    let d = &c.delivery;
+    if d.recommended {
+        w!(
+            out,
+            "<p><b>Non-root:</b> {}. <code>capabilities.add</code> gives a non-root process nothing in Kubernetes \
+             (kubernetes#56374), and Docker sets no ambient capabilities (moby#8460). Put file capabilities on \
+             the programs, in the image:</p>\n<pre>",
+            Esc(&d.why)
+        );
+        for f in &d.file_caps {
+            w!(out, "RUN {}\n", Esc(&f.command));
+        }
+        out.push_str("</pre>\n<ul>");
+        for f in d.file_caps.iter().filter(|f| !f.path_known) {
+            w!(
+                out,
+                "<li>The path of <code>{}</code> was not recorded, so its line looks it up with \
+                 <code>command -v</code> when the image is built.</li>",
+                Esc(&f.program)
+            );
+        }
+        for f in d.file_caps.iter().filter(|f| f.shared) {
+            w!(
+                out,
+                "<li><code>{}</code> runs other programs (an interpreter or a multi-call binary): a file \
+                 capability on it is granted to everything it runs. Prefer a dedicated binary.</li>",
+                Esc(&f.program)
+            );
+        }
+        out.push_str(
+            "<li>Keep the capabilities in the container's bounding set (<code>capabilities.add</code>, \
+             <code>--cap-add</code>): the kernel raises a file capability only within it.</li>\
+             <li class=\"warn\"><b>allowPrivilegeEscalation: false</b> (which Pod Security restricted requires) \
+             and Docker's <code>--security-opt no-new-privileges</code> set no_new_privs, and then the kernel \
+             ignores file capabilities: these programs would get nothing.</li></ul>\n",
+        );
+    } else {
+        w!(out, "<p class=\"note\">Non-root: {}.</p>\n", Esc(&d.why));
+    }
+    for s in &d.sysctls {
+        w!(
+            out,
+            "<p>Instead of <code>{}</code>: the sysctl <code>{}</code>; {}.</p>\n",
+            s.capability.short_name(),
+            s.sysctl,
+            Esc(s.advice)
+        );
+    }
+}
+
+fn catalogue_section(out: &mut String, report: &Report) {
+    out.push_str("<h2 id=\"catalogue\">Capability catalogue</h2>\n");
+    out.push_str(
+        "<p class=\"note\">Every capability this kernel knows. <span class=\"esc\">escape</span> marks a known way \
+         out of a container or into the host. The weight is its share of the exposure score. Rows in \
+         grey were seen in these profiles.</p>\n",
+    );
+    let docker = Runtime::Docker.default_caps();
+    out.push_str(
+        "<table class=\"t\"><thead><tr><th>#</th><th>capability</th><th>what it grants</th><th>weight</th>\
+         <th>Docker default</th><th>Pod Security</th><th>on allowlists</th></tr></thead><tbody>\n",
+    );
+    let seen: std::collections::BTreeSet<Cap> =
+        report.matrix.capabilities.iter().copied().collect();
+    for (cap, entry) in catalogue::all() {
+        let pss = if score::RESTRICTED_ADD.contains(&entry.name) {
+            "restricted"
+        } else if score::BASELINE_ADD.contains(&entry.name) {
+            "baseline"
+        } else {
+            "privileged"
+        };
+        w!(
+            out,
+            "<tr{}><td class=\"n\">{}</td><td class=\"cap\"><code>{}</code>{}</td><td>{}</td><td class=\"n\">{}%</td>\
+             <td>{}</td><td>{pss}</td><td class=\"n\">{}</td></tr>\n",
+            if seen.contains(&cap) {
+                " class=\"seen\""
+            } else {
+                ""
+            },
+            cap.number(),
+            entry.name,
+            if entry.escape {
+                "<span class=\"esc\">escape</span>"
+            } else {
+                ""
+            },
+            Esc(entry.grants),
+            entry.weight,
+            if docker.contains(&cap) { "yes" } else { "-" },
+            report.allowlisted_in.get(&cap).copied().unwrap_or(0),
+        );
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+fn model(out: &mut String) {
+    out.push_str(
+        "<h2 id=\"model\">How to read this</h2>\n<h3>Classes</h3>\n<table class=\"t\"><tbody>",
+    );
+    for class in CLASSES {
+        w!(
+            out,
+            "<tr><th>{} ({})</th><td>{}</td></tr>",
+            class.key,
+            class.short,
+            Esc(class.meaning)
+        );
+    }
+    out.push_str("</tbody></table>\n");
+    out.push_str(
+        "<h3>Exposure score</h3>\n<p>Each capability has a weight <i>w</i>: the chance, in percent, that holding \
+         it alone lets a compromised workload escape its container or take over the host or its neighbours \
+         (see the catalogue). Treating capabilities as independent ways out, a set scores \
+         <code>10 × (1 − Π(1 − w/100))</code>, from 0.0 to 10.0: one escape-relevant capability outweighs \
+         many small ones, and adding a capability never lowers the score. Ratings, in the spirit of \
+         <code>systemd-analyze security</code>: 0.0 SAFE, below 2.0 OK, below 5.0 MEDIUM, below 8.0 EXPOSED, \
+         else UNSAFE.</p>\n\
+         <h3>Pod Security</h3>\n<p>Only the capabilities rules: <i>baseline</i> allows \
+         <code>capabilities.add</code> to hold only AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, MKNOD, \
+         NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID and SYS_CHROOT; <i>restricted</i> requires \
+         <code>drop: [ALL]</code> and allows adding only NET_BIND_SERVICE. Restricted also requires \
+         runAsNonRoot, allowPrivilegeEscalation: false and a seccomp profile, which a capability profile \
+         cannot tell.</p>\n\
+         <h3>Start-up or steady state</h3>\n<p>A capability is <i>start-up only</i> when its last check came \
+         within the first W seconds of the observation and the observation went on for W more seconds \
+         without one; <i>steady</i> when it was checked later; <i>unknown</i> when the observation was shorter \
+         than 2W or the workload's start was not seen.</p>\n\
+         <h3>Proven or observed</h3>\n<p>An observed profile lists what the workload asked for while it was \
+         watched; a path it did not take is not in it. A proven profile was re-run with exactly its allowlist \
+         and succeeded (<code>capprof verify</code>, <code>capprof minimize</code>).</p>\n",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::phase::Phase, *};
+
+    #[test]
+    fn escapes_markup_quotes_and_controls() {
+        assert_eq!(
+            Esc("<script>alert('x')</script> & \"q\"").to_string(),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+        assert_eq!(
+            Esc("a\u{1b}[31mb\0c").to_string(),
+            "a\u{FFFD}[31mb\u{FFFD}c"
+        );
+        assert_eq!(Esc("plain é 名前").to_string(), "plain é 名前");
+        assert_eq!(Esc("").to_string(), "");
+    }
+
+    #[test]
+    fn time_of_day_keeps_the_clock() {
+        assert_eq!(
+            time_of_day(Some("2026-11-29T15:52:03.401Z")),
+            "15:52:03.401"
+        );
+        assert_eq!(time_of_day(Some("")), "");
+        assert_eq!(time_of_day(None), "");
+    }
+
+    #[test]
+    fn phase_labels_are_what_the_page_says() {
+        assert_eq!(Phase::StartupOnly.label(), "start-up only");
+    }
+}
