@@ -16,6 +16,7 @@ mod lsm;
 mod maps;
 mod observe;
 mod process;
+mod syscalls;
 mod tp_btf;
 
 #[unsafe(link_section = "license")]

@@ -7,7 +7,11 @@
 
 use serde::Serialize;
 
-use crate::{caps::Cap, profile::Profile};
+use crate::{
+    caps::Cap,
+    conditional::{self, Decision, TargetSysctls},
+    profile::Profile,
+};
 
 /// What `render` produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +30,31 @@ pub enum Format {
     Systemd,
     /// The profile itself, as JSON.
     Json,
+}
+
+impl Format {
+    /// What the target of this format has in a container's network
+    /// namespace, which decides the profile's conditional capabilities.
+    pub fn sysctls(self) -> TargetSysctls {
+        match self {
+            // compose runs on Docker Engine.
+            Format::Docker | Format::Compose => TargetSysctls::DOCKER,
+            Format::Podman => TargetSysctls::PODMAN,
+            Format::K8s => TargetSysctls {
+                source: "a Kubernetes node with CRI-O or containerd 1.x (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Format::Oci => TargetSysctls {
+                source: "an OCI config that sets no sysctl (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Format::Systemd => TargetSysctls {
+                source: "a systemd service (the host's values; the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Format::Json => TargetSysctls::KERNEL,
+        }
+    }
 }
 
 impl std::fmt::Display for Format {
@@ -124,6 +153,26 @@ const PODMAN_DEFAULTS: &[&str] = &[
 const RUNC_DEFAULTS: &[&str] = &["AUDIT_WRITE", "KILL", "NET_BIND_SERVICE"];
 
 impl Runtime {
+    /// What this runtime has in a container's network namespace.
+    pub fn sysctls(self) -> TargetSysctls {
+        match self {
+            Runtime::Docker => TargetSysctls::DOCKER,
+            Runtime::Podman => TargetSysctls::PODMAN,
+            Runtime::Containerd => TargetSysctls {
+                source: "containerd 1.x's CRI (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Runtime::Crio => TargetSysctls {
+                source: "crio (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Runtime::Runc => TargetSysctls {
+                source: "runc with `runc spec`'s config (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+        }
+    }
+
     /// The capabilities a container of this runtime gets when nothing is
     /// added or dropped, sorted by number.
     pub fn default_caps(self) -> Vec<Cap> {
@@ -152,50 +201,66 @@ pub struct Comparison {
     pub drop: Vec<Cap>,
     /// Needed but not granted by default: must be added.
     pub add: Vec<Cap>,
+    /// Not on the allowlist, but needed under this runtime's sysctls by an
+    /// operation that made no check where it was recorded (the profile's
+    /// `conditional`), and granted by default: keep.
+    pub keep_conditional: Vec<Cap>,
+    /// The same, not granted by default: must be added.
+    pub add_conditional: Vec<Cap>,
+    /// The sysctls the comparison assumed for the runtime.
+    pub sysctls: TargetSysctls,
 }
 
 impl Comparison {
     /// One line: `docker grants 14 by default: drop 12, keep 2, add 0`.
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} grants {} by default: drop {}, keep {}, add {}",
             self.runtime,
             self.defaults.len(),
             self.drop.len(),
             self.keep.len(),
             self.add.len()
-        )
+        );
+        if !self.keep_conditional.is_empty() || !self.add_conditional.is_empty() {
+            line.push_str(&format!(
+                "; conditional: keep {}, add {}",
+                self.keep_conditional.len(),
+                self.add_conditional.len()
+            ));
+        }
+        line
     }
 }
 
-/// Compares `profile`'s allowlist with `runtime`'s defaults. Every list is
-/// sorted by capability number.
+/// Compares `profile`'s allowlist with `runtime`'s defaults, under the
+/// sysctls the runtime is known to set. Every list is sorted by capability
+/// number.
 pub fn compare(profile: &Profile, runtime: Runtime) -> Comparison {
+    compare_under(profile, runtime, runtime.sysctls())
+}
+
+/// `compare`, with the runtime's sysctls as the user says.
+pub fn compare_under(profile: &Profile, runtime: Runtime, sysctls: TargetSysctls) -> Comparison {
     let defaults = runtime.default_caps();
     let mut needed = profile.allowlist.clone();
     needed.sort();
     needed.dedup();
-    let keep = defaults
-        .iter()
-        .copied()
-        .filter(|c| needed.contains(c))
-        .collect();
-    let drop = defaults
-        .iter()
-        .copied()
-        .filter(|c| !needed.contains(c))
-        .collect();
-    let add = needed
-        .iter()
-        .copied()
-        .filter(|c| !defaults.contains(c))
-        .collect();
+    let conditional = conditional::decide(&profile.conditional, &needed, &sysctls).added_caps();
+    let pick = |from: &[Cap], keep: &dyn Fn(&Cap) -> bool| -> Vec<Cap> {
+        from.iter().copied().filter(|c| keep(c)).collect()
+    };
     Comparison {
         runtime,
+        keep: pick(&defaults, &|c| needed.contains(c)),
+        drop: pick(&defaults, &|c| {
+            !needed.contains(c) && !conditional.contains(c)
+        }),
+        add: pick(&needed, &|c| !defaults.contains(c)),
+        keep_conditional: pick(&conditional, &|c| defaults.contains(c)),
+        add_conditional: pick(&conditional, &|c| !defaults.contains(c)),
+        sysctls,
         defaults,
-        keep,
-        drop,
-        add,
     }
 }
 
@@ -213,9 +278,37 @@ pub enum ExportError {
     },
 }
 
-/// Renders `profile`'s allowlist in `format`. The output ends with a newline.
+/// Renders `profile`'s allowlist in `format`, with the conditional
+/// capabilities its target needs (`Format::sysctls`). The output ends with
+/// a newline.
 pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> {
-    let caps = &profile.allowlist;
+    render_under(profile, format, format.sysctls())
+}
+
+/// The conditional capabilities `target` needs beyond the allowlist.
+pub fn decide(profile: &Profile, target: &TargetSysctls) -> Decision {
+    conditional::decide(&profile.conditional, &profile.allowlist, target)
+}
+
+/// `render`, for a target whose sysctls are `target`. Formats that take
+/// comments say why each conditional capability was added or left out, and
+/// which capabilities only a capset() kept.
+pub fn render_under(
+    profile: &Profile,
+    format: Format,
+    target: TargetSysctls,
+) -> Result<String, ExportError> {
+    if format == Format::Json {
+        return Ok(profile.to_json());
+    }
+    let decision = decide(profile, &target);
+    let mut grant = profile.allowlist.clone();
+    grant.extend(decision.added_caps());
+    grant.sort();
+    grant.dedup();
+    let caps = &grant;
+    let notes = notes(profile, &decision);
+    let header = header(profile, &notes);
     match format {
         Format::Docker | Format::Podman => Ok(run_flags(caps)),
         Format::Compose => {
@@ -223,7 +316,7 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
                 cap_drop: vec!["ALL"],
                 cap_add: caps.iter().map(|c| c.short_name()).collect(),
             };
-            yaml(profile, format, &doc)
+            yaml(header, format, &doc)
         }
         Format::K8s => {
             let doc = K8sContainer {
@@ -234,7 +327,7 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
                     },
                 },
             };
-            yaml(profile, format, &doc)
+            yaml(header, format, &doc)
         }
         Format::Oci => {
             let names: Vec<String> = caps.iter().map(|c| c.name()).collect();
@@ -253,15 +346,45 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
                         ambient: vec![],
                     },
                 },
+                // JSON has no comments: the why goes into annotations.
+                annotations: decision
+                    .added
+                    .iter()
+                    .map(|(cap, why)| {
+                        (
+                            format!("org.capprof.conditional.{}", cap.short_name()),
+                            why.clone(),
+                        )
+                    })
+                    .collect(),
             };
             let mut json = serde_json::to_string_pretty(&doc)
                 .map_err(|source| ExportError::Json { format, source })?;
             json.push('\n');
             Ok(json)
         }
-        Format::Systemd => Ok(systemd(profile)),
+        Format::Systemd => Ok(systemd(&header, caps)),
         Format::Json => Ok(profile.to_json()),
     }
+}
+
+/// One line per conditional capability added or left out, and per
+/// capability on the allowlist only because a capset() kept it.
+pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
+    let exercised: Vec<Cap> = profile
+        .capabilities
+        .iter()
+        .filter(|u| u.class != crate::profile::Class::Advisory && u.granted > 0)
+        .map(|u| u.name)
+        .collect();
+    decision
+        .added
+        .iter()
+        .chain(&decision.left_out)
+        .cloned()
+        .chain(conditional::kept_only(&profile.kept, &exercised))
+        .map(|(_, why)| why)
+        .collect()
 }
 
 /// `--cap-drop=ALL --cap-add=CHOWN …`, which docker and podman both accept.
@@ -278,19 +401,16 @@ fn run_flags(caps: &[Cap]) -> String {
 /// A systemd drop-in. An empty assignment sets the empty set (systemd.exec:
 /// "If the empty string is assigned to this option, the bounding set is
 /// reset to the empty capability set").
-fn systemd(profile: &Profile) -> String {
-    let names: Vec<String> = profile.allowlist.iter().map(|c| c.name()).collect();
+fn systemd(header: &str, caps: &[Cap]) -> String {
+    let names: Vec<String> = caps.iter().map(|c| c.name()).collect();
     let names = names.join(" ");
-    format!(
-        "{}[Service]\nCapabilityBoundingSet={names}\nAmbientCapabilities={names}\n",
-        header(profile)
-    )
+    format!("{header}[Service]\nCapabilityBoundingSet={names}\nAmbientCapabilities={names}\n")
 }
 
-fn yaml(profile: &Profile, format: Format, doc: &impl Serialize) -> Result<String, ExportError> {
+fn yaml(header: String, format: Format, doc: &impl Serialize) -> Result<String, ExportError> {
     let body =
         serde_norway::to_string(doc).map_err(|source| ExportError::Yaml { format, source })?;
-    let mut out = header(profile);
+    let mut out = header;
     out.push_str(&body);
     if !out.ends_with('\n') {
         out.push('\n');
@@ -298,11 +418,11 @@ fn yaml(profile: &Profile, format: Format, doc: &impl Serialize) -> Result<Strin
     Ok(out)
 }
 
-/// A `# capprof: …` comment line naming the subject. The subject comes from
-/// the profile, which is untrusted: control characters (a newline would end
-/// the comment and inject configuration) are replaced and the length is
-/// bounded.
-fn header(profile: &Profile) -> String {
+/// A `# capprof: …` comment line naming the subject, then one per note.
+/// Both come from the profile, which is untrusted: control characters (a
+/// newline would end the comment and inject configuration) are replaced and
+/// the length is bounded.
+fn header(profile: &Profile, notes: &[String]) -> String {
     const MAX_CHARS: usize = 120;
     let subject = &profile.subject;
     let label = [
@@ -324,7 +444,16 @@ fn header(profile: &Profile) -> String {
     }
     let n = profile.allowlist.len();
     let plural = if n == 1 { "capability" } else { "capabilities" };
-    format!("# capprof: {n} {plural} observed in use by {clean}\n")
+    let mut out = format!("# capprof: {n} {plural} observed in use by {clean}\n");
+    for note in notes {
+        let clean: String = note
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(4 * MAX_CHARS)
+            .collect();
+        out.push_str(&format!("# capprof: {clean}\n"));
+    }
+    out
 }
 
 /// A compose service fragment: paste under `services.<name>`. `cap_add` is
@@ -359,6 +488,10 @@ struct K8sCapabilities<'a> {
 #[derive(Serialize)]
 struct OciSpec {
     process: OciProcess,
+    /// `annotations` of config.json, written only to say why a conditional
+    /// capability was added.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]

@@ -7,6 +7,7 @@ pub mod attribution;
 pub mod caps;
 pub mod cgroup;
 pub mod cmd;
+pub mod conditional;
 pub mod daemon;
 pub mod engine;
 pub mod error;

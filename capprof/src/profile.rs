@@ -12,7 +12,10 @@ use std::{
 use capprof_common::check::{VERDICT_DENIED, kind, phase};
 use serde::{Deserialize, Serialize};
 
-use crate::caps::Cap;
+use crate::{
+    caps::Cap,
+    conditional::{self, Conditional, Kept},
+};
 
 pub const SCHEMA: &str = "capprof.profile/v1";
 
@@ -40,7 +43,9 @@ impl Class {
     /// calibration failure can only over-grant, never break a workload.
     pub fn of(kind: u8, verdict: u8) -> Self {
         match kind {
-            kind::ADVISORY => Class::Advisory,
+            // capset()'s CAP_SETPCAP check changes nothing unless the call
+            // grows the inheritable set, which the capset hook records.
+            kind::ADVISORY | kind::CAPSET => Class::Advisory,
             kind::NOAUDIT => Class::Silent,
             _ if verdict == VERDICT_DENIED => Class::Denied,
             _ => Class::Required,
@@ -157,6 +162,15 @@ pub struct Profile {
     /// before the workload's exec. Never part of the allowlist.
     #[serde(default)]
     pub runtime_setup: Vec<CapUsage>,
+    /// Operations that made no check only because a sysctl of the
+    /// container's network namespace allowed them (conditional.rs). Not on
+    /// the allowlist: exports add them per target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditional: Vec<Conditional>,
+    /// Capabilities kept through capset(), which makes no check for them.
+    /// On the allowlist: the capset() fails without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<Kept>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +249,7 @@ impl Profile {
                 ));
             }
         }
-        let expected = Summary::of(&self.capabilities);
+        let expected = Summary::of(&self.capabilities, &self.kept);
         let got = Summary {
             allowlist: self.allowlist.clone(),
             required: self.required.clone(),
@@ -260,6 +274,8 @@ impl Profile {
     pub fn merge(&mut self, other: &Profile) {
         self.capabilities = merge_usages(&self.capabilities, &other.capabilities);
         self.runtime_setup = merge_usages(&self.runtime_setup, &other.runtime_setup);
+        self.conditional = conditional::merge_conditional(&self.conditional, &other.conditional);
+        self.kept = conditional::merge_kept(&self.kept, &other.kept);
         self.observation.start = min_str(&self.observation.start, &other.observation.start);
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
         self.observation.lost_records += other.observation.lost_records;
@@ -271,6 +287,14 @@ impl Profile {
         self.apply_summary();
     }
 
+    /// Adds what the syscall hooks saw (`conditional::from_records`) and
+    /// brings the allowlist up to date.
+    pub fn add_syscall_findings(&mut self, conditional: &[Conditional], kept: &[Kept]) {
+        self.conditional = conditional::merge_conditional(&self.conditional, conditional);
+        self.kept = conditional::merge_kept(&self.kept, kept);
+        self.apply_summary();
+    }
+
     fn apply_summary(&mut self) {
         let Summary {
             allowlist,
@@ -278,7 +302,7 @@ impl Profile {
             denied,
             advisory,
             silent,
-        } = Summary::of(&self.capabilities);
+        } = Summary::of(&self.capabilities, &self.kept);
         self.allowlist = allowlist;
         self.required = required;
         self.denied = denied;
@@ -348,7 +372,9 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(usages: &[CapUsage]) -> Self {
+    /// The summary arrays; capabilities kept through capset() join the
+    /// allowlist.
+    fn of(usages: &[CapUsage], kept: &[Kept]) -> Self {
         let mut s = Summary {
             allowlist: vec![],
             required: vec![],
@@ -370,6 +396,9 @@ impl Summary {
                 s.allowlist.push(usage.name);
             }
         }
+        s.allowlist.extend(kept.iter().map(|k| k.capability));
+        s.allowlist.sort();
+        s.allowlist.dedup();
         s
     }
 }
@@ -470,6 +499,8 @@ impl Observations {
             silent: vec![],
             capabilities,
             runtime_setup,
+            conditional: vec![],
+            kept: vec![],
         };
         profile.apply_summary();
         profile

@@ -10,6 +10,7 @@ use std::{
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::{
+    conditional::SysctlsChoice,
     error::Error,
     export::{self, Comparison, Format, Runtime},
     fsutil,
@@ -25,7 +26,9 @@ Examples:
   capprof export profile.json                   docker run flags
   capprof export -f k8s -o caps.yaml profile.json
   capprof export --against docker profile.json  what to drop and add
-  capprof export --against crio -f json -       the comparison as JSON";
+  capprof export --against crio -f json -       the comparison as JSON
+  capprof export -f k8s --target-sysctls relaxed profile.json
+                                                nodes that lower the sysctls as Docker does";
 
 /// Turn a profile into runtime settings that grant only the capabilities it
 /// used, or compare it with a runtime's defaults.
@@ -56,6 +59,27 @@ pub struct ExportArgs {
     )]
     pub against: Option<Runtime>,
 
+    /// What the target runtime sets in the container's network namespace,
+    /// when you know better than capprof.
+    ///
+    /// Where the profile was recorded, a bind below 1024 or an ICMP
+    /// datagram socket may have needed no capability only because the
+    /// runtime relaxed net.ipv4.ip_unprivileged_port_start or
+    /// net.ipv4.ping_group_range (the profile's `conditional` list).
+    /// `relaxed`: the target lowers them as Docker does (0, and all
+    /// groups), so those capabilities stay out. `kernel`: it keeps the
+    /// kernel's defaults (1024, and no group), so they are added. Default:
+    /// what the target is known to do: docker and compose relaxed (not
+    /// with --network host), podman 1024 and gid 0 only, k8s, oci,
+    /// systemd, crio, containerd and runc the kernel's defaults.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "relaxed|kernel",
+        env = "CAPPROF_EXPORT_TARGET_SYSCTLS"
+    )]
+    pub target_sysctls: Option<SysctlsChoice>,
+
     /// Write to FILE instead of stdout, replacing it atomically (`-` is
     /// stdout).
     #[arg(short, long, value_name = "FILE", env = "CAPPROF_EXPORT_OUT")]
@@ -69,11 +93,33 @@ pub struct ExportArgs {
 pub fn main(args: ExportArgs) -> Result<ExitCode, Error> {
     let profile = read_profile(&args.profile)?;
     warn_about(&profile);
+    let chosen = args.target_sysctls.map(SysctlsChoice::sysctls);
+    let compare = |runtime: Runtime| {
+        export::compare_under(&profile, runtime, chosen.unwrap_or(runtime.sysctls()))
+    };
     let text = match (args.against, args.format) {
-        (None, format) => export::render(&profile, format.unwrap_or(Format::Docker))?,
-        (Some(runtime), None) => comparison_table(&export::compare(&profile, runtime)),
+        (None, Some(Format::Json)) if chosen.is_some() => {
+            return Err(Error::usage(
+                "--target-sysctls decides what settings and --against grant; \
+                 --format json prints the profile itself",
+            ));
+        }
+        (None, format) => {
+            let format = format.unwrap_or(Format::Docker);
+            let target = chosen.unwrap_or(format.sysctls());
+            if matches!(format, Format::Docker | Format::Podman) {
+                // Flags carry no comments: say on stderr what the other
+                // formats say in theirs.
+                let decision = export::decide(&profile, &target);
+                for note in export::notes(&profile, &decision) {
+                    tracing::warn!("{note}");
+                }
+            }
+            export::render_under(&profile, format, target)?
+        }
+        (Some(runtime), None) => comparison_table(&compare(runtime), &profile),
         (Some(runtime), Some(Format::Json)) => {
-            let comparison = export::compare(&profile, runtime);
+            let comparison = compare(runtime);
             let mut json = serde_json::to_string_pretty(&comparison)
                 .map_err(|e| Error::internal(format!("cannot render the comparison: {e}")))?;
             json.push('\n');
@@ -135,28 +181,42 @@ fn warn_about(profile: &Profile) {
     }
 }
 
-fn comparison_table(c: &Comparison) -> String {
+/// One row per capability with its action; a conditional capability (one
+/// the runtime needs although no check was seen where it was recorded) is
+/// `keep (conditional)` or `add (conditional)`, and the reasons follow the
+/// table.
+fn comparison_table(c: &Comparison, profile: &Profile) -> String {
     let mut rows: Vec<_> = c
         .keep
         .iter()
-        .map(|cap| (*cap, true, true, "keep"))
-        .chain(c.drop.iter().map(|cap| (*cap, true, false, "drop")))
-        .chain(c.add.iter().map(|cap| (*cap, false, true, "add")))
+        .map(|cap| (*cap, "yes", "yes", "keep"))
+        .chain(c.drop.iter().map(|cap| (*cap, "yes", "-", "drop")))
+        .chain(c.add.iter().map(|cap| (*cap, "-", "yes", "add")))
+        .chain(
+            c.keep_conditional
+                .iter()
+                .map(|cap| (*cap, "yes", "conditional", "keep (conditional)")),
+        )
+        .chain(
+            c.add_conditional
+                .iter()
+                .map(|cap| (*cap, "-", "conditional", "add (conditional)")),
+        )
         .collect();
     rows.sort_by_key(|row| row.0);
-    let yes = |b: bool| if b { "yes" } else { "-" };
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["CAPABILITY", "DEFAULT", "USED", "ACTION"]);
     for (cap, default, used, action) in rows {
-        table.add_row([
-            cap.to_string(),
-            yes(default).to_owned(),
-            yes(used).to_owned(),
-            action.to_owned(),
-        ]);
+        table.add_row([cap.to_string(), default.into(), used.into(), action.into()]);
     }
-    format!("{table}\n{}\n", c.summary())
+    let mut out = format!("{table}\n");
+    for (_, why) in export::decide(profile, &c.sysctls).added {
+        out.push_str(&format!("{why}\n"));
+    }
+    out.push_str(&c.summary());
+    out.push('\n');
+    out
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -234,7 +294,7 @@ mod tests {
     #[test]
     fn table_lists_every_capability_once() {
         let c = export::compare(&sample(), Runtime::Docker);
-        let out = comparison_table(&c);
+        let out = comparison_table(&c, &sample());
         assert!(
             out.ends_with("docker grants 14 by default: drop 13, keep 1, add 1\n"),
             "{out}"

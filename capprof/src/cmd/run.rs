@@ -439,5 +439,8 @@ pub fn build_profile(
             },
         );
     }
-    obs.into_profile(subject, observation)
+    let mut profile = obs.into_profile(subject, observation);
+    let (conditional, kept) = crate::conditional::from_records(received);
+    profile.add_syscall_findings(&conditional, &kept);
+    profile
 }

@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod events;
 pub mod pin;
 pub mod reader;
+pub mod syscalls;
 
 use std::{
     fmt,
@@ -373,6 +374,7 @@ impl Observer {
         config.cgroup_name = kernel
             .cgroup_name
             .unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
+        config.syscalls = kernel.syscalls;
         phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
@@ -443,6 +445,8 @@ impl Observer {
         let mut attached = attach_process_hooks(&mut ebpf, &btf);
         attached.push(backend_link);
         phases.mark("process hooks");
+        syscalls::attach(&mut ebpf);
+        phases.mark("syscall hooks");
         phases.log();
         let mut observer = Self {
             ebpf,
