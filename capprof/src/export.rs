@@ -519,7 +519,10 @@ mod tests {
     use capprof_common::check::{VERDICT_GRANTED, kind, phase};
 
     use super::*;
-    use crate::profile::{Observation, Observations, Subject};
+    use crate::{
+        conditional::{Conditional, OperationEvidence, Sysctl, SysctlsChoice},
+        profile::{Observation, Observations, Subject},
+    };
 
     fn cap(name: &str) -> Cap {
         name.parse().unwrap()
@@ -773,6 +776,172 @@ mod tests {
         );
         assert_eq!(json["keep"], serde_json::json!(["CAP_CHOWN"]));
         assert_eq!(json["defaults"].as_array().unwrap().len(), 11);
+    }
+
+    fn conditional(capability: &str, operation: &str, port: Option<u16>) -> Conditional {
+        let sysctl = if port.is_some() {
+            Sysctl::UnprivilegedPortStart
+        } else {
+            Sysctl::PingGroupRange
+        };
+        Conditional {
+            capability: cap(capability),
+            operation: operation.into(),
+            sysctl,
+            value: if port.is_some() { "0" } else { "0 2147483647" }.into(),
+            port,
+            evidence: vec![OperationEvidence {
+                comm: "srv".into(),
+                exe: None,
+                pid: 1,
+                uid: 0,
+                gid: Some(0),
+            }],
+        }
+    }
+
+    /// A profile that needs CHOWN, and bound port 80 with no check.
+    fn bound_port_80() -> Profile {
+        let mut p = profile(&["CAP_CHOWN"]);
+        p.add_syscall_findings(
+            &[conditional(
+                "NET_BIND_SERVICE",
+                "bind tcp port 80",
+                Some(80),
+            )],
+            &[],
+        );
+        assert_eq!(p.allowlist, caps(&["CHOWN"]), "not on the allowlist");
+        p
+    }
+
+    #[test]
+    fn conditional_capabilities_follow_the_target() {
+        let p = bound_port_80();
+        // Docker lowers the sysctl: nothing to add.
+        assert_eq!(
+            render(&p, Format::Docker).unwrap(),
+            "--cap-drop=ALL --cap-add=CHOWN\n"
+        );
+        let out = render(&p, Format::Compose).unwrap();
+        assert_eq!(strings(&yaml_value(&out)["cap_add"]), ["CHOWN"], "{out}");
+        assert!(
+            out.contains("# capprof: CAP_NET_BIND_SERVICE left out: bind tcp port 80"),
+            "{out}"
+        );
+        // Podman keeps 1024.
+        assert_eq!(
+            render(&p, Format::Podman).unwrap(),
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
+        );
+        // Kubernetes, OCI and systemd keep the kernel's default: added,
+        // with why.
+        let out = render(&p, Format::K8s).unwrap();
+        let doc = yaml_value(&out);
+        assert_eq!(
+            strings(&doc["securityContext"]["capabilities"]["add"]),
+            ["CHOWN", "NET_BIND_SERVICE"],
+            "{out}"
+        );
+        let why = out
+            .lines()
+            .find(|l| l.starts_with("# capprof: CAP_NET_BIND_SERVICE added"))
+            .unwrap_or_else(|| panic!("no comment on the addition:\n{out}"));
+        assert!(
+            why.contains("bind tcp port 80")
+                && why.contains("net.ipv4.ip_unprivileged_port_start=0 there")
+                && why.contains("net.ipv4.ip_unprivileged_port_start=1024"),
+            "{why}"
+        );
+        let out = render(&p, Format::Oci).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            doc["process"]["capabilities"]["bounding"],
+            serde_json::json!(["CAP_CHOWN", "CAP_NET_BIND_SERVICE"])
+        );
+        assert!(
+            doc["annotations"]["org.capprof.conditional.NET_BIND_SERVICE"]
+                .as_str()
+                .unwrap()
+                .contains("bind tcp port 80"),
+            "{out}"
+        );
+        let out = render(&p, Format::Systemd).unwrap();
+        assert!(
+            out.contains("CapabilityBoundingSet=CAP_CHOWN CAP_NET_BIND_SERVICE\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# capprof: CAP_NET_BIND_SERVICE added"),
+            "{out}"
+        );
+        // The user knows better, either way.
+        let relaxed = SysctlsChoice::Relaxed.sysctls();
+        let out = render_under(&p, Format::K8s, relaxed).unwrap();
+        assert_eq!(
+            strings(&yaml_value(&out)["securityContext"]["capabilities"]["add"]),
+            ["CHOWN"]
+        );
+        assert_eq!(
+            render_under(&p, Format::Docker, SysctlsChoice::Kernel.sysctls()).unwrap(),
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
+        );
+        // JSON is the profile, whatever the target.
+        assert_eq!(render(&p, Format::Json).unwrap(), p.to_json());
+    }
+
+    #[test]
+    fn notes_cannot_inject_configuration() {
+        let mut p = profile(TWO);
+        let mut c = conditional(
+            "NET_BIND_SERVICE",
+            "bind tcp port 80\ncap_add: [SYS_ADMIN]",
+            Some(80),
+        );
+        c.evidence[0].comm = "x\ny".into();
+        p.add_syscall_findings(&[c], &[]);
+        let out = render(&p, Format::Compose).unwrap();
+        assert_eq!(
+            strings(&yaml_value(&out)["cap_add"]),
+            ["CHOWN", "NET_RAW"],
+            "{out}"
+        );
+        let out = render(&p, Format::K8s).unwrap();
+        assert_eq!(
+            strings(&yaml_value(&out)["securityContext"]["capabilities"]["add"]),
+            ["CHOWN", "NET_BIND_SERVICE", "NET_RAW"],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn against_shows_conditional_actions() {
+        let mut p = bound_port_80();
+        p.add_syscall_findings(&[conditional("NET_RAW", "icmp datagram socket", None)], &[]);
+        // Docker relaxes both: NET_BIND_SERVICE and NET_RAW are dropped.
+        let c = compare(&p, Runtime::Docker);
+        assert!(c.keep_conditional.is_empty() && c.add_conditional.is_empty());
+        assert!(c.drop.contains(&cap("NET_BIND_SERVICE")));
+        assert!(!c.summary().contains("conditional"), "{}", c.summary());
+        // CRI-O grants NET_BIND_SERVICE but not NET_RAW.
+        let c = compare(&p, Runtime::Crio);
+        assert_eq!(c.keep_conditional, caps(&["NET_BIND_SERVICE"]));
+        assert_eq!(c.add_conditional, caps(&["NET_RAW"]));
+        assert!(!c.drop.contains(&cap("NET_BIND_SERVICE")));
+        assert_eq!(
+            c.summary(),
+            "crio grants 9 by default: drop 7, keep 1, add 0; conditional: keep 1, add 1"
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["add_conditional"], serde_json::json!(["CAP_NET_RAW"]));
+        assert_eq!(
+            json["keep_conditional"],
+            serde_json::json!(["CAP_NET_BIND_SERVICE"])
+        );
+        assert_eq!(json["sysctls"]["ip_unprivileged_port_start"], 1024);
+        // Told that the runtime relaxes them, nothing is conditional.
+        let c = compare_under(&p, Runtime::Crio, SysctlsChoice::Relaxed.sysctls());
+        assert!(c.keep_conditional.is_empty() && c.add_conditional.is_empty());
     }
 
     #[test]

@@ -775,6 +775,52 @@ mod tests {
     }
 
     #[test]
+    fn kept_capabilities_join_the_allowlist_apart_from_required() {
+        use crate::conditional::{CapSet, Kept, OperationEvidence};
+        let mut p = observe(&[(
+            "CAP_SETUID",
+            VERDICT_GRANTED,
+            kind::AUDIT,
+            phase::WORKLOAD,
+            1,
+        )]);
+        let kept = Kept {
+            capability: cap("NET_BIND_SERVICE"),
+            sets: [CapSet::Permitted].into(),
+            evidence: vec![OperationEvidence {
+                comm: "chronyd".into(),
+                exe: None,
+                pid: 7,
+                uid: 0,
+                gid: None,
+            }],
+        };
+        p.add_syscall_findings(&[], std::slice::from_ref(&kept));
+        assert_eq!(p.required, vec![cap("SETUID")]);
+        assert_eq!(p.allowlist, vec![cap("SETUID"), cap("NET_BIND_SERVICE")]);
+        let json = p.to_json();
+        assert!(json.contains("\"kept\""), "{json}");
+        assert!(!json.contains("\"conditional\""), "{json}");
+        assert_eq!(Profile::from_json("k.json", json.as_bytes()).unwrap(), p);
+        // An allowlist without the kept capability does not validate.
+        let mut stripped: serde_json::Value = serde_json::from_str(&json).unwrap();
+        stripped["kept"] = serde_json::json!([]);
+        let err = Profile::from_json("k.json", stripped.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, ProfileError::Inconsistent { .. }), "{err}");
+        // Merging keeps it.
+        let mut other = observe(&[]);
+        other.merge(&p);
+        assert!(other.allowlist.contains(&cap("NET_BIND_SERVICE")));
+        assert_eq!(other.kept, vec![kept]);
+    }
+
+    #[test]
+    fn capset_checks_are_not_required() {
+        assert_eq!(Class::of(kind::CAPSET, VERDICT_GRANTED), Class::Advisory);
+        assert_eq!(Class::of(kind::CAPSET, VERDICT_DENIED), Class::Advisory);
+    }
+
+    #[test]
     fn boot_clock_is_close_to_wall_clock() {
         let clock = Clock::new();
         let wall = clock.wall(boottime_ns());
