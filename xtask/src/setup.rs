@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "qemu-system-x86",
     "cpio",
+    // capsh and iputils ping, copied into the tools test image.
+    "libcap2-bin",
+    "iputils-ping",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.
