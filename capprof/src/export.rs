@@ -49,7 +49,7 @@ impl Format {
                 ..TargetSysctls::KERNEL
             },
             Format::Systemd => TargetSysctls {
-                source: "a systemd service (the host's values; the kernel's default)",
+                source: "a systemd service on a host with the kernel's default",
                 ..TargetSysctls::KERNEL
             },
             Format::Json => TargetSysctls::KERNEL,
@@ -353,7 +353,7 @@ pub fn render_under(
                     .map(|(cap, why)| {
                         (
                             format!("org.capprof.conditional.{}", cap.short_name()),
-                            why.clone(),
+                            format!("added: {why}"),
                         )
                     })
                     .collect(),
@@ -377,13 +377,21 @@ pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
         .filter(|u| u.class != crate::profile::Class::Advisory && u.granted > 0)
         .map(|u| u.name)
         .collect();
-    decision
+    let added = decision
         .added
         .iter()
-        .chain(&decision.left_out)
-        .cloned()
-        .chain(conditional::kept_only(&profile.kept, &exercised))
-        .map(|(_, why)| why)
+        .map(|(cap, why)| format!("{cap} added: {why}"));
+    let left_out = decision
+        .left_out
+        .iter()
+        .map(|(cap, why)| format!("{cap} left out: {why}"));
+    added
+        .chain(left_out)
+        .chain(
+            conditional::kept_only(&profile.kept, &exercised)
+                .into_iter()
+                .map(|(_, why)| why),
+        )
         .collect()
 }
 

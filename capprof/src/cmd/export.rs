@@ -211,8 +211,8 @@ fn comparison_table(c: &Comparison, profile: &Profile) -> String {
         table.add_row([cap.to_string(), default.into(), used.into(), action.into()]);
     }
     let mut out = format!("{table}\n");
-    for (_, why) in export::decide(profile, &c.sysctls).added {
-        out.push_str(&format!("{why}\n"));
+    for (cap, why) in export::decide(profile, &c.sysctls).added {
+        out.push_str(&format!("{cap}: {why}\n"));
     }
     out.push_str(&c.summary());
     out.push('\n');
