@@ -534,6 +534,11 @@ fn classification_survives_other_programs_coming_and_going() {
     check(&ours.1, "other program attached after load");
 }
 
+// What no capability check shows (capprof-ebpf/src/syscalls.rs): binds
+// and ICMP datagram sockets that a relaxed sysctl let through, and
+// capset() calls that keep a capability. Their names share the `syscall_`
+// prefix, so that `cargo xtask vm-test --filter syscall_` runs them alone.
+
 /// Whether this kernel has the syscall tracepoints the bind, socket and
 /// capset hooks use (CONFIG_FTRACE_SYSCALLS, tracefs mounted); prints why
 /// not.
@@ -560,7 +565,7 @@ fn entries(profile: &serde_json::Value, field: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn bind_that_a_lowered_sysctl_let_through_is_conditional() {
+fn syscall_bind_that_a_lowered_sysctl_let_through_is_conditional() {
     require_root();
     if !has_syscall_tracepoints() {
         return;
@@ -599,7 +604,7 @@ fn bind_that_a_lowered_sysctl_let_through_is_conditional() {
 }
 
 #[test]
-fn bind_below_the_namespaces_start_is_checked_not_conditional() {
+fn syscall_bind_below_the_namespaces_start_is_checked_not_conditional() {
     require_root();
     if !has_syscall_tracepoints() {
         return;
@@ -618,7 +623,7 @@ fn bind_below_the_namespaces_start_is_checked_not_conditional() {
 }
 
 #[test]
-fn icmp_datagram_socket_that_ping_group_range_allowed_is_conditional() {
+fn syscall_icmp_datagram_socket_that_ping_group_range_allowed_is_conditional() {
     require_root();
     if !has_syscall_tracepoints() {
         return;
@@ -644,7 +649,7 @@ fn icmp_datagram_socket_that_ping_group_range_allowed_is_conditional() {
 }
 
 #[test]
-fn icmp_datagram_socket_refused_falls_back_to_a_checked_raw_socket() {
+fn syscall_icmp_datagram_socket_refused_falls_back_to_a_checked_raw_socket() {
     require_root();
     if !has_syscall_tracepoints() {
         return;
@@ -665,7 +670,7 @@ fn icmp_datagram_socket_refused_falls_back_to_a_checked_raw_socket() {
 }
 
 #[test]
-fn capset_that_keeps_a_capability_puts_it_on_the_allowlist() {
+fn syscall_capset_that_keeps_a_capability_puts_it_on_the_allowlist() {
     require_root();
     if !has_syscall_tracepoints() {
         return;
@@ -699,7 +704,7 @@ fn capset_that_keeps_a_capability_puts_it_on_the_allowlist() {
 }
 
 #[test]
-fn capset_of_unchanged_or_emptied_sets_keeps_nothing() {
+fn syscall_capset_of_unchanged_or_emptied_sets_keeps_nothing() {
     require_root();
     if !has_syscall_tracepoints() {
         return;
