@@ -165,7 +165,7 @@ fn first_sighting(key: &OperationKey) -> bool {
     if unsafe { OPS_SEEN.get(key) }.is_some() {
         return false;
     }
-    OPS_SEEN.insert(key, &0, BPF_NOEXIST as u64).is_ok()
+    OPS_SEEN.insert(key, 0, BPF_NOEXIST as u64).is_ok()
 }
 
 /// What a conditional record says besides who made it.
@@ -194,7 +194,7 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
     }
     let Some(mut entry) = EVENTS.reserve::<ConditionalEvent>(0) else {
         bump(stat::RINGBUF_LOST);
-        let _ = OPS_SEEN.remove(&key);
+        let _ = OPS_SEEN.remove(key);
         return;
     };
     entry.write(ConditionalEvent {
@@ -309,7 +309,7 @@ fn try_socket(ctx: &TracePointContext) -> Option<()> {
         _pad: 0,
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    SOCKETS_PENDING.insert(&tid, &pending, 0).ok()
+    SOCKETS_PENDING.insert(tid, pending, 0).ok()
 }
 
 /// match-proto (Linux 2.6.37+): the exit of socket(), `long ret` at 16.
@@ -327,8 +327,8 @@ fn try_socket_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: a plain value copied out at once.
-    let pending = unsafe { SOCKETS_PENDING.get(&tid) }.copied()?;
-    let _ = SOCKETS_PENDING.remove(&tid);
+    let pending = unsafe { SOCKETS_PENDING.get(tid) }.copied()?;
+    let _ = SOCKETS_PENDING.remove(tid);
     if (arg(ctx, 0) as i64) < 0 {
         return None;
     }
@@ -421,7 +421,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
     }
     let Some(mut entry) = EVENTS.reserve::<CapsetEvent>(0) else {
         bump(stat::RINGBUF_LOST);
-        let _ = OPS_SEEN.remove(&key);
+        let _ = OPS_SEEN.remove(key);
         return None;
     };
     entry.write(CapsetEvent {

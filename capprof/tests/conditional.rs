@@ -295,6 +295,9 @@ fn port_80_bound_on_docker_is_added_for_runtimes_that_keep_1024() {
         "{op}"
     );
     assert_eq!(bind["evidence"][0]["comm"], "httpd", "{bind}");
+    // runc's own capset() while it sets the container up is not the
+    // workload's.
+    assert!(entries(&profile, "kept").is_empty(), "{profile}");
 
     // On Docker, nothing to add; for Kubernetes and OCI, added, with why.
     let docker_caps = granted(&dir, &name, "docker");
@@ -376,6 +379,12 @@ fn ping_socket_on_docker_is_added_for_runtimes_that_keep_no_ping_group() {
     }
     let kept = entry_for(&read_profile(&dir, &full), "kept", "CAP_NET_RAW");
     assert_eq!(kept["evidence"][0]["comm"], "ping", "{kept}");
+    // With nothing to keep, ping's capset() keeps nothing.
+    assert!(
+        entries(&read_profile(&dir, &bare), "kept").is_empty(),
+        "{}",
+        read_profile(&dir, &bare)
+    );
 
     // Recorded with nothing granted: docker needs nothing, k8s and oci
     // NET_RAW.
