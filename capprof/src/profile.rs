@@ -2,7 +2,8 @@
 //! document (`capprof.profile/v1`), and how raw kernel counters become one.
 //!
 //! Stable fields read by other tools: `schema`, `required`, `denied`,
-//! `advisory`, `silent`, `allowlist` and `capabilities`.
+//! `advisory`, `silent`, `allowlist` and `capabilities`; `conditional` and
+//! `kept` (conditional.rs) when not empty.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -312,6 +312,35 @@ mod tests {
     }
 
     #[test]
+    fn target_sysctls_parse_and_refuse_what_they_cannot_change() {
+        let args = parse(&["--target-sysctls", "kernel", "p.json"]).unwrap();
+        assert_eq!(args.target_sysctls, Some(SysctlsChoice::Kernel));
+        assert!(parse(&["--target-sysctls", "maybe", "p.json"]).is_err());
+        let dir = scratch_dir("sysctls");
+        let input = dir.join("p.json");
+        std::fs::write(&input, sample().to_json()).unwrap();
+        let input = input.to_str().unwrap();
+        let args = parse(&["-f", "json", "--target-sysctls", "relaxed", input]).unwrap();
+        let err = main(args).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("--target-sysctls"), "{err}");
+        // A conditional entry with an unknown sysctl is not a profile.
+        let bad = sample().to_json().replacen(
+            "\"runtime_setup\": []",
+            r#""runtime_setup": [], "conditional": [{"capability": "CAP_NET_RAW",
+                  "operation": "x", "sysctl": "net.ipv4.tcp_fastopen", "value": "1",
+                  "evidence": []}]"#,
+            1,
+        );
+        assert!(bad.contains("tcp_fastopen"), "{bad}");
+        let bad_path = dir.join("bad.json");
+        std::fs::write(&bad_path, bad).unwrap();
+        let args = parse(&[bad_path.to_str().unwrap()]).unwrap();
+        assert_eq!(main(args).unwrap_err().exit_code(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn writes_out_file_and_refuses_bad_combinations() {
         let dir = scratch_dir("out");
         let input = dir.join("p.json");
