@@ -25,6 +25,12 @@ pub mod kind {
     /// Only in `SITES`: the return address is inside `security_capable`, so
     /// the kind is decided one frame further out.
     pub const VIA_SECURITY_CAPABLE: u8 = 4;
+    /// The CAP_SETPCAP check `cap_capset()` makes on every capset() call,
+    /// straight through `cap_capable()`. It decides only when the call
+    /// grows the inheritable set, and the capset hook records that case as
+    /// a kept capability; otherwise it changes nothing, like an advisory
+    /// probe.
+    pub const CAPSET: u8 = 5;
 }
 
 /// Key of `COUNTS`.

@@ -2,6 +2,8 @@
 
 use core::mem::size_of;
 
+use crate::syscalls::SyscallOffsets;
+
 /// A kernel function's text range and the kind of check made from it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,8 +52,11 @@ pub struct Config {
     /// How to read the current cgroup's name, or all u32::MAX.
     pub cgroup_name: CgroupNameOffsets,
     pub ranges: [FuncRange; MAX_FUNC_RANGES],
+    /// What the syscall hooks read (bind, socket, capset).
+    pub syscalls: SyscallOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 32 + 24 + 24 * MAX_FUNC_RANGES);
+const _: () =
+    assert!(size_of::<Config>() == 32 + 24 + 24 * MAX_FUNC_RANGES + size_of::<SyscallOffsets>());
 
 impl Config {
     /// Whether the call-site slots were found at load time.
@@ -76,6 +81,7 @@ impl Config {
                 kind: 0,
                 _pad: 0,
             }; MAX_FUNC_RANGES],
+            syscalls: SyscallOffsets::unknown(),
         }
     }
 }

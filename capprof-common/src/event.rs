@@ -82,3 +82,69 @@ pub struct ExecEvent {
 }
 pub const EXEC_FILENAME_LEN: usize = 128;
 const _: () = assert!(size_of::<ExecEvent>() == 48 + EXEC_FILENAME_LEN);
+
+/// An operation that made no capability check only because a sysctl of the
+/// container's network namespace allowed it (`syscalls::operation`).
+pub const EVENT_CONDITIONAL: u32 = 4;
+/// A capset() in the workload that changed its permitted or effective set.
+pub const EVENT_CAPSET: u32 = 5;
+
+/// Sent once per (cgroup, operation, port or family, program): see
+/// `syscalls::operation`. The sysctl is read in the kernel, in the calling
+/// task's network namespace, when the operation is made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConditionalEvent {
+    /// `EVENT_CONDITIONAL`.
+    pub event: u32,
+    /// `syscalls::operation::*`.
+    pub operation: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    /// The effective gid, which `ping_group_range` is compared with.
+    pub egid: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Bind: the port; 0 for sockets.
+    pub port: u16,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, …; 0 when unknown.
+    pub sock_type: u16,
+    /// `IPPROTO_*`; u16::MAX when unknown.
+    pub protocol: u16,
+    /// Bind: `[ip_unprivileged_port_start, 0]`; ICMP socket: the
+    /// `ping_group_range` bounds (kgid_t, as the initial namespace sees
+    /// them). u32::MAX when unreadable.
+    pub sysctl: [u32; 2],
+    pub phase: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<ConditionalEvent>() == 72);
+
+/// Sent once per (cgroup, capabilities kept, program) for a capset() that
+/// keeps a capability (`syscalls::CapsetCall::kept`), in the workload
+/// phase only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CapsetEvent {
+    /// `EVENT_CAPSET`.
+    pub event: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub uid: u32,
+    pub phase: u8,
+    pub _pad: [u8; 3],
+    /// The sets before the call (from the task's cred) and the ones asked
+    /// for, as 64-bit masks.
+    pub old_permitted: u64,
+    pub old_effective: u64,
+    pub old_inheritable: u64,
+    pub new_permitted: u64,
+    pub new_effective: u64,
+    pub new_inheritable: u64,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<CapsetEvent>() == 96);

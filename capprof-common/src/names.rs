@@ -21,6 +21,10 @@ pub const CALIB: &str = "CALIB";
 pub const TASKS: &str = "TASKS";
 pub const HOT: &str = "HOT";
 pub const GENERATION: &str = "GENERATION";
+/// Dedup of the syscall hooks' records (`OperationKey`, LRU).
+pub const OPS_SEEN: &str = "OPS_SEEN";
+/// ICMP datagram socket() calls between entry and exit, by thread id.
+pub const SOCKETS_PENDING: &str = "SOCKETS_PENDING";
 
 /// tp_btf program on the `cap_capable` tracepoint (Linux 6.14+).
 pub const PROG_TP_BTF: &str = "capprof_tp_btf";
@@ -40,6 +44,21 @@ pub const PROG_CALIBRATE_LSM: &str = "capprof_calibrate_lsm";
 pub const PROG_EXEC: &str = "capprof_exec";
 pub const PROG_FORK: &str = "capprof_fork";
 pub const PROG_EXIT: &str = "capprof_exit";
+/// Syscall tracepoints for what no capability check shows: binds below
+/// 1024 and ICMP datagram sockets that a relaxed sysctl let through
+/// (conditional capabilities), and capset() (capabilities kept).
+pub const PROG_BIND: &str = "capprof_bind";
+pub const PROG_SOCKET: &str = "capprof_socket";
+pub const PROG_SOCKET_EXIT: &str = "capprof_socket_exit";
+pub const PROG_CAPSET: &str = "capprof_capset";
+/// (program, tracepoint) of each syscall hook, in the `syscalls` category.
+pub const SYSCALL_HOOKS: &[(&str, &str)] = &[
+    (PROG_BIND, "sys_enter_bind"),
+    (PROG_SOCKET, "sys_enter_socket"),
+    (PROG_SOCKET_EXIT, "sys_exit_socket"),
+    (PROG_CAPSET, "sys_enter_capset"),
+];
+pub const SYSCALLS_CATEGORY: &str = "syscalls";
 /// An empty program on the `cap_capable` tracepoint, attached for a moment
 /// at load next to `PROG_CALIBRATE`: a second program makes the tracepoint
 /// switch to its other frame layout, so that calibration finds the slots of
@@ -68,6 +87,8 @@ pub const ALL_MAPS: &[&str] = &[
     TASKS,
     HOT,
     GENERATION,
+    OPS_SEEN,
+    SOCKETS_PENDING,
 ];
 /// Every program userspace expects to find in the object capprof embeds.
 pub const ALL_PROGRAMS: &[&str] = &[
@@ -84,6 +105,10 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_EXEC,
     PROG_FORK,
     PROG_EXIT,
+    PROG_BIND,
+    PROG_SOCKET,
+    PROG_SOCKET_EXIT,
+    PROG_CAPSET,
 ];
 
 /// The benchmark's own programs (`capprof-bench`). capprof-ebpf builds them

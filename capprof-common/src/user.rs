@@ -3,6 +3,7 @@
 use crate::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight},
     config::{CalibSample, Config},
+    syscalls::{OperationKey, PendingSocket},
 };
 
 // SAFETY: all of these are #[repr(C)], Copy, made of integers with explicit
@@ -14,3 +15,5 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for CalibSample {}
 unsafe impl aya::Pod for Inflight {}
 unsafe impl aya::Pod for HotCache {}
+unsafe impl aya::Pod for OperationKey {}
+unsafe impl aya::Pod for PendingSocket {}

@@ -18,6 +18,7 @@ mod lsm;
 mod maps;
 mod observe;
 mod process;
+mod syscalls;
 mod tp_btf;
 
 #[unsafe(link_section = "license")]

@@ -7,6 +7,7 @@ use aya_ebpf::{
 use capprof_common::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
+    syscalls::{OperationKey, PendingSocket},
 };
 
 /// Roots of the profiled cgroup subtrees: cgroup id -> `watch::ROOT`.
@@ -75,6 +76,17 @@ pub static GENERATION: Array<u32> = Array::with_max_entries(generations::COUNT, 
 /// Calibration samples, filled once by `capprof_calibrate`.
 #[map]
 pub static CALIB: Array<CalibSample> = Array::with_max_entries(CALIB_SAMPLES, 0);
+
+/// Records the syscall hooks have sent (`OperationKey`). LRU: an evicted
+/// entry at worst sends a duplicate, which userspace merges.
+#[map]
+pub static OPS_SEEN: LruHashMap<OperationKey, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// ICMP datagram socket() calls from watched cgroups, by thread id, from
+/// their entry to their exit (where the result tells whether
+/// `ping_group_range` let them through). Each entry lives for one syscall.
+#[map]
+pub static SOCKETS_PENDING: HashMap<u32, PendingSocket> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

@@ -54,10 +54,13 @@ use crate::maps::{
 
 /// capprof's own tgid, set at load time: its own checks are never profiled.
 #[unsafe(no_mangle)]
-static CAPPROF_TGID: u32 = 0;
+pub static CAPPROF_TGID: u32 = 0;
 
 /// `cap_capable`'s `opts` argument (include/linux/security.h).
 pub const CAP_OPT_NOAUDIT: u32 = 1 << 1;
+
+/// Checked by capset() on every call, straight through `cap_capable`.
+const CAP_SETPCAP: u32 = 8;
 
 /// Where the callers' return addresses can be found.
 #[derive(Clone, Copy)]
@@ -119,8 +122,9 @@ fn observe_watched(
 
     let config = CONFIG.get(0);
     let (kind, site, outer_site) = match (opts, config) {
-        // Audited: nothing to tell apart, the call site is not needed.
-        (Some(opts), _) if opts & CAP_OPT_NOAUDIT == 0 => match call_site {
+        // Audited: nothing to tell apart, the call site is not needed (but
+        // for CAP_SETPCAP, which capset() checks on every call).
+        (Some(opts), _) if opts & CAP_OPT_NOAUDIT == 0 && cap != CAP_SETPCAP => match call_site {
             CallSite::Read(site, outer) => (kind::AUDIT, site, outer),
             CallSite::Frame(_) => (kind::AUDIT, 0, 0),
         },
@@ -131,8 +135,10 @@ fn observe_watched(
                 None => site_kind,
                 // The call site tells the advisory probes apart from the
                 // NOAUDIT checks that gate something; both carry
-                // CAP_OPT_NOAUDIT.
-                Some(_) if site_kind == kind::ADVISORY => kind::ADVISORY,
+                // CAP_OPT_NOAUDIT. capset()'s audited CAP_SETPCAP check is
+                // told apart the same way.
+                Some(_) if site_kind == kind::ADVISORY || site_kind == kind::CAPSET => site_kind,
+                Some(opts) if opts & CAP_OPT_NOAUDIT == 0 => kind::AUDIT,
                 Some(_) => kind::NOAUDIT,
             };
             (kind, site, outer)

@@ -7,7 +7,11 @@
 
 use serde::Serialize;
 
-use crate::{capability::Cap, profile::Profile};
+use crate::{
+    capability::Cap,
+    conditional::{self, Decision, TargetSysctls},
+    profile::Profile,
+};
 
 /// What `render` produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +30,31 @@ pub enum Format {
     Systemd,
     /// The profile itself, as JSON.
     Json,
+}
+
+impl Format {
+    /// What the target of this format has in a container's network
+    /// namespace, which decides the profile's conditional capabilities.
+    pub fn sysctls(self) -> TargetSysctls {
+        match self {
+            // compose runs on Docker Engine.
+            Format::Docker | Format::Compose => TargetSysctls::DOCKER,
+            Format::Podman => TargetSysctls::PODMAN,
+            Format::K8s => TargetSysctls {
+                source: "a Kubernetes node with CRI-O or containerd 1.x (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Format::Oci => TargetSysctls {
+                source: "an OCI config that sets no sysctl (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Format::Systemd => TargetSysctls {
+                source: "a systemd service on a host with the kernel's default",
+                ..TargetSysctls::KERNEL
+            },
+            Format::Json => TargetSysctls::KERNEL,
+        }
+    }
 }
 
 impl std::fmt::Display for Format {
@@ -124,6 +153,26 @@ const PODMAN_DEFAULTS: &[&str] = &[
 const RUNC_DEFAULTS: &[&str] = &["AUDIT_WRITE", "KILL", "NET_BIND_SERVICE"];
 
 impl Runtime {
+    /// What this runtime has in a container's network namespace.
+    pub fn sysctls(self) -> TargetSysctls {
+        match self {
+            Runtime::Docker => TargetSysctls::DOCKER,
+            Runtime::Podman => TargetSysctls::PODMAN,
+            Runtime::Containerd => TargetSysctls {
+                source: "containerd 1.x's CRI (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Runtime::Crio => TargetSysctls {
+                source: "crio (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+            Runtime::Runc => TargetSysctls {
+                source: "runc with `runc spec`'s config (the kernel's default)",
+                ..TargetSysctls::KERNEL
+            },
+        }
+    }
+
     /// The capabilities a container of this runtime gets when nothing is
     /// added or dropped, sorted by number.
     pub fn default_caps(self) -> Vec<Cap> {
@@ -152,50 +201,66 @@ pub struct Comparison {
     pub drop: Vec<Cap>,
     /// Needed but not granted by default: must be added.
     pub add: Vec<Cap>,
+    /// Not on the allowlist, but needed under this runtime's sysctls by an
+    /// operation that made no check where it was recorded (the profile's
+    /// `conditional`), and granted by default: keep.
+    pub keep_conditional: Vec<Cap>,
+    /// The same, not granted by default: must be added.
+    pub add_conditional: Vec<Cap>,
+    /// The sysctls the comparison assumed for the runtime.
+    pub sysctls: TargetSysctls,
 }
 
 impl Comparison {
     /// One line: `docker grants 14 by default: drop 12, keep 2, add 0`.
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} grants {} by default: drop {}, keep {}, add {}",
             self.runtime,
             self.defaults.len(),
             self.drop.len(),
             self.keep.len(),
             self.add.len()
-        )
+        );
+        if !self.keep_conditional.is_empty() || !self.add_conditional.is_empty() {
+            line.push_str(&format!(
+                "; conditional: keep {}, add {}",
+                self.keep_conditional.len(),
+                self.add_conditional.len()
+            ));
+        }
+        line
     }
 }
 
-/// Compares `profile`'s allowlist with `runtime`'s defaults. Every list is
-/// sorted by capability number.
+/// Compares `profile`'s allowlist with `runtime`'s defaults, under the
+/// sysctls the runtime is known to set. Every list is sorted by capability
+/// number.
 pub fn compare(profile: &Profile, runtime: Runtime) -> Comparison {
+    compare_under(profile, runtime, runtime.sysctls())
+}
+
+/// `compare`, with the runtime's sysctls as the user says.
+pub fn compare_under(profile: &Profile, runtime: Runtime, sysctls: TargetSysctls) -> Comparison {
     let defaults = runtime.default_caps();
     let mut needed = profile.allowlist.clone();
     needed.sort();
     needed.dedup();
-    let keep = defaults
-        .iter()
-        .copied()
-        .filter(|c| needed.contains(c))
-        .collect();
-    let drop = defaults
-        .iter()
-        .copied()
-        .filter(|c| !needed.contains(c))
-        .collect();
-    let add = needed
-        .iter()
-        .copied()
-        .filter(|c| !defaults.contains(c))
-        .collect();
+    let conditional = conditional::decide(&profile.conditional, &needed, &sysctls).added_caps();
+    let pick = |from: &[Cap], keep: &dyn Fn(&Cap) -> bool| -> Vec<Cap> {
+        from.iter().copied().filter(|c| keep(c)).collect()
+    };
     Comparison {
         runtime,
+        keep: pick(&defaults, &|c| needed.contains(c)),
+        drop: pick(&defaults, &|c| {
+            !needed.contains(c) && !conditional.contains(c)
+        }),
+        add: pick(&needed, &|c| !defaults.contains(c)),
+        keep_conditional: pick(&conditional, &|c| defaults.contains(c)),
+        add_conditional: pick(&conditional, &|c| !defaults.contains(c)),
+        sysctls,
         defaults,
-        keep,
-        drop,
-        add,
     }
 }
 
@@ -213,9 +278,37 @@ pub enum ExportError {
     },
 }
 
-/// Renders `profile`'s allowlist in `format`. The output ends with a newline.
+/// Renders `profile`'s allowlist in `format`, with the conditional
+/// capabilities its target needs (`Format::sysctls`). The output ends with
+/// a newline.
 pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> {
-    let caps = &profile.allowlist;
+    render_under(profile, format, format.sysctls())
+}
+
+/// The conditional capabilities `target` needs beyond the allowlist.
+pub fn decide(profile: &Profile, target: &TargetSysctls) -> Decision {
+    conditional::decide(&profile.conditional, &profile.allowlist, target)
+}
+
+/// `render`, for a target whose sysctls are `target`. Formats that take
+/// comments say why each conditional capability was added or left out, and
+/// which capabilities only a capset() kept.
+pub fn render_under(
+    profile: &Profile,
+    format: Format,
+    target: TargetSysctls,
+) -> Result<String, ExportError> {
+    if format == Format::Json {
+        return Ok(profile.to_json());
+    }
+    let decision = decide(profile, &target);
+    let mut grant = profile.allowlist.clone();
+    grant.extend(decision.added_caps());
+    grant.sort();
+    grant.dedup();
+    let caps = &grant;
+    let notes = notes(profile, &decision);
+    let header = header(profile, &notes);
     match format {
         Format::Docker | Format::Podman => Ok(run_flags(caps)),
         Format::Compose => {
@@ -223,7 +316,7 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
                 cap_drop: vec!["ALL"],
                 cap_add: caps.iter().map(|c| c.short_name()).collect(),
             };
-            yaml(profile, format, &doc)
+            yaml(header, format, &doc)
         }
         Format::K8s => {
             let doc = K8sContainer {
@@ -234,7 +327,7 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
                     },
                 },
             };
-            yaml(profile, format, &doc)
+            yaml(header, format, &doc)
         }
         Format::Oci => {
             let names: Vec<String> = caps.iter().map(|c| c.name()).collect();
@@ -253,15 +346,53 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
                         ambient: vec![],
                     },
                 },
+                // JSON has no comments: the why goes into annotations.
+                annotations: decision
+                    .added
+                    .iter()
+                    .map(|(cap, why)| {
+                        (
+                            format!("org.capprof.conditional.{}", cap.short_name()),
+                            format!("added: {why}"),
+                        )
+                    })
+                    .collect(),
             };
             let mut json = serde_json::to_string_pretty(&doc)
                 .map_err(|source| ExportError::Json { format, source })?;
             json.push('\n');
             Ok(json)
         }
-        Format::Systemd => Ok(systemd(profile)),
+        Format::Systemd => Ok(systemd(&header, caps)),
         Format::Json => Ok(profile.to_json()),
     }
+}
+
+/// One line per conditional capability added or left out, and per
+/// capability on the allowlist only because a capset() kept it.
+pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
+    let exercised: Vec<Cap> = profile
+        .capabilities
+        .iter()
+        .filter(|u| u.class != crate::profile::Class::Advisory && u.granted > 0)
+        .map(|u| u.name)
+        .collect();
+    let added = decision
+        .added
+        .iter()
+        .map(|(cap, why)| format!("{cap} added: {why}"));
+    let left_out = decision
+        .left_out
+        .iter()
+        .map(|(cap, why)| format!("{cap} left out: {why}"));
+    added
+        .chain(left_out)
+        .chain(
+            conditional::kept_only(&profile.kept, &exercised)
+                .into_iter()
+                .map(|(_, why)| why),
+        )
+        .collect()
 }
 
 /// `--cap-drop=ALL --cap-add=CHOWN …`, which docker and podman both accept.
@@ -280,11 +411,11 @@ fn run_flags(caps: &[Cap]) -> String {
 /// bounding sets are merged"), so a unit that had CAP_SYS_ADMIN would keep
 /// it. Each setting therefore starts with an empty assignment, which
 /// "resets the bounding set to the empty capability set", and only then
-/// names the allowlist.
-fn systemd(profile: &Profile) -> String {
-    let names: Vec<String> = profile.allowlist.iter().map(|c| c.name()).collect();
+/// names the capabilities.
+fn systemd(header: &str, caps: &[Cap]) -> String {
+    let names: Vec<String> = caps.iter().map(|c| c.name()).collect();
     let names = names.join(" ");
-    let mut out = header(profile);
+    let mut out = header.to_owned();
     out.push_str("[Service]\n");
     for setting in ["CapabilityBoundingSet", "AmbientCapabilities"] {
         out.push_str(&format!("{setting}=\n"));
@@ -295,10 +426,10 @@ fn systemd(profile: &Profile) -> String {
     out
 }
 
-fn yaml(profile: &Profile, format: Format, doc: &impl Serialize) -> Result<String, ExportError> {
+fn yaml(header: String, format: Format, doc: &impl Serialize) -> Result<String, ExportError> {
     let body =
         serde_norway::to_string(doc).map_err(|source| ExportError::Yaml { format, source })?;
-    let mut out = header(profile);
+    let mut out = header;
     out.push_str(&body);
     if !out.ends_with('\n') {
         out.push('\n');
@@ -306,11 +437,11 @@ fn yaml(profile: &Profile, format: Format, doc: &impl Serialize) -> Result<Strin
     Ok(out)
 }
 
-/// A `# capprof: …` comment line naming the subject. The subject comes from
-/// the profile, which is untrusted: control characters (a newline would end
-/// the comment and inject configuration) are replaced and the length is
-/// bounded.
-fn header(profile: &Profile) -> String {
+/// A `# capprof: …` comment line naming the subject, then one per note.
+/// Both come from the profile, which is untrusted: control characters (a
+/// newline would end the comment and inject configuration) are replaced and
+/// the length is bounded.
+fn header(profile: &Profile, notes: &[String]) -> String {
     const MAX_CHARS: usize = 120;
     let subject = &profile.subject;
     let label = [
@@ -332,7 +463,16 @@ fn header(profile: &Profile) -> String {
     }
     let n = profile.allowlist.len();
     let plural = if n == 1 { "capability" } else { "capabilities" };
-    format!("# capprof: {n} {plural} observed in use by {clean}\n")
+    let mut out = format!("# capprof: {n} {plural} observed in use by {clean}\n");
+    for note in notes {
+        let clean: String = note
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(4 * MAX_CHARS)
+            .collect();
+        out.push_str(&format!("# capprof: {clean}\n"));
+    }
+    out
 }
 
 /// A compose service fragment: paste under `services.<name>`. `cap_add` is
@@ -367,6 +507,10 @@ struct K8sCapabilities<'a> {
 #[derive(Serialize)]
 struct OciSpec {
     process: OciProcess,
+    /// `annotations` of config.json, written only to say why a conditional
+    /// capability was added.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -392,7 +536,10 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::profile::Subject;
+    use crate::{
+        conditional::{Conditional, OperationEvidence, Sysctl, SysctlsChoice},
+        profile::Subject,
+    };
 
     fn cap(name: &str) -> Cap {
         name.parse().unwrap()
@@ -677,6 +824,172 @@ mod tests {
         );
         assert_eq!(json["keep"], serde_json::json!(["CAP_CHOWN"]));
         assert_eq!(json["defaults"].as_array().unwrap().len(), 11);
+    }
+
+    fn conditional(capability: &str, operation: &str, port: Option<u16>) -> Conditional {
+        let sysctl = if port.is_some() {
+            Sysctl::UnprivilegedPortStart
+        } else {
+            Sysctl::PingGroupRange
+        };
+        Conditional {
+            capability: cap(capability),
+            operation: operation.into(),
+            sysctl,
+            value: if port.is_some() { "0" } else { "0 2147483647" }.into(),
+            port,
+            evidence: vec![OperationEvidence {
+                comm: "srv".into(),
+                exe: None,
+                pid: 1,
+                uid: 0,
+                gid: Some(0),
+            }],
+        }
+    }
+
+    /// A profile that needs CHOWN, and bound port 80 with no check.
+    fn bound_port_80() -> Profile {
+        let mut p = profile(&["CAP_CHOWN"]);
+        p.add_syscall_findings(
+            &[conditional(
+                "NET_BIND_SERVICE",
+                "bind tcp port 80",
+                Some(80),
+            )],
+            &[],
+        );
+        assert_eq!(p.allowlist, caps(&["CHOWN"]), "not on the allowlist");
+        p
+    }
+
+    #[test]
+    fn conditional_capabilities_follow_the_target() {
+        let p = bound_port_80();
+        // Docker lowers the sysctl: nothing to add.
+        assert_eq!(
+            render(&p, Format::Docker).unwrap(),
+            "--cap-drop=ALL --cap-add=CHOWN\n"
+        );
+        let out = render(&p, Format::Compose).unwrap();
+        assert_eq!(strings(&yaml_value(&out)["cap_add"]), ["CHOWN"], "{out}");
+        assert!(
+            out.contains("# capprof: CAP_NET_BIND_SERVICE left out: bind tcp port 80"),
+            "{out}"
+        );
+        // Podman keeps 1024.
+        assert_eq!(
+            render(&p, Format::Podman).unwrap(),
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
+        );
+        // Kubernetes, OCI and systemd keep the kernel's default: added,
+        // with why.
+        let out = render(&p, Format::K8s).unwrap();
+        let doc = yaml_value(&out);
+        assert_eq!(
+            strings(&doc["securityContext"]["capabilities"]["add"]),
+            ["CHOWN", "NET_BIND_SERVICE"],
+            "{out}"
+        );
+        let why = out
+            .lines()
+            .find(|l| l.starts_with("# capprof: CAP_NET_BIND_SERVICE added"))
+            .unwrap_or_else(|| panic!("no comment on the addition:\n{out}"));
+        assert!(
+            why.contains("bind tcp port 80")
+                && why.contains("net.ipv4.ip_unprivileged_port_start=0 there")
+                && why.contains("net.ipv4.ip_unprivileged_port_start=1024"),
+            "{why}"
+        );
+        let out = render(&p, Format::Oci).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            doc["process"]["capabilities"]["bounding"],
+            serde_json::json!(["CAP_CHOWN", "CAP_NET_BIND_SERVICE"])
+        );
+        assert!(
+            doc["annotations"]["org.capprof.conditional.NET_BIND_SERVICE"]
+                .as_str()
+                .unwrap()
+                .contains("bind tcp port 80"),
+            "{out}"
+        );
+        let out = render(&p, Format::Systemd).unwrap();
+        assert!(
+            out.contains("CapabilityBoundingSet=CAP_CHOWN CAP_NET_BIND_SERVICE\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# capprof: CAP_NET_BIND_SERVICE added"),
+            "{out}"
+        );
+        // The user knows better, either way.
+        let relaxed = SysctlsChoice::Relaxed.sysctls();
+        let out = render_under(&p, Format::K8s, relaxed).unwrap();
+        assert_eq!(
+            strings(&yaml_value(&out)["securityContext"]["capabilities"]["add"]),
+            ["CHOWN"]
+        );
+        assert_eq!(
+            render_under(&p, Format::Docker, SysctlsChoice::Kernel.sysctls()).unwrap(),
+            "--cap-drop=ALL --cap-add=CHOWN --cap-add=NET_BIND_SERVICE\n"
+        );
+        // JSON is the profile, whatever the target.
+        assert_eq!(render(&p, Format::Json).unwrap(), p.to_json());
+    }
+
+    #[test]
+    fn notes_cannot_inject_configuration() {
+        let mut p = profile(TWO);
+        let mut c = conditional(
+            "NET_BIND_SERVICE",
+            "bind tcp port 80\ncap_add: [SYS_ADMIN]",
+            Some(80),
+        );
+        c.evidence[0].comm = "x\ny".into();
+        p.add_syscall_findings(&[c], &[]);
+        let out = render(&p, Format::Compose).unwrap();
+        assert_eq!(
+            strings(&yaml_value(&out)["cap_add"]),
+            ["CHOWN", "NET_RAW"],
+            "{out}"
+        );
+        let out = render(&p, Format::K8s).unwrap();
+        assert_eq!(
+            strings(&yaml_value(&out)["securityContext"]["capabilities"]["add"]),
+            ["CHOWN", "NET_BIND_SERVICE", "NET_RAW"],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn against_shows_conditional_actions() {
+        let mut p = bound_port_80();
+        p.add_syscall_findings(&[conditional("NET_RAW", "icmp datagram socket", None)], &[]);
+        // Docker relaxes both: NET_BIND_SERVICE and NET_RAW are dropped.
+        let c = compare(&p, Runtime::Docker);
+        assert!(c.keep_conditional.is_empty() && c.add_conditional.is_empty());
+        assert!(c.drop.contains(&cap("NET_BIND_SERVICE")));
+        assert!(!c.summary().contains("conditional"), "{}", c.summary());
+        // CRI-O grants NET_BIND_SERVICE but not NET_RAW.
+        let c = compare(&p, Runtime::Crio);
+        assert_eq!(c.keep_conditional, caps(&["NET_BIND_SERVICE"]));
+        assert_eq!(c.add_conditional, caps(&["NET_RAW"]));
+        assert!(!c.drop.contains(&cap("NET_BIND_SERVICE")));
+        assert_eq!(
+            c.summary(),
+            "crio grants 9 by default: drop 7, keep 1, add 0; conditional: keep 1, add 1"
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["add_conditional"], serde_json::json!(["CAP_NET_RAW"]));
+        assert_eq!(
+            json["keep_conditional"],
+            serde_json::json!(["CAP_NET_BIND_SERVICE"])
+        );
+        assert_eq!(json["sysctls"]["ip_unprivileged_port_start"], 1024);
+        // Told that the runtime relaxes them, nothing is conditional.
+        let c = compare_under(&p, Runtime::Crio, SysctlsChoice::Relaxed.sysctls());
+        assert!(c.keep_conditional.is_empty() && c.add_conditional.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod attribution;
 pub mod capability;
 pub mod cgroup;
+pub mod conditional;
 pub mod daemon;
 pub mod diff;
 pub mod engine;

@@ -295,14 +295,14 @@ mod tests {
         let newer = PROFILE
             .replace(
                 "\"capabilities\": []",
-                "\"capabilities\": [], \"conditional\": [{\"capability\": \"CAP_NET_BIND_SERVICE\"}], \"empty\": []",
+                "\"capabilities\": [], \"future_list\": [{\"capability\": \"CAP_NET_BIND_SERVICE\"}], \"empty\": []",
             )
             .replace(
                 "\"kind\": \"command\"",
-                "\"kind\": \"command\", \"run\": {\"image\": \"x\"}, \"id\": null",
+                "\"kind\": \"command\", \"future\": {\"image\": \"x\"}, \"id\": null",
             );
         let loaded = Loaded::parse("newer.json", newer.as_bytes()).unwrap();
-        assert_eq!(loaded.unknown_fields, ["conditional", "subject.run"]);
+        assert_eq!(loaded.unknown_fields, ["future_list", "subject.future"]);
         let same = Loaded::parse("p.json", PROFILE.as_bytes()).unwrap();
         assert!(same.unknown_fields.is_empty(), "{:?}", same.unknown_fields);
     }

@@ -70,6 +70,24 @@ pub fn render_profile(profile: &Profile) -> String {
     if !profile.denied.is_empty() {
         out.push_str(&format!("denied:    {}\n", names(&profile.denied)));
     }
+    for k in &profile.kept {
+        let programs: std::collections::BTreeSet<&str> =
+            k.evidence.iter().map(|e| e.comm.as_str()).collect();
+        out.push_str(&format!(
+            "kept:      {} through capset() by {}\n",
+            k.capability,
+            programs.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    for c in &profile.conditional {
+        out.push_str(&format!(
+            "conditional: {} for {} ({}={} here; not on the allowlist, exports add it where needed)\n",
+            c.capability,
+            c.operation,
+            c.sysctl.name(),
+            c.value
+        ));
+    }
     let obs = &profile.observation;
     if let Some(partial) = &obs.partial {
         let what = profile.subject.name.as_deref().unwrap_or("the workload");

@@ -544,3 +544,194 @@ fn classification_survives_other_programs_coming_and_going() {
     });
     check(&ours.1, "other program attached after load");
 }
+
+// What no capability check shows (capprof-ebpf/src/syscalls.rs): binds
+// and ICMP datagram sockets that a relaxed sysctl let through, and
+// capset() calls that keep a capability. Their names share the `syscall_`
+// prefix, so that `cargo xtask vm-test --filter syscall_` runs them alone.
+
+/// Whether this kernel has the syscall tracepoints the bind, socket and
+/// capset hooks use (CONFIG_FTRACE_SYSCALLS, tracefs mounted); prints why
+/// not.
+fn has_syscall_tracepoints() -> bool {
+    let found = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| {
+            std::path::Path::new(t)
+                .join("events/syscalls/sys_enter_bind")
+                .exists()
+        });
+    if !found {
+        eprintln!(
+            "skipped: no syscalls:sys_enter_bind tracepoint (CONFIG_FTRACE_SYSCALLS, tracefs)"
+        );
+    }
+    found
+}
+
+/// The entries of the profile's `conditional` or `kept` list (absent when
+/// empty).
+fn entries(profile: &serde_json::Value, field: &str) -> Vec<serde_json::Value> {
+    profile[field].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn syscall_bind_that_a_lowered_sysctl_let_through_is_conditional() {
+    require_root();
+    if !has_syscall_tracepoints() {
+        return;
+    }
+    // As in a Docker container: ip_unprivileged_port_start=0, so the bind
+    // makes no CAP_NET_BIND_SERVICE check.
+    let (out, profile) = profile_of(&[ACTION, "bind-in-netns", "600", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for field in ["required", "allowlist"] {
+        assert!(
+            !names(&profile, field).contains(&"CAP_NET_BIND_SERVICE".to_owned()),
+            "{field}: {profile}"
+        );
+    }
+    let conditional = entries(&profile, "conditional");
+    assert_eq!(conditional.len(), 1, "{profile}");
+    let c = &conditional[0];
+    assert_eq!(c["capability"], "CAP_NET_BIND_SERVICE");
+    assert_eq!(c["operation"], "bind tcp port 600");
+    assert_eq!(c["sysctl"], "net.ipv4.ip_unprivileged_port_start");
+    assert_eq!(c["value"], "0", "read in the process's own namespace");
+    assert_eq!(c["port"], 600);
+    let ev = &c["evidence"][0];
+    assert_eq!(ev["comm"], "capprof-test-ac");
+    assert!(
+        ev["exe"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("capprof-test-action"),
+        "{ev}"
+    );
+}
+
+#[test]
+fn syscall_bind_below_the_namespaces_start_is_checked_not_conditional() {
+    require_root();
+    if !has_syscall_tracepoints() {
+        return;
+    }
+    let (out, profile) = profile_of(&[ACTION, "bind-in-netns", "600", "1024"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        names(&profile, "required").contains(&"CAP_NET_BIND_SERVICE".to_owned()),
+        "{profile}"
+    );
+    assert!(entries(&profile, "conditional").is_empty(), "{profile}");
+}
+
+#[test]
+fn syscall_icmp_datagram_socket_that_ping_group_range_allowed_is_conditional() {
+    require_root();
+    if !has_syscall_tracepoints() {
+        return;
+    }
+    let (out, profile) = profile_of(&[ACTION, "ping-socket-in-netns", "0 2147483647"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !names(&profile, "allowlist").contains(&"CAP_NET_RAW".to_owned()),
+        "{profile}"
+    );
+    let conditional = entries(&profile, "conditional");
+    assert_eq!(conditional.len(), 1, "{profile}");
+    let c = &conditional[0];
+    assert_eq!(c["capability"], "CAP_NET_RAW");
+    assert_eq!(c["operation"], "icmp datagram socket");
+    assert_eq!(c["sysctl"], "net.ipv4.ping_group_range");
+    assert_eq!(c["value"], "0 2147483647");
+    assert_eq!(c["evidence"][0]["gid"], 0);
+}
+
+#[test]
+fn syscall_icmp_datagram_socket_refused_falls_back_to_a_checked_raw_socket() {
+    require_root();
+    if !has_syscall_tracepoints() {
+        return;
+    }
+    // The kernel's default range ("1 0") shuts everyone out: the datagram
+    // socket fails and the raw one makes the real check.
+    let (out, profile) = profile_of(&[ACTION, "ping-socket-in-netns", ""]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        names(&profile, "required").contains(&"CAP_NET_RAW".to_owned()),
+        "{profile}"
+    );
+    assert!(entries(&profile, "conditional").is_empty(), "{profile}");
+}
+
+#[test]
+fn syscall_capset_that_keeps_a_capability_puts_it_on_the_allowlist() {
+    require_root();
+    if !has_syscall_tracepoints() {
+        return;
+    }
+    // Keep CAP_NET_BIND_SERVICE (10) alone: no check is made for it.
+    let (out, profile) = profile_of(&[ACTION, "capset", "keep:10"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(names(&profile, "required").is_empty(), "{profile}");
+    assert_eq!(
+        names(&profile, "allowlist"),
+        ["CAP_NET_BIND_SERVICE"],
+        "{profile}"
+    );
+    let kept = entries(&profile, "kept");
+    assert_eq!(kept.len(), 1, "{profile}");
+    assert_eq!(kept[0]["capability"], "CAP_NET_BIND_SERVICE");
+    assert_eq!(
+        kept[0]["sets"],
+        serde_json::json!(["permitted", "effective"])
+    );
+    assert_eq!(kept[0]["evidence"][0]["comm"], "capprof-test-ac");
+    // capset()'s own CAP_SETPCAP check is told apart, not required.
+    assert_eq!(
+        profile["observation"]["unclassified_checks"], 0,
+        "{profile}"
+    );
+}
+
+#[test]
+fn syscall_capset_of_unchanged_or_emptied_sets_keeps_nothing() {
+    require_root();
+    if !has_syscall_tracepoints() {
+        return;
+    }
+    for mode in ["same", "drop"] {
+        let (out, profile) = profile_of(&[ACTION, "capset", mode]);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(entries(&profile, "kept").is_empty(), "{mode}: {profile}");
+        assert!(names(&profile, "allowlist").is_empty(), "{mode}: {profile}");
+        assert_eq!(
+            profile["observation"]["unclassified_checks"], 0,
+            "{mode}: {profile}"
+        );
+    }
+}

@@ -1,5 +1,7 @@
-//! The container tests' image, built with no registry: a rootfs of Debian's
-//! static busybox and its applet links, imported with `docker import`.
+//! The container tests' images, built with no registry: a rootfs of
+//! Debian's static busybox and its applet links, imported with `docker
+//! import`; and the same with two real programs that matter to profiles
+//! and that busybox lacks, copied from the host with their libraries.
 
 use std::{
     fs::{self, Permissions},
@@ -17,6 +19,19 @@ use crate::{
 
 /// The image the container tests run, exported to them as `CAPPROF_TEST_IMAGE`.
 pub const TEST_IMAGE: &str = "capprof-busybox:test";
+
+/// The busybox image plus `capsh` (Debian's libcap2-bin), which keeps
+/// capabilities through capset() as daemons that drop root do, and iputils
+/// `ping` (iputils-ping) at /opt/iputils/ping, which tries an ICMP datagram
+/// socket first and falls back to a raw one. Exported to the tests as
+/// `CAPPROF_TOOLS_IMAGE`.
+pub const TOOLS_IMAGE: &str = "capprof-tools:test";
+
+/// The host programs in [`TOOLS_IMAGE`]: (host path, path in the image).
+const TOOLS: &[(&str, &str)] = &[
+    ("/usr/sbin/capsh", "/usr/sbin/capsh"),
+    ("/usr/bin/ping", "/opt/iputils/ping"),
+];
 
 /// Debian's busybox-static.
 const HOST_BUSYBOX: &str = "/bin/busybox";
@@ -50,6 +65,60 @@ pub fn ensure_test_image(engine: &Engine) -> Result<()> {
     build_rootfs(&rootfs.0)?;
     step(format_args!("importing it as {TEST_IMAGE}"));
     import(engine, &rootfs.0, TEST_IMAGE)
+}
+
+/// Imports [`TOOLS_IMAGE`] into `engine` unless it is already there.
+pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
+    step(format_args!("checking the test image {TOOLS_IMAGE}"));
+    if succeeds(engine.docker().args(["image", "inspect", TOOLS_IMAGE])) {
+        note("already present");
+        return Ok(());
+    }
+    let rootfs =
+        TempDir(std::env::temp_dir().join(format!("capprof-tools-{}", std::process::id())));
+    step(format_args!(
+        "building the tools rootfs in {}",
+        rootfs.0.display()
+    ));
+    build_rootfs(&rootfs.0)?;
+    for (host, inside) in TOOLS {
+        copy_with_libraries(&rootfs.0, Path::new(host), Path::new(inside))?;
+        note(format_args!("{host} as {inside}, with its libraries"));
+    }
+    step(format_args!("importing it as {TOOLS_IMAGE}"));
+    import(engine, &rootfs.0, TOOLS_IMAGE)
+}
+
+/// Copies the dynamically linked `program` into `root` at `inside`, and
+/// the shared libraries `ldd` names at their own paths. Plain copies: file
+/// capabilities (ping's cap_net_raw) stay behind, so the image's root
+/// runs it with the container's capabilities only.
+fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) -> Result<()> {
+    if !program.exists() {
+        bail!(
+            "{} is missing (cargo xtask setup installs libcap2-bin and iputils-ping)",
+            program.display()
+        );
+    }
+    let mut files = vec![(program.to_path_buf(), inside.to_path_buf())];
+    let libraries = stdout_of(Command::new("ldd").arg(program))
+        .with_context(|| format!("ldd {}", program.display()))?;
+    // `libcap.so.2 => /lib/x86_64-linux-gnu/libcap.so.2 (0x…)` and
+    // `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+    for path in libraries
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+    {
+        files.push((PathBuf::from(path), PathBuf::from(path)));
+    }
+    for (from, to) in files {
+        let dest = root.join(to.strip_prefix("/").unwrap_or(&to));
+        let dir = dest.parent().context("a file path has a parent")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::copy(&from, &dest)
+            .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+    }
+    Ok(())
 }
 
 /// Lays out a busybox rootfs: the binary, its applet links, users and /tmp.

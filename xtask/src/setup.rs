@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The headless browser the report tests render HTML in.
     "chromium",
+    // capsh and iputils ping, copied into the tools test image.
+    "libcap2-bin",
+    "iputils-ping",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.

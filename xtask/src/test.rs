@@ -17,7 +17,7 @@ use clap::Args;
 
 use crate::{
     engine::Engine,
-    image::{self, TEST_IMAGE},
+    image::{self, TEST_IMAGE, TOOLS_IMAGE},
     libtest::Counts,
     setup,
     util::{display, note, run_checked, step},
@@ -53,13 +53,15 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
 
     let engine = Engine::ensure()?;
     image::ensure_test_image(&engine)?;
+    image::ensure_tools_image(&engine)?;
 
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(EXCLUDE)
         .args(&args.cargo_args)
         .args(["--", "--test-threads=1", "--include-ignored"])
-        .env("CAPPROF_TEST_IMAGE", TEST_IMAGE);
+        .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
+        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }

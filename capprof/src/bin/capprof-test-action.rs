@@ -18,6 +18,48 @@ fn check(ok: bool, what: &str) -> ExitCode {
     }
 }
 
+/// `struct __user_cap_header_struct` and `__user_cap_data_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Writes `value` to /proc/sys/`name`, in the caller's namespaces.
+fn write_sysctl(name: &str, value: &str) -> bool {
+    std::fs::write(format!("/proc/sys/{name}"), value)
+        .map_err(|e| eprintln!("{name}: {e}"))
+        .is_ok()
+}
+
+/// Binds a TCP socket to 0.0.0.0:`port`.
+fn bind_tcp(port: u16) -> bool {
+    // SAFETY: plain syscalls on a socket we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        fd >= 0
+            && libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            ) == 0
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -112,6 +154,54 @@ fn main() -> ExitCode {
                     libc::munmap(p, len);
                 }
                 ExitCode::SUCCESS
+            }
+            "bind-in-netns" => {
+                // A network namespace of our own, with the sysctl as a
+                // container runtime would set it, then a bind.
+                let port: u16 = arg(1).parse().unwrap_or(600);
+                let ok = libc::unshare(libc::CLONE_NEWNET) == 0
+                    && write_sysctl("net/ipv4/ip_unprivileged_port_start", &arg(2))
+                    && bind_tcp(port);
+                check(ok, "unshare+sysctl+bind")
+            }
+            "ping-socket-in-netns" => {
+                // As iputils ping does: an ICMP datagram socket, and a raw
+                // one when ping_group_range shuts the caller out.
+                let range = arg(1);
+                let ok = libc::unshare(libc::CLONE_NEWNET) == 0
+                    && (range.is_empty() || write_sysctl("net/ipv4/ping_group_range", &range))
+                    && (libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) >= 0
+                        || (*libc::__errno_location() == libc::EACCES
+                            && libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)
+                                >= 0));
+                check(ok, "unshare+sysctl+socket")
+            }
+            "capset" => {
+                // capset(2) to the permitted and effective sets named by
+                // arg(1) (`keep:CAP`, `same`, `drop`), as libcap does.
+                let mut header = CapHeader {
+                    version: 0x2008_0522,
+                    pid: 0,
+                };
+                let mut data = [CapData::default(); 2];
+                if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
+                    return check(false, "capget");
+                }
+                match arg(1).split_once(':') {
+                    Some(("keep", cap)) => {
+                        let bit: u32 = cap.parse().unwrap_or(10);
+                        data = [CapData::default(); 2];
+                        let (word, mask) = ((bit / 32) as usize, 1 << (bit % 32));
+                        data[word].permitted = mask;
+                        data[word].effective = mask;
+                    }
+                    _ if arg(1) == "drop" => data = [CapData::default(); 2],
+                    _ => {} // `same`: the sets as they are.
+                }
+                check(
+                    libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) == 0,
+                    "capset",
+                )
             }
             other => {
                 eprintln!("unknown action {other:?}");

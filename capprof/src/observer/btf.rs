@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use capprof_common::{config::CgroupNameOffsets, names};
+use capprof_common::{config::CgroupNameOffsets, names, syscalls::SyscallOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -28,6 +28,9 @@ pub struct KernelBtf {
     pub binprm_filename_offset: Option<u32>,
     /// The path from a task to its cgroup's name.
     pub cgroup_name: Option<CgroupNameOffsets>,
+    /// What the syscall hooks read: the network namespace's sysctls, the
+    /// task's capability sets, a descriptor's socket.
+    pub syscalls: SyscallOffsets,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,7 @@ impl KernelBtf {
             task_tgid_offset: btf.member_offset("task_struct", "tgid"),
             binprm_filename_offset: btf.member_offset("linux_binprm", "filename"),
             cgroup_name: cgroup_name_offsets(&btf),
+            syscalls: syscall_offsets(&btf),
         })
     }
 }
@@ -87,7 +91,48 @@ const WANTED: &[&str] = &[
     "css_set",
     "cgroup",
     "kernfs_node",
+    // The syscall hooks' (`syscall_offsets`).
+    "nsproxy",
+    "net",
+    "netns_ipv4",
+    "ping_group_range",
+    "cred",
+    "files_struct",
+    "fdtable",
+    "file",
+    "socket",
+    "sock",
 ];
+
+/// The syscall hooks' offsets; each is u32::MAX when its member is missing
+/// or is a bitfield.
+fn syscall_offsets(btf: &RawBtf<'_>) -> SyscallOffsets {
+    let at = |name: &str, member: &str| btf.plain_member_offset(name, member).unwrap_or(u32::MAX);
+    let ping_range = btf
+        .plain_member_offset("netns_ipv4", "ping_group_range")
+        .zip(btf.plain_member_offset("ping_group_range", "range"))
+        .map_or(u32::MAX, |(a, b)| a + b);
+    SyscallOffsets {
+        task_nsproxy: at("task_struct", "nsproxy"),
+        nsproxy_net_ns: at("nsproxy", "net_ns"),
+        net_ipv4: at("net", "ipv4"),
+        ipv4_prot_sock: at("netns_ipv4", "sysctl_ip_prot_sock"),
+        ipv4_ping_range: ping_range,
+        task_cred: at("task_struct", "cred"),
+        cred_cap_permitted: at("cred", "cap_permitted"),
+        cred_cap_effective: at("cred", "cap_effective"),
+        cred_egid: at("cred", "egid"),
+        task_files: at("task_struct", "files"),
+        files_fdt: at("files_struct", "fdt"),
+        fdt_max_fds: at("fdtable", "max_fds"),
+        fdt_fd: at("fdtable", "fd"),
+        file_private_data: at("file", "private_data"),
+        socket_type: at("socket", "type"),
+        socket_sk: at("socket", "sk"),
+        sock_protocol: at("sock", "sk_protocol"),
+        cred_cap_inheritable: at("cred", "cap_inheritable"),
+    }
+}
 
 fn cgroup_name_offsets(btf: &RawBtf<'_>) -> Option<CgroupNameOffsets> {
     Some(CgroupNameOffsets {
@@ -253,16 +298,30 @@ impl<'a> RawBtf<'a> {
     /// Byte offset of `member` in `struct name` (the first such struct with
     /// members), looking through anonymous unions and structs.
     fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        self.member_bits(name, member).map(|(bits, _)| bits / 8)
+    }
+
+    /// Like `member_offset`, but None for a bitfield (`sock.sk_protocol`
+    /// was one before 5.6), which a byte offset cannot address.
+    fn plain_member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        match self.member_bits(name, member)? {
+            (bits, 0) if bits % 8 == 0 => Some(bits / 8),
+            _ => None,
+        }
+    }
+
+    /// Bit offset and bitfield size (0 for a plain member) of `member`.
+    fn member_bits(&self, name: &str, member: &str) -> Option<(u32, u32)> {
         let id = self.ids_named(name).find(|&id| {
             self.header(id)
                 .is_some_and(|h| h.kind() == kind::STRUCT && h.vlen() > 0)
         })?;
         self.find_member(id, member.as_bytes(), 0, 0)
-            .map(|bits| bits / 8)
     }
 
-    /// Bit offset of `wanted` in the struct or union `id`, plus `base`.
-    fn find_member(&self, id: u32, wanted: &[u8], base: u32, depth: u32) -> Option<u32> {
+    /// Bit offset of `wanted` in the struct or union `id`, plus `base`, and
+    /// its bitfield size.
+    fn find_member(&self, id: u32, wanted: &[u8], base: u32, depth: u32) -> Option<(u32, u32)> {
         let header = self.header(id)?;
         if !matches!(header.kind(), kind::STRUCT | kind::UNION) || depth > 32 {
             return None;
@@ -273,14 +332,14 @@ impl<'a> RawBtf<'a> {
             let (name_off, ty, offset) =
                 (u32_at(rec, at)?, u32_at(rec, at + 4)?, u32_at(rec, at + 8)?);
             // With kind_flag, the top 8 bits hold a bitfield's size.
-            let bit_offset = if header.kind_flag() {
-                offset & 0xff_ffff
+            let (bit_offset, bitfield) = if header.kind_flag() {
+                (offset & 0xff_ffff, offset >> 24)
             } else {
-                offset
+                (offset, 0)
             };
             let name = self.name(name_off);
             if name == wanted {
-                return Some(base + bit_offset);
+                return Some((base + bit_offset, bitfield));
             }
             // Anonymous struct/union: search inside it.
             if name.is_empty()
@@ -311,6 +370,29 @@ mod tests {
         assert!(tgid > 1000 && tgid < 8192, "{tgid}");
         assert!(k.binprm_filename_offset.is_some());
         assert!(k.cgroup_name.is_some());
+        // Every offset the syscall hooks read is found.
+        let o = k.syscalls;
+        let all = [
+            o.task_nsproxy,
+            o.nsproxy_net_ns,
+            o.net_ipv4,
+            o.ipv4_prot_sock,
+            o.ipv4_ping_range,
+            o.task_cred,
+            o.cred_cap_permitted,
+            o.cred_cap_effective,
+            o.cred_egid,
+            o.task_files,
+            o.files_fdt,
+            o.fdt_max_fds,
+            o.fdt_fd,
+            o.file_private_data,
+            o.socket_type,
+            o.socket_sk,
+            o.sock_protocol,
+            o.cred_cap_inheritable,
+        ];
+        assert!(all.iter().all(|&off| off != u32::MAX), "{o:?}");
     }
 
     /// The same facts as btf-rs's full parse, which capprof used before.
@@ -384,6 +466,32 @@ mod tests {
                         _pad: 0,
                     })
                 })(),
+                syscalls: {
+                    let at = |name: &str, member: &str| {
+                        member_offset(&btf, name, member).unwrap_or(u32::MAX)
+                    };
+                    SyscallOffsets {
+                        task_nsproxy: at("task_struct", "nsproxy"),
+                        nsproxy_net_ns: at("nsproxy", "net_ns"),
+                        net_ipv4: at("net", "ipv4"),
+                        ipv4_prot_sock: at("netns_ipv4", "sysctl_ip_prot_sock"),
+                        ipv4_ping_range: at("netns_ipv4", "ping_group_range")
+                            + at("ping_group_range", "range"),
+                        task_cred: at("task_struct", "cred"),
+                        cred_cap_permitted: at("cred", "cap_permitted"),
+                        cred_cap_effective: at("cred", "cap_effective"),
+                        cred_egid: at("cred", "egid"),
+                        task_files: at("task_struct", "files"),
+                        files_fdt: at("files_struct", "fdt"),
+                        fdt_max_fds: at("fdtable", "max_fds"),
+                        fdt_fd: at("fdtable", "fd"),
+                        file_private_data: at("file", "private_data"),
+                        socket_type: at("socket", "type"),
+                        socket_sk: at("socket", "sk"),
+                        sock_protocol: at("sock", "sk_protocol"),
+                        cred_cap_inheritable: at("cred", "cap_inheritable"),
+                    }
+                },
             }
         }
 

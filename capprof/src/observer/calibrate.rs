@@ -37,6 +37,11 @@ pub const ADVISORY: &[&str] = &[
     "__vm_enough_memory",
 ];
 
+/// Callers of `cap_capable` in capset(): its CAP_SETPCAP check on every
+/// call, which decides only when the inheritable set grows (`kind::CAPSET`;
+/// the capset hook records that case).
+pub const CAPSET: &[&str] = &["cap_capset", "cap_inh_is_capped"];
+
 /// Callers of `security_capable` that pass CAP_OPT_NOAUDIT.
 pub const NOAUDIT: &[&str] = &[
     "ns_capable_noaudit",
@@ -170,9 +175,10 @@ pub fn direct_layout(samples: &[CalibSample], kallsyms: &Kallsyms, slots: Slots)
 
 /// The function ranges the kernel side resolves new return addresses with.
 pub fn ranges(kallsyms: &Kallsyms) -> Vec<FuncRange> {
-    let groups: [(&[&str], u8); 4] = [
+    let groups: [(&[&str], u8); 5] = [
         (VIA_SECURITY_CAPABLE, kind::VIA_SECURITY_CAPABLE),
         (ADVISORY, kind::ADVISORY),
+        (CAPSET, kind::CAPSET),
         (NOAUDIT, kind::NOAUDIT),
         (AUDIT, kind::AUDIT),
     ];

@@ -49,6 +49,9 @@ pub enum Kind {
     NoAudit,
     /// CAP_OPT_NOAUDIT, a probe that changes no permission decision.
     Advisory,
+    /// capset()'s own CAP_SETPCAP check, which decides nothing unless the
+    /// call grows the inheritable set (the capset hook records that).
+    Capset,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             check::kind::AUDIT => Kind::Audit,
             check::kind::NOAUDIT => Kind::NoAudit,
             check::kind::ADVISORY => Kind::Advisory,
+            check::kind::CAPSET => Kind::Capset,
             // UNKNOWN, and any id this build does not know.
             _ => Kind::Unknown,
         }

@@ -3,7 +3,8 @@
 use std::mem::size_of;
 
 use capprof_common::event::{
-    CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EVENT_EXEC, EvidenceEvent, ExecEvent,
+    CapsetEvent, CgroupEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CGROUP, EVENT_CONDITIONAL,
+    EVENT_EVIDENCE, EVENT_EXEC, EvidenceEvent, ExecEvent,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -11,6 +12,31 @@ pub enum Record {
     Evidence(EvidenceEvent),
     Cgroup(CgroupEvent),
     Exec(ExecEvent),
+    Conditional(ConditionalEvent),
+    Capset(CapsetEvent),
+}
+
+impl Record {
+    /// The process a record names, for those that go into a profile with
+    /// their program (`Received::exe`).
+    pub fn profiled_tgid(&self) -> Option<u32> {
+        match self {
+            Record::Evidence(e) => Some(e.tgid),
+            Record::Conditional(c) => Some(c.tgid),
+            Record::Capset(c) => Some(c.tgid),
+            Record::Cgroup(_) | Record::Exec(_) => None,
+        }
+    }
+
+    /// The cgroup of a record that goes into a profile.
+    pub fn profiled_cgroup(&self) -> Option<u64> {
+        match self {
+            Record::Evidence(e) => Some(e.cgroup_id),
+            Record::Conditional(c) => Some(c.cgroup_id),
+            Record::Capset(c) => Some(c.cgroup_id),
+            Record::Cgroup(_) | Record::Exec(_) => None,
+        }
+    }
 }
 
 /// Decodes one record; None for a record this build does not know or one
@@ -21,6 +47,8 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         EVENT_EVIDENCE => read::<EvidenceEvent>(bytes).map(Record::Evidence),
         EVENT_CGROUP => read::<CgroupEvent>(bytes).map(Record::Cgroup),
         EVENT_EXEC => read::<ExecEvent>(bytes).map(Record::Exec),
+        EVENT_CONDITIONAL => read::<ConditionalEvent>(bytes).map(Record::Conditional),
+        EVENT_CAPSET => read::<CapsetEvent>(bytes).map(Record::Capset),
         _ => None,
     }
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod kallsyms;
 pub mod pin;
 pub mod reader;
+pub mod syscalls;
 
 use std::{
     path::PathBuf,
@@ -249,6 +250,7 @@ impl Observer {
         config.cgroup_name = kernel
             .cgroup_name
             .unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
+        config.syscalls = kernel.syscalls;
         phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
@@ -318,6 +320,8 @@ impl Observer {
         phases.mark("backend");
         attached.extend(attach_process_hooks(&mut ebpf, &btf));
         phases.mark("process hooks");
+        syscalls::attach(&mut ebpf);
+        phases.mark("syscall hooks");
         phases.log();
         let mut observer = Self {
             ebpf,

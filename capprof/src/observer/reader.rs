@@ -84,12 +84,13 @@ impl ExeNames {
                 }
                 None
             }
-            Record::Evidence(e) => self.0.get(&e.tgid).cloned().or_else(|| {
-                std::fs::read_link(format!("/proc/{}/exe", e.tgid))
-                    .ok()
-                    .map(|p| p.to_string_lossy().into_owned())
+            _ => record.profiled_tgid().and_then(|tgid| {
+                self.0.get(&tgid).cloned().or_else(|| {
+                    std::fs::read_link(format!("/proc/{tgid}/exe"))
+                        .ok()
+                        .map(|p| p.to_string_lossy().into_owned())
+                })
             }),
-            Record::Cgroup(_) => None,
         };
         Some(Received { record, exe })
     }

@@ -12,8 +12,25 @@ use super::{
 };
 use crate::{
     capability::Cap,
-    observer::{Count, Phase, Sighting, Verdict},
+    observer::{Count, Observer, Phase, Sighting, Verdict, reader::Received},
 };
+
+/// Builds one subject's profile from everything the observer handed out
+/// for it: its counts, the evidence, and what the syscall hooks found
+/// (conditional and kept capabilities).
+pub fn from_observer(
+    observer: &Observer,
+    counts: Vec<Count>,
+    received: &[Received],
+    subject: Subject,
+    observation: Observation,
+) -> Profile {
+    let sightings = received.iter().filter_map(|r| observer.sighting(r));
+    let mut profile = build(counts, sightings, subject, observation);
+    let (conditional, kept) = crate::conditional::from_records(received);
+    profile.add_syscall_findings(&conditional, &kept);
+    profile
+}
 
 /// Builds one subject's profile from its counts and evidence.
 pub fn build(
@@ -131,6 +148,8 @@ impl ProfileBuilder {
             runtime_setup,
             proof: None,
             coverage: None,
+            conditional: vec![],
+            kept: vec![],
         };
         profile.apply_summary();
         profile

@@ -3,7 +3,8 @@
 //! observer hands out.
 //!
 //! Stable fields read by other tools: `schema`, `required`, `denied`,
-//! `advisory`, `silent`, `allowlist` and `capabilities`.
+//! `advisory`, `silent`, `allowlist` and `capabilities`; `conditional` and
+//! `kept` (conditional.rs) when not empty.
 
 mod build;
 
@@ -14,12 +15,13 @@ use std::{
 
 #[cfg(test)]
 pub use build::{Observations, with_allowlist};
-pub use build::{ProfileBuilder, build};
+pub use build::{ProfileBuilder, build, from_observer};
 use serde::{Deserialize, Serialize};
 
 pub use crate::observer::Verdict;
 use crate::{
     capability::Cap,
+    conditional::{self, Conditional, Kept},
     observer::{Backend, Kind},
 };
 
@@ -49,7 +51,9 @@ impl Class {
     /// calibration failure can only over-grant, never break a workload.
     pub fn of(kind: Kind, verdict: Verdict) -> Self {
         match (kind, verdict) {
-            (Kind::Advisory, _) => Class::Advisory,
+            // capset()'s CAP_SETPCAP check changes nothing unless the call
+            // grows the inheritable set, which the capset hook records.
+            (Kind::Advisory | Kind::Capset, _) => Class::Advisory,
             (Kind::NoAudit, _) => Class::Silent,
             (Kind::Audit | Kind::Unknown, Verdict::Denied) => Class::Denied,
             (Kind::Audit | Kind::Unknown, Verdict::Granted) => Class::Required,
@@ -215,6 +219,15 @@ pub struct Profile {
     /// before the workload's exec. Never part of the allowlist.
     #[serde(default)]
     pub runtime_setup: Vec<CapUsage>,
+    /// Operations that made no check only because a sysctl of the
+    /// container's network namespace allowed them (conditional.rs). Not on
+    /// the allowlist: exports add them per target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditional: Vec<Conditional>,
+    /// Capabilities kept through capset(), which makes no check for them.
+    /// On the allowlist: the capset() fails without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<Kept>,
     /// What re-running the workload proved about the allowlist; absent for
     /// a profile that was only observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -421,7 +434,7 @@ impl Profile {
                 ));
             }
         }
-        let expected = Summary::of(&self.capabilities);
+        let expected = Summary::of(&self.capabilities, &self.kept);
         let got = Summary {
             allowlist: self.allowlist.clone(),
             required: self.required.clone(),
@@ -449,6 +462,8 @@ impl Profile {
     pub fn merge(&mut self, other: &Profile) {
         self.capabilities = merge_usages(&self.capabilities, &other.capabilities);
         self.runtime_setup = merge_usages(&self.runtime_setup, &other.runtime_setup);
+        self.conditional = conditional::merge_conditional(&self.conditional, &other.conditional);
+        self.kept = conditional::merge_kept(&self.kept, &other.kept);
         self.observation.start = min_str(&self.observation.start, &other.observation.start);
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
         self.observation.lost_records += other.observation.lost_records;
@@ -464,6 +479,14 @@ impl Profile {
         self.apply_summary();
     }
 
+    /// Adds what the syscall hooks saw (`conditional::from_records`) and
+    /// brings the allowlist up to date.
+    pub fn add_syscall_findings(&mut self, conditional: &[Conditional], kept: &[Kept]) {
+        self.conditional = conditional::merge_conditional(&self.conditional, conditional);
+        self.kept = conditional::merge_kept(&self.kept, kept);
+        self.apply_summary();
+    }
+
     fn apply_summary(&mut self) {
         let Summary {
             allowlist,
@@ -471,7 +494,7 @@ impl Profile {
             denied,
             advisory,
             silent,
-        } = Summary::of(&self.capabilities);
+        } = Summary::of(&self.capabilities, &self.kept);
         self.allowlist = allowlist;
         self.required = required;
         self.denied = denied;
@@ -541,7 +564,9 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(usages: &[CapUsage]) -> Self {
+    /// The summary arrays; capabilities kept through capset() join the
+    /// allowlist.
+    fn of(usages: &[CapUsage], kept: &[Kept]) -> Self {
         let mut s = Summary {
             allowlist: vec![],
             required: vec![],
@@ -563,6 +588,9 @@ impl Summary {
                 s.allowlist.push(usage.name);
             }
         }
+        s.allowlist.extend(kept.iter().map(|k| k.capability));
+        s.allowlist.sort();
+        s.allowlist.dedup();
         s
     }
 }
@@ -823,5 +851,51 @@ mod tests {
             let err = Profile::read(special).unwrap_err();
             assert!(matches!(err, ProfileError::NotAFile { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn kept_capabilities_join_the_allowlist_apart_from_required() {
+        use crate::conditional::{CapSet, Kept, OperationEvidence};
+        let mut p = observe(&[(
+            "CAP_SETUID",
+            Verdict::Granted,
+            Kind::Audit,
+            Phase::Workload,
+            1,
+        )]);
+        let kept = Kept {
+            capability: cap("NET_BIND_SERVICE"),
+            sets: [CapSet::Permitted].into(),
+            evidence: vec![OperationEvidence {
+                comm: "chronyd".into(),
+                exe: None,
+                pid: 7,
+                uid: 0,
+                gid: None,
+            }],
+        };
+        p.add_syscall_findings(&[], std::slice::from_ref(&kept));
+        assert_eq!(p.required, vec![cap("SETUID")]);
+        assert_eq!(p.allowlist, vec![cap("SETUID"), cap("NET_BIND_SERVICE")]);
+        let json = p.to_json();
+        assert!(json.contains("\"kept\""), "{json}");
+        assert!(!json.contains("\"conditional\""), "{json}");
+        assert_eq!(Profile::from_json("k.json", json.as_bytes()).unwrap(), p);
+        // An allowlist without the kept capability does not validate.
+        let mut stripped: serde_json::Value = serde_json::from_str(&json).unwrap();
+        stripped["kept"] = serde_json::json!([]);
+        let err = Profile::from_json("k.json", stripped.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, ProfileError::Inconsistent { .. }), "{err}");
+        // Merging keeps it.
+        let mut other = observe(&[]);
+        other.merge(&p);
+        assert!(other.allowlist.contains(&cap("NET_BIND_SERVICE")));
+        assert_eq!(other.kept, vec![kept]);
+    }
+
+    #[test]
+    fn capset_checks_are_not_required() {
+        assert_eq!(Class::of(Kind::Capset, Verdict::Granted), Class::Advisory);
+        assert_eq!(Class::of(Kind::Capset, Verdict::Denied), Class::Advisory);
     }
 }

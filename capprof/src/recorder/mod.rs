@@ -178,8 +178,9 @@ impl Recorder {
                 rec.started.get_or_insert_with(SystemTime::now);
                 self.cgroups.insert(c.cgroup_id, CgroupMeta { path });
             }
-            Record::Evidence(e) => {
-                if let Some(id) = self.container_of(e.cgroup_id) {
+            Record::Evidence(_) | Record::Conditional(_) | Record::Capset(_) => {
+                let cgroup_id = received.record.profiled_cgroup().unwrap_or_default();
+                if let Some(id) = self.container_of(cgroup_id) {
                     self.container(&id).received.push(received);
                 }
             }
@@ -271,8 +272,8 @@ impl Recorder {
             return rec.profile.clone();
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let sightings = rec.received.iter().filter_map(|r| observer.sighting(r));
-        let fresh = profile::build(live, sightings, subject(rec), observation);
+        let fresh =
+            profile::from_observer(observer, live, &rec.received, subject(rec), observation);
         Some(onto(rec.profile.clone(), fresh))
     }
 
@@ -405,8 +406,7 @@ impl Recorder {
             return Ok(None);
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let sightings = received.iter().filter_map(|r| observer.sighting(r));
-        let fresh = profile::build(counts, sightings, subject(rec), observation);
+        let fresh = profile::from_observer(observer, counts, &received, subject(rec), observation);
         let profile = onto(rec.profile.take(), fresh);
         rec.profile = Some(profile.clone());
         Ok(Some(profile))

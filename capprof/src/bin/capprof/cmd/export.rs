@@ -4,6 +4,7 @@
 use std::{io, path::PathBuf, process::ExitCode};
 
 use capprof::{
+    conditional::SysctlsChoice,
     export::{self, Comparison, Format, Runtime},
     fsutil,
     profile::Profile,
@@ -18,7 +19,9 @@ Examples:
   capprof export profile.json                   docker run flags
   capprof export -f k8s -o caps.yaml profile.json
   capprof export --against docker profile.json  what to drop and add
-  capprof export --against crio -f json -       the comparison as JSON";
+  capprof export --against crio -f json -       the comparison as JSON
+  capprof export -f k8s --target-sysctls relaxed profile.json
+                                                nodes that lower the sysctls as Docker does";
 
 /// Turn a profile into runtime settings that grant only the capabilities it
 /// used, or compare it with a runtime's defaults.
@@ -48,6 +51,27 @@ pub struct ExportArgs {
         env = "CAPPROF_EXPORT_AGAINST"
     )]
     pub against: Option<Runtime>,
+
+    /// What the target runtime sets in the container's network namespace,
+    /// when you know better than capprof.
+    ///
+    /// Where the profile was recorded, a bind below 1024 or an ICMP
+    /// datagram socket may have needed no capability only because the
+    /// runtime relaxed net.ipv4.ip_unprivileged_port_start or
+    /// net.ipv4.ping_group_range (the profile's `conditional` list).
+    /// `relaxed`: the target lowers them as Docker does (0, and all
+    /// groups), so those capabilities stay out. `kernel`: it keeps the
+    /// kernel's defaults (1024, and no group), so they are added. Default:
+    /// what the target is known to do: docker and compose relaxed (not
+    /// with --network host), podman 1024 and gid 0 only, k8s, oci,
+    /// systemd, crio, containerd and runc the kernel's defaults.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "relaxed|kernel",
+        env = "CAPPROF_EXPORT_TARGET_SYSCTLS"
+    )]
+    pub target_sysctls: Option<SysctlsChoice>,
 
     /// Write to FILE instead of stdout, replacing it atomically (`-` is
     /// stdout).
@@ -80,11 +104,33 @@ pub fn main(args: ExportArgs) -> Result<ExitCode, Error> {
         let _ = writeln!(io::stderr(), "capprof: WARNING: {}", partial.warning(what));
     }
     warn_about(&profile);
+    let chosen = args.target_sysctls.map(SysctlsChoice::sysctls);
+    let compare = |runtime: Runtime| {
+        export::compare_under(&profile, runtime, chosen.unwrap_or(runtime.sysctls()))
+    };
     let text = match (args.against, args.format) {
-        (None, format) => export::render(&profile, format.unwrap_or(Format::Docker))?,
-        (Some(runtime), None) => comparison_table(&export::compare(&profile, runtime)),
+        (None, Some(Format::Json)) if chosen.is_some() => {
+            return Err(Error::usage(
+                "--target-sysctls decides what settings and --against grant; \
+                 --format json prints the profile itself",
+            ));
+        }
+        (None, format) => {
+            let format = format.unwrap_or(Format::Docker);
+            let target = chosen.unwrap_or(format.sysctls());
+            if matches!(format, Format::Docker | Format::Podman) {
+                // Flags carry no comments: say on stderr what the other
+                // formats say in theirs.
+                let decision = export::decide(&profile, &target);
+                for note in export::notes(&profile, &decision) {
+                    tracing::warn!("{note}");
+                }
+            }
+            export::render_under(&profile, format, target)?
+        }
+        (Some(runtime), None) => comparison_table(&compare(runtime), &profile),
         (Some(runtime), Some(Format::Json)) => {
-            let comparison = export::compare(&profile, runtime);
+            let comparison = compare(runtime);
             let mut json = serde_json::to_string_pretty(&comparison)
                 .map_err(|e| Error::internal(format!("cannot render the comparison: {e}")))?;
             json.push('\n');
@@ -131,28 +177,42 @@ fn warn_about(profile: &Profile) {
     }
 }
 
-fn comparison_table(c: &Comparison) -> String {
+/// One row per capability with its action; a conditional capability (one
+/// the runtime needs although no check was seen where it was recorded) is
+/// `keep (conditional)` or `add (conditional)`, and the reasons follow the
+/// table.
+fn comparison_table(c: &Comparison, profile: &Profile) -> String {
     let mut rows: Vec<_> = c
         .keep
         .iter()
-        .map(|cap| (*cap, true, true, "keep"))
-        .chain(c.drop.iter().map(|cap| (*cap, true, false, "drop")))
-        .chain(c.add.iter().map(|cap| (*cap, false, true, "add")))
+        .map(|cap| (*cap, "yes", "yes", "keep"))
+        .chain(c.drop.iter().map(|cap| (*cap, "yes", "-", "drop")))
+        .chain(c.add.iter().map(|cap| (*cap, "-", "yes", "add")))
+        .chain(
+            c.keep_conditional
+                .iter()
+                .map(|cap| (*cap, "yes", "conditional", "keep (conditional)")),
+        )
+        .chain(
+            c.add_conditional
+                .iter()
+                .map(|cap| (*cap, "-", "conditional", "add (conditional)")),
+        )
         .collect();
     rows.sort_by_key(|row| row.0);
-    let yes = |b: bool| if b { "yes" } else { "-" };
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["CAPABILITY", "DEFAULT", "USED", "ACTION"]);
     for (cap, default, used, action) in rows {
-        table.add_row([
-            cap.to_string(),
-            yes(default).to_owned(),
-            yes(used).to_owned(),
-            action.to_owned(),
-        ]);
+        table.add_row([cap.to_string(), default.into(), used.into(), action.into()]);
     }
-    format!("{table}\n{}\n", c.summary())
+    let mut out = format!("{table}\n");
+    for (cap, why) in export::decide(profile, &c.sysctls).added {
+        out.push_str(&format!("{cap}: {why}\n"));
+    }
+    out.push_str(&c.summary());
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -200,7 +260,7 @@ mod tests {
         // runc grants AUDIT_WRITE, KILL and NET_BIND_SERVICE: the sample
         // keeps one, drops two and adds CHOWN.
         let c = export::compare(&sample_profile(), Runtime::Runc);
-        let out = comparison_table(&c);
+        let out = comparison_table(&c, &sample_profile());
         assert!(
             out.ends_with("runc grants 3 by default: drop 2, keep 1, add 1\n"),
             "{out}"
@@ -215,6 +275,35 @@ mod tests {
         assert_eq!(rows("drop"), 2, "{out}");
         assert_eq!(rows("keep"), 1, "{out}");
         assert_eq!(rows("add"), 1, "{out}");
+    }
+
+    #[test]
+    fn target_sysctls_parse_and_refuse_what_they_cannot_change() {
+        let args = parse(&["--target-sysctls", "kernel", "p.json"]).unwrap();
+        assert_eq!(args.target_sysctls, Some(SysctlsChoice::Kernel));
+        assert!(parse(&["--target-sysctls", "maybe", "p.json"]).is_err());
+        let dir = scratch_dir("sysctls");
+        let input = dir.join("p.json");
+        std::fs::write(&input, sample_profile().to_json()).unwrap();
+        let input = input.to_str().unwrap();
+        let args = parse(&["-f", "json", "--target-sysctls", "relaxed", input]).unwrap();
+        let err = main(args).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("--target-sysctls"), "{err}");
+        // A conditional entry with an unknown sysctl is not a profile.
+        let bad = sample_profile().to_json().replacen(
+            "\"runtime_setup\": []",
+            r#""runtime_setup": [], "conditional": [{"capability": "CAP_NET_RAW",
+                  "operation": "x", "sysctl": "net.ipv4.tcp_fastopen", "value": "1",
+                  "evidence": []}]"#,
+            1,
+        );
+        assert!(bad.contains("tcp_fastopen"), "{bad}");
+        let bad_path = dir.join("bad.json");
+        std::fs::write(&bad_path, bad).unwrap();
+        let args = parse(&[bad_path.to_str().unwrap()]).unwrap();
+        assert_eq!(main(args).unwrap_err().exit_code(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -175,8 +175,7 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     if let Classification::Uncalibrated(reason) = observer.classification() {
         tracing::warn!("classification uncalibrated: {reason}");
     }
-    let sightings = received.iter().filter_map(|r| observer.sighting(r));
-    let profile = profile::build(counts, sightings, subject, observation);
+    let profile = profile::from_observer(&observer, counts, &received, subject, observation);
 
     if !args.quiet {
         // Nothing is left to tell if stderr cannot be written to.

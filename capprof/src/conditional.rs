@@ -1,0 +1,658 @@
+//! What no capability check shows, in a profile, and what each export
+//! target makes of it (the records come from capprof-ebpf/src/syscalls.rs).
+//!
+//! - `conditional`: operations that made no check only because a sysctl of
+//!   the container's network namespace allowed them: a bind below 1024
+//!   (`CAP_NET_BIND_SERVICE`, `net.ipv4.ip_unprivileged_port_start`) and an
+//!   ICMP datagram socket (`CAP_NET_RAW`, `net.ipv4.ping_group_range`; the
+//!   program falls back to a raw socket where the range shuts it out).
+//!   They are not on the allowlist: an export adds them for a target that
+//!   leaves the kernel's defaults, and leaves them out for one that relaxes
+//!   the sysctl as the recording's namespace did (`TargetSysctls`).
+//! - `kept`: capabilities a process kept through capset(), which makes no
+//!   check for them. They are on the allowlist, because the capset() fails
+//!   without them, but apart from `required`: nothing was seen to exercise
+//!   them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use capprof_common::{
+    event::{CapsetEvent, ConditionalEvent},
+    syscalls::{
+        AF_INET6, CapsetCall, PROT_SOCK, SETPCAP_BIT, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM,
+        operation,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    capability::Cap,
+    observer::{
+        events::{Record, comm_str},
+        reader::Received,
+    },
+    profile::MAX_EVIDENCE,
+};
+
+/// A sysctl of the network namespace that can stand in for a capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Sysctl {
+    /// Binds below it need `CAP_NET_BIND_SERVICE` (kernel default 1024).
+    #[serde(rename = "net.ipv4.ip_unprivileged_port_start")]
+    UnprivilegedPortStart,
+    /// The groups that may open ICMP datagram sockets (kernel default
+    /// `1 0`, nobody); a program outside it needs a raw socket, `CAP_NET_RAW`.
+    #[serde(rename = "net.ipv4.ping_group_range")]
+    PingGroupRange,
+}
+
+impl Sysctl {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sysctl::UnprivilegedPortStart => "net.ipv4.ip_unprivileged_port_start",
+            Sysctl::PingGroupRange => "net.ipv4.ping_group_range",
+        }
+    }
+
+    /// The capability a namespace with the kernel's default needs instead.
+    pub fn capability(self) -> Cap {
+        Cap::from_number(match self {
+            Sysctl::UnprivilegedPortStart => 10, // CAP_NET_BIND_SERVICE
+            Sysctl::PingGroupRange => 13,        // CAP_NET_RAW
+        })
+        .expect("both capabilities are known")
+    }
+}
+
+/// Who made an operation the profile reports without a capability check.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OperationEvidence {
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub pid: u32,
+    pub uid: u32,
+    /// The effective gid: what `ping_group_range` is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+/// An operation that needs `capability` wherever `sysctl` keeps the
+/// kernel's default, and that made no check where it was recorded because
+/// the sysctl was `value` there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conditional {
+    pub capability: Cap,
+    /// `bind tcp port 80`, `icmp datagram socket`, …
+    pub operation: String,
+    pub sysctl: Sysctl,
+    /// The sysctl as /proc/sys shows it in the container's network
+    /// namespace (`0`, `0 2147483647`), read when the operation was made;
+    /// `unknown` when it could not be read.
+    pub value: String,
+    /// For a bind, the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub evidence: Vec<OperationEvidence>,
+}
+
+/// Why a capability was kept: the set it was left in, or, for
+/// `CAP_SETPCAP`, `inheritable` when the call added to the inheritable set
+/// beyond the old permitted set, which takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapSet {
+    Permitted,
+    Effective,
+    Inheritable,
+}
+
+/// A capability a process asked to keep through capset().
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub capability: Cap,
+    pub sets: BTreeSet<CapSet>,
+    pub evidence: Vec<OperationEvidence>,
+}
+
+/// What a profile learns from the syscall records among `received`.
+pub fn from_records(received: &[Received]) -> (Vec<Conditional>, Vec<Kept>) {
+    let mut conditional = vec![];
+    let mut kept = vec![];
+    for r in received {
+        match r.record {
+            Record::Conditional(e) => conditional.extend(conditional_of(&e, r.exe.clone())),
+            Record::Capset(e) => kept.extend(kept_of(&e, r.exe.clone())),
+            _ => {}
+        }
+    }
+    (merge_conditional(&[], &conditional), merge_kept(&[], &kept))
+}
+
+fn conditional_of(e: &ConditionalEvent, exe: Option<String>) -> Option<Conditional> {
+    let known = |v: u32| v != u32::MAX;
+    let evidence = OperationEvidence {
+        comm: comm_str(&e.comm),
+        exe,
+        pid: e.tgid,
+        uid: e.uid,
+        gid: known(e.egid).then_some(e.egid),
+    };
+    let (sysctl, operation, value, port) = match e.operation {
+        operation::BIND => {
+            let value = match e.sysctl[0] {
+                v if known(v) => v.to_string(),
+                _ => "unknown".to_owned(),
+            };
+            let op = format!("bind {} port {}", transport(e), e.port);
+            (Sysctl::UnprivilegedPortStart, op, value, Some(e.port))
+        }
+        operation::ICMP_SOCKET => {
+            let value = match e.sysctl {
+                [low, high] if known(low) && known(high) => format!("{low} {high}"),
+                _ => "unknown".to_owned(),
+            };
+            let op = if e.family == AF_INET6 {
+                "icmpv6 datagram socket"
+            } else {
+                "icmp datagram socket"
+            };
+            (Sysctl::PingGroupRange, op.to_owned(), value, None)
+        }
+        _ => return None,
+    };
+    Some(Conditional {
+        capability: sysctl.capability(),
+        operation,
+        sysctl,
+        value,
+        port,
+        evidence: vec![evidence],
+    })
+}
+
+/// `tcp`, `udp6`, … for a bind's socket, from its protocol, else its type.
+fn transport(e: &ConditionalEvent) -> String {
+    let name = match (e.protocol, e.sock_type) {
+        (6, _) => "tcp",
+        (17, _) => "udp",
+        (132, _) => "sctp",
+        (136, _) => "udplite",
+        (262, _) => "mptcp",
+        (_, SOCK_STREAM) => "stream",
+        (_, SOCK_DGRAM) => "datagram",
+        (_, SOCK_SEQPACKET) => "seqpacket",
+        _ => "inet",
+    };
+    let v6 = if e.family == AF_INET6 { "6" } else { "" };
+    format!("{name}{v6}")
+}
+
+fn kept_of(e: &CapsetEvent, exe: Option<String>) -> Vec<Kept> {
+    let evidence = OperationEvidence {
+        comm: comm_str(&e.comm),
+        exe,
+        pid: e.tgid,
+        uid: e.uid,
+        gid: None,
+    };
+    let call = CapsetCall {
+        old_permitted: e.old_permitted,
+        old_effective: e.old_effective,
+        old_inheritable: e.old_inheritable,
+        new_permitted: e.new_permitted,
+        new_effective: e.new_effective,
+        new_inheritable: e.new_inheritable,
+    };
+    let mask = call.kept();
+    Cap::all()
+        .filter(|cap| mask & (1 << cap.number()) != 0)
+        .map(|capability| {
+            let bit = 1 << capability.number();
+            let mut sets = BTreeSet::new();
+            if e.new_permitted != e.old_permitted && e.new_permitted & bit != 0 {
+                sets.insert(CapSet::Permitted);
+            }
+            if e.new_effective != e.old_effective && e.new_effective & bit != 0 {
+                sets.insert(CapSet::Effective);
+            }
+            if bit == SETPCAP_BIT && call.grows_inheritable() {
+                sets.insert(CapSet::Inheritable);
+            }
+            Kept {
+                capability,
+                sets,
+                evidence: vec![evidence.clone()],
+            }
+        })
+        .collect()
+}
+
+fn merge_evidence(into: &mut Vec<OperationEvidence>, more: &[OperationEvidence]) {
+    let mut all: BTreeSet<OperationEvidence> = into.drain(..).collect();
+    all.extend(more.iter().cloned());
+    *into = all.into_iter().take(MAX_EVIDENCE).collect();
+}
+
+/// `a` and `b` as one list: one entry per (capability, operation, sysctl,
+/// value), sorted, evidence merged.
+pub fn merge_conditional(a: &[Conditional], b: &[Conditional]) -> Vec<Conditional> {
+    let mut by_key: BTreeMap<(Cap, Sysctl, Option<u16>, String, String), Conditional> =
+        BTreeMap::new();
+    for c in a.iter().chain(b) {
+        let key = (
+            c.capability,
+            c.sysctl,
+            c.port,
+            c.operation.clone(),
+            c.value.clone(),
+        );
+        match by_key.get_mut(&key) {
+            Some(acc) => merge_evidence(&mut acc.evidence, &c.evidence),
+            None => {
+                by_key.insert(key, c.clone());
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+/// `a` and `b` as one list, one entry per capability.
+pub fn merge_kept(a: &[Kept], b: &[Kept]) -> Vec<Kept> {
+    let mut by_cap: BTreeMap<Cap, Kept> = BTreeMap::new();
+    for k in a.iter().chain(b) {
+        match by_cap.get_mut(&k.capability) {
+            Some(acc) => {
+                acc.sets.extend(k.sets.iter().copied());
+                merge_evidence(&mut acc.evidence, &k.evidence);
+            }
+            None => {
+                by_cap.insert(k.capability, k.clone());
+            }
+        }
+    }
+    by_cap.into_values().collect()
+}
+
+/// What a runtime sets in a container's network namespace, for the two
+/// sysctls that stand in for a capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetSysctls {
+    /// Who has these values, for comments: "docker (not with --network
+    /// host)", "a runtime that keeps the kernel's default", …
+    #[serde(skip)]
+    pub source: &'static str,
+    pub ip_unprivileged_port_start: u32,
+    /// `[low, high]`; empty when low > high.
+    pub ping_group_range: [u32; 2],
+}
+
+impl TargetSysctls {
+    /// What the kernel gives a new network namespace, and what runc,
+    /// CRI-O, containerd 1.x's CRI (`enable_unprivileged_ports` and
+    /// `enable_unprivileged_icmp` are off) and systemd units leave.
+    pub const KERNEL: Self = Self {
+        source: "a runtime that keeps the kernel's default",
+        ip_unprivileged_port_start: PROT_SOCK as u32,
+        ping_group_range: [1, 0],
+    };
+    /// Docker Engine, and so compose: every container network namespace it
+    /// creates (not `--network host`, which is the host's own) gets
+    /// `ip_unprivileged_port_start=0` and `ping_group_range=0 2147483647`
+    /// (checked on this machine's engine: see the README).
+    pub const DOCKER: Self = Self {
+        source: "docker (not with --network host)",
+        ip_unprivileged_port_start: 0,
+        ping_group_range: [0, 2_147_483_647],
+    };
+    /// Podman 4.3, checked on this machine: it leaves
+    /// `ip_unprivileged_port_start` at 1024 and sets `ping_group_range` to
+    /// `0 0` (containers.conf `default_sysctls`): only gid 0 may open ICMP
+    /// datagram sockets.
+    pub const PODMAN: Self = Self {
+        source: "podman 4",
+        ip_unprivileged_port_start: PROT_SOCK as u32,
+        ping_group_range: [0, 0],
+    };
+
+    /// Whether `c` goes through without its capability under these values.
+    pub fn allows(&self, c: &Conditional) -> bool {
+        match c.sysctl {
+            Sysctl::UnprivilegedPortStart => c
+                .port
+                .is_some_and(|port| port as u32 >= self.ip_unprivileged_port_start),
+            Sysctl::PingGroupRange => {
+                let [low, high] = self.ping_group_range;
+                !c.evidence.is_empty()
+                    && c.evidence
+                        .iter()
+                        .all(|e| e.gid.is_some_and(|gid| low <= gid && gid <= high))
+            }
+        }
+    }
+
+    /// The value as /proc/sys shows it.
+    pub fn value(&self, sysctl: Sysctl) -> String {
+        match sysctl {
+            Sysctl::UnprivilegedPortStart => self.ip_unprivileged_port_start.to_string(),
+            Sysctl::PingGroupRange => {
+                format!("{} {}", self.ping_group_range[0], self.ping_group_range[1])
+            }
+        }
+    }
+}
+
+/// The user's say on what the target runtime sets (`--target-sysctls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SysctlsChoice {
+    /// It relaxes them as Docker does: `ip_unprivileged_port_start=0`,
+    /// `ping_group_range=0 2147483647`. Conditional capabilities stay out.
+    Relaxed,
+    /// It leaves the kernel's defaults (1024, `1 0`). Conditional
+    /// capabilities are added.
+    Kernel,
+}
+
+impl SysctlsChoice {
+    pub fn sysctls(self) -> TargetSysctls {
+        match self {
+            SysctlsChoice::Relaxed => TargetSysctls {
+                source: "a target that relaxes them as Docker does (--target-sysctls relaxed)",
+                ..TargetSysctls::DOCKER
+            },
+            SysctlsChoice::Kernel => TargetSysctls {
+                source: "a target that keeps the kernel's default (--target-sysctls kernel)",
+                ..TargetSysctls::KERNEL
+            },
+        }
+    }
+}
+
+/// The conditional capabilities of a profile, decided for one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Needed there and not on the allowlist: to add, with why ("bind tcp
+    /// port 80 made no capability check where …").
+    pub added: Vec<(Cap, String)>,
+    /// Not needed there (the target relaxes the sysctl), with why.
+    pub left_out: Vec<(Cap, String)>,
+}
+
+impl Decision {
+    pub fn added_caps(&self) -> Vec<Cap> {
+        let caps: BTreeSet<Cap> = self.added.iter().map(|(c, _)| *c).collect();
+        caps.into_iter().collect()
+    }
+}
+
+/// Which conditional capabilities `target` needs beyond `allowlist`.
+pub fn decide(conditional: &[Conditional], allowlist: &[Cap], target: &TargetSysctls) -> Decision {
+    let mut decision = Decision::default();
+    let mut needed: BTreeMap<Cap, Vec<&Conditional>> = BTreeMap::new();
+    let mut covered: BTreeMap<Cap, Vec<&Conditional>> = BTreeMap::new();
+    for c in conditional {
+        if target.allows(c) {
+            covered.entry(c.capability).or_default().push(c);
+        } else {
+            needed.entry(c.capability).or_default().push(c);
+        }
+    }
+    for (cap, cs) in &needed {
+        if allowlist.contains(cap) {
+            continue;
+        }
+        let sysctl = cs[0].sysctl;
+        decision.added.push((
+            *cap,
+            format!(
+                "{} made no capability check where it was recorded ({}={} there); \
+                 {} has {}={}",
+                operations(cs),
+                sysctl.name(),
+                cs[0].value,
+                target.source,
+                sysctl.name(),
+                target.value(sysctl)
+            ),
+        ));
+    }
+    for (cap, cs) in &covered {
+        if allowlist.contains(cap) || needed.contains_key(cap) {
+            continue;
+        }
+        let sysctl = cs[0].sysctl;
+        decision.left_out.push((
+            *cap,
+            format!(
+                "{} needs no capability where {} has {}={}",
+                operations(cs),
+                target.source,
+                sysctl.name(),
+                target.value(sysctl)
+            ),
+        ));
+    }
+    decision
+}
+
+fn operations(cs: &[&Conditional]) -> String {
+    let ops: BTreeSet<&str> = cs.iter().map(|c| c.operation.as_str()).collect();
+    ops.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+/// Capabilities on the allowlist only because a capset() kept them, with
+/// the programs, for comments.
+pub fn kept_only(kept: &[Kept], exercised: &[Cap]) -> Vec<(Cap, String)> {
+    kept.iter()
+        .filter(|k| !exercised.contains(&k.capability))
+        .map(|k| {
+            let programs: BTreeSet<&str> = k.evidence.iter().map(|e| e.comm.as_str()).collect();
+            (
+                k.capability,
+                format!(
+                    "{} kept through capset() by {}; no check was seen to exercise it",
+                    k.capability,
+                    programs.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use capprof_common::event::{EVENT_CAPSET, EVENT_CONDITIONAL};
+
+    use super::*;
+
+    fn comm(s: &str) -> [u8; 16] {
+        let mut c = [0; 16];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn bind(port: u16, start: u32, name: &str) -> Received {
+        Received {
+            record: Record::Conditional(ConditionalEvent {
+                event: EVENT_CONDITIONAL,
+                operation: operation::BIND,
+                cgroup_id: 7,
+                ts_ns: 1,
+                tgid: 42,
+                uid: 0,
+                egid: 0,
+                family: 2,
+                port,
+                sock_type: SOCK_STREAM,
+                protocol: 6,
+                sysctl: [start, 0],
+                phase: 0,
+                _pad: [0; 3],
+                comm: comm(name),
+            }),
+            exe: Some("/bin/busybox".into()),
+        }
+    }
+
+    fn ping(family: u16, egid: u32, range: [u32; 2]) -> Received {
+        Received {
+            record: Record::Conditional(ConditionalEvent {
+                event: EVENT_CONDITIONAL,
+                operation: operation::ICMP_SOCKET,
+                cgroup_id: 7,
+                ts_ns: 1,
+                tgid: 43,
+                uid: egid,
+                egid,
+                family,
+                port: 0,
+                sock_type: SOCK_DGRAM,
+                protocol: if family == AF_INET6 { 58 } else { 1 },
+                sysctl: range,
+                phase: 0,
+                _pad: [0; 3],
+                comm: comm("ping"),
+            }),
+            exe: None,
+        }
+    }
+
+    fn capset(old: (u64, u64), new: (u64, u64)) -> Received {
+        Received {
+            record: Record::Capset(CapsetEvent {
+                event: EVENT_CAPSET,
+                tgid: 44,
+                cgroup_id: 7,
+                ts_ns: 1,
+                uid: 65534,
+                phase: 0,
+                _pad: [0; 3],
+                old_permitted: old.0,
+                old_effective: old.1,
+                old_inheritable: 0,
+                new_permitted: new.0,
+                new_effective: new.1,
+                new_inheritable: 0,
+                comm: comm("capsh"),
+            }),
+            exe: Some("/usr/sbin/capsh".into()),
+        }
+    }
+
+    fn cap(name: &str) -> Cap {
+        name.parse().unwrap()
+    }
+
+    #[test]
+    fn records_become_entries() {
+        let received = [
+            bind(80, 0, "httpd"),
+            bind(80, 0, "httpd2"),
+            bind(443, 0, "httpd"),
+            ping(2, 0, [0, 2_147_483_647]),
+            ping(10, 0, [0, 2_147_483_647]),
+        ];
+        let (conditional, kept) = from_records(&received);
+        assert!(kept.is_empty());
+        let ops: Vec<&str> = conditional.iter().map(|c| c.operation.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "bind tcp port 80",
+                "bind tcp port 443",
+                "icmp datagram socket",
+                "icmpv6 datagram socket"
+            ]
+        );
+        assert_eq!(conditional[0].capability, cap("NET_BIND_SERVICE"));
+        assert_eq!(conditional[0].value, "0");
+        assert_eq!(conditional[0].evidence.len(), 2, "two programs");
+        assert_eq!(conditional[2].capability, cap("NET_RAW"));
+        assert_eq!(conditional[2].value, "0 2147483647");
+        let json = serde_json::to_value(&conditional[0]).unwrap();
+        assert_eq!(json["sysctl"], "net.ipv4.ip_unprivileged_port_start");
+        assert_eq!(json["port"], 80);
+        assert_eq!(json["evidence"][0]["exe"], "/bin/busybox");
+    }
+
+    #[test]
+    fn capset_keeps_what_it_leaves_in_changed_sets() {
+        let full = (1u64 << 41) - 1;
+        let nbs = 1 << 10;
+        let received = [
+            // Unchanged: nothing.
+            capset((full, full), (full, full)),
+            // Effective dropped: nothing.
+            capset((full, full), (full, 0)),
+            capset((full, 0), (nbs, nbs)),
+        ];
+        let (_, kept) = from_records(&received);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(kept[0].capability, cap("NET_BIND_SERVICE"));
+        assert_eq!(
+            kept[0].sets,
+            BTreeSet::from([CapSet::Permitted, CapSet::Effective])
+        );
+        assert_eq!(kept[0].evidence[0].comm, "capsh");
+    }
+
+    #[test]
+    fn targets_decide_per_operation() {
+        let (conditional, _) =
+            from_records(&[bind(80, 0, "httpd"), ping(2, 0, [0, 2_147_483_647])]);
+        let nbs = cap("NET_BIND_SERVICE");
+        let raw = cap("NET_RAW");
+
+        let docker = decide(&conditional, &[], &TargetSysctls::DOCKER);
+        assert!(docker.added.is_empty(), "{docker:?}");
+        assert_eq!(docker.left_out.len(), 2);
+
+        let kernel = decide(&conditional, &[], &TargetSysctls::KERNEL);
+        assert_eq!(kernel.added_caps(), [nbs, raw]);
+        assert!(
+            kernel.added[0].1.starts_with("bind tcp port 80")
+                && kernel.added[0].1.contains("ip_unprivileged_port_start=0")
+                && kernel.added[0].1.contains("=1024"),
+            "{kernel:?}"
+        );
+
+        // Podman keeps 1024 but lets gid 0 open ping sockets.
+        let podman = decide(&conditional, &[], &TargetSysctls::PODMAN);
+        assert_eq!(podman.added_caps(), [nbs]);
+        let (as_app, _) = from_records(&[ping(2, 1000, [0, 2_147_483_647])]);
+        assert_eq!(
+            decide(&as_app, &[], &TargetSysctls::PODMAN).added_caps(),
+            [raw]
+        );
+
+        // Already on the allowlist: nothing to add or to say.
+        let listed = decide(&conditional, &[nbs, raw], &TargetSysctls::KERNEL);
+        assert_eq!(listed, Decision::default());
+    }
+
+    #[test]
+    fn a_port_at_the_targets_start_needs_nothing() {
+        let (conditional, _) = from_records(&[bind(1000, 0, "srv")]);
+        let target = TargetSysctls {
+            source: "test",
+            ip_unprivileged_port_start: 1000,
+            ping_group_range: [1, 0],
+        };
+        assert!(decide(&conditional, &[], &target).added.is_empty());
+        let stricter = TargetSysctls {
+            ip_unprivileged_port_start: 1001,
+            ..target
+        };
+        assert_eq!(decide(&conditional, &[], &stricter).added.len(), 1);
+    }
+
+    #[test]
+    fn merging_is_idempotent() {
+        let (conditional, kept) = from_records(&[
+            bind(80, 0, "httpd"),
+            capset(((1 << 41) - 1, 0), (1 << 10, 0)),
+        ]);
+        assert_eq!(merge_conditional(&conditional, &conditional), conditional);
+        assert_eq!(merge_kept(&kept, &kept), kept);
+    }
+}
