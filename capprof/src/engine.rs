@@ -17,7 +17,7 @@ const TIMEOUT_SECS: u64 = 30;
 pub enum EngineError {
     #[error("no container engine answers at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error("unsupported DOCKER_HOST {0:?} (capprof talks to local engines: unix://PATH)")]
+    #[error("unsupported engine address {0:?} (capprof talks to local engines: unix://PATH)")]
     UnsupportedHost(String),
 }
 

@@ -153,3 +153,53 @@ fn help_is_clear_for_every_command() {
         assert!(text.contains("Usage:"), "{cmd:?}: {text}");
     }
 }
+
+/// Options that can only be a mistake are refused before anything is
+/// loaded, each with one line that names the user's input.
+#[test]
+#[ignore = "needs root"]
+fn record_refuses_options_that_would_record_nothing() {
+    require_root();
+    let dir = Scratch::new("record-noop");
+    let out_dir = dir.path("profiles");
+    let out = out_dir.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["record", "--out", out, "--duration", "0"], "--duration 0"),
+        (
+            &["record", "--out", "/etc/hostname", "--duration", "1"],
+            "not a directory",
+        ),
+        (
+            &[
+                "record",
+                "--out",
+                out,
+                "--duration",
+                "1",
+                "--cgroup-root",
+                "capprof-no-such-root",
+            ],
+            "capprof-no-such-root",
+        ),
+        (
+            &[
+                "record",
+                "--out",
+                out,
+                "--duration",
+                "1",
+                "--engine",
+                "tcp://127.0.0.1:2375",
+            ],
+            "unsupported engine address",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = capprof(args);
+        assert_one_line_error(&out, 2, needle);
+    }
+    assert!(
+        std::fs::metadata("/etc/hostname").unwrap().is_file(),
+        "/etc/hostname was touched"
+    );
+}

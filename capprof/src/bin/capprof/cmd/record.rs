@@ -52,8 +52,28 @@ pub struct RecordArgs {
 const TICK: Duration = Duration::from_millis(100);
 
 pub fn main(args: RecordArgs) -> Result<ExitCode, Error> {
+    if args.duration == Some(0) {
+        return Err(Error::usage(
+            "--duration 0 would record nothing: give a number of seconds, or leave it out to record until Ctrl-C",
+        ));
+    }
     preflight()?;
     let mount = cgroup::cgroup2_mount().map_err(|e| Error::usage(e.to_string()))?;
+    for root in &args.cgroup_roots {
+        let dir = mount.join(root.trim_start_matches('/'));
+        if !dir.is_dir() {
+            return Err(Error::usage(format!(
+                "--cgroup-root {root}: no such cgroup v2 directory ({} does not exist)",
+                dir.display()
+            )));
+        }
+    }
+    if args.out.exists() && !args.out.is_dir() {
+        return Err(Error::usage(format!(
+            "--out {}: not a directory (record writes one profile per container into a directory)",
+            args.out.display()
+        )));
+    }
     std::fs::create_dir_all(&args.out)
         .map_err(|e| Error::usage(format!("cannot create {}: {e}", args.out.display())))?;
     fsutil::check_writable(&args.out.join(".capprof-probe"))
@@ -136,6 +156,14 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
         written.len(),
         args.out.display()
     );
+    for wanted in &args.containers {
+        let seen = session.recorder().records().any(|r| r.matches(wanted));
+        if !seen {
+            eprintln!(
+                "capprof: warning: --container {wanted} matched no container that made a capability check while recording"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
