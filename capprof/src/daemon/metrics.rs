@@ -5,7 +5,7 @@
 //!
 //! | metric | type | what |
 //! | --- | --- | --- |
-//! | `capprof_checks{container,capability,class}` | gauge | checks seen so far |
+//! | `capprof_checks{container,capability,class,phase}` | gauge | checks seen so far |
 //! | `capprof_ringbuf_lost_total` | counter | evidence records the kernel could not send |
 //! | `capprof_counts_full_total` | counter | checks not counted: the counts map was full |
 //! | `capprof_cgroups_tracked` | gauge | cgroups attributed to containers |
@@ -117,14 +117,61 @@ pub fn router(tx: QueryTx) -> Router {
         .with_state(tx)
 }
 
-async fn scrape(State(tx): State<QueryTx>) -> Response {
+/// The classic Prometheus text format, for clients that do not ask for
+/// OpenMetrics (curl, `promtool check metrics`).
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn scrape(State(tx): State<QueryTx>, headers: axum::http::HeaderMap) -> Response {
     let Some(snapshot) = query::ask(&tx, |reply| Query::Metrics { reply }).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping\n").into_response();
     };
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     match encode(&snapshot) {
-        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Ok(body) if openmetrics => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+        }
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            to_prometheus_text(&body),
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// OpenMetrics text as the classic Prometheus text format, as the official
+/// client libraries negotiate it: a counter family `x` is named `x_total`
+/// in its HELP and TYPE lines (its samples already are), and there is no
+/// `# EOF`. Everything else is the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(line.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +179,7 @@ struct CheckLabels {
     container: String,
     capability: String,
     class: String,
+    phase: String,
 }
 
 fn counter(value: u64) -> Counter {
@@ -156,13 +204,14 @@ pub fn encode(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
             container: sample.container.clone(),
             capability: sample.capability.clone(),
             class: sample.class.clone(),
+            phase: sample.phase.clone(),
         };
         // Two samples with the same labels add up rather than overwrite.
         checks.get_or_create(&labels).inc_by(sample.count);
     }
     registry.register(
         "capprof_checks",
-        "Capability checks seen so far, by container, capability and class",
+        "Capability checks seen so far, by container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist)",
         checks,
     );
     registry.register(
@@ -214,12 +263,14 @@ mod tests {
                     container: "web".into(),
                     capability: "CAP_CHOWN".into(),
                     class: "required".into(),
+                    phase: "workload".into(),
                     count: 3,
                 },
                 CheckSample {
                     container: "web\"1".into(),
                     capability: "CAP_SYS_ADMIN".into(),
                     class: "advisory".into(),
+                    phase: "runtime_setup".into(),
                     count: 12,
                 },
             ],
@@ -263,11 +314,41 @@ mod tests {
         }
     }
 
+    /// Prometheus's own checker accepts what curl and promtool are served.
+    #[test]
+    fn promtool_accepts_the_prometheus_text() {
+        use std::{io::Write as _, process::Stdio};
+        let text = to_prometheus_text(&encode(&snapshot()).unwrap());
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus; cargo xtask setup installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "promtool: {said}\n{text}");
+        assert!(said.trim().is_empty(), "promtool: {said}\n{text}");
+        assert!(
+            text.contains("# HELP capprof_ringbuf_lost_total "),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
     #[test]
     fn encodes_every_metric_with_help_and_type() {
         let text = encode(&snapshot()).unwrap();
         let expected = [
-            "# HELP capprof_checks Capability checks seen so far, by container, capability and class.",
+            "# HELP capprof_checks Capability checks seen so far, by container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist).",
             "# TYPE capprof_checks gauge",
             "# HELP capprof_ringbuf_lost Evidence records the kernel could not send (counts are never lost).",
             "# TYPE capprof_ringbuf_lost counter",
@@ -293,12 +374,12 @@ mod tests {
         // of the family (a hash map), so look them up one by one.
         assert!(
             text.lines().any(|l| l
-                == r#"capprof_checks{container="web",capability="CAP_CHOWN",class="required"} 3"#),
+                == r#"capprof_checks{container="web",capability="CAP_CHOWN",class="required",phase="workload"} 3"#),
             "{text}"
         );
         assert!(
             text.lines().any(|l| l
-                == r#"capprof_checks{container="web\"1",capability="CAP_SYS_ADMIN",class="advisory"} 12"#),
+                == r#"capprof_checks{container="web\"1",capability="CAP_SYS_ADMIN",class="advisory",phase="runtime_setup"} 12"#),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -336,7 +417,10 @@ mod tests {
 
         let fetch = |path: &'static str| async move {
             let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            // What a Prometheus server asks for.
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n"
+            );
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut answer = String::new();
             stream.read_to_string(&mut answer).await.unwrap();

@@ -463,29 +463,42 @@ impl Aggregator {
             Query::Metrics { reply } => {
                 let counts = observer.read_counts().unwrap_or_default();
                 let stats = observer.kernel_stats().unwrap_or_default();
-                let mut checks: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+                let mut checks: BTreeMap<(String, String, String, &str), u64> = BTreeMap::new();
                 for rec in recorder.records() {
                     let Some(p) = recorder.snapshot(&rec.id, observer, &counts) else {
                         continue;
                     };
                     let container = rec.file_stem();
-                    for u in p.capabilities.iter().chain(&p.runtime_setup) {
-                        for (class, n) in &u.by_class {
-                            *checks
-                                .entry((container.clone(), u.name.to_string(), class.to_string()))
-                                .or_default() += n;
+                    let phases = [
+                        ("workload", &p.capabilities),
+                        ("runtime_setup", &p.runtime_setup),
+                    ];
+                    for (phase, usages) in phases {
+                        for u in usages {
+                            for (class, n) in &u.by_class {
+                                let key = (
+                                    container.clone(),
+                                    u.name.to_string(),
+                                    class.to_string(),
+                                    phase,
+                                );
+                                *checks.entry(key).or_default() += n;
+                            }
                         }
                     }
                 }
                 let _ = reply.send(MetricsSnapshot {
                     checks: checks
                         .into_iter()
-                        .map(|((container, capability, class), count)| CheckSample {
-                            container,
-                            capability,
-                            class,
-                            count,
-                        })
+                        .map(
+                            |((container, capability, class, phase), count)| CheckSample {
+                                container,
+                                capability,
+                                class,
+                                phase: phase.to_owned(),
+                                count,
+                            },
+                        )
                         .collect(),
                     ringbuf_lost: stats.ringbuf_lost,
                     counts_full: stats.counts_full,

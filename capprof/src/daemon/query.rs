@@ -43,6 +43,9 @@ pub struct CheckSample {
     pub capability: String,
     /// required, denied, silent, advisory.
     pub class: String,
+    /// `workload`, or `runtime_setup` for the checks the container runtime
+    /// made before the workload's exec (never on the allowlist).
+    pub phase: String,
     pub count: u64,
 }
 
