@@ -199,7 +199,7 @@ fn write(
             profile
                 .allowlist
                 .iter()
-                .map(|c| c.short_name())
+                .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(",")
         }
