@@ -2,14 +2,15 @@
 //! document (`capprof.profile/v1`), and how raw kernel counters become one.
 //!
 //! Stable fields read by other tools: `schema`, `required`, `denied`,
-//! `advisory`, `silent`, `allowlist` and `capabilities`.
+//! `advisory`, `silent`, `borrowed`, `ungrantable`, `allowlist` and
+//! `capabilities`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, SystemTime},
 };
 
-use capprof_common::check::{VERDICT_DENIED, kind, phase};
+use capprof_common::check::{VERDICT_DENIED, kind, phase, userns};
 use serde::{Deserialize, Serialize};
 
 use crate::caps::Cap;
@@ -30,6 +31,10 @@ pub enum Class {
     /// NOAUDIT checks that can still gate an operation; granted ones count
     /// toward the allowlist.
     Silent,
+    /// Checks made with credentials that are not the workload's own: the
+    /// kernel borrowed someone else's (overlayfs copy-up checks the
+    /// mounter's from the container's task). Never on the allowlist.
+    Borrowed,
     /// NOAUDIT probes that change no permission decision (mmap's
     /// CAP_SYS_ADMIN in `security_vm_enough_memory_mm`).
     Advisory,
@@ -38,12 +43,53 @@ pub enum Class {
 impl Class {
     /// The class of one check. Unclassified checks count as audited, so a
     /// calibration failure can only over-grant, never break a workload.
+    /// Borrowed credentials come first: whatever else the check was, it
+    /// was not made with the workload's own.
     pub fn of(kind: u8, verdict: u8) -> Self {
         match kind {
+            kind::BORROWED => Class::Borrowed,
             kind::ADVISORY => Class::Advisory,
             kind::NOAUDIT => Class::Silent,
             _ if verdict == VERDICT_DENIED => Class::Denied,
             _ => Class::Required,
+        }
+    }
+
+    /// The name the profile and the metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Required => "required",
+            Class::Denied => "denied",
+            Class::Silent => "silent",
+            Class::Borrowed => "borrowed",
+            Class::Advisory => "advisory",
+        }
+    }
+}
+
+/// Which user namespace a check targeted, relative to the checking
+/// credentials' own.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNs {
+    /// Their own: what `--cap-add` grants.
+    #[default]
+    Own,
+    /// One below it, decided by the same capabilities.
+    Descendant,
+    /// An ancestor such as the host's (or another branch): refused whatever
+    /// the container holds, so no `--cap-add` can grant it.
+    Ancestor,
+}
+
+impl UserNs {
+    pub fn of(id: u8) -> Self {
+        match id {
+            userns::DESCENDANT => UserNs::Descendant,
+            userns::ANCESTOR => UserNs::Ancestor,
+            _ => UserNs::Own,
         }
     }
 }
@@ -91,9 +137,17 @@ pub struct Observation {
     /// Evidence records the kernel could not send (counts are never lost).
     #[serde(default)]
     pub lost_records: u64,
-    /// Checks whose call site was unknown, counted as audited.
+    /// This subject's checks whose call site was unknown, counted as
+    /// audited.
     #[serde(default)]
     pub unclassified_checks: u64,
+    /// Runs of capprof's programs the kernel skipped because one was
+    /// already running on that CPU (`bpf_prog_info.recursion_misses`): checks
+    /// nobody counted, on the whole host (a skipped run cannot say whose
+    /// check it was), since capprof loaded. Absent when the kernel does not
+    /// report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recursion_misses: Option<u64>,
     /// Classes of checks the backend cannot see, so their arrays are empty
     /// whatever the workload did: `lsm` lists `denied` (the hook runs only
     /// for granted checks) and `advisory`. Absent when every class is seen.
@@ -116,6 +170,9 @@ pub struct Evidence {
     /// The kernel function that asked, as `symbol+0xoff`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_site: Option<String>,
+    /// The user namespace the check targeted, relative to the credentials'.
+    #[serde(default)]
+    pub user_ns: UserNs,
 }
 
 /// Everything seen of one capability.
@@ -133,6 +190,11 @@ pub struct CapUsage {
     /// reported as silent, these put it on the allowlist.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub silent_granted: u64,
+    /// Checks (with the workload's own credentials) that targeted a user
+    /// namespace outside theirs, an ancestor such as the host's: the kernel
+    /// refuses them whatever the container holds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ungrantable: u64,
     pub first_seen: String,
     pub last_seen: String,
     #[serde(default)]
@@ -152,6 +214,15 @@ pub struct Profile {
     pub denied: Vec<Cap>,
     pub advisory: Vec<Cap>,
     pub silent: Vec<Cap>,
+    /// Capabilities checked only with borrowed credentials (see
+    /// `Class::Borrowed`). Never on the allowlist.
+    #[serde(default)]
+    pub borrowed: Vec<Cap>,
+    /// Capabilities the workload asked for in a user namespace outside its
+    /// own (an ancestor such as the host's, under rootless Podman or
+    /// `dockerd --userns-remap`): no `--cap-add` can grant them.
+    #[serde(default)]
+    pub ungrantable: Vec<Cap>,
     pub capabilities: Vec<CapUsage>,
     /// Checks the container runtime made while setting the container up,
     /// before the workload's exec. Never part of the allowlist.
@@ -242,6 +313,8 @@ impl Profile {
             denied: self.denied.clone(),
             advisory: self.advisory.clone(),
             silent: self.silent.clone(),
+            borrowed: self.borrowed.clone(),
+            ungrantable: self.ungrantable.clone(),
         };
         if expected != got {
             return Err("the summary arrays do not match the capabilities records".into());
@@ -264,6 +337,11 @@ impl Profile {
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
         self.observation.lost_records += other.observation.lost_records;
         self.observation.unclassified_checks += other.observation.unclassified_checks;
+        // A host-wide counter read twice: the larger reading covers both.
+        self.observation.recursion_misses = self
+            .observation
+            .recursion_misses
+            .max(other.observation.recursion_misses);
         // What either observation could not see is not known for the merge.
         let mut blind: BTreeSet<Class> = self.observation.unobservable.drain(..).collect();
         blind.extend(other.observation.unobservable.iter().copied());
@@ -278,12 +356,16 @@ impl Profile {
             denied,
             advisory,
             silent,
+            borrowed,
+            ungrantable,
         } = Summary::of(&self.capabilities);
         self.allowlist = allowlist;
         self.required = required;
         self.denied = denied;
         self.advisory = advisory;
         self.silent = silent;
+        self.borrowed = borrowed;
+        self.ungrantable = ungrantable;
     }
 }
 
@@ -317,6 +399,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
                 acc.granted += usage.granted;
                 acc.denied += usage.denied;
                 acc.silent_granted += usage.silent_granted;
+                acc.ungrantable += usage.ungrantable;
                 for (class, n) in &usage.by_class {
                     *acc.by_class.entry(*class).or_default() += n;
                 }
@@ -334,7 +417,9 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
 
 /// The class a capability is reported under: the strongest of its checks.
 fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
-    // `Class` orders Required < Denied < Silent < Advisory.
+    // `Class` orders Required < Denied < Silent < Borrowed < Advisory: a
+    // capability seen both borrowed and as the mmap probe (SYS_ADMIN on
+    // overlay2) is reported borrowed, the more telling of the two.
     by_class.keys().next().copied().unwrap_or(Class::Advisory)
 }
 
@@ -345,6 +430,8 @@ struct Summary {
     denied: Vec<Cap>,
     advisory: Vec<Cap>,
     silent: Vec<Cap>,
+    borrowed: Vec<Cap>,
+    ungrantable: Vec<Cap>,
 }
 
 impl Summary {
@@ -355,6 +442,8 @@ impl Summary {
             denied: vec![],
             advisory: vec![],
             silent: vec![],
+            borrowed: vec![],
+            ungrantable: vec![],
         };
         let mut sorted: Vec<&CapUsage> = usages.iter().collect();
         sorted.sort_by_key(|u| u.name);
@@ -363,7 +452,11 @@ impl Summary {
                 Class::Required => s.required.push(usage.name),
                 Class::Denied => s.denied.push(usage.name),
                 Class::Silent => s.silent.push(usage.name),
+                Class::Borrowed => s.borrowed.push(usage.name),
                 Class::Advisory => s.advisory.push(usage.name),
+            }
+            if usage.ungrantable > 0 {
+                s.ungrantable.push(usage.name);
             }
             let silent_granted = usage.class == Class::Silent && usage.silent_granted > 0;
             if usage.class == Class::Required || silent_granted {
@@ -380,6 +473,8 @@ impl Summary {
 pub struct Observations {
     /// (phase, cap) -> usage being accumulated.
     usages: BTreeMap<(u8, Cap), Acc>,
+    /// Checks of `kind::UNKNOWN`: call site unknown, counted as audited.
+    unclassified: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -387,6 +482,7 @@ struct Acc {
     granted: u64,
     denied: u64,
     silent_granted: u64,
+    ungrantable: u64,
     by_class: BTreeMap<Class, u64>,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
@@ -415,9 +511,23 @@ impl Observations {
         if class == Class::Silent && verdict != VERDICT_DENIED {
             acc.silent_granted += count;
         }
+        if kind == kind::UNKNOWN {
+            self.unclassified += count;
+        }
         *acc.by_class.entry(class).or_default() += count;
         acc.first = Some(acc.first.map_or(first, |f| f.min(first)));
         acc.last = Some(acc.last.map_or(last, |l| l.max(last)));
+    }
+
+    /// Adds `count` checks of a counter whose target user namespace was
+    /// `userns` (`check::userns::*`): those outside the credentials' own
+    /// namespace can never be granted. Borrowed checks are not the
+    /// workload's, and are left out.
+    pub fn add_userns(&mut self, cap: Cap, kind: u8, phase: u8, userns: u8, count: u64) {
+        if kind == kind::BORROWED || UserNs::of(userns) != UserNs::Ancestor {
+            return;
+        }
+        self.usages.entry((phase, cap)).or_default().ungrantable += count;
     }
 
     pub fn add_evidence(&mut self, cap: Cap, phase: u8, evidence: Evidence) {
@@ -431,7 +541,10 @@ impl Observations {
         self.usages.is_empty()
     }
 
-    pub fn into_profile(self, subject: Subject, observation: Observation) -> Profile {
+    /// The profile. `observation.unclassified_checks` is this subject's own
+    /// count, from its counters.
+    pub fn into_profile(self, subject: Subject, mut observation: Observation) -> Profile {
+        observation.unclassified_checks = self.unclassified;
         let mut capabilities = vec![];
         let mut runtime_setup = vec![];
         for ((phase_id, cap), acc) in self.usages {
@@ -447,6 +560,7 @@ impl Observations {
                 granted: acc.granted,
                 denied: acc.denied,
                 silent_granted: acc.silent_granted,
+                ungrantable: acc.ungrantable,
                 by_class: acc.by_class,
                 first_seen: acc.first.map(rfc3339).unwrap_or_default(),
                 last_seen: acc.last.map(rfc3339).unwrap_or_default(),
@@ -468,6 +582,8 @@ impl Observations {
             denied: vec![],
             advisory: vec![],
             silent: vec![],
+            borrowed: vec![],
+            ungrantable: vec![],
             capabilities,
             runtime_setup,
         };

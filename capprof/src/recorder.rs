@@ -438,7 +438,9 @@ fn observation(
         backend: backend.to_owned(),
         classification: classification.to_owned(),
         lost_records: stats.ringbuf_lost,
-        unclassified_checks: stats.unclassified,
+        // Counted from the container's own counters by `build_profile`.
+        unclassified_checks: 0,
+        recursion_misses: stats.recursion_misses,
         unobservable: observer.unobservable(),
     }
 }

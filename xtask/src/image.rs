@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     engine::Engine,
-    util::{display, note, stdout_of, step, succeeds},
+    util::{display, note, stdout_of, step},
 };
 
 /// The image the container tests run, exported to them as `CAPPROF_TEST_IMAGE`.
@@ -43,7 +43,11 @@ nobody:x:65534:
 pub fn ensure_test_image(engine: &Engine) -> Result<()> {
     step(format_args!("checking the test image {TEST_IMAGE}"));
     let label = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
-    match stdout_of(engine.docker().args(["image", "inspect", "--format", &label, TEST_IMAGE])) {
+    match stdout_of(
+        engine
+            .docker()
+            .args(["image", "inspect", "--format", &label, TEST_IMAGE]),
+    ) {
         Ok(version) if version.trim() == IMAGE_VERSION => {
             note("already present");
             return Ok(());
@@ -158,8 +162,12 @@ fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
         .args(["-c", "."])
         .stdout(Stdio::piped());
     let mut import = engine.docker();
-    import.args(["import", "--change", r#"CMD ["/bin/sh"]"#])
-        .args(["--change", &format!("LABEL {VERSION_LABEL}={IMAGE_VERSION}")])
+    import
+        .args(["import", "--change", r#"CMD ["/bin/sh"]"#])
+        .args([
+            "--change",
+            &format!("LABEL {VERSION_LABEL}={IMAGE_VERSION}"),
+        ])
         .args(["-", name]);
     note(format_args!("$ {} | {}", display(&tar), display(&import)));
 

@@ -12,6 +12,7 @@ use crate::{
         Backend, COMPAT, LSM_LIST, Observer, bpf_lsm_active,
         btf::{self, KernelBtf},
         choose_backend,
+        prog_stats::{self, LoadedProgram},
     },
 };
 
@@ -163,6 +164,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     // program (checked with the observer, unless --no-load)?
     let mut lsm = lsm.map(|()| format!("active ({lsm_list})"));
     let mut lsm_loads = false;
+    let mut programs = None;
     if root && has_btf && !args.no_load {
         match Observer::load(backend) {
             Ok(mut observer) => {
@@ -204,6 +206,8 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     other => other.to_string(),
                 });
                 load_ms = Some(observer.load_time().as_millis());
+                // While this load's own programs are still in the kernel.
+                programs = Some(prog_stats::capprof_programs());
                 checks.push(Check {
                     name: "load",
                     ok: true,
@@ -221,6 +225,11 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                 });
             }
         }
+    }
+    if root {
+        checks.push(recursion_check(
+            programs.unwrap_or_else(prog_stats::capprof_programs),
+        ));
     }
     checks.push(Check {
         name: "bpf lsm",
@@ -260,6 +269,54 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// `recursion_misses` of every capprof program loaded on this host: this
+/// doctor's own (when it loaded one) and any running capprof's, a daemon's
+/// included. Not a prerequisite, but each miss is a check nobody counted.
+fn recursion_check(programs: Vec<LoadedProgram>) -> Check {
+    let reported: Vec<&LoadedProgram> = programs
+        .iter()
+        .filter(|p| p.recursion_misses.is_some())
+        .collect();
+    let misses: u64 = reported.iter().filter_map(|p| p.recursion_misses).sum();
+    let detail = if programs.is_empty() {
+        "no capprof program is loaded".to_owned()
+    } else if reported.is_empty() {
+        format!(
+            "{} capprof program(s) loaded; this kernel does not report recursion misses (5.12+)",
+            programs.len()
+        )
+    } else {
+        let worst: Vec<String> = reported
+            .iter()
+            .filter(|p| p.recursion_misses > Some(0))
+            .map(|p| {
+                format!(
+                    "{} (id {}): {}",
+                    p.name,
+                    p.id,
+                    p.recursion_misses.unwrap_or(0)
+                )
+            })
+            .collect();
+        if worst.is_empty() {
+            format!(
+                "0 across {} capprof program(s) loaded: every check reached them",
+                reported.len()
+            )
+        } else {
+            format!(
+                "{misses} checks not counted: the kernel skipped {}",
+                worst.join(", ")
+            )
+        }
+    };
+    Check {
+        name: "recursion misses",
+        ok: misses == 0,
+        detail,
+    }
 }
 
 fn print_report(r: &Report) {

@@ -133,6 +133,11 @@ fn warn_about(profile: &Profile) {
     if let Some(blind) = crate::table::unobservable_note(&profile.observation) {
         tracing::warn!("{blind}");
     }
+    // Loud, and whatever CAPPROF_LOG says: these settings cannot give the
+    // workload what it asked for.
+    if let Some(warning) = crate::table::ungrantable_warning(profile) {
+        eprintln!("capprof: WARNING: {warning}");
+    }
 }
 
 fn comparison_table(c: &Comparison) -> String {

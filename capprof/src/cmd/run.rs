@@ -178,7 +178,9 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         backend: observer.backend().to_string(),
         classification: observer.classification().to_string(),
         lost_records: stats.ringbuf_lost,
-        unclassified_checks: stats.unclassified,
+        // Counted from this command's own counters by `build_profile`.
+        unclassified_checks: 0,
+        recursion_misses: stats.recursion_misses,
         unobservable: observer.unobservable(),
     };
     if let Classification::Uncalibrated(reason) = observer.classification() {
@@ -406,6 +408,7 @@ pub fn build_profile(
             clock.wall(stats.first_ns),
             clock.wall(stats.last_ns),
         );
+        obs.add_userns(cap, key.kind, key.phase, key.userns, stats.count);
     }
     for r in received {
         let Record::Evidence(e) = r.record else {
@@ -436,6 +439,7 @@ pub fn build_profile(
                 },
                 class: crate::profile::Class::of(e.kind, e.verdict),
                 call_site,
+                user_ns: crate::profile::UserNs::of(e.userns),
             },
         );
     }

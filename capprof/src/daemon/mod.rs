@@ -33,7 +33,7 @@ use crate::{
     cgroup,
     engine::{self, ContainerInfo, Engine},
     observer::{Backend, LoadOptions, Observer, ObserverError, reader::read_events},
-    profile::{Class, Profile},
+    profile::Profile,
     recorder::{Recorder, watch_container_roots},
 };
 
@@ -468,14 +468,12 @@ fn answer(
                     .unwrap_or_else(|| rec.id.chars().take(12).collect());
                 for u in p.capabilities.iter().chain(&p.runtime_setup) {
                     for (class, n) in &u.by_class {
-                        let class = match class {
-                            Class::Required => "required",
-                            Class::Denied => "denied",
-                            Class::Silent => "silent",
-                            Class::Advisory => "advisory",
-                        };
                         *checks
-                            .entry((container.clone(), u.name.to_string(), class.to_owned()))
+                            .entry((
+                                container.clone(),
+                                u.name.to_string(),
+                                class.name().to_owned(),
+                            ))
                             .or_default() += n;
                     }
                 }
@@ -492,6 +490,7 @@ fn answer(
                     .collect(),
                 ringbuf_lost: stats.ringbuf_lost,
                 counts_full: stats.counts_full,
+                recursion_misses: stats.recursion_misses.unwrap_or(0),
                 cgroups_tracked: recorder.cgroups_tracked() as u64,
                 containers_tracked: recorder.len() as u64,
                 profiles_written: counters.profiles_written,

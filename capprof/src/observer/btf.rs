@@ -1,7 +1,7 @@
 //! What the running kernel offers, read from its BTF.
 //!
 //! capprof needs a handful of facts from the 5–6 MB of vmlinux BTF: whether
-//! two names exist, and the offsets of six struct members. Building every
+//! two names exist, and the offsets of about a dozen struct members. Building every
 //! type (btf-rs, or aya's own parse) costs tens to hundreds of milliseconds
 //! at every start; this reader makes one pass over the raw type section that
 //! only records where each type starts, then decodes just the structs it is
@@ -11,7 +11,10 @@
 
 use std::path::Path;
 
-use capprof_common::{config::CgroupNameOffsets, names};
+use capprof_common::{
+    config::{CgroupNameOffsets, CredOffsets},
+    names,
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -28,6 +31,8 @@ pub struct KernelBtf {
     pub binprm_filename_offset: Option<u32>,
     /// The path from a task to its cgroup's name.
     pub cgroup_name: Option<CgroupNameOffsets>,
+    /// What tells borrowed credentials and the target user namespace.
+    pub creds: Option<CredOffsets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,7 @@ impl KernelBtf {
             task_tgid_offset: btf.member_offset("task_struct", "tgid"),
             binprm_filename_offset: btf.member_offset("linux_binprm", "filename"),
             cgroup_name: cgroup_name_offsets(&btf),
+            creds: cred_offsets(&btf),
         })
     }
 }
@@ -79,7 +85,18 @@ const WANTED: &[&str] = &[
     "css_set",
     "cgroup",
     "kernfs_node",
+    "cred",
+    "user_namespace",
 ];
+
+fn cred_offsets(btf: &RawBtf<'_>) -> Option<CredOffsets> {
+    Some(CredOffsets {
+        task_real_cred: btf.member_offset("task_struct", "real_cred")?,
+        cred_user_ns: btf.member_offset("cred", "user_ns")?,
+        user_ns_level: btf.member_offset("user_namespace", "level")?,
+        user_ns_parent: btf.member_offset("user_namespace", "parent")?,
+    })
+}
 
 fn cgroup_name_offsets(btf: &RawBtf<'_>) -> Option<CgroupNameOffsets> {
     Some(CgroupNameOffsets {
@@ -303,6 +320,10 @@ mod tests {
         assert!(tgid > 1000 && tgid < 8192, "{tgid}");
         assert!(k.binprm_filename_offset.is_some());
         assert!(k.cgroup_name.is_some());
+        let creds = k.creds.expect("cred offsets");
+        // real_cred comes just before cred in task_struct.
+        assert!(creds.task_real_cred > tgid, "{creds:?}");
+        assert_ne!(creds.user_ns_level, creds.user_ns_parent);
     }
 
     /// The same facts as btf-rs's full parse, which capprof used before.
@@ -374,6 +395,14 @@ mod tests {
                         kernfs_node_parent: member_offset(&btf, "kernfs_node", "__parent")
                             .or_else(|| member_offset(&btf, "kernfs_node", "parent"))?,
                         _pad: 0,
+                    })
+                })(),
+                creds: (|| {
+                    Some(CredOffsets {
+                        task_real_cred: member_offset(&btf, "task_struct", "real_cred")?,
+                        cred_user_ns: member_offset(&btf, "cred", "user_ns")?,
+                        user_ns_level: member_offset(&btf, "user_namespace", "level")?,
+                        user_ns_parent: member_offset(&btf, "user_namespace", "parent")?,
                     })
                 })(),
             }

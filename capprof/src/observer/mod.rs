@@ -8,6 +8,7 @@ pub mod btf;
 pub mod calibrate;
 pub mod events;
 pub mod pin;
+pub mod prog_stats;
 pub mod reader;
 
 use std::{
@@ -220,6 +221,11 @@ pub struct KernelStats {
     /// Pending checks flushed after their counter was drained (they had
     /// been read from `HOT`, so they are not lost). Should stay 0.
     pub pending_dropped: u64,
+    /// Runs of capprof's programs the kernel skipped because the program
+    /// was already running on that CPU (`bpf_prog_info.recursion_misses`,
+    /// summed over this load's programs): checks nobody counted. None when
+    /// the kernel does not say (before 5.12).
+    pub recursion_misses: Option<u64>,
 }
 
 /// Checks that we are root and that the kernel has BTF.
@@ -373,6 +379,14 @@ impl Observer {
         config.cgroup_name = kernel
             .cgroup_name
             .unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
+        config.creds = kernel.creds.unwrap_or_else(|| {
+            tracing::warn!(
+                "this kernel's BTF lacks task_struct.real_cred, cred.user_ns or user_namespace's \
+                 level and parent: checks made with borrowed credentials (overlayfs copy-up) \
+                 will count as the workload's own"
+            );
+            capprof_common::config::CredOffsets::unknown()
+        });
         phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs
@@ -762,7 +776,22 @@ impl Observer {
             unclassified: sum(stat::UNCLASSIFIED),
             cgroup_events_lost: sum(stat::CGROUP_EVENTS_LOST),
             pending_dropped: sum(stat::PENDING_DROPPED),
+            recursion_misses: self.recursion_misses(),
         })
+    }
+
+    /// `recursion_misses` summed over the programs this load keeps in the
+    /// kernel (the backend's and the process hooks'); None when the kernel
+    /// reports it for none of them.
+    pub fn recursion_misses(&self) -> Option<u64> {
+        names::ALL_PROGRAMS
+            .iter()
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|fd| {
+                use std::os::fd::AsFd as _;
+                prog_stats::recursion_misses(fd.as_fd()).ok().flatten()
+            })
+            .reduce(|a, b| a + b)
     }
 }
 
