@@ -128,15 +128,15 @@ impl PrivateDockerd {
         let mut cmd = Command::new("dockerd");
         cmd.args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             .arg(format!("--storage-driver={driver}"))
-        .arg(format!("--data-root={}", dir.join("root").display()))
-        .arg(format!("--exec-root={}", dir.join("exec").display()))
-        .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--pidfile")
-        .arg(dir.join("pid"))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
+            .arg(format!("--data-root={}", dir.join("root").display()))
+            .arg(format!("--exec-root={}", dir.join("exec").display()))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
         note(format_args!(
             "$ {} >{} 2>&1",
             display(&cmd),
