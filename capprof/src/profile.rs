@@ -190,9 +190,9 @@ pub struct CapUsage {
     /// reported as silent, these put it on the allowlist.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub silent_granted: u64,
-    /// Checks (with the workload's own credentials) that targeted a user
-    /// namespace outside theirs, an ancestor such as the host's: the kernel
-    /// refuses them whatever the container holds.
+    /// Audited checks (with the workload's own credentials) that targeted a
+    /// user namespace outside theirs, an ancestor such as the host's: the
+    /// kernel refuses them whatever the container holds.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ungrantable: u64,
     pub first_seen: String,
@@ -521,10 +521,14 @@ impl Observations {
 
     /// Adds `count` checks of a counter whose target user namespace was
     /// `userns` (`check::userns::*`): those outside the credentials' own
-    /// namespace can never be granted. Borrowed checks are not the
-    /// workload's, and are left out.
+    /// namespace can never be granted. Only audited checks (and unclassified
+    /// ones, which count as audited) say the workload needed the capability:
+    /// NOAUDIT probes are left out (every mmap in a user namespace makes an
+    /// advisory SYS_ADMIN check of the host's, refused), and so are borrowed
+    /// checks, which are not the workload's.
     pub fn add_userns(&mut self, cap: Cap, kind: u8, phase: u8, userns: u8, count: u64) {
-        if kind == kind::BORROWED || UserNs::of(userns) != UserNs::Ancestor {
+        let audited = matches!(kind, kind::AUDIT | kind::UNKNOWN);
+        if !audited || UserNs::of(userns) != UserNs::Ancestor {
             return;
         }
         self.usages.entry((phase, cap)).or_default().ungrantable += count;
@@ -857,6 +861,158 @@ mod tests {
         // A merge with an lsm profile cannot vouch for the classes lsm missed.
         a.merge(&b);
         assert_eq!(a.observation.unobservable, [Class::Denied, Class::Advisory]);
+    }
+
+    #[test]
+    fn borrowed_checks_never_reach_the_allowlist() {
+        assert_eq!(Class::of(kind::BORROWED, VERDICT_GRANTED), Class::Borrowed);
+        assert_eq!(Class::of(kind::BORROWED, VERDICT_DENIED), Class::Borrowed);
+        let w = phase::WORKLOAD;
+        let p = observe(&[
+            // Only borrowed: reported, not granted.
+            ("CAP_SYS_ADMIN", VERDICT_GRANTED, kind::BORROWED, w, 68),
+            (
+                "CAP_DAC_READ_SEARCH",
+                VERDICT_GRANTED,
+                kind::BORROWED,
+                w,
+                16,
+            ),
+            // Borrowed and the mmap probe: still borrowed.
+            ("CAP_SYS_ADMIN", VERDICT_GRANTED, kind::ADVISORY, w, 500),
+            // Borrowed and the workload's own audited check: required.
+            ("CAP_CHOWN", VERDICT_GRANTED, kind::BORROWED, w, 10),
+            ("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, w, 2),
+        ]);
+        assert_eq!(p.required, vec![cap("CHOWN")]);
+        assert_eq!(p.allowlist, vec![cap("CHOWN")]);
+        assert_eq!(p.borrowed, vec![cap("DAC_READ_SEARCH"), cap("SYS_ADMIN")]);
+        assert!(p.advisory.is_empty(), "{:?}", p.advisory);
+        let admin = p
+            .capabilities
+            .iter()
+            .find(|u| u.name == cap("SYS_ADMIN"))
+            .unwrap();
+        assert_eq!(admin.class, Class::Borrowed);
+        assert_eq!(admin.by_class[&Class::Borrowed], 68);
+        assert_eq!(admin.by_class[&Class::Advisory], 500);
+        let back = Profile::from_json("p.json", p.to_json().as_bytes()).unwrap();
+        assert_eq!(back, p);
+        // A summary that hides the borrowed capabilities does not validate.
+        let hidden = p.to_json().replace(
+            "\"borrowed\": [\n    \"CAP_DAC_READ_SEARCH\",\n    \"CAP_SYS_ADMIN\"\n  ],",
+            "\"borrowed\": [],",
+        );
+        assert_ne!(hidden, p.to_json());
+        let err = Profile::from_json("hidden.json", hidden.as_bytes()).unwrap_err();
+        assert!(matches!(err, ProfileError::Inconsistent { .. }), "{err}");
+        // A profile written before `borrowed` and `ungrantable` existed reads.
+        let before = observe(&[("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, w, 2)]);
+        let old = before
+            .to_json()
+            .replace("  \"borrowed\": [],\n", "")
+            .replace("  \"ungrantable\": [],\n", "");
+        assert!(
+            !old.contains("borrowed") && !old.contains("ungrantable"),
+            "{old}"
+        );
+        assert_eq!(
+            Profile::from_json("old.json", old.as_bytes()).unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn ancestor_namespace_checks_are_ungrantable() {
+        let mut obs = Observations::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let w = phase::WORKLOAD;
+        for (name, verdict, kind, ns, n) in [
+            // mknod of a device in a user namespace: CAP_MKNOD of the host's.
+            (
+                "CAP_MKNOD",
+                VERDICT_DENIED,
+                kind::AUDIT,
+                userns::ANCESTOR,
+                1,
+            ),
+            // chown in the container's own namespace.
+            ("CAP_CHOWN", VERDICT_GRANTED, kind::AUDIT, userns::OWN, 2),
+            // In a descendant namespace: the same capabilities decide.
+            (
+                "CAP_SETUID",
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                userns::DESCENDANT,
+                1,
+            ),
+            // Every mmap's probe of the host's namespace: not a need.
+            (
+                "CAP_SYS_ADMIN",
+                VERDICT_DENIED,
+                kind::ADVISORY,
+                userns::ANCESTOR,
+                9,
+            ),
+            // Borrowed checks are not the workload's.
+            (
+                "CAP_FOWNER",
+                VERDICT_GRANTED,
+                kind::BORROWED,
+                userns::ANCESTOR,
+                3,
+            ),
+        ] {
+            obs.add_count(cap(name), verdict, kind, w, n, t, t);
+            obs.add_userns(cap(name), kind, w, ns, n);
+        }
+        let p = obs.into_profile(Subject::default(), Observation::default());
+        assert_eq!(p.ungrantable, vec![cap("MKNOD")]);
+        assert_eq!(p.denied, vec![cap("MKNOD")]);
+        assert_eq!(p.allowlist, vec![cap("CHOWN"), cap("SETUID")]);
+        let mknod = p.capabilities.iter().find(|u| u.name == cap("MKNOD"));
+        assert_eq!(mknod.map(|u| u.ungrantable), Some(1));
+        Profile::from_json("p.json", p.to_json().as_bytes()).unwrap();
+        // Merging adds the counts up.
+        let mut merged = p.clone();
+        merged.merge(&p);
+        assert_eq!(merged.ungrantable, vec![cap("MKNOD")]);
+        let mknod = merged.capabilities.iter().find(|u| u.name == cap("MKNOD"));
+        assert_eq!(mknod.map(|u| u.ungrantable), Some(2));
+    }
+
+    #[test]
+    fn unclassified_checks_are_the_profiles_own() {
+        let w = phase::WORKLOAD;
+        let mut observation = Observation {
+            unclassified_checks: 1234,
+            ..Default::default()
+        };
+        observation.recursion_misses = Some(3);
+        let mut obs = Observations::default();
+        let t = SystemTime::UNIX_EPOCH;
+        obs.add_count(cap("CHOWN"), VERDICT_GRANTED, kind::UNKNOWN, w, 5, t, t);
+        obs.add_count(cap("CHOWN"), VERDICT_GRANTED, kind::AUDIT, w, 7, t, t);
+        obs.add_count(
+            cap("SETPCAP"),
+            VERDICT_GRANTED,
+            kind::UNKNOWN,
+            phase::SETUP,
+            2,
+            t,
+            t,
+        );
+        let p = obs.into_profile(Subject::default(), observation);
+        // Its own counters of unknown kind, not what the caller passed.
+        assert_eq!(p.observation.unclassified_checks, 7);
+        assert_eq!(p.observation.recursion_misses, Some(3));
+        let mut merged = p.clone();
+        let mut other = p.clone();
+        other.observation.recursion_misses = Some(5);
+        merged.merge(&other);
+        assert_eq!(merged.observation.unclassified_checks, 14);
+        // One host-wide counter read twice: the larger reading.
+        assert_eq!(merged.observation.recursion_misses, Some(5));
     }
 
     #[test]
