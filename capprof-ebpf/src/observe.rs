@@ -141,8 +141,12 @@ fn observe_watched(
     };
     let (kind, site, outer_site) = match (opts, config) {
         // Borrowed credentials: what kind of check it was does not matter;
-        // the evidence path reads the call site.
-        _ if borrowed => (kind::BORROWED, 0, 0),
+        // the call site is only wanted as evidence (read there, unless the
+        // kprobe already has it).
+        _ if borrowed => match call_site {
+            CallSite::Read(site, outer) => (kind::BORROWED, site, outer),
+            CallSite::Frame(_) => (kind::BORROWED, 0, 0),
+        },
         // Audited: nothing to tell apart, the call site is not needed.
         (Some(opts), _) if opts & CAP_OPT_NOAUDIT == 0 => match call_site {
             CallSite::Read(site, outer) => (kind::AUDIT, site, outer),
