@@ -122,6 +122,22 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                 |o| format!("offset {o}"),
             ),
         });
+        checks.push(Check {
+            name: "credential offsets",
+            ok: k.creds.is_some(),
+            detail: k.creds.map_or(
+                "not found: checks made with borrowed credentials (overlayfs copy-up) count as \
+                 the workload's, and user namespaces are not told apart"
+                    .into(),
+                |c| {
+                    format!(
+                        "task_struct.real_cred {}, cred.user_ns {}: borrowed credentials and \
+                         target user namespaces are told apart",
+                        c.task_real_cred, c.cred_user_ns
+                    )
+                },
+            ),
+        });
     }
     let cg2 = cgroup::cgroup2_mount();
     checks.push(Check {
