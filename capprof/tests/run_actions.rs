@@ -35,6 +35,11 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
         profile["observation"]["unclassified_checks"], 0,
         "{profile}"
     );
+    // Every kernel tested (5.12+) reports its recursion misses.
+    assert!(
+        profile["observation"]["recursion_misses"].is_u64(),
+        "{profile}"
+    );
     // The other classes agree on every backend too: nothing silent or
     // refused, and nothing advisory but the memory probe. The tracepoint
     // sees that probe in every run (each exec makes it); hooks on
