@@ -144,13 +144,14 @@ fn observe_watched(
         None => (false, userns::OWN),
     };
     let (kind, site, outer_site) = match (opts, config) {
-        // Borrowed credentials: what kind of check it was does not matter;
-        // the call site is only wanted as evidence (read there, unless the
-        // kprobe already has it).
-        _ if borrowed => match call_site {
-            CallSite::Read(site, outer) => (kind::BORROWED, site, outer),
-            CallSite::Frame(_) => (kind::BORROWED, 0, 0),
-        },
+        // Borrowed credentials: what kind of check it was does not matter,
+        // but the call site is wanted as evidence, read in whichever frame
+        // layout the tracepoint has now (another program attached to it
+        // moves the return addresses; `read_sites` knows only the first).
+        (_, Some(config)) if borrowed => {
+            let (_, site, outer) = classify_call_site(hot, config, call_site);
+            (kind::BORROWED, site, outer)
+        }
         // Audited: nothing to tell apart, the call site is not needed.
         (Some(opts), _) if opts & CAP_OPT_NOAUDIT == 0 => match call_site {
             CallSite::Read(site, outer) => (kind::AUDIT, site, outer),
