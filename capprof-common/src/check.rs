@@ -31,6 +31,27 @@ pub mod kind {
     /// a kept capability; otherwise it changes nothing, like an advisory
     /// probe.
     pub const CAPSET: u8 = 5;
+    /// Made with credentials that are not the task's own: the hook's `cred`
+    /// is not `current->real_cred`. overlayfs copy-up (and other kernel
+    /// paths that use `override_creds`) checks the mounter's credentials
+    /// from the container's task. Takes precedence over every kind above:
+    /// such a check says nothing about what the workload needs.
+    pub const BORROWED: u8 = 6;
+}
+
+/// Which user namespace a check targeted, relative to the checking
+/// credentials' own (`cred->user_ns`). Stable ids.
+pub mod userns {
+    /// The credentials' own namespace (or it could not be read): what
+    /// `--cap-add` grants.
+    pub const OWN: u8 = 0;
+    /// A namespace below it: decided by the same capability sets (or by
+    /// owning the namespace).
+    pub const DESCENDANT: u8 = 1;
+    /// Any other, above all an ancestor such as the host's: `cap_capable`
+    /// refuses it whatever the credentials hold, so no `--cap-add` can grant
+    /// it.
+    pub const ANCESTOR: u8 = 2;
 }
 
 /// Key of `COUNTS`.
@@ -46,7 +67,8 @@ pub struct CheckKey {
     pub kind: u8,
     /// `phase::*`.
     pub phase: u8,
-    pub _pad: u8,
+    /// `userns::*`: the target namespace relative to the credentials' own.
+    pub userns: u8,
 }
 const _: () = assert!(size_of::<CheckKey>() == 16);
 
@@ -79,7 +101,9 @@ pub struct EvidenceKey {
     pub verdict: u8,
     pub kind: u8,
     pub phase: u8,
-    pub _pad: [u8; 5],
+    /// `userns::*`.
+    pub userns: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<EvidenceKey>() == 40);
 
@@ -265,5 +289,8 @@ pub struct Inflight {
     pub site: u64,
     /// Return address one frame further out, read at entry.
     pub outer: u64,
+    /// `cap_capable`'s `cred` and `targ_ns` arguments.
+    pub cred: u64,
+    pub target_ns: u64,
 }
-const _: () = assert!(size_of::<Inflight>() == 24);
+const _: () = assert!(size_of::<Inflight>() == 40);

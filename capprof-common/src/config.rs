@@ -54,9 +54,13 @@ pub struct Config {
     pub ranges: [FuncRange; MAX_FUNC_RANGES],
     /// What the syscall hooks read (bind, socket, capset).
     pub syscalls: SyscallOffsets,
+    /// How to tell borrowed credentials and the target user namespace, or
+    /// all u32::MAX.
+    pub creds: CredOffsets,
 }
-const _: () =
-    assert!(size_of::<Config>() == 32 + 24 + 24 * MAX_FUNC_RANGES + size_of::<SyscallOffsets>());
+const _: () = assert!(
+    size_of::<Config>() == 32 + 24 + 24 * MAX_FUNC_RANGES + size_of::<SyscallOffsets>() + 16
+);
 
 impl Config {
     /// Whether the call-site slots were found at load time.
@@ -82,6 +86,33 @@ impl Config {
                 _pad: 0,
             }; MAX_FUNC_RANGES],
             syscalls: SyscallOffsets::unknown(),
+            creds: CredOffsets::unknown(),
+        }
+    }
+}
+
+/// Offsets, from the running kernel's BTF, of the fields that tell whose
+/// credentials a check used and which user namespace it targeted:
+/// `task_struct.real_cred` (the task's own, objective credentials, which
+/// `override_creds` leaves alone), `cred.user_ns`, and
+/// `user_namespace.level` and `.parent`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CredOffsets {
+    pub task_real_cred: u32,
+    pub cred_user_ns: u32,
+    pub user_ns_level: u32,
+    pub user_ns_parent: u32,
+}
+const _: () = assert!(size_of::<CredOffsets>() == 16);
+
+impl CredOffsets {
+    pub const fn unknown() -> Self {
+        Self {
+            task_real_cred: u32::MAX,
+            cred_user_ns: u32::MAX,
+            user_ns_level: u32::MAX,
+            user_ns_parent: u32::MAX,
         }
     }
 }

@@ -33,7 +33,9 @@ pub struct EvidenceEvent {
     pub verdict: u8,
     pub kind: u8,
     pub phase: u8,
-    pub _pad: [u8; 5],
+    /// `check::userns::*`.
+    pub userns: u8,
+    pub _pad: [u8; 4],
     pub comm: [u8; 16],
     /// Return address into `cap_capable`'s caller, 0 if unknown.
     pub site: u64,

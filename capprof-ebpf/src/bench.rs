@@ -29,7 +29,7 @@ use aya_ebpf::{
 use capprof_common::{
     check::{
         CheckKey, CheckStats, EvidenceKey, HOT_SITES, SYSCALL_UNKNOWN, VERDICT_DENIED,
-        VERDICT_GRANTED, decision, generations, kind, phase, stat, watch,
+        VERDICT_GRANTED, decision, generations, kind, phase, stat, userns, watch,
     },
     event::{EVENT_EVIDENCE, EvidenceEvent},
 };
@@ -76,7 +76,8 @@ fn stream(cap: u32, ret: i32) {
         },
         kind: kind::UNKNOWN,
         phase: phase::WORKLOAD,
-        _pad: [0; 5],
+        userns: userns::OWN,
+        _pad: [0; 4],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         site: 0,
         outer_site: 0,
@@ -157,7 +158,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         verdict,
         kind: kind::AUDIT,
         phase: phase::WORKLOAD,
-        _pad: 0,
+        userns: userns::OWN,
     };
     let before = match COUNTS.get_ptr_mut(key) {
         // SAFETY: a live map value, updated atomically.
@@ -228,7 +229,8 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         verdict,
         kind: site_kind,
         phase: phase::WORKLOAD,
-        _pad: [0; 5],
+        userns: userns::OWN,
+        _pad: [0; 4],
     };
     // SAFETY: the value is a plain u8.
     if unsafe { EVIDENCE_SEEN.get(evidence_key) }.is_none() {

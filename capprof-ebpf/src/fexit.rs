@@ -8,7 +8,7 @@
 
 use aya_ebpf::{EbpfContext as _, macros::fexit, programs::FExitContext};
 
-use crate::observe::{CallSite, observe};
+use crate::observe::{CallSite, Creds, observe};
 
 /// Counts every capability check made from a watched cgroup.
 #[fexit(function = "cap_capable")]
@@ -16,6 +16,10 @@ pub fn capprof_fexit(ctx: FExitContext) -> i32 {
     let cap: i32 = ctx.arg(2);
     let opts: u32 = ctx.arg(3);
     let ret: i32 = ctx.arg(4);
+    let creds = Creds {
+        cred: ctx.arg(0),
+        target_ns: ctx.arg(1),
+    };
     // The return addresses lie above the trampoline's context, at slots
     // calibrated at load time like the tracepoint's.
     observe(
@@ -23,6 +27,7 @@ pub fn capprof_fexit(ctx: FExitContext) -> i32 {
         ret,
         Some(opts),
         CallSite::Frame(ctx.as_ptr() as u64),
+        creds,
     );
     0
 }

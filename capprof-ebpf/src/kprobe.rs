@@ -3,7 +3,7 @@
 //! match-proto (Linux 5.19+, security/commoncap.c):
 //!   int cap_capable(const struct cred *cred, struct user_namespace *targ_ns,
 //!                   int cap, unsigned int opts)
-//! The entry probe parks (cap, opts) and the callers' return addresses
+//! The entry probe parks (cap, opts, cred, targ_ns) and the callers' return addresses
 //! (read above the entry stack pointer, at calibrated slots) by thread; the
 //! return probe joins them with the verdict. `cap_capable` does not sleep
 //! or recurse, so one slot per thread is enough.
@@ -17,7 +17,7 @@ use capprof_common::check::Inflight;
 
 use crate::{
     maps::{CONFIG, INFLIGHT},
-    observe::{CallSite, observe, read_sites},
+    observe::{CallSite, Creds, observe, read_sites},
 };
 
 /// The stack pointer at function entry: it points at the return address
@@ -42,6 +42,8 @@ pub fn capprof_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(cap), Some(opts)) = (ctx.arg::<u32>(2), ctx.arg::<u32>(3)) else {
         return 0;
     };
+    let cred = ctx.arg::<u64>(0).unwrap_or(0);
+    let target_ns = ctx.arg::<u64>(1).unwrap_or(0);
     let (site, outer) = match CONFIG.get(0) {
         Some(config) => read_sites(config, entry_sp(&ctx)),
         None => (0, 0),
@@ -54,6 +56,8 @@ pub fn capprof_kprobe(ctx: ProbeContext) -> u32 {
             opts,
             site,
             outer,
+            cred,
+            target_ns,
         },
         0,
     );
@@ -75,6 +79,10 @@ pub fn capprof_kretprobe(ctx: RetProbeContext) -> u32 {
         ret,
         Some(inflight.opts),
         CallSite::Read(inflight.site, inflight.outer),
+        Creds {
+            cred: inflight.cred,
+            target_ns: inflight.target_ns,
+        },
     );
     0
 }

@@ -20,13 +20,17 @@
 
 use aya_ebpf::{EbpfContext as _, macros::lsm, programs::LsmContext};
 
-use crate::observe::{CallSite, observe};
+use crate::observe::{CallSite, Creds, observe};
 
 /// Counts every granted capability check made from a watched cgroup.
 #[lsm(hook = "capable")]
 pub fn capprof_lsm(ctx: LsmContext) -> i32 {
     let cap: i32 = ctx.arg(2);
     let opts: u32 = ctx.arg(3);
+    let creds = Creds {
+        cred: ctx.arg(0),
+        target_ns: ctx.arg(1),
+    };
     // Reached only after cap_capable granted the check; the decision is not
     // known to be final yet, but a refusal by a later LSM is not the
     // capability's absence, so it counts as granted (ret 0). The return
@@ -37,6 +41,7 @@ pub fn capprof_lsm(ctx: LsmContext) -> i32 {
         0,
         Some(opts),
         CallSite::Frame(ctx.as_ptr() as u64),
+        creds,
     );
     0
 }

@@ -9,15 +9,25 @@
 
 use aya_ebpf::{EbpfContext as _, macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::observe::{CallSite, observe};
+use crate::observe::{CallSite, Creds, observe};
 
 /// Counts every capability check made from a watched cgroup.
 #[btf_tracepoint(function = "cap_capable")]
 pub fn capprof_tp_btf(ctx: BtfTracePointContext) -> i32 {
     let cap: i32 = ctx.arg(3);
     let ret: i32 = ctx.arg(4);
+    let creds = Creds {
+        cred: ctx.arg(0),
+        target_ns: ctx.arg(1),
+    };
     // The context points at the argument array bpf_trace_run5() keeps on the
     // kernel stack; the callers' return addresses lie above it.
-    observe(cap as u32, ret, None, CallSite::Frame(ctx.as_ptr() as u64));
+    observe(
+        cap as u32,
+        ret,
+        None,
+        CallSite::Frame(ctx.as_ptr() as u64),
+        creds,
+    );
     0
 }

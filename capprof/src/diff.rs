@@ -280,6 +280,7 @@ mod tests {
                         Verdict::from_raw(*verdict),
                     ),
                     call_site: Some("ns_capable+0x2a".into()),
+                    user_ns: Default::default(),
                 },
             );
         }

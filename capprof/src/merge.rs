@@ -243,6 +243,7 @@ mod tests {
                     verdict: Verdict::Granted,
                     class: Class::Required,
                     call_site: None,
+                    user_ns: Default::default(),
                 },
             );
         }

@@ -27,13 +27,9 @@ fn usage_table(usages: &[CapUsage]) -> Table {
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["CAPABILITY", "CLASS", "GRANTED", "DENIED", "EVIDENCE"]);
     for u in usages {
-        let class = serde_json::to_value(u.class)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         table.add_row([
             u.name.to_string(),
-            class,
+            u.class.as_str().to_owned(),
             u.granted.to_string(),
             u.denied.to_string(),
             evidence_summary(u),
@@ -88,6 +84,16 @@ pub fn render_profile(profile: &Profile) -> String {
             c.value
         ));
     }
+    if !profile.borrowed.is_empty() {
+        out.push_str(&format!(
+            "borrowed:  {} (checked with credentials that were not the workload's, such as \
+             overlayfs copy-up's; not part of the allowlist)\n",
+            names(&profile.borrowed)
+        ));
+    }
+    if let Some(warning) = ungrantable_warning(profile) {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     let obs = &profile.observation;
     if let Some(partial) = &obs.partial {
         let what = profile.subject.name.as_deref().unwrap_or("the workload");
@@ -95,6 +101,12 @@ pub fn render_profile(profile: &Profile) -> String {
     }
     if let Some(blind) = unobservable_note(obs) {
         out.push_str(&format!("note: {blind}\n"));
+    }
+    if let Some(misses) = obs.recursion_misses.filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "warning: the kernel skipped capprof's programs {misses} times on this host \
+             (recursion misses): those checks were not counted\n"
+        ));
     }
     if obs.lost_records > 0 || obs.unclassified_checks > 0 || obs.classification == "uncalibrated" {
         out.push_str(&format!(
@@ -105,22 +117,28 @@ pub fn render_profile(profile: &Profile) -> String {
     out
 }
 
+/// What no `--cap-add` can give the workload, as one sentence; `None` when
+/// there is nothing.
+pub fn ungrantable_warning(profile: &Profile) -> Option<String> {
+    if profile.ungrantable.is_empty() {
+        return None;
+    }
+    let caps: Vec<String> = profile.ungrantable.iter().map(|c| c.to_string()).collect();
+    Some(format!(
+        "the workload asked for {} in a user namespace above its own (such as the host's, under \
+         rootless Podman or dockerd --userns-remap); the kernel refuses that whatever the \
+         container holds, and no --cap-add can grant it",
+        caps.join(" ")
+    ))
+}
+
 /// What a profile's backend could not see, as one sentence; `None` when it
 /// saw every class.
 pub fn unobservable_note(obs: &Observation) -> Option<String> {
     if obs.unobservable.is_empty() {
         return None;
     }
-    let classes: Vec<String> = obs
-        .unobservable
-        .iter()
-        .map(|c| {
-            serde_json::to_value(c)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        })
-        .collect();
+    let classes: Vec<&str> = obs.unobservable.iter().map(|c| c.as_str()).collect();
     Some(format!(
         "the {} backend cannot see {} checks; those lists are empty whatever the workload did",
         obs.backend,

@@ -12,11 +12,11 @@
 //! store and one events log: with `--events-backend=file` the service's
 //! compat `/events` stream carries the CLI's `start`/`die` with the name.
 //!
-//! The private store uses the vfs driver, like the private dockerd. With
-//! overlay, a write that copies a lower directory up (`touch /tmp/f`) makes
-//! overlayfs check DAC_OVERRIDE, DAC_READ_SEARCH and SYS_ADMIN with the
-//! mounter's credentials from the container's task, and capprof currently
-//! counts them as the workload's.
+//! The private store uses the vfs driver. With overlay, a write that copies
+//! a lower directory up (`touch /tmp/f`) makes overlayfs check
+//! DAC_OVERRIDE, DAC_READ_SEARCH and SYS_ADMIN with the mounter's
+//! credentials from the container's task; capprof reports those as
+//! `borrowed`, which containers.rs tests on Docker's overlay2.
 //!
 //! The image is the docker tests' `CAPPROF_TEST_IMAGE`, moved over with
 //! `docker save | podman load`, so both engines run the same busybox.

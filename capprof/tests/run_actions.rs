@@ -35,6 +35,11 @@ fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
         profile["observation"]["unclassified_checks"], 0,
         "{profile}"
     );
+    // Every kernel tested (5.12+) reports its recursion misses.
+    assert!(
+        profile["observation"]["recursion_misses"].is_u64(),
+        "{profile}"
+    );
     // The other classes agree on every backend too: nothing silent or
     // refused, and nothing advisory but the memory probe. The tracepoint
     // sees that probe in every run (each exec makes it); hooks on
@@ -734,4 +739,82 @@ fn syscall_capset_of_unchanged_or_emptied_sets_keeps_nothing() {
             "{mode}: {profile}"
         );
     }
+}
+
+/// overlayfs copies a file up from its lower layer with its mounter's
+/// credentials, from the task that writes (`ovl_override_creds`): on
+/// Docker's overlay2 that is every container's first write to an image
+/// file. Those checks (CHOWN to give the copy its owner back, SYS_ADMIN for
+/// trusted.* xattrs, DAC_* in the work directory, …) are the mounter's, not
+/// the workload's: they are reported as `borrowed`, never required. The
+/// file here is world-writable, so the write itself needs nothing.
+#[test]
+#[ignore = "needs root"]
+fn overlay_copy_up_checks_are_borrowed_not_required() {
+    require_root();
+    let dir = Scratch::new("overlay");
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| {
+        let path = dir.path(d);
+        std::fs::create_dir(&path).unwrap();
+        path
+    });
+    fixture_file(&lower.join("f"), 1000, 1000, 0o666);
+    let out_path = dir.path("p.json");
+    let target = merged.join("f");
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    // The overlay is mounted outside the profiled cgroup, before capprof
+    // runs; only the write is profiled.
+    let out = Command::new(ACTION)
+        .args(["in-overlay", &arg(&lower), &arg(&upper), &arg(&work)])
+        .args([
+            &arg(&merged),
+            CAPPROF,
+            "run",
+            "--quiet",
+            "--out",
+            &arg(&out_path),
+        ])
+        .args(["--", ACTION, "write-file", &arg(&target)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The write went through the copy-up: the upper layer has the file,
+    // with its owner.
+    let meta = std::fs::metadata(upper.join("f")).expect("copied up");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    assert!(names(&profile, "required").is_empty(), "{profile}");
+    assert!(names(&profile, "allowlist").is_empty(), "{profile}");
+    assert!(names(&profile, "denied").is_empty(), "{profile}");
+    assert_eq!(
+        profile["observation"]["unclassified_checks"], 0,
+        "{profile}"
+    );
+    // Chowning the copy to uid 1000 is the mounter's CAP_CHOWN check.
+    let borrowed = names(&profile, "borrowed");
+    assert!(borrowed.contains(&"CAP_CHOWN".to_owned()), "{profile}");
+    let chown = profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "CAP_CHOWN")
+        .unwrap();
+    assert_eq!(chown["class"], "borrowed", "{chown}");
+    assert_eq!(chown["by_class"].as_object().unwrap().len(), 1, "{chown}");
+    let ev = &chown["evidence"][0];
+    assert_eq!(ev["class"], "borrowed", "{ev}");
+    assert_eq!(ev["comm"], "capprof-test-ac", "{ev}");
+    assert_eq!(ev["user_ns"], "own", "{ev}");
+    assert!(
+        ev["call_site"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("capable_wrt_inode_uidgid"),
+        "{ev}"
+    );
 }

@@ -21,6 +21,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of the private dockerd's log shown when it fails to start.
 const LOG_TAIL_LINES: usize = 40;
+/// The private dockerd's storage driver: Docker's default, overlay2, unless
+/// this variable names another (`vfs`, to compare). overlayfs copy-up makes
+/// capability checks with the mounter's credentials from the container's
+/// task, which profiles must not take for the workload's own.
+const STORAGE_DRIVER_VAR: &str = "CAPPROF_TEST_STORAGE_DRIVER";
+const DEFAULT_STORAGE_DRIVER: &str = "overlay2";
 
 /// A Docker engine that answers.
 pub struct Engine {
@@ -115,22 +121,22 @@ impl PrivateDockerd {
             .try_clone()
             .context("duplicating the dockerd log handle")?;
         let sock = dir.join("docker.sock");
+        let driver = env::var(STORAGE_DRIVER_VAR)
+            .ok()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| DEFAULT_STORAGE_DRIVER.to_owned());
         let mut cmd = Command::new("dockerd");
-        cmd.args([
-            "--iptables=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            "--storage-driver=vfs",
-        ])
-        .arg(format!("--data-root={}", dir.join("root").display()))
-        .arg(format!("--exec-root={}", dir.join("exec").display()))
-        .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--pidfile")
-        .arg(dir.join("pid"))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
+        cmd.args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .arg(format!("--storage-driver={driver}"))
+            .arg(format!("--data-root={}", dir.join("root").display()))
+            .arg(format!("--exec-root={}", dir.join("exec").display()))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
         note(format_args!(
             "$ {} >{} 2>&1",
             display(&cmd),
@@ -143,7 +149,7 @@ impl PrivateDockerd {
         let mut engine = Self { dir, child };
         engine.wait_until_ready()?;
         note(format_args!(
-            "dockerd (pid {}) answers at {}",
+            "dockerd (pid {}, storage driver {driver}) answers at {}",
             engine.child.id(),
             engine.host()
         ));

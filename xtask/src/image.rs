@@ -19,6 +19,11 @@ use crate::{
 
 /// The image the container tests run, exported to them as `CAPPROF_TEST_IMAGE`.
 pub const TEST_IMAGE: &str = "capprof-busybox:test";
+/// Bumped whenever the rootfs below changes, and kept in the image's
+/// `capprof.image-version` label, so that an engine holding an older build
+/// gets the new one.
+const IMAGE_VERSION: &str = "2";
+const VERSION_LABEL: &str = "capprof.image-version";
 
 /// The busybox image plus `capsh` (Debian's libcap2-bin), which keeps
 /// capabilities through capset() as daemons that drop root do, and iputils
@@ -52,9 +57,21 @@ nobody:x:65534:
 /// Imports [`TEST_IMAGE`] into `engine` unless it is already there.
 pub fn ensure_test_image(engine: &Engine) -> Result<()> {
     step(format_args!("checking the test image {TEST_IMAGE}"));
-    if succeeds(engine.docker().args(["image", "inspect", TEST_IMAGE])) {
-        note("already present");
-        return Ok(());
+    let label = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
+    match stdout_of(
+        engine
+            .docker()
+            .args(["image", "inspect", "--format", &label, TEST_IMAGE]),
+    ) {
+        Ok(version) if version.trim() == IMAGE_VERSION => {
+            note("already present");
+            return Ok(());
+        }
+        Ok(version) => note(format_args!(
+            "present as version {:?}, rebuilding as version {IMAGE_VERSION}",
+            version.trim()
+        )),
+        Err(_) => {}
     }
     let rootfs =
         TempDir(std::env::temp_dir().join(format!("capprof-rootfs-{}", std::process::id())));
@@ -165,6 +182,33 @@ fn build_rootfs(root: &Path) -> Result<()> {
     make_dir(&root.join("root"), 0o700, None)?;
     make_dir(&root.join("home/app"), 0o755, Some(1000))?;
     note("users: root (0), app (1000), nobody (65534); /tmp is 1777");
+    image_fixtures(root)
+}
+
+/// Files and directories that come with the image, for workloads that
+/// change them: on overlay2 each such change copies the file (or its
+/// directory) up from a lower layer, which the kernel does with the
+/// mounter's credentials. Ownership and modes are chosen so that root in the
+/// container needs a known capability, or none:
+/// - `/srv/img` (root, 0755): creating or mkdir'ing in it needs nothing;
+/// - `/srv/img/root-file` (root, 0644): writing needs nothing, chown to
+///   another uid needs CHOWN;
+/// - `/srv/img/app-file` (app, 0600): writing needs DAC_OVERRIDE;
+/// - `/srv/img/appdir` (app, 0755): creating a file in it needs DAC_OVERRIDE.
+fn image_fixtures(root: &Path) -> Result<()> {
+    let img = root.join("srv/img");
+    make_dir(&img, 0o755, None)?;
+    make_dir(&img.join("appdir"), 0o755, Some(1000))?;
+    for (name, mode, owner) in [("root-file", 0o644, 0), ("app-file", 0o600, 1000)] {
+        let path = img.join(name);
+        fs::write(&path, "from the image\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        chown(&path, Some(owner), Some(owner))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    note("fixtures: /srv/img/{root-file, app-file, appdir}");
     Ok(())
 }
 
@@ -187,7 +231,13 @@ fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
         .args(["-c", "."])
         .stdout(Stdio::piped());
     let mut import = engine.docker();
-    import.args(["import", "--change", r#"CMD ["/bin/sh"]"#, "-", name]);
+    import
+        .args(["import", "--change", r#"CMD ["/bin/sh"]"#])
+        .args([
+            "--change",
+            &format!("LABEL {VERSION_LABEL}={IMAGE_VERSION}"),
+        ])
+        .args(["-", name]);
     note(format_args!("$ {} | {}", display(&tar), display(&import)));
 
     let mut tar = tar.spawn().context("could not start tar")?;

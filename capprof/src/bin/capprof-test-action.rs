@@ -2,6 +2,10 @@
 //! integration tests know which capability checks to expect. Each action is
 //! one syscall (fixtures are prepared by the test, outside the profiled
 //! cgroup). Exits 0 when the action had the expected outcome.
+//!
+//! One more is not an action but a wrapper, run outside the profiled
+//! cgroup: `in-overlay LOWER UPPER WORK MERGED CMD…` mounts an overlayfs in
+//! a private mount namespace and execs CMD there (`capprof run …`).
 
 use std::{ffi::CString, process::ExitCode};
 
@@ -203,10 +207,59 @@ fn main() -> ExitCode {
                     "capset",
                 )
             }
+            "in-overlay" => in_overlay(&args[1..]),
             other => {
                 eprintln!("unknown action {other:?}");
                 ExitCode::from(2)
             }
         }
     }
+}
+
+/// `LOWER UPPER WORK MERGED CMD…`: a private mount namespace with an
+/// overlayfs of LOWER (read-only) and UPPER at MERGED, then CMD in it. The
+/// overlayfs keeps this process's credentials as its mounter's, and copies
+/// files up with them whoever writes.
+fn in_overlay(args: &[String]) -> ExitCode {
+    let [lower, upper, work, merged, cmd @ ..] = args else {
+        eprintln!("in-overlay LOWER UPPER WORK MERGED CMD…");
+        return ExitCode::from(2);
+    };
+    if cmd.is_empty() {
+        eprintln!("in-overlay: no command");
+        return ExitCode::from(2);
+    }
+    let options = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+    // SAFETY: plain syscalls on arguments we own; this process has one
+    // thread, as unshare(CLONE_NEWNS) requires.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return check(false, "unshare(CLONE_NEWNS)");
+        }
+        let private = libc::mount(
+            std::ptr::null(),
+            cstr("/").as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        if private != 0 {
+            return check(false, "making / private");
+        }
+        let mounted = libc::mount(
+            cstr("overlay").as_ptr(),
+            cstr(merged).as_ptr(),
+            cstr("overlay").as_ptr(),
+            0,
+            cstr(&options).as_ptr().cast(),
+        );
+        if mounted != 0 {
+            return check(false, "mount -t overlay (is overlayfs available?)");
+        }
+    }
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(&cmd[0]).args(&cmd[1..]),
+    );
+    eprintln!("in-overlay: {}: {err}", cmd[0]);
+    ExitCode::from(127)
 }

@@ -8,6 +8,7 @@
 //! | `capprof_checks{container,capability,class,phase}` | gauge | checks seen so far |
 //! | `capprof_ringbuf_lost_total` | counter | evidence records the kernel could not send |
 //! | `capprof_counts_full_total` | counter | checks not counted: the counts map was full |
+//! | `capprof_recursion_misses_total` | counter | checks not counted: the kernel skipped capprof's programs |
 //! | `capprof_cgroups_tracked` | gauge | cgroups attributed to containers |
 //! | `capprof_containers_tracked` | gauge | containers held in memory |
 //! | `capprof_profiles_written_total` | counter | profile writes to the state directory |
@@ -225,6 +226,12 @@ pub fn encode(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
         counter(snapshot.counts_full),
     );
     registry.register(
+        "capprof_recursion_misses",
+        "Capability checks not counted because the kernel skipped capprof's programs, \
+         already running on that CPU (bpf_prog_info recursion_misses)",
+        counter(snapshot.recursion_misses),
+    );
+    registry.register(
         "capprof_cgroups_tracked",
         "Cgroups attributed to containers",
         gauge(snapshot.cgroups_tracked),
@@ -276,6 +283,7 @@ mod tests {
             ],
             ringbuf_lost: 4,
             counts_full: 0,
+            recursion_misses: 6,
             cgroups_tracked: 5,
             containers_tracked: 2,
             profiles_written: 9,
@@ -355,6 +363,9 @@ mod tests {
             "capprof_ringbuf_lost_total 4",
             "# TYPE capprof_counts_full counter",
             "capprof_counts_full_total 0",
+            "# HELP capprof_recursion_misses Capability checks not counted because the kernel skipped capprof's programs, already running on that CPU (bpf_prog_info recursion_misses).",
+            "# TYPE capprof_recursion_misses counter",
+            "capprof_recursion_misses_total 6",
             "# TYPE capprof_cgroups_tracked gauge",
             "capprof_cgroups_tracked 5",
             "# TYPE capprof_containers_tracked gauge",
@@ -383,7 +394,7 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP ")).count(), 7);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP ")).count(), 8);
     }
 
     #[test]
@@ -393,7 +404,7 @@ mod tests {
         assert!(!text.contains("capprof_checks"), "{text}");
         assert!(text.contains("\ncapprof_evictions_total 0\n"), "{text}");
         assert!(text.contains("\ncapprof_containers_tracked 0\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE ")).count(), 6);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE ")).count(), 7);
     }
 
     #[tokio::test]

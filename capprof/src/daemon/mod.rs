@@ -502,6 +502,7 @@ impl Aggregator {
                         .collect(),
                     ringbuf_lost: stats.ringbuf_lost,
                     counts_full: stats.counts_full,
+                    recursion_misses: stats.recursion_misses.unwrap_or(0),
                     cgroups_tracked: recorder.cgroups_tracked() as u64,
                     containers_tracked: recorder.len() as u64,
                     profiles_written: self.counters.profiles_written,

@@ -41,7 +41,7 @@ pub struct Health {
 pub struct CheckSample {
     pub container: String,
     pub capability: String,
-    /// required, denied, silent, advisory.
+    /// required, denied, silent, borrowed, advisory.
     pub class: String,
     /// `workload`, or `runtime_setup` for the checks the container runtime
     /// made before the workload's exec (never on the allowlist).
@@ -55,6 +55,9 @@ pub struct MetricsSnapshot {
     pub checks: Vec<CheckSample>,
     pub ringbuf_lost: u64,
     pub counts_full: u64,
+    /// Runs of capprof's programs the kernel skipped (recursion misses).
+    #[serde(default)]
+    pub recursion_misses: u64,
     pub cgroups_tracked: u64,
     pub containers_tracked: u64,
     pub profiles_written: u64,

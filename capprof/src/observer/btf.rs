@@ -1,7 +1,7 @@
 //! What the running kernel offers, read from its BTF.
 //!
 //! capprof needs a handful of facts from the 5–6 MB of vmlinux BTF: whether
-//! two names exist, and the offsets of six struct members. Building every
+//! two names exist, and the offsets of about a dozen struct members. Building every
 //! type (btf-rs, or aya's own parse) costs tens to hundreds of milliseconds
 //! at every start; this reader makes one pass over the raw type section that
 //! only records where each type starts, then decodes just the structs it is
@@ -11,7 +11,11 @@
 
 use std::path::Path;
 
-use capprof_common::{config::CgroupNameOffsets, names, syscalls::SyscallOffsets};
+use capprof_common::{
+    config::{CgroupNameOffsets, CredOffsets},
+    names,
+    syscalls::SyscallOffsets,
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -31,6 +35,8 @@ pub struct KernelBtf {
     /// What the syscall hooks read: the network namespace's sysctls, the
     /// task's capability sets, a descriptor's socket.
     pub syscalls: SyscallOffsets,
+    /// What tells borrowed credentials and the target user namespace.
+    pub creds: Option<CredOffsets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +84,7 @@ impl KernelBtf {
             binprm_filename_offset: btf.member_offset("linux_binprm", "filename"),
             cgroup_name: cgroup_name_offsets(&btf),
             syscalls: syscall_offsets(&btf),
+            creds: cred_offsets(&btf),
         })
     }
 }
@@ -102,6 +109,8 @@ const WANTED: &[&str] = &[
     "file",
     "socket",
     "sock",
+    // Borrowed credentials and target user namespaces (`cred_offsets`).
+    "user_namespace",
 ];
 
 /// The syscall hooks' offsets; each is u32::MAX when its member is missing
@@ -132,6 +141,15 @@ fn syscall_offsets(btf: &RawBtf<'_>) -> SyscallOffsets {
         sock_protocol: at("sock", "sk_protocol"),
         cred_cap_inheritable: at("cred", "cap_inheritable"),
     }
+}
+
+fn cred_offsets(btf: &RawBtf<'_>) -> Option<CredOffsets> {
+    Some(CredOffsets {
+        task_real_cred: btf.member_offset("task_struct", "real_cred")?,
+        cred_user_ns: btf.member_offset("cred", "user_ns")?,
+        user_ns_level: btf.member_offset("user_namespace", "level")?,
+        user_ns_parent: btf.member_offset("user_namespace", "parent")?,
+    })
 }
 
 fn cgroup_name_offsets(btf: &RawBtf<'_>) -> Option<CgroupNameOffsets> {
@@ -393,6 +411,10 @@ mod tests {
             o.cred_cap_inheritable,
         ];
         assert!(all.iter().all(|&off| off != u32::MAX), "{o:?}");
+        let creds = k.creds.expect("cred offsets");
+        // real_cred comes just before cred in task_struct.
+        assert!(creds.task_real_cred > tgid, "{creds:?}");
+        assert_ne!(creds.user_ns_level, creds.user_ns_parent);
     }
 
     /// The same facts as btf-rs's full parse, which capprof used before.
@@ -492,6 +514,14 @@ mod tests {
                         cred_cap_inheritable: at("cred", "cap_inheritable"),
                     }
                 },
+                creds: (|| {
+                    Some(CredOffsets {
+                        task_real_cred: member_offset(&btf, "task_struct", "real_cred")?,
+                        cred_user_ns: member_offset(&btf, "cred", "user_ns")?,
+                        user_ns_level: member_offset(&btf, "user_namespace", "level")?,
+                        user_ns_parent: member_offset(&btf, "user_namespace", "parent")?,
+                    })
+                })(),
             }
         }
 

@@ -52,6 +52,9 @@ pub enum Kind {
     /// capset()'s own CAP_SETPCAP check, which decides nothing unless the
     /// call grows the inheritable set (the capset hook records that).
     Capset,
+    /// Made with credentials that are not the task's own (overlayfs copy-up
+    /// checks the mounter's): says nothing about what the workload needs.
+    Borrowed,
 }
 
 impl Kind {
@@ -61,8 +64,36 @@ impl Kind {
             check::kind::NOAUDIT => Kind::NoAudit,
             check::kind::ADVISORY => Kind::Advisory,
             check::kind::CAPSET => Kind::Capset,
+            check::kind::BORROWED => Kind::Borrowed,
             // UNKNOWN, and any id this build does not know.
             _ => Kind::Unknown,
+        }
+    }
+}
+
+/// Which user namespace a check targeted, relative to the checking
+/// credentials' own.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNs {
+    /// Their own: what `--cap-add` grants.
+    #[default]
+    Own,
+    /// One below it, decided by the same capabilities.
+    Descendant,
+    /// An ancestor such as the host's (or another branch): refused whatever
+    /// the container holds, so no `--cap-add` can grant it.
+    Ancestor,
+}
+
+impl UserNs {
+    pub fn from_raw(id: u8) -> Self {
+        match id {
+            check::userns::DESCENDANT => UserNs::Descendant,
+            check::userns::ANCESTOR => UserNs::Ancestor,
+            _ => UserNs::Own,
         }
     }
 }
@@ -95,6 +126,7 @@ pub struct Count {
     pub verdict: Verdict,
     pub kind: Kind,
     pub phase: Phase,
+    pub user_ns: UserNs,
     pub count: u64,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
@@ -116,6 +148,7 @@ pub struct Sighting {
     pub uid: u32,
     /// The kernel function that asked, as `symbol+0xoff`, when known.
     pub call_site: Option<String>,
+    pub user_ns: UserNs,
 }
 
 /// Health counters of the kernel side, summed over CPUs.
@@ -128,6 +161,11 @@ pub struct KernelStats {
     /// Pending checks flushed after their counter was drained (they had
     /// been read from `HOT`, so they are not lost). Should stay 0.
     pub pending_dropped: u64,
+    /// Runs of capprof's programs the kernel skipped because the program
+    /// was already running on that CPU (`bpf_prog_info.recursion_misses`,
+    /// summed over this load's programs): checks nobody counted. None when
+    /// the kernel does not say (before 5.12).
+    pub recursion_misses: Option<u64>,
 }
 
 /// Converts CLOCK_BOOTTIME nanoseconds (the kernel's timestamps) to wall
@@ -189,6 +227,7 @@ fn decode_counts(raw: impl IntoIterator<Item = (CheckKey, CheckStats)>) -> Vec<C
                 verdict: Verdict::from_raw(key.verdict),
                 kind: Kind::from_raw(key.kind),
                 phase: Phase::from_raw(key.phase),
+                user_ns: UserNs::from_raw(key.userns),
                 count: stats.count,
                 first_seen: clock.wall(stats.first_ns),
                 last_seen: clock.wall(stats.last_ns),
@@ -221,6 +260,7 @@ impl Observer {
             pid: e.tgid,
             uid: e.uid,
             call_site: self.kallsyms().and_then(|k| k.symbolize(site)),
+            user_ns: UserNs::from_raw(e.userns),
         })
     }
 
@@ -313,7 +353,24 @@ impl Observer {
             unclassified: sum(stat::UNCLASSIFIED),
             cgroup_events_lost: sum(stat::CGROUP_EVENTS_LOST),
             pending_dropped: sum(stat::PENDING_DROPPED),
+            recursion_misses: self.recursion_misses(),
         })
+    }
+
+    /// `recursion_misses` summed over the programs this load keeps in the
+    /// kernel (the backend's and the process hooks'); None when the kernel
+    /// reports it for none of them.
+    pub fn recursion_misses(&self) -> Option<u64> {
+        capprof_common::names::ALL_PROGRAMS
+            .iter()
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|fd| {
+                use std::os::fd::AsFd as _;
+                super::prog_stats::recursion_misses(fd.as_fd())
+                    .ok()
+                    .flatten()
+            })
+            .reduce(|a, b| a + b)
     }
 }
 
@@ -385,7 +442,7 @@ mod tests {
             verdict: VERDICT_GRANTED,
             kind: kind::AUDIT,
             phase: phase::WORKLOAD,
-            _pad: 0,
+            userns: 0,
         };
         let stats = CheckStats {
             count: 3,

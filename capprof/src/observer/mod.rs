@@ -14,6 +14,7 @@ pub mod counts;
 pub mod events;
 pub mod kallsyms;
 pub mod pin;
+pub mod prog_stats;
 pub mod reader;
 pub mod syscalls;
 
@@ -34,7 +35,9 @@ pub use backend::{
 use btf::KernelBtf;
 use calibrate::CalibrateError;
 use capprof_common::{check::generations, config::Config, names};
-pub use counts::{Clock, Count, KernelStats, Kind, Phase, Sighting, Verdict, flush_pending};
+pub use counts::{
+    Clock, Count, KernelStats, Kind, Phase, Sighting, UserNs, Verdict, flush_pending,
+};
 use kallsyms::Kallsyms;
 
 /// The eBPF object built by build.rs through aya-build.
@@ -251,6 +254,14 @@ impl Observer {
             .cgroup_name
             .unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
         config.syscalls = kernel.syscalls;
+        config.creds = kernel.creds.unwrap_or_else(|| {
+            tracing::warn!(
+                "this kernel's BTF lacks task_struct.real_cred, cred.user_ns or user_namespace's \
+                 level and parent: checks made with borrowed credentials (overlayfs copy-up) \
+                 will count as the workload's own"
+            );
+            capprof_common::config::CredOffsets::unknown()
+        });
         phases.mark("kallsyms");
         let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
         // Every backend calibrates the call-site slots: the tracepoint needs

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     capability::Cap,
-    observer::{Count, Observer, Phase, Sighting, Verdict, reader::Received},
+    observer::{Count, Kind, Observer, Phase, Sighting, UserNs, Verdict, reader::Received},
 };
 
 /// Builds one subject's profile from everything the observer handed out
@@ -54,6 +54,8 @@ pub fn build(
 #[derive(Debug, Default, Clone)]
 pub struct ProfileBuilder {
     usages: BTreeMap<(Phase, Cap), Acc>,
+    /// Checks whose call site was unknown, counted as audited.
+    unclassified: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -65,6 +67,7 @@ struct Acc {
     first: Option<SystemTime>,
     last: Option<SystemTime>,
     evidence: BTreeSet<Evidence>,
+    ungrantable: u64,
 }
 
 impl ProfileBuilder {
@@ -80,6 +83,18 @@ impl ProfileBuilder {
             acc.silent_granted += count.count;
         }
         *acc.by_class.entry(class).or_default() += count.count;
+        // Only audited checks (and unclassified ones, which count as
+        // audited) of an ancestor namespace say the workload needed what no
+        // --cap-add can grant: every mmap in a user namespace makes an
+        // advisory SYS_ADMIN check of the host's, and borrowed checks are
+        // not the workload's.
+        let audited = matches!(count.kind, Kind::Audit | Kind::Unknown);
+        if audited && count.user_ns == UserNs::Ancestor {
+            acc.ungrantable += count.count;
+        }
+        if count.kind == Kind::Unknown {
+            self.unclassified += count.count;
+        }
         acc.first = Some(
             acc.first
                 .map_or(count.first_seen, |f| f.min(count.first_seen)),
@@ -100,6 +115,7 @@ impl ProfileBuilder {
                 verdict: s.verdict,
                 class: Class::of(s.kind, s.verdict),
                 call_site: s.call_site,
+                user_ns: s.user_ns,
             });
         }
     }
@@ -108,7 +124,10 @@ impl ProfileBuilder {
         self.usages.is_empty()
     }
 
-    pub fn build(self, subject: Subject, observation: Observation) -> Profile {
+    /// The profile. `observation.unclassified_checks` is this subject's own
+    /// count, from its counters.
+    pub fn build(self, subject: Subject, mut observation: Observation) -> Profile {
+        observation.unclassified_checks = self.unclassified;
         let mut capabilities = vec![];
         let mut runtime_setup = vec![];
         for ((phase, cap), acc) in self.usages {
@@ -128,6 +147,7 @@ impl ProfileBuilder {
                 first_seen: acc.first.map(rfc3339).unwrap_or_default(),
                 last_seen: acc.last.map(rfc3339).unwrap_or_default(),
                 evidence: acc.evidence.into_iter().collect(),
+                ungrantable: acc.ungrantable,
             };
             match phase {
                 Phase::Setup => runtime_setup.push(usage),
@@ -144,6 +164,8 @@ impl ProfileBuilder {
             denied: vec![],
             advisory: vec![],
             silent: vec![],
+            borrowed: vec![],
+            ungrantable: vec![],
             capabilities,
             runtime_setup,
             proof: None,
@@ -161,8 +183,6 @@ impl ProfileBuilder {
 pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
     use std::time::Duration;
 
-    use crate::observer::Kind;
-
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let counts = names.iter().map(|name| Count {
         cgroup_id: 1,
@@ -170,6 +190,7 @@ pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
         verdict: Verdict::Granted,
         kind: Kind::Audit,
         phase: Phase::Workload,
+        user_ns: UserNs::Own,
         count: 1,
         first_seen: t,
         last_seen: t,
@@ -198,13 +219,13 @@ impl Observations {
         first_seen: SystemTime,
         last_seen: SystemTime,
     ) {
-        use crate::observer::Kind;
         self.0.add_count(&Count {
             cgroup_id: 0,
             cap,
             verdict: Verdict::from_raw(verdict),
             kind: Kind::from_raw(kind),
             phase: Phase::from_raw(phase),
+            user_ns: UserNs::Own,
             count,
             first_seen,
             last_seen,

@@ -3,8 +3,9 @@
 //! observer hands out.
 //!
 //! Stable fields read by other tools: `schema`, `required`, `denied`,
-//! `advisory`, `silent`, `allowlist` and `capabilities`; `conditional` and
-//! `kept` (conditional.rs) when not empty.
+//! `advisory`, `silent`, `borrowed`, `ungrantable`, `allowlist` and
+//! `capabilities`; `conditional` and `kept` (conditional.rs) when not
+//! empty.
 
 mod build;
 
@@ -18,7 +19,7 @@ pub use build::{Observations, with_allowlist};
 pub use build::{ProfileBuilder, build, from_observer};
 use serde::{Deserialize, Serialize};
 
-pub use crate::observer::Verdict;
+pub use crate::observer::{UserNs, Verdict};
 use crate::{
     capability::Cap,
     conditional::{self, Conditional, Kept},
@@ -41,6 +42,10 @@ pub enum Class {
     /// NOAUDIT checks that can still gate an operation; granted ones count
     /// toward the allowlist.
     Silent,
+    /// Checks made with credentials that are not the workload's own: the
+    /// kernel borrowed someone else's (overlayfs copy-up checks the
+    /// mounter's from the container's task). Never on the allowlist.
+    Borrowed,
     /// NOAUDIT probes that change no permission decision (mmap's
     /// CAP_SYS_ADMIN in `security_vm_enough_memory_mm`).
     Advisory,
@@ -49,8 +54,11 @@ pub enum Class {
 impl Class {
     /// The class of one check. Unclassified checks count as audited, so a
     /// calibration failure can only over-grant, never break a workload.
+    /// Borrowed credentials come first: whatever else the check was, it
+    /// was not made with the workload's own.
     pub fn of(kind: Kind, verdict: Verdict) -> Self {
         match (kind, verdict) {
+            (Kind::Borrowed, _) => Class::Borrowed,
             // capset()'s CAP_SETPCAP check changes nothing unless the call
             // grows the inheritable set, which the capset hook records.
             (Kind::Advisory | Kind::Capset, _) => Class::Advisory,
@@ -60,11 +68,13 @@ impl Class {
         }
     }
 
+    /// The name the profile and the metrics use.
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Required => "required",
             Class::Denied => "denied",
             Class::Silent => "silent",
+            Class::Borrowed => "borrowed",
             Class::Advisory => "advisory",
         }
     }
@@ -125,9 +135,17 @@ pub struct Observation {
     /// Evidence records the kernel could not send (counts are never lost).
     #[serde(default)]
     pub lost_records: u64,
-    /// Checks whose call site was unknown, counted as audited.
+    /// This subject's checks whose call site was unknown, counted as
+    /// audited.
     #[serde(default)]
     pub unclassified_checks: u64,
+    /// Runs of capprof's programs the kernel skipped because one was
+    /// already running on that CPU (`bpf_prog_info.recursion_misses`): checks
+    /// nobody counted, on the whole host (a skipped run cannot say whose
+    /// check it was), since capprof loaded. Absent when the kernel does not
+    /// report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recursion_misses: Option<u64>,
     /// Classes of checks the backend cannot see, so their arrays are empty
     /// whatever the workload did: `lsm` lists `denied` (the hook runs only
     /// for granted checks) and `advisory`. Absent when every class is seen.
@@ -178,6 +196,9 @@ pub struct Evidence {
     /// The kernel function that asked, as `symbol+0xoff`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_site: Option<String>,
+    /// The user namespace the check targeted, relative to the credentials'.
+    #[serde(default)]
+    pub user_ns: UserNs,
 }
 
 /// Everything seen of one capability.
@@ -195,6 +216,11 @@ pub struct CapUsage {
     /// reported as silent, these put it on the allowlist.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub silent_granted: u64,
+    /// Audited checks (with the workload's own credentials) that targeted a
+    /// user namespace outside theirs, an ancestor such as the host's: the
+    /// kernel refuses them whatever the container holds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ungrantable: u64,
     pub first_seen: String,
     pub last_seen: String,
     #[serde(default)]
@@ -214,6 +240,15 @@ pub struct Profile {
     pub denied: Vec<Cap>,
     pub advisory: Vec<Cap>,
     pub silent: Vec<Cap>,
+    /// Capabilities checked only with borrowed credentials (see
+    /// `Class::Borrowed`). Never on the allowlist.
+    #[serde(default)]
+    pub borrowed: Vec<Cap>,
+    /// Capabilities the workload asked for in a user namespace outside its
+    /// own (an ancestor such as the host's, under rootless Podman or
+    /// `dockerd --userns-remap`): no `--cap-add` can grant them.
+    #[serde(default)]
+    pub ungrantable: Vec<Cap>,
     pub capabilities: Vec<CapUsage>,
     /// Checks the container runtime made while setting the container up,
     /// before the workload's exec. Never part of the allowlist.
@@ -441,6 +476,8 @@ impl Profile {
             denied: self.denied.clone(),
             advisory: self.advisory.clone(),
             silent: self.silent.clone(),
+            borrowed: self.borrowed.clone(),
+            ungrantable: self.ungrantable.clone(),
         };
         if expected != got {
             return Err("the summary arrays do not match the capabilities records".into());
@@ -468,6 +505,11 @@ impl Profile {
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
         self.observation.lost_records += other.observation.lost_records;
         self.observation.unclassified_checks += other.observation.unclassified_checks;
+        // A host-wide counter read twice: the larger reading covers both.
+        self.observation.recursion_misses = self
+            .observation
+            .recursion_misses
+            .max(other.observation.recursion_misses);
         // What either observation could not see is not known for the merge.
         let mut blind: BTreeSet<Class> = self.observation.unobservable.drain(..).collect();
         blind.extend(other.observation.unobservable.iter().copied());
@@ -494,12 +536,16 @@ impl Profile {
             denied,
             advisory,
             silent,
+            borrowed,
+            ungrantable,
         } = Summary::of(&self.capabilities, &self.kept);
         self.allowlist = allowlist;
         self.required = required;
         self.denied = denied;
         self.advisory = advisory;
         self.silent = silent;
+        self.borrowed = borrowed;
+        self.ungrantable = ungrantable;
     }
 }
 
@@ -533,6 +579,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
                 acc.granted += usage.granted;
                 acc.denied += usage.denied;
                 acc.silent_granted += usage.silent_granted;
+                acc.ungrantable += usage.ungrantable;
                 for (class, n) in &usage.by_class {
                     *acc.by_class.entry(*class).or_default() += n;
                 }
@@ -550,7 +597,9 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
 
 /// The class a capability is reported under: the strongest of its checks.
 fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
-    // `Class` orders Required < Denied < Silent < Advisory.
+    // `Class` orders Required < Denied < Silent < Borrowed < Advisory: a
+    // capability seen both borrowed and as the mmap probe (SYS_ADMIN on
+    // overlay2) is reported borrowed, the more telling of the two.
     by_class.keys().next().copied().unwrap_or(Class::Advisory)
 }
 
@@ -561,6 +610,8 @@ struct Summary {
     denied: Vec<Cap>,
     advisory: Vec<Cap>,
     silent: Vec<Cap>,
+    borrowed: Vec<Cap>,
+    ungrantable: Vec<Cap>,
 }
 
 impl Summary {
@@ -573,6 +624,8 @@ impl Summary {
             denied: vec![],
             advisory: vec![],
             silent: vec![],
+            borrowed: vec![],
+            ungrantable: vec![],
         };
         let mut sorted: Vec<&CapUsage> = usages.iter().collect();
         sorted.sort_by_key(|u| u.name);
@@ -581,7 +634,11 @@ impl Summary {
                 Class::Required => s.required.push(usage.name),
                 Class::Denied => s.denied.push(usage.name),
                 Class::Silent => s.silent.push(usage.name),
+                Class::Borrowed => s.borrowed.push(usage.name),
                 Class::Advisory => s.advisory.push(usage.name),
+            }
+            if usage.ungrantable > 0 {
+                s.ungrantable.push(usage.name);
             }
             let silent_granted = usage.class == Class::Silent && usage.silent_granted > 0;
             if usage.class == Class::Required || silent_granted {
@@ -610,20 +667,41 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn count(
+        name: &str,
+        verdict: Verdict,
+        kind: Kind,
+        phase: Phase,
+        user_ns: UserNs,
+        n: u64,
+        t: SystemTime,
+    ) -> Count {
+        Count {
+            cgroup_id: 1,
+            cap: cap(name),
+            verdict,
+            kind,
+            phase,
+            user_ns,
+            count: n,
+            first_seen: t,
+            last_seen: t,
+        }
+    }
+
     fn observe(entries: &[(&str, Verdict, Kind, Phase, u64)]) -> Profile {
         let mut builder = ProfileBuilder::default();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for &(name, verdict, kind, phase, count) in entries {
-            builder.add_count(&Count {
-                cgroup_id: 1,
-                cap: cap(name),
+            builder.add_count(&self::count(
+                name,
                 verdict,
                 kind,
                 phase,
+                UserNs::Own,
                 count,
-                first_seen: t,
-                last_seen: t,
-            });
+                t,
+            ));
         }
         builder.build(
             Subject {
@@ -897,5 +975,166 @@ mod tests {
     fn capset_checks_are_not_required() {
         assert_eq!(Class::of(Kind::Capset, Verdict::Granted), Class::Advisory);
         assert_eq!(Class::of(Kind::Capset, Verdict::Denied), Class::Advisory);
+    }
+
+    #[test]
+    fn borrowed_checks_never_reach_the_allowlist() {
+        assert_eq!(Class::of(Kind::Borrowed, Verdict::Granted), Class::Borrowed);
+        assert_eq!(Class::of(Kind::Borrowed, Verdict::Denied), Class::Borrowed);
+        let w = Phase::Workload;
+        let p = observe(&[
+            // Only borrowed: reported, not granted.
+            ("CAP_SYS_ADMIN", Verdict::Granted, Kind::Borrowed, w, 68),
+            (
+                "CAP_DAC_READ_SEARCH",
+                Verdict::Granted,
+                Kind::Borrowed,
+                w,
+                16,
+            ),
+            // Borrowed and the mmap probe: still borrowed.
+            ("CAP_SYS_ADMIN", Verdict::Granted, Kind::Advisory, w, 500),
+            // Borrowed and the workload's own audited check: required.
+            ("CAP_CHOWN", Verdict::Granted, Kind::Borrowed, w, 10),
+            ("CAP_CHOWN", Verdict::Granted, Kind::Audit, w, 2),
+        ]);
+        assert_eq!(p.required, vec![cap("CHOWN")]);
+        assert_eq!(p.allowlist, vec![cap("CHOWN")]);
+        assert_eq!(p.borrowed, vec![cap("DAC_READ_SEARCH"), cap("SYS_ADMIN")]);
+        assert!(p.advisory.is_empty(), "{:?}", p.advisory);
+        let admin = p
+            .capabilities
+            .iter()
+            .find(|u| u.name == cap("SYS_ADMIN"))
+            .unwrap();
+        assert_eq!(admin.class, Class::Borrowed);
+        assert_eq!(admin.by_class[&Class::Borrowed], 68);
+        assert_eq!(admin.by_class[&Class::Advisory], 500);
+        let back = Profile::from_json("p.json", p.to_json().as_bytes()).unwrap();
+        assert_eq!(back, p);
+        // A summary that hides the borrowed capabilities does not validate.
+        let hidden = p.to_json().replace(
+            "\"borrowed\": [\n    \"CAP_DAC_READ_SEARCH\",\n    \"CAP_SYS_ADMIN\"\n  ],",
+            "\"borrowed\": [],",
+        );
+        assert_ne!(hidden, p.to_json());
+        let err = Profile::from_json("hidden.json", hidden.as_bytes()).unwrap_err();
+        assert!(matches!(err, ProfileError::Inconsistent { .. }), "{err}");
+        // A profile written before `borrowed` and `ungrantable` existed reads.
+        let before = observe(&[("CAP_CHOWN", Verdict::Granted, Kind::Audit, w, 2)]);
+        let old = before
+            .to_json()
+            .replace("  \"borrowed\": [],\n", "")
+            .replace("  \"ungrantable\": [],\n", "");
+        assert!(
+            !old.contains("borrowed") && !old.contains("ungrantable"),
+            "{old}"
+        );
+        assert_eq!(
+            Profile::from_json("old.json", old.as_bytes()).unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn ancestor_namespace_checks_are_ungrantable() {
+        let mut obs = ProfileBuilder::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let w = Phase::Workload;
+        for (name, verdict, kind, ns, n) in [
+            // mknod of a device in a user namespace: CAP_MKNOD of the host's.
+            (
+                "CAP_MKNOD",
+                Verdict::Denied,
+                Kind::Audit,
+                UserNs::Ancestor,
+                1,
+            ),
+            // chown in the container's own namespace.
+            ("CAP_CHOWN", Verdict::Granted, Kind::Audit, UserNs::Own, 2),
+            // In a descendant namespace: the same capabilities decide.
+            (
+                "CAP_SETUID",
+                Verdict::Granted,
+                Kind::Audit,
+                UserNs::Descendant,
+                1,
+            ),
+            // Every mmap's probe of the host's namespace: not a need.
+            (
+                "CAP_SYS_ADMIN",
+                Verdict::Denied,
+                Kind::Advisory,
+                UserNs::Ancestor,
+                9,
+            ),
+            // Borrowed checks are not the workload's.
+            (
+                "CAP_FOWNER",
+                Verdict::Granted,
+                Kind::Borrowed,
+                UserNs::Ancestor,
+                3,
+            ),
+        ] {
+            obs.add_count(&count(name, verdict, kind, w, ns, n, t));
+        }
+        let p = obs.build(Subject::default(), Observation::default());
+        assert_eq!(p.ungrantable, vec![cap("MKNOD")]);
+        assert_eq!(p.denied, vec![cap("MKNOD")]);
+        assert_eq!(p.allowlist, vec![cap("CHOWN"), cap("SETUID")]);
+        let mknod = p.capabilities.iter().find(|u| u.name == cap("MKNOD"));
+        assert_eq!(mknod.map(|u| u.ungrantable), Some(1));
+        Profile::from_json("p.json", p.to_json().as_bytes()).unwrap();
+        // Merging adds the counts up.
+        let mut merged = p.clone();
+        merged.merge(&p);
+        assert_eq!(merged.ungrantable, vec![cap("MKNOD")]);
+        let mknod = merged.capabilities.iter().find(|u| u.name == cap("MKNOD"));
+        assert_eq!(mknod.map(|u| u.ungrantable), Some(2));
+    }
+
+    #[test]
+    fn unclassified_checks_are_the_profiles_own() {
+        let w = Phase::Workload;
+        let mut observation = Observation {
+            unclassified_checks: 1234,
+            ..Default::default()
+        };
+        observation.recursion_misses = Some(3);
+        let mut obs = ProfileBuilder::default();
+        let t = SystemTime::UNIX_EPOCH;
+        let own = UserNs::Own;
+        obs.add_count(&count(
+            "CHOWN",
+            Verdict::Granted,
+            Kind::Unknown,
+            w,
+            own,
+            5,
+            t,
+        ));
+        obs.add_count(&count("CHOWN", Verdict::Granted, Kind::Audit, w, own, 7, t));
+        let setup = Phase::Setup;
+        obs.add_count(&count(
+            "SETPCAP",
+            Verdict::Granted,
+            Kind::Unknown,
+            setup,
+            own,
+            2,
+            t,
+        ));
+        let p = obs.build(Subject::default(), observation);
+        // Its own counters of unknown kind, not what the caller passed.
+        assert_eq!(p.observation.unclassified_checks, 7);
+        assert_eq!(p.observation.recursion_misses, Some(3));
+        let mut merged = p.clone();
+        let mut other = p.clone();
+        other.observation.recursion_misses = Some(5);
+        merged.merge(&other);
+        assert_eq!(merged.observation.unclassified_checks, 14);
+        // One host-wide counter read twice: the larger reading.
+        assert_eq!(merged.observation.recursion_misses, Some(5));
     }
 }

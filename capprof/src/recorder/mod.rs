@@ -457,7 +457,9 @@ fn observation(
         backend: backend.to_owned(),
         classification: classification.to_owned(),
         lost_records: stats.ringbuf_lost,
-        unclassified_checks: stats.unclassified,
+        // Counted from the container's own counters by the builder.
+        unclassified_checks: 0,
+        recursion_misses: stats.recursion_misses,
         unobservable: Class::unobservable_on(observer.backend()),
         partial: rec.preexisting.map(|started| Partial {
             workload_started: started.map(rfc3339),

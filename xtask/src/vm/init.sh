@@ -28,6 +28,17 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || mark "NOTE: no trace
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null || mark "NOTE: no securityfs"
 # The low-port test binds 127.0.0.1.
 ip link set lo up || mark "NOTE: lo could not be brought up"
+# The copy-up test mounts an overlayfs; Debian builds it as a module, which
+# the initramfs carries for each kernel (xtask/src/vm/kernel.rs).
+if ! grep -qw overlay /proc/filesystems; then
+    module=/lib/modules/$(uname -r)/overlay.ko
+    if [ -f "$module" ]; then
+        insmod "$module" || mark "NOTE: insmod $module failed"
+    else
+        mark "NOTE: no overlay module for $(uname -r) and no overlayfs built in"
+    fi
+fi
+echo "overlayfs: $(grep -w overlay /proc/filesystems || echo absent)"
 
 backends=
 filter=

@@ -13,7 +13,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::util::{note, stdout_of, step};
+use super::kernel::Module;
+use crate::util::{display, note, stdout_of, step};
 
 /// Debian's busybox-static, copied to the same place in the guest.
 const BUSYBOX: &str = "/bin/busybox";
@@ -45,6 +46,10 @@ pub struct Payload {
     pub capprof: PathBuf,
     /// Other binaries the tests spawn by absolute path.
     pub helpers: Vec<PathBuf>,
+    /// Kernel modules, each put at `/lib/modules/<release>/<name>.ko`
+    /// (decompressed) for the init script to load on the kernel it was
+    /// built for.
+    pub modules: Vec<Module>,
 }
 
 /// Writes the initramfs for `payload` to `out`, and returns its size.
@@ -96,6 +101,20 @@ pub fn build(payload: &Payload, out: &Path) -> Result<u64> {
             }
         }
     }
+    for module in &payload.modules {
+        let name = module
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a module file without a name")?;
+        let name = name.strip_suffix(".xz").unwrap_or(name);
+        archive.file_bytes(
+            Path::new("/lib/modules").join(&module.release).join(name),
+            module_bytes(&module.path)?,
+            0o644,
+        );
+        note(format_args!("module {name} for {}", module.release));
+    }
     archive.file_bytes("/init", INIT.as_bytes().to_vec(), 0o755);
     archive.file_bytes("/etc/capprof-vm.env", env_file(payload).into_bytes(), 0o644);
     archive.file_bytes("/etc/passwd", PASSWD.as_bytes().to_vec(), 0o644);
@@ -123,6 +142,28 @@ pub fn build(payload: &Payload, out: &Path) -> Result<u64> {
         size >> 20
     ));
     Ok(size)
+}
+
+/// A module's contents, decompressed when it is `.xz` (Debian's 6.12
+/// compresses its modules; busybox's insmod loads plain ones only).
+fn module_bytes(path: &Path) -> Result<Vec<u8>> {
+    if path.extension().is_none_or(|e| e != "xz") {
+        return fs::read(path).with_context(|| format!("reading {}", path.display()));
+    }
+    let mut cmd = Command::new("xz");
+    cmd.arg("-dc").arg(path);
+    let line = display(&cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{line}` (apt-get install xz-utils)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 /// Shell assignments the init script sources: the paths it runs.

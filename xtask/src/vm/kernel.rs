@@ -79,6 +79,48 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
 }
 
+/// A module the guests load at boot, from its kernel's package.
+#[derive(Debug, Clone)]
+pub struct Module {
+    /// The kernel release it was built for (`uname -r` in the guest).
+    pub release: String,
+    /// The module file in the unpacked package (`.ko` or `.ko.xz`).
+    pub path: PathBuf,
+}
+
+/// Where overlayfs lives in a kernel package's module tree. Debian builds it
+/// as a module (`CONFIG_OVERLAY_FS=m` in 6.1 and 6.12), and the tests mount
+/// one to see copy-up's borrowed credentials.
+const OVERLAY_MODULE: &str = "kernel/fs/overlayfs/overlay.ko";
+
+impl Kernel {
+    /// The package's overlayfs module, if it has one (a kernel with
+    /// overlayfs built in has none, and needs none).
+    pub fn overlay_module(&self) -> Result<Option<Module>> {
+        // boot/vmlinuz-… → the unpacked package.
+        let Some(root) = self.vmlinuz.parent().and_then(Path::parent) else {
+            return Ok(None);
+        };
+        let modules = root.join("lib/modules");
+        let Ok(releases) = fs::read_dir(&modules) else {
+            return Ok(None);
+        };
+        for release in releases {
+            let release = release.with_context(|| format!("reading {}", modules.display()))?;
+            for name in [OVERLAY_MODULE.to_owned(), format!("{OVERLAY_MODULE}.xz")] {
+                let path = release.path().join(name);
+                if path.is_file() {
+                    return Ok(Some(Module {
+                        release: release.file_name().to_string_lossy().into_owned(),
+                        path,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl Series {
     /// N in `{prefix}{N}{suffix}`, for a package name of this series.
     fn number_of(&self, package: &str) -> Option<u32> {

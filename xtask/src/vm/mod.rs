@@ -91,13 +91,22 @@ pub fn run(args: &VmTestArgs) -> Result<ExitCode> {
     }
     setup::ensure()?;
 
-    let payload = build_payload()?;
+    let mut payload = build_payload()?;
     let kernels = args
         .kernel
         .series()
         .into_iter()
         .map(kernel::ensure)
         .collect::<Result<Vec<Kernel>>>()?;
+    for kernel in &kernels {
+        match kernel.overlay_module()? {
+            Some(module) => payload.modules.push(module),
+            None => note(format_args!(
+                "{} has no overlay module: overlayfs must be built in",
+                kernel.package
+            )),
+        }
+    }
 
     let out_dir = target_dir().join("vm-test");
     let initramfs = out_dir.join("initramfs.cpio");
@@ -334,6 +343,7 @@ fn build_payload() -> Result<initramfs::Payload> {
         test_exe: test_exe.context("cargo built no run_actions test executable")?,
         capprof: capprof.context("cargo built no capprof binary")?,
         helpers: vec![action.context("cargo built no capprof-test-action binary")?],
+        modules: vec![],
     };
     note(format_args!("tests: {}", payload.test_exe.display()));
     Ok(payload)

@@ -9,6 +9,7 @@ use capprof::{
         Backend, COMPAT, LSM_LIST, Observer, bpf_lsm_active,
         btf::{self, KernelBtf},
         choose_backend,
+        prog_stats::{self, LoadedProgram},
     },
 };
 use serde::Serialize;
@@ -121,6 +122,22 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                 |o| format!("offset {o}"),
             ),
         });
+        checks.push(Check {
+            name: "credential offsets",
+            ok: k.creds.is_some(),
+            detail: k.creds.map_or(
+                "not found: checks made with borrowed credentials (overlayfs copy-up) count as \
+                 the workload's, and user namespaces are not told apart"
+                    .into(),
+                |c| {
+                    format!(
+                        "task_struct.real_cred {}, cred.user_ns {}: borrowed credentials and \
+                         target user namespaces are told apart",
+                        c.task_real_cred, c.cred_user_ns
+                    )
+                },
+            ),
+        });
     }
     let cg2 = cgroup::cgroup2_mount();
     checks.push(Check {
@@ -163,6 +180,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     // program (checked with the observer, unless --no-load)?
     let mut lsm = lsm.map(|()| format!("active ({lsm_list})"));
     let mut lsm_loads = false;
+    let mut programs = None;
     if root && has_btf && !args.no_load {
         match Observer::load(backend) {
             Ok(mut observer) => {
@@ -204,6 +222,8 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     other => other.to_string(),
                 });
                 load_ms = Some(observer.load_time().as_millis());
+                // While this load's own programs are still in the kernel.
+                programs = Some(prog_stats::capprof_programs());
                 checks.push(Check {
                     name: "load",
                     ok: true,
@@ -221,6 +241,11 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                 });
             }
         }
+    }
+    if root {
+        checks.push(recursion_check(
+            programs.unwrap_or_else(prog_stats::capprof_programs),
+        ));
     }
     checks.push(Check {
         name: "bpf lsm",
@@ -263,6 +288,54 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// `recursion_misses` of every capprof program loaded on this host: this
+/// doctor's own (when it loaded one) and any running capprof's, a daemon's
+/// included. Not a prerequisite, but each miss is a check nobody counted.
+fn recursion_check(programs: Vec<LoadedProgram>) -> Check {
+    let reported: Vec<&LoadedProgram> = programs
+        .iter()
+        .filter(|p| p.recursion_misses.is_some())
+        .collect();
+    let misses: u64 = reported.iter().filter_map(|p| p.recursion_misses).sum();
+    let detail = if programs.is_empty() {
+        "no capprof program is loaded".to_owned()
+    } else if reported.is_empty() {
+        format!(
+            "{} capprof program(s) loaded; this kernel does not report recursion misses (5.12+)",
+            programs.len()
+        )
+    } else {
+        let worst: Vec<String> = reported
+            .iter()
+            .filter(|p| p.recursion_misses > Some(0))
+            .map(|p| {
+                format!(
+                    "{} (id {}): {}",
+                    p.name,
+                    p.id,
+                    p.recursion_misses.unwrap_or(0)
+                )
+            })
+            .collect();
+        if worst.is_empty() {
+            format!(
+                "0 across {} capprof program(s) loaded: every check reached them",
+                reported.len()
+            )
+        } else {
+            format!(
+                "{misses} checks not counted: the kernel skipped {}",
+                worst.join(", ")
+            )
+        }
+    };
+    Check {
+        name: "recursion misses",
+        ok: misses == 0,
+        detail,
+    }
 }
 
 fn render_report(r: &Report) -> String {

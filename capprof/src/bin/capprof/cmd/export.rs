@@ -175,6 +175,11 @@ fn warn_about(profile: &Profile) {
     if let Some(blind) = capprof::table::unobservable_note(&profile.observation) {
         tracing::warn!("{blind}");
     }
+    // Loud, and whatever CAPPROF_LOG says: these settings cannot give the
+    // workload what it asked for.
+    if let Some(warning) = capprof::table::ungrantable_warning(profile) {
+        eprintln!("capprof: WARNING: {warning}");
+    }
 }
 
 /// One row per capability with its action; a conditional capability (one

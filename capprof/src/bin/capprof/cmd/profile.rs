@@ -116,7 +116,13 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
     let profile = Profile::from_json(&format!("the daemon's profile of {key}"), &body)
         .map_err(|e| Error::internal(e.to_string()))?;
     match args.format.export() {
-        Some(format) => Ok(export::render(&profile, format)?),
+        Some(format) => {
+            // As loud as `capprof export`: no setting can grant these.
+            if let Some(warning) = table::ungrantable_warning(&profile) {
+                eprintln!("capprof: WARNING: {warning}");
+            }
+            Ok(export::render(&profile, format)?)
+        }
         None => Ok(format!(
             "{}{}",
             heading(&profile),

@@ -168,7 +168,9 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
         backend: observer.backend().to_string(),
         classification: observer.classification().to_string(),
         lost_records: stats.ringbuf_lost,
-        unclassified_checks: stats.unclassified,
+        // Counted from this command's own counters by the builder.
+        unclassified_checks: 0,
+        recursion_misses: stats.recursion_misses,
         unobservable: Class::unobservable_on(observer.backend()),
         partial: None,
     };
