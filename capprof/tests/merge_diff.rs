@@ -404,7 +404,7 @@ fn merge_names_fields_it_cannot_carry() {
         "run-sample.json",
         "newer.json",
         "\"runtime_setup\": []",
-        "\"runtime_setup\": [], \"conditional\": [{\"capability\": \"CAP_NET_BIND_SERVICE\"}]",
+        "\"runtime_setup\": [], \"future_list\": [{\"capability\": \"CAP_NET_BIND_SERVICE\"}]",
     );
     let out = dir.path("merged.json");
     let result = capprof(&[
@@ -418,7 +418,7 @@ fn merge_names_fields_it_cannot_carry() {
     assert!(result.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "newer.json: written by a newer capprof; conditional not carried into the merge"
+            "newer.json: written by a newer capprof; future_list not carried into the merge"
         ),
         "{stderr}"
     );
