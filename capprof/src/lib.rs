@@ -6,6 +6,7 @@
 
 pub mod attribution;
 pub mod capability;
+pub mod capset;
 pub mod cgroup;
 pub mod daemon;
 pub mod engine;
@@ -13,6 +14,7 @@ pub mod export;
 pub mod fsutil;
 pub mod observer;
 pub mod profile;
+pub mod proof;
 pub mod recorder;
 pub mod table;
 pub mod urlpath;

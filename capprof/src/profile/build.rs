@@ -129,6 +129,7 @@ impl ProfileBuilder {
             silent: vec![],
             capabilities,
             runtime_setup,
+            proof: None,
         };
         profile.apply_summary();
         profile

@@ -6,6 +6,8 @@
 //! `advisory`, `silent`, `allowlist` and `capabilities`.
 
 mod build;
+mod proof;
+mod run;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,6 +17,8 @@ use std::{
 #[cfg(test)]
 pub use build::with_allowlist;
 pub use build::{ProfileBuilder, build};
+pub use proof::{KeptIdentity, MAX_PROOF_ENTRIES, Proof};
+pub use run::{DeviceSpec, MountSpec, RunSpec, UlimitSpec};
 use serde::{Deserialize, Serialize};
 
 pub use crate::observer::Verdict;
@@ -103,9 +107,13 @@ pub struct Subject {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    /// The capabilities the container was started with, from the engine.
+    /// The capabilities the container was started with, from the engine
+    /// (for a command: `capprof run --caps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<Cap>>,
+    /// How to run the workload again (`capprof verify`, `minimize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSpec>,
 }
 
 /// How the observation was made.
@@ -187,6 +195,10 @@ pub struct Profile {
     /// before the workload's exec. Never part of the allowlist.
     #[serde(default)]
     pub runtime_setup: Vec<CapUsage>,
+    /// What re-running the workload proved about the allowlist
+    /// (`capprof minimize`); absent for a profile that was only observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,9 +277,21 @@ impl Profile {
                 ));
             }
         }
+        if let Some(run) = &self.subject.run {
+            run.validate()?;
+        }
         let expected = Summary::of(&self.capabilities);
+        // A proof may have removed capabilities from the observed
+        // allowlist (never added any); it vouches for what it kept.
+        let allowlist = match &self.proof {
+            Some(proof) => {
+                proof.check(&self.allowlist, &expected.allowlist)?;
+                expected.allowlist.clone()
+            }
+            None => self.allowlist.clone(),
+        };
         let got = Summary {
-            allowlist: self.allowlist.clone(),
+            allowlist,
             required: self.required.clone(),
             denied: self.denied.clone(),
             advisory: self.advisory.clone(),
@@ -298,6 +322,8 @@ impl Profile {
         let mut blind: BTreeSet<Class> = self.observation.unobservable.drain(..).collect();
         blind.extend(other.observation.unobservable.iter().copied());
         self.observation.unobservable = blind.into_iter().collect();
+        // A proof is for one allowlist of one workload, not for a merge.
+        self.proof = None;
         self.apply_summary();
     }
 

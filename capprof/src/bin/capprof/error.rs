@@ -2,7 +2,9 @@
 //! scripts can trust: 2 for bad input or a missing prerequisite, 1 for a
 //! failure of capprof itself.
 
-use capprof::{export::ExportError, observer::ObserverError, profile::ProfileError};
+use capprof::{
+    export::ExportError, observer::ObserverError, profile::ProfileError, proof::ProofError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,6 +17,11 @@ pub enum Error {
     Export(#[from] ExportError),
     #[error(transparent)]
     Observer(#[from] ObserverError),
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// Stopped by Ctrl-C or SIGTERM (exit 130), after cleaning up.
+    #[error("{0}")]
+    Interrupted(String),
     /// Anything else (exit 1).
     #[error("{0}")]
     Internal(String),
@@ -33,7 +40,9 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Profile(_) | Error::Export(_) => 2,
             Error::Observer(err) if err.is_prerequisite() => 2,
-            Error::Observer(_) | Error::Internal(_) => 1,
+            Error::Proof(err) if err.is_bad_input() => 2,
+            Error::Interrupted(_) => 130,
+            Error::Observer(_) | Error::Proof(_) | Error::Internal(_) => 1,
         }
     }
 }

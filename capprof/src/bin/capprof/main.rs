@@ -35,6 +35,10 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// Print one container's profile (or an export of it) from the daemon.
     Profile(cmd::profile::ProfileArgs),
+    /// Re-run a profile's workload with exactly its allowlist, to prove it.
+    Verify(cmd::verify::VerifyArgs),
+    /// Find the smallest allowlist the workload works with; write it, proven.
+    Minimize(cmd::minimize::MinimizeArgs),
 
     /// Check what this kernel offers capprof and which backend it would use.
     Doctor(cmd::doctor::DoctorArgs),
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
         Command::Daemon(args) => cmd::daemon::main(args),
         Command::Ps(args) => cmd::ps::main(args),
         Command::Profile(args) => cmd::profile::main(args),
+        Command::Verify(args) => cmd::verify::main(args),
+        Command::Minimize(args) => cmd::minimize::main(args),
 
         Command::Doctor(args) => cmd::doctor::main(args),
     };

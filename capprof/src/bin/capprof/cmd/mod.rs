@@ -3,10 +3,13 @@
 pub mod daemon;
 pub mod doctor;
 pub mod export;
+pub mod minimize;
 pub mod profile;
 pub mod ps;
 pub mod record;
+pub mod rerun;
 pub mod run;
+pub mod verify;
 
 use std::io::{self, Write as _};
 
