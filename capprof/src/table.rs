@@ -70,6 +70,9 @@ pub fn render_profile(profile: &Profile) -> String {
     if !profile.denied.is_empty() {
         out.push_str(&format!("denied:    {}\n", names(&profile.denied)));
     }
+    if let Some(proof) = &profile.proof {
+        out.push_str(&format!("proof:     {}\n", proof.summary()));
+    }
     let obs = &profile.observation;
     if let Some(blind) = unobservable_note(obs) {
         out.push_str(&format!("note: {blind}\n"));

@@ -52,7 +52,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(EXCLUDE)
         .args(&args.cargo_args)
-        .args(["--", "--test-threads=1"])
+        .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);

@@ -127,13 +127,21 @@ impl Proof {
         } else {
             "NOT proven: the workload failed with this allowlist"
         };
+        // The fields come from an untrusted file: no control characters
+        // reach a terminal.
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(80)
+                .collect()
+        };
         format!(
             "{verdict} by {} ({} run{} each, {}, {})",
-            self.method,
+            clean(&self.method),
             self.runs,
             if self.runs == 1 { "" } else { "s" },
-            self.engine,
-            self.at
+            clean(&self.engine),
+            clean(&self.at)
         )
     }
 }

@@ -179,7 +179,8 @@ impl Verification {
 }
 
 /// Runs the allowlist N times; with `ablate`, then each capability's
-/// absence N times.
+/// absence N times (security-relevant ones are not tried: they are
+/// reported as such, as `minimize` keeps them).
 pub async fn verify(
     allowlist: &[Cap],
     runs: u32,
@@ -200,7 +201,11 @@ pub async fn verify(
     if ablate {
         for &cap in allowlist {
             let set: Vec<Cap> = allowlist.iter().copied().filter(|&c| c != cap).collect();
-            let verdict = try_without(cap, &set, runs, &base, &mut trial, &mut progress).await?;
+            let verdict = if is_security_relevant(cap) {
+                Verdict::SecurityRelevant
+            } else {
+                try_without(cap, &set, runs, &base, &mut trial, &mut progress).await?
+            };
             progress(Event::Decided {
                 cap,
                 verdict: &verdict,

@@ -201,6 +201,9 @@ pub async fn guarded<T>(
 pub struct Progress {
     bar: Option<ProgressBar>,
     verb: &'static str,
+    /// What the work is, said with the first result (so that input found
+    /// bad by the first run is still one line).
+    intro: std::sync::Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -215,10 +218,21 @@ impl Progress {
             }
             bar
         });
-        Self { bar, verb }
+        Self {
+            bar,
+            verb,
+            intro: std::sync::Mutex::new(None),
+        }
     }
 
     fn line(&self, text: String) {
+        if let Some(intro) = self.intro.lock().ok().and_then(|mut i| i.take()) {
+            self.print(intro);
+        }
+        self.print(text);
+    }
+
+    fn print(&self, text: String) {
         match &self.bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
@@ -274,7 +288,7 @@ impl Progress {
         }
     }
 
-    /// Announces the work before the first run.
+    /// Says what the work is, with the first result.
     pub fn start(&self, label: &str, set: &[Cap], engine: &str, probe: Option<&Probe>) {
         let caps = if set.is_empty() {
             "no capability".to_owned()
@@ -284,14 +298,17 @@ impl Progress {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        self.line(format!(
+        let intro = format!(
             "capprof: {}: {label} with {caps} on {engine}; success is {}",
             self.verb,
             probe.map_or("exit status 0".to_owned(), |p| format!(
                 "the probe passing ({})",
                 p.describe()
             ))
-        ));
+        );
+        if let Ok(mut slot) = self.intro.lock() {
+            *slot = Some(intro);
+        }
     }
 
     pub fn finish(&self) {
