@@ -46,6 +46,7 @@ pub fn sample_list() -> Vec<ContainerSummary> {
             allowlist: vec![Cap::from_number(0).unwrap(), Cap::from_number(10).unwrap()],
             first_seen: "2025-01-01T00:00:00Z".into(),
             last_seen: "2025-01-01T00:00:02Z".into(),
+            shadow: None,
         },
         ContainerSummary {
             id: "fedcba9876543210".into(),
@@ -57,6 +58,7 @@ pub fn sample_list() -> Vec<ContainerSummary> {
             allowlist: vec![],
             first_seen: String::new(),
             last_seen: String::new(),
+            shadow: None,
         },
     ]
 }
@@ -96,6 +98,10 @@ pub fn fake_aggregator() -> QueryTx {
                         Group::Image => key == IMAGE || key == "acme/export",
                     };
                     let _ = reply.send(known.then(sample_profile));
+                }
+                // "web" is known and has no candidate allowlist.
+                Query::Shadow { key, reply } => {
+                    let _ = reply.send((key == "web").then_some(None));
                 }
             }
         }

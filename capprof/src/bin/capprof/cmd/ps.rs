@@ -75,6 +75,26 @@ fn run(args: &PsArgs) -> Result<String, Error> {
     }
 }
 
+/// The shadow column: how the container fares against its candidate
+/// allowlist (`capprof daemon --shadow`).
+fn shadow(c: &ContainerSummary) -> String {
+    let Some(status) = &c.shadow else {
+        return "-".to_owned();
+    };
+    if status.violations.is_empty() {
+        return match &status.safe_since {
+            Some(t) => format!("safe to enforce since {t}"),
+            None => "safe to enforce (nothing seen yet)".to_owned(),
+        };
+    }
+    let refused: Vec<String> = status
+        .violations
+        .iter()
+        .map(|v| format!("{} ({})", v.capability.short_name(), v.checks))
+        .collect();
+    format!("NOT safe: would refuse {}", refused.join(", "))
+}
+
 fn table(list: &[ContainerSummary]) -> Table {
     let dash = |s: &str| {
         if s.is_empty() {
@@ -93,6 +113,7 @@ fn table(list: &[ContainerSummary]) -> Table {
         "ALLOWLIST",
         "FIRST SEEN",
         "LAST SEEN",
+        "SHADOW",
     ]);
     for c in list {
         let allowlist = if c.allowlist.is_empty() {
@@ -114,6 +135,7 @@ fn table(list: &[ContainerSummary]) -> Table {
             allowlist,
             dash(&c.first_seen),
             dash(&c.last_seen),
+            shadow(c),
         ]);
     }
     table
