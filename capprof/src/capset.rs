@@ -43,8 +43,8 @@ pub struct CapLimit {
 
 impl CapLimit {
     pub fn new(allowed: &[Cap]) -> Result<Self, LimitError> {
-        let text =
-            std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").map_err(LimitError::LastCap)?;
+        let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .map_err(LimitError::LastCap)?;
         let last_cap = text.trim().parse::<u32>().map_err(|e| {
             LimitError::LastCap(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;

@@ -97,7 +97,13 @@ fn record(
     let dir = Scratch::new(tag);
     let out_dir = dir.path("profiles");
     let mut child = Command::new(CAPPROF)
-        .args(["record", "--out", out_dir.to_str().unwrap(), "--container", name])
+        .args([
+            "record",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--container",
+            name,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .expect("capprof record starts");
@@ -366,7 +372,13 @@ fn a_web_server_is_proven_with_a_probe() {
             "mkdir -p /www && echo hello > /www/index.html && chown -R 1000:1000 /www \
              && chmod 600 /www/index.html && exec httpd -f -p 8080 -h /www -u app",
         ],
-        &["CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID", "CAP_SETGID", "CAP_SETUID"],
+        &[
+            "CAP_CHOWN",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_SETGID",
+            "CAP_SETUID",
+        ],
         &["CAP_CHOWN", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID"],
         &["--probe-exec", "wget -q -O- http://127.0.0.1:8080/"],
     );
@@ -545,7 +557,10 @@ fn run_profiles_are_minimized_with_run_caps() {
     let (out, profile) = profile_of(&["sh", "-c", &cmd]);
     assert!(out.status.success());
     let allowlist = names(&profile, "allowlist");
-    assert!(allowlist.contains(&"CAP_FSETID".to_owned()), "{allowlist:?}");
+    assert!(
+        allowlist.contains(&"CAP_FSETID".to_owned()),
+        "{allowlist:?}"
+    );
     assert_eq!(profile["subject"]["run"]["command"][2], cmd.as_str());
     let input = dir.path("p.json");
     std::fs::write(&input, serde_json::to_string(&profile).unwrap()).unwrap();
@@ -662,7 +677,10 @@ fn ctrl_c_leaves_no_container() {
     // Wait until the baseline's container runs.
     let deadline = Instant::now() + Duration::from_secs(30);
     while proof_containers().is_empty() {
-        assert!(Instant::now() < deadline, "minimize never created a container");
+        assert!(
+            Instant::now() < deadline,
+            "minimize never created a container"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -672,7 +690,9 @@ fn ctrl_c_leaves_no_container() {
     assert_eq!(status.code(), Some(130));
     let lines: Vec<String> = rx.try_iter().collect();
     assert!(
-        lines.iter().any(|l| l.contains("interrupted; removed 1 container")),
+        lines
+            .iter()
+            .any(|l| l.contains("interrupted; removed 1 container")),
         "{lines:?}"
     );
     assert_no_proof_containers();
@@ -699,7 +719,11 @@ fn bad_input_is_one_line_and_status_2() {
     let gone = Scratch::new("proof-gone");
     let gone = synthetic_profile(&gone, "capprof-gone-image:none", &["true"]);
     let out = capprof(&["verify", gone.to_str().unwrap()]);
-    assert_one_line_error(&out, 2, "image capprof-gone-image:none is no longer on the engine");
+    assert_one_line_error(
+        &out,
+        2,
+        "image capprof-gone-image:none is no longer on the engine",
+    );
 
     // A profile without subject.run.
     let mut value = read_json(&ok);
@@ -710,7 +734,12 @@ fn bad_input_is_one_line_and_status_2() {
         .unwrap();
     let bare = dir.path("bare.json");
     std::fs::write(&bare, value.to_string()).unwrap();
-    let out = capprof(&["minimize", "--out", dir.path("o.json").to_str().unwrap(), bare.to_str().unwrap()]);
+    let out = capprof(&[
+        "minimize",
+        "--out",
+        dir.path("o.json").to_str().unwrap(),
+        bare.to_str().unwrap(),
+    ]);
     assert_one_line_error(&out, 2, "has no subject.run");
 
     // Probes that cannot run: on the host, and in the container.

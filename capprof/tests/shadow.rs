@@ -97,7 +97,11 @@ impl Daemon {
             "--socket",
             self.socket().to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -164,11 +168,7 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
         "capabilities": []
     });
     std::fs::create_dir_all(dir.path("candidates")).unwrap();
-    std::fs::write(
-        dir.path("candidates/web.json"),
-        candidate.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.path("candidates/web.json"), candidate.to_string()).unwrap();
     let candidates = dir.path("candidates").display().to_string();
     let metrics = format!("127.0.0.1:{}", 20000 + std::process::id() % 20000);
     let daemon = Daemon::start(
@@ -196,15 +196,23 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
         "-c",
         "sleep 3; touch /w/f && chown 1000:1000 /w/f; exec sleep 30",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // First: matched by name, no violation, safe to enforce.
     let mut safe = Value::Null;
-    wait_until("the container to be shadowed", Duration::from_secs(3), || {
-        let list: Value = serde_json::from_str(&daemon.ps("json")).unwrap();
-        safe = container(&list, &name).cloned().unwrap_or_default();
-        !safe["shadow"].is_null()
-    });
+    wait_until(
+        "the container to be shadowed",
+        Duration::from_secs(3),
+        || {
+            let list: Value = serde_json::from_str(&daemon.ps("json")).unwrap();
+            safe = container(&list, &name).cloned().unwrap_or_default();
+            !safe["shadow"].is_null()
+        },
+    );
     let shadow = &safe["shadow"];
     assert_eq!(shadow["matched_by"], "name", "{safe}");
     assert_eq!(shadow["violations"], serde_json::json!([]), "{safe}");
@@ -226,7 +234,10 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
     let (status, body) = daemon.get(&format!("/v1/containers/{name}/shadow"));
     assert!(status.contains("200"), "{status} {body}");
     let report: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(report["violations"][0]["capability"], "CAP_CHOWN", "{report}");
+    assert_eq!(
+        report["violations"][0]["capability"], "CAP_CHOWN",
+        "{report}"
+    );
     assert!(report["violations"][0]["checks"].as_u64().unwrap() >= 1);
     assert!(report["safe_since"].is_null(), "{report}");
     let (status, _) = daemon.get("/v1/containers/capprof-no-such-container/shadow");

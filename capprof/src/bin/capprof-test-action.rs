@@ -161,7 +161,10 @@ fn audit_login() {
     unsafe {
         let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_AUDIT);
         if fd < 0 {
-            eprintln!("audit: no audit socket: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "audit: no audit socket: {}",
+                std::io::Error::last_os_error()
+            );
             return;
         }
         let mut addr: libc::sockaddr_nl = std::mem::zeroed();

@@ -148,7 +148,11 @@ impl Candidates {
     pub fn find(&self, name: Option<&str>, image: Option<&str>) -> Option<(&Candidate, &str)> {
         name.and_then(|n| self.by_name.get(n))
             .map(|c| (c, "name"))
-            .or_else(|| image.and_then(|i| self.by_image.get(i)).map(|c| (c, "image")))
+            .or_else(|| {
+                image
+                    .and_then(|i| self.by_image.get(i))
+                    .map(|c| (c, "image"))
+            })
     }
 
     /// How `profile` (a container's, as of now) fares against its
@@ -204,7 +208,8 @@ mod tests {
     use crate::profile::{Subject, with_allowlist};
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("capprof-shadow-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("capprof-shadow-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -247,7 +252,9 @@ mod tests {
         assert_eq!(status.violations.len(), 1);
         assert_eq!(status.violations[0].capability.short_name(), "SETUID");
         assert_eq!(status.safe_since, None);
-        let fine = c.status(Some("job"), Some("busybox:1"), Some(&used)).unwrap();
+        let fine = c
+            .status(Some("job"), Some("busybox:1"), Some(&used))
+            .unwrap();
         assert!(fine.violations.is_empty());
         assert!(fine.safe_since.is_some());
 

@@ -239,7 +239,9 @@ impl RunSpec {
         }
         for (what, s) in strings {
             if s.len() > MAX_STRING {
-                return Err(format!("run.{what}: a value is longer than {MAX_STRING} bytes"));
+                return Err(format!(
+                    "run.{what}: a value is longer than {MAX_STRING} bytes"
+                ));
             }
             if s.chars().any(|c| c.is_control() && c != '\t') {
                 return Err(format!("run.{what}: a value holds control characters"));

@@ -148,6 +148,13 @@ impl CommandWorkload {
         };
         tokio::pin!(probe_loop);
         let has_probe = self.options.probe.is_some();
+        // With a probe, its own give-up (at the deadline, with the last
+        // attempt's story) comes first; this one is a backstop.
+        let hard_deadline = if has_probe {
+            deadline + self.options.timeout.min(Duration::from_secs(10)) + Duration::from_secs(1)
+        } else {
+            deadline
+        };
         let outcome = loop {
             tokio::select! {
                 status = child.wait() => {
@@ -177,7 +184,7 @@ impl CommandWorkload {
                 }
                 _ = tick.tick() => {
                     log.add(creds::sample_cgroup(cgroup.path()));
-                    if Instant::now() >= deadline {
+                    if Instant::now() >= hard_deadline {
                         break Outcome::Failed(format!(
                             "still running after {}s",
                             self.options.timeout.as_secs()

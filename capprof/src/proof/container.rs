@@ -19,7 +19,8 @@ use bollard::{
     exec::{CreateExecOptions, StartExecResults},
     models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, ResourcesUlimits},
     query_parameters::{
-        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+        RemoveContainerOptionsBuilder,
     },
 };
 use futures_util::StreamExt as _;
@@ -289,6 +290,12 @@ impl ContainerWorkload {
         };
         sample(&mut log);
         let deadline = started + self.options.timeout;
+        // With a probe, its own give-up (at the deadline, with the last
+        // attempt's story) comes first; this one is a backstop.
+        let hard_deadline = match self.options.probe {
+            Some(_) => deadline + PROBE_ATTEMPT + Duration::from_secs(1),
+            None => deadline,
+        };
         let mut wait = docker.wait_container(id, None);
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         let probe_loop = self.probe_until_pass(id, &env, deadline);
@@ -326,7 +333,7 @@ impl ContainerWorkload {
                 }
                 _ = tick.tick() => {
                     sample(&mut log);
-                    if Instant::now() >= deadline {
+                    if Instant::now() >= hard_deadline {
                         break Outcome::Failed(format!(
                             "still running after {}s",
                             self.options.timeout.as_secs()
@@ -336,10 +343,36 @@ impl ContainerWorkload {
             }
         };
         sample(&mut log);
+        // A failed run says why in its own words, when it said any.
+        let outcome = match outcome {
+            Outcome::Failed(why) => match self.last_log_line(id).await {
+                Some(said) => Outcome::Failed(format!("{why}: {said}")),
+                None => Outcome::Failed(why),
+            },
+            passed => passed,
+        };
         Ok(Trial {
             outcome,
             processes: log.processes(),
         })
+    }
+
+    /// The container's last line of output.
+    async fn last_log_line(&self, id: &str) -> Option<String> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("5")
+            .build();
+        let mut logs = self.engine.docker().logs(id, Some(opts));
+        let mut text = String::new();
+        let read = async {
+            while let Some(Ok(chunk)) = logs.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+        Some(probe::last_line(&text)).filter(|l| !l.is_empty())
     }
 
     /// Retries the probe until it passes or the deadline.
@@ -406,8 +439,9 @@ impl ContainerWorkload {
         };
         let run = async {
             let mut output = String::new();
-            if let Ok(StartExecResults::Attached { output: mut out, .. }) =
-                docker.start_exec(&exec.id, None).await
+            if let Ok(StartExecResults::Attached {
+                output: mut out, ..
+            }) = docker.start_exec(&exec.id, None).await
             {
                 while let Some(Ok(chunk)) = out.next().await {
                     output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));

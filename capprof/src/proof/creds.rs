@@ -239,7 +239,10 @@ pub fn gained(a: &Creds, b: &Creds) -> Vec<String> {
         out.push("no_new_privs off".into());
     }
     if a.seccomp < b.seccomp {
-        out.push(format!("seccomp mode {} (baseline {})", a.seccomp, b.seccomp));
+        out.push(format!(
+            "seccomp mode {} (baseline {})",
+            a.seccomp, b.seccomp
+        ));
     }
     out
 }
@@ -384,7 +387,13 @@ Seccomp:\t2
         let mut loose = root();
         loose.seccomp = 0;
         let gained = gained(&loose, &confined);
-        assert!(gained.contains(&"no_new_privs off".to_owned()), "{gained:?}");
-        assert!(gained.iter().any(|g| g.starts_with("seccomp")), "{gained:?}");
+        assert!(
+            gained.contains(&"no_new_privs off".to_owned()),
+            "{gained:?}"
+        );
+        assert!(
+            gained.iter().any(|g| g.starts_with("seccomp")),
+            "{gained:?}"
+        );
     }
 }

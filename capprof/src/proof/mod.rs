@@ -151,7 +151,7 @@ pub struct RunOptions {
 
 /// A workload to re-run.
 pub enum Workload {
-    Container(container::ContainerWorkload),
+    Container(Box<container::ContainerWorkload>),
     Command(command::CommandWorkload),
 }
 

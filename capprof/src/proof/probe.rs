@@ -42,7 +42,9 @@ impl Probe {
     }
 
     pub fn exec(line: &str) -> Result<Self, ProofError> {
-        Ok(Probe::Exec(split_words(line).map_err(ProofError::BadProbe)?))
+        Ok(Probe::Exec(
+            split_words(line).map_err(ProofError::BadProbe)?,
+        ))
     }
 
     /// As the proof records it: `host: curl -f …`, `exec: wget …`.
@@ -215,10 +217,7 @@ pub fn last_line(output: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or_default();
-    line.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect()
+    line.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 #[cfg(test)]
@@ -231,7 +230,10 @@ mod tests {
             split_words(r#"wget -q -O- "http://a b/" 'x "y"' c\ d"#).unwrap(),
             ["wget", "-q", "-O-", "http://a b/", "x \"y\"", "c d"]
         );
-        assert_eq!(split_words("sh -c 'echo $X'").unwrap(), ["sh", "-c", "echo $X"]);
+        assert_eq!(
+            split_words("sh -c 'echo $X'").unwrap(),
+            ["sh", "-c", "echo $X"]
+        );
         assert!(split_words("  ").is_err());
         assert!(split_words("a 'b").is_err());
     }

@@ -408,7 +408,11 @@ mod tests {
             },
         };
         let run = async |set: &[Cap]| {
-            let uid = if set.contains(&cap("SETUID")) { 1000 } else { 0 };
+            let uid = if set.contains(&cap("SETUID")) {
+                1000
+            } else {
+                0
+            };
             Ok(Trial {
                 outcome: Outcome::Passed,
                 processes: vec![proc_as(uid)],

@@ -51,7 +51,12 @@ pub struct DaemonArgs {
     /// these profiles (files or directories of them; matched by container
     /// name, else by image), and report every check enforcing it would
     /// refuse. Repeatable.
-    #[arg(long, value_name = "PROFILES", env = "CAPPROF_SHADOW", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PROFILES",
+        env = "CAPPROF_SHADOW",
+        value_delimiter = ','
+    )]
     pub shadow: Vec<PathBuf>,
     /// Remove the pinned maps and programs, then exit.
     #[arg(long)]

@@ -72,12 +72,14 @@ async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Erro
     let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
     let allowlist = profile.allowlist.clone();
     let runs = args.rerun.runs;
-    let progress = Progress::new(
-        "minimize",
-        u64::from(runs) * (1 + allowlist.len() as u64),
-    );
+    let progress = Progress::new("minimize", u64::from(runs) * (1 + allowlist.len() as u64));
     let engine = prepared.workload.engine();
-    progress.start(&prepared.label, &allowlist, &engine, prepared.probe.as_ref());
+    progress.start(
+        &prepared.label,
+        &allowlist,
+        &engine,
+        prepared.probe.as_ref(),
+    );
     let workload = &mut prepared.workload;
     let result = rerun::guarded(
         prepared.cleanup.as_ref(),
@@ -182,7 +184,11 @@ fn table(m: &Minimized, observed: &[Cap]) -> String {
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["CAPABILITY", "VERDICT", "WHY"]);
     for (cap, verdict) in &m.verdicts {
-        table.add_row([cap.to_string(), verdict.label().to_owned(), verdict.reason()]);
+        table.add_row([
+            cap.to_string(),
+            verdict.label().to_owned(),
+            verdict.reason(),
+        ]);
     }
     format!(
         "{table}\nallowlist: {} (observed: {})\n",

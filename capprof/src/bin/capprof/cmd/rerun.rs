@@ -33,7 +33,12 @@ pub struct RerunArgs {
     /// CAPPROF_CONTAINER_NAME, _ID, _PID and _ADDRESS in its environment
     /// (for a command: CAPPROF_PID). Split into words like a shell would,
     /// but run without one. Retried until it passes or --timeout.
-    #[arg(long, value_name = "CMD", conflicts_with = "probe_exec", env = "CAPPROF_PROBE")]
+    #[arg(
+        long,
+        value_name = "CMD",
+        conflicts_with = "probe_exec",
+        env = "CAPPROF_PROBE"
+    )]
     pub probe: Option<String>,
     /// Success is this command passing inside the container (engine exec).
     #[arg(long, value_name = "CMD", env = "CAPPROF_PROBE_EXEC")]
@@ -127,7 +132,7 @@ pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<
     let cleanup = Cleanup::new(engine.clone());
     let workload = ContainerWorkload::new(engine, run, options, mount, cleanup.clone());
     Ok(Prepared {
-        workload: Workload::Container(workload),
+        workload: Workload::Container(Box::new(workload)),
         cleanup: Some(cleanup),
         probe,
         label,
@@ -156,10 +161,7 @@ async fn with_env(
     };
     let id = profile.subject.id.as_deref().ok_or_else(unavailable)?;
     let original = engine.inspect(id).await.ok_or_else(unavailable)?;
-    let values = original
-        .run
-        .and_then(|r| r.env)
-        .ok_or_else(unavailable)?;
+    let values = original.run.and_then(|r| r.env).ok_or_else(unavailable)?;
     let wanted: Vec<String> = values
         .into_iter()
         .filter(|kv| {
@@ -211,9 +213,9 @@ impl Progress {
     pub fn new(verb: &'static str, steps: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(steps);
-            if let Ok(style) =
-                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} runs {elapsed} {msg}")
-            {
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} runs {elapsed} {msg}",
+            ) {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
@@ -265,7 +267,10 @@ impl Progress {
                     None => "baseline".to_owned(),
                     Some(cap) => format!("without {}", cap.short_name()),
                 };
-                let mut text = format!("capprof: {}: {what}, run {run}/{runs}: {outcome}", self.verb);
+                let mut text = format!(
+                    "capprof: {}: {what}, run {run}/{runs}: {outcome}",
+                    self.verb
+                );
                 for d in drift {
                     text.push_str(&format!(
                         "; but {} (pid {}) kept {}",

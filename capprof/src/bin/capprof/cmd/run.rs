@@ -71,8 +71,12 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Error> {
     let program = resolve_program(&args.command[0])?;
     let limit = match &args.caps {
         Some(list) => {
-            let caps = capset::parse_list(list).map_err(|e| Error::usage(format!("--caps: {e}")))?;
-            Some((caps.clone(), CapLimit::new(&caps).map_err(|e| Error::internal(e.to_string()))?))
+            let caps =
+                capset::parse_list(list).map_err(|e| Error::usage(format!("--caps: {e}")))?;
+            Some((
+                caps.clone(),
+                CapLimit::new(&caps).map_err(|e| Error::internal(e.to_string()))?,
+            ))
         }
         None => None,
     };

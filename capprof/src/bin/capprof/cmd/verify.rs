@@ -90,10 +90,20 @@ async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
     let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
     let allowlist = profile.allowlist.clone();
     let runs = args.rerun.runs;
-    let steps = u64::from(runs) * (1 + if args.ablate { allowlist.len() as u64 } else { 0 });
+    let steps = u64::from(runs)
+        * (1 + if args.ablate {
+            allowlist.len() as u64
+        } else {
+            0
+        });
     let progress = Progress::new("verify", steps);
     let engine = prepared.workload.engine();
-    progress.start(&prepared.label, &allowlist, &engine, prepared.probe.as_ref());
+    progress.start(
+        &prepared.label,
+        &allowlist,
+        &engine,
+        prepared.probe.as_ref(),
+    );
     let workload = &mut prepared.workload;
     let result = rerun::guarded(
         prepared.cleanup.as_ref(),
@@ -171,7 +181,11 @@ fn table(report: &Report, v: &Verification) -> String {
         table.load_preset(UTF8_FULL_CONDENSED);
         table.set_header(["CAPABILITY", "WITHOUT IT", "WHY"]);
         for (cap, verdict) in &v.ablation {
-            table.add_row([cap.to_string(), verdict.label().to_owned(), verdict.reason()]);
+            table.add_row([
+                cap.to_string(),
+                verdict.label().to_owned(),
+                verdict.reason(),
+            ]);
         }
         out.push_str(&format!("{table}\n"));
         let unneeded: Vec<String> = v
