@@ -311,17 +311,26 @@ fn prove(
 #[test]
 #[ignore = "needs root"]
 fn chmod_needs_fowner_but_not_fsetid() {
-    prove(
+    let proven = prove(
         "chmod",
         &["-e".into(), "TOKEN=not-in-the-profile".into()],
         &[
             "sh",
             "-c",
-            "touch /tmp/f && chown 1000:1000 /tmp/f && chmod 600 /tmp/f && [ \"$TOKEN\" = not-in-the-profile ]",
+            "touch /tmp/f && chown 1000:1000 /tmp/f && chmod 600 /tmp/f && [ ${#TOKEN} = 18 ]",
         ],
         &["CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID"],
         &["CAP_CHOWN", "CAP_FOWNER"],
         &[],
+    );
+    // The value the run needed came from the original container: the
+    // profile keeps only the variable's name.
+    let text = std::fs::read_to_string(&proven.profile).unwrap();
+    assert!(!text.contains("not-in-the-profile"), "{text}");
+    let recorded: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        recorded["subject"]["run"]["env_names"],
+        serde_json::json!(["TOKEN"])
     );
 }
 
