@@ -8,7 +8,10 @@ use std::{collections::HashMap, time::Duration};
 use bollard::{API_DEFAULT_VERSION, Docker, query_parameters::EventsOptionsBuilder};
 use futures_util::{Stream, StreamExt as _};
 
-use crate::capability::Cap;
+use crate::{
+    capability::Cap,
+    profile::{DeviceSpec, MountSpec, RunSpec, UlimitSpec},
+};
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 const TIMEOUT_SECS: u64 = 30;
@@ -60,6 +63,15 @@ pub struct ContainerInfo {
     pub capabilities: Option<Vec<Cap>>,
     /// When it (last) started, if the engine gave a valid time.
     pub started_at: Option<std::time::SystemTime>,
+    /// How to create it again, environment values included (profiles
+    /// leave them out unless asked); None if the reply did not validate.
+    pub run: Option<RunSpec>,
+    /// Its first process on the host, while it runs.
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// Its IP address, on a network that gives it one.
+    pub address: Option<String>,
 }
 
 /// A container lifecycle event.
@@ -83,18 +95,22 @@ struct InspectReply {
     config: Option<InspectConfig>,
     host_config: Option<InspectHostConfig>,
     state: Option<InspectState>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-struct InspectState {
-    started_at: Option<String>,
+    network_settings: Option<InspectNetworkSettings>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct InspectConfig {
     image: Option<String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    user: Option<String>,
+    working_dir: Option<String>,
+    hostname: Option<String>,
+    env: Option<Vec<String>>,
+    tty: Option<bool>,
+    open_stdin: Option<bool>,
+    stop_signal: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -103,6 +119,183 @@ struct InspectHostConfig {
     privileged: Option<bool>,
     cap_add: Option<Vec<String>>,
     cap_drop: Option<Vec<String>>,
+    network_mode: Option<String>,
+    binds: Option<Vec<String>>,
+    mounts: Option<Vec<InspectMount>>,
+    tmpfs: Option<std::collections::BTreeMap<String, String>>,
+    sysctls: Option<std::collections::BTreeMap<String, String>>,
+    devices: Option<Vec<InspectDevice>>,
+    security_opt: Option<Vec<String>>,
+    readonly_rootfs: Option<bool>,
+    group_add: Option<Vec<String>>,
+    pid_mode: Option<String>,
+    ipc_mode: Option<String>,
+    #[serde(rename = "UTSMode")]
+    uts_mode: Option<String>,
+    userns_mode: Option<String>,
+    cgroupns_mode: Option<String>,
+    init: Option<bool>,
+    ulimits: Option<Vec<InspectUlimit>>,
+    shm_size: Option<i64>,
+    runtime: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectMount {
+    #[serde(rename = "Type")]
+    kind: Option<String>,
+    source: Option<String>,
+    target: Option<String>,
+    read_only: Option<bool>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectDevice {
+    path_on_host: Option<String>,
+    path_in_container: Option<String>,
+    cgroup_permissions: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectUlimit {
+    name: Option<String>,
+    soft: Option<i64>,
+    hard: Option<i64>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectState {
+    running: Option<bool>,
+    pid: Option<i64>,
+    exit_code: Option<i64>,
+    started_at: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectNetworkSettings {
+    #[serde(rename = "IPAddress")]
+    ip_address: Option<String>,
+    networks: Option<std::collections::BTreeMap<String, InspectNetwork>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InspectNetwork {
+    #[serde(rename = "IPAddress")]
+    ip_address: Option<String>,
+}
+
+/// The parts of an image's inspect reply capprof uses.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ImageReply {
+    id: Option<String>,
+    config: Option<ImageConfig>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ImageConfig {
+    env: Option<Vec<String>>,
+}
+
+/// The run spec of an inspect reply. Environment variables that the image
+/// sets to the same value are the image's, not the container's, and are
+/// left out. None when the reply does not validate.
+fn run_spec(
+    id: &str,
+    config: &InspectConfig,
+    host: &InspectHostConfig,
+    image_env: &[String],
+) -> Option<RunSpec> {
+    let some = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    let list = |l: &Option<Vec<String>>| l.clone().unwrap_or_default();
+    let env: Vec<String> = config
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| !image_env.contains(e))
+        .cloned()
+        .collect();
+    let spec = RunSpec {
+        command: None,
+        image: some(&config.image),
+        entrypoint: config.entrypoint.clone(),
+        cmd: config.cmd.clone(),
+        user: some(&config.user),
+        workdir: some(&config.working_dir),
+        // The engine names a container's host after its id unless told.
+        hostname: some(&config.hostname).filter(|h| !id.starts_with(h.as_str())),
+        env_names: env
+            .iter()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_owned())
+            .collect(),
+        env: Some(env),
+        tty: config.tty.unwrap_or(false),
+        open_stdin: config.open_stdin.unwrap_or(false),
+        stop_signal: some(&config.stop_signal),
+        network_mode: some(&host.network_mode),
+        binds: list(&host.binds),
+        mounts: host
+            .mounts
+            .iter()
+            .flatten()
+            .map(|m| MountSpec {
+                kind: m.kind.clone().unwrap_or_default(),
+                source: m.source.clone().filter(|s| !s.is_empty()),
+                target: m.target.clone().unwrap_or_default(),
+                read_only: m.read_only.unwrap_or(false),
+            })
+            .collect(),
+        tmpfs: host.tmpfs.clone().unwrap_or_default(),
+        sysctls: host.sysctls.clone().unwrap_or_default(),
+        devices: host
+            .devices
+            .iter()
+            .flatten()
+            .map(|d| DeviceSpec {
+                path_on_host: d.path_on_host.clone().unwrap_or_default(),
+                path_in_container: d.path_in_container.clone().unwrap_or_default(),
+                cgroup_permissions: d.cgroup_permissions.clone().unwrap_or_default(),
+            })
+            .collect(),
+        privileged: host.privileged.unwrap_or(false),
+        cap_add: list(&host.cap_add),
+        cap_drop: list(&host.cap_drop),
+        security_opt: list(&host.security_opt),
+        read_only: host.readonly_rootfs.unwrap_or(false),
+        group_add: list(&host.group_add),
+        pid_mode: some(&host.pid_mode),
+        ipc_mode: some(&host.ipc_mode),
+        uts_mode: some(&host.uts_mode),
+        userns_mode: some(&host.userns_mode),
+        cgroupns_mode: some(&host.cgroupns_mode),
+        init: host.init,
+        ulimits: host
+            .ulimits
+            .iter()
+            .flatten()
+            .map(|u| UlimitSpec {
+                name: u.name.clone().unwrap_or_default(),
+                soft: u.soft.unwrap_or_default(),
+                hard: u.hard.unwrap_or_default(),
+            })
+            .collect(),
+        shm_size: host.shm_size,
+        runtime: some(&host.runtime),
+    };
+    match spec.validate() {
+        Ok(()) => Some(spec),
+        Err(e) => {
+            tracing::warn!("container {}: not keeping how it runs: {e}", short_id(id));
+            None
+        }
+    }
 }
 
 /// A container id as the engines' own tables show it: its first 12
@@ -225,24 +418,77 @@ impl Engine {
         let reply: InspectReply = serde_json::from_slice(&body).ok()?;
         let id = reply.id.filter(|id| is_container_id(id))?;
         let host = reply.host_config.unwrap_or_default();
+        let config = reply.config.unwrap_or_default();
         let capabilities = effective_caps(
             self.flavor,
             host.privileged.unwrap_or(false),
             host.cap_add.as_deref().unwrap_or(&[]),
             host.cap_drop.as_deref().unwrap_or(&[]),
         );
+        let image_env = match &config.image {
+            Some(image) => self.image_env(image).await.unwrap_or_default(),
+            None => vec![],
+        };
+        let state = reply.state.unwrap_or_default();
+        let net = reply.network_settings.unwrap_or_default();
+        let address = net
+            .ip_address
+            .into_iter()
+            .chain(
+                net.networks
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, n)| n.ip_address),
+            )
+            .find(|a| a.parse::<std::net::IpAddr>().is_ok());
         Some(ContainerInfo {
-            id,
+            run: run_spec(&id, &config, &host, &image_env),
             name: reply.name.as_deref().and_then(safe_name),
-            image: reply.config.and_then(|c| c.image),
+            image: config.image,
             capabilities,
-            started_at: reply
-                .state
-                .and_then(|s| s.started_at)
-                .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+            started_at: state
+                .started_at
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
                 // Docker says 0001-01-01 for a container that never ran.
                 .filter(|t| *t > std::time::UNIX_EPOCH),
+            pid: state
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p > 0),
+            running: state.running.unwrap_or(false),
+            exit_code: state.exit_code,
+            address,
+            id,
         })
+    }
+
+    /// The environment an image gives its containers; None when the engine
+    /// does not know the image.
+    pub async fn image_env(&self, image: &str) -> Option<Vec<String>> {
+        let reply = self.inspect_image(image).await?;
+        Some(reply.config.and_then(|c| c.env).unwrap_or_default())
+    }
+
+    /// Whether the engine has the image (by name or id).
+    pub async fn image_exists(&self, image: &str) -> bool {
+        self.inspect_image(image)
+            .await
+            .is_some_and(|r| r.id.is_some())
+    }
+
+    async fn inspect_image(&self, image: &str) -> Option<ImageReply> {
+        let path = format!("/images/{}/json", crate::urlpath::encode_segment(image));
+        let body = tokio::time::timeout(Duration::from_secs(TIMEOUT_SECS), self.get(&path))
+            .await
+            .ok()??;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The bollard client, for the requests that create and run containers
+    /// (`proof`).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
     }
 
     /// `GET path` on the engine's socket with HTTP/1.0 (no chunking, the

@@ -463,7 +463,21 @@ fn header(profile: &Profile, notes: &[String]) -> String {
     }
     let n = profile.allowlist.len();
     let plural = if n == 1 { "capability" } else { "capabilities" };
-    let mut out = format!("# capprof: {n} {plural} observed in use by {clean}\n");
+    let mut out = match &profile.proof {
+        Some(proof) if proof.sufficient => {
+            // The proof's fields are untrusted too.
+            let how: String = format!(
+                "{}, {} run(s) per set, {}",
+                proof.method, proof.runs, proof.engine
+            )
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_CHARS)
+            .collect();
+            format!("# capprof: {n} {plural} proven sufficient for {clean} ({how})\n")
+        }
+        _ => format!("# capprof: {n} {plural} observed in use by {clean}\n"),
+    };
     for note in notes {
         let clean: String = note
             .chars()

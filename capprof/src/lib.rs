@@ -6,6 +6,7 @@
 
 pub mod attribution;
 pub mod capability;
+pub mod capset;
 pub mod cgroup;
 pub mod conditional;
 pub mod daemon;
@@ -17,6 +18,7 @@ pub mod load;
 pub mod merge;
 pub mod observer;
 pub mod profile;
+pub mod proof;
 pub mod recorder;
 pub mod report;
 pub mod table;

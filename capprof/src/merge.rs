@@ -164,6 +164,7 @@ fn common_subject(subjects: &[Subject]) -> Subject {
         cgroup: same(all().map(|s| s.cgroup.clone())).flatten(),
         command: same(all().map(|s| s.command.clone())).flatten(),
         capabilities: same(all().map(|s| s.capabilities.clone())).flatten(),
+        run: same(all().map(|s| s.run.clone())).flatten(),
     }
 }
 

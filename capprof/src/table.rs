@@ -94,6 +94,9 @@ pub fn render_profile(profile: &Profile) -> String {
     if let Some(warning) = ungrantable_warning(profile) {
         out.push_str(&format!("warning: {warning}\n"));
     }
+    if let Some(proof) = &profile.proof {
+        out.push_str(&format!("proof:     {}\n", proof.summary()));
+    }
     let obs = &profile.observation;
     if let Some(partial) = &obs.partial {
         let what = profile.subject.name.as_deref().unwrap_or("the workload");

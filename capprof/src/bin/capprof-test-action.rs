@@ -208,6 +208,28 @@ fn main() -> ExitCode {
                 )
             }
             "in-overlay" => in_overlay(&args[1..]),
+            // The proof tests' workloads, which do what real programs do.
+            //
+            // libcap's way of dropping privileges (iputils ping does it):
+            // capset down to CAP_CHOWN alone, then chown. capset checks
+            // CAP_SETPCAP every time, needed or not.
+            "drop-caps-then-chown" => {
+                let mut header = [0x2008_0522u32, 0];
+                let keep = 1u32; // CAP_CHOWN is capability 0
+                let data = [keep, keep, 0, 0, 0, 0];
+                let dropped =
+                    libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) == 0;
+                check(
+                    dropped && libc::chown(cstr(&arg(1)).as_ptr(), 1000, 1000) == 0,
+                    "capset+chown",
+                )
+            }
+            // What sshd and PAM do at login: send an audit record, and carry
+            // on when the kernel refuses it.
+            "audit-login" => {
+                audit_login();
+                ExitCode::SUCCESS
+            }
             other => {
                 eprintln!("unknown action {other:?}");
                 ExitCode::from(2)
@@ -262,4 +284,69 @@ fn in_overlay(args: &[String]) -> ExitCode {
     );
     eprintln!("in-overlay: {}: {err}", cmd[0]);
     ExitCode::from(127)
+}
+
+/// Sends an `AUDIT_USER_LOGIN` record on the audit netlink socket and reads
+/// the kernel's answer; a refusal is reported and ignored, as PAM does.
+fn audit_login() {
+    const NETLINK_AUDIT: i32 = 9;
+    const AUDIT_USER_LOGIN: u16 = 1112;
+    let text = b"op=login acct=\"app\" exe=\"/capprof-test-action\" res=success\0";
+    let len = 16 + text.len();
+    let mut msg = vec![0u8; len.next_multiple_of(4)];
+    msg[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    msg[4..6].copy_from_slice(&AUDIT_USER_LOGIN.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg[16..len].copy_from_slice(text);
+    // SAFETY: plain socket calls on buffers we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_AUDIT);
+        if fd < 0 {
+            eprintln!(
+                "audit: no audit socket: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let sent = libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            len,
+            0,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if sent < 0 {
+            eprintln!("audit: {}", std::io::Error::last_os_error());
+            return;
+        }
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        let mut ack = [0u8; 256];
+        let n = libc::recv(fd, ack.as_mut_ptr().cast(), ack.len(), 0);
+        // NLMSG_ERROR (2) carries the verdict after the 16-byte header.
+        if n >= 20 && u16::from_ne_bytes([ack[4], ack[5]]) == 2 {
+            let errno = -i32::from_ne_bytes([ack[16], ack[17], ack[18], ack[19]]);
+            if errno != 0 {
+                eprintln!(
+                    "audit: the login was not audited: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+            }
+        }
+        libc::close(fd);
+    }
 }

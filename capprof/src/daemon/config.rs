@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub bpffs: PathBuf,
     /// Extra cgroup v2 subtrees to watch for containers.
     pub cgroup_roots: Vec<String>,
+    /// Shadow mode: candidate allowlists (profile files, or directories of
+    /// them) each container is compared with. Default: none.
+    pub shadow: Vec<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -40,6 +43,7 @@ impl Default for DaemonConfig {
             engine: None,
             bpffs: PathBuf::from(crate::observer::pin::DEFAULT_BPFFS),
             cgroup_roots: vec![],
+            shadow: vec![],
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | `capprof_containers_tracked` | gauge | containers held in memory |
 //! | `capprof_profiles_written_total` | counter | profile writes to the state directory |
 //! | `capprof_evictions_total` | counter | exited containers evicted from memory |
+//! | `capprof_shadow_violations_total{container,capability}` | counter | checks enforcing the candidate allowlist would have refused (`--shadow`) |
 //!
 //! The encoder ends each HELP text with a period. A scrape with no checks
 //! yet has no `capprof_checks` lines at all, not even HELP and TYPE.
@@ -176,6 +177,12 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    container: String,
+    capability: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     container: String,
     capability: String,
@@ -251,6 +258,21 @@ pub fn encode(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
         "Exited containers evicted from memory (their profiles stay on disk)",
         counter(snapshot.evictions),
     );
+    // Like capprof_checks, absent from a scrape until it has a series.
+    let shadow = Family::<ShadowLabels, Counter>::default();
+    for sample in &snapshot.shadow_violations {
+        shadow
+            .get_or_create(&ShadowLabels {
+                container: sample.container.clone(),
+                capability: sample.capability.clone(),
+            })
+            .inc_by(sample.count);
+    }
+    registry.register(
+        "capprof_shadow_violations",
+        "Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by container and capability",
+        shadow,
+    );
     let mut out = String::new();
     text::encode(&mut out, &registry).map_err(MetricsError::Encode)?;
     Ok(out)
@@ -288,6 +310,11 @@ mod tests {
             containers_tracked: 2,
             profiles_written: 9,
             evictions: 1,
+            shadow_violations: vec![crate::daemon::query::ShadowSample {
+                container: "web".into(),
+                capability: "CAP_SETUID".into(),
+                count: 2,
+            }],
         }
     }
 
@@ -374,6 +401,9 @@ mod tests {
             "capprof_profiles_written_total 9",
             "# TYPE capprof_evictions counter",
             "capprof_evictions_total 1",
+            "# HELP capprof_shadow_violations Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by container and capability.",
+            "# TYPE capprof_shadow_violations counter",
+            r#"capprof_shadow_violations_total{container="web",capability="CAP_SETUID"} 2"#,
         ];
         for line in expected {
             assert!(
@@ -394,7 +424,7 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP ")).count(), 8);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP ")).count(), 9);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 pub mod privileges;
 pub mod query;
+pub mod shadow;
 pub mod state;
 
 use std::{
@@ -21,7 +22,10 @@ use std::{
 };
 
 use config::DaemonConfig;
-use query::{CheckSample, ContainerSummary, Group, Health, Lookup, MetricsSnapshot, Query};
+use query::{
+    CheckSample, ContainerSummary, Group, Health, Lookup, MetricsSnapshot, Query, ShadowSample,
+};
+use shadow::Candidates;
 use state::StateDir;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -66,6 +70,8 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Reader(#[from] crate::observer::reader::ReaderError),
+    #[error(transparent)]
+    Shadow(#[from] shadow::ShadowError),
 }
 
 impl DaemonError {
@@ -76,7 +82,8 @@ impl DaemonError {
             | DaemonError::Cgroup(_)
             | DaemonError::MetricsAddr(_)
             | DaemonError::MetricsBind { .. }
-            | DaemonError::Reset { .. } => true,
+            | DaemonError::Reset { .. }
+            | DaemonError::Shadow(_) => true,
             DaemonError::State(_)
             | DaemonError::Privileges(_)
             | DaemonError::Signal(_)
@@ -107,6 +114,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let started = Instant::now();
     let mount = cgroup::cgroup2_mount()?;
     let state = StateDir::open(&config.state_dir)?;
+    let candidates = Candidates::load(&config.shadow)?;
     let endpoint = config
         .engine
         .clone()
@@ -230,7 +238,21 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
             capabilities: kept,
         },
         started,
+        shadow: candidates,
+        shadow_logged: HashMap::new(),
     };
+    if !daemon.shadow.is_empty() {
+        eprintln!(
+            "capprof: shadow mode: {} candidate allowlist(s) from {}",
+            daemon.shadow.len(),
+            config
+                .shadow
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
     loop {
         tokio::select! {
@@ -278,6 +300,10 @@ struct Aggregator {
     /// What `GET /health` says, less the live fields.
     health: Health,
     started: Instant,
+    /// Candidate allowlists (`--shadow`), and the violations already
+    /// logged, by container id and capability.
+    shadow: Candidates,
+    shadow_logged: HashMap<(String, crate::capability::Cap), u64>,
 }
 
 impl Aggregator {
@@ -330,8 +356,50 @@ impl Aggregator {
             .records()
             .map(|r| r.id.clone())
             .collect();
+        for id in &ids {
+            self.persist_with(id, &counts);
+        }
+        self.log_shadow(&ids, &counts);
+    }
+
+    /// Logs each new violation of a candidate allowlist, and each time a
+    /// known one was seen again.
+    fn log_shadow(&mut self, ids: &[String], counts: &[Count]) {
+        if self.shadow.is_empty() {
+            return;
+        }
+        let (recorder, observer) = (self.session.recorder(), self.session.observer());
         for id in ids {
-            self.persist_with(&id, &counts);
+            let Some(rec) = recorder.get(id) else {
+                continue;
+            };
+            let profile = recorder.snapshot(id, observer, counts);
+            let Some(status) = self.shadow.status(
+                rec.info.name.as_deref(),
+                rec.info.image.as_deref(),
+                profile.as_ref(),
+            ) else {
+                continue;
+            };
+            for v in status.violations {
+                let key = (id.clone(), v.capability);
+                let logged = self.shadow_logged.get(&key).copied().unwrap_or(0);
+                if v.checks <= logged {
+                    continue;
+                }
+                eprintln!(
+                    "capprof: shadow: container {} ({}): enforcing {} would have refused {} {} more time(s) ({} in all, first at {}, last at {})",
+                    rec.file_stem(),
+                    rec.info.image.as_deref().unwrap_or("-"),
+                    status.candidate,
+                    v.capability,
+                    v.checks - logged,
+                    v.checks,
+                    v.first_seen,
+                    v.last_seen,
+                );
+                self.shadow_logged.insert(key, v.checks);
+            }
         }
     }
 
@@ -373,6 +441,11 @@ impl Aggregator {
             last_seen: profile
                 .and_then(|p| p.capabilities.iter().map(|c| c.last_seen.clone()).max())
                 .unwrap_or_default(),
+            shadow: self.shadow.status(
+                rec.info.name.as_deref(),
+                rec.info.image.as_deref(),
+                profile,
+            ),
         })
     }
 
@@ -385,6 +458,20 @@ impl Aggregator {
                     containers: recorder.len(),
                     ..self.health.clone()
                 });
+            }
+            Query::Shadow { key, reply } => {
+                let counts = observer.read_counts().unwrap_or_default();
+                // A name several containers had is not guessed at.
+                let found = recorder.find(&key);
+                let status = (found.len() == 1).then(|| found[0]).map(|rec| {
+                    let profile = recorder.snapshot(&rec.id, observer, &counts);
+                    self.shadow.status(
+                        rec.info.name.as_deref(),
+                        rec.info.image.as_deref(),
+                        profile.as_ref(),
+                    )
+                });
+                let _ = reply.send(status);
             }
             Query::List { reply } => {
                 let counts = observer.read_counts().unwrap_or_default();
@@ -464,11 +551,23 @@ impl Aggregator {
                 let counts = observer.read_counts().unwrap_or_default();
                 let stats = observer.kernel_stats().unwrap_or_default();
                 let mut checks: BTreeMap<(String, String, String, &str), u64> = BTreeMap::new();
+                let mut shadow_violations = vec![];
                 for rec in recorder.records() {
                     let Some(p) = recorder.snapshot(&rec.id, observer, &counts) else {
                         continue;
                     };
                     let container = rec.file_stem();
+                    if let Some(status) = self.shadow.status(
+                        rec.info.name.as_deref(),
+                        rec.info.image.as_deref(),
+                        Some(&p),
+                    ) {
+                        shadow_violations.extend(status.violations.iter().map(|v| ShadowSample {
+                            container: container.clone(),
+                            capability: v.capability.to_string(),
+                            count: v.checks,
+                        }));
+                    }
                     let phases = [
                         ("workload", &p.capabilities),
                         ("runtime_setup", &p.runtime_setup),
@@ -507,6 +606,7 @@ impl Aggregator {
                     containers_tracked: recorder.len() as u64,
                     profiles_written: self.counters.profiles_written,
                     evictions: self.counters.evictions,
+                    shadow_violations,
                 });
             }
         }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::shadow::ShadowStatus;
 use crate::{capability::Cap, profile::Profile};
 
 /// One line of `capprof ps` / `GET /v1/containers`.
@@ -20,6 +21,9 @@ pub struct ContainerSummary {
     pub allowlist: Vec<Cap>,
     pub first_seen: String,
     pub last_seen: String,
+    /// How it fares against its candidate allowlist (`daemon --shadow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
 }
 
 /// `GET /health`.
@@ -49,6 +53,14 @@ pub struct CheckSample {
     pub count: u64,
 }
 
+/// One sample of `capprof_shadow_violations_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowSample {
+    pub container: String,
+    pub capability: String,
+    pub count: u64,
+}
+
 /// Everything the metrics endpoint exports, read in one go.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
@@ -62,6 +74,9 @@ pub struct MetricsSnapshot {
     pub containers_tracked: u64,
     pub profiles_written: u64,
     pub evictions: u64,
+    /// Checks enforcing the candidate allowlists would have refused.
+    #[serde(default)]
+    pub shadow_violations: Vec<ShadowSample>,
 }
 
 /// What the grouping key of a profile is.
@@ -95,6 +110,12 @@ pub enum Query {
     },
     Health {
         reply: oneshot::Sender<Health>,
+    },
+    /// One container against its candidate allowlist: None for an unknown
+    /// container, `Some(None)` for one without a candidate.
+    Shadow {
+        key: String,
+        reply: oneshot::Sender<Option<Option<ShadowStatus>>>,
     },
     Metrics {
         reply: oneshot::Sender<MetricsSnapshot>,

@@ -8,6 +8,8 @@
 //! empty.
 
 mod build;
+mod proof;
+mod run;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,8 +17,11 @@ use std::{
 };
 
 #[cfg(test)]
+#[cfg(test)]
 pub use build::{Observations, with_allowlist};
 pub use build::{ProfileBuilder, build, from_observer};
+pub use proof::{KeptIdentity, MAX_PROOF_ENTRIES, Proof};
+pub use run::{DeviceSpec, MountSpec, RunSpec, UlimitSpec};
 use serde::{Deserialize, Serialize};
 
 pub use crate::observer::{UserNs, Verdict};
@@ -117,9 +122,13 @@ pub struct Subject {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    /// The capabilities the container was started with, from the engine.
+    /// The capabilities the container was started with, from the engine
+    /// (for a command: `capprof run --caps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<Cap>>,
+    /// How to run the workload again (`capprof verify`, `minimize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSpec>,
 }
 
 /// How the observation was made.
@@ -263,35 +272,14 @@ pub struct Profile {
     /// On the allowlist: the capset() fails without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<Kept>,
-    /// What re-running the workload proved about the allowlist; absent for
-    /// a profile that was only observed.
+    /// What re-running the workload proved about the allowlist
+    /// (`capprof minimize`); absent for a profile that was only observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,
     /// How `capprof merge` made this profile out of others; absent for a
     /// profile of one observation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<Coverage>,
-}
-
-/// What `capprof verify` or `capprof minimize` established by re-running
-/// the workload with exactly the allowlist. Only `sufficient: true` makes a
-/// profile proven; other fields those commands write are kept as they are.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proof {
-    /// `verify` or `minimize`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    /// The workload succeeded with exactly the allowlist.
-    #[serde(default)]
-    pub sufficient: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<String>,
-    #[serde(flatten)]
-    pub details: BTreeMap<String, serde_json::Value>,
 }
 
 /// How many profiles a merged profile stands for, and where each capability
@@ -469,9 +457,21 @@ impl Profile {
                 ));
             }
         }
+        if let Some(run) = &self.subject.run {
+            run.validate()?;
+        }
         let expected = Summary::of(&self.capabilities, &self.kept);
+        // A proof may have removed capabilities from the observed
+        // allowlist (never added any); it vouches for what it kept.
+        let allowlist = match &self.proof {
+            Some(proof) => {
+                proof.check(&self.allowlist, &expected.allowlist)?;
+                expected.allowlist.clone()
+            }
+            None => self.allowlist.clone(),
+        };
         let got = Summary {
-            allowlist: self.allowlist.clone(),
+            allowlist,
             required: self.required.clone(),
             denied: self.denied.clone(),
             advisory: self.advisory.clone(),
@@ -518,6 +518,8 @@ impl Profile {
         if self.observation.partial.is_none() {
             self.observation.partial = other.observation.partial.clone();
         }
+        // A proof is for one allowlist of one workload, not for a merge.
+        self.proof = None;
         self.apply_summary();
     }
 

@@ -95,6 +95,8 @@ pub struct Recorder {
     names: HashMap<String, ContainerEvent>,
     backend: String,
     classification: String,
+    /// Whether profiles keep environment values (`record --keep-env`).
+    keep_env: bool,
 }
 
 impl Recorder {
@@ -107,7 +109,14 @@ impl Recorder {
             names: HashMap::new(),
             backend: observer.backend().to_string(),
             classification: observer.classification().to_string(),
+            keep_env: false,
         }
+    }
+
+    /// Keeps environment values in `subject.run` (they can hold secrets,
+    /// so by default only the names are written).
+    pub fn keep_env(&mut self, keep: bool) {
+        self.keep_env = keep;
     }
 
     /// The full cgroup path of a cgroup the kernel named: under the watched
@@ -256,6 +265,9 @@ impl Recorder {
         if info.capabilities.is_some() {
             rec.info.capabilities = info.capabilities;
         }
+        if info.run.is_some() {
+            rec.info.run = info.run;
+        }
     }
 
     /// The profile as of now, without draining: earlier finalizations plus
@@ -272,8 +284,13 @@ impl Recorder {
             return rec.profile.clone();
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh =
-            profile::from_observer(observer, live, &rec.received, subject(rec), observation);
+        let fresh = profile::from_observer(
+            observer,
+            live,
+            &rec.received,
+            subject(rec, self.keep_env),
+            observation,
+        );
         Some(onto(rec.profile.clone(), fresh))
     }
 
@@ -406,7 +423,13 @@ impl Recorder {
             return Ok(None);
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh = profile::from_observer(observer, counts, &received, subject(rec), observation);
+        let fresh = profile::from_observer(
+            observer,
+            counts,
+            &received,
+            subject(rec, self.keep_env),
+            observation,
+        );
         let profile = onto(rec.profile.take(), fresh);
         rec.profile = Some(profile.clone());
         Ok(Some(profile))
@@ -431,7 +454,7 @@ fn find_dir(dir: &Path, name: &str, depth: u32) -> Option<PathBuf> {
     None
 }
 
-fn subject(rec: &ContainerRecord) -> Subject {
+fn subject(rec: &ContainerRecord, keep_env: bool) -> Subject {
     Subject {
         kind: "container".into(),
         runtime: Some(rec.runtime.clone()),
@@ -441,6 +464,13 @@ fn subject(rec: &ContainerRecord) -> Subject {
         cgroup: rec.cgroup.clone(),
         command: None,
         capabilities: rec.info.capabilities.clone(),
+        run: rec.info.run.as_ref().map(|run| {
+            if keep_env {
+                run.clone()
+            } else {
+                run.without_env_values()
+            }
+        }),
     }
 }
 

@@ -386,19 +386,19 @@ fn facts(out: &mut String, c: &Container) {
     }
     let status = match (&c.proof, c.status) {
         (Some(p), status) => {
-            let mut s = format!(
-                "{} by {}",
-                status.label(),
-                p.method.as_deref().unwrap_or("a proof")
-            );
-            if let Some(runs) = p.runs {
-                s.push_str(&format!(", {runs} run{}", if runs == 1 { "" } else { "s" }));
+            let method = if p.method.is_empty() {
+                "a proof"
+            } else {
+                &p.method
+            };
+            let mut s = format!("{} by {method}", status.label());
+            let runs = p.runs;
+            s.push_str(&format!(", {runs} run{}", if runs == 1 { "" } else { "s" }));
+            if !p.engine.is_empty() {
+                s.push_str(&format!(", on {}", p.engine));
             }
-            if let Some(engine) = &p.engine {
-                s.push_str(&format!(", on {engine}"));
-            }
-            if let Some(at) = &p.at {
-                s.push_str(&format!(", {at}"));
+            if !p.at.is_empty() {
+                s.push_str(&format!(", {}", p.at));
             }
             s
         }

@@ -245,7 +245,11 @@ fn container(out: &mut String, c: &Container) {
             out,
             "- {} by {}\n",
             status(c.status),
-            Md(p.method.as_deref().unwrap_or("a proof"))
+            Md(if p.method.is_empty() {
+                "a proof"
+            } else {
+                &p.method
+            })
         ),
         None => out.push_str("- only observed: `capprof verify` would prove it\n"),
     }

@@ -465,8 +465,7 @@ mod tests {
           "allowlist": [], "required": [], "denied": [], "advisory": [], "silent": [],
           "capabilities": [],
           "proof": {"method": "minimize", "sufficient": true, "runs": 3, "engine": "docker",
-                    "at": "2026-01-01T00:00:00Z", "needed": ["CAP_CHOWN"],
-                    "kept_identity": [{"pid": 1}], "future_field": 7}
+                    "at": "2026-01-01T00:00:00Z", "needed": [], "observed": []}
         }"#;
         let input = load(json);
         let report = Report::build(std::slice::from_ref(&input), Options::default());
@@ -475,8 +474,7 @@ mod tests {
         assert_eq!(c.runtime, Runtime::Podman, "the profile's own runtime");
         assert_eq!(c.defaults.len(), 11);
         let proof = c.proof.as_ref().unwrap();
-        assert_eq!(proof.method.as_deref(), Some("minimize"));
-        assert_eq!(proof.details["future_field"], 7);
+        assert_eq!(proof.method, "minimize");
         let back = Profile::from_json("p.json", input.profile.to_json().as_bytes()).unwrap();
         assert_eq!(back, input.profile);
         // An empty profile says so.

@@ -4,7 +4,7 @@
 
 use capprof::{
     export::ExportError, load::LoadError, merge::MergeError, observer::ObserverError,
-    profile::ProfileError,
+    profile::ProfileError, proof::ProofError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,11 @@ pub enum Error {
     Load(#[from] LoadError),
     #[error(transparent)]
     Merge(#[from] MergeError),
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// Stopped by Ctrl-C or SIGTERM (exit 130), after cleaning up.
+    #[error("{0}")]
+    Interrupted(String),
     /// Anything else (exit 1).
     #[error("{0}")]
     Internal(String),
@@ -44,7 +49,9 @@ impl Error {
             | Error::Load(_)
             | Error::Merge(_) => 2,
             Error::Observer(err) if err.is_prerequisite() => 2,
-            Error::Observer(_) | Error::Internal(_) => 1,
+            Error::Proof(err) if err.is_bad_input() => 2,
+            Error::Interrupted(_) => 130,
+            Error::Observer(_) | Error::Proof(_) | Error::Internal(_) => 1,
         }
     }
 }

@@ -41,6 +41,10 @@ enum Command {
     Merge(cmd::merge::MergeArgs),
     /// Compare a new profile with a baseline; exit 3 when it needs more.
     Diff(cmd::diff::DiffArgs),
+    /// Re-run a profile's workload with exactly its allowlist, to prove it.
+    Verify(cmd::verify::VerifyArgs),
+    /// Find the smallest allowlist the workload works with; write it, proven.
+    Minimize(cmd::minimize::MinimizeArgs),
 
     /// Check what this kernel offers capprof and which backend it would use.
     Doctor(cmd::doctor::DoctorArgs),
@@ -68,6 +72,8 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd::report::main(args),
         Command::Merge(args) => cmd::merge::main(args),
         Command::Diff(args) => cmd::diff::main(args),
+        Command::Verify(args) => cmd::verify::main(args),
+        Command::Minimize(args) => cmd::minimize::main(args),
 
         Command::Doctor(args) => cmd::doctor::main(args),
     };

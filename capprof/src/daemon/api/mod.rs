@@ -6,6 +6,7 @@
 //! | `GET /v1/containers` | `[ContainerSummary]` |
 //! | `GET /v1/containers/{key}` | the profile (`capprof.profile/v1`) |
 //! | `GET /v1/containers/{key}/export?format=F` | `export::render` as text |
+//! | `GET /v1/containers/{key}/shadow` | [`ShadowStatus`](super::shadow::ShadowStatus): the container against its candidate allowlist |
 //! | `GET /v1/images/{image}` | the profile merged over the image's containers |
 //! | `GET /v1/images/{image}/export?format=F` | as for a container |
 //!
@@ -215,6 +216,7 @@ pub fn router(tx: QueryTx) -> Router {
         .route("/v1/containers", get(containers))
         .route("/v1/containers/{key}", get(container))
         .route("/v1/containers/{key}/export", get(container_export))
+        .route("/v1/containers/{key}/shadow", get(container_shadow))
         .route("/v1/images/{*image}", get(image))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -263,6 +265,41 @@ async fn container_export(
     match key {
         Ok(UrlPath(key)) => profile(&tx, Group::Container, key, Some(format)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
+}
+
+/// How the container fares against its candidate allowlist (`daemon
+/// --shadow`); 404 for an unknown container or one without a candidate.
+async fn container_shadow(
+    State(tx): State<QueryTx>,
+    key: Result<UrlPath<String>, PathRejection>,
+) -> Response {
+    let key = match key {
+        Ok(UrlPath(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => key,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("a name or id must have 1 to {MAX_KEY_LEN} bytes"),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let asked = query::ask(&tx, |reply| Query::Shadow {
+        key: key.clone(),
+        reply,
+    })
+    .await;
+    match asked {
+        None => unavailable(),
+        Some(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no container {key} (give a name or an id prefix of 4 or more characters)"),
+        ),
+        Some(Some(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("container {key} has no candidate allowlist (start the daemon with --shadow)"),
+        ),
+        Some(Some(Some(status))) => json(StatusCode::OK, &status),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn sample_list() -> Vec<ContainerSummary> {
             allowlist: vec![Cap::from_number(0).unwrap(), Cap::from_number(10).unwrap()],
             first_seen: "2025-01-01T00:00:00Z".into(),
             last_seen: "2025-01-01T00:00:02Z".into(),
+            shadow: None,
         },
         ContainerSummary {
             id: "fedcba9876543210".into(),
@@ -47,6 +48,7 @@ pub fn sample_list() -> Vec<ContainerSummary> {
             allowlist: vec![],
             first_seen: String::new(),
             last_seen: String::new(),
+            shadow: None,
         },
     ]
 }
@@ -86,6 +88,10 @@ pub fn fake_aggregator() -> QueryTx {
                         Group::Image => key == IMAGE || key == "acme/export",
                     };
                     let _ = reply.send(known.then(sample_profile).ok_or(Lookup::NotFound));
+                }
+                // "web" is known and has no candidate allowlist.
+                Query::Shadow { key, reply } => {
+                    let _ = reply.send((key == "web").then_some(None));
                 }
             }
         }

@@ -47,6 +47,17 @@ pub struct DaemonArgs {
     /// Use this backend instead of the best one the kernel offers.
     #[arg(long, value_enum, env = "CAPPROF_BACKEND")]
     pub backend: Option<Backend>,
+    /// Shadow mode: compare each container with the candidate allowlist of
+    /// these profiles (files or directories of them; matched by container
+    /// name, else by image), and report every check enforcing it would
+    /// refuse. Repeatable.
+    #[arg(
+        long,
+        value_name = "PROFILES",
+        env = "CAPPROF_SHADOW",
+        value_delimiter = ','
+    )]
+    pub shadow: Vec<PathBuf>,
     /// Remove the pinned maps and programs, then exit.
     #[arg(long)]
     pub reset: bool,
@@ -78,6 +89,9 @@ impl DaemonArgs {
         }
         if let Some(v) = &self.bpffs {
             c.bpffs = v.clone();
+        }
+        if !self.shadow.is_empty() {
+            c.shadow = self.shadow.clone();
         }
         c.validate().map_err(|e| Error::usage(e.to_string()))?;
         Ok(c)

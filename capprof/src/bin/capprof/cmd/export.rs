@@ -162,6 +162,11 @@ fn read_profile(path: &str) -> Result<Profile, Error> {
 /// What the allowlist may lack: capabilities that were refused, or an
 /// observation that could not classify every check.
 fn warn_about(profile: &Profile) {
+    match &profile.proof {
+        Some(proof) if proof.sufficient => eprintln!("capprof: {}", proof.summary()),
+        Some(proof) => tracing::warn!("{}", proof.summary()),
+        None => {}
+    }
     if !profile.denied.is_empty() {
         let denied: Vec<String> = profile.denied.iter().map(|c| c.to_string()).collect();
         tracing::warn!(

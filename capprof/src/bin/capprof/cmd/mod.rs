@@ -5,12 +5,15 @@ pub mod diff;
 pub mod doctor;
 pub mod export;
 pub mod merge;
+pub mod minimize;
 pub mod output;
 pub mod profile;
 pub mod ps;
 pub mod record;
 pub mod report;
+pub mod rerun;
 pub mod run;
+pub mod verify;
 
 use std::io::{self, Write as _};
 

@@ -78,6 +78,26 @@ fn run(args: &PsArgs) -> Result<String, Error> {
 /// The widest `ps` table, so that it fits a terminal of 100 columns.
 const TABLE_WIDTH: u16 = 100;
 
+/// The shadow column: how the container fares against its candidate
+/// allowlist (`capprof daemon --shadow`).
+fn shadow(c: &ContainerSummary) -> String {
+    let Some(status) = &c.shadow else {
+        return "-".to_owned();
+    };
+    if status.violations.is_empty() {
+        return match &status.safe_since {
+            Some(t) => format!("safe to enforce since {t}"),
+            None => "safe to enforce (nothing seen yet)".to_owned(),
+        };
+    }
+    let refused: Vec<String> = status
+        .violations
+        .iter()
+        .map(|v| format!("{} ({})", v.capability.short_name(), v.checks))
+        .collect();
+    format!("NOT safe: would refuse {}", refused.join(", "))
+}
+
 fn table(list: &[ContainerSummary]) -> Table {
     let dash = |s: &str| {
         if s.is_empty() {
@@ -92,7 +112,15 @@ fn table(list: &[ContainerSummary]) -> Table {
     // first-seen time are in --format json.
     table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
     table.set_width(TABLE_WIDTH);
-    table.set_header(["ID", "NAME", "IMAGE", "STATE", "ALLOWLIST", "LAST SEEN"]);
+    table.set_header([
+        "ID",
+        "NAME",
+        "IMAGE",
+        "STATE",
+        "ALLOWLIST",
+        "LAST SEEN",
+        "SHADOW",
+    ]);
     for c in list {
         let allowlist = if c.allowlist.is_empty() {
             "(none)".to_owned()
@@ -111,6 +139,7 @@ fn table(list: &[ContainerSummary]) -> Table {
             allowlist,
             // Seconds are enough to tell apart; the JSON has the rest.
             dash(c.last_seen.get(..19).unwrap_or(&c.last_seen)),
+            shadow(c),
         ]);
     }
     table

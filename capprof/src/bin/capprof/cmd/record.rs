@@ -46,6 +46,11 @@ pub struct RecordArgs {
     /// Use this backend instead of the best one the kernel offers.
     #[arg(long, value_enum, env = "CAPPROF_BACKEND")]
     pub backend: Option<Backend>,
+    /// Write environment values into `subject.run` (they can hold secrets;
+    /// by default only the names are kept, and `capprof verify` takes the
+    /// values from the container while it still exists).
+    #[arg(long)]
+    pub keep_env: bool,
 }
 
 /// How often exited containers are looked for.
@@ -108,7 +113,8 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
         ));
     }
 
-    let recorder = Recorder::new(&mount, watched.clone(), &observer);
+    let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
+    recorder.keep_env(args.keep_env);
     let backend = observer.backend();
     let (flavor, version) = (engine.flavor, engine.version.clone());
     let mut session = Session::start(observer, recorder, Some(engine), TICK).await?;

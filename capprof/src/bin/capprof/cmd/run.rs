@@ -14,10 +14,12 @@ use std::{
 };
 
 use capprof::{
+    capability::Cap,
+    capset::{self, CapLimit},
     cgroup::{self, OwnedCgroup},
     fsutil,
     observer::{Backend, Classification, Observer, events::Record, preflight, reader::EventReader},
-    profile::{self, Class, Observation, Subject, rfc3339},
+    profile::{self, Class, Observation, RunSpec, Subject, rfc3339},
     table,
 };
 use capprof_common::check::watch;
@@ -53,6 +55,11 @@ pub struct RunArgs {
     /// Do not print the table.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run CMD with only these capabilities (comma-separated, `none` for
+    /// none): its bounding, permitted, effective, inheritable and ambient
+    /// sets are all cut down to LIST before it starts.
+    #[arg(long, value_name = "LIST", env = "CAPPROF_CAPS")]
+    pub caps: Option<String>,
     /// The command to run, after `--`.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -62,6 +69,17 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Error> {
     preflight()?;
     let mount = cgroup::cgroup2_mount().map_err(|e| Error::usage(e.to_string()))?;
     let program = resolve_program(&args.command[0])?;
+    let limit = match &args.caps {
+        Some(list) => {
+            let caps =
+                capset::parse_list(list).map_err(|e| Error::usage(format!("--caps: {e}")))?;
+            Some((
+                caps.clone(),
+                CapLimit::new(&caps).map_err(|e| Error::internal(e.to_string()))?,
+            ))
+        }
+        None => None,
+    };
     if let Some(out) = &args.out {
         fsutil::check_writable(out)
             .map_err(|e| Error::usage(format!("cannot write {}: {e}", out.display())))?;
@@ -71,7 +89,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(run(args, program, mount))
+    runtime.block_on(run(args, program, mount, limit))
 }
 
 /// Finds the program as the shell would, so that a missing command is one
@@ -100,7 +118,12 @@ fn resolve_program(cmd: &OsString) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::usage(format!("command not found: {shown}")))
 }
 
-async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode, Error> {
+async fn run(
+    args: RunArgs,
+    program: PathBuf,
+    mount: PathBuf,
+    limit: Option<(Vec<Cap>, CapLimit)>,
+) -> Result<ExitCode, Error> {
     let name = format!("run-{}-{}", std::process::id(), nanos());
     let cgroup = OwnedCgroup::create(&mount, &name).map_err(|e| Error::internal(e.to_string()))?;
     // CMD's process moves into the cgroup now and waits there, before its
@@ -109,7 +132,13 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
     // With the profile on stdout, CMD's own output goes to stderr, so that
     // stdout is the JSON alone.
     let json_on_stdout = args.out.is_none() && args.format == OutputFormat::Json;
-    let held = HeldChild::start(&args.command, &program, &cgroup, json_on_stdout)?;
+    let held = HeldChild::start(
+        &args.command,
+        &program,
+        &cgroup,
+        json_on_stdout,
+        limit.as_ref().map(|(_, l)| *l),
+    )?;
     let mut observer = Observer::load(args.backend)?;
     tracing::info!(
         "loaded {} backend ({} classification) in {:?}",
@@ -159,6 +188,8 @@ async fn run(args: RunArgs, program: PathBuf, mount: PathBuf) -> Result<ExitCode
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
         ),
+        capabilities: limit.map(|(caps, _)| caps),
+        run: Some(RunSpec::for_command(&args.command)),
         ..Default::default()
     };
     drop(cgroup);
@@ -228,6 +259,7 @@ impl HeldChild {
         program: &Path,
         cgroup: &OwnedCgroup,
         stdout_to_stderr: bool,
+        limit: Option<CapLimit>,
     ) -> Result<Self, Error> {
         let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes())
             .map_err(|_| Error::internal("cgroup path holds a NUL byte"))?;
@@ -258,9 +290,14 @@ impl HeldChild {
             cmd.stdout(std::process::Stdio::from(stderr));
         }
         // SAFETY: only async-signal-safe calls (open, write, close, prctl,
-        // read) between fork and exec.
+        // capget, capset, read) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Before the move into the watched cgroup: capset's own
+                // CAP_SETPCAP check is capprof's, not CMD's.
+                if let Some(limit) = &limit {
+                    limit.apply()?;
+                }
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     return Err(std::io::Error::last_os_error());

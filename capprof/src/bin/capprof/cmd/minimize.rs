@@ -1,0 +1,198 @@
+//! `capprof minimize`: the smallest allowlist the workload still works
+//! with, found by re-running it, and written as a proven profile.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use capprof::{
+    capability::Cap,
+    fsutil,
+    profile::{KeptIdentity, MAX_PROOF_ENTRIES, Profile, Proof},
+    proof::search::{self, Minimized, Verdict},
+};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use super::{
+    rerun::{self, Progress, RerunArgs},
+    write_stdout,
+};
+use crate::error::Error;
+
+const EXAMPLES: &str = "\
+Examples:
+  capprof minimize --out web.min.json --probe-exec 'wget -q -O- http://127.0.0.1/' web.json
+  capprof minimize --runs 5 --out job.min.json job.json   success: exit status 0
+  capprof export web.min.json                               the proven flags";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MinimizeFormat {
+    /// One row per capability.
+    Table,
+    /// The proof, as JSON.
+    Json,
+}
+
+/// Find the smallest set of capabilities the workload still works with:
+/// take each capability of the allowlist away in turn, for good when every
+/// one of --runs runs passes without it and leaves no process more
+/// privileged than with the whole allowlist. Writes a profile whose
+/// allowlist is the result, with a `proof`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct MinimizeArgs {
+    /// Where to write the minimized profile (atomically).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Try security-relevant capabilities too (AUDIT_WRITE, IPC_LOCK):
+    /// their loss can leave a workload running but less safe.
+    #[arg(long)]
+    pub drop_security_relevant: bool,
+    /// Output format of the summary on stdout.
+    #[arg(short, long, value_enum, default_value_t = MinimizeFormat::Table, env = "CAPPROF_MINIMIZE_FORMAT")]
+    pub format: MinimizeFormat,
+    #[command(flatten)]
+    pub rerun: RerunArgs,
+    /// The profile to minimize.
+    #[arg(value_name = "PROFILE.json")]
+    pub profile: String,
+}
+
+pub fn main(args: MinimizeArgs) -> Result<ExitCode, Error> {
+    let profile = Profile::read(&args.profile)?;
+    fsutil::check_writable(&args.out)
+        .map_err(|e| Error::usage(format!("cannot write {}: {e}", args.out.display())))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(minimize(args, profile))
+}
+
+async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Error> {
+    let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
+    let allowlist = profile.allowlist.clone();
+    let runs = args.rerun.runs;
+    let progress = Progress::new("minimize", u64::from(runs) * (1 + allowlist.len() as u64));
+    let engine = prepared.workload.engine();
+    progress.start(
+        &prepared.label,
+        &allowlist,
+        &engine,
+        prepared.probe.as_ref(),
+    );
+    let workload = &mut prepared.workload;
+    let result = rerun::guarded(
+        prepared.cleanup.as_ref(),
+        search::minimize(
+            &allowlist,
+            runs,
+            args.drop_security_relevant,
+            async |set: &[Cap]| workload.trial(set).await,
+            |e| progress.event(e),
+        ),
+    )
+    .await;
+    progress.finish();
+    let minimized = result?;
+
+    let proof = proof_of(&minimized, &allowlist, runs, engine, &prepared);
+    let mut out = profile.clone();
+    out.allowlist = minimized.result.clone();
+    out.proof = Some(proof.clone());
+    let json = out.to_json();
+    // What is written must read back as a valid profile.
+    Profile::from_json(&args.out.display().to_string(), json.as_bytes())?;
+    fsutil::write_atomic(&args.out, json.as_bytes())
+        .map_err(|e| Error::usage(format!("cannot write {}: {e}", args.out.display())))?;
+    eprintln!(
+        "capprof: minimize: wrote {} (allowlist: {})",
+        args.out.display(),
+        names(&minimized.result)
+    );
+    let text = match args.format {
+        MinimizeFormat::Json => {
+            let mut json = serde_json::to_string_pretty(&proof)
+                .map_err(|e| Error::internal(format!("cannot render the proof: {e}")))?;
+            json.push('\n');
+            json
+        }
+        MinimizeFormat::Table => table(&minimized, &allowlist),
+    };
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn proof_of(
+    m: &Minimized,
+    observed: &[Cap],
+    runs: u32,
+    engine: String,
+    prepared: &rerun::Prepared,
+) -> Proof {
+    let with = |want: fn(&Verdict) -> bool| -> Vec<Cap> {
+        m.verdicts
+            .iter()
+            .filter(|(_, v)| want(v))
+            .map(|(c, _)| *c)
+            .collect()
+    };
+    let kept_identity: Vec<KeptIdentity> = m
+        .verdicts
+        .iter()
+        .filter_map(|(cap, v)| match v {
+            Verdict::Identity(drifts) => Some((cap, drifts)),
+            _ => None,
+        })
+        .flat_map(|(cap, drifts)| {
+            drifts.iter().take(MAX_PROOF_ENTRIES).map(|d| KeptIdentity {
+                capability: *cap,
+                process: d.process.clone(),
+                pid: d.pid,
+                drift: d.gained.iter().take(MAX_PROOF_ENTRIES).cloned().collect(),
+            })
+        })
+        .take(MAX_PROOF_ENTRIES)
+        .collect();
+    Proof {
+        method: "minimize".into(),
+        sufficient: true,
+        runs,
+        engine,
+        at: rerun::now(),
+        probe: prepared.probe.as_ref().map(|p| p.describe()),
+        observed: observed.to_vec(),
+        needed: with(|v| matches!(v, Verdict::Needed(_))),
+        unneeded: with(|v| matches!(v, Verdict::Unneeded)),
+        kept_security_relevant: with(|v| matches!(v, Verdict::SecurityRelevant)),
+        kept_identity,
+    }
+}
+
+fn names(caps: &[Cap]) -> String {
+    if caps.is_empty() {
+        "none".to_owned()
+    } else {
+        caps.iter()
+            .map(|c| c.short_name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn table(m: &Minimized, observed: &[Cap]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["CAPABILITY", "VERDICT", "WHY"]);
+    for (cap, verdict) in &m.verdicts {
+        table.add_row([
+            cap.to_string(),
+            verdict.label().to_owned(),
+            verdict.reason(),
+        ]);
+    }
+    format!(
+        "{table}\nallowlist: {} (observed: {})\n",
+        names(&m.result),
+        names(observed)
+    )
+}

@@ -1,0 +1,328 @@
+//! What `capprof verify` and `capprof minimize` share: the probe and run
+//! flags, re-creating the workload a profile describes, one progress line
+//! per run, and cleaning up on every way out, Ctrl-C included.
+
+use std::{
+    io::IsTerminal as _,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use capprof::{
+    capability::Cap,
+    cgroup,
+    engine::{self, Engine},
+    profile::{Profile, RunSpec},
+    proof::{
+        Probe, ProofError, RunOptions, Workload,
+        command::CommandWorkload,
+        container::{Cleanup, ContainerWorkload},
+        search::Event,
+    },
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::Error;
+
+/// The flags of every command that re-runs a workload.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RerunArgs {
+    /// Success is this command passing (exit 0), run on the host with
+    /// CAPPROF_CONTAINER_NAME, _ID, _PID and _ADDRESS in its environment
+    /// (for a command: CAPPROF_PID). Split into words like a shell would,
+    /// but run without one. Retried until it passes or --timeout.
+    #[arg(
+        long,
+        value_name = "CMD",
+        conflicts_with = "probe_exec",
+        env = "CAPPROF_PROBE"
+    )]
+    pub probe: Option<String>,
+    /// Success is this command passing inside the container (engine exec).
+    #[arg(long, value_name = "CMD", env = "CAPPROF_PROBE_EXEC")]
+    pub probe_exec: Option<String>,
+    /// Runs per tried set: a capability is unneeded only if every run
+    /// without it passes.
+    #[arg(long, value_name = "N", default_value_t = 3, env = "CAPPROF_RUNS",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Seconds one run may take (until the probe passes, or without a
+    /// probe until the workload exits).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, env = "CAPPROF_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// The engine's API socket [default: $DOCKER_HOST, else /var/run/docker.sock].
+    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE")]
+    pub engine: Option<String>,
+}
+
+/// A workload ready to re-run, and what to clean up afterwards.
+pub struct Prepared {
+    pub workload: Workload,
+    pub cleanup: Option<Cleanup>,
+    pub probe: Option<Probe>,
+    /// How the subject is named in messages.
+    pub label: String,
+}
+
+/// Reads what is needed to re-run the profile's workload, and checks it
+/// before anything runs: the engine answers, the image is there, the
+/// environment values can be had, the probe can run.
+pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<Prepared, Error> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::usage(
+            "capprof must run as root to re-run workloads (containers, cgroups, capability sets)",
+        ));
+    }
+    let run = profile
+        .subject
+        .run
+        .clone()
+        .ok_or_else(|| ProofError::NoRunSpec {
+            profile: path.to_owned(),
+        })?;
+    let probe = match (&args.probe, &args.probe_exec) {
+        (Some(line), _) => Some(Probe::host(line)?),
+        (None, Some(line)) => Some(Probe::exec(line)?),
+        (None, None) => None,
+    };
+    let options = RunOptions {
+        probe: probe.clone(),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let mount = cgroup::cgroup2_mount().map_err(|e| Error::usage(e.to_string()))?;
+    let subject = &profile.subject;
+    let label = subject
+        .name
+        .clone()
+        .or_else(|| subject.command.as_ref().map(|c| c.join(" ")))
+        .or_else(|| subject.id.as_deref().map(engine::short_id))
+        .unwrap_or_else(|| path.to_owned());
+    if subject.kind == "command" {
+        let argv = run.command.clone().ok_or_else(|| ProofError::NoRunSpec {
+            profile: path.to_owned(),
+        })?;
+        let workload =
+            CommandWorkload::new(argv, run.workdir.clone().map(PathBuf::from), options, mount)?;
+        return Ok(Prepared {
+            workload: Workload::Command(workload),
+            cleanup: None,
+            probe,
+            label,
+        });
+    }
+    let Some(image) = run.image.clone() else {
+        return Err(ProofError::NoRunSpec {
+            profile: path.to_owned(),
+        }
+        .into());
+    };
+    let endpoint = args
+        .engine
+        .clone()
+        .unwrap_or_else(engine::endpoint_from_env);
+    let engine = Arc::new(Engine::connect(&endpoint).await.map_err(ProofError::from)?);
+    if !engine.image_exists(&image).await {
+        return Err(ProofError::ImageGone(image).into());
+    }
+    let run = with_env(path, profile, run, &engine).await?;
+    let cleanup = Cleanup::new(engine.clone());
+    let workload = ContainerWorkload::new(engine, run, options, mount, cleanup.clone());
+    Ok(Prepared {
+        workload: Workload::Container(Box::new(workload)),
+        cleanup: Some(cleanup),
+        probe,
+        label,
+    })
+}
+
+/// The run spec with its environment values: from the profile
+/// (`--keep-env`), else from the original container while it exists.
+async fn with_env(
+    path: &str,
+    profile: &Profile,
+    mut run: RunSpec,
+    engine: &Engine,
+) -> Result<RunSpec, Error> {
+    if run.env.is_some() || run.env_names.is_empty() {
+        return Ok(run);
+    }
+    let unavailable = || ProofError::EnvUnavailable {
+        profile: path.to_owned(),
+        container: profile
+            .subject
+            .name
+            .clone()
+            .or_else(|| profile.subject.id.as_deref().map(engine::short_id))
+            .unwrap_or_else(|| "(unnamed)".into()),
+    };
+    let id = profile.subject.id.as_deref().ok_or_else(unavailable)?;
+    let original = engine.inspect(id).await.ok_or_else(unavailable)?;
+    let values = original.run.and_then(|r| r.env).ok_or_else(unavailable)?;
+    let wanted: Vec<String> = values
+        .into_iter()
+        .filter(|kv| {
+            let name = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            run.env_names.iter().any(|n| n == name)
+        })
+        .collect();
+    run.env = Some(wanted);
+    Ok(run)
+}
+
+/// Runs `work` until it ends, Ctrl-C or SIGTERM; then removes every
+/// container it created, whatever happened.
+pub async fn guarded<T>(
+    cleanup: Option<&Cleanup>,
+    work: impl Future<Output = Result<T, ProofError>>,
+) -> Result<T, Error> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::internal(e.to_string()))?;
+    let result = tokio::select! {
+        r = work => Some(r),
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+    };
+    let removed = match cleanup {
+        Some(c) => c.remove_all().await,
+        None => 0,
+    };
+    match result {
+        Some(r) => Ok(r?),
+        None => Err(Error::Interrupted(format!(
+            "interrupted; removed {removed} container(s) capprof had created"
+        ))),
+    }
+}
+
+/// One line per run on stderr, under a progress bar on a terminal.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    verb: &'static str,
+    /// What the work is, said with the first result (so that input found
+    /// bad by the first run is still one line).
+    intro: std::sync::Mutex<Option<String>>,
+}
+
+impl Progress {
+    /// `steps`: how many runs at most.
+    pub fn new(verb: &'static str, steps: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(steps);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} runs {elapsed} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Self {
+            bar,
+            verb,
+            intro: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn line(&self, text: String) {
+        if let Some(intro) = self.intro.lock().ok().and_then(|mut i| i.take()) {
+            self.print(intro);
+        }
+        self.print(text);
+    }
+
+    fn print(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    pub fn event(&self, event: Event) {
+        match event {
+            Event::Run {
+                without, run, runs, ..
+            } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(match without {
+                        None => format!("baseline, run {run}/{runs}"),
+                        Some(cap) => format!("without {}, run {run}/{runs}", cap.short_name()),
+                    });
+                }
+            }
+            Event::Ran {
+                without,
+                run,
+                runs,
+                outcome,
+                drift,
+            } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+                let what = match without {
+                    None => "baseline".to_owned(),
+                    Some(cap) => format!("without {}", cap.short_name()),
+                };
+                let mut text = format!(
+                    "capprof: {}: {what}, run {run}/{runs}: {outcome}",
+                    self.verb
+                );
+                for d in drift {
+                    text.push_str(&format!(
+                        "; but {} (pid {}) kept {}",
+                        d.process,
+                        d.pid,
+                        d.gained.join(", ")
+                    ));
+                }
+                self.line(text);
+            }
+            Event::Decided { cap, verdict } => {
+                self.line(format!(
+                    "capprof: {}: {} is {}: {}",
+                    self.verb,
+                    cap.short_name(),
+                    verdict.label(),
+                    verdict.reason()
+                ));
+            }
+        }
+    }
+
+    /// Says what the work is, with the first result.
+    pub fn start(&self, label: &str, set: &[Cap], engine: &str, probe: Option<&Probe>) {
+        let caps = if set.is_empty() {
+            "no capability".to_owned()
+        } else {
+            set.iter()
+                .map(|c| c.short_name())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let intro = format!(
+            "capprof: {}: {label} with {caps} on {engine}; success is {}",
+            self.verb,
+            probe.map_or("exit status 0".to_owned(), |p| format!(
+                "the probe passing ({})",
+                p.describe()
+            ))
+        );
+        if let Ok(mut slot) = self.intro.lock() {
+            *slot = Some(intro);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub fn now() -> String {
+    capprof::profile::rfc3339(SystemTime::now())
+}

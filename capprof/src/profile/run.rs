@@ -1,0 +1,321 @@
+//! `subject.run`: what it takes to run a workload again, so that
+//! `capprof verify` and `capprof minimize` can re-create it with another
+//! capability set. For a container: its image and every setting from the
+//! engine's inspect reply that changes how it behaves. For a command: its
+//! command line and working directory.
+//!
+//! Environment values can hold secrets, so a profile keeps only the names
+//! (`env_names`) unless `--keep-env` asked for the values (`env`).
+//!
+//! Profiles are untrusted input, and these settings go back to the engine:
+//! [`RunSpec::validate`] bounds every string and list, refuses control
+//! characters, and accepts only known capability names and mount types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capability::Cap;
+
+/// Longest string accepted in a run spec.
+const MAX_STRING: usize = 4096;
+/// Most entries accepted in one list or map.
+const MAX_ENTRIES: usize = 1024;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunSpec {
+    /// A command's argv (`capprof run` profiles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The image, as the container was created from it (`Config.Image`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The working directory (a command's, or `Config.WorkingDir`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The names of the variables the container was given beyond its
+    /// image's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
+    /// `NAME=VALUE` for each of them: only with `--keep-env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub tty: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub open_stdin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    /// `-v SRC:DST[:OPTS]`, as given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
+    /// `--mount`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    /// `--tmpfs PATH:OPTS`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tmpfs: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
+    /// The capability flags it was started with. `verify` and `minimize`
+    /// replace them with the allowlist (and never run privileged).
+    #[serde(skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// seccomp, AppArmor, SELinux and `no-new-privileges` options.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uts_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroupns_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<UlimitSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<i64>,
+    /// The OCI runtime (`runc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MountSpec {
+    /// `bind`, `volume` or `tmpfs`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub target: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceSpec {
+    pub path_on_host: String,
+    pub path_in_container: String,
+    pub cgroup_permissions: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UlimitSpec {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl RunSpec {
+    /// A command's run spec: its argv and the working directory it ran in.
+    pub fn for_command(argv: &[std::ffi::OsString]) -> Self {
+        Self {
+            command: Some(
+                argv.iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+            ),
+            workdir: std::env::current_dir()
+                .ok()
+                .map(|d| d.to_string_lossy().into_owned()),
+            ..Default::default()
+        }
+    }
+
+    /// The same spec without environment values, as profiles are written
+    /// unless `--keep-env` is given.
+    pub fn without_env_values(&self) -> Self {
+        Self {
+            env: None,
+            ..self.clone()
+        }
+    }
+
+    /// Checks a spec that came from a profile or an engine: bounded sizes,
+    /// no control characters, known capability names and mount types.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut strings: Vec<(&str, &str)> = [
+            ("image", &self.image),
+            ("user", &self.user),
+            ("workdir", &self.workdir),
+            ("hostname", &self.hostname),
+            ("stop_signal", &self.stop_signal),
+            ("network_mode", &self.network_mode),
+            ("pid_mode", &self.pid_mode),
+            ("ipc_mode", &self.ipc_mode),
+            ("uts_mode", &self.uts_mode),
+            ("userns_mode", &self.userns_mode),
+            ("cgroupns_mode", &self.cgroupns_mode),
+            ("runtime", &self.runtime),
+        ]
+        .into_iter()
+        .filter_map(|(what, s)| s.as_deref().map(|s| (what, s)))
+        .collect();
+        let lists: [(&str, Option<&Vec<String>>); 10] = [
+            ("command", self.command.as_ref()),
+            ("entrypoint", self.entrypoint.as_ref()),
+            ("cmd", self.cmd.as_ref()),
+            ("env_names", Some(&self.env_names)),
+            ("env", self.env.as_ref()),
+            ("binds", Some(&self.binds)),
+            ("cap_add", Some(&self.cap_add)),
+            ("cap_drop", Some(&self.cap_drop)),
+            ("security_opt", Some(&self.security_opt)),
+            ("group_add", Some(&self.group_add)),
+        ];
+        for (what, list) in lists {
+            let Some(list) = list else { continue };
+            if list.len() > MAX_ENTRIES {
+                return Err(format!("run.{what} has more than {MAX_ENTRIES} entries"));
+            }
+            strings.extend(list.iter().map(|s| (what, s.as_str())));
+        }
+        for (what, map) in [("tmpfs", &self.tmpfs), ("sysctls", &self.sysctls)] {
+            if map.len() > MAX_ENTRIES {
+                return Err(format!("run.{what} has more than {MAX_ENTRIES} entries"));
+            }
+            for (k, v) in map {
+                strings.push((what, k));
+                strings.push((what, v));
+            }
+        }
+        if self.mounts.len() > MAX_ENTRIES
+            || self.devices.len() > MAX_ENTRIES
+            || self.ulimits.len() > MAX_ENTRIES
+        {
+            return Err(format!(
+                "run has more than {MAX_ENTRIES} mounts, devices or ulimits"
+            ));
+        }
+        for m in &self.mounts {
+            if !matches!(m.kind.as_str(), "bind" | "volume" | "tmpfs") {
+                return Err(format!("run.mounts: unknown mount type {:?}", m.kind));
+            }
+            strings.push(("mounts", &m.target));
+            if let Some(s) = &m.source {
+                strings.push(("mounts", s));
+            }
+        }
+        for d in &self.devices {
+            strings.push(("devices", &d.path_on_host));
+            strings.push(("devices", &d.path_in_container));
+            strings.push(("devices", &d.cgroup_permissions));
+        }
+        for u in &self.ulimits {
+            strings.push(("ulimits", &u.name));
+        }
+        for (what, s) in strings {
+            if s.len() > MAX_STRING {
+                return Err(format!(
+                    "run.{what}: a value is longer than {MAX_STRING} bytes"
+                ));
+            }
+            if s.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(format!("run.{what}: a value holds control characters"));
+            }
+        }
+        for name in self.cap_add.iter().chain(&self.cap_drop) {
+            if !name.eq_ignore_ascii_case("ALL") && name.parse::<Cap>().is_err() {
+                return Err(format!("run: unknown capability {name:?}"));
+            }
+        }
+        for name in &self.env_names {
+            if name.is_empty() || name.contains('=') {
+                return Err(format!("run.env_names: {name:?} is not a variable name"));
+            }
+        }
+        if let Some(env) = &self.env
+            && env.iter().any(|e| !e.contains('='))
+        {
+            return Err("run.env: every entry must be NAME=VALUE".into());
+        }
+        if matches!(&self.image, Some(i) if i.trim().is_empty()) {
+            return Err("run.image is empty".into());
+        }
+        if matches!(&self.command, Some(c) if c.is_empty()) {
+            return Err("run.command is empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_refuses_what_an_engine_must_not_be_sent() {
+        let ok = RunSpec {
+            image: Some("busybox:1".into()),
+            cmd: Some(vec!["sh".into(), "-c".into(), "true".into()]),
+            cap_add: vec!["NET_RAW".into(), "CAP_CHOWN".into()],
+            cap_drop: vec!["ALL".into()],
+            env_names: vec!["TOKEN".into()],
+            mounts: vec![MountSpec {
+                kind: "bind".into(),
+                source: Some("/srv".into()),
+                target: "/data".into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        let bad = |f: &dyn Fn(&mut RunSpec)| {
+            let mut spec = ok.clone();
+            f(&mut spec);
+            spec.validate().unwrap_err()
+        };
+        assert!(bad(&|s| s.cap_add.push("FLY".into())).contains("FLY"));
+        assert!(bad(&|s| s.image = Some("a\nb".into())).contains("control"));
+        assert!(bad(&|s| s.mounts[0].kind = "weird".into()).contains("weird"));
+        assert!(bad(&|s| s.env_names.push("A=B".into())).contains("A=B"));
+        assert!(bad(&|s| s.binds = vec!["x".repeat(5000)]).contains("longer"));
+        assert!(bad(&|s| s.env = Some(vec!["NOVALUE".into()])).contains("NAME=VALUE"));
+        assert!(bad(&|s| s.command = Some(vec![])).contains("empty"));
+    }
+
+    #[test]
+    fn env_values_are_left_out_unless_kept() {
+        let spec = RunSpec {
+            env_names: vec!["TOKEN".into()],
+            env: Some(vec!["TOKEN=hunter2".into()]),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&spec.without_env_values()).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(json.contains("TOKEN"), "{json}");
+    }
+}

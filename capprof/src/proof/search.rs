@@ -1,0 +1,442 @@
+//! Deciding from runs: is an allowlist sufficient (`verify`), which of its
+//! capabilities are needed (`verify --ablate`), and what is the smallest
+//! sufficient set (`minimize`).
+//!
+//! A workload can be flaky, so every decision is made over N runs, and in
+//! the safe direction: a capability is unneeded only when **every** run
+//! without it passes and leaves no process more privileged than the
+//! baseline; one failed run makes it needed. A flaky workload can
+//! therefore keep a capability it does not need, and never lose one it
+//! does. The baseline (the allowlist as it is) must pass all N runs.
+//!
+//! `minimize` removes capabilities one at a time, each for good once its
+//! N runs pass, so the result is a set from which no single capability
+//! can be removed, and it passed its own N runs as the last set tried.
+
+use std::collections::BTreeSet;
+
+use super::{
+    Outcome, ProofError, Trial,
+    creds::{self, Drift, ProcSample},
+    is_security_relevant,
+};
+use crate::capability::Cap;
+
+/// What taking one capability away did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A run failed without it.
+    Needed(String),
+    /// Every run passed without it, but a process ended up more privileged
+    /// than in the baseline.
+    Identity(Vec<Drift>),
+    /// Every run passed without it, with the baseline's credentials.
+    Unneeded,
+    /// Not tried: security-relevant (see `SECURITY_RELEVANT`).
+    SecurityRelevant,
+}
+
+impl Verdict {
+    pub fn keeps(&self) -> bool {
+        !matches!(self, Verdict::Unneeded)
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Needed(_) => "needed",
+            Verdict::Identity(_) => "needed (identity)",
+            Verdict::Unneeded => "unneeded",
+            Verdict::SecurityRelevant => "kept (security-relevant)",
+        }
+    }
+
+    /// Why, in a few words.
+    pub fn reason(&self) -> String {
+        match self {
+            Verdict::Needed(why) => why.clone(),
+            Verdict::Identity(drifts) => drifts
+                .iter()
+                .map(|d| format!("{} (pid {}) kept {}", d.process, d.pid, d.gained.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Verdict::Unneeded => "every run passed without it".into(),
+            Verdict::SecurityRelevant => {
+                "its loss can leave the workload running but less safe".into()
+            }
+        }
+    }
+}
+
+/// What the progress display is told.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// A run starts: `set` is what it grants, `without` what it tries to do
+    /// without (None for the baseline).
+    Run {
+        without: Option<Cap>,
+        set: &'a [Cap],
+        run: u32,
+        runs: u32,
+    },
+    /// A run ended.
+    Ran {
+        without: Option<Cap>,
+        run: u32,
+        runs: u32,
+        outcome: &'a Outcome,
+        drift: &'a [Drift],
+    },
+    /// A capability was decided.
+    Decided { cap: Cap, verdict: &'a Verdict },
+}
+
+/// The baseline: N runs with the whole set. Returns their processes, or
+/// the first failure.
+async fn baseline(
+    set: &[Cap],
+    runs: u32,
+    trial: &mut impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
+    progress: &mut impl FnMut(Event),
+) -> Result<Result<Vec<ProcSample>, String>, ProofError> {
+    let mut processes = vec![];
+    for run in 1..=runs {
+        progress(Event::Run {
+            without: None,
+            set,
+            run,
+            runs,
+        });
+        let t = trial(set).await?;
+        progress(Event::Ran {
+            without: None,
+            run,
+            runs,
+            outcome: &t.outcome,
+            drift: &[],
+        });
+        if let Outcome::Failed(why) = t.outcome {
+            return Ok(Err(format!("run {run} of {runs}: {why}")));
+        }
+        processes.extend(t.processes);
+    }
+    Ok(Ok(processes))
+}
+
+/// N runs with `set`, which lacks `without`: the verdict on `without`.
+async fn try_without(
+    without: Cap,
+    set: &[Cap],
+    runs: u32,
+    baseline: &[ProcSample],
+    trial: &mut impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
+    progress: &mut impl FnMut(Event),
+) -> Result<Verdict, ProofError> {
+    for run in 1..=runs {
+        progress(Event::Run {
+            without: Some(without),
+            set,
+            run,
+            runs,
+        });
+        let t = trial(set).await?;
+        let drift = if t.outcome.passed() {
+            creds::drift(baseline, &t.processes)
+        } else {
+            vec![]
+        };
+        progress(Event::Ran {
+            without: Some(without),
+            run,
+            runs,
+            outcome: &t.outcome,
+            drift: &drift,
+        });
+        // One failed run decides: the capability stays.
+        if let Outcome::Failed(why) = t.outcome {
+            return Ok(Verdict::Needed(format!("run {run} of {runs}: {why}")));
+        }
+        if !drift.is_empty() {
+            return Ok(Verdict::Identity(drift));
+        }
+    }
+    Ok(Verdict::Unneeded)
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    /// None when every run passed; otherwise the first failure.
+    pub failure: Option<String>,
+    /// With `--ablate`: each capability, taken away on its own from the
+    /// whole allowlist.
+    pub ablation: Vec<(Cap, Verdict)>,
+}
+
+impl Verification {
+    pub fn sufficient(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Runs the allowlist N times; with `ablate`, then each capability's
+/// absence N times (security-relevant ones are not tried: they are
+/// reported as such, as `minimize` keeps them).
+pub async fn verify(
+    allowlist: &[Cap],
+    runs: u32,
+    ablate: bool,
+    mut trial: impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
+    mut progress: impl FnMut(Event),
+) -> Result<Verification, ProofError> {
+    let base = match baseline(allowlist, runs, &mut trial, &mut progress).await? {
+        Ok(processes) => processes,
+        Err(why) => {
+            return Ok(Verification {
+                failure: Some(why),
+                ablation: vec![],
+            });
+        }
+    };
+    let mut ablation = vec![];
+    if ablate {
+        for &cap in allowlist {
+            let set: Vec<Cap> = allowlist.iter().copied().filter(|&c| c != cap).collect();
+            let verdict = if is_security_relevant(cap) {
+                Verdict::SecurityRelevant
+            } else {
+                try_without(cap, &set, runs, &base, &mut trial, &mut progress).await?
+            };
+            progress(Event::Decided {
+                cap,
+                verdict: &verdict,
+            });
+            ablation.push((cap, verdict));
+        }
+    }
+    Ok(Verification {
+        failure: None,
+        ablation,
+    })
+}
+
+/// What `minimize` found.
+#[derive(Clone, Debug)]
+pub struct Minimized {
+    /// The smallest sufficient set found.
+    pub result: Vec<Cap>,
+    /// Every capability of the allowlist, with its verdict.
+    pub verdicts: Vec<(Cap, Verdict)>,
+}
+
+/// Removes capabilities from `allowlist` one at a time, each for good when
+/// all `runs` runs without it pass with the baseline's credentials.
+/// Security-relevant ones are not tried unless `drop_security_relevant`.
+pub async fn minimize(
+    allowlist: &[Cap],
+    runs: u32,
+    drop_security_relevant: bool,
+    mut trial: impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
+    mut progress: impl FnMut(Event),
+) -> Result<Minimized, ProofError> {
+    let base = baseline(allowlist, runs, &mut trial, &mut progress)
+        .await?
+        .map_err(|reason| ProofError::Baseline { reason })?;
+    let mut current: BTreeSet<Cap> = allowlist.iter().copied().collect();
+    let mut verdicts = vec![];
+    for &cap in allowlist {
+        let verdict = if is_security_relevant(cap) && !drop_security_relevant {
+            Verdict::SecurityRelevant
+        } else {
+            let set: Vec<Cap> = current.iter().copied().filter(|&c| c != cap).collect();
+            try_without(cap, &set, runs, &base, &mut trial, &mut progress).await?
+        };
+        if !verdict.keeps() {
+            current.remove(&cap);
+        }
+        progress(Event::Decided {
+            cap,
+            verdict: &verdict,
+        });
+        verdicts.push((cap, verdict));
+    }
+    Ok(Minimized {
+        result: current.into_iter().collect(),
+        verdicts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::proof::creds::Creds;
+
+    fn cap(s: &str) -> Cap {
+        s.parse().unwrap()
+    }
+
+    fn caps(names: &[&str]) -> Vec<Cap> {
+        let mut v: Vec<Cap> = names.iter().map(|n| cap(n)).collect();
+        v.sort();
+        v
+    }
+
+    fn passed() -> Trial {
+        Trial {
+            outcome: Outcome::Passed,
+            processes: vec![],
+        }
+    }
+
+    fn failed() -> Trial {
+        Trial {
+            outcome: Outcome::Failed("exit status 1".into()),
+            processes: vec![],
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn minimize_keeps_what_runs_fail_without() {
+        let allow = caps(&["CHOWN", "FOWNER", "FSETID", "AUDIT_WRITE"]);
+        let needs = caps(&["CHOWN", "FOWNER"]);
+        let m = block_on(minimize(
+            &allow,
+            2,
+            false,
+            async |set: &[Cap]| {
+                Ok(if needs.iter().all(|c| set.contains(c)) {
+                    passed()
+                } else {
+                    failed()
+                })
+            },
+            |_| {},
+        ))
+        .unwrap();
+        assert_eq!(m.result, caps(&["CHOWN", "FOWNER", "AUDIT_WRITE"]));
+        let of = |name: &str| m.verdicts.iter().find(|(c, _)| *c == cap(name)).unwrap();
+        assert_eq!(of("AUDIT_WRITE").1, Verdict::SecurityRelevant);
+        assert_eq!(of("FSETID").1, Verdict::Unneeded);
+        assert!(matches!(of("CHOWN").1, Verdict::Needed(_)));
+        // With --drop-security-relevant, AUDIT_WRITE is tried, and goes.
+        let m = block_on(minimize(
+            &allow,
+            1,
+            true,
+            async |set: &[Cap]| {
+                Ok(if needs.iter().all(|c| set.contains(c)) {
+                    passed()
+                } else {
+                    failed()
+                })
+            },
+            |_| {},
+        ))
+        .unwrap();
+        assert_eq!(m.result, needs);
+    }
+
+    /// A workload that needs CHOWN only on every other run: with N ≥ 2 it
+    /// is never dropped, whatever the run it starts on.
+    #[test]
+    fn a_flaky_need_is_never_dropped() {
+        for start in 0..2 {
+            let calls = Cell::new(start);
+            let m = block_on(minimize(
+                &caps(&["CHOWN", "FSETID"]),
+                2,
+                false,
+                async |set: &[Cap]| {
+                    calls.set(calls.get() + 1);
+                    let needs_chown = calls.get() % 2 == 0;
+                    Ok(if needs_chown && !set.contains(&cap("CHOWN")) {
+                        failed()
+                    } else {
+                        passed()
+                    })
+                },
+                |_| {},
+            ))
+            .unwrap();
+            assert_eq!(m.result, caps(&["CHOWN"]), "starting at {start}");
+        }
+    }
+
+    #[test]
+    fn a_failing_baseline_is_an_error() {
+        let err = block_on(minimize(
+            &caps(&["CHOWN"]),
+            2,
+            false,
+            async |_: &[Cap]| Ok(failed()),
+            |_| {},
+        ))
+        .unwrap_err();
+        assert!(matches!(err, ProofError::Baseline { .. }), "{err}");
+        let v = block_on(verify(
+            &caps(&["CHOWN"]),
+            2,
+            true,
+            async |_: &[Cap]| Ok(failed()),
+            |_| {},
+        ))
+        .unwrap();
+        assert!(!v.sufficient());
+        assert!(v.ablation.is_empty());
+    }
+
+    /// Without SETUID the workload passes, but its process stays root: the
+    /// credential comparison keeps SETUID.
+    #[test]
+    fn a_failed_privilege_drop_keeps_its_capability() {
+        let proc_as = |uid: u32| ProcSample {
+            pid: 7,
+            path: "sh/sleep".into(),
+            comm: "sleep".into(),
+            creds: Creds {
+                uids: [uid; 4],
+                gids: [uid; 4],
+                ..Default::default()
+            },
+        };
+        let run = async |set: &[Cap]| {
+            let uid = if set.contains(&cap("SETUID")) {
+                1000
+            } else {
+                0
+            };
+            Ok(Trial {
+                outcome: Outcome::Passed,
+                processes: vec![proc_as(uid)],
+            })
+        };
+        let m = block_on(minimize(
+            &caps(&["SETUID", "FSETID"]),
+            1,
+            false,
+            run,
+            |_| {},
+        ))
+        .unwrap();
+        assert_eq!(m.result, caps(&["SETUID"]));
+        let (_, verdict) = &m.verdicts[1];
+        let Verdict::Identity(drift) = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(drift[0].process, "sh/sleep");
+        assert!(drift[0].gained.contains(&"uid 0".to_owned()));
+        // verify --ablate says the same.
+        let v = block_on(verify(&caps(&["SETUID", "FSETID"]), 1, true, run, |_| {})).unwrap();
+        assert!(v.sufficient());
+        assert!(matches!(v.ablation[1].1, Verdict::Identity(_)));
+        assert_eq!(v.ablation[0].1, Verdict::Unneeded);
+    }
+}
