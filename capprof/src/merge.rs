@@ -165,6 +165,7 @@ fn common_subject(subjects: &[Subject]) -> Subject {
         command: same(all().map(|s| s.command.clone())).flatten(),
         capabilities: same(all().map(|s| s.capabilities.clone())).flatten(),
         run: same(all().map(|s| s.run.clone())).flatten(),
+        k8s: same(all().map(|s| s.k8s.clone())).flatten(),
     }
 }
 

@@ -685,7 +685,7 @@ fn ctrl_c_leaves_no_container() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
@@ -708,6 +708,9 @@ fn ctrl_c_leaves_no_container() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
+    // The reader sees end of file once capprof has exited; only then has it
+    // passed on every line (try_iter alone raced it and read nothing).
+    reader.join().unwrap();
     let lines: Vec<String> = rx.try_iter().collect();
     assert!(
         lines

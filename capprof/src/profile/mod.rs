@@ -107,7 +107,10 @@ impl std::fmt::Display for Class {
 /// What was profiled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {
-    /// `command` or `container`.
+    /// `command`, `container`, `pod-container` (a container of a Kubernetes
+    /// pod, named through the node's CRI runtime; `name` is the container's
+    /// name in the pod) or `workload` (the merged containers of one name
+    /// across a workload's pods).
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
@@ -129,6 +132,40 @@ pub struct Subject {
     /// How to run the workload again (`capprof verify`, `minimize`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunSpec>,
+    /// Where the container sits in Kubernetes (kinds `pod-container` and
+    /// `workload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8sRef>,
+}
+
+/// A container's place in Kubernetes, as the node's CRI runtime reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8sRef {
+    pub namespace: String,
+    /// The pod's name; absent for a `workload` profile, which stands for
+    /// all of its owner's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The pod's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The workload that owns the pod, where it could be derived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The controller that owns a pod: the object a `k8s-patch` export patches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `CronJob`,
+    /// `ReplicaSet` (a bare one) or `Pod` (no controller).
+    pub kind: String,
+    pub name: String,
+    /// How it was derived, for the reader to judge: for example
+    /// `label:pod-template-hash` or `name-pattern`.
+    pub derived_from: String,
 }
 
 /// How the observation was made.

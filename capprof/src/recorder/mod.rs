@@ -471,6 +471,7 @@ fn subject(rec: &ContainerRecord, keep_env: bool) -> Subject {
                 run.without_env_values()
             }
         }),
+        k8s: None,
     }
 }
 
