@@ -203,3 +203,38 @@ fn record_refuses_options_that_would_record_nothing() {
         "/etc/hostname was touched"
     );
 }
+
+/// A state directory that cannot be one is the user's input at fault: one
+/// line that names the path in the way, exit 2, the file left alone.
+#[test]
+#[ignore = "needs root"]
+fn daemon_state_dir_that_is_a_file() {
+    require_root();
+    let dir = Scratch::new("state-file");
+    let file = dir.path("state");
+    std::fs::write(&file, "precious").unwrap();
+    let socket = dir.path("capprof.sock");
+    let file_str = file.to_str().unwrap();
+    let nested = format!("{file_str}/sub");
+    for (state, needle) in [
+        (
+            file_str,
+            format!("{file_str}: it exists and is not a directory"),
+        ),
+        (
+            nested.as_str(),
+            format!("{nested}: {file_str} is not a directory"),
+        ),
+    ] {
+        let out = capprof(&[
+            "daemon",
+            "--state-dir",
+            state,
+            "--socket",
+            socket.to_str().unwrap(),
+        ]);
+        assert_one_line_error(&out, 2, &needle);
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    assert!(!socket.exists());
+}

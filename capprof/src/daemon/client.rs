@@ -43,6 +43,13 @@ pub enum ClientError {
     Timeout { socket: PathBuf },
     #[error("the capprof daemon at {}: {reason}", socket.display())]
     Protocol { socket: PathBuf, reason: String },
+    /// Something answers at the socket, but not in HTTP: the user named
+    /// another program's socket.
+    #[error(
+        "{} does not answer like a capprof daemon: {reason} (is it the daemon's --socket?)",
+        socket.display()
+    )]
+    NotADaemon { socket: PathBuf, reason: String },
     #[error("bad request path {path:?}: {reason}")]
     BadPath { path: String, reason: String },
     #[error("cannot start the client's runtime: {0}")]
@@ -59,6 +66,7 @@ impl ClientError {
                 | ClientError::PermissionDenied { .. }
                 | ClientError::Connect { .. }
                 | ClientError::BadPath { .. }
+                | ClientError::NotADaemon { .. }
         )
     }
 }
@@ -103,24 +111,52 @@ async fn get_inner(socket: &Path, path: &str) -> Result<(StatusCode, Bytes), Cli
         .map_err(|e| connect_error(socket, e))?;
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| protocol(format!("HTTP handshake failed: {e}")))?;
+        .map_err(|e| protocol(plain(&e).to_owned()))?;
     // The connection is driven by its own task; it ends when the response
     // has been read and the sender is dropped.
     let driver = tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| protocol(format!("no answer: {e}")))?;
+    let response = sender.send_request(request).await.map_err(|e| {
+        if e.is_parse() {
+            ClientError::NotADaemon {
+                socket: socket.to_owned(),
+                reason: plain(&e).to_owned(),
+            }
+        } else {
+            protocol(plain(&e).to_owned())
+        }
+    })?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await
-        .map_err(|e| protocol(format!("cannot read the answer: {e}")))?
+        .map_err(|e| {
+            protocol(if e.is::<http_body_util::LengthLimitError>() {
+                format!("its answer is larger than {} MiB", MAX_RESPONSE_BYTES >> 20)
+            } else {
+                "the answer was cut off".to_owned()
+            })
+        })?
         .to_bytes();
     drop(sender);
     // The body is complete; how the connection closes does not matter.
     driver.abort();
     Ok((status, body))
+}
+
+/// What went wrong with the HTTP exchange, in the user's terms rather
+/// than hyper's.
+fn plain(err: &hyper::Error) -> &'static str {
+    if err.is_parse() {
+        "it answered something that is not HTTP"
+    } else if err.is_incomplete_message() {
+        "it closed the connection without an answer"
+    } else if err.is_closed() || err.is_canceled() {
+        "the connection closed before the answer"
+    } else if err.is_timeout() {
+        "it timed out"
+    } else {
+        "the connection failed"
+    }
 }
 
 fn connect_error(socket: &Path, err: io::Error) -> ClientError {
@@ -212,6 +248,42 @@ mod tests {
             get(&stale, "no path").await.unwrap_err(),
             ClientError::BadPath { .. }
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Another program's socket: the message says so in the user's terms,
+    /// never with hyper's internal text.
+    #[tokio::test]
+    async fn a_socket_that_is_not_the_daemon_is_named_plainly() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let dir = std::env::temp_dir().join(format!("capprof-client-nd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, reply, kind) in [
+            ("garbage", &b"SSH-2.0-OpenSSH_9.2\r\n"[..], "not HTTP"),
+            ("silent", &b""[..], "without an answer"),
+        ] {
+            let socket = dir.join(format!("{name}.sock"));
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            let server = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                stream.write_all(reply).await.unwrap();
+            });
+            let err = get(&socket, "/health").await.unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(kind), "{text}");
+            assert!(text.contains(&socket.display().to_string()), "{text}");
+            for internal in ["hyper", "Error(", "Kind", "IncompleteMessage"] {
+                assert!(!text.contains(internal), "{text}");
+            }
+            if name == "garbage" {
+                assert!(err.is_prerequisite(), "{err:?}");
+            }
+            server.await.unwrap();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -78,16 +78,14 @@ impl DaemonError {
     pub fn is_prerequisite(&self) -> bool {
         match self {
             DaemonError::Observer(e) => e.is_prerequisite(),
+            DaemonError::State(e) => e.is_bad_input(),
             DaemonError::Api(_)
             | DaemonError::Cgroup(_)
             | DaemonError::MetricsAddr(_)
             | DaemonError::MetricsBind { .. }
             | DaemonError::Reset { .. }
             | DaemonError::Shadow(_) => true,
-            DaemonError::State(_)
-            | DaemonError::Privileges(_)
-            | DaemonError::Signal(_)
-            | DaemonError::Reader(_) => false,
+            DaemonError::Privileges(_) | DaemonError::Signal(_) | DaemonError::Reader(_) => false,
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error("state directory {}: {what} is not a directory", root.display())]
+    NotADir { root: PathBuf, what: String },
     #[error("cannot use state directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -33,11 +35,38 @@ pub struct StateDir {
     profiles: PathBuf,
 }
 
+impl StateError {
+    /// Whether the user's `--state-dir` is at fault (exit 2), not a write
+    /// that failed later.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, StateError::NotADir { .. } | StateError::Dir { .. })
+    }
+}
+
 impl StateDir {
     pub fn open(root: &Path) -> Result<Self, StateError> {
         let containers = root.join("containers");
         let profiles = root.join("profiles");
         for dir in [root, &containers, &profiles] {
+            // Say which path is in the way rather than the kernel's "File
+            // exists" or "Not a directory".
+            for path in dir.ancestors() {
+                match fs::metadata(path) {
+                    Ok(meta) if !meta.is_dir() => {
+                        let what = if path == root {
+                            "it exists and".to_owned()
+                        } else {
+                            path.display().to_string()
+                        };
+                        return Err(StateError::NotADir {
+                            root: root.to_owned(),
+                            what,
+                        });
+                    }
+                    Ok(_) => break,
+                    Err(_) => continue,
+                }
+            }
             fs::create_dir_all(dir).map_err(|source| StateError::Dir {
                 path: dir.to_owned(),
                 source,
