@@ -207,6 +207,11 @@ pub struct Comparison {
     pub keep_conditional: Vec<Cap>,
     /// The same, not granted by default: must be added.
     pub add_conditional: Vec<Cap>,
+    /// Asked for and refused where it was recorded (the profile's
+    /// `denied`): not used, but not unneeded either. The workload ran
+    /// without it; these stay off the allowlist, and those in `defaults`
+    /// are in `drop` too.
+    pub refused: Vec<Cap>,
     /// The sysctls the comparison assumed for the runtime.
     pub sysctls: TargetSysctls,
 }
@@ -227,6 +232,12 @@ impl Comparison {
                 "; conditional: keep {}, add {}",
                 self.keep_conditional.len(),
                 self.add_conditional.len()
+            ));
+        }
+        if !self.refused.is_empty() {
+            line.push_str(&format!(
+                "; {} refused where it was recorded",
+                self.refused.len()
             ));
         }
         line
@@ -259,6 +270,12 @@ pub fn compare_under(profile: &Profile, runtime: Runtime, sysctls: TargetSysctls
         add: pick(&needed, &|c| !defaults.contains(c)),
         keep_conditional: pick(&conditional, &|c| defaults.contains(c)),
         add_conditional: pick(&conditional, &|c| !defaults.contains(c)),
+        refused: {
+            let mut refused = pick(&profile.denied, &|c| !needed.contains(c));
+            refused.sort();
+            refused.dedup();
+            refused
+        },
         sysctls,
         defaults,
     }
@@ -801,6 +818,21 @@ mod tests {
                 assert!(docker.contains(&cap), "{runtime}: {cap}");
             }
         }
+    }
+
+    #[test]
+    fn refused_capabilities_are_not_called_unused() {
+        let mut p = profile(&["CAP_CHOWN"]);
+        p.denied = caps(&["NET_RAW", "SYS_ADMIN"]);
+        let c = compare(&p, Runtime::Docker);
+        assert_eq!(c.refused, caps(&["NET_RAW", "SYS_ADMIN"]));
+        // NET_RAW is a default the recording ran without: still dropped.
+        assert!(c.drop.contains(&cap("NET_RAW")));
+        assert!(!c.add.contains(&cap("SYS_ADMIN")));
+        assert_eq!(
+            c.summary(),
+            "docker grants 14 by default: drop 13, keep 1, add 0; 2 refused where it was recorded"
+        );
     }
 
     #[test]

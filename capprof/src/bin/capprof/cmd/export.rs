@@ -4,6 +4,7 @@
 use std::{io, path::PathBuf, process::ExitCode};
 
 use capprof::{
+    capability::Cap,
     conditional::SysctlsChoice,
     export::{self, Comparison, Format, Runtime},
     fsutil,
@@ -192,11 +193,26 @@ fn warn_about(profile: &Profile) {
 /// `keep (conditional)` or `add (conditional)`, and the reasons follow the
 /// table.
 fn comparison_table(c: &Comparison, profile: &Profile) -> String {
+    // A refusal is not non-use: the workload asked and went without.
+    let used = |cap: &Cap| {
+        if c.refused.contains(cap) {
+            "refused"
+        } else {
+            "-"
+        }
+    };
     let mut rows: Vec<_> = c
         .keep
         .iter()
         .map(|cap| (*cap, "yes", "yes", "keep"))
-        .chain(c.drop.iter().map(|cap| (*cap, "yes", "-", "drop")))
+        .chain(c.drop.iter().map(|cap| {
+            let action = if c.refused.contains(cap) {
+                "drop (refused when recorded)"
+            } else {
+                "drop"
+            };
+            (*cap, "yes", used(cap), action)
+        }))
         .chain(c.add.iter().map(|cap| (*cap, "-", "yes", "add")))
         .chain(
             c.keep_conditional
@@ -207,6 +223,12 @@ fn comparison_table(c: &Comparison, profile: &Profile) -> String {
             c.add_conditional
                 .iter()
                 .map(|cap| (*cap, "-", "conditional", "add (conditional)")),
+        )
+        .chain(
+            c.refused
+                .iter()
+                .filter(|cap| !c.defaults.contains(cap))
+                .map(|cap| (*cap, "-", "refused", "leave out (refused when recorded)")),
         )
         .collect();
     rows.sort_by_key(|row| row.0);
@@ -219,6 +241,14 @@ fn comparison_table(c: &Comparison, profile: &Profile) -> String {
     let mut out = format!("{table}\n");
     for (cap, why) in export::decide(profile, &c.sysctls).added {
         out.push_str(&format!("{cap}: {why}\n"));
+    }
+    if !c.refused.is_empty() {
+        let names: Vec<String> = c.refused.iter().map(Cap::to_string).collect();
+        out.push_str(&format!(
+            "refused when recorded: {}; the workload ran without them. Add one only if \
+             the workload failed for want of it (capprof verify shows whether it runs).\n",
+            names.join(" ")
+        ));
     }
     out.push_str(&c.summary());
     out.push('\n');
@@ -285,6 +315,36 @@ mod tests {
         assert_eq!(rows("drop"), 2, "{out}");
         assert_eq!(rows("keep"), 1, "{out}");
         assert_eq!(rows("add"), 1, "{out}");
+    }
+
+    #[test]
+    fn refused_rows_say_refused_not_unused() {
+        // KILL is a runc default and SYS_ADMIN is not; both were refused.
+        let mut profile = sample_profile();
+        profile.denied = ["CAP_KILL", "CAP_SYS_ADMIN"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let c = export::compare(&profile, Runtime::Runc);
+        let out = comparison_table(&c, &profile);
+        let row = |cap: &str| out.lines().find(|l| l.contains(cap)).unwrap().to_owned();
+        assert!(
+            row("CAP_KILL").contains("┆ refused ┆ drop (refused when recorded)"),
+            "{out}"
+        );
+        assert!(
+            row("CAP_SYS_ADMIN").contains("┆ refused ┆ leave out (refused when recorded)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("refused when recorded: CAP_KILL CAP_SYS_ADMIN"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("CAP_SYS_ADMIN").count(),
+            2,
+            "row and note: {out}"
+        );
     }
 
     #[test]
