@@ -50,7 +50,8 @@ impl Loaded {
         }
     }
 
-    fn parse(source: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+    /// Parses `bytes` read from `source` (a path, `<stdin>`).
+    pub fn parse(source: &str, bytes: &[u8]) -> Result<Self, LoadError> {
         let profile = Profile::from_json(source, bytes)?;
         // `from_json` accepted the bytes, so they are JSON.
         let unknown_fields = match (

@@ -255,12 +255,21 @@ pub fn program(backend: Backend) -> (&'static str, Hook) {
 }
 
 /// Why calibration gave no slots.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
-    /// The kernel refused to load or attach the calibration program.
-    Refused(String),
-    /// It ran, but the slots could not be found.
-    Failed(String),
+    /// The kernel refused to load or attach the calibration program, and
+    /// so the backend: the same program type on the same hook.
+    #[error("{}", .0.refusal())]
+    Refused(#[source] AttachError),
+    /// It ran, but the slots could not be found in its samples.
+    #[error(transparent)]
+    NoSlots(#[from] CalibrationError),
+    #[error("the calibration map: {0}")]
+    Map(#[source] aya::maps::MapError),
+    #[error("the eBPF object lacks the calibration map")]
+    MissingMap,
+    #[error("/proc/kallsyms is unreadable")]
+    NoKallsyms,
 }
 
 /// Loads and attaches `backend`'s calibration program, triggers the known
@@ -277,15 +286,14 @@ pub fn calibrate(
         return calibrate_tracepoint(ebpf, btf, kallsyms);
     }
     let (name, hook) = program(backend);
-    let refused = |e: AttachError| CalibrateError::Refused(e.refusal());
+    let refused = CalibrateError::Refused;
     let attached = attach::load_and_attach(ebpf, btf, name, hook).map_err(refused)?;
     trigger_probes();
     attached.detach(ebpf).map_err(refused)?;
     let _ = attach::unload(ebpf, name, hook);
     let samples = samples(ebpf)?;
     log_samples(backend, &samples);
-    let slots =
-        find_slots(&samples, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    let slots = find_slots(&samples, kallsyms)?;
     Ok((slots, None))
 }
 
@@ -301,7 +309,7 @@ fn calibrate_tracepoint(
     kallsyms: &Kallsyms,
 ) -> Result<(Slots, Option<Slots>), CalibrateError> {
     let (name, hook) = program(Backend::TpBtf);
-    let refused = |e: AttachError| CalibrateError::Refused(e.refusal());
+    let refused = CalibrateError::Refused;
     let attached = attach::load_and_attach(ebpf, btf, name, hook).map_err(refused)?;
     trigger_probes();
     let first = samples(ebpf);
@@ -327,7 +335,7 @@ fn calibrate_tracepoint(
 
     let first = first?;
     log_samples(Backend::TpBtf, &first);
-    let slots = find_slots(&first, kallsyms).map_err(|e| CalibrateError::Failed(e.to_string()))?;
+    let slots = find_slots(&first, kallsyms)?;
     // The second pass's samples follow the first's in `CALIB`.
     let other = second
         .and_then(|all| all.get(first.len()..).map(<[_]>::to_vec))
@@ -344,8 +352,8 @@ fn calibrate_tracepoint(
 fn samples(ebpf: &Ebpf) -> Result<Vec<CalibSample>, CalibrateError> {
     let calib: Array<_, CalibSample> = ebpf
         .map(names::CALIB)
-        .ok_or_else(|| CalibrateError::Failed("no calibration map".to_owned()))
-        .and_then(|m| Array::try_from(m).map_err(|e| CalibrateError::Failed(e.to_string())))?;
+        .ok_or(CalibrateError::MissingMap)
+        .and_then(|m| Array::try_from(m).map_err(CalibrateError::Map))?;
     // Samples are written in order, so the filled ones are a prefix.
     Ok((0..CALIB_SAMPLES)
         .filter_map(|i| calib.get(&i, 0).ok())

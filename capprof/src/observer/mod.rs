@@ -69,7 +69,11 @@ pub enum ObserverError {
     #[error("the eBPF object lacks map {0}")]
     MissingMap(&'static str),
     #[error("backend {backend} is not available on this kernel: {reason}")]
-    BackendUnavailable { backend: Backend, reason: String },
+    BackendUnavailable {
+        backend: Backend,
+        #[source]
+        reason: Unavailable,
+    },
     #[error(transparent)]
     Pin(#[from] pin::PinError),
     #[error("cannot pin {}: {source}", path.display())]
@@ -93,6 +97,19 @@ impl ObserverError {
                 | ObserverError::Pin(_)
         )
     }
+}
+
+/// Why a backend cannot be used here.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the capability:cap_capable tracepoint needs Linux 6.14+")]
+    NoTracepoint,
+    #[error(transparent)]
+    Lsm(#[from] LsmUnavailable),
+    /// The kernel refused its program (the calibration program: the same
+    /// program type on the same hook).
+    #[error("{}", .0.refusal())]
+    Refused(#[source] AttachError),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ObserverError {
@@ -208,13 +225,13 @@ impl Observer {
         if backend == Backend::TpBtf && !kernel.has_cap_tracepoint {
             return Err(ObserverError::BackendUnavailable {
                 backend,
-                reason: "the capability:cap_capable tracepoint needs Linux 6.14+".into(),
+                reason: Unavailable::NoTracepoint,
             });
         }
         if backend == Backend::Lsm {
             bpf_lsm_active().map_err(|reason| ObserverError::BackendUnavailable {
                 backend,
-                reason: reason.to_string(),
+                reason: reason.into(),
             })?;
         }
         let tgid = std::process::id();
@@ -269,15 +286,18 @@ impl Observer {
         // from other NOAUDIT checks, and all of them to name call sites.
         let slots = match &kallsyms {
             Some(k) => calibrate::calibrate(&mut ebpf, &btf, k, backend),
-            None => Err(CalibrateError::Failed("no /proc/kallsyms".to_owned())),
+            None => Err(CalibrateError::NoKallsyms),
         };
         // The calibration program is the backend's own program type on the
         // same hook: when the kernel refuses it, it refuses the backend.
         let slots = match slots {
-            Err(CalibrateError::Refused(reason)) => {
-                return Err(ObserverError::BackendUnavailable { backend, reason });
+            Err(CalibrateError::Refused(refusal)) => {
+                return Err(ObserverError::BackendUnavailable {
+                    backend,
+                    reason: Unavailable::Refused(refusal),
+                });
             }
-            Err(CalibrateError::Failed(reason)) => Err(reason),
+            Err(other) => Err(other.to_string()),
             Ok(slots) => Ok(slots),
         };
         phases.mark("calibration");
@@ -397,15 +417,17 @@ impl Observer {
 
     /// Whether the kernel would take `backend` too: loads (without
     /// attaching) its calibration program, the same program type on the same
-    /// hook, and unloads it. For `capprof doctor`; `Err` is the refusal.
-    pub fn probe_backend(&mut self, backend: Backend) -> Result<(), String> {
+    /// hook, and unloads it. For `capprof doctor`.
+    pub fn probe_backend(&mut self, backend: Backend) -> Result<(), ObserverError> {
+        let unavailable = |reason| ObserverError::BackendUnavailable { backend, reason };
         if backend == Backend::Lsm {
-            bpf_lsm_active().map_err(|e| e.to_string())?;
+            bpf_lsm_active().map_err(|e| unavailable(e.into()))?;
         }
-        let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        let btf = aya::Btf::from_sys_fs().map_err(btf::BtfError::Aya)?;
         let (name, hook) = calibrate::program(backend);
-        attach::load(&mut self.ebpf, &btf, name, hook).map_err(|e| e.refusal())?;
-        attach::unload(&mut self.ebpf, name, hook).map_err(|e| e.refusal())
+        attach::load(&mut self.ebpf, &btf, name, hook)
+            .map_err(|e| unavailable(Unavailable::Refused(e)))?;
+        attach::unload(&mut self.ebpf, name, hook).map_err(ObserverError::from)
     }
 
     pub fn classification(&self) -> &Classification {
@@ -574,7 +596,7 @@ fn attach_backend(
         AttachError::Program { .. } if backend != Backend::TpBtf => {
             ObserverError::BackendUnavailable {
                 backend,
-                reason: e.refusal(),
+                reason: Unavailable::Refused(e),
             }
         }
         e => ObserverError::Attach(e),

@@ -6,7 +6,7 @@ use std::{fs, process::ExitCode};
 use capprof::{
     cgroup,
     observer::{
-        Backend, COMPAT, LSM_LIST, Observer, bpf_lsm_active,
+        Backend, COMPAT, LSM_LIST, Observer, ObserverError, bpf_lsm_active,
         btf::{self, KernelBtf},
         choose_backend,
         prog_stats::{self, LoadedProgram},
@@ -189,7 +189,10 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     if !lsm_loads {
                         match observer.probe_backend(Backend::Lsm) {
                             Ok(()) => lsm_loads = true,
-                            Err(why) => lsm = Err(format!("{active}, but {why}")),
+                            Err(ObserverError::BackendUnavailable { reason, .. }) => {
+                                lsm = Err(format!("{active}, but {reason}"))
+                            }
+                            Err(other) => lsm = Err(format!("{active}, but {other}")),
                         }
                     }
                 }
