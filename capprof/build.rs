@@ -4,6 +4,18 @@ use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
+    // An object built already, by this workspace's own build: the fuzz
+    // targets (capprof/fuzz) use it rather than build the eBPF crate again
+    // under their instrumentation flags.
+    println!("cargo:rerun-if-env-changed=CAPPROF_EBPF_OBJECT");
+    if let Some(object) = std::env::var_os("CAPPROF_EBPF_OBJECT") {
+        let out =
+            std::path::Path::new(&std::env::var_os("OUT_DIR").context("OUT_DIR")?).join("capprof");
+        std::fs::copy(&object, &out)
+            .with_context(|| format!("copying CAPPROF_EBPF_OBJECT {}", object.display()))?;
+        println!("cargo:rerun-if-changed={}", object.display());
+        return Ok(());
+    }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -1,4 +1,4 @@
-//! capprof's development tasks: `cargo xtask setup|test|demo|vm-test`.
+//! capprof's development tasks: `cargo xtask setup|test|demo|bench|fuzz|vm-test`.
 //!
 //! Every command prints what it does to stderr. `test` and `demo` first run
 //! `setup`'s checks, which install only what is missing.
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod engine;
+mod fuzz;
 mod image;
 mod libtest;
 mod setup;
@@ -36,6 +37,9 @@ enum Command {
     /// Measure capprof's cost per capability check against an empty program,
     /// a streaming design and bpftrace (BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Fuzz the profile parser and the daemon's HTTP handling (libFuzzer)
+    /// for a bounded time each, from the seed corpus in capprof/fuzz.
+    Fuzz(fuzz::FuzzArgs),
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the root
     /// integration tests there, with the fexit and kprobe backends.
     VmTest(vm::VmTestArgs),
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::VmTest(args) => vm::run(&args),
     };
     match result {

@@ -61,8 +61,23 @@ pub fn ensure() -> Result<()> {
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
+    ensure_cargo_fuzz()?;
     ensure_mounts()?;
     Ok(())
+}
+
+/// cargo-fuzz, which builds the fuzz targets (`cargo xtask fuzz`, and
+/// briefly in `cargo xtask test`).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    step("checking cargo-fuzz");
+    if succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        let version = stdout_of(Command::new("cargo").args(["fuzz", "--version"]))?;
+        note(format_args!("already installed: {version}"));
+        return Ok(());
+    }
+    step("installing cargo-fuzz (takes a minute or two)");
+    run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz")
 }
 
 fn ensure_apt_packages() -> Result<()> {

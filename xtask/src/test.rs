@@ -39,6 +39,9 @@ pub struct TestArgs {
     cargo_args: Vec<String>,
 }
 
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SECONDS: u64 = 30;
+
 /// `cargo xtask test`.
 pub fn run(args: &TestArgs) -> Result<ExitCode> {
     setup::ensure()?;
@@ -78,7 +81,15 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let (status, counts) = outcome?;
     // The benchmark's smoke test: it fails only on the storm's no-loss
     // result, never on a timing.
-    let bench_ok = crate::bench::smoke()?;
+    // A filtered run (`cargo xtask test -p capprof --test proof`) is for
+    // one layer: the whole-suite checks below are left to the full run.
+    let whole = args.cargo_args.is_empty();
+    let bench_ok = !whole || crate::bench::smoke()?;
+    // Each fuzz target for a bounded time, from the repository's seeds.
+    let fuzz_ok = !whole || crate::fuzz::fuzz(crate::fuzz::TARGETS, FUZZ_SECONDS)?;
+    if !whole {
+        note("a filtered run: the benchmark smoke test and the fuzz targets were not run");
+    }
 
     let code = if !status.success() {
         step(format_args!("cargo test failed ({status})"));
@@ -94,6 +105,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else if !bench_ok {
         step("error: the benchmark smoke test (bench --quick --check) failed");
+        ExitCode::FAILURE
+    } else if !fuzz_ok {
+        step("error: a fuzz target failed (see its crash above)");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
