@@ -246,39 +246,33 @@ fn notes(baseline_name: &str, baseline: &Profile, new_name: &str, new: &Profile)
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use capprof_common::check::{VERDICT_DENIED, VERDICT_GRANTED, kind, phase};
-
     use super::*;
-    use crate::profile::{Class, Evidence, Observation, Observations, Subject, Verdict};
+    use crate::{
+        observer::{Kind, Phase},
+        profile::{Class, Evidence, Observation, Observations, Subject, Verdict},
+    };
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()
     }
 
     /// `(capability, verdict, kind, pid)`, one check each, at time `t`.
-    fn profile(t: u64, checks: &[(&str, u8, u8, u32)]) -> Profile {
+    fn profile(t: u64, checks: &[(&str, Verdict, Kind, u32)]) -> Profile {
         let mut obs = Observations::default();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(t);
         for (c, verdict, k, pid) in checks {
-            obs.add_count(cap(c), *verdict, *k, phase::WORKLOAD, 1, at, at);
+            obs.add_count(cap(c), (*verdict, *k, Phase::Workload), 1, (at, at));
             obs.add_evidence(
                 cap(c),
-                phase::WORKLOAD,
+                Phase::Workload,
                 Evidence {
                     comm: "app".into(),
                     exe: Some("/usr/bin/app".into()),
                     syscall: Some("socket".into()),
                     pid: *pid,
                     uid: 0,
-                    verdict: if *verdict == VERDICT_DENIED {
-                        Verdict::Denied
-                    } else {
-                        Verdict::Granted
-                    },
-                    class: Class::of(
-                        crate::observer::Kind::from_raw(*k),
-                        Verdict::from_raw(*verdict),
-                    ),
+                    verdict: *verdict,
+                    class: Class::of(*k, *verdict),
                     call_site: Some("ns_capable+0x2a".into()),
                     user_ns: Default::default(),
                 },
@@ -293,16 +287,16 @@ mod tests {
         )
     }
 
-    const G: u8 = VERDICT_GRANTED;
-    const D: u8 = VERDICT_DENIED;
+    const G: Verdict = Verdict::Granted;
+    const D: Verdict = Verdict::Denied;
 
     #[test]
     fn nothing_new_passes_and_lists_what_could_drop() {
         let base = profile(
             1,
-            &[("CHOWN", G, kind::AUDIT, 10), ("MKNOD", G, kind::AUDIT, 11)],
+            &[("CHOWN", G, Kind::Audit, 10), ("MKNOD", G, Kind::Audit, 11)],
         );
-        let new = profile(2, &[("CHOWN", G, kind::AUDIT, 99)]);
+        let new = profile(2, &[("CHOWN", G, Kind::Audit, 99)]);
         let d = diff("base.json", &base, "new.json", &new);
         assert!(!d.is_regression());
         assert_eq!(d.verdict, "ok");
@@ -318,18 +312,18 @@ mod tests {
         let base = profile(
             1,
             &[
-                ("CHOWN", G, kind::AUDIT, 10),
-                ("SYS_RESOURCE", D, kind::AUDIT, 10),
+                ("CHOWN", G, Kind::Audit, 10),
+                ("SYS_RESOURCE", D, Kind::Audit, 10),
             ],
         );
         let new = profile(
             2,
             &[
-                ("CHOWN", G, kind::AUDIT, 20),
-                ("NET_RAW", G, kind::AUDIT, 21),
-                ("SYS_RESOURCE", D, kind::AUDIT, 22),
-                ("SYS_NICE", D, kind::AUDIT, 23),
-                ("SYS_ADMIN", G, kind::ADVISORY, 24),
+                ("CHOWN", G, Kind::Audit, 20),
+                ("NET_RAW", G, Kind::Audit, 21),
+                ("SYS_RESOURCE", D, Kind::Audit, 22),
+                ("SYS_NICE", D, Kind::Audit, 23),
+                ("SYS_ADMIN", G, Kind::Advisory, 24),
             ],
         );
         let d = diff("base.json", &base, "new.json", &new);
@@ -355,14 +349,14 @@ mod tests {
 
     #[test]
     fn keys_hold_no_pid_or_time() {
-        let base = profile(1, &[("CHOWN", G, kind::AUDIT, 10)]);
+        let base = profile(1, &[("CHOWN", G, Kind::Audit, 10)]);
         let one = profile(
             1_000,
-            &[("CHOWN", G, kind::AUDIT, 20), ("KILL", G, kind::AUDIT, 21)],
+            &[("CHOWN", G, Kind::Audit, 20), ("KILL", G, Kind::Audit, 21)],
         );
         let two = profile(
             9_000,
-            &[("CHOWN", G, kind::AUDIT, 30), ("KILL", G, kind::AUDIT, 31)],
+            &[("CHOWN", G, Kind::Audit, 30), ("KILL", G, Kind::Audit, 31)],
         );
         let a = serde_json::to_string(&diff("b", &base, "n", &one)).unwrap();
         let b = serde_json::to_string(&diff("b", &base, "n", &two)).unwrap();

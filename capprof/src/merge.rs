@@ -210,10 +210,10 @@ pub fn coverage_of(profile: &Profile) -> BTreeMap<Cap, (u64, u64)> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use capprof_common::check::{VERDICT_GRANTED, kind, phase};
+    use crate::observer::{Kind, Phase, Verdict};
 
     use super::*;
-    use crate::profile::{Evidence, Observation, Observations, Proof, Verdict};
+    use crate::profile::{Evidence, Observation, Observations, Proof};
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()
@@ -226,16 +226,13 @@ mod tests {
         for (c, exe) in caps {
             obs.add_count(
                 cap(c),
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                (Verdict::Granted, Kind::Audit, Phase::Workload),
                 1,
-                t,
-                t,
+                (t, t),
             );
             obs.add_evidence(
                 cap(c),
-                phase::WORKLOAD,
+                Phase::Workload,
                 Evidence {
                     comm: exe.rsplit('/').next().unwrap().to_owned(),
                     exe: Some((*exe).to_owned()),

@@ -198,33 +198,28 @@ pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
     build(counts, [], subject, Observation::default())
 }
 
-/// For tests that write a profile by hand in the kernel's raw codes.
+/// For tests that write a profile by hand: typed counts and evidence,
+/// without a kernel.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct Observations(ProfileBuilder);
 
 #[cfg(test)]
 impl Observations {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the kernel key's fields, as in COUNTS"
-    )]
+    /// `count` checks of `cap` from `first_seen` to `last_seen`.
     pub fn add_count(
         &mut self,
         cap: Cap,
-        verdict: u8,
-        kind: u8,
-        phase: u8,
+        (verdict, kind, phase): (Verdict, Kind, Phase),
         count: u64,
-        first_seen: SystemTime,
-        last_seen: SystemTime,
+        (first_seen, last_seen): (SystemTime, SystemTime),
     ) {
         self.0.add_count(&Count {
             cgroup_id: 0,
             cap,
-            verdict: Verdict::from_raw(verdict),
-            kind: Kind::from_raw(kind),
-            phase: Phase::from_raw(phase),
+            verdict,
+            kind,
+            phase,
             user_ns: UserNs::Own,
             count,
             first_seen,
@@ -232,12 +227,8 @@ impl Observations {
         });
     }
 
-    pub fn add_evidence(&mut self, cap: Cap, phase: u8, evidence: Evidence) {
-        let acc = self
-            .0
-            .usages
-            .entry((Phase::from_raw(phase), cap))
-            .or_default();
+    pub fn add_evidence(&mut self, cap: Cap, phase: Phase, evidence: Evidence) {
+        let acc = self.0.usages.entry((phase, cap)).or_default();
         if acc.evidence.len() < MAX_EVIDENCE {
             acc.evidence.insert(evidence);
         }

@@ -267,7 +267,7 @@ fn sysctls(allow: &BTreeSet<Cap>) -> Vec<Sysctl> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use capprof_common::check::{VERDICT_GRANTED, kind, phase};
+    use crate::observer::{Kind, Phase, Verdict};
 
     use super::*;
     use crate::profile::{Class, Evidence, Observation, Observations, Subject};
@@ -284,16 +284,13 @@ mod tests {
         for (c, exe, uid) in checks {
             obs.add_count(
                 cap(c),
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                (Verdict::Granted, Kind::Audit, Phase::Workload),
                 1,
-                t,
-                t,
+                (t, t),
             );
             obs.add_evidence(
                 cap(c),
-                phase::WORKLOAD,
+                Phase::Workload,
                 Evidence {
                     comm: exe.unwrap_or("app").rsplit('/').next().unwrap().to_owned(),
                     exe: exe.filter(|e| e.contains('/')).map(str::to_owned),

@@ -111,7 +111,7 @@ pub fn phases(profile: &Profile, window: Duration) -> Phases {
 mod tests {
     use std::time::SystemTime;
 
-    use capprof_common::check::{VERDICT_GRANTED, kind, phase};
+    use crate::observer::{Kind, Phase as CheckPhase, Verdict};
 
     use super::*;
     use crate::profile::{Observation, Observations, Subject, rfc3339};
@@ -131,23 +131,17 @@ mod tests {
             let c = cap(c);
             obs.add_count(
                 c,
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::WORKLOAD,
+                (Verdict::Granted, Kind::Audit, CheckPhase::Workload),
                 1,
-                at(*first),
-                at(*last),
+                (at(*first), at(*last)),
             );
         }
         if setup {
             obs.add_count(
                 cap("SETPCAP"),
-                VERDICT_GRANTED,
-                kind::AUDIT,
-                phase::SETUP,
+                (Verdict::Granted, Kind::Audit, CheckPhase::Setup),
                 1,
-                at(0),
-                at(0),
+                (at(0), at(0)),
             );
         }
         obs.into_profile(
