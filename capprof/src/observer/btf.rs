@@ -116,52 +116,64 @@ const WANTED: &[&str] = &[
 /// The syscall hooks' offsets; each is u32::MAX when its member is missing
 /// or is a bitfield.
 fn syscall_offsets(btf: &RawBtf<'_>) -> SyscallOffsets {
-    let at = |name: &str, member: &str| btf.plain_member_offset(name, member).unwrap_or(u32::MAX);
-    let ping_range = btf
-        .plain_member_offset("netns_ipv4", "ping_group_range")
-        .zip(btf.plain_member_offset("ping_group_range", "range"))
-        .map_or(u32::MAX, |(a, b)| a + b);
-    SyscallOffsets {
-        task_nsproxy: at("task_struct", "nsproxy"),
-        nsproxy_net_ns: at("nsproxy", "net_ns"),
-        net_ipv4: at("net", "ipv4"),
-        ipv4_prot_sock: at("netns_ipv4", "sysctl_ip_prot_sock"),
-        ipv4_ping_range: ping_range,
-        task_cred: at("task_struct", "cred"),
-        cred_cap_permitted: at("cred", "cap_permitted"),
-        cred_cap_effective: at("cred", "cap_effective"),
-        cred_egid: at("cred", "egid"),
-        task_files: at("task_struct", "files"),
-        files_fdt: at("files_struct", "fdt"),
-        fdt_max_fds: at("fdtable", "max_fds"),
-        fdt_fd: at("fdtable", "fd"),
-        file_private_data: at("file", "private_data"),
-        socket_type: at("socket", "type"),
-        socket_sk: at("socket", "sk"),
-        sock_protocol: at("sock", "sk_protocol"),
-        cred_cap_inheritable: at("cred", "cap_inheritable"),
-    }
+    syscall_offsets_from(|name, member| btf.plain_member_offset(name, member))
 }
 
 fn cred_offsets(btf: &RawBtf<'_>) -> Option<CredOffsets> {
-    Some(CredOffsets {
-        task_real_cred: btf.member_offset("task_struct", "real_cred")?,
-        cred_user_ns: btf.member_offset("cred", "user_ns")?,
-        user_ns_level: btf.member_offset("user_namespace", "level")?,
-        user_ns_parent: btf.member_offset("user_namespace", "parent")?,
-    })
+    cred_offsets_from(|name, member| btf.member_offset(name, member))
 }
 
 fn cgroup_name_offsets(btf: &RawBtf<'_>) -> Option<CgroupNameOffsets> {
+    cgroup_name_offsets_from(|name, member| btf.member_offset(name, member))
+}
+
+/// Which members the syscall hooks read, given `at(struct, member)`; the
+/// tests give the reference reader's offsets to the same table.
+fn syscall_offsets_from(at: impl Fn(&str, &str) -> Option<u32>) -> SyscallOffsets {
+    let or_max = |name: &str, member: &str| at(name, member).unwrap_or(u32::MAX);
+    let ping_range = at("netns_ipv4", "ping_group_range")
+        .zip(at("ping_group_range", "range"))
+        .map_or(u32::MAX, |(a, b)| a + b);
+    SyscallOffsets {
+        task_nsproxy: or_max("task_struct", "nsproxy"),
+        nsproxy_net_ns: or_max("nsproxy", "net_ns"),
+        net_ipv4: or_max("net", "ipv4"),
+        ipv4_prot_sock: or_max("netns_ipv4", "sysctl_ip_prot_sock"),
+        ipv4_ping_range: ping_range,
+        task_cred: or_max("task_struct", "cred"),
+        cred_cap_permitted: or_max("cred", "cap_permitted"),
+        cred_cap_effective: or_max("cred", "cap_effective"),
+        cred_egid: or_max("cred", "egid"),
+        task_files: or_max("task_struct", "files"),
+        files_fdt: or_max("files_struct", "fdt"),
+        fdt_max_fds: or_max("fdtable", "max_fds"),
+        fdt_fd: or_max("fdtable", "fd"),
+        file_private_data: or_max("file", "private_data"),
+        socket_type: or_max("socket", "type"),
+        socket_sk: or_max("socket", "sk"),
+        sock_protocol: or_max("sock", "sk_protocol"),
+        cred_cap_inheritable: or_max("cred", "cap_inheritable"),
+    }
+}
+
+fn cred_offsets_from(at: impl Fn(&str, &str) -> Option<u32>) -> Option<CredOffsets> {
+    Some(CredOffsets {
+        task_real_cred: at("task_struct", "real_cred")?,
+        cred_user_ns: at("cred", "user_ns")?,
+        user_ns_level: at("user_namespace", "level")?,
+        user_ns_parent: at("user_namespace", "parent")?,
+    })
+}
+
+fn cgroup_name_offsets_from(at: impl Fn(&str, &str) -> Option<u32>) -> Option<CgroupNameOffsets> {
     Some(CgroupNameOffsets {
-        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
-        css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
-        cgroup_kn: btf.member_offset("cgroup", "kn")?,
-        kernfs_node_name: btf.member_offset("kernfs_node", "name")?,
+        task_cgroups: at("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: at("css_set", "dfl_cgrp")?,
+        cgroup_kn: at("cgroup", "kn")?,
+        kernfs_node_name: at("kernfs_node", "name")?,
         // Renamed to __parent in 6.15.
-        kernfs_node_parent: btf
-            .member_offset("kernfs_node", "__parent")
-            .or_else(|| btf.member_offset("kernfs_node", "parent"))?,
+        kernfs_node_parent: at("kernfs_node", "__parent")
+            .or_else(|| at("kernfs_node", "parent"))?,
         _pad: 0,
     })
 }
@@ -477,51 +489,11 @@ mod tests {
                     .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_)))),
                 task_tgid_offset: member_offset(&btf, "task_struct", "tgid"),
                 binprm_filename_offset: member_offset(&btf, "linux_binprm", "filename"),
-                cgroup_name: (|| {
-                    Some(CgroupNameOffsets {
-                        task_cgroups: member_offset(&btf, "task_struct", "cgroups")?,
-                        css_set_dfl_cgrp: member_offset(&btf, "css_set", "dfl_cgrp")?,
-                        cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
-                        kernfs_node_name: member_offset(&btf, "kernfs_node", "name")?,
-                        kernfs_node_parent: member_offset(&btf, "kernfs_node", "__parent")
-                            .or_else(|| member_offset(&btf, "kernfs_node", "parent"))?,
-                        _pad: 0,
-                    })
-                })(),
-                syscalls: {
-                    let at = |name: &str, member: &str| {
-                        member_offset(&btf, name, member).unwrap_or(u32::MAX)
-                    };
-                    SyscallOffsets {
-                        task_nsproxy: at("task_struct", "nsproxy"),
-                        nsproxy_net_ns: at("nsproxy", "net_ns"),
-                        net_ipv4: at("net", "ipv4"),
-                        ipv4_prot_sock: at("netns_ipv4", "sysctl_ip_prot_sock"),
-                        ipv4_ping_range: at("netns_ipv4", "ping_group_range")
-                            + at("ping_group_range", "range"),
-                        task_cred: at("task_struct", "cred"),
-                        cred_cap_permitted: at("cred", "cap_permitted"),
-                        cred_cap_effective: at("cred", "cap_effective"),
-                        cred_egid: at("cred", "egid"),
-                        task_files: at("task_struct", "files"),
-                        files_fdt: at("files_struct", "fdt"),
-                        fdt_max_fds: at("fdtable", "max_fds"),
-                        fdt_fd: at("fdtable", "fd"),
-                        file_private_data: at("file", "private_data"),
-                        socket_type: at("socket", "type"),
-                        socket_sk: at("socket", "sk"),
-                        sock_protocol: at("sock", "sk_protocol"),
-                        cred_cap_inheritable: at("cred", "cap_inheritable"),
-                    }
-                },
-                creds: (|| {
-                    Some(CredOffsets {
-                        task_real_cred: member_offset(&btf, "task_struct", "real_cred")?,
-                        cred_user_ns: member_offset(&btf, "cred", "user_ns")?,
-                        user_ns_level: member_offset(&btf, "user_namespace", "level")?,
-                        user_ns_parent: member_offset(&btf, "user_namespace", "parent")?,
-                    })
-                })(),
+                cgroup_name: cgroup_name_offsets_from(|name, member| {
+                    member_offset(&btf, name, member)
+                }),
+                syscalls: syscall_offsets_from(|name, member| member_offset(&btf, name, member)),
+                creds: cred_offsets_from(|name, member| member_offset(&btf, name, member)),
             }
         }
 
