@@ -143,11 +143,7 @@ fn head(out: &mut String, report: &Report) {
     out.push_str(
         "</style>\n</head>\n<body>\n<header>\n<h1>capprof: observed capability usage</h1>\n",
     );
-    let proven = report
-        .containers
-        .iter()
-        .filter(|c| c.status == Status::Proven)
-        .count();
+    let proven = report.proven();
     w!(
         out,
         "<p>{n} profile{} · {proven} proven, {} only observed · {}</p>\n</header>\n",

@@ -82,11 +82,7 @@ impl Display for Pre<'_> {
 pub fn render(report: &Report) -> String {
     let mut out = String::with_capacity(16 * 1024 + report.containers.len() * 4 * 1024);
     let n = report.containers.len();
-    let proven = report
-        .containers
-        .iter()
-        .filter(|c| c.status == Status::Proven)
-        .count();
+    let proven = report.proven();
     w!(
         out,
         "## capprof: observed capability usage\n\n{n} profile{} · {proven} proven, {} only observed · {}\n\n",

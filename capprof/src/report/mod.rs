@@ -151,6 +151,14 @@ pub struct Container {
 }
 
 impl Report {
+    /// How many of the profiles `verify` or `minimize` proved.
+    pub fn proven(&self) -> usize {
+        self.containers
+            .iter()
+            .filter(|c| c.status == Status::Proven)
+            .count()
+    }
+
     pub fn build(inputs: &[Loaded], options: Options) -> Self {
         let labels = labels(inputs);
         let containers: Vec<Container> = inputs
