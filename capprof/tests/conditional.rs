@@ -264,6 +264,7 @@ fn run_to_end(flags: &[String], image: &str, cmd: &[&str]) -> Output {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn port_80_bound_on_docker_is_added_for_runtimes_that_keep_1024() {
     require_engine(&[image()]);
     let name = unique("httpd");
@@ -343,6 +344,7 @@ fn port_80_bound_on_docker_is_added_for_runtimes_that_keep_1024() {
 const PING: &[&str] = &["/opt/iputils/ping", "-c1", "-W2", "127.0.0.1"];
 
 #[test]
+#[ignore = "needs root"]
 fn ping_socket_on_docker_is_added_for_runtimes_that_keep_no_ping_group() {
     require_engine(&[tools_image()]);
     // Under Docker's defaults iputils ping keeps CAP_NET_RAW through
@@ -451,6 +453,7 @@ const CAPSH_HTTPD: &[&str] = &[
 ];
 
 #[test]
+#[ignore = "needs root"]
 fn capability_kept_through_capset_is_on_the_allowlist() {
     require_engine(&[tools_image()]);
     let name = unique("capsh");

@@ -7,7 +7,10 @@ use capprof::{
     capability::Cap,
     fsutil,
     profile::{KeptIdentity, MAX_PROOF_ENTRIES, Profile, Proof},
-    proof::search::{self, Minimized, Verdict},
+    proof::{
+        Workload,
+        search::{self, Minimized, Verdict},
+    },
 };
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
@@ -72,28 +75,26 @@ async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Erro
     let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
     let allowlist = profile.allowlist.clone();
     let runs = args.rerun.runs;
-    let progress = Progress::new("minimize", u64::from(runs) * (1 + allowlist.len() as u64));
     let engine = prepared.workload.engine();
-    progress.start(
-        &prepared.label,
-        &allowlist,
-        &engine,
-        prepared.probe.as_ref(),
-    );
-    let workload = &mut prepared.workload;
-    let result = rerun::guarded(
-        prepared.cleanup.as_ref(),
-        search::minimize(
+    let steps = u64::from(runs) * (1 + allowlist.len() as u64);
+    let drop_relevant = args.drop_security_relevant;
+    let minimized = prepared
+        .search(
+            "minimize",
+            steps,
             &allowlist,
-            runs,
-            args.drop_security_relevant,
-            async |set: &[Cap]| workload.trial(set).await,
-            |e| progress.event(e),
-        ),
-    )
-    .await;
-    progress.finish();
-    let minimized = result?;
+            async |workload: &mut Workload, progress: &Progress| {
+                search::minimize(
+                    &allowlist,
+                    runs,
+                    drop_relevant,
+                    async |set: &[Cap]| workload.trial(set).await,
+                    |e| progress.event(e),
+                )
+                .await
+            },
+        )
+        .await?;
 
     let proof = proof_of(&minimized, &allowlist, runs, engine, &prepared);
     let mut out = profile.clone();

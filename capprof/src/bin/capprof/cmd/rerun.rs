@@ -67,6 +67,31 @@ pub struct Prepared {
     pub label: String,
 }
 
+impl Prepared {
+    /// Runs one proof search (`search::verify` or `search::minimize`) on
+    /// the workload, from the set `set`: a progress line per run (a bar on
+    /// a terminal), and every container it created removed at the end,
+    /// also on Ctrl-C or SIGTERM.
+    pub async fn search<T>(
+        &mut self,
+        verb: &'static str,
+        steps: u64,
+        set: &[Cap],
+        search: impl AsyncFnOnce(&mut Workload, &Progress) -> Result<T, ProofError>,
+    ) -> Result<T, Error> {
+        let progress = Progress::new(verb, steps);
+        progress.start(
+            &self.label,
+            set,
+            &self.workload.engine(),
+            self.probe.as_ref(),
+        );
+        let result = guarded(self.cleanup.as_ref(), search(&mut self.workload, &progress)).await;
+        progress.finish();
+        result
+    }
+}
+
 /// Reads what is needed to re-run the profile's workload, and checks it
 /// before anything runs: the engine answers, the image is there, the
 /// environment values can be had, the probe can run.

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use capprof::{
     capability::Cap,
     profile::Profile,
-    proof::search::{self, Verdict, Verification},
+    proof::{
+        Workload,
+        search::{self, Verdict, Verification},
+    },
 };
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
@@ -96,28 +99,25 @@ async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
         } else {
             0
         });
-    let progress = Progress::new("verify", steps);
     let engine = prepared.workload.engine();
-    progress.start(
-        &prepared.label,
-        &allowlist,
-        &engine,
-        prepared.probe.as_ref(),
-    );
-    let workload = &mut prepared.workload;
-    let result = rerun::guarded(
-        prepared.cleanup.as_ref(),
-        search::verify(
+    let ablate = args.ablate;
+    let verification = prepared
+        .search(
+            "verify",
+            steps,
             &allowlist,
-            runs,
-            args.ablate,
-            async |set: &[Cap]| workload.trial(set).await,
-            |e| progress.event(e),
-        ),
-    )
-    .await;
-    progress.finish();
-    let verification = result?;
+            async |workload: &mut Workload, progress: &Progress| {
+                search::verify(
+                    &allowlist,
+                    runs,
+                    ablate,
+                    async |set: &[Cap]| workload.trial(set).await,
+                    |e| progress.event(e),
+                )
+                .await
+            },
+        )
+        .await?;
     let report = Report {
         profile: &args.profile,
         subject: &prepared.label,
