@@ -412,6 +412,7 @@ fn bad_input_is_one_line_and_exit_2() {
 
 /// A file root owns with mode 0600, read by an unprivileged user.
 #[test]
+#[ignore = "needs root"]
 fn unreadable_file() {
     require_root();
     let dir = Scratch::new("report-unreadable");
