@@ -18,7 +18,34 @@ use std::{
 
 /// The regular file to write for `path`: the path itself, or what a
 /// symlink there points to. Refuses anything that is not a regular file.
+/// The nearest existing ancestor of `path` (not `path` itself) that is not
+/// a directory: what is in the way when a path cannot be created, named
+/// rather than the kernel's bare "Not a directory".
+pub fn not_a_dir_above(path: &Path) -> Option<PathBuf> {
+    path.ancestors().skip(1).find_map(|p| {
+        if p.as_os_str().is_empty() {
+            return None;
+        }
+        match fs::metadata(p) {
+            Ok(meta) if !meta.is_dir() => Some(p.to_owned()),
+            _ => None,
+        }
+    })
+}
+
+/// An error that names what stands in the way, if something does.
+fn in_the_way(path: &Path) -> io::Result<()> {
+    match not_a_dir_above(path) {
+        Some(p) => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", p.display()),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn target(path: &Path) -> io::Result<(PathBuf, Option<fs::Metadata>)> {
+    in_the_way(path)?;
     let mut path = path.to_owned();
     // Follow a few links by hand, so that a dangling one still names its
     // target.

@@ -235,6 +235,31 @@ fn daemon_state_dir_that_is_a_file() {
         ]);
         assert_one_line_error(&out, 2, &needle);
     }
+    // The socket's path likewise, checked before anything is loaded.
+    let under_file = format!("{file_str}/capprof.sock");
+    let state_dir = dir.path("state-dir");
+    for (socket, needle) in [
+        (
+            under_file.as_str(),
+            format!("cannot bind {under_file}: {file_str} is not a directory"),
+        ),
+        (
+            file_str,
+            format!("{file_str} exists and is not a socket; refusing to replace it"),
+        ),
+    ] {
+        let out = capprof(&[
+            "daemon",
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+            "--socket",
+            socket,
+        ]);
+        assert_one_line_error(&out, 2, &needle);
+    }
+    // And any --out under a file.
+    let out = capprof(&["export", "-o", &format!("{file_str}/p.txt"), SAMPLE_PROFILE]);
+    assert_one_line_error(&out, 2, &format!("{file_str} is not a directory"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
     assert!(!socket.exists());
 }

@@ -111,6 +111,8 @@ struct Counters {
 pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), DaemonError> {
     let started = Instant::now();
     let mount = cgroup::cgroup2_mount()?;
+    // The user's paths first, before anything is loaded or connected.
+    api::check_path(&config.socket)?;
     let state = StateDir::open(&config.state_dir)?;
     let candidates = Candidates::load(&config.shadow)?;
     let endpoint = config

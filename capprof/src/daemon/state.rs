@@ -50,22 +50,20 @@ impl StateDir {
         for dir in [root, &containers, &profiles] {
             // Say which path is in the way rather than the kernel's "File
             // exists" or "Not a directory".
-            for path in dir.ancestors() {
-                match fs::metadata(path) {
-                    Ok(meta) if !meta.is_dir() => {
-                        let what = if path == root {
-                            "it exists and".to_owned()
-                        } else {
-                            path.display().to_string()
-                        };
-                        return Err(StateError::NotADir {
-                            root: root.to_owned(),
-                            what,
-                        });
-                    }
-                    Ok(_) => break,
-                    Err(_) => continue,
-                }
+            let blocker = match fs::metadata(dir) {
+                Ok(meta) if !meta.is_dir() => Some(dir.to_path_buf()),
+                _ => fsutil::not_a_dir_above(dir),
+            };
+            if let Some(blocker) = blocker {
+                let what = if blocker == root {
+                    "it exists and".to_owned()
+                } else {
+                    blocker.display().to_string()
+                };
+                return Err(StateError::NotADir {
+                    root: root.to_owned(),
+                    what,
+                });
             }
             fs::create_dir_all(dir).map_err(|source| StateError::Dir {
                 path: dir.to_owned(),

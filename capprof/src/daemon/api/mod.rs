@@ -67,10 +67,29 @@ pub enum ApiError {
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot bind {}: {source}", path.display())]
     Bind { path: PathBuf, source: io::Error },
+    #[error("cannot bind {}: {} is not a directory", path.display(), blocker.display())]
+    NotADir { path: PathBuf, blocker: PathBuf },
     #[error("cannot make {} root-only: {source}", path.display())]
     Permissions { path: PathBuf, source: io::Error },
     #[error("the API server failed: {0}")]
     Serve(io::Error),
+}
+
+/// Whether a socket could be bound at `path`, before anything else is
+/// done: no file in the way above it, and nothing but a stale socket at it.
+pub fn check_path(path: &Path) -> Result<(), ApiError> {
+    if let Some(blocker) = crate::fsutil::not_a_dir_above(path) {
+        return Err(ApiError::NotADir {
+            path: path.to_owned(),
+            blocker,
+        });
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(ApiError::NotASocket {
+            path: path.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Binds the API socket at `path`, root-only (mode 0600, owner root:root
@@ -87,6 +106,7 @@ pub enum ApiError {
 ///
 /// Must be called inside a tokio runtime with IO enabled.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    check_path(path)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
