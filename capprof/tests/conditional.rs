@@ -85,29 +85,7 @@ impl Recording {
             .stderr(Stdio::piped())
             .spawn()
             .expect("capprof record starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("[record] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("recording") => break,
-                _ if Instant::now() > deadline => panic!("capprof record did not start"),
-                _ => {}
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("capprof record exited early: {status}");
-            }
-        }
+        wait_for_line(&mut child, "record", "recording", Duration::from_secs(30));
         Self { child, dir }
     }
 

@@ -141,16 +141,7 @@ impl Daemon {
     fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let status = self.child.wait().unwrap();
         let mut lines = self.early;
-        // The reader thread may still be passing on the last lines: drain
-        // until it hangs up at end of file (bounded, should a stray process
-        // hold the pipe open).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => lines.push(line),
-                Err(_) => break,
-            }
-        }
+        lines.extend(drain_lines(&self.lines));
         (status, lines)
     }
     fn rss_kb(&self) -> u64 {

@@ -196,19 +196,7 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
-        if let Ok(None) = self.service.try_wait() {
-            // SAFETY: signalling our own child, not yet reaped.
-            unsafe { libc::kill(self.service.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + SERVICE_STOP;
-            while let Ok(None) = self.service.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = self.service.kill();
-                    let _ = self.service.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        stop_child(&mut self.service, SERVICE_STOP);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("could not remove {}: {e}", self.dir.display());
         }

@@ -11,11 +11,9 @@
 mod common;
 
 use std::{
-    io::BufRead as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -107,7 +105,7 @@ fn record(
         .stderr(Stdio::piped())
         .spawn()
         .expect("capprof record starts");
-    wait_for_line(&mut child, "recording", Duration::from_secs(30));
+    wait_for_line(&mut child, "capprof", "recording", Duration::from_secs(30));
     let mut args: Vec<String> = vec!["run".into(), "--name".into(), name.into()];
     if !flags.iter().any(|f| f.starts_with("--network")) {
         args.extend(["--network".into(), "none".into()]);
@@ -140,33 +138,6 @@ fn record(
     assert!(status.success(), "capprof record exited with {status}");
     assert!(profile.exists(), "no profile for {name}");
     (dir, profile)
-}
-
-/// Reads the child's stderr until a line containing `needle`, echoing it;
-/// the rest of stderr keeps being echoed in the background.
-fn wait_for_line(child: &mut Child, needle: &str, within: Duration) -> mpsc::Receiver<String> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[capprof] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + within;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains(needle) => return rx,
-            _ if Instant::now() > deadline => panic!("no line with {needle:?} in time"),
-            _ => {}
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("capprof exited early ({status}) before {needle:?}");
-        }
-    }
 }
 
 fn read_json(path: &Path) -> Value {
@@ -683,17 +654,7 @@ fn ctrl_c_leaves_no_container() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[capprof] {line}");
-            let _ = tx.send(line);
-        }
-    });
+    let rx = echo_lines(child.stderr.take().unwrap(), "capprof");
     // Wait until the baseline's container runs.
     let deadline = Instant::now() + Duration::from_secs(30);
     while proof_containers().is_empty() {
@@ -708,10 +669,8 @@ fn ctrl_c_leaves_no_container() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    // The reader sees end of file once capprof has exited; only then has it
-    // passed on every line (try_iter alone raced it and read nothing).
-    reader.join().unwrap();
-    let lines: Vec<String> = rx.try_iter().collect();
+    // Every line, up to end of file (try_iter alone raced the reader).
+    let lines = drain_lines(&rx);
     assert!(
         lines
             .iter()

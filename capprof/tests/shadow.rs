@@ -7,7 +7,7 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, Read as _, Write as _},
+    io::{Read as _, Write as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -55,29 +55,12 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-                && line.contains("daemon ready")
-            {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the daemon exited early ({status})");
-            }
-            assert!(Instant::now() < deadline, "the daemon did not get ready");
-        }
+        let rx = wait_for_line(
+            &mut child,
+            "daemon",
+            "daemon ready",
+            Duration::from_secs(30),
+        );
         Self {
             dir,
             child,
@@ -118,9 +101,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(30));
         let bpffs = self.dir.path("bpffs");
         let _ = Command::new(CAPPROF)
             .args(["daemon", "--reset", "--bpffs", bpffs.to_str().unwrap()])

@@ -12,7 +12,6 @@
 mod common;
 
 use std::{
-    io::BufRead as _,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -138,19 +137,7 @@ impl RemappedDockerd {
 
 impl Drop for RemappedDockerd {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child, not yet reaped.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + STOP;
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        stop_child(&mut self.child, STOP);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -163,28 +150,8 @@ fn record(engine: &RemappedDockerd, name: &str, out: &std::path::Path) -> Child 
         .stderr(Stdio::piped())
         .spawn()
         .expect("capprof record starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[record] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains("recording") => return child,
-            _ if Instant::now() > deadline => panic!("capprof record did not start"),
-            _ => {}
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("capprof record exited early: {status}");
-        }
-    }
+    wait_for_line(&mut child, "record", "recording", Duration::from_secs(30));
+    child
 }
 
 fn usage<'a>(profile: &'a Value, cap: &str) -> &'a Value {

@@ -3,16 +3,14 @@
 //! background, and the proof that an exported profile is exact.
 
 use std::{
-    io::BufRead as _,
     path::PathBuf,
-    process::{Child, ChildStderr, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use super::{CAPPROF, Scratch, capprof, names, output_text, require_root};
+use super::{CAPPROF, Scratch, capprof, echo_lines, names, output_text, require_root};
 
 /// The busybox test image `cargo xtask test` imports.
 pub fn test_image() -> String {
@@ -65,22 +63,6 @@ pub fn run_args(
 pub fn docker_run(name: Option<&str>, flags: &[String], cmd: &[&str]) -> Output {
     let args = run_args(&["--network", "none"], name, flags, &test_image(), cmd);
     docker(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Echoes a child's stderr to ours, each line marked `[tag]`, and hands
-/// the lines over.
-pub fn echo_lines(stderr: ChildStderr, tag: &'static str) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[{tag}] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    rx
 }
 
 /// `capprof record --out DIR/profiles EXTRA…` in the background, until

@@ -4,9 +4,12 @@
 pub mod engine;
 
 use std::{
+    io::BufRead as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, ChildStderr, Command, Output},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -122,4 +125,74 @@ pub fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
         "{stderr}"
     );
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+/// Echoes a child's stderr to ours, each line marked `[tag]`, and hands
+/// the lines over.
+pub fn echo_lines(stderr: ChildStderr, tag: &'static str) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[{tag}] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Echoes the child's stderr (`echo_lines`) and waits for a line holding
+/// `needle`; panics if the child exits first or `within` passes. The rest
+/// of stderr keeps coming on the receiver.
+pub fn wait_for_line(
+    child: &mut Child,
+    tag: &'static str,
+    needle: &str,
+    within: Duration,
+) -> mpsc::Receiver<String> {
+    let rx = echo_lines(child.stderr.take().expect("stderr piped"), tag);
+    let deadline = Instant::now() + within;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.contains(needle) => return rx,
+            _ if Instant::now() > deadline => panic!("[{tag}] no line with {needle:?} in time"),
+            _ => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("[{tag}] exited early ({status}) before {needle:?}");
+        }
+    }
+}
+
+/// Every line still to come, once the child has exited: the reader hangs
+/// up at end of file (bounded, should a stray process hold the pipe).
+pub fn drain_lines(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let mut lines = vec![];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+/// SIGTERM, then SIGKILL if the child has not exited within `grace`.
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while let Ok(None) = child.try_wait() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
