@@ -58,11 +58,31 @@ pub fn ensure() -> Result<()> {
         bail!("setup needs root (apt-get, mount, loading eBPF); run it as root");
     }
     ensure_apt_packages()?;
+    ensure_kubectl()?;
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
     ensure_mounts()?;
     Ok(())
+}
+
+/// Debian's `kubernetes-client`, whose `kubectl patch --local` checks the
+/// k8s-patch export, unless a kubectl is already installed: the package
+/// ships /usr/bin/kubectl, so dpkg refuses it beside another package that
+/// owns that path (Google Cloud SDK's `kubectl`, on these machines).
+fn ensure_kubectl() -> Result<()> {
+    step("checking kubectl");
+    if succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        note("already installed");
+        return Ok(());
+    }
+    note("installing Debian's kubernetes-client");
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "kubernetes-client"]),
+    )
+    .context("apt-get install kubernetes-client")
 }
 
 fn ensure_apt_packages() -> Result<()> {
