@@ -54,6 +54,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let engine = Engine::ensure()?;
     image::ensure_test_image(&engine)?;
     image::ensure_tools_image(&engine)?;
+    // The DaemonSet's image, for tests/image.rs (a release build, which the
+    // benchmark's smoke test below needs anyway).
+    crate::capprof_image::ensure_capprof_image(&engine)?;
 
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--no-fail-fast"])
@@ -61,7 +64,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .args(&args.cargo_args)
         .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
-        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE);
+        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
+        .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }
