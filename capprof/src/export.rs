@@ -370,7 +370,9 @@ pub fn render_under(
         Format::Json => Ok(profile.to_json()),
         Format::K8sPatch => {
             let one = crate::k8s_patch::Input::new("the profile", profile.clone(), target)?;
-            Ok(crate::k8s_patch::render(&crate::k8s_patch::Patch::of(vec![one])?)?)
+            Ok(crate::k8s_patch::render(&crate::k8s_patch::Patch::of(
+                vec![one],
+            )?)?)
         }
     }
 }

@@ -72,9 +72,9 @@ pub enum K8sPatchError {
     )]
     DifferentOwners {
         first: String,
-        first_target: Target,
+        first_target: Box<Target>,
         second: String,
-        second_target: Target,
+        second_target: Box<Target>,
     },
     #[error(
         "{first} and {second} both profile container {container} of {target}: merge them \
@@ -84,7 +84,7 @@ pub enum K8sPatchError {
         first: String,
         second: String,
         container: String,
-        target: Target,
+        target: Box<Target>,
     },
     #[error("no profile to patch with")]
     Empty,
@@ -121,17 +121,23 @@ impl OwnerKind {
             "replicaset" => OwnerKind::ReplicaSet,
             "cronjob" => OwnerKind::CronJob,
             "job" => {
-                return Err("a Job's pod template is immutable; re-create the Job with the \
-                            settings of --format k8s, or patch the CronJob that creates it");
+                return Err(
+                    "a Job's pod template is immutable; re-create the Job with the \
+                            settings of --format k8s, or patch the CronJob that creates it",
+                );
             }
             "pod" => {
-                return Err("a bare pod has no controller, and a running pod's containers' \
+                return Err(
+                    "a bare pod has no controller, and a running pod's containers' \
                             securityContext cannot change; re-create it with the settings of \
-                            --format k8s");
+                            --format k8s",
+                );
             }
             _ => {
-                return Err("only a Deployment, StatefulSet, DaemonSet, ReplicaSet or CronJob \
-                            has a pod template to patch");
+                return Err(
+                    "only a Deployment, StatefulSet, DaemonSet, ReplicaSet or CronJob \
+                            has a pod template to patch",
+                );
             }
         })
     }
@@ -189,7 +195,11 @@ pub struct Input {
 
 impl Input {
     /// Checks that `profile` names a container of a patchable owner.
-    pub fn new(file: &str, profile: Profile, sysctls: TargetSysctls) -> Result<Self, K8sPatchError> {
+    pub fn new(
+        file: &str,
+        profile: Profile,
+        sysctls: TargetSysctls,
+    ) -> Result<Self, K8sPatchError> {
         let file = file.to_owned();
         let subject = &profile.subject;
         if subject.kind != "pod-container" && subject.kind != "workload" {
@@ -285,9 +295,9 @@ impl Patch {
             let (a, b) = (&patches[0].inputs[0], &patches[1].inputs[0]);
             return Err(K8sPatchError::DifferentOwners {
                 first: a.file.clone(),
-                first_target: a.target.clone(),
+                first_target: Box::new(a.target.clone()),
                 second: b.file.clone(),
-                second_target: b.target.clone(),
+                second_target: Box::new(b.target.clone()),
             });
         }
         patches.pop().ok_or(K8sPatchError::Empty)
@@ -307,7 +317,7 @@ impl Patch {
                     first: other.file.clone(),
                     second: input.file,
                     container: input.container,
-                    target: input.target,
+                    target: Box::new(input.target),
                 });
             }
             same.push(input);

@@ -230,7 +230,11 @@ fn run_flags(ds: &Value, node: &Node) -> (Vec<String>, BTreeMap<String, PathBuf>
     push(&mut flags, "--user", format!("{user}:{group}"));
 
     for e in c["env"].as_array().unwrap() {
-        push(&mut flags, "--env", format!("{}={}", str_of(&e["name"]), str_of(&e["value"])));
+        push(
+            &mut flags,
+            "--env",
+            format!("{}={}", str_of(&e["name"]), str_of(&e["value"])),
+        );
     }
     if let Some(memory) = c["resources"]["limits"]["memory"].as_str() {
         let mib = memory.strip_suffix("Mi").expect("a limit in Mi");
@@ -425,6 +429,12 @@ fn daemonset_image_profiles_another_container() {
     };
     assert_eq!(profile["subject"]["name"], target.0.as_str(), "{profile}");
     assert_exact(&profile, "chown in busybox", &["CAP_CHOWN"]);
+    // Calibrated: the daemon read /proc/kallsyms and told NOAUDIT checks
+    // from audited ones, as it does on the host.
+    assert_eq!(
+        profile["observation"]["classification"], "call-site",
+        "{profile}"
+    );
 
     // SIGTERM, as the kubelet stops a pod: the profile is on the node.
     let out = podman.cmd(&["stop", "--time", "30", &daemon]);

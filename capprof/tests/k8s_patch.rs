@@ -14,11 +14,22 @@ use std::{path::Path, process::Command};
 use common::{CAPPROF, Scratch, assert_one_line_error, capprof, output_text};
 use serde_json::{Value, json};
 
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/run-sample.json");
-const WEB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/web-profile.json");
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/run-sample.json"
+);
+const WEB: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/web-profile.json"
+);
 
 /// `fixture` as the profile of `container` in a pod of `kind`/`name`.
-fn pod_profile(dir: &Scratch, fixture: &str, container: &str, owner: Option<(&str, &str)>) -> String {
+fn pod_profile(
+    dir: &Scratch,
+    fixture: &str,
+    container: &str,
+    owner: Option<(&str, &str)>,
+) -> String {
     let mut p: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let mut k8s = json!({
         "namespace": "shop",
@@ -91,7 +102,11 @@ fn object(kind: &str, name: &str) -> Value {
         }
         other => panic!("no object for {other}"),
     };
-    let api = if kind == "CronJob" { "batch/v1" } else { "apps/v1" };
+    let api = if kind == "CronJob" {
+        "batch/v1"
+    } else {
+        "apps/v1"
+    };
     json!({
         "apiVersion": api,
         "kind": kind,
@@ -169,7 +184,10 @@ fn patch_replaces_each_containers_capabilities_through_kubectl() {
         assert_eq!(web_c["image"], "nginx:1.27");
         let sc = &web_c["securityContext"];
         assert_eq!(names(&sc["capabilities"]["drop"]), ["ALL"], "{kind}: {sc}");
-        assert_eq!(names(&sc["capabilities"]["add"]), ["CHOWN", "NET_BIND_SERVICE"]);
+        assert_eq!(
+            names(&sc["capabilities"]["add"]),
+            ["CHOWN", "NET_BIND_SERVICE"]
+        );
         assert_eq!(names(&sc["capabilities"]["add"]), k8s_snippet_adds(&web));
         assert_eq!(sc["runAsUser"], 101);
         assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -229,15 +247,21 @@ fn out_dir_writes_one_patch_per_owner() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files, ["shop.daemonset.agent.yaml", "shop.deployment.web.yaml"]);
+    assert_eq!(
+        files,
+        ["shop.daemonset.agent.yaml", "shop.deployment.web.yaml"]
+    );
 
     for (kind, name, file, web_adds) in [
         ("Deployment", "web", "shop.deployment.web.yaml", 2),
         ("DaemonSet", "agent", "shop.daemonset.agent.yaml", 4),
     ] {
         let object_file = dir.path(&format!("{kind}.yaml"));
-        std::fs::write(&object_file, serde_norway::to_string(&object(kind, name)).unwrap())
-            .unwrap();
+        std::fs::write(
+            &object_file,
+            serde_norway::to_string(&object(kind, name)).unwrap(),
+        )
+        .unwrap();
         let patched = kubectl_patch(&object_file, &patches.join(file));
         let got = containers(&patched, kind);
         let adds = |i: usize| names(&got[i]["securityContext"]["capabilities"]["add"]).len();
@@ -262,7 +286,11 @@ fn refuses_profiles_it_cannot_patch_with_one_line() {
     // A Docker container's profile has no Kubernetes place.
     assert_one_line_error(&export(&[WEB]), 2, "subject kind `container`");
     let orphan = pod_profile(&dir, WEB, "web", None);
-    assert_one_line_error(&export(&[&orphan]), 2, "is not known (no subject.k8s.owner)");
+    assert_one_line_error(
+        &export(&[&orphan]),
+        2,
+        "is not known (no subject.k8s.owner)",
+    );
     let job = pod_profile(&dir, WEB, "web", Some(("Job", "migrate")));
     assert_one_line_error(&export(&[&job]), 2, "pod template is immutable");
     let pod = pod_profile(&dir, WEB, "web", Some(("Pod", "debug")));

@@ -63,7 +63,9 @@ pub fn run(args: &ImageArgs) -> Result<()> {
         Some(file) => format!("ctr -n k8s.io images import {}", file.display()),
         None => format!("docker save {CAPPROF_IMAGE} | ctr -n k8s.io images import -"),
     };
-    note(format_args!("{from}   (as root on the node, or through ssh)"));
+    note(format_args!(
+        "{from}   (as root on the node, or through ssh)"
+    ));
     note("then: kubectl apply -f deploy/daemonset.yaml");
     Ok(())
 }

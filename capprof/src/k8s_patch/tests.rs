@@ -30,7 +30,12 @@ fn input(file: &str, p: Profile) -> Result<Input, K8sPatchError> {
 fn web(container: &str, caps: &[&str]) -> Input {
     input(
         &format!("{container}.json"),
-        profile("pod-container", Some(("Deployment", "web")), container, caps),
+        profile(
+            "pod-container",
+            Some(("Deployment", "web")),
+            container,
+            caps,
+        ),
     )
     .unwrap()
 }
@@ -71,12 +76,20 @@ fn one_owner_one_patch_with_every_container() {
         containers[1]["securityContext"]["capabilities"]["add"],
         yaml("[]")
     );
-    assert!(out.contains("# capprof: container sidecar from sidecar.json:\n"), "{out}");
+    assert!(
+        out.contains("# capprof: container sidecar from sidecar.json:\n"),
+        "{out}"
+    );
 }
 
 #[test]
 fn cronjob_patches_its_job_template() {
-    let p = profile("workload", Some(("CronJob", "nightly")), "backup", &["CAP_CHOWN"]);
+    let p = profile(
+        "workload",
+        Some(("CronJob", "nightly")),
+        "backup",
+        &["CAP_CHOWN"],
+    );
     let patch = Patch::of(vec![input("b.json", p).unwrap()]).unwrap();
     let doc = yaml(&render(&patch).unwrap());
     let c = &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
@@ -134,7 +147,10 @@ fn refuses_what_it_cannot_patch() {
     assert!(msg(input("u.json", unnamed)).contains("names no container"));
     for bad in ["Nginx", "a/b", "-x", "x\ny", ""] {
         let p = profile("pod-container", Some(("Deployment", "web")), bad, &[]);
-        assert!(msg(input("b.json", p)).contains("is not a Kubernetes name"), "{bad:?}");
+        assert!(
+            msg(input("b.json", p)).contains("is not a Kubernetes name"),
+            "{bad:?}"
+        );
     }
     let p = profile("pod-container", Some(("Deployment", "web/../x")), "c", &[]);
     assert!(msg(input("b.json", p)).contains("owner name"));
@@ -155,26 +171,47 @@ fn different_owners_and_duplicate_containers() {
     );
     let patches = Patch::group(vec![web("nginx", &[]), db, web("sidecar", &[])]).unwrap();
     let names: Vec<String> = patches.iter().map(Patch::file_name).collect();
-    assert_eq!(names, ["shop.deployment.web.yaml", "shop.statefulset.db.yaml"]);
+    assert_eq!(
+        names,
+        ["shop.deployment.web.yaml", "shop.statefulset.db.yaml"]
+    );
     assert_eq!(patches[0].inputs.len(), 2);
 
     let err = Patch::of(vec![web("nginx", &[]), web("nginx", &["CAP_CHOWN"])]).unwrap_err();
-    assert!(err.to_string().contains("both profile container nginx"), "{err}");
+    assert!(
+        err.to_string().contains("both profile container nginx"),
+        "{err}"
+    );
     assert!(matches!(Patch::of(vec![]), Err(K8sPatchError::Empty)));
 }
 
 #[test]
 fn warnings_stay_with_the_patch() {
-    let mut p = profile("pod-container", Some(("Deployment", "web")), "nginx", &["CAP_CHOWN"]);
+    let mut p = profile(
+        "pod-container",
+        Some(("Deployment", "web")),
+        "nginx",
+        &["CAP_CHOWN"],
+    );
     p.observation.partial = Some(crate::profile::Partial {
         workload_started: None,
         recording_started: "2026-01-01T00:00:00Z".into(),
     });
     p.denied = vec!["CAP_NET_ADMIN".parse().unwrap()];
     // Untrusted text cannot end a comment line.
-    p.subject.k8s.as_mut().unwrap().owner.as_mut().unwrap().derived_from = "x\nspec: {}".into();
+    p.subject
+        .k8s
+        .as_mut()
+        .unwrap()
+        .owner
+        .as_mut()
+        .unwrap()
+        .derived_from = "x\nspec: {}".into();
     let out = render(&Patch::of(vec![input("p.json", p).unwrap()]).unwrap()).unwrap();
-    assert!(out.contains("# capprof: WARNING: nginx was already running"), "{out}");
+    assert!(
+        out.contains("# capprof: WARNING: nginx was already running"),
+        "{out}"
+    );
     assert!(
         out.contains("# capprof: WARNING: the container was refused CAP_NET_ADMIN"),
         "{out}"
@@ -182,17 +219,27 @@ fn warnings_stay_with_the_patch() {
     for line in out.lines().filter(|l| !l.starts_with('#')) {
         assert!(!line.starts_with("spec: {}"), "{out}");
     }
-    assert_eq!(yaml(&out)["spec"]["template"]["spec"]["containers"][0]["name"], "nginx");
+    assert_eq!(
+        yaml(&out)["spec"]["template"]["spec"]["containers"][0]["name"],
+        "nginx"
+    );
 }
 
 #[test]
 fn export_render_takes_one_profile() {
-    let p = profile("pod-container", Some(("DaemonSet", "agent")), "agent", &["CAP_NET_RAW"]);
+    let p = profile(
+        "pod-container",
+        Some(("DaemonSet", "agent")),
+        "agent",
+        &["CAP_NET_RAW"],
+    );
     let out = export::render(&p, export::Format::K8sPatch).unwrap();
     assert!(out.contains("DaemonSet shop/agent"), "{out}");
     let p = profile("container", None, "agent", &[]);
     assert!(matches!(
         export::render(&p, export::Format::K8sPatch),
-        Err(export::ExportError::K8sPatch(K8sPatchError::NotKubernetes { .. }))
+        Err(export::ExportError::K8sPatch(
+            K8sPatchError::NotKubernetes { .. }
+        ))
     ));
 }
