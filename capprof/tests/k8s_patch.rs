@@ -9,7 +9,12 @@
 
 mod common;
 
-use std::{path::Path, process::Command};
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
+    path::Path,
+    process::Command,
+};
 
 use common::{CAPPROF, Scratch, assert_one_line_error, capprof, output_text};
 use serde_json::{Value, json};
@@ -130,6 +135,119 @@ fn kubectl_patch(object: &Path, patch: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// An API server that answers only discovery (`/api`, `/apis`, the
+/// group-versions' resource lists), on 127.0.0.1. `kubectl create
+/// --dry-run=client` needs one even though it sends nothing: it maps each
+/// object's kind to a resource through discovery first (without a server:
+/// "couldn't get current server API group list"). There is no OpenAPI
+/// document here, so schema validation is off (`--validate=false`).
+struct Discovery {
+    url: String,
+}
+
+impl Discovery {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let resource = |name: &str, kind: &str| {
+            json!({"name": name, "singularName": "", "namespaced": true, "kind": kind,
+                   "verbs": ["create", "get", "patch"]})
+        };
+        let group = |name: &str| {
+            let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+            json!({"name": name, "versions": [gv], "preferredVersion": gv})
+        };
+        let docs: Vec<(&str, Value)> = vec![
+            (
+                "/api",
+                json!({"kind": "APIVersions", "versions": ["v1"],
+                            "serverAddressByClientCIDRs": []}),
+            ),
+            (
+                "/apis",
+                json!({"kind": "APIGroupList", "apiVersion": "v1",
+                             "groups": [group("apps"), group("batch")]}),
+            ),
+            (
+                "/api/v1",
+                json!({"kind": "APIResourceList", "groupVersion": "v1",
+                               "resources": [resource("pods", "Pod")]}),
+            ),
+            (
+                "/apis/apps/v1",
+                json!({"kind": "APIResourceList", "groupVersion": "apps/v1",
+                "resources": [resource("deployments", "Deployment"),
+                              resource("statefulsets", "StatefulSet"),
+                              resource("daemonsets", "DaemonSet")]}),
+            ),
+            (
+                "/apis/batch/v1",
+                json!({"kind": "APIResourceList", "groupVersion": "batch/v1",
+                "resources": [resource("cronjobs", "CronJob")]}),
+            ),
+        ];
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = String::new();
+                let mut reader = BufReader::new(&stream);
+                let _ = reader.read_line(&mut request);
+                // The headers, up to the blank line.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('?')
+                    .next()
+                    .unwrap_or("");
+                let reply = match docs.iter().find(|(p, _)| *p == path) {
+                    Some((_, doc)) => {
+                        let body = doc.to_string();
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\
+                             Connection: close\r\n\r\n"
+                        .to_owned(),
+                };
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        Self { url }
+    }
+
+    /// `kubectl create --dry-run=client -f FILE -o json`: the object as
+    /// kubectl would send it.
+    fn create_dry_run(&self, file: &Path) -> Value {
+        let out = Command::new("kubectl")
+            .args([
+                "--server",
+                &self.url,
+                "create",
+                "--dry-run=client",
+                "--validate=false",
+            ])
+            .arg("-f")
+            .arg(file)
+            .args(["-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl create: {}",
+            output_text(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 fn containers<'a>(object: &'a Value, kind: &str) -> &'a Vec<Value> {
     let spec = if kind == "CronJob" {
         &object["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -142,6 +260,7 @@ fn containers<'a>(object: &'a Value, kind: &str) -> &'a Vec<Value> {
 #[test]
 fn patch_replaces_each_containers_capabilities_through_kubectl() {
     let dir = Scratch::new("k8s-patch");
+    let discovery = Discovery::start();
     for (kind, name) in [
         ("Deployment", "web"),
         ("StatefulSet", "db"),
@@ -219,6 +338,11 @@ fn patch_replaces_each_containers_capabilities_through_kubectl() {
         let patched_file = dir.path(&format!("{kind}.patched.yaml"));
         std::fs::write(&patched_file, serde_norway::to_string(&patched).unwrap()).unwrap();
         assert_eq!(kubectl_patch(&patched_file, &patch), patched, "{kind}");
+
+        // kubectl takes the patched object as one to create.
+        let created = discovery.create_dry_run(&patched_file);
+        assert_eq!(created["kind"], kind);
+        assert_eq!(containers(&created, kind), got, "{kind}");
     }
 }
 

@@ -15,7 +15,7 @@
 //! works as written. It is percent-decoded after the route is chosen, so an
 //! image whose name ends in `/export` is asked for with its slashes encoded
 //! (`%2F`), which `capprof profile --image` always does. `format` is one of
-//! docker, compose, k8s, podman, oci, systemd, json (default docker).
+//! docker, compose, k8s, k8s-patch, podman, oci, systemd, json (default docker).
 //!
 //! Errors are JSON too, `{"error": "…"}`: 400 for a bad format or key, 404
 //! for an unknown container, image or route, 405 for anything but GET, 503
