@@ -108,9 +108,9 @@ fn object(kind: &str, name: &str) -> Value {
         other => panic!("no object for {other}"),
     };
     let api = if kind == "CronJob" {
-        "batch/v1"
+        format!("batch/{}", batch_version())
     } else {
-        "apps/v1"
+        "apps/v1".to_owned()
     };
     json!({
         "apiVersion": api,
@@ -153,36 +153,37 @@ impl Discovery {
             json!({"name": name, "singularName": "", "namespaced": true, "kind": kind,
                    "verbs": ["create", "get", "patch"]})
         };
-        let group = |name: &str| {
-            let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+        let group = |name: &str, version: &str| {
+            let gv = json!({"groupVersion": format!("{name}/{version}"), "version": version});
             json!({"name": name, "versions": [gv], "preferredVersion": gv})
         };
-        let docs: Vec<(&str, Value)> = vec![
+        let batch = format!("batch/{}", batch_version());
+        let docs: Vec<(String, Value)> = vec![
             (
-                "/api",
+                "/api".to_owned(),
                 json!({"kind": "APIVersions", "versions": ["v1"],
                             "serverAddressByClientCIDRs": []}),
             ),
             (
-                "/apis",
+                "/apis".to_owned(),
                 json!({"kind": "APIGroupList", "apiVersion": "v1",
-                             "groups": [group("apps"), group("batch")]}),
+                             "groups": [group("apps", "v1"), group("batch", batch_version())]}),
             ),
             (
-                "/api/v1",
+                "/api/v1".to_owned(),
                 json!({"kind": "APIResourceList", "groupVersion": "v1",
                                "resources": [resource("pods", "Pod")]}),
             ),
             (
-                "/apis/apps/v1",
+                "/apis/apps/v1".to_owned(),
                 json!({"kind": "APIResourceList", "groupVersion": "apps/v1",
                 "resources": [resource("deployments", "Deployment"),
                               resource("statefulsets", "StatefulSet"),
                               resource("daemonsets", "DaemonSet")]}),
             ),
             (
-                "/apis/batch/v1",
-                json!({"kind": "APIResourceList", "groupVersion": "batch/v1",
+                format!("/apis/{batch}"),
+                json!({"kind": "APIResourceList", "groupVersion": batch,
                 "resources": [resource("cronjobs", "CronJob")]}),
             ),
         ];
@@ -204,7 +205,7 @@ impl Discovery {
                     .split('?')
                     .next()
                     .unwrap_or("");
-                let reply = match docs.iter().find(|(p, _)| *p == path) {
+                let reply = match docs.iter().find(|(p, _)| p == path) {
                     Some((_, doc)) => {
                         let body = doc.to_string();
                         format!(
@@ -246,6 +247,27 @@ impl Discovery {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+/// CronJob's version for the kubectl at hand: `batch/v1` from Kubernetes
+/// 1.21 on; Debian 12's kubernetes-client is 1.20, which knows only
+/// `batch/v1beta1` ("cannot apply strategic merge patch for batch/v1,
+/// Kind=CronJob locally"). The pod template sits at the same path in both.
+fn batch_version() -> &'static str {
+    let out = Command::new("kubectl")
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .expect("kubectl runs (cargo xtask setup installs it)");
+    let version: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kubectl version: {e}: {}", output_text(&out)));
+    let minor: u32 = str_digits(&version["clientVersion"]["minor"]);
+    if minor >= 21 { "v1" } else { "v1beta1" }
+}
+
+/// `"20"` or `"20+"` as a number.
+fn str_digits(v: &Value) -> u32 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a version: {v}"));
+    s.trim_end_matches('+').parse().unwrap()
 }
 
 fn containers<'a>(object: &'a Value, kind: &str) -> &'a Vec<Value> {
