@@ -387,6 +387,32 @@ fn daemonset_image_profiles_another_container() {
     let early = logs(&daemon);
     assert!(!early.contains("cannot attach"), "{early}");
 
+    // The kubelet's probes: an HTTP GET of the probe's path and port in the
+    // pod's network namespace, with busybox wget from the host.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &c[probe]["httpGet"];
+        let port = match &get["port"] {
+            Value::String(name) => c["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == *name)
+                .unwrap_or_else(|| panic!("{probe}: no port named {name}"))["containerPort"]
+                .as_u64()
+                .unwrap(),
+            number => number.as_u64().unwrap(),
+        };
+        let url = format!("http://127.0.0.1:{port}{}", str_of(&get["path"]));
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/proc/{host_pid}/ns/net"))
+            .args(["/bin/busybox", "wget", "-q", "-O", "-", &url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{probe} {url}: {}", output_text(&out));
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains("capprof_"), "{probe} {url}: {body}");
+    }
+
     // Another container, profiled through the DaemonSet's container.
     let target = Container(format!("capprof-ds-target-{pid}"));
     let out = docker_run(
