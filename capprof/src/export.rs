@@ -22,6 +22,10 @@ pub enum Format {
     Compose,
     /// A Kubernetes container `securityContext` snippet.
     K8s,
+    /// A strategic-merge patch for the pod's owner (Deployment,
+    /// StatefulSet, DaemonSet, …), setting each profiled container's
+    /// capabilities (k8s_patch.rs).
+    K8sPatch,
     /// `podman run` flags (the same as docker's).
     Podman,
     /// An OCI runtime-spec `process.capabilities` fragment (config.json).
@@ -40,7 +44,7 @@ impl Format {
             // compose runs on Docker Engine.
             Format::Docker | Format::Compose => TargetSysctls::DOCKER,
             Format::Podman => TargetSysctls::PODMAN,
-            Format::K8s => TargetSysctls {
+            Format::K8s | Format::K8sPatch => TargetSysctls {
                 source: "a Kubernetes node with CRI-O or containerd 1.x (the kernel's default)",
                 ..TargetSysctls::KERNEL
             },
@@ -293,6 +297,8 @@ pub enum ExportError {
         format: Format,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    K8sPatch(#[from] crate::k8s_patch::K8sPatchError),
 }
 
 /// Renders `profile`'s allowlist in `format`, with the conditional
@@ -319,10 +325,7 @@ pub fn render_under(
         return Ok(profile.to_json());
     }
     let decision = decide(profile, &target);
-    let mut grant = profile.allowlist.clone();
-    grant.extend(decision.added_caps());
-    grant.sort();
-    grant.dedup();
+    let grant = grant(profile, &decision);
     let caps = &grant;
     let notes = notes(profile, &decision);
     let header = header(profile, &notes);
@@ -382,7 +385,23 @@ pub fn render_under(
         }
         Format::Systemd => Ok(systemd(&header, caps)),
         Format::Json => Ok(profile.to_json()),
+        Format::K8sPatch => {
+            let one = crate::k8s_patch::Input::new("the profile", profile.clone(), target)?;
+            Ok(crate::k8s_patch::render(&crate::k8s_patch::Patch::of(
+                vec![one],
+            )?)?)
+        }
     }
+}
+
+/// The allowlist plus the conditional capabilities `decision` adds, sorted
+/// by number: what every format grants.
+pub fn grant(profile: &Profile, decision: &Decision) -> Vec<Cap> {
+    let mut grant = profile.allowlist.clone();
+    grant.extend(decision.added_caps());
+    grant.sort();
+    grant.dedup();
+    grant
 }
 
 /// One line per conditional capability added or left out, and per
@@ -458,7 +477,7 @@ fn yaml(header: String, format: Format, doc: &impl Serialize) -> Result<String, 
 /// Both come from the profile, which is untrusted: control characters (a
 /// newline would end the comment and inject configuration) are replaced and
 /// the length is bounded.
-fn header(profile: &Profile, notes: &[String]) -> String {
+pub(crate) fn header(profile: &Profile, notes: &[String]) -> String {
     const MAX_CHARS: usize = 120;
     let subject = &profile.subject;
     let label = [

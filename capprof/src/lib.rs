@@ -14,6 +14,7 @@ pub mod diff;
 pub mod engine;
 pub mod export;
 pub mod fsutil;
+pub mod k8s_patch;
 pub mod load;
 pub mod merge;
 pub mod observer;

@@ -60,6 +60,12 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
+    // The image `cargo xtask image` builds and tests/image.rs runs.
+    assert_eq!(c["image"], format!("capprof:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        c["command"],
+        serde_json::json!(["/usr/local/bin/capprof", "daemon"])
+    );
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
@@ -85,6 +91,7 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
     };
     for ro in [
         "/sys/kernel/btf",
+        "/sys/kernel/tracing",
         "/sys/fs/cgroup",
         "/host/run",
         "/etc/capprof",

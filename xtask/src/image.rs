@@ -81,7 +81,7 @@ pub fn ensure_test_image(engine: &Engine) -> Result<()> {
     ));
     build_rootfs(&rootfs.0)?;
     step(format_args!("importing it as {TEST_IMAGE}"));
-    import(engine, &rootfs.0, TEST_IMAGE)
+    import(engine, &rootfs.0, TEST_IMAGE, &test_image_changes())
 }
 
 /// Imports [`TOOLS_IMAGE`] into `engine` unless it is already there.
@@ -103,17 +103,26 @@ pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
         note(format_args!("{host} as {inside}, with its libraries"));
     }
     step(format_args!("importing it as {TOOLS_IMAGE}"));
-    import(engine, &rootfs.0, TOOLS_IMAGE)
+    import(engine, &rootfs.0, TOOLS_IMAGE, &test_image_changes())
+}
+
+/// The Dockerfile instructions of the test images.
+fn test_image_changes() -> Vec<String> {
+    vec![
+        r#"CMD ["/bin/sh"]"#.to_owned(),
+        format!("LABEL {VERSION_LABEL}={IMAGE_VERSION}"),
+    ]
 }
 
 /// Copies the dynamically linked `program` into `root` at `inside`, and
 /// the shared libraries `ldd` names at their own paths. Plain copies: file
 /// capabilities (ping's cap_net_raw) stay behind, so the image's root
 /// runs it with the container's capabilities only.
-fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) -> Result<()> {
+pub(crate) fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) -> Result<()> {
     if !program.exists() {
         bail!(
-            "{} is missing (cargo xtask setup installs libcap2-bin and iputils-ping)",
+            "{} is missing (cargo xtask setup installs libcap2-bin and iputils-ping; \
+             cargo build --release -p capprof builds capprof)",
             program.display()
         );
     }
@@ -212,7 +221,7 @@ fn image_fixtures(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn make_dir(dir: &Path, mode: u32, owner: Option<u32>) -> Result<()> {
+pub(crate) fn make_dir(dir: &Path, mode: u32, owner: Option<u32>) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Set explicitly: create_dir_all's mode is filtered by the umask.
     fs::set_permissions(dir, Permissions::from_mode(mode))
@@ -223,21 +232,19 @@ fn make_dir(dir: &Path, mode: u32, owner: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// `tar -C ROOTFS -c . | docker import - NAME`.
-fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
+/// `tar -C ROOTFS -c . | docker import --change … - NAME`.
+pub(crate) fn import(engine: &Engine, rootfs: &Path, name: &str, changes: &[String]) -> Result<()> {
     let mut tar = Command::new("tar");
     tar.arg("-C")
         .arg(rootfs)
         .args(["-c", "."])
         .stdout(Stdio::piped());
     let mut import = engine.docker();
-    import
-        .args(["import", "--change", r#"CMD ["/bin/sh"]"#])
-        .args([
-            "--change",
-            &format!("LABEL {VERSION_LABEL}={IMAGE_VERSION}"),
-        ])
-        .args(["-", name]);
+    import.arg("import");
+    for change in changes {
+        import.args(["--change", change]);
+    }
+    import.args(["-", name]);
     note(format_args!("$ {} | {}", display(&tar), display(&import)));
 
     let mut tar = tar.spawn().context("could not start tar")?;
@@ -259,7 +266,7 @@ fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {

@@ -1,4 +1,4 @@
-//! capprof's development tasks: `cargo xtask setup|test|demo|bench|fuzz|vm-test`.
+//! capprof's development tasks: `cargo xtask setup|test|image|demo|bench|fuzz|vm-test`.
 //!
 //! Every command prints what it does to stderr. `test` and `demo` first run
 //! `setup`'s checks, which install only what is missing.
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod capprof_image;
 mod demo;
 mod engine;
 mod fuzz;
@@ -32,6 +33,9 @@ enum Command {
     Setup,
     /// Build the workspace and run every test layer against a real Docker engine.
     Test(test::TestArgs),
+    /// Build capprof's container image (the DaemonSet's), with no registry,
+    /// into the local Docker engine.
+    Image(capprof_image::ImageArgs),
     /// Profile the bundled sample workload and print the allowlist it needs.
     Demo,
     /// Measure capprof's cost per capability check against an empty program,
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test::run(&args),
+        Command::Image(args) => capprof_image::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),

@@ -58,6 +58,7 @@ pub fn ensure() -> Result<()> {
         bail!("setup needs root (apt-get, mount, loading eBPF); run it as root");
     }
     ensure_apt_packages()?;
+    ensure_kubectl()?;
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
@@ -78,6 +79,25 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
     step("installing cargo-fuzz (takes a minute or two)");
     run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
         .context("installing cargo-fuzz")
+}
+
+/// Debian's `kubernetes-client`, whose `kubectl patch --local` checks the
+/// k8s-patch export, unless a kubectl is already installed: the package
+/// ships /usr/bin/kubectl, so dpkg refuses it beside another package that
+/// owns that path (Google Cloud SDK's `kubectl`, on these machines).
+fn ensure_kubectl() -> Result<()> {
+    step("checking kubectl");
+    if succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        note("already installed");
+        return Ok(());
+    }
+    note("installing Debian's kubernetes-client");
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "kubernetes-client"]),
+    )
+    .context("apt-get install kubernetes-client")
 }
 
 fn ensure_apt_packages() -> Result<()> {

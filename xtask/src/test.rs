@@ -57,6 +57,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let engine = Engine::ensure()?;
     image::ensure_test_image(&engine)?;
     image::ensure_tools_image(&engine)?;
+    // The DaemonSet's image, for tests/image.rs (a release build, which the
+    // benchmark's smoke test below needs anyway).
+    crate::capprof_image::ensure_capprof_image(&engine)?;
 
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--no-fail-fast"])
@@ -64,7 +67,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .args(&args.cargo_args)
         .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
-        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE);
+        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
+        .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }
@@ -79,11 +83,11 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // Stop the private engine before the summary, so the summary stays last.
     engine.stop();
     let (status, counts) = outcome?;
-    // The benchmark's smoke test: it fails only on the storm's no-loss
-    // result, never on a timing.
     // A filtered run (`cargo xtask test -p capprof --test proof`) is for
     // one layer: the whole-suite checks below are left to the full run.
     let whole = args.cargo_args.is_empty();
+    // The benchmark's smoke test: it fails only on the storm's no-loss
+    // result, never on a timing.
     let bench_ok = !whole || crate::bench::smoke()?;
     // Each fuzz target for a bounded time, from the repository's seeds.
     let fuzz_ok = !whole || crate::fuzz::fuzz(crate::fuzz::TARGETS, FUZZ_SECONDS)?;

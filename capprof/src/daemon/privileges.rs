@@ -2,9 +2,15 @@
 //! attached and pinned, and its sockets bound, the daemon needs no
 //! capability at all. Map reads and writes go through file descriptors it
 //! already holds, the ring buffer is mmap'ed, its state directory and
-//! sockets are its own. So it drops every capability from every set,
-//! bounding set included, and sets no_new_privs so that nothing it could
-//! exec regains them.
+//! sockets are its own. So it drops every capability from every set, and
+//! sets no_new_privs so that nothing it could exec regains them.
+//!
+//! The bounding set is emptied too when the daemon holds CAP_SETPCAP,
+//! which PR_CAPBSET_DROP needs. The DaemonSet and the systemd unit do not
+//! grant it (their containers' bounding set is already the few they add),
+//! and there it is left as it is: with the permitted set empty and
+//! no_new_privs set, no execve can raise a capability from it, whatever
+//! the file (the kernel caps the new permitted set at the old one).
 
 use caps::{CapSet, Capability};
 
@@ -17,9 +23,11 @@ pub fn drop_all() -> Result<Vec<String>, DropError> {
     let err = |e: caps::errors::CapsError| DropError(e.to_string());
     // The bounding set first: dropping from it needs CAP_SETPCAP, which the
     // next steps remove.
-    for cap in caps::all() {
-        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(err)?;
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(err)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(err)?;

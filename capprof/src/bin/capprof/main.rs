@@ -27,7 +27,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Record every container (or the named ones) until stopped; one profile each.
     Record(cmd::record::RecordArgs),
-    /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings.
+    /// Turn a profile into docker, compose, k8s, podman, OCI or systemd settings, or a
+    /// Kubernetes patch.
     Export(cmd::export::ExportArgs),
     /// Profile every container, always on, with a local API and metrics.
     Daemon(cmd::daemon::DaemonArgs),

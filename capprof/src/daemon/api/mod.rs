@@ -15,7 +15,7 @@
 //! works as written. It is percent-decoded after the route is chosen, so an
 //! image whose name ends in `/export` is asked for with its slashes encoded
 //! (`%2F`), which `capprof profile --image` always does. `format` is one of
-//! docker, compose, k8s, podman, oci, systemd, json (default docker).
+//! docker, compose, k8s, k8s-patch, podman, oci, systemd, json (default docker).
 //!
 //! Errors are JSON too, `{"error": "…"}`: 400 for a bad format or key, 404
 //! for an unknown container, image or route, 405 for anything but GET, 503
@@ -403,6 +403,10 @@ async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>
                 text,
             )
                 .into_response(),
+            // A profile k8s-patch cannot patch (no owner, a Job…).
+            Err(e @ export::ExportError::K8sPatch(_)) => {
+                error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
     }
@@ -601,7 +605,15 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             error_of(&body),
-            "unknown format \"helm\"; valid formats: docker, compose, k8s, podman, oci, systemd, json"
+            "unknown format \"helm\"; valid formats: docker, compose, k8s, k8s-patch, podman, oci, \
+             systemd, json"
+        );
+        // A Docker container's profile has no owner to patch.
+        let (status, body) = get(&socket, "/v1/containers/web/export?format=k8s-patch").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            error_of(&body).contains("subject kind `container`"),
+            "{body}"
         );
 
         // Images: written as is, or percent-encoded.

@@ -6,8 +6,8 @@ use std::{io, path::PathBuf, process::ExitCode};
 use capprof::{
     capability::Cap,
     conditional::SysctlsChoice,
-    export::{self, Comparison, Format, Runtime},
-    fsutil,
+    export::{self, Comparison, ExportError, Format, Runtime},
+    fsutil, k8s_patch,
     profile::Profile,
 };
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -22,7 +22,11 @@ Examples:
   capprof export --against docker profile.json  what to drop and add
   capprof export --against crio -f json -       the comparison as JSON
   capprof export -f k8s --target-sysctls relaxed profile.json
-                                                nodes that lower the sysctls as Docker does";
+                                                nodes that lower the sysctls as Docker does
+  capprof export -f k8s-patch nginx.json sidecar.json | \
+    kubectl -n shop patch deployment web --type strategic --patch-file /dev/stdin
+  capprof export -f k8s-patch --out-dir patches/ profiles/*.json
+                                                one NAMESPACE.KIND.NAME.yaml per owner";
 
 /// Turn a profile into runtime settings that grant only the capabilities it
 /// used, or compare it with a runtime's defaults.
@@ -79,6 +83,17 @@ pub struct ExportArgs {
     #[arg(short, long, value_name = "FILE", env = "CAPPROF_EXPORT_OUT")]
     pub out: Option<PathBuf>,
 
+    /// With --format k8s-patch: write one patch per owning object into DIR
+    /// (created if missing), as NAMESPACE.KIND.NAME.yaml, instead of
+    /// refusing profiles of different owners.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CAPPROF_EXPORT_OUT_DIR",
+        conflicts_with = "out"
+    )]
+    pub out_dir: Option<PathBuf>,
+
     /// Refuse (exit 2) a profile whose recording began after the workload
     /// had started, instead of only warning: its start-up needs were not
     /// seen.
@@ -86,25 +101,25 @@ pub struct ExportArgs {
     pub require_complete: bool,
 
     /// The profile written by `capprof run` or `record` (`-` reads stdin).
-    #[arg(value_name = "PROFILE.json")]
-    pub profile: String,
+    /// --format k8s-patch takes several: the containers of one owner make
+    /// one patch.
+    #[arg(value_name = "PROFILE.json", required = true, num_args = 1..)]
+    pub profiles: Vec<String>,
 }
 
 pub fn main(args: ExportArgs) -> Result<ExitCode, Error> {
-    let profile = read_profile(&args.profile)?;
-    if let Some(partial) = &profile.observation.partial {
-        let what = profile.subject.name.as_deref().unwrap_or("the workload");
-        if args.require_complete {
-            return Err(Error::usage(format!(
-                "{}: {} (--require-complete)",
-                args.profile,
-                partial.warning(what)
-            )));
-        }
-        use std::io::Write as _;
-        let _ = writeln!(io::stderr(), "capprof: WARNING: {}", partial.warning(what));
+    if args.format == Some(Format::K8sPatch) && args.against.is_none() {
+        return k8s_patch(&args);
     }
-    warn_about(&profile);
+    if args.out_dir.is_some() {
+        return Err(Error::usage("--out-dir is for --format k8s-patch"));
+    }
+    let [path] = args.profiles.as_slice() else {
+        return Err(Error::usage(
+            "only --format k8s-patch takes several profiles (capprof merge combines them)",
+        ));
+    };
+    let profile = checked_profile(path, args.require_complete)?;
     let chosen = args.target_sysctls.map(SysctlsChoice::sysctls);
     let compare = |runtime: Runtime| {
         export::compare_under(&profile, runtime, chosen.unwrap_or(runtime.sysctls()))
@@ -144,12 +159,72 @@ pub fn main(args: ExportArgs) -> Result<ExitCode, Error> {
             )));
         }
     };
-    match args.out.as_deref() {
-        Some(path) if path.as_os_str() != "-" => fsutil::write_atomic(path, text.as_bytes())
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?,
-        _ => write_stdout(&text)?,
+    write_out(args.out.as_deref(), &text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--format k8s-patch`: one patch for the owner of every profile, or with
+/// --out-dir one file per owner.
+fn k8s_patch(args: &ExportArgs) -> Result<ExitCode, Error> {
+    let sysctls = args
+        .target_sysctls
+        .map(SysctlsChoice::sysctls)
+        .unwrap_or(Format::K8sPatch.sysctls());
+    let mut inputs = Vec::with_capacity(args.profiles.len());
+    for path in &args.profiles {
+        let profile = checked_profile(path, args.require_complete)?;
+        let name = if path == "-" { "<stdin>" } else { path };
+        inputs.push(k8s_patch::Input::new(name, profile, sysctls).map_err(ExportError::from)?);
+    }
+    let Some(dir) = &args.out_dir else {
+        let patch = k8s_patch::Patch::of(inputs).map_err(ExportError::from)?;
+        let text = k8s_patch::render(&patch).map_err(ExportError::from)?;
+        write_out(args.out.as_deref(), &text)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let patches = k8s_patch::Patch::group(inputs).map_err(ExportError::from)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::usage(format!("cannot create {}: {e}", dir.display())))?;
+    for patch in &patches {
+        let path = dir.join(patch.file_name());
+        let text = k8s_patch::render(patch).map_err(ExportError::from)?;
+        fsutil::write_atomic(&path, text.as_bytes())
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!(
+            "capprof: {} ({} container(s)): {}",
+            patch.target,
+            patch.inputs.len(),
+            path.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `path`, refusing a partial recording under --require-complete and
+/// warning about one, and about what else the allowlist may lack.
+fn checked_profile(path: &str, require_complete: bool) -> Result<Profile, Error> {
+    let profile = read_profile(path)?;
+    if let Some(partial) = &profile.observation.partial {
+        let what = profile.subject.name.as_deref().unwrap_or("the workload");
+        if require_complete {
+            return Err(Error::usage(format!(
+                "{path}: {} (--require-complete)",
+                partial.warning(what)
+            )));
+        }
+        use std::io::Write as _;
+        let _ = writeln!(io::stderr(), "capprof: WARNING: {}", partial.warning(what));
+    }
+    warn_about(&profile);
+    Ok(profile)
+}
+
+fn write_out(out: Option<&std::path::Path>, text: &str) -> Result<(), Error> {
+    match out {
+        Some(path) if path.as_os_str() != "-" => fsutil::write_atomic(path, text.as_bytes())
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display()))),
+        _ => write_stdout(text),
+    }
 }
 
 fn read_profile(path: &str) -> Result<Profile, Error> {
@@ -289,7 +364,7 @@ mod tests {
         assert_eq!(args.format, Some(Format::K8s));
         assert_eq!(args.against, Some(Runtime::Crio));
         assert_eq!(args.out.as_deref(), Some(std::path::Path::new("x.yaml")));
-        assert_eq!(args.profile, "-");
+        assert_eq!(args.profiles, ["-"]);
         assert!(parse(&["--format", "helm", "p.json"]).is_err());
         assert!(parse(&["--against", "lxd", "p.json"]).is_err());
         assert!(parse(&[]).is_err());
