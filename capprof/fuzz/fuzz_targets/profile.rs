@@ -13,10 +13,11 @@ use capprof::{
 };
 use libfuzzer_sys::fuzz_target;
 
-const FORMATS: [Format; 7] = [
+const FORMATS: [Format; 8] = [
     Format::Docker,
     Format::Compose,
     Format::K8s,
+    Format::K8sPatch,
     Format::Podman,
     Format::Oci,
     Format::Systemd,
