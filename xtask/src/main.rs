@@ -14,6 +14,7 @@ mod engine;
 mod fuzz;
 mod image;
 mod libtest;
+mod nonroot;
 mod setup;
 mod test;
 mod util;

@@ -91,8 +91,13 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let bench_ok = !whole || crate::bench::smoke()?;
     // Each fuzz target for a bounded time, from the repository's seeds.
     let fuzz_ok = !whole || crate::fuzz::fuzz(crate::fuzz::TARGETS, FUZZ_SECONDS)?;
+    // README's promise: a plain `cargo test` passes for a normal user.
+    let nonroot_ok = !whole || crate::nonroot::check(EXCLUDE)?;
     if !whole {
-        note("a filtered run: the benchmark smoke test and the fuzz targets were not run");
+        note(
+            "a filtered run: the benchmark smoke test, the fuzz targets and the \
+             normal-user check were not run",
+        );
     }
 
     let code = if !status.success() {
@@ -112,6 +117,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else if !fuzz_ok {
         step("error: a fuzz target failed (see its crash above)");
+        ExitCode::FAILURE
+    } else if !nonroot_ok {
+        step("error: a test fails for a normal user: mark it #[ignore = \"needs root\"]");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
