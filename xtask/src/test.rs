@@ -61,6 +61,10 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // benchmark's smoke test below needs anyway).
     crate::capprof_image::ensure_capprof_image(&engine)?;
 
+    // Each bad-input case the tests check (one line, its exit status) is
+    // logged here by their shared assertion, and counted below.
+    let bad_input_log = crate::util::target_dir().join("bad-input-cases.tsv");
+    let _ = std::fs::remove_file(&bad_input_log);
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(EXCLUDE)
@@ -68,7 +72,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
         .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
-        .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE);
+        .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE)
+        .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log);
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }
@@ -83,6 +88,13 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // Stop the private engine before the summary, so the summary stays last.
     engine.stop();
     let (status, counts) = outcome?;
+    if let Ok(log) = std::fs::read_to_string(&bad_input_log) {
+        note(format_args!(
+            "{} bad-input cases checked for one line and their exit status ({})",
+            log.lines().count(),
+            bad_input_log.display()
+        ));
+    }
     // A filtered run (`cargo xtask test -p capprof --test proof`) is for
     // one layer: the whole-suite checks below are left to the full run.
     let whole = args.cargo_args.is_empty();

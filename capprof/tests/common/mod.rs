@@ -125,6 +125,24 @@ pub fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
         "{stderr}"
     );
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    count_bad_input_case(code, &stderr);
+}
+
+/// Appends the case to `$CAPPROF_BAD_INPUT_LOG` (set by `cargo xtask
+/// test`, which reports how many bad-input cases the suite checked).
+fn count_bad_input_case(code: i32, stderr: &str) {
+    use std::io::Write as _;
+    let Some(log) = std::env::var_os("CAPPROF_BAD_INPUT_LOG") else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(file, "{test}\t{code}\t{}", stderr.trim());
+    }
 }
 
 /// Echoes a child's stderr to ours, each line marked `[tag]`, and hands
