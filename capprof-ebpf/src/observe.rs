@@ -58,9 +58,12 @@ use capprof_common::{
     event::{CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EvidenceEvent},
 };
 
-use crate::maps::{
-    CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, TASKS, WATCH_ROOTS, bump,
-    generation,
+use crate::{
+    maps::{
+        CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, TASKS, WATCH_ROOTS, bump,
+        generation,
+    },
+    process::send_exec,
 };
 
 /// capprof's own tgid, set at load time: its own checks are never profiled.
@@ -271,6 +274,8 @@ fn send_evidence(
         // record is (or will be) sent by someone else.
         return;
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    send_exec(tgid);
     let Some(mut entry) = EVENTS.reserve::<EvidenceEvent>(0) else {
         bump(stat::RINGBUF_LOST);
         // Forget the sighting so that the next such check tries again.
@@ -284,7 +289,7 @@ fn send_evidence(
         cgroup_id,
         // SAFETY: helper with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,

@@ -58,6 +58,7 @@ use capprof_common::{
 use crate::{
     maps::{CONFIG, EVENTS, HOT, OPS_SEEN, SOCKETS_PENDING, bump, generation},
     observe::{CAPPROF_TGID, cgroup_mode, task_phase},
+    process::send_exec,
 };
 
 /// Argument `i` of a syscall tracepoint: the record holds the syscall
@@ -192,6 +193,7 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
     if !first_sighting(&key) {
         return;
     }
+    send_exec(tgid);
     let Some(mut entry) = EVENTS.reserve::<ConditionalEvent>(0) else {
         bump(stat::RINGBUF_LOST);
         let _ = OPS_SEEN.remove(key);
@@ -419,6 +421,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
     if !first_sighting(&key) {
         return None;
     }
+    send_exec(tgid);
     let Some(mut entry) = EVENTS.reserve::<CapsetEvent>(0) else {
         bump(stat::RINGBUF_LOST);
         let _ = OPS_SEEN.remove(key);
