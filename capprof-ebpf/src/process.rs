@@ -11,11 +11,9 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -26,14 +24,14 @@ use capprof_common::{
 };
 
 use crate::{
+    helpers,
     maps::{CONFIG, EVENTS, GENERATION, TASK_EXECS, TASKS, bump, generation},
     observe::{cgroup_mode, task_phase},
 };
 
 #[inline(always)]
 fn in_containers() -> (bool, u64) {
-    // SAFETY: helper with no arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = helpers::cgroup_id();
     (
         cgroup_mode(cgroup_id, generation(generations::WATCH)) == watch::CONTAINERS,
         cgroup_id,
@@ -64,8 +62,7 @@ fn bump_tasks_generation() {
 /// one: `send_exec` sends it just before the first such record.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: helper with no arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = helpers::cgroup_id();
     let mode = cgroup_mode(cgroup_id, generation(generations::WATCH));
     if mode == watch::UNWATCHED {
         return 0;
@@ -81,8 +78,7 @@ pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
         event: EVENT_EXEC,
         tgid,
         cgroup_id,
-        // SAFETY: helper with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: helpers::boot_ns(),
         comm,
         phase_before: before,
         phase_after: after,
@@ -92,10 +88,9 @@ pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
     if let Some(config) = CONFIG.get(0) {
         let offset = config.binprm_filename_offset;
         if offset != u32::MAX {
-            // SAFETY: reading the tracepoint's third argument; the kernel
-            // memory behind it is read through checked helpers only.
+            let bprm: u64 = ctx.arg(2);
+            // SAFETY: kernel memory is read through checked helpers only.
             unsafe {
-                let bprm: u64 = *(ctx.as_ptr() as *const u64).add(2);
                 let at = (bprm + (offset as u64 & 0xffff)) as *const *const u8;
                 if let Ok(filename) = bpf_probe_read_kernel(at) {
                     let _ = bpf_probe_read_kernel_str_bytes(filename, &mut event.filename);
@@ -174,8 +169,7 @@ pub fn capprof_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: reading the tracepoint's second argument.
-    let child: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(1) };
+    let child: u64 = ctx.arg(1);
     let addr = child + (config.task_tgid_offset as u64 & 0xffff);
     // SAFETY: checked kernel read.
     let Ok(child_tgid) = (unsafe { bpf_probe_read_kernel(addr as *const i32) }) else {
