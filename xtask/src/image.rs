@@ -110,7 +110,7 @@ pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
 /// the shared libraries `ldd` names at their own paths. Plain copies: file
 /// capabilities (ping's cap_net_raw) stay behind, so the image's root
 /// runs it with the container's capabilities only.
-fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) -> Result<()> {
+pub(crate) fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) -> Result<()> {
     if !program.exists() {
         bail!(
             "{} is missing (cargo xtask setup installs libcap2-bin and iputils-ping)",
@@ -139,7 +139,7 @@ fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) -> Result<()>
 }
 
 /// Lays out a busybox rootfs: the binary, its applet links, users and /tmp.
-fn build_rootfs(root: &Path) -> Result<()> {
+pub(crate) fn build_rootfs(root: &Path) -> Result<()> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("removing stale {}", root.display()))?;
     }
@@ -224,7 +224,7 @@ fn make_dir(dir: &Path, mode: u32, owner: Option<u32>) -> Result<()> {
 }
 
 /// `tar -C ROOTFS -c . | docker import - NAME`.
-fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
+pub(crate) fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
     let mut tar = Command::new("tar");
     tar.arg("-C")
         .arg(rootfs)
@@ -259,7 +259,7 @@ fn import(engine: &Engine, rootfs: &Path, name: &str) -> Result<()> {
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
