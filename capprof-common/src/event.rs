@@ -10,7 +10,9 @@ pub const EVENT_EVIDENCE: u32 = 1;
 /// First check seen from a cgroup inside a watched subtree.
 pub const EVENT_CGROUP: u32 = 2;
 /// A process in a watched cgroup exec'd (and, in container cgroups, maybe
-/// moved from runtime setup to workload).
+/// moved from runtime setup to workload). Sent lazily: just before the
+/// first record that names the process after that exec, so an exec that is
+/// never named sends nothing.
 pub const EVENT_EXEC: u32 = 3;
 
 #[repr(C)]

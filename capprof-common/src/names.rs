@@ -19,6 +19,7 @@ pub const STATS: &str = "STATS";
 pub const INFLIGHT: &str = "INFLIGHT";
 pub const CALIB: &str = "CALIB";
 pub const TASKS: &str = "TASKS";
+pub const TASK_EXECS: &str = "TASK_EXECS";
 pub const HOT: &str = "HOT";
 pub const GENERATION: &str = "GENERATION";
 /// Dedup of the syscall hooks' records (`OperationKey`, LRU).
@@ -85,6 +86,7 @@ pub const ALL_MAPS: &[&str] = &[
     INFLIGHT,
     CALIB,
     TASKS,
+    TASK_EXECS,
     HOT,
     GENERATION,
     OPS_SEEN,

@@ -17,11 +17,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_jiffies64,
-            bpf_ktime_get_boot_ns, bpf_task_pt_regs,
-        },
+        bpf_probe_read_kernel, generated::bpf_task_pt_regs,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -34,7 +30,10 @@ use capprof_common::{
     event::{EVENT_EVIDENCE, EvidenceEvent},
 };
 
-use crate::maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, bump, generation};
+use crate::{
+    helpers,
+    maps::{CGROUPS, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, bump, generation},
+};
 
 /// The per-event streaming design, as BCC's `capable` does it: one ring
 /// buffer record per check, from every cgroup, with nothing aggregated in
@@ -59,10 +58,8 @@ fn stream(cap: u32, ret: i32) {
     entry.write(EvidenceEvent {
         event: EVENT_EVIDENCE,
         cap,
-        // SAFETY: helpers with no arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        // SAFETY: as above.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id: helpers::cgroup_id(),
+        ts_ns: helpers::boot_ns(),
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
@@ -117,8 +114,7 @@ const LADDER_ORIG_AX: u64 = 15 * 8;
 #[inline(always)]
 fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     // 1. The unwatched path.
-    // SAFETY: helper with no arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = helpers::cgroup_id();
     let Some(hot) = HOT.get_ptr_mut(0) else {
         return;
     };
@@ -145,8 +141,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     if (bpf_get_current_pid_tgid() >> 32) as u32 == 0 {
         return;
     }
-    // SAFETY: helper with no arguments.
-    let jiffies = unsafe { bpf_jiffies64() };
+    let jiffies = helpers::jiffies();
     let verdict = if ret == 0 {
         VERDICT_GRANTED
     } else {
@@ -167,13 +162,12 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
             if (*stats).last_jiffies != jiffies {
                 (*stats).last_jiffies = jiffies;
-                (*stats).last_ns = bpf_ktime_get_boot_ns();
+                (*stats).last_ns = helpers::boot_ns();
             }
             before
         },
         None => {
-            // SAFETY: helper with no arguments.
-            let now = unsafe { bpf_ktime_get_boot_ns() };
+            let now = helpers::boot_ns();
             let fresh = CheckStats {
                 count: 1,
                 first_ns: now,
@@ -215,7 +209,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     // 4. Evidence dedup.
     // SAFETY: helpers returning kernel pointers; the read is checked.
     let syscall = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        let regs = bpf_task_pt_regs(helpers::task_btf() as *mut _) as u64;
         match bpf_probe_read_kernel((regs + LADDER_ORIG_AX) as *const i64) {
             Ok(nr) if regs != 0 && nr >= 0 => nr as u32,
             _ => SYSCALL_UNKNOWN,

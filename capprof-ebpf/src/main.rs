@@ -13,6 +13,7 @@
 mod bench;
 mod calibrate;
 mod fexit;
+mod helpers;
 mod kprobe;
 mod lsm;
 mod maps;

@@ -7,6 +7,7 @@ use aya_ebpf::{
 use capprof_common::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
+    event::ExecEvent,
     syscalls::{OperationKey, PendingSocket},
 };
 
@@ -62,6 +63,14 @@ pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0
 /// missed exit cannot fill it.
 #[map]
 pub static TASKS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// The last exec of each process in a watched cgroup (tgid -> the record),
+/// until it is sent, just before the first record that names the process
+/// (`process::send_exec`), or the process exits. LRU, so that a missed exit
+/// cannot fill it; an evicted exec leaves userspace naming the program from
+/// /proc, as for a process that never exec'd in the cgroup.
+#[map]
+pub static TASK_EXECS: LruHashMap<u32, ExecEvent> = LruHashMap::with_max_entries(16384, 0);
 
 /// The hot path's per-CPU memory of the previous check (see `HotCache`).
 /// Private to each load: it caches decisions made with this load's `CONFIG`.

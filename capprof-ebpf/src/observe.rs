@@ -42,10 +42,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_task_pt_regs,
-        },
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_task_pt_regs},
     },
 };
 use capprof_common::{
@@ -58,9 +55,13 @@ use capprof_common::{
     event::{CgroupEvent, EVENT_CGROUP, EVENT_EVIDENCE, EvidenceEvent},
 };
 
-use crate::maps::{
-    CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, TASKS, WATCH_ROOTS, bump,
-    generation,
+use crate::{
+    helpers,
+    maps::{
+        CGROUPS, CONFIG, COUNTS, EVENTS, EVIDENCE_SEEN, HOT, SITES, TASKS, WATCH_ROOTS, bump,
+        generation,
+    },
+    process::send_exec,
 };
 
 /// capprof's own tgid, set at load time: its own checks are never profiled.
@@ -96,8 +97,7 @@ pub struct Creds {
 /// has it (fexit, kprobe), None on the tracepoint.
 #[inline(always)]
 pub fn observe(cap: u32, ret: i32, opts: Option<u32>, call_site: CallSite, creds: Creds) {
-    // SAFETY: helper with no arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = helpers::cgroup_id();
     let Some(hot) = HOT.get_ptr_mut(0) else {
         return;
     };
@@ -193,8 +193,7 @@ fn observe_watched(
         phase,
         userns,
     };
-    // SAFETY: helper with no arguments.
-    let jiffies = unsafe { bpf_jiffies64() };
+    let jiffies = helpers::jiffies();
     let slot = pending_slot(&key);
     if hot.pend_key[slot] == key && hot.pend_jiffies[slot] == jiffies {
         hot.pend_count[slot] += 1;
@@ -271,6 +270,8 @@ fn send_evidence(
         // record is (or will be) sent by someone else.
         return;
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    send_exec(tgid);
     let Some(mut entry) = EVENTS.reserve::<EvidenceEvent>(0) else {
         bump(stat::RINGBUF_LOST);
         // Forget the sighting so that the next such check tries again.
@@ -282,9 +283,8 @@ fn send_evidence(
         event: EVENT_EVIDENCE,
         cap,
         cgroup_id,
-        // SAFETY: helper with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        tgid: (pid_tgid >> 32) as u32,
+        ts_ns: helpers::boot_ns(),
+        tgid,
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
@@ -318,8 +318,7 @@ fn cred_relation(o: &CredOffsets, creds: Creds) -> (bool, u8) {
     if creds.cred == 0 || o.task_real_cred == u32::MAX {
         return (false, userns::OWN);
     }
-    // SAFETY: helper with no arguments.
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let task = helpers::task_btf();
     let real_cred = read_u64(task, o.task_real_cred);
     let borrowed = real_cred != 0 && real_cred != creds.cred;
     (borrowed, target_userns(o, creds))
@@ -468,7 +467,7 @@ fn announce_cgroup(cgroup_id: u64) {
         (*event).event = EVENT_CGROUP;
         (*event).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         (*event).cgroup_id = cgroup_id;
-        (*event).ts_ns = bpf_ktime_get_boot_ns();
+        (*event).ts_ns = helpers::boot_ns();
         (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*event).name[0] = 0;
         (*event).parent[0] = 0;
@@ -497,8 +496,7 @@ unsafe fn read_cgroup_names(o: &CgroupNameOffsets, name: &mut [u8], parent: &mut
         // SAFETY: checked kernel read.
         unsafe { bpf_probe_read_kernel((base + (off as u64 & 0xffff)) as *const u64) }.unwrap_or(0)
     };
-    // SAFETY: helper with no arguments.
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let task = helpers::task_btf();
     let css_set = field(task, o.task_cgroups);
     let cgroup = field(css_set, o.css_set_dfl_cgrp);
     let kn = field(cgroup, o.cgroup_kn);
@@ -542,8 +540,7 @@ fn count(key: &CheckKey, jiffies: u64) -> u64 {
     if let Some(stats) = COUNTS.get_ptr_mut(key) {
         return add(stats, jiffies);
     }
-    // SAFETY: helper with no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = helpers::boot_ns();
     let fresh = CheckStats {
         count: 1,
         first_ns: now,
@@ -576,7 +573,7 @@ fn add(stats: *mut CheckStats, jiffies: u64) -> u64 {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).count, 1);
         if (*stats).last_jiffies != jiffies {
             (*stats).last_jiffies = jiffies;
-            (*stats).last_ns = bpf_ktime_get_boot_ns();
+            (*stats).last_ns = helpers::boot_ns();
         }
         before
     }
@@ -698,10 +695,10 @@ fn current_syscall(config: &Config) -> u32 {
     if offset == u32::MAX {
         return SYSCALL_UNKNOWN;
     }
-    // SAFETY: helpers that take/return kernel pointers; the read is checked.
+    // SAFETY: a helper that takes the current task's BTF pointer and
+    // returns a kernel pointer; the read is checked.
     unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as u64;
+        let regs = bpf_task_pt_regs(helpers::task_btf() as *mut _) as u64;
         if regs == 0 {
             return SYSCALL_UNKNOWN;
         }

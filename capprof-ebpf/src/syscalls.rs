@@ -39,7 +39,6 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -56,8 +55,10 @@ use capprof_common::{
 };
 
 use crate::{
+    helpers,
     maps::{CONFIG, EVENTS, HOT, OPS_SEEN, SOCKETS_PENDING, bump, generation},
     observe::{CAPPROF_TGID, cgroup_mode, task_phase},
+    process::send_exec,
 };
 
 /// Argument `i` of a syscall tracepoint: the record holds the syscall
@@ -73,8 +74,7 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 /// workload: runtime setup and capprof itself are left out.
 #[inline(always)]
 fn watched_workload() -> Option<(u64, u32)> {
-    // SAFETY: helper with no arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = helpers::cgroup_id();
     let watch_gen = generation(generations::WATCH);
     // The `cap_capable` program's per-CPU memory of the last cgroup it
     // decided, read only: most calls come from a cgroup that just made a
@@ -120,15 +120,10 @@ fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
-fn current_task() -> u64 {
-    // SAFETY: helper with no arguments.
-    unsafe { bpf_get_current_task() }
-}
-
 /// The calling task's `struct netns_ipv4`, 0 when unknown.
 #[inline(always)]
 fn current_ipv4(o: &SyscallOffsets) -> u64 {
-    let net = pointer(pointer(current_task(), o.task_nsproxy), o.nsproxy_net_ns);
+    let net = pointer(pointer(helpers::task(), o.task_nsproxy), o.nsproxy_net_ns);
     if net == 0 || o.net_ipv4 == u32::MAX {
         return 0;
     }
@@ -138,7 +133,7 @@ fn current_ipv4(o: &SyscallOffsets) -> u64 {
 /// The calling task's effective gid, u32::MAX when unknown.
 #[inline(always)]
 fn current_egid(o: &SyscallOffsets) -> u32 {
-    read_kernel(pointer(current_task(), o.task_cred), o.cred_egid).unwrap_or(u32::MAX)
+    read_kernel(pointer(helpers::task(), o.task_cred), o.cred_egid).unwrap_or(u32::MAX)
 }
 
 /// The type and protocol of the socket behind `fd`:
@@ -146,7 +141,7 @@ fn current_egid(o: &SyscallOffsets) -> u32 {
 /// (0, u16::MAX) when unknown.
 #[inline(always)]
 fn socket_of(fd: u64, o: &SyscallOffsets) -> (u16, u16) {
-    let fdt = pointer(pointer(current_task(), o.task_files), o.files_fdt);
+    let fdt = pointer(pointer(helpers::task(), o.task_files), o.files_fdt);
     let max_fds: u32 = read_kernel(fdt, o.fdt_max_fds).unwrap_or(0);
     if fd >= max_fds as u64 {
         return (0, u16::MAX);
@@ -192,6 +187,7 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
     if !first_sighting(&key) {
         return;
     }
+    send_exec(tgid);
     let Some(mut entry) = EVENTS.reserve::<ConditionalEvent>(0) else {
         bump(stat::RINGBUF_LOST);
         let _ = OPS_SEEN.remove(key);
@@ -201,8 +197,7 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
         event: EVENT_CONDITIONAL,
         operation: c.operation,
         cgroup_id,
-        // SAFETY: helper with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: helpers::boot_ns(),
         tgid,
         uid: bpf_get_current_uid_gid() as u32,
         egid,
@@ -391,7 +386,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
     let join = |i: usize| (low[i] as u64 | (high[i] as u64) << 32) & valid;
     let (new_effective, new_permitted, new_inheritable) = (join(0), join(1), join(2));
     let o = &CONFIG.get(0)?.syscalls;
-    let cred = pointer(current_task(), o.task_cred);
+    let cred = pointer(helpers::task(), o.task_cred);
     // Unknown old sets count as changed: this can only keep too much.
     let call = CapsetCall {
         old_permitted: read_kernel(cred, o.cred_cap_permitted).unwrap_or(u64::MAX),
@@ -419,6 +414,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
     if !first_sighting(&key) {
         return None;
     }
+    send_exec(tgid);
     let Some(mut entry) = EVENTS.reserve::<CapsetEvent>(0) else {
         bump(stat::RINGBUF_LOST);
         let _ = OPS_SEEN.remove(key);
@@ -428,8 +424,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
         event: EVENT_CAPSET,
         tgid,
         cgroup_id,
-        // SAFETY: helper with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: helpers::boot_ns(),
         uid: bpf_get_current_uid_gid() as u32,
         phase: phase::WORKLOAD,
         _pad: [0; 3],

@@ -223,6 +223,11 @@ impl Drop for PrivateDockerd {
                 }
             }
         }
+        // dockerd leaves its default network namespace mounted here.
+        let _ = Command::new("umount")
+            .arg(self.dir.join("exec/netns/default"))
+            .stderr(Stdio::null())
+            .status();
         if let Err(err) = fs::remove_dir_all(&self.dir) {
             note(format_args!(
                 "could not remove {}: {err}",

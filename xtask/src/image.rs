@@ -148,7 +148,7 @@ pub(crate) fn copy_with_libraries(root: &Path, program: &Path, inside: &Path) ->
 }
 
 /// Lays out a busybox rootfs: the binary, its applet links, users and /tmp.
-fn build_rootfs(root: &Path) -> Result<()> {
+pub(crate) fn build_rootfs(root: &Path) -> Result<()> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("removing stale {}", root.display()))?;
     }

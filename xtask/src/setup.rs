@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     // capsh and iputils ping, copied into the tools test image.
     "libcap2-bin",
     "iputils-ping",
+    // The workload bench: nginx, copied into its image, and the load
+    // generator run against it.
+    "nginx-light",
+    "wrk",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.

@@ -29,6 +29,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::EVENTS,
     names::STATS,
     names::TASKS,
+    names::TASK_EXECS,
     names::GENERATION,
 ];
 

@@ -16,8 +16,10 @@
 //!   pair they exercised must be in the drained counts. Then an overflow
 //!   phase fills the ring buffer: every record must be read or counted lost.
 //! - `startup`: wall time of `capprof run -- true`, and `Observer::load_time()`.
+//! - `churn`: mmap/munmap in a loop, for the workload bench's containers.
 
 mod bpftrace;
+mod churn;
 mod measure;
 mod progs;
 mod reader;
@@ -30,7 +32,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{measure::MeasureArgs, startup::StartupArgs, storm::StormArgs, worker::WorkerArgs};
+use crate::{
+    churn::ChurnArgs, measure::MeasureArgs, startup::StartupArgs, storm::StormArgs,
+    worker::WorkerArgs,
+};
 
 /// Measures capprof's cost per capability check (run as root).
 #[derive(Debug, Parser)]
@@ -48,6 +53,8 @@ enum Cmd {
     Storm(StormArgs),
     /// Time `capprof run -- true` and `Observer::load`.
     Startup(StartupArgs),
+    /// mmap/munmap churn for the workload bench, run inside a container.
+    Churn(ChurnArgs),
     /// Internal: one workload loop in a worker process.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Measure(args) => measure::measure(&args),
         Cmd::Storm(args) => storm::storm(&args),
         Cmd::Startup(args) => startup::startup(&args),
+        Cmd::Churn(args) => churn::churn(&args),
         Cmd::Worker(args) => worker::worker(&args),
     };
     match result {

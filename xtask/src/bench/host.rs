@@ -21,6 +21,16 @@ pub fn read_sysctl() -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// Sets `kernel.bpf_stats_enabled` (the workload bench's hook pass; the
+/// caller restores the value it read).
+pub fn set_sysctl(value: &str) {
+    if let Err(err) = fs::write(BPF_STATS_SYSCTL, value) {
+        note(format_args!(
+            "could not set kernel.bpf_stats_enabled: {err}"
+        ));
+    }
+}
+
 /// Leaves the machine as it was: bpf_stats as before, and no benchmark
 /// cgroup of a capprof-bench that is gone. (capprof-bench enables bpf_stats
 /// through BPF_ENABLE_STATS, which the kernel undoes when it exits, and its
@@ -74,7 +84,7 @@ fn remove_tree(dir: &Path) {
     }
 }
 
-fn cgroup2_mount() -> Option<PathBuf> {
+pub fn cgroup2_mount() -> Option<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;

@@ -146,7 +146,7 @@ impl Verdict {
 pub fn render_targets(out: &mut String, verdicts: &[Verdict], quick: bool) {
     let _ = writeln!(
         out,
-        "\n### Targets (judged on `{TARGET_WORKLOAD}`){}\n",
+        "\n### Targets (per check: judged on `{TARGET_WORKLOAD}`){}\n",
         if quick {
             "; --quick enforces only the storm's no-loss result"
         } else {
