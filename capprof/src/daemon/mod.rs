@@ -241,6 +241,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         max_containers: config.max_containers,
         counters: Counters::default(),
         written: HashMap::new(),
+        flushed: HashMap::new(),
         health: Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -314,6 +315,9 @@ struct Aggregator {
     /// A fingerprint of what was last written per container, to skip
     /// unchanged ones.
     written: HashMap<String, String>,
+    /// What each container's profile was built from at the last flush
+    /// (`Recorder::digest`): an idle container is not rebuilt every flush.
+    flushed: HashMap<String, u64>,
     /// What `GET /health` says, less the live fields.
     health: Health,
     started: Instant,
@@ -339,11 +343,13 @@ impl Aggregator {
         self.persist_with(id, &counts);
     }
 
-    fn persist_with(&mut self, id: &str, counts: &[Count]) {
+    /// Writes the container's state if it changed; whether the state on
+    /// disk is now current.
+    fn persist_with(&mut self, id: &str, counts: &[Count]) -> bool {
         let recorder = self.session.recorder();
         let current = recorder.snapshot(id, self.session.observer(), counts);
         let Some(p) = recorder.persisted(id, current) else {
-            return;
+            return false;
         };
         // Skip unchanged containers (the end time always moves; compare the rest).
         let fingerprint = serde_json::to_string(&(
@@ -354,15 +360,19 @@ impl Aggregator {
         ))
         .unwrap_or_default();
         if self.written.get(id) == Some(&fingerprint) {
-            return;
+            return true;
         }
         match self.state.write(&p) {
             Ok(()) => {
                 self.on_disk.insert(p.id.clone(), p.name.clone());
                 self.counters.profiles_written += 1;
                 self.written.insert(id.to_owned(), fingerprint);
+                true
             }
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => {
+                tracing::warn!("{e}");
+                false
+            }
         }
     }
 
@@ -375,7 +385,16 @@ impl Aggregator {
             .map(|r| r.id.clone())
             .collect();
         for id in &ids {
-            self.persist_with(id, &counts);
+            let digest = self.session.recorder().digest(id, &counts);
+            if digest.is_some() && self.flushed.get(id) == digest.as_ref() {
+                continue;
+            }
+            // A failed write is tried again at the next flush.
+            if self.persist_with(id, &counts)
+                && let Some(digest) = digest
+            {
+                self.flushed.insert(id.clone(), digest);
+            }
         }
         self.log_shadow(&ids, &counts);
     }
@@ -439,6 +458,8 @@ impl Aggregator {
         for id in exited.into_iter().take(excess) {
             let ids = recorder.evict(&id);
             let _ = observer.unwatch(0, &ids);
+            self.written.remove(&id);
+            self.flushed.remove(&id);
             self.counters.evictions += 1;
         }
     }

@@ -119,7 +119,7 @@ impl Phase {
 
 /// One kernel counter: the checks of one cgroup for one capability, verdict,
 /// kind and phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Count {
     pub cgroup_id: u64,
     pub cap: Cap,

@@ -294,6 +294,26 @@ impl Recorder {
         Some(onto(rec.profile.clone(), fresh))
     }
 
+    /// A digest of everything `snapshot` builds a container's profile from:
+    /// its live counts (in any order), the records received, its name and
+    /// whether it exited. While it stays the same, so does the profile, and
+    /// the daemon's flush skips the container.
+    pub fn digest(&self, id: &str, counts: &[Count]) -> Option<u64> {
+        let rec = self.containers.get(id)?;
+        let live = counts
+            .iter()
+            .filter(|c| rec.cgroup_ids.contains(&c.cgroup_id));
+        Some(digest_of(
+            live,
+            (
+                rec.received.len(),
+                &rec.info.name,
+                rec.exited,
+                rec.profile.is_some(),
+            ),
+        ))
+    }
+
     /// What to write to disk for a container.
     pub fn persisted(&self, id: &str, current: Option<Profile>) -> Option<PersistedContainer> {
         let rec = self.containers.get(id)?;
@@ -454,6 +474,19 @@ fn find_dir(dir: &Path, name: &str, depth: u32) -> Option<PathBuf> {
     None
 }
 
+/// The counts, in any order, and `rest`, hashed with fixed keys: digests
+/// of two flushes must compare.
+fn digest_of<'a>(counts: impl Iterator<Item = &'a Count>, rest: impl std::hash::Hash) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher as _};
+    fn hash_of(value: impl Hash) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        value.hash(&mut hasher);
+        hasher.finish()
+    }
+    let live = counts.fold(0u64, |sum, c| sum.wrapping_add(hash_of(c)));
+    hash_of((live, rest))
+}
+
 fn subject(rec: &ContainerRecord, keep_env: bool) -> Subject {
     Subject {
         kind: "container".into(),
@@ -561,5 +594,43 @@ pub fn profile_path(dir: &Path, rec: &ContainerRecord) -> PathBuf {
         dir.join(format!("{stem}-{}.json", short_id(&rec.id)))
     } else {
         path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::observer::{Kind, Phase, UserNs, Verdict};
+
+    fn count(cap: &str, n: u64) -> Count {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + n);
+        Count {
+            cgroup_id: 7,
+            cap: cap.parse().unwrap(),
+            verdict: Verdict::Granted,
+            kind: Kind::Audit,
+            phase: Phase::Workload,
+            user_ns: UserNs::Own,
+            count: n,
+            first_seen: t,
+            last_seen: t,
+        }
+    }
+
+    #[test]
+    fn a_digest_ignores_order_and_sees_every_change() {
+        let a = [count("CHOWN", 3), count("KILL", 1)];
+        let b = [count("KILL", 1), count("CHOWN", 3)];
+        let digest = |counts: &[Count], received: usize| digest_of(counts.iter(), received);
+        assert_eq!(digest(&a, 2), digest(&b, 2), "the kernel map's order");
+        assert_eq!(digest(&a, 2), digest(&a, 2), "fixed keys");
+        assert_ne!(
+            digest(&a, 2),
+            digest(&[count("CHOWN", 4), count("KILL", 1)], 2)
+        );
+        assert_ne!(digest(&a, 2), digest(&a[..1], 2));
+        assert_ne!(digest(&a, 2), digest(&a, 3), "a new evidence record");
     }
 }
