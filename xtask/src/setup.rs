@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     // capsh and iputils ping, copied into the tools test image.
     "libcap2-bin",
     "iputils-ping",
+    // protoc, which k8s-cri's build compiles the CRI protobuf with.
+    "protobuf-compiler",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.

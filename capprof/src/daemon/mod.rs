@@ -34,10 +34,9 @@ use tokio::{
 
 use crate::{
     cgroup,
-    engine::{self, Engine},
     observer::{Backend, Count, LoadOptions, Observer, ObserverError},
     profile::Profile,
-    recorder::{Finalized, Recorder, Session, watch_container_roots},
+    recorder::{Finalized, Recorder, Session, SourceError, connect_source, watch_container_roots},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +71,8 @@ pub enum DaemonError {
     Reader(#[from] crate::observer::reader::ReaderError),
     #[error(transparent)]
     Shadow(#[from] shadow::ShadowError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 impl DaemonError {
@@ -83,7 +84,8 @@ impl DaemonError {
             | DaemonError::MetricsAddr(_)
             | DaemonError::MetricsBind { .. }
             | DaemonError::Reset { .. }
-            | DaemonError::Shadow(_) => true,
+            | DaemonError::Shadow(_)
+            | DaemonError::Source(_) => true,
             DaemonError::State(_)
             | DaemonError::Privileges(_)
             | DaemonError::Signal(_)
@@ -115,12 +117,10 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let mount = cgroup::cgroup2_mount()?;
     let state = StateDir::open(&config.state_dir)?;
     let candidates = Candidates::load(&config.shadow)?;
-    let endpoint = config
-        .engine
-        .clone()
-        .unwrap_or_else(engine::endpoint_from_env);
-    let engine = match Engine::connect(&endpoint).await {
-        Ok(engine) => Some(engine),
+    let source = match connect_source(config.engine.as_deref(), config.cri.as_deref()).await {
+        Ok(source) => Some(source),
+        // A CRI socket named on purpose must answer.
+        Err(e @ SourceError::Cri(_)) => return Err(e.into()),
         Err(e) => {
             tracing::warn!("{e}; containers are profiled by cgroup, unnamed");
             None
@@ -141,8 +141,8 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         dir: (!observer.reused_pins()).then(|| crate::observer::pin::pin_dir(&config.bpffs)),
     };
 
-    let parents = match &engine {
-        Some(engine) => engine.cgroup_parents(),
+    let parents = match &source {
+        Some(source) => source.cgroup_parents(&mount),
         None => vec!["/docker", "/libpod_parent"],
     };
     let watched = watch_container_roots(&mut observer, &mount, &parents, &config.cgroup_roots)?;
@@ -199,7 +199,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
 
     let backend = observer.backend();
     let classification = observer.classification().to_string();
-    let session = Session::start(observer, recorder, engine, TICK).await?;
+    let session = Session::start_with(observer, recorder, source, TICK).await?;
     pins.dir = None;
 
     eprintln!(
