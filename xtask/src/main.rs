@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod containerd;
 mod demo;
 mod engine;
 mod image;

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use crate::{
+    containerd::Containerd,
     engine::Engine,
     image::{self, TEST_IMAGE, TOOLS_IMAGE},
     libtest::Counts,
@@ -54,6 +55,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let engine = Engine::ensure()?;
     image::ensure_test_image(&engine)?;
     image::ensure_tools_image(&engine)?;
+    // A private containerd for the CRI tests (tests/cri.rs).
+    let containerd = Containerd::start(&engine)?;
 
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--no-fail-fast"])
@@ -61,7 +64,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .args(&args.cargo_args)
         .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
-        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE);
+        .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
+        .env("CAPPROF_TEST_CRI", containerd.endpoint());
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }
@@ -73,7 +77,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     ));
     let outcome = run_and_count(&mut cmd);
-    // Stop the private engine before the summary, so the summary stays last.
+    // Stop the private engines before the summary, so the summary stays last.
+    drop(containerd);
     engine.stop();
     let (status, counts) = outcome?;
     // The benchmark's smoke test: it fails only on the storm's no-loss

@@ -449,6 +449,27 @@ impl Aggregator {
         })
     }
 
+    /// The current profile of every pod's container (sandboxes left out),
+    /// in memory or evicted to disk.
+    fn pod_profiles(&self) -> Vec<Profile> {
+        let (recorder, observer) = (self.session.recorder(), self.session.observer());
+        let counts = observer.read_counts().unwrap_or_default();
+        let mut profiles: Vec<Profile> = recorder
+            .records()
+            .filter(|r| r.info.k8s.is_some() && !r.info.sandbox)
+            .filter_map(|r| recorder.snapshot(&r.id, observer, &counts))
+            .collect();
+        for id in self.state.ids() {
+            if recorder.get(&id).is_some() {
+                continue;
+            }
+            if let Some(p) = self.state.read(&id).filter(|p| p.k8s.is_some() && !p.sandbox) {
+                profiles.extend(p.current);
+            }
+        }
+        profiles
+    }
+
     fn answer(&self, q: Query) {
         let (recorder, observer) = (self.session.recorder(), self.session.observer());
         match q {
@@ -546,6 +567,14 @@ impl Aggregator {
                     }
                 }
                 let _ = reply.send(merged.ok_or(Lookup::NotFound));
+            }
+            Query::Workload { key, reply } => {
+                let profiles = self.pod_profiles();
+                let _ = reply.send(crate::cri::workload::workload_profile(&key, &profiles));
+            }
+            Query::Workloads { reply } => {
+                let keys = crate::cri::workload::workloads(&self.pod_profiles());
+                let _ = reply.send(keys.iter().map(ToString::to_string).collect());
             }
             Query::Metrics { reply } => {
                 let counts = observer.read_counts().unwrap_or_default();

@@ -9,6 +9,9 @@
 //! | `GET /v1/containers/{key}/shadow` | [`ShadowStatus`](super::shadow::ShadowStatus): the container against its candidate allowlist |
 //! | `GET /v1/images/{image}` | the profile merged over the image's containers |
 //! | `GET /v1/images/{image}/export?format=F` | as for a container |
+//! | `GET /v1/workloads` | `["NAMESPACE/KIND/NAME/CONTAINER", …]`: the Kubernetes workloads profiled |
+//! | `GET /v1/workloads/{namespace}/{kind}/{name}[/{container}]` | the workload's profile: its pods' containers of that name merged, with coverage (`crate::cri::workload`); the container may be left out when there is one |
+//! | `GET /v1/workloads/{namespace}/{kind}/{name}/{container}/export?format=F` | as for a container |
 //!
 //! `{key}` is a container name or an id prefix of at least 4 characters.
 //! `{image}` is the rest of the path: `/v1/images/docker.io/library/nginx:1.27`
@@ -218,6 +221,13 @@ pub fn router(tx: QueryTx) -> Router {
         .route("/v1/containers/{key}/export", get(container_export))
         .route("/v1/containers/{key}/shadow", get(container_shadow))
         .route("/v1/images/{*image}", get(image))
+        .route("/v1/workloads", get(workloads))
+        .route("/v1/workloads/{namespace}/{kind}/{name}", get(workload))
+        .route("/v1/workloads/{namespace}/{kind}/{name}/{container}", get(workload))
+        .route(
+            "/v1/workloads/{namespace}/{kind}/{name}/{container}/export",
+            get(workload_export),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)
@@ -333,6 +343,62 @@ async fn image(
     profile(&tx, Group::Image, image, format).await
 }
 
+async fn workloads(State(tx): State<QueryTx>) -> Response {
+    match query::ask(&tx, |reply| Query::Workloads { reply }).await {
+        Some(list) => json(StatusCode::OK, &list),
+        None => unavailable(),
+    }
+}
+
+async fn workload(
+    State(tx): State<QueryTx>,
+    parts: Result<UrlPath<Vec<String>>, PathRejection>,
+) -> Response {
+    match parts {
+        Ok(UrlPath(parts)) => workload_profile(&tx, &parts, None).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
+}
+
+async fn workload_export(
+    State(tx): State<QueryTx>,
+    parts: Result<UrlPath<Vec<String>>, PathRejection>,
+    params: Result<UrlQuery<ExportParams>, QueryRejection>,
+) -> Response {
+    let format = match params.map(|p| parse_format(p.0.format.as_deref())) {
+        Ok(Ok(format)) => format,
+        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match parts {
+        Ok(UrlPath(parts)) => workload_profile(&tx, &parts, Some(format)).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
+}
+
+/// A workload's profile; 400 for a key that is not one, 404 for an
+/// unknown workload, 409 when a container must be named.
+async fn workload_profile(tx: &QueryTx, parts: &[String], format: Option<Format>) -> Response {
+    use crate::cri::workload::{WorkloadError, WorkloadKey};
+    let key: WorkloadKey = match parts.join("/").parse() {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let asked = query::ask(tx, |reply| Query::Workload { key, reply }).await;
+    let profile = match asked {
+        None => return unavailable(),
+        Some(Ok(profile)) => profile,
+        Some(Err(e @ WorkloadError::NotFound { .. })) => {
+            return error(StatusCode::NOT_FOUND, e.to_string());
+        }
+        Some(Err(e @ (WorkloadError::SeveralContainers { .. } | WorkloadError::BadKey(_)))) => {
+            return error(StatusCode::CONFLICT, e.to_string());
+        }
+        Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    rendered(profile, format)
+}
+
 /// One profile, as JSON or (with a format) rendered as text.
 async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>) -> Response {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
@@ -369,6 +435,11 @@ async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>
         }
         Some(Ok(profile)) => profile,
     };
+    rendered(profile, format)
+}
+
+/// A profile as JSON, or rendered in `format`.
+fn rendered(profile: crate::profile::Profile, format: Option<Format>) -> Response {
     match format {
         None => (
             StatusCode::OK,
