@@ -22,7 +22,8 @@ use futures_util::{Stream, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatusRequest, GetEventsRequest,
-    ListContainersRequest, PodSandboxStatusRequest, VersionRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxState, PodSandboxStatusRequest,
+    VersionRequest,
     runtime_service_client::RuntimeServiceClient,
 };
 use tokio::net::UnixStream;
@@ -286,6 +287,7 @@ impl CriClient {
                     tracing::info!("following the CRI runtime's container events");
                     let mut stream = stream.into_inner();
                     let mut first = true;
+                    let mut sandboxes = std::collections::HashSet::new();
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(event) => {
@@ -297,6 +299,27 @@ impl CriClient {
                                 };
                                 if !is_container_id(&event.container_id) {
                                     continue;
+                                }
+                                // The pod's sandbox, the first time it shows.
+                                if let Some(sandbox) = event
+                                    .pod_sandbox_status
+                                    .as_ref()
+                                    .map(|s| s.id.clone())
+                                    .filter(|id| is_container_id(id))
+                                    && sandboxes.insert(sandbox.clone())
+                                {
+                                    if sandboxes.len() > MAX_SANDBOXES {
+                                        sandboxes.clear();
+                                    }
+                                    let ev = ContainerEvent {
+                                        action: "start".into(),
+                                        id: sandbox,
+                                        name: None,
+                                        image: None,
+                                    };
+                                    if tx.send(ev).await.is_err() {
+                                        return;
+                                    }
                                 }
                                 let ev = ContainerEvent {
                                     action: action.into(),
@@ -328,31 +351,39 @@ impl CriClient {
         Box::pin(tokio_stream_from(rx))
     }
 
-    /// Lists containers every [`POLL_INTERVAL`] and sends what changed:
-    /// `start` for a container newly running, `die` for one that exited or
-    /// went away while it ran.
+    /// Lists containers and pod sandboxes every [`POLL_INTERVAL`] and sends
+    /// what changed: `start` for one newly running, `die` for one that
+    /// exited or went away while it ran. A container that started and
+    /// exited between two lists is new and exited at once: it gets both.
+    /// Sandboxes are followed too, so that their (pause) cgroups are known
+    /// for what they are.
     async fn poll(&self, tx: tokio::sync::mpsc::Sender<ContainerEvent>) {
-        let mut known: HashMap<String, i32> = HashMap::new();
+        let mut known: HashMap<String, Run> = HashMap::new();
+        let mut first = true;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let running = ContainerState::ContainerRunning as i32;
         loop {
             tick.tick().await;
-            let Some(now) = self.list(None).await else {
+            let Some(now) = self.states().await else {
                 continue;
             };
-            let now: HashMap<String, i32> = now.into_iter().collect();
             let mut events = vec![];
             for (id, state) in &now {
                 let before = known.get(id).copied();
-                if *state == running && before != Some(running) {
-                    events.push(("start", id.clone()));
-                } else if *state != running && before == Some(running) {
-                    events.push(("die", id.clone()));
+                match (state, before) {
+                    (Run::Running, Some(Run::Running)) => {}
+                    (Run::Running, _) => events.push(("start", id.clone())),
+                    (_, Some(Run::Running)) => events.push(("die", id.clone())),
+                    (Run::Exited, None) if !first => {
+                        events.push(("start", id.clone()));
+                        events.push(("die", id.clone()));
+                    }
+                    _ => {}
                 }
             }
+            first = false;
             for (id, state) in &known {
-                if *state == running && !now.contains_key(id) {
+                if *state == Run::Running && !now.contains_key(id) {
                     events.push(("die", id.clone()));
                 }
             }
@@ -370,6 +401,51 @@ impl CriClient {
             }
         }
     }
+
+    /// Every container and sandbox, and whether it runs; None when a call
+    /// failed.
+    async fn states(&self) -> Option<HashMap<String, Run>> {
+        let containers = self.list(None).await?;
+        let sandboxes = self
+            .client
+            .clone()
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .ok()?
+            .into_inner()
+            .items;
+        let container_state = |state: i32| match ContainerState::try_from(state) {
+            Ok(ContainerState::ContainerRunning) => Run::Running,
+            Ok(ContainerState::ContainerExited) => Run::Exited,
+            _ => Run::Other,
+        };
+        let sandbox_state = |state: i32| match PodSandboxState::try_from(state) {
+            Ok(PodSandboxState::SandboxReady) => Run::Running,
+            Ok(PodSandboxState::SandboxNotready) => Run::Exited,
+            Err(_) => Run::Other,
+        };
+        Some(
+            containers
+                .into_iter()
+                .map(|(id, state)| (id, container_state(state)))
+                .chain(
+                    sandboxes
+                        .into_iter()
+                        .filter(|s| is_container_id(&s.id))
+                        .map(|s| (s.id, sandbox_state(s.state))),
+                )
+                .collect(),
+        )
+    }
+}
+
+/// A container's or sandbox's state, as far as following it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Running,
+    Exited,
+    /// Created and not started, or unknown.
+    Other,
 }
 
 fn tokio_stream_from<T: Send + 'static>(
