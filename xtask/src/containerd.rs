@@ -240,7 +240,16 @@ impl Drop for Containerd {
                 let _ = Command::new("umount").arg("-l").arg(m).output();
             }
         }
-        if let Err(err) = fs::remove_dir_all(&self.dir) {
+        // A shim may still be letting go of its files: try a few times.
+        let mut removed = fs::remove_dir_all(&self.dir);
+        for _ in 0..10 {
+            if removed.is_ok() || !self.dir.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(300));
+            removed = fs::remove_dir_all(&self.dir);
+        }
+        if let Err(err) = removed {
             note(format_args!("could not remove {}: {err}", self.dir.display()));
         }
     }
