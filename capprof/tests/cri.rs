@@ -29,9 +29,10 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, GetEventsRequest, ImageSpec,
     KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest, runtime_service_client::RuntimeServiceClient,
+    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    runtime_service_client::RuntimeServiceClient,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -92,7 +93,10 @@ impl PodSpec {
         labels.insert("io.kubernetes.pod.uid".into(), self.uid.clone());
         let annotations = HashMap::from([
             ("kubernetes.io/config.source".to_owned(), "api".to_owned()),
-            ("kubernetes.io/config.seen".to_owned(), "2026-01-01T00:00:00Z".to_owned()),
+            (
+                "kubernetes.io/config.seen".to_owned(),
+                "2026-01-01T00:00:00Z".to_owned(),
+            ),
         ]);
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
@@ -119,9 +123,15 @@ impl PodSpec {
 
     fn container_config(&self) -> ContainerConfig {
         let labels = HashMap::from([
-            ("io.kubernetes.container.name".to_owned(), self.container.to_owned()),
+            (
+                "io.kubernetes.container.name".to_owned(),
+                self.container.to_owned(),
+            ),
             ("io.kubernetes.pod.name".to_owned(), self.name.to_owned()),
-            ("io.kubernetes.pod.namespace".to_owned(), self.namespace.to_owned()),
+            (
+                "io.kubernetes.pod.namespace".to_owned(),
+                self.namespace.to_owned(),
+            ),
             ("io.kubernetes.pod.uid".to_owned(), self.uid.clone()),
         ]);
         ContainerConfig {
@@ -198,7 +208,10 @@ impl Pods {
                     })
                     .await
                     .unwrap_or_else(|e| panic!("StartContainer {}: {e}", spec.name));
-                eprintln!("[cri] pod {}/{} container {} {id}", spec.namespace, spec.name, spec.container);
+                eprintln!(
+                    "[cri] pod {}/{} container {} {id}",
+                    spec.namespace, spec.name, spec.container
+                );
             }
             Self { sandboxes }
         })
@@ -227,7 +240,9 @@ impl Drop for Pods {
             if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
                 for hierarchy in entries.flatten() {
                     let _ = std::fs::remove_dir(
-                        hierarchy.path().join(format!("kubepods/burstable/pod{uid}")),
+                        hierarchy
+                            .path()
+                            .join(format!("kubepods/burstable/pod{uid}")),
                     );
                 }
             }
@@ -391,7 +406,13 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
 
     // Every pod's container, named by the CRI.
     eventually(20, "both web replicas' CHOWN in the daemon", || {
-        let out = daemon.ask(&["profile", "--workload", "shop/Deployment/web/app", "--format", "json"]);
+        let out = daemon.ask(&[
+            "profile",
+            "--workload",
+            "shop/Deployment/web/app",
+            "--format",
+            "json",
+        ]);
         let web: Value = serde_json::from_slice(&out.stdout).ok()?;
         let seen = web["coverage"]["capabilities"]["CAP_CHOWN"]["seen_in"].as_u64();
         let bound = web["coverage"]["capabilities"]["CAP_NET_BIND_SERVICE"]["seen_in"].as_u64();
@@ -399,10 +420,16 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
     });
 
     let web = daemon.json(&["profile", "--workload", "shop/Deployment/web/app"]);
-    eprintln!("[test] workload: {}", serde_json::to_string_pretty(&web["subject"]).unwrap());
+    eprintln!(
+        "[test] workload: {}",
+        serde_json::to_string_pretty(&web["subject"]).unwrap()
+    );
     assert_eq!(web["subject"]["kind"], "workload");
     assert_eq!(web["subject"]["name"], "app");
-    assert_eq!(web["subject"]["image"], "docker.io/library/capprof-busybox:test");
+    assert_eq!(
+        web["subject"]["image"],
+        "docker.io/library/capprof-busybox:test"
+    );
     let k8s = &web["subject"]["k8s"];
     assert_eq!(k8s["namespace"], "shop");
     assert!(k8s.get("pod").is_none(), "{k8s}");
@@ -411,12 +438,24 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
     assert_eq!(k8s["labels"]["pod-template-hash"], "7d9f8c6b5");
     let coverage = &web["coverage"];
     assert_eq!(coverage["profiles"], 2, "{coverage}");
-    assert_eq!(coverage["capabilities"]["CAP_CHOWN"]["seen_in"], 2, "{coverage}");
-    assert_eq!(coverage["capabilities"]["CAP_NET_BIND_SERVICE"]["seen_in"], 1, "{coverage}");
+    assert_eq!(
+        coverage["capabilities"]["CAP_CHOWN"]["seen_in"], 2,
+        "{coverage}"
+    );
+    assert_eq!(
+        coverage["capabilities"]["CAP_NET_BIND_SERVICE"]["seen_in"], 1,
+        "{coverage}"
+    );
     let allowlist = caps(&web, "allowlist");
     assert!(allowlist.contains(&"CAP_CHOWN".to_owned()), "{allowlist:?}");
-    assert!(allowlist.contains(&"CAP_NET_BIND_SERVICE".to_owned()), "{allowlist:?}");
-    assert!(!allowlist.contains(&"CAP_MKNOD".to_owned()), "{allowlist:?}");
+    assert!(
+        allowlist.contains(&"CAP_NET_BIND_SERVICE".to_owned()),
+        "{allowlist:?}"
+    );
+    assert!(
+        !allowlist.contains(&"CAP_MKNOD".to_owned()),
+        "{allowlist:?}"
+    );
 
     // The container name may be left out when the pods have one.
     let same = daemon.json(&["profile", "--workload", "shop/deployment/web"]);
@@ -425,28 +464,52 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
     // The table says it is a workload, and how many pods saw each.
     let out = daemon.ask(&["profile", "--workload", "shop/Deployment/web/app"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("workload shop/Deployment/web/app (2 pods)"), "{table}");
+    assert!(
+        table.starts_with("workload shop/Deployment/web/app (2 pods)"),
+        "{table}"
+    );
     assert!(table.contains("seen in 2 of 2 pods"), "{table}");
     assert!(table.contains("seen in 1 of 2 pods"), "{table}");
 
     let db = eventually(10, "the StatefulSet's profile", || {
-        let out = daemon.ask(&["profile", "--workload", "shop/StatefulSet/db/db", "--format", "json"]);
+        let out = daemon.ask(&[
+            "profile",
+            "--workload",
+            "shop/StatefulSet/db/db",
+            "--format",
+            "json",
+        ]);
         let db: Value = serde_json::from_slice(&out.stdout).ok()?;
-        caps(&db, "allowlist").contains(&"CAP_MKNOD".to_owned()).then_some(db)
+        caps(&db, "allowlist")
+            .contains(&"CAP_MKNOD".to_owned())
+            .then_some(db)
     });
     assert_eq!(db["subject"]["k8s"]["owner"]["name"], "db");
     assert_eq!(db["coverage"]["profiles"], 1);
     let debug = eventually(10, "the bare pod's profile", || {
-        let out = daemon.ask(&["profile", "--workload", "default/Pod/debug/shell", "--format", "json"]);
-        out.status.success().then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+        let out = daemon.ask(&[
+            "profile",
+            "--workload",
+            "default/Pod/debug/shell",
+            "--format",
+            "json",
+        ]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
     });
     assert_eq!(debug["subject"]["k8s"]["owner"]["kind"], "Pod");
-    assert_eq!(debug["subject"]["k8s"]["owner"]["derived_from"], "no-controller-labels");
+    assert_eq!(
+        debug["subject"]["k8s"]["owner"]["derived_from"],
+        "no-controller-labels"
+    );
     assert_eq!(caps(&debug, "allowlist"), ["CAP_CHOWN"]);
 
     // Every workload is listed; the sandboxes are not workloads.
     let list = runtime().block_on(async {
-        capprof::daemon::client::get(&daemon.socket(), "/v1/workloads").await.unwrap()
+        capprof::daemon::client::get(&daemon.socket(), "/v1/workloads")
+            .await
+            .unwrap()
     });
     let list: Vec<String> = serde_json::from_slice(&list.1).unwrap();
     assert_eq!(
@@ -473,7 +536,10 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
         cgroup.starts_with(&format!("/kubepods/burstable/pod{}/", uid(1))),
         "{cgroup}"
     );
-    assert!(cgroup.ends_with(one["subject"]["id"].as_str().unwrap()), "{cgroup}");
+    assert!(
+        cgroup.ends_with(one["subject"]["id"].as_str().unwrap()),
+        "{cgroup}"
+    );
 
     // Bad input: one line, exit 2.
     let out = daemon.ask(&["profile", "--workload", "shop/Deployment/nope/app"]);
@@ -509,7 +575,10 @@ fn record_writes_namespace_pod_container_files() {
         namespace: "jobs",
         name: "migrate-x7k2p",
         uid: uid(5),
-        labels: vec![("batch.kubernetes.io/job-name", "migrate"), ("job-name", "migrate")],
+        labels: vec![
+            ("batch.kubernetes.io/job-name", "migrate"),
+            ("job-name", "migrate"),
+        ],
         container: "migrate",
         // Exits at once: its profile is written while recording goes on.
         script: CHOWN,
@@ -518,8 +587,13 @@ fn record_writes_namespace_pod_container_files() {
     // The exit is seen by listing containers (containerd 1.6 has no
     // events), then the profile is written at once.
     let started = Instant::now();
-    eventually(15, "the exited container's profile", || file.exists().then_some(()));
-    eprintln!("[test] profile written {:?} after the pod started", started.elapsed());
+    eventually(15, "the exited container's profile", || {
+        file.exists().then_some(())
+    });
+    eprintln!(
+        "[test] profile written {:?} after the pod started",
+        started.elapsed()
+    );
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -533,13 +607,16 @@ fn record_writes_namespace_pod_container_files() {
     assert_eq!(k8s["namespace"], "jobs");
     assert_eq!(k8s["pod"], "migrate-x7k2p");
     assert_eq!(k8s["labels"]["job-name"], "migrate");
-    assert!(k8s["labels"].get("io.kubernetes.pod.name").is_none(), "{k8s}");
+    assert!(
+        k8s["labels"].get("io.kubernetes.pod.name").is_none(),
+        "{k8s}"
+    );
     assert_eq!(k8s["owner"]["kind"], "Job");
     assert_eq!(k8s["owner"]["name"], "migrate");
     assert_eq!(caps(&profile, "allowlist"), ["CAP_CHOWN"]);
     // No profile for the sandbox (pause) container, nor any file elsewhere.
     let all: Vec<PathBuf> = walk(&out_dir);
-    assert_eq!(all, [file.clone()], "{all:?}");
+    assert_eq!(all, std::slice::from_ref(&file), "{all:?}");
 }
 
 #[test]
@@ -557,7 +634,11 @@ fn cri_bad_input_is_one_line() {
         "--duration",
         "1",
     ]);
-    assert_one_line_error(&out, 2, "no CRI runtime answers at unix:///nonexistent/cri.sock");
+    assert_one_line_error(
+        &out,
+        2,
+        "no CRI runtime answers at unix:///nonexistent/cri.sock",
+    );
     // A socket that answers, but not the CRI: a plain listener.
     let sock = dir.path("not-cri.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -638,7 +719,9 @@ fn measure_events_and_polling() {
 /// beside its socket.
 fn containerd_pid() -> u32 {
     let endpoint = endpoint();
-    let dir = Path::new(endpoint.strip_prefix("unix://").unwrap()).parent().unwrap();
+    let dir = Path::new(endpoint.strip_prefix("unix://").unwrap())
+        .parent()
+        .unwrap();
     let config = dir.join("config.toml").display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()

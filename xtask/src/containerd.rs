@@ -88,7 +88,11 @@ state = "{d}/state"
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        note(format_args!("$ {} >{} 2>&1", display(&cmd), log_path.display()));
+        note(format_args!(
+            "$ {} >{} 2>&1",
+            display(&cmd),
+            log_path.display()
+        ));
         let child = cmd
             .spawn()
             .context("could not start containerd (it comes with apt-get install docker.io)")?;
@@ -132,7 +136,10 @@ state = "{d}/state"
             }
             if Instant::now() >= deadline {
                 self.print_log_tail();
-                bail!("containerd did not answer within {} s", START_TIMEOUT.as_secs());
+                bail!(
+                    "containerd did not answer within {} s",
+                    START_TIMEOUT.as_secs()
+                );
             }
             thread::sleep(Duration::from_millis(200));
         }
@@ -140,10 +147,16 @@ state = "{d}/state"
 
     /// `docker save` of the test images, `ctr images import` of the tar.
     fn import(&self, engine: &Engine) -> Result<()> {
-        step(format_args!("importing {TEST_IMAGE} and {PAUSE_IMAGE} into it"));
+        step(format_args!(
+            "importing {TEST_IMAGE} and {PAUSE_IMAGE} into it"
+        ));
         if !succeeds(engine.docker().args(["image", "inspect", PAUSE_IMAGE])) {
             let name = format!("capprof-pause-{}", std::process::id());
-            run_checked(engine.docker().args(["create", "--name", &name, TEST_IMAGE]))?;
+            run_checked(
+                engine
+                    .docker()
+                    .args(["create", "--name", &name, TEST_IMAGE]),
+            )?;
             let committed = run_checked(engine.docker().args([
                 "commit",
                 "--change",
@@ -196,21 +209,30 @@ state = "{d}/state"
                 .unwrap_or_default()
         };
         for task in list("tasks") {
-            let _ = self.ctr().args(["tasks", "kill", "-s", "SIGKILL", &task]).output();
+            let _ = self
+                .ctr()
+                .args(["tasks", "kill", "-s", "SIGKILL", &task])
+                .output();
         }
         thread::sleep(Duration::from_millis(300));
         for task in list("tasks") {
             let _ = self.ctr().args(["tasks", "delete", "-f", &task]).output();
         }
         for container in list("containers") {
-            let _ = self.ctr().args(["containers", "delete", &container]).output();
+            let _ = self
+                .ctr()
+                .args(["containers", "delete", &container])
+                .output();
         }
     }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        step(format_args!("stopping the private containerd (pid {})", self.child.id()));
+        step(format_args!(
+            "stopping the private containerd (pid {})",
+            self.child.id()
+        ));
         self.remove_containers();
         if let Ok(None) = self.child.try_wait() {
             let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(libc::pid_t::MAX);
@@ -250,7 +272,10 @@ impl Drop for Containerd {
             removed = fs::remove_dir_all(&self.dir);
         }
         if let Err(err) = removed {
-            note(format_args!("could not remove {}: {err}", self.dir.display()));
+            note(format_args!(
+                "could not remove {}: {err}",
+                self.dir.display()
+            ));
         }
     }
 }

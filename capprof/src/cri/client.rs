@@ -23,8 +23,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatusRequest, GetEventsRequest,
     ListContainersRequest, ListPodSandboxRequest, PodSandboxState, PodSandboxStatusRequest,
-    VersionRequest,
-    runtime_service_client::RuntimeServiceClient,
+    VersionRequest, runtime_service_client::RuntimeServiceClient,
 };
 use tokio::net::UnixStream;
 use tonic::{
@@ -96,17 +95,20 @@ impl CriClient {
         if !path.exists() {
             return Err(unreachable("no such socket".into()));
         }
-        let channel = Endpoint::from_static("http://cri.invalid")
-            .connect_timeout(TIMEOUT)
-            .timeout(TIMEOUT)
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        let mut client = RuntimeServiceClient::new(channel)
-            .max_decoding_message_size(MAX_REPLY_BYTES);
+        let channel =
+            Endpoint::from_static("http://cri.invalid")
+                .connect_timeout(TIMEOUT)
+                .timeout(TIMEOUT)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?;
+        let mut client =
+            RuntimeServiceClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
         let version = tokio::time::timeout(
             TIMEOUT,
             client.version(VersionRequest {
@@ -117,9 +119,8 @@ impl CriClient {
         .map_err(|_| unreachable("timed out".into()))?
         .map_err(|e| unreachable(status_line(&e)))?
         .into_inner();
-        let printable = |s: String| -> String {
-            s.chars().filter(|c| !c.is_control()).take(64).collect()
-        };
+        let printable =
+            |s: String| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
         Ok(Self {
             client,
             endpoint: endpoint.to_owned(),
@@ -208,7 +209,12 @@ impl CriClient {
             // The kubelet's own labels on the container, if the sandbox
             // has gone already.
             let label = |k: &str| status.labels.get(k).cloned().unwrap_or_default();
-            pod_of(label(POD_NAMESPACE), label(POD_NAME), label(POD_UID), &HashMap::new())
+            pod_of(
+                label(POD_NAMESPACE),
+                label(POD_NAME),
+                label(POD_UID),
+                &HashMap::new(),
+            )
         })?;
         let name = status
             .metadata
@@ -282,7 +288,12 @@ impl CriClient {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let client = self.clone();
         tokio::spawn(async move {
-            match client.clone().client.get_container_events(GetEventsRequest {}).await {
+            match client
+                .clone()
+                .client
+                .get_container_events(GetEventsRequest {})
+                .await
+            {
                 Ok(stream) => {
                     tracing::info!("following the CRI runtime's container events");
                     let mut stream = stream.into_inner();

@@ -25,10 +25,8 @@ pub use client::CriClient;
 use crate::profile::K8sRef;
 
 /// Where the runtimes serve the CRI, in the order they are tried.
-pub const DEFAULT_SOCKETS: &[&str] = &[
-    "/run/containerd/containerd.sock",
-    "/var/run/crio/crio.sock",
-];
+pub const DEFAULT_SOCKETS: &[&str] =
+    &["/run/containerd/containerd.sock", "/var/run/crio/crio.sock"];
 
 /// The cgroup v2 parents (relative to the mount) under which the kubelet
 /// puts pods: `/kubepods` with the cgroupfs driver, `/kubepods.slice` with
@@ -86,7 +84,11 @@ pub fn profile_path(dir: &Path, k8s: &K8sRef, container: &str) -> Option<PathBuf
     (names::is_dns_label(&k8s.namespace)
         && names::is_dns_subdomain(pod)
         && names::is_dns_label(container))
-    .then(|| dir.join(&k8s.namespace).join(pod).join(format!("{container}.json")))
+    .then(|| {
+        dir.join(&k8s.namespace)
+            .join(pod)
+            .join(format!("{container}.json"))
+    })
 }
 
 #[cfg(test)]
@@ -128,7 +130,10 @@ mod tests {
         let id = "4c2f3e0a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e";
         let uid = "d3b07384-d113-4ec5-a9f4-0b3f4e6c1a2b";
         for path in [
-            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-{id}.scope", uid.replace('-', "_")),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-{id}.scope",
+                uid.replace('-', "_")
+            ),
             format!("/kubepods/burstable/pod{uid}/crio-{id}"),
             format!("/kubepods/besteffort/pod{uid}/crio-{id}/sub"),
         ] {
@@ -138,6 +143,11 @@ mod tests {
             assert_eq!(a.pod_uid.as_deref(), Some(uid));
         }
         assert!(DEFAULT_SOCKETS.contains(&"/var/run/crio/crio.sock"));
-        assert_eq!(crate::attribution::attribute(&format!("/kubepods/burstable/pod{uid}/crio-conmon-{id}")), None);
+        assert_eq!(
+            crate::attribution::attribute(&format!(
+                "/kubepods/burstable/pod{uid}/crio-conmon-{id}"
+            )),
+            None
+        );
     }
 }

@@ -51,14 +51,12 @@ pub fn pod_labels<'a>(
     let key_ok = |k: &str| {
         !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
-            && k
-                .bytes()
+            && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
     };
     let value_ok = |v: &str| {
         v.len() <= MAX_LABEL_VALUE
-            && v
-                .bytes()
+            && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     };
     let mut kept: BTreeMap<String, String> = labels
@@ -82,14 +80,33 @@ mod tests {
             assert!(is_dns_label(good), "{good}");
         }
         for bad in [
-            "", "-a", "a-", "A", "a/b", "..", ".", "a.b", "a b", "ä", &"a".repeat(64),
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a/b",
+            "..",
+            ".",
+            "a.b",
+            "a b",
+            "ä",
+            &"a".repeat(64),
         ] {
             assert!(!is_dns_label(bad), "{bad:?}");
         }
         for good in ["web-7d9f8c6b5-abcde", "a.b.c", "db-0"] {
             assert!(is_dns_subdomain(good), "{good}");
         }
-        for bad in ["", "..", ".", "a..b", "a/b", "../etc", "a.", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a..b",
+            "a/b",
+            "../etc",
+            "a.",
+            &"a".repeat(254),
+        ] {
             assert!(!is_dns_subdomain(bad), "{bad:?}");
         }
         assert!(is_pod_uid("d3b07384-d113-4ec5-a9f4-0b3f4e6c1a2b"));
@@ -99,7 +116,10 @@ mod tests {
 
     #[test]
     fn images_and_labels_are_bounded() {
-        assert_eq!(image("docker.io/library/nginx:1.27").as_deref(), Some("docker.io/library/nginx:1.27"));
+        assert_eq!(
+            image("docker.io/library/nginx:1.27").as_deref(),
+            Some("docker.io/library/nginx:1.27")
+        );
         assert_eq!(image("a b"), None);
         assert_eq!(image("a\nb"), None);
         assert_eq!(image(&"a".repeat(2000)), None);

@@ -207,7 +207,14 @@ mod tests {
 
     #[test]
     fn derives_owners_from_labels_and_names() {
-        let rows: &[(&str, &[(&str, &str)], Option<(&str, &str)>)] = &[
+        /// Pod name, labels, and the owner (kind, name), or None for a
+        /// contradiction.
+        type Row<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Option<(&'a str, &'a str)>,
+        );
+        let rows: &[Row] = &[
             // Deployments.
             (
                 "web-7d9f8c6b5-abcde",
@@ -227,8 +234,16 @@ mod tests {
             ),
             // The hash is not in the name: not guessed.
             ("web-abcde", &[("pod-template-hash", "7d9f8c6b5")], None),
-            ("7d9f8c6b5-abcde", &[("pod-template-hash", "7d9f8c6b5")], None),
-            ("web-7d9f8c6b5-", &[("pod-template-hash", "7d9f8c6b5")], None),
+            (
+                "7d9f8c6b5-abcde",
+                &[("pod-template-hash", "7d9f8c6b5")],
+                None,
+            ),
+            (
+                "web-7d9f8c6b5-",
+                &[("pod-template-hash", "7d9f8c6b5")],
+                None,
+            ),
             // StatefulSets.
             (
                 "db-0",
@@ -304,7 +319,11 @@ mod tests {
                 ],
                 Some((JOB, "migrate")),
             ),
-            ("migrate-x7k2p", &[("job-name", "migrate")], Some((JOB, "migrate"))),
+            (
+                "migrate-x7k2p",
+                &[("job-name", "migrate")],
+                Some((JOB, "migrate")),
+            ),
             (
                 "backup-28374620-q8w2e",
                 &[("batch.kubernetes.io/job-name", "backup-28374620")],
@@ -321,7 +340,11 @@ mod tests {
             ("debug", &[], Some((POD, "debug"))),
             ("debug", &[("app", "debug")], Some((POD, "debug"))),
             // controller-revision-hash alone names no controller.
-            ("odd-1", &[("controller-revision-hash", "1")], Some((POD, "odd-1"))),
+            (
+                "odd-1",
+                &[("controller-revision-hash", "1")],
+                Some((POD, "odd-1")),
+            ),
             // An empty label is no label.
             ("solo", &[("pod-template-hash", "")], Some((POD, "solo"))),
         ];
@@ -329,7 +352,11 @@ mod tests {
             let got = derive("shop", pod, &labels(pairs));
             match (want, &got) {
                 (Some((kind, name)), Ok(owner)) => {
-                    assert_eq!((owner.kind.as_str(), owner.name.as_str()), (*kind, *name), "{pod}");
+                    assert_eq!(
+                        (owner.kind.as_str(), owner.name.as_str()),
+                        (*kind, *name),
+                        "{pod}"
+                    );
                     assert!(!owner.derived_from.is_empty());
                 }
                 (None, Err(OwnerError::Contradiction { pod: p, .. })) => assert_eq!(p, pod),
@@ -340,8 +367,12 @@ mod tests {
 
     #[test]
     fn heuristics_say_so() {
-        let cron = derive("ns", "backup-28374620-q8w2e", &labels(&[("job-name", "backup-28374620")]))
-            .unwrap();
+        let cron = derive(
+            "ns",
+            "backup-28374620-q8w2e",
+            &labels(&[("job-name", "backup-28374620")]),
+        )
+        .unwrap();
         assert!(cron.derived_from.contains("name-pattern"), "{cron:?}");
         let bare = derive("ns", "debug", &labels(&[])).unwrap();
         assert_eq!(bare.derived_from, "no-controller-labels");
@@ -349,7 +380,12 @@ mod tests {
 
     #[test]
     fn errors_are_one_line() {
-        let e = derive("shop", "web-abcde", &labels(&[("pod-template-hash", "7d9")])).unwrap_err();
+        let e = derive(
+            "shop",
+            "web-abcde",
+            &labels(&[("pod-template-hash", "7d9")]),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "pod shop/web-abcde: its labels say pod-template-hash=7d9, which its name does not fit, so its owner cannot be derived"
@@ -362,7 +398,10 @@ mod tests {
         let e = controller("debug", Some(&k8s)).unwrap_err();
         assert!(matches!(e, OwnerError::NoController { .. }), "{e}");
         assert!(!e.to_string().contains('\n'));
-        assert!(matches!(controller("web", None), Err(OwnerError::NotAPod(_))));
+        assert!(matches!(
+            controller("web", None),
+            Err(OwnerError::NotAPod(_))
+        ));
         let k8s = K8sRef {
             namespace: "shop".into(),
             pod: Some("web-7d9f8c6b5-abcde".into()),

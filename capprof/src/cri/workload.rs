@@ -35,7 +35,10 @@ pub enum WorkloadError {
     #[error("{key}: no such workload (no pod of it was profiled)")]
     NotFound { key: String },
     #[error("{key} has several containers ({}): name one, as {key}/CONTAINER", containers.join(", "))]
-    SeveralContainers { key: String, containers: Vec<String> },
+    SeveralContainers {
+        key: String,
+        containers: Vec<String>,
+    },
     #[error("{key}: {source}")]
     Merge {
         key: String,
@@ -209,7 +212,13 @@ fn common<T: PartialEq>(mut items: impl Iterator<Item = Option<T>>) -> Option<T>
 /// The labels every pod has with the same value (so `pod-template-hash`
 /// stays only while every pod is of one ReplicaSet).
 fn common_labels<'a>(mut profiles: impl Iterator<Item = &'a Profile>) -> BTreeMap<String, String> {
-    let labels = |p: &Profile| p.subject.k8s.as_ref().map(|k| k.labels.clone()).unwrap_or_default();
+    let labels = |p: &Profile| {
+        p.subject
+            .k8s
+            .as_ref()
+            .map(|k| k.labels.clone())
+            .unwrap_or_default()
+    };
     let Some(first) = profiles.next() else {
         return BTreeMap::new();
     };
@@ -235,7 +244,15 @@ mod tests {
         let mut obs = Observations::default();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for c in caps {
-            obs.add_count(c.parse().unwrap(), VERDICT_GRANTED, kind::AUDIT, phase::WORKLOAD, 1, t, t);
+            obs.add_count(
+                c.parse().unwrap(),
+                VERDICT_GRANTED,
+                kind::AUDIT,
+                phase::WORKLOAD,
+                1,
+                t,
+                t,
+            );
         }
         let observation = Observation {
             backend: "tp_btf".into(),
@@ -245,7 +262,13 @@ mod tests {
         obs.into_profile(Subject::default(), observation)
     }
 
-    fn pod_profile(pod: &str, uid: &str, container: &str, labels: &[(&str, &str)], caps: &[&str]) -> Profile {
+    fn pod_profile(
+        pod: &str,
+        uid: &str,
+        container: &str,
+        labels: &[(&str, &str)],
+        caps: &[&str],
+    ) -> Profile {
         let labels: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -277,7 +300,16 @@ mod tests {
         assert_eq!(k.to_string(), "shop/Deployment/web/nginx");
         let k: WorkloadKey = "shop/StatefulSet/db".parse().unwrap();
         assert_eq!(k.container, None);
-        for bad in ["", "shop", "shop/web", "shop/Thing/web", "shop/Pod/../x", "a/Pod/b/c/d", "Shop/Pod/x", "shop/Pod/x/"] {
+        for bad in [
+            "",
+            "shop",
+            "shop/web",
+            "shop/Thing/web",
+            "shop/Pod/../x",
+            "a/Pod/b/c/d",
+            "Shop/Pod/x",
+            "shop/Pod/x/",
+        ] {
             let e = bad.parse::<WorkloadKey>().unwrap_err();
             assert!(matches!(e, WorkloadError::BadKey(_)), "{bad}");
         }
@@ -287,17 +319,36 @@ mod tests {
     fn replicas_merge_with_pod_coverage() {
         let hash = [("pod-template-hash", "7d9f8c6b5"), ("app", "web")];
         let profiles = vec![
-            pod_profile("web-7d9f8c6b5-abcde", "u1", "app", &hash, &["CHOWN", "NET_BIND_SERVICE"]),
+            pod_profile(
+                "web-7d9f8c6b5-abcde",
+                "u1",
+                "app",
+                &hash,
+                &["CHOWN", "NET_BIND_SERVICE"],
+            ),
             pod_profile("web-7d9f8c6b5-fghij", "u2", "app", &hash, &["CHOWN"]),
             // The same pod's container, restarted: still one pod.
             pod_profile("web-7d9f8c6b5-fghij", "u2", "app", &hash, &["CHOWN"]),
             pod_profile("web-7d9f8c6b5-fghij", "u2", "sidecar", &hash, &["NET_RAW"]),
-            pod_profile("db-0", "u3", "app", &[("controller-revision-hash", "db-1"), ("statefulset.kubernetes.io/pod-name", "db-0")], &["SETUID"]),
+            pod_profile(
+                "db-0",
+                "u3",
+                "app",
+                &[
+                    ("controller-revision-hash", "db-1"),
+                    ("statefulset.kubernetes.io/pod-name", "db-0"),
+                ],
+                &["SETUID"],
+            ),
         ];
         let keys = workloads(&profiles);
         assert_eq!(
             keys.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["shop/Deployment/web/app", "shop/Deployment/web/sidecar", "shop/StatefulSet/db/app"]
+            [
+                "shop/Deployment/web/app",
+                "shop/Deployment/web/sidecar",
+                "shop/StatefulSet/db/app"
+            ]
         );
         let key: WorkloadKey = "shop/Deployment/web/app".parse().unwrap();
         let w = workload_profile(&key, &profiles).unwrap();

@@ -463,7 +463,11 @@ impl Aggregator {
             if recorder.get(&id).is_some() {
                 continue;
             }
-            if let Some(p) = self.state.read(&id).filter(|p| p.k8s.is_some() && !p.sandbox) {
+            if let Some(p) = self
+                .state
+                .read(&id)
+                .filter(|p| p.k8s.is_some() && !p.sandbox)
+            {
                 profiles.extend(p.current);
             }
         }

@@ -135,10 +135,10 @@ impl Recorder {
             }
         }
         for root in &self.roots {
-            if let Some(found) = find_dir(&self.mount.join(root.trim_start_matches('/')), name, 4) {
-                if let Ok(rel) = found.strip_prefix(&self.mount) {
-                    return format!("/{}", rel.display());
-                }
+            if let Some(found) = find_dir(&self.mount.join(root.trim_start_matches('/')), name, 4)
+                && let Ok(rel) = found.strip_prefix(&self.mount)
+            {
+                return format!("/{}", rel.display());
             }
         }
         format!("/{parent}/{name}")

@@ -223,7 +223,10 @@ pub fn router(tx: QueryTx) -> Router {
         .route("/v1/images/{*image}", get(image))
         .route("/v1/workloads", get(workloads))
         .route("/v1/workloads/{namespace}/{kind}/{name}", get(workload))
-        .route("/v1/workloads/{namespace}/{kind}/{name}/{container}", get(workload))
+        .route(
+            "/v1/workloads/{namespace}/{kind}/{name}/{container}",
+            get(workload),
+        )
         .route(
             "/v1/workloads/{namespace}/{kind}/{name}/{container}/export",
             get(workload_export),

@@ -39,7 +39,12 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "SECONDS", env = "CAPPROF_FLUSH_INTERVAL")]
     pub flush_interval: Option<u64>,
     /// The engine's API socket [default: $DOCKER_HOST, else /var/run/docker.sock].
-    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE", conflicts_with = "cri")]
+    #[arg(
+        long,
+        value_name = "unix://PATH",
+        env = "CAPPROF_ENGINE",
+        conflicts_with = "cri"
+    )]
     pub engine: Option<String>,
     /// Name containers through this CRI runtime socket (containerd,
     /// CRI-O), by namespace, pod and container, and answer per workload

@@ -107,7 +107,9 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
         ));
     }
     let (what, path) = if args.workload {
-        let workload: WorkloadKey = key.parse().map_err(|e: WorkloadError| Error::usage(e.to_string()))?;
+        let workload: WorkloadKey = key
+            .parse()
+            .map_err(|e: WorkloadError| Error::usage(e.to_string()))?;
         let mut path = format!(
             "/v1/workloads/{}/{}/{}",
             encode_segment(&workload.namespace),
@@ -118,7 +120,10 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
             path.push('/');
             path.push_str(&encode_segment(container));
         }
-        (format!("no workload {workload} (no pod of it was profiled)"), path)
+        (
+            format!("no workload {workload} (no pod of it was profiled)"),
+            path,
+        )
     } else if args.image {
         (
             format!("no container of image {key}"),
@@ -181,19 +186,19 @@ fn coverage(profile: &Profile) -> String {
 fn heading(profile: &Profile) -> String {
     let subject = &profile.subject;
     let k8s = subject.k8s.as_ref();
-    let pod_container = k8s.zip(subject.name.as_ref()).map(|(k8s, name)| {
-        match (&k8s.pod, &k8s.owner) {
-            (Some(pod), _) => format!("container {}/{pod}/{name}", k8s.namespace),
-            (None, Some(owner)) => format!(
-                "workload {}/{}/{}/{name} ({} pods)",
-                k8s.namespace,
-                owner.kind,
-                owner.name,
-                profile.coverage.as_ref().map_or(1, |c| c.profiles)
-            ),
-            (None, None) => format!("container {}/{name}", k8s.namespace),
-        }
-    });
+    let pod_container =
+        k8s.zip(subject.name.as_ref())
+            .map(|(k8s, name)| match (&k8s.pod, &k8s.owner) {
+                (Some(pod), _) => format!("container {}/{pod}/{name}", k8s.namespace),
+                (None, Some(owner)) => format!(
+                    "workload {}/{}/{}/{name} ({} pods)",
+                    k8s.namespace,
+                    owner.kind,
+                    owner.name,
+                    profile.coverage.as_ref().map_or(1, |c| c.profiles)
+                ),
+                (None, None) => format!("container {}/{name}", k8s.namespace),
+            });
     let who = match (&subject.name, &subject.id) {
         _ if pod_container.is_some() => pod_container,
         (Some(name), _) => Some(format!("container {name}")),

@@ -9,13 +9,10 @@ use std::{
 };
 
 use capprof::{
-    cgroup,
-    fsutil,
+    cgroup, fsutil,
     observer::{Backend, Observer, preflight},
     profile::Profile,
-    recorder::{
-        Finalized, Recorder, Session, connect_source, profile_path, watch_container_roots,
-    },
+    recorder::{Finalized, Recorder, Session, connect_source, profile_path, watch_container_roots},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -39,7 +36,12 @@ pub struct RecordArgs {
     #[arg(long, short, value_name = "SECONDS", env = "CAPPROF_DURATION")]
     pub duration: Option<u64>,
     /// The engine's API socket (default: $DOCKER_HOST, else /var/run/docker.sock).
-    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE", conflicts_with = "cri")]
+    #[arg(
+        long,
+        value_name = "unix://PATH",
+        env = "CAPPROF_ENGINE",
+        conflicts_with = "cri"
+    )]
     pub engine: Option<String>,
     /// Name containers through this CRI runtime socket (containerd,
     /// CRI-O): profiles go to DIR/<namespace>/<pod>/<container>.json.
