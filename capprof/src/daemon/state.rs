@@ -89,7 +89,8 @@ impl StateDir {
         json.push('\n');
         fsutil::write_atomic(&path, json.as_bytes())
             .map_err(|source| StateError::Write { path, source })?;
-        if let Some(current) = &state.current {
+        // A pod's sandbox (pause) container is the runtime's: no profile.
+        if let Some(current) = state.current.as_ref().filter(|_| !state.sandbox) {
             // A pod's container: `profiles/<namespace>/<pod>/<container>.json`.
             if let Some(path) = state
                 .k8s

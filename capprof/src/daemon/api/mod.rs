@@ -221,20 +221,25 @@ pub fn router(tx: QueryTx) -> Router {
         .route("/v1/containers/{key}/export", get(container_export))
         .route("/v1/containers/{key}/shadow", get(container_shadow))
         .route("/v1/images/{*image}", get(image))
-        .route("/v1/workloads", get(workloads))
-        .route("/v1/workloads/{namespace}/{kind}/{name}", get(workload))
+        .route("/v1/workloads", get(workload::list))
+        .route(
+            "/v1/workloads/{namespace}/{kind}/{name}",
+            get(workload::one),
+        )
         .route(
             "/v1/workloads/{namespace}/{kind}/{name}/{container}",
-            get(workload),
+            get(workload::one),
         )
         .route(
             "/v1/workloads/{namespace}/{kind}/{name}/{container}/export",
-            get(workload_export),
+            get(workload::export),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)
 }
+
+mod workload;
 
 #[derive(Debug, Deserialize)]
 struct ExportParams {
@@ -344,62 +349,6 @@ async fn image(
         None
     };
     profile(&tx, Group::Image, image, format).await
-}
-
-async fn workloads(State(tx): State<QueryTx>) -> Response {
-    match query::ask(&tx, |reply| Query::Workloads { reply }).await {
-        Some(list) => json(StatusCode::OK, &list),
-        None => unavailable(),
-    }
-}
-
-async fn workload(
-    State(tx): State<QueryTx>,
-    parts: Result<UrlPath<Vec<String>>, PathRejection>,
-) -> Response {
-    match parts {
-        Ok(UrlPath(parts)) => workload_profile(&tx, &parts, None).await,
-        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
-    }
-}
-
-async fn workload_export(
-    State(tx): State<QueryTx>,
-    parts: Result<UrlPath<Vec<String>>, PathRejection>,
-    params: Result<UrlQuery<ExportParams>, QueryRejection>,
-) -> Response {
-    let format = match params.map(|p| parse_format(p.0.format.as_deref())) {
-        Ok(Ok(format)) => format,
-        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    match parts {
-        Ok(UrlPath(parts)) => workload_profile(&tx, &parts, Some(format)).await,
-        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
-    }
-}
-
-/// A workload's profile; 400 for a key that is not one, 404 for an
-/// unknown workload, 409 when a container must be named.
-async fn workload_profile(tx: &QueryTx, parts: &[String], format: Option<Format>) -> Response {
-    use crate::cri::workload::{WorkloadError, WorkloadKey};
-    let key: WorkloadKey = match parts.join("/").parse() {
-        Ok(key) => key,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let asked = query::ask(tx, |reply| Query::Workload { key, reply }).await;
-    let profile = match asked {
-        None => return unavailable(),
-        Some(Ok(profile)) => profile,
-        Some(Err(e @ WorkloadError::NotFound { .. })) => {
-            return error(StatusCode::NOT_FOUND, e.to_string());
-        }
-        Some(Err(e @ (WorkloadError::SeveralContainers { .. } | WorkloadError::BadKey(_)))) => {
-            return error(StatusCode::CONFLICT, e.to_string());
-        }
-        Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    rendered(profile, format)
 }
 
 /// One profile, as JSON or (with a format) rendered as text.
