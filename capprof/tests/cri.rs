@@ -562,6 +562,7 @@ fn record_writes_namespace_pod_container_files() {
         .spawn()
         .unwrap();
     let lines = echo_lines(child.stderr.take().unwrap(), "record");
+    let mut child = KillOnDrop(child);
     let banner = eventually(30, "record to start", || {
         lines
             .recv_timeout(Duration::from_millis(100))
@@ -596,8 +597,8 @@ fn record_writes_namespace_pod_container_files() {
     );
 
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert!(child.wait().unwrap().success());
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    assert!(child.0.wait().unwrap().success());
     drop(pods);
 
     let profile: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -713,6 +714,18 @@ fn measure_events_and_polling() {
         );
         assert!(each < Duration::from_millis(50), "{each:?}");
     });
+}
+
+/// A child that a failing test must not leave running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The private containerd's pid: the process started with the config
