@@ -365,7 +365,8 @@ impl CriClient {
     /// Lists containers and pod sandboxes every [`POLL_INTERVAL`] and sends
     /// what changed: `start` for one newly running, `die` for one that
     /// exited or went away while it ran. A container that started and
-    /// exited between two lists is new and exited at once: it gets both.
+    /// exited between two lists (new, or last seen created, and exited now)
+    /// gets both.
     /// Sandboxes are followed too, so that their (pause) cgroups are known
     /// for what they are.
     async fn poll(&self, tx: tokio::sync::mpsc::Sender<ContainerEvent>) {
@@ -378,26 +379,8 @@ impl CriClient {
             let Some(now) = self.states().await else {
                 continue;
             };
-            let mut events = vec![];
-            for (id, state) in &now {
-                let before = known.get(id).copied();
-                match (state, before) {
-                    (Run::Running, Some(Run::Running)) => {}
-                    (Run::Running, _) => events.push(("start", id.clone())),
-                    (_, Some(Run::Running)) => events.push(("die", id.clone())),
-                    (Run::Exited, None) if !first => {
-                        events.push(("start", id.clone()));
-                        events.push(("die", id.clone()));
-                    }
-                    _ => {}
-                }
-            }
+            let events = changes(&known, &now, first);
             first = false;
-            for (id, state) in &known {
-                if *state == Run::Running && !now.contains_key(id) {
-                    events.push(("die", id.clone()));
-                }
-            }
             known = now;
             for (action, id) in events {
                 let ev = ContainerEvent {
@@ -448,6 +431,38 @@ impl CriClient {
                 .collect(),
         )
     }
+}
+
+/// The events between two lists (`first`: `known` is empty because
+/// nothing was listed yet, not because nothing ran).
+fn changes(
+    known: &HashMap<String, Run>,
+    now: &HashMap<String, Run>,
+    first: bool,
+) -> Vec<(&'static str, String)> {
+    let mut events = vec![];
+    for (id, state) in now {
+        let before = known.get(id).copied();
+        match (state, before) {
+            (Run::Running, Some(Run::Running)) => {}
+            (Run::Running, _) => events.push(("start", id.clone())),
+            (_, Some(Run::Running)) => events.push(("die", id.clone())),
+            // Created (or unseen) before, exited now: it ran between two
+            // lists.
+            (Run::Exited, Some(Run::Other)) | (Run::Exited, None) if !first || before.is_some() => {
+                events.push(("start", id.clone()));
+                events.push(("die", id.clone()));
+            }
+            _ => {}
+        }
+    }
+    for (id, state) in known {
+        if *state == Run::Running && !now.contains_key(id) {
+            events.push(("die", id.clone()));
+        }
+    }
+    events.sort();
+    events
 }
 
 /// A container's or sandbox's state, as far as following it goes.
@@ -534,4 +549,78 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn is_socket(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt as _;
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_become_events() {
+        let map = |pairs: &[(&str, Run)]| -> HashMap<String, Run> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let ev = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            let mut v: Vec<_> = pairs.iter().map(|(a, id)| (*a, id.to_string())).collect();
+            v.sort();
+            v
+        };
+        use Run::*;
+        /// Known before, listed now, first list, the events.
+        type Row<'a> = (
+            &'a [(&'a str, Run)],
+            &'a [(&'a str, Run)],
+            bool,
+            &'a [(&'static str, &'a str)],
+        );
+        let rows: &[Row] = &[
+            // The first list: what runs starts; what exited long ago is not news.
+            (
+                &[],
+                &[("a", Running), ("b", Exited), ("c", Other)],
+                true,
+                &[("start", "a")],
+            ),
+            (&[("a", Running)], &[("a", Running)], false, &[]),
+            (&[("a", Running)], &[("a", Exited)], false, &[("die", "a")]),
+            (&[("a", Running)], &[], false, &[("die", "a")]),
+            (&[("a", Other)], &[("a", Running)], false, &[("start", "a")]),
+            // Ran between two lists: new and exited, or created and exited.
+            (
+                &[],
+                &[("a", Exited)],
+                false,
+                &[("start", "a"), ("die", "a")],
+            ),
+            (
+                &[("a", Other)],
+                &[("a", Exited)],
+                false,
+                &[("start", "a"), ("die", "a")],
+            ),
+            (
+                &[("a", Other)],
+                &[("a", Exited)],
+                true,
+                &[("start", "a"), ("die", "a")],
+            ),
+            // Exited and still listed, or removed after it exited: nothing.
+            (&[("a", Exited)], &[("a", Exited)], false, &[]),
+            (&[("a", Exited)], &[], false, &[]),
+            // A restart.
+            (
+                &[("a", Exited)],
+                &[("a", Running)],
+                false,
+                &[("start", "a")],
+            ),
+        ];
+        for (known, now, first, want) in rows {
+            assert_eq!(
+                changes(&map(known), &map(now), *first),
+                ev(want),
+                "{known:?} -> {now:?}"
+            );
+        }
+    }
 }
