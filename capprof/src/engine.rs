@@ -72,6 +72,11 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     /// Its IP address, on a network that gives it one.
     pub address: Option<String>,
+    /// Its pod, when a CRI runtime named it.
+    pub k8s: Option<crate::profile::K8sRef>,
+    /// Whether it is a pod's sandbox (pause) container: the runtime's
+    /// plumbing, not a workload.
+    pub sandbox: bool,
 }
 
 /// A container lifecycle event.
@@ -460,6 +465,8 @@ impl Engine {
             exit_code: state.exit_code,
             address,
             id,
+            k8s: None,
+            sandbox: false,
         })
     }
 

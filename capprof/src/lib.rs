@@ -9,6 +9,7 @@ pub mod capability;
 pub mod capset;
 pub mod cgroup;
 pub mod conditional;
+pub mod cri;
 pub mod daemon;
 pub mod diff;
 pub mod engine;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod capprof_image;
+mod containerd;
 mod demo;
 mod engine;
 mod fuzz;

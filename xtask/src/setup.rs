@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     // generator run against it.
     "nginx-light",
     "wrk",
+    // protoc, which k8s-cri's build compiles the CRI protobuf with.
+    "protobuf-compiler",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use crate::{
+    containerd::Containerd,
     engine::Engine,
     image::{self, TEST_IMAGE, TOOLS_IMAGE},
     libtest::Counts,
@@ -60,6 +61,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // The DaemonSet's image, for tests/image.rs (a release build, which the
     // benchmark's smoke test below needs anyway).
     crate::capprof_image::ensure_capprof_image(&engine)?;
+    // A private containerd for the CRI tests (tests/cri.rs).
+    let containerd = Containerd::start(&engine)?;
 
     // Each bad-input case the tests check (one line, its exit status) is
     // logged here by their shared assertion, and counted below.
@@ -73,7 +76,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
         .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
         .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE)
-        .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log);
+        .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log)
+        .env("CAPPROF_TEST_CRI", containerd.endpoint());
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }
@@ -85,7 +89,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     ));
     let outcome = run_and_count(&mut cmd);
-    // Stop the private engine before the summary, so the summary stays last.
+    // Stop the private engines before the summary, so the summary stays last.
+    drop(containerd);
     engine.stop();
     let (status, counts) = outcome?;
     if let Ok(log) = std::fs::read_to_string(&bad_input_log) {

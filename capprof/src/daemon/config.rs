@@ -23,6 +23,10 @@ pub struct DaemonConfig {
     pub flush_interval_secs: u64,
     /// The engine API socket: $DOCKER_HOST, else /var/run/docker.sock.
     pub engine: Option<String>,
+    /// The CRI runtime socket (containerd, CRI-O) that names pods'
+    /// containers. Default: none; the runtime at its default socket is used
+    /// when no Docker engine answers.
+    pub cri: Option<String>,
     /// Where bpffs is (mounted if missing): /sys/fs/bpf.
     pub bpffs: PathBuf,
     /// Extra cgroup v2 subtrees to watch for containers.
@@ -41,6 +45,7 @@ impl Default for DaemonConfig {
             max_containers: 1024,
             flush_interval_secs: 3,
             engine: None,
+            cri: None,
             bpffs: PathBuf::from(crate::observer::pin::DEFAULT_BPFFS),
             cgroup_roots: vec![],
             shadow: vec![],

@@ -34,10 +34,9 @@ use tokio::{
 
 use crate::{
     cgroup,
-    engine::{self, Engine},
     observer::{Backend, Count, LoadOptions, Observer, ObserverError},
     profile::Profile,
-    recorder::{Finalized, Recorder, Session, watch_container_roots},
+    recorder::{Finalized, Recorder, Session, SourceError, connect_source, watch_container_roots},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +71,8 @@ pub enum DaemonError {
     Reader(#[from] crate::observer::reader::ReaderError),
     #[error(transparent)]
     Shadow(#[from] shadow::ShadowError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 impl DaemonError {
@@ -84,7 +85,8 @@ impl DaemonError {
             | DaemonError::MetricsAddr(_)
             | DaemonError::MetricsBind { .. }
             | DaemonError::Reset { .. }
-            | DaemonError::Shadow(_) => true,
+            | DaemonError::Shadow(_)
+            | DaemonError::Source(_) => true,
             DaemonError::Privileges(_) | DaemonError::Signal(_) | DaemonError::Reader(_) => false,
         }
     }
@@ -115,12 +117,10 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     api::check_path(&config.socket)?;
     let state = StateDir::open(&config.state_dir)?;
     let candidates = Candidates::load(&config.shadow)?;
-    let endpoint = config
-        .engine
-        .clone()
-        .unwrap_or_else(engine::endpoint_from_env);
-    let engine = match Engine::connect(&endpoint).await {
-        Ok(engine) => Some(engine),
+    let source = match connect_source(config.engine.as_deref(), config.cri.as_deref()).await {
+        Ok(source) => Some(source),
+        // A CRI socket named on purpose must answer.
+        Err(e @ SourceError::Cri(_)) => return Err(e.into()),
         Err(e) => {
             tracing::warn!("{e}; containers are profiled by cgroup, unnamed");
             None
@@ -141,8 +141,8 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         dir: (!observer.reused_pins()).then(|| crate::observer::pin::pin_dir(&config.bpffs)),
     };
 
-    let parents = match &engine {
-        Some(engine) => engine.cgroup_parents(),
+    let parents = match &source {
+        Some(source) => source.cgroup_parents(&mount),
         None => vec!["/docker", "/libpod_parent"],
     };
     let watched = watch_container_roots(&mut observer, &mount, &parents, &config.cgroup_roots)?;
@@ -211,7 +211,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
 
     let backend = observer.backend();
     let classification = observer.classification().to_string();
-    let session = Session::start(observer, recorder, engine, TICK).await?;
+    let session = Session::start_with(observer, recorder, source, TICK).await?;
     pins.dir = None;
 
     eprintln!(
@@ -488,6 +488,31 @@ impl Aggregator {
         })
     }
 
+    /// The current profile of every pod's container (sandboxes left out),
+    /// in memory or evicted to disk.
+    fn pod_profiles(&self) -> Vec<Profile> {
+        let (recorder, observer) = (self.session.recorder(), self.session.observer());
+        let counts = observer.read_counts().unwrap_or_default();
+        let mut profiles: Vec<Profile> = recorder
+            .records()
+            .filter(|r| r.info.k8s.is_some() && !r.info.sandbox)
+            .filter_map(|r| recorder.snapshot(&r.id, observer, &counts))
+            .collect();
+        for id in self.state.ids() {
+            if recorder.get(&id).is_some() {
+                continue;
+            }
+            if let Some(p) = self
+                .state
+                .read(&id)
+                .filter(|p| p.k8s.is_some() && !p.sandbox)
+            {
+                profiles.extend(p.current);
+            }
+        }
+        profiles
+    }
+
     fn answer(&self, q: Query) {
         let (recorder, observer) = (self.session.recorder(), self.session.observer());
         match q {
@@ -578,6 +603,14 @@ impl Aggregator {
                     }
                 }
                 let _ = reply.send(merged.ok_or(Lookup::NotFound));
+            }
+            Query::Workload { key, reply } => {
+                let profiles = self.pod_profiles();
+                let _ = reply.send(crate::cri::workload::workload_profile(&key, &profiles));
+            }
+            Query::Workloads { reply } => {
+                let keys = crate::cri::workload::workloads(&self.pod_profiles());
+                let _ = reply.send(keys.iter().map(ToString::to_string).collect());
             }
             Query::Metrics { reply } => {
                 let counts = observer.read_counts().unwrap_or_default();

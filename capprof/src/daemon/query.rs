@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::shadow::ShadowStatus;
-use crate::{capability::Cap, profile::Profile};
+use crate::{
+    capability::Cap,
+    cri::workload::{WorkloadError, WorkloadKey},
+    profile::Profile,
+};
 
 /// One line of `capprof ps` / `GET /v1/containers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,16 @@ pub enum Query {
     },
     Metrics {
         reply: oneshot::Sender<MetricsSnapshot>,
+    },
+    /// One workload's profile: its pods' containers of one name, merged
+    /// with coverage.
+    Workload {
+        key: WorkloadKey,
+        reply: oneshot::Sender<Result<Profile, WorkloadError>>,
+    },
+    /// Every workload, as `NAMESPACE/KIND/NAME/CONTAINER`.
+    Workloads {
+        reply: oneshot::Sender<Vec<String>>,
     },
 }
 

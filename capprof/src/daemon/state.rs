@@ -116,7 +116,20 @@ impl StateDir {
         json.push('\n');
         fsutil::write_atomic(&path, json.as_bytes())
             .map_err(|source| StateError::Write { path, source })?;
-        if let Some(current) = &state.current {
+        // A pod's sandbox (pause) container is the runtime's: no profile.
+        if let Some(current) = state.current.as_ref().filter(|_| !state.sandbox) {
+            // A pod's container: `profiles/<namespace>/<pod>/<container>.json`.
+            if let Some(path) = state
+                .k8s
+                .as_ref()
+                .zip(state.name.as_deref())
+                .and_then(|(k8s, name)| crate::cri::profile_path(&self.profiles, k8s, name))
+            {
+                let made = path.parent().map_or(Ok(()), fs::create_dir_all);
+                return made
+                    .and_then(|()| fsutil::write_atomic(&path, current.to_json().as_bytes()))
+                    .map_err(|source| StateError::Write { path, source });
+            }
             let stem = state
                 .name
                 .as_deref()
@@ -206,6 +219,8 @@ mod tests {
             name: Some("web".into()),
             image: None,
             capabilities: None,
+            k8s: None,
+            sandbox: false,
             exited: true,
             base: None,
             current: None,

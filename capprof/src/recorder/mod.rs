@@ -4,6 +4,7 @@
 //! the daemon.
 
 mod session;
+mod source;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -12,6 +13,7 @@ use std::{
 };
 
 pub use session::{Finalized, Session};
+pub use source::{Source, SourceError, connect as connect_source};
 
 use crate::{
     attribution::attribute,
@@ -65,6 +67,11 @@ pub struct PersistedContainer {
     pub name: Option<String>,
     pub image: Option<String>,
     pub capabilities: Option<Vec<crate::capability::Cap>>,
+    /// Its pod, when a CRI runtime named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<crate::profile::K8sRef>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
     pub exited: bool,
     pub base: Option<Profile>,
     pub current: Option<Profile>,
@@ -268,6 +275,10 @@ impl Recorder {
         if info.run.is_some() {
             rec.info.run = info.run;
         }
+        if info.k8s.is_some() {
+            rec.info.k8s = info.k8s;
+            rec.info.sandbox = info.sandbox;
+        }
     }
 
     /// The profile as of now, without draining: earlier finalizations plus
@@ -326,6 +337,8 @@ impl Recorder {
             name: rec.info.name.clone(),
             image: rec.info.image.clone(),
             capabilities: rec.info.capabilities.clone(),
+            k8s: rec.info.k8s.clone(),
+            sandbox: rec.info.sandbox,
             exited: rec.exited,
             base: rec.profile.clone(),
             current,
@@ -347,6 +360,8 @@ impl Recorder {
         rec.info.name = p.name;
         rec.info.image = p.image;
         rec.info.capabilities = p.capabilities;
+        rec.info.k8s = p.k8s;
+        rec.info.sandbox = p.sandbox;
         rec.exited = p.exited;
         rec.profile = p.base;
         rec.started.get_or_insert_with(SystemTime::now);
@@ -489,7 +504,13 @@ fn digest_of<'a>(counts: impl Iterator<Item = &'a Count>, rest: impl std::hash::
 
 fn subject(rec: &ContainerRecord, keep_env: bool) -> Subject {
     Subject {
-        kind: "container".into(),
+        // A container the CRI named is a pod's.
+        kind: if rec.info.k8s.is_some() {
+            "pod-container"
+        } else {
+            "container"
+        }
+        .into(),
         runtime: Some(rec.runtime.clone()),
         id: Some(rec.id.clone()),
         name: rec.info.name.clone(),
@@ -504,7 +525,7 @@ fn subject(rec: &ContainerRecord, keep_env: bool) -> Subject {
                 run.without_env_values()
             }
         }),
-        k8s: None,
+        k8s: rec.info.k8s.clone(),
     }
 }
 
@@ -584,8 +605,24 @@ pub fn watch_container_roots(
 /// (a name re-used while recording, or by an earlier recording): then
 /// `NAME-<short id>.json`, so that no container's profile is ever
 /// overwritten by another's.
+///
+/// A pod's container goes to `<namespace>/<pod>/<container>.json` under
+/// `dir`, by the same rule (`<container>-<short id>.json` when the kubelet
+/// restarted it, so that it has a new id).
 pub fn profile_path(dir: &Path, rec: &ContainerRecord) -> PathBuf {
+    if let Some((k8s, name)) = rec.info.k8s.as_ref().zip(rec.info.name.as_deref())
+        && let Some(path) = crate::cri::profile_path(dir, k8s, name)
+        && let Some(pod_dir) = path.parent()
+    {
+        return free_path(pod_dir, name, rec);
+    }
     let stem = safe_name(&rec.file_stem()).unwrap_or_else(|| short_id(&rec.id));
+    free_path(dir, &stem, rec)
+}
+
+/// `dir/<stem>.json`, or `dir/<stem>-<short id>.json` when the first holds
+/// another container's profile.
+fn free_path(dir: &Path, stem: &str, rec: &ContainerRecord) -> PathBuf {
     let path = dir.join(format!("{stem}.json"));
     let taken = path.exists()
         && Profile::read(&path.to_string_lossy())

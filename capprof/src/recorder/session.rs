@@ -6,15 +6,17 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio::{sync::mpsc, time::Interval};
 
-use super::Recorder;
+use super::{
+    Recorder,
+    source::{Events, Source},
+};
 use crate::{
     engine::{ContainerEvent, ContainerInfo, Engine},
     observer::{
@@ -30,8 +32,6 @@ const GRACE: Duration = Duration::from_millis(300);
 /// reply (Podman answers only after its cleanup).
 const INSPECT_WAIT: Duration = Duration::from_secs(5);
 
-type Events = Pin<Box<dyn Stream<Item = ContainerEvent> + Send>>;
-
 /// A container that exited and was finalized.
 #[derive(Debug)]
 pub struct Finalized {
@@ -45,7 +45,7 @@ pub struct Session {
     recorder: Recorder,
     reader: Option<EventReader>,
     records: mpsc::Receiver<Received>,
-    engine: Option<Arc<Engine>>,
+    source: Option<Arc<Source>>,
     events: Option<Events>,
     inspect_tx: mpsc::Sender<(String, Option<ContainerInfo>)>,
     inspect_rx: mpsc::Receiver<(String, Option<ContainerInfo>)>,
@@ -59,27 +59,38 @@ impl Session {
     /// and takes in the containers that already run. `tick` is how often
     /// exited containers are looked for.
     pub async fn start(
-        mut observer: Observer,
-        mut recorder: Recorder,
+        observer: Observer,
+        recorder: Recorder,
         engine: Option<Engine>,
         tick: Duration,
     ) -> Result<Self, ObserverError> {
+        Self::start_with(observer, recorder, engine.map(Source::Engine), tick).await
+    }
+
+    /// [`Session::start`] with any source of names: an engine or a CRI
+    /// runtime.
+    pub async fn start_with(
+        mut observer: Observer,
+        mut recorder: Recorder,
+        source: Option<Source>,
+        tick: Duration,
+    ) -> Result<Self, ObserverError> {
         let (reader, records) = EventReader::spawn(&mut observer)?;
-        if let Some(engine) = &engine {
-            for id in engine.running().await {
-                if let Some(info) = engine.inspect(&id).await {
+        if let Some(source) = &source {
+            for id in source.running().await {
+                if let Some(info) = source.inspect(&id).await {
                     recorder.on_preexisting(info);
                 }
             }
         }
-        let events = engine.as_ref().map(|e| Box::pin(e.events()) as Events);
+        let events = source.as_ref().map(|s| s.events());
         let (inspect_tx, inspect_rx) = mpsc::channel(256);
         Ok(Self {
             observer,
             recorder,
             reader: Some(reader),
             records,
-            engine: engine.map(Arc::new),
+            source: source.map(Arc::new),
             events,
             inspect_tx,
             inspect_rx,
@@ -102,7 +113,7 @@ impl Session {
     }
 
     pub fn engine(&self) -> Option<&Engine> {
-        self.engine.as_deref()
+        self.source.as_deref().and_then(Source::engine)
     }
 
     /// Takes in whatever comes next: a record, an engine event, an inspect
@@ -138,7 +149,7 @@ impl Session {
 
     fn on_engine_event(&mut self, ev: ContainerEvent) {
         if ev.action == "start"
-            && let Some(engine) = self.engine.clone()
+            && let Some(engine) = self.source.clone()
         {
             let (tx, id) = (self.inspect_tx.clone(), ev.id.clone());
             self.inspecting.insert(id.clone(), Instant::now());

@@ -9,6 +9,9 @@
 //! | `GET /v1/containers/{key}/shadow` | [`ShadowStatus`](super::shadow::ShadowStatus): the container against its candidate allowlist |
 //! | `GET /v1/images/{image}` | the profile merged over the image's containers |
 //! | `GET /v1/images/{image}/export?format=F` | as for a container |
+//! | `GET /v1/workloads` | `["NAMESPACE/KIND/NAME/CONTAINER", …]`: the Kubernetes workloads profiled |
+//! | `GET /v1/workloads/{namespace}/{kind}/{name}[/{container}]` | the workload's profile: its pods' containers of that name merged, with coverage (`crate::cri::workload`); the container may be left out when there is one |
+//! | `GET /v1/workloads/{namespace}/{kind}/{name}/{container}/export?format=F` | as for a container |
 //!
 //! `{key}` is a container name or an id prefix of at least 4 characters.
 //! `{image}` is the rest of the path: `/v1/images/docker.io/library/nginx:1.27`
@@ -238,10 +241,25 @@ pub fn router(tx: QueryTx) -> Router {
         .route("/v1/containers/{key}/export", get(container_export))
         .route("/v1/containers/{key}/shadow", get(container_shadow))
         .route("/v1/images/{*image}", get(image))
+        .route("/v1/workloads", get(workload::list))
+        .route(
+            "/v1/workloads/{namespace}/{kind}/{name}",
+            get(workload::one),
+        )
+        .route(
+            "/v1/workloads/{namespace}/{kind}/{name}/{container}",
+            get(workload::one),
+        )
+        .route(
+            "/v1/workloads/{namespace}/{kind}/{name}/{container}/export",
+            get(workload::export),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(tx)
 }
+
+mod workload;
 
 #[derive(Debug, Deserialize)]
 struct ExportParams {
@@ -389,6 +407,11 @@ async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>
         }
         Some(Ok(profile)) => profile,
     };
+    rendered(profile, format)
+}
+
+/// A profile as JSON, or rendered in `format`.
+fn rendered(profile: crate::profile::Profile, format: Option<Format>) -> Response {
     match format {
         None => (
             StatusCode::OK,

@@ -89,6 +89,15 @@ pub fn fake_aggregator() -> QueryTx {
                     };
                     let _ = reply.send(known.then(sample_profile).ok_or(Lookup::NotFound));
                 }
+                // No pod was profiled.
+                Query::Workload { key, reply } => {
+                    let _ = reply.send(Err(crate::cri::workload::WorkloadError::NotFound {
+                        key: key.to_string(),
+                    }));
+                }
+                Query::Workloads { reply } => {
+                    let _ = reply.send(vec![]);
+                }
                 // "web" is known and has no candidate allowlist.
                 Query::Shadow { key, reply } => {
                     let _ = reply.send((key == "web").then_some(None));

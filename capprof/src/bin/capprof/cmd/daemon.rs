@@ -39,8 +39,20 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "SECONDS", env = "CAPPROF_FLUSH_INTERVAL")]
     pub flush_interval: Option<u64>,
     /// The engine's API socket [default: $DOCKER_HOST, else /var/run/docker.sock].
-    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE")]
+    #[arg(
+        long,
+        value_name = "unix://PATH",
+        env = "CAPPROF_ENGINE",
+        conflicts_with = "cri"
+    )]
     pub engine: Option<String>,
+    /// Name containers through this CRI runtime socket (containerd,
+    /// CRI-O), by namespace, pod and container, and answer per workload
+    /// (`capprof profile --workload`). Without --cri or --engine, the
+    /// runtime at /run/containerd/containerd.sock or
+    /// /var/run/crio/crio.sock is used when no Docker engine answers.
+    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_CRI")]
+    pub cri: Option<String>,
     /// bpffs mount point, mounted if missing [default: /sys/fs/bpf].
     #[arg(long, value_name = "DIR", env = "CAPPROF_BPFFS")]
     pub bpffs: Option<PathBuf>,
@@ -86,6 +98,9 @@ impl DaemonArgs {
         }
         if let Some(v) = &self.engine {
             c.engine = Some(v.clone());
+        }
+        if let Some(v) = &self.cri {
+            c.cri = Some(v.clone());
         }
         if let Some(v) = &self.bpffs {
             c.bpffs = v.clone();

@@ -4,6 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use capprof::{
+    cri::workload::{WorkloadError, WorkloadKey},
     daemon::client::{DEFAULT_SOCKET, encode_segment},
     engine::short_id,
     export::{self, Format},
@@ -19,10 +20,13 @@ Examples:
   capprof profile web                          the table
   capprof profile 3f2a9c -f docker             docker run flags
   capprof profile -f k8s web > caps.yaml
-  capprof profile --image nginx:1.27 -f compose  merged over the image's containers";
+  capprof profile --image nginx:1.27 -f compose  merged over the image's containers
+  capprof profile --workload shop/Deployment/web/nginx   a Kubernetes workload, merged over its pods";
 
 /// Show the profile a running `capprof daemon` holds for one container, or
-/// with --image the profile merged over every container of an image.
+/// with --image the profile merged over every container of an image, or
+/// with --workload a Kubernetes workload's container merged over its pods
+/// (with how many pods saw each capability).
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct ProfileArgs {
@@ -34,8 +38,15 @@ pub struct ProfileArgs {
 
     /// Treat NAME_OR_ID as an image: merge the profiles of all its
     /// containers.
-    #[arg(long, env = "CAPPROF_PROFILE_IMAGE")]
+    #[arg(long, env = "CAPPROF_PROFILE_IMAGE", conflicts_with = "workload")]
     pub image: bool,
+
+    /// Treat NAME_OR_ID as a Kubernetes workload,
+    /// NAMESPACE/KIND/NAME[/CONTAINER] (KIND: Deployment, StatefulSet,
+    /// DaemonSet, Job, CronJob or Pod; the container may be left out when
+    /// the pods have one): merge that container over the workload's pods.
+    #[arg(long, env = "CAPPROF_PROFILE_WORKLOAD")]
+    pub workload: bool,
 
     /// The daemon's API socket.
     #[arg(long, value_name = "PATH", env = "CAPPROF_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -95,7 +106,25 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
             "give a container name or id (see `capprof ps`)",
         ));
     }
-    let (what, path) = if args.image {
+    let (what, path) = if args.workload {
+        let workload: WorkloadKey = key
+            .parse()
+            .map_err(|e: WorkloadError| Error::usage(e.to_string()))?;
+        let mut path = format!(
+            "/v1/workloads/{}/{}/{}",
+            encode_segment(&workload.namespace),
+            encode_segment(&workload.kind),
+            encode_segment(&workload.name)
+        );
+        if let Some(container) = &workload.container {
+            path.push('/');
+            path.push_str(&encode_segment(container));
+        }
+        (
+            format!("no workload {workload} (no pod of it was profiled)"),
+            path,
+        )
+    } else if args.image {
         (
             format!("no container of image {key}"),
             format!("/v1/images/{}", encode_segment(key)),
@@ -124,17 +153,54 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
             Ok(export::render(&profile, format)?)
         }
         None => Ok(format!(
-            "{}{}",
+            "{}{}{}",
             heading(&profile),
-            table::render_profile(&profile)
+            table::render_profile(&profile),
+            coverage(&profile)
         )),
     }
+}
+
+/// For a merged profile, in how many of its pods (or containers) each
+/// capability was seen.
+fn coverage(profile: &Profile) -> String {
+    let Some(coverage) = &profile.coverage else {
+        return String::new();
+    };
+    let unit = if profile.subject.kind == "workload" {
+        "pods"
+    } else {
+        "profiles"
+    };
+    let mut out = String::from("coverage:\n");
+    for (cap, c) in &coverage.capabilities {
+        out.push_str(&format!(
+            "  {cap:<24} seen in {} of {} {unit}\n",
+            c.seen_in, coverage.profiles
+        ));
+    }
+    out
 }
 
 /// One line naming what the table is about.
 fn heading(profile: &Profile) -> String {
     let subject = &profile.subject;
+    let k8s = subject.k8s.as_ref();
+    let pod_container =
+        k8s.zip(subject.name.as_ref())
+            .map(|(k8s, name)| match (&k8s.pod, &k8s.owner) {
+                (Some(pod), _) => format!("container {}/{pod}/{name}", k8s.namespace),
+                (None, Some(owner)) => format!(
+                    "workload {}/{}/{}/{name} ({} pods)",
+                    k8s.namespace,
+                    owner.kind,
+                    owner.name,
+                    profile.coverage.as_ref().map_or(1, |c| c.profiles)
+                ),
+                (None, None) => format!("container {}/{name}", k8s.namespace),
+            });
     let who = match (&subject.name, &subject.id) {
+        _ if pod_container.is_some() => pod_container,
         (Some(name), _) => Some(format!("container {name}")),
         (None, Some(id)) => Some(format!("container {}", short_id(id))),
         (None, None) => None,

@@ -9,12 +9,10 @@ use std::{
 };
 
 use capprof::{
-    cgroup,
-    engine::{self, Engine},
-    fsutil,
+    cgroup, fsutil,
     observer::{Backend, Observer, preflight},
     profile::Profile,
-    recorder::{Finalized, Recorder, Session, profile_path, watch_container_roots},
+    recorder::{Finalized, Recorder, Session, connect_source, profile_path, watch_container_roots},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -38,8 +36,20 @@ pub struct RecordArgs {
     #[arg(long, short, value_name = "SECONDS", env = "CAPPROF_DURATION")]
     pub duration: Option<u64>,
     /// The engine's API socket (default: $DOCKER_HOST, else /var/run/docker.sock).
-    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE")]
+    #[arg(
+        long,
+        value_name = "unix://PATH",
+        env = "CAPPROF_ENGINE",
+        conflicts_with = "cri"
+    )]
     pub engine: Option<String>,
+    /// Name containers through this CRI runtime socket (containerd,
+    /// CRI-O): profiles go to DIR/<namespace>/<pod>/<container>.json.
+    /// Without --cri or --engine, the CRI runtime at
+    /// /run/containerd/containerd.sock or /var/run/crio/crio.sock is used
+    /// when no Docker engine answers.
+    #[arg(long, value_name = "unix://PATH", env = "CAPPROF_CRI")]
+    pub cri: Option<String>,
     /// Also watch this cgroup v2 subtree (relative to the mount) for containers.
     #[arg(long = "cgroup-root", value_name = "PATH")]
     pub cgroup_roots: Vec<String>,
@@ -92,11 +102,7 @@ pub fn main(args: RecordArgs) -> Result<ExitCode, Error> {
 }
 
 async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
-    let endpoint = args
-        .engine
-        .clone()
-        .unwrap_or_else(engine::endpoint_from_env);
-    let engine = Engine::connect(&endpoint)
+    let source = connect_source(args.engine.as_deref(), args.cri.as_deref())
         .await
         .map_err(|e| Error::usage(e.to_string()))?;
     let mut observer = Observer::load(args.backend)?;
@@ -104,7 +110,7 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     let watched = watch_container_roots(
         &mut observer,
         &mount,
-        &engine.cgroup_parents(),
+        &source.cgroup_parents(&mount),
         &args.cgroup_roots,
     )?;
     if watched.is_empty() {
@@ -116,12 +122,11 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
     recorder.keep_env(args.keep_env);
     let backend = observer.backend();
-    let (flavor, version) = (engine.flavor, engine.version.clone());
-    let mut session = Session::start(observer, recorder, Some(engine), TICK).await?;
+    let described = source.describe();
+    let mut session = Session::start_with(observer, recorder, Some(source), TICK).await?;
     eprintln!(
-        "capprof: recording containers of {} {} under {} ({} backend); Ctrl-C to stop",
-        flavor.runtime_name(),
-        version,
+        "capprof: recording containers of {} under {} ({} backend); Ctrl-C to stop",
+        described,
         watched.join(", "),
         backend
     );
@@ -192,12 +197,28 @@ fn write(
     let Some(profile) = profile else {
         return Ok(());
     };
+    // A pod's sandbox (pause) container is the runtime's, not a workload.
+    if rec.info.sandbox {
+        return Ok(());
+    }
     let path = profile_path(&args.out, rec);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+    }
     write_profile(&path, &profile.to_json())?;
     written.insert(path.display().to_string());
     eprintln!(
         "capprof: {} -> {} (allowlist: {})",
-        profile.subject.name.as_deref().unwrap_or(id),
+        match (&profile.subject.k8s, &profile.subject.name) {
+            (Some(k8s), Some(name)) => format!(
+                "{}/{}/{name}",
+                k8s.namespace,
+                k8s.pod.as_deref().unwrap_or("-")
+            ),
+            (None, Some(name)) => name.clone(),
+            (_, None) => id.to_owned(),
+        },
         path.display(),
         if profile.allowlist.is_empty() {
             "none".to_owned()

@@ -1,0 +1,281 @@
+//! A private containerd 1.6 with its CRI plugin, for the CRI tests: its own
+//! root, state and sockets under a temp dir, stopped and removed when the
+//! [`Containerd`] is dropped. The tests drive it through the CRI the way the
+//! kubelet does (`CAPPROF_TEST_CRI`), with host-network pods so that no CNI
+//! is needed.
+//!
+//! What it takes on this kind of machine (ENVIRONMENT.md):
+//! `restrict_oom_score_adj = true` (root lacks CAP_SYS_RESOURCE, so the
+//! sandbox's oom_score_adj of -998 would fail), the `native` snapshotter,
+//! an empty CNI directory, and a sandbox image that is imported, not
+//! pulled: [`PAUSE_IMAGE`], the test image with `PATH` and a command that
+//! waits.
+
+use std::{
+    env,
+    fs::{self, File},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    engine::Engine,
+    image::TEST_IMAGE,
+    util::{display, note, run_checked, step, succeeds},
+};
+
+/// The sandbox (pause) image: the test image with a PATH and a command
+/// that waits, as the CRI plugin needs of a sandbox image.
+pub const PAUSE_IMAGE: &str = "capprof-pause:test";
+/// The containerd namespace the CRI plugin uses.
+const NAMESPACE: &str = "k8s.io";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Containerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts containerd and imports [`TEST_IMAGE`] and [`PAUSE_IMAGE`]
+    /// from `engine` into it.
+    pub fn start(engine: &Engine) -> Result<Self> {
+        let dir = env::temp_dir().join(format!("capprof-containerd-{}", std::process::id()));
+        step(format_args!(
+            "starting a private containerd with the CRI plugin in {}",
+            dir.display()
+        ));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing stale {}", dir.display()))?;
+        }
+        let cni = dir.join("cni");
+        fs::create_dir_all(&cni).with_context(|| format!("creating {}", cni.display()))?;
+        let config = dir.join("config.toml");
+        let d = dir.display();
+        fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{d}/cni"
+    bin_dir = "{d}/cni"
+"#
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let log_path = dir.join("containerd.log");
+        let log = File::create(&log_path)?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        note(format_args!(
+            "$ {} >{} 2>&1",
+            display(&cmd),
+            log_path.display()
+        ));
+        let child = cmd
+            .spawn()
+            .context("could not start containerd (it comes with apt-get install docker.io)")?;
+        let mut me = Self { dir, child };
+        me.wait_until_ready()?;
+        me.import(engine)?;
+        Ok(me)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// The CRI endpoint, as the tests get it in `CAPPROF_TEST_CRI`.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(self.socket()).args(["-n", NAMESPACE]);
+        cmd
+    }
+
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.print_log_tail();
+                bail!("containerd exited during start-up ({status})");
+            }
+            let mut version = Command::new("ctr");
+            version.arg("-a").arg(self.socket()).arg("version");
+            if succeeds(&mut version) {
+                note(format_args!(
+                    "containerd (pid {}) answers at {}",
+                    self.child.id(),
+                    self.endpoint()
+                ));
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.print_log_tail();
+                bail!(
+                    "containerd did not answer within {} s",
+                    START_TIMEOUT.as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `docker save` of the test images, `ctr images import` of the tar.
+    fn import(&self, engine: &Engine) -> Result<()> {
+        step(format_args!(
+            "importing {TEST_IMAGE} and {PAUSE_IMAGE} into it"
+        ));
+        if !succeeds(engine.docker().args(["image", "inspect", PAUSE_IMAGE])) {
+            let name = format!("capprof-pause-{}", std::process::id());
+            run_checked(
+                engine
+                    .docker()
+                    .args(["create", "--name", &name, TEST_IMAGE]),
+            )?;
+            let committed = run_checked(engine.docker().args([
+                "commit",
+                "--change",
+                "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "--change",
+                r#"CMD ["/bin/sleep", "2147483647"]"#,
+                &name,
+                PAUSE_IMAGE,
+            ]));
+            let _ = engine.docker().args(["rm", &name]).output();
+            committed?;
+        }
+        let tar = self.dir.join("images.tar");
+        run_checked(
+            engine
+                .docker()
+                .args(["save", "-o"])
+                .arg(&tar)
+                .args([TEST_IMAGE, PAUSE_IMAGE]),
+        )?;
+        run_checked(self.ctr().args(["images", "import"]).arg(&tar))?;
+        fs::remove_file(&tar)?;
+        Ok(())
+    }
+
+    fn print_log_tail(&self) {
+        let path = self.dir.join("containerd.log");
+        if let Ok(log) = fs::read_to_string(&path) {
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- last lines of {} ----", path.display());
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// Removes every pod and container the tests left, so that no shim
+    /// outlives the run.
+    fn remove_containers(&self) {
+        let list = |what: &str| -> Vec<String> {
+            self.ctr()
+                .args([what, "list", "-q"])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for task in list("tasks") {
+            let _ = self
+                .ctr()
+                .args(["tasks", "kill", "-s", "SIGKILL", &task])
+                .output();
+        }
+        thread::sleep(Duration::from_millis(300));
+        for task in list("tasks") {
+            let _ = self.ctr().args(["tasks", "delete", "-f", &task]).output();
+        }
+        for container in list("containers") {
+            let _ = self
+                .ctr()
+                .args(["containers", "delete", &container])
+                .output();
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        step(format_args!(
+            "stopping the private containerd (pid {})",
+            self.child.id()
+        ));
+        self.remove_containers();
+        if let Ok(None) = self.child.try_wait() {
+            let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(libc::pid_t::MAX);
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // own child, not reaped yet, so it cannot be reused.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // The native snapshotter's and the runtime's mounts must go first.
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
+            let prefix = self.dir.display().to_string();
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(1))
+                .filter(|m| m.starts_with(&prefix))
+                .collect();
+            ours.reverse();
+            for m in ours {
+                let _ = Command::new("umount").arg("-l").arg(m).output();
+            }
+        }
+        // A shim may still be letting go of its files: try a few times.
+        let mut removed = fs::remove_dir_all(&self.dir);
+        for _ in 0..10 {
+            if removed.is_ok() || !self.dir.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(300));
+            removed = fs::remove_dir_all(&self.dir);
+        }
+        if let Err(err) = removed {
+            note(format_args!(
+                "could not remove {}: {err}",
+                self.dir.display()
+            ));
+        }
+    }
+}
