@@ -452,7 +452,9 @@ fn a_failed_privilege_drop_keeps_setuid_and_setgid() {
 /// A workload that needs CHOWN on every other run only (a counter in a
 /// mounted directory says which), and a host probe that fails every other
 /// attempt. Over two runs per set, CHOWN is never dropped, and the probe's
-/// failures are retried, not taken for the workload's.
+/// failures are retried, not taken for the workload's. Both counters are
+/// replaced by rename: capprof may kill the probe, and remove the
+/// container, at any point, and a half-written counter would read empty.
 #[test]
 #[ignore = "needs root"]
 fn a_flaky_workload_and_a_flaky_probe_never_shrink_the_set() {
@@ -465,7 +467,8 @@ fn a_flaky_workload_and_a_flaky_probe_never_shrink_the_set() {
         &probe,
         format!(
             "#!/bin/sh\n\
-             c=$(cat {count} 2>/dev/null || echo 0); echo $((c + 1)) > {count}\n\
+             c=$(cat {count} 2>/dev/null || echo 0)\n\
+             echo $((c + 1)) > {count}.tmp && mv {count}.tmp {count}\n\
              [ $((c % 2)) = 1 ] || exit 1\n\
              [ -e /proc/$CAPPROF_CONTAINER_PID/root/tmp/done ]\n",
             count = count.display()
@@ -482,7 +485,7 @@ fn a_flaky_workload_and_a_flaky_probe_never_shrink_the_set() {
         &[
             "sh",
             "-c",
-            "n=$(cat /state/n); echo $((n + 1)) > /state/n; \
+            "n=$(cat /state/n); echo $((n + 1)) > /state/n.tmp && mv /state/n.tmp /state/n; \
              if [ $((n % 2)) = 0 ]; then touch /tmp/f && chown 1000:1000 /tmp/f || exit 1; fi; \
              touch /tmp/done; exec sleep 30",
         ],
