@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     engine::Engine,
     image::TEST_IMAGE,
-    util::{display, note, run_checked, step, succeeds},
+    util::{display, note, run_checked, step, succeeds, terminate},
 };
 
 /// The sandbox (pause) image: the test image with a PATH and a command
@@ -234,21 +234,7 @@ impl Drop for Containerd {
             self.child.id()
         ));
         self.remove_containers();
-        if let Ok(None) = self.child.try_wait() {
-            let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(libc::pid_t::MAX);
-            // SAFETY: kill has no memory-safety preconditions; the pid is our
-            // own child, not reaped yet, so it cannot be reused.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() >= deadline {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
+        terminate(&mut self.child, "containerd", STOP_TIMEOUT);
         // The native snapshotter's and the runtime's mounts must go first.
         if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
             let prefix = self.dir.display().to_string();

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{display, note, step, succeeds};
+use crate::util::{display, note, step, succeeds, terminate};
 
 /// How long a private dockerd gets to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,25 +204,7 @@ impl Drop for PrivateDockerd {
             "stopping the private dockerd (pid {})",
             self.child.id()
         ));
-        if let Ok(None) = self.child.try_wait() {
-            let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(libc::pid_t::MAX);
-            // SAFETY: kill has no memory-safety preconditions; the pid is our
-            // own child, which we have not reaped yet, so it cannot be reused.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                match self.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        note("dockerd ignored SIGTERM; killing it");
-                        let _ = self.child.kill();
-                        let _ = self.child.wait();
-                        break;
-                    }
-                    Ok(None) => thread::sleep(Duration::from_millis(100)),
-                }
-            }
-        }
+        terminate(&mut self.child, "dockerd", STOP_TIMEOUT);
         // dockerd leaves its default network namespace mounted here.
         let _ = Command::new("umount")
             .arg(self.dir.join("exec/netns/default"))

@@ -6,7 +6,7 @@ use std::{
     ffi::OsString,
     fmt::Display,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -131,4 +131,30 @@ pub fn stdout_of(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout)
         .with_context(|| format!("`{line}` printed non-UTF-8 output"))
         .map(|s| s.trim().to_owned())
+}
+
+/// Stops `child`: SIGTERM, then SIGKILL if it has not exited within
+/// `grace` (said in a note naming `what`). Reaps it either way.
+pub fn terminate(child: &mut Child, what: &str, grace: std::time::Duration) {
+    use std::time::{Duration, Instant};
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own
+    // child, which we have not reaped yet, so it cannot be reused.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                note(format_args!("{what} ignored SIGTERM; killing it"));
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

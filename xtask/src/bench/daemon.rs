@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{note, succeeds};
+use crate::util::{succeeds, terminate};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -123,21 +123,7 @@ impl Daemon {
 
     fn shutdown(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child, not yet reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        note("capprof daemon ignored SIGTERM; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
+            terminate(&mut child, "capprof daemon", Duration::from_secs(20));
         }
         // The pinned links hold the programs on the hooks until their bpffs
         // goes away.
