@@ -286,19 +286,12 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = echo_lines(child.stderr.take().unwrap(), "daemon");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100))
-                && line.contains("daemon ready")
-            {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the daemon exited early ({status})");
-            }
-            assert!(Instant::now() < deadline, "the daemon did not get ready");
-        }
+        let lines = wait_for_line(
+            &mut child,
+            "daemon",
+            "daemon ready",
+            Duration::from_secs(30),
+        );
         Self {
             dir,
             child,
@@ -328,9 +321,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(30));
         let bpffs = self.dir.path("bpffs");
         let _ = Command::new(CAPPROF)
             .args(["daemon", "--reset", "--bpffs", bpffs.to_str().unwrap()])

@@ -158,14 +158,6 @@ fn allowlist(profile: &Value) -> Vec<String> {
     names(profile, "allowlist")
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 #[ignore = "needs root and a Docker engine"]
 fn restart_after_kill_9_loses_nothing() {
