@@ -214,7 +214,7 @@ impl CommandWorkload {
         };
         Ok(Trial {
             outcome,
-            processes: log.processes(),
+            processes: log.processes(&[]),
         })
     }
 }

@@ -298,7 +298,9 @@ impl ContainerWorkload {
         };
         let mut wait = docker.wait_container(id, None);
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        let probe_loop = self.probe_until_pass(id, &env, deadline);
+        // The probe's exec sessions: their processes are not the workload's.
+        let sessions = std::cell::RefCell::new(vec![]);
+        let probe_loop = self.probe_until_pass(id, &env, deadline, &sessions);
         tokio::pin!(probe_loop);
         let outcome = loop {
             tokio::select! {
@@ -353,7 +355,7 @@ impl ContainerWorkload {
         };
         Ok(Trial {
             outcome,
-            processes: log.processes(),
+            processes: log.processes(&sessions.borrow()),
         })
     }
 
@@ -381,6 +383,7 @@ impl ContainerWorkload {
         id: &str,
         env: &[(String, String)],
         deadline: Instant,
+        sessions: &std::cell::RefCell<Vec<u32>>,
     ) -> Result<ProbeEnd, ProofError> {
         let Some(probe) = &self.options.probe else {
             return std::future::pending().await;
@@ -397,7 +400,7 @@ impl ContainerWorkload {
             let limit = left.min(PROBE_ATTEMPT);
             let attempt = match probe {
                 Probe::Host(argv) => probe::run_host(argv, env, limit).await?,
-                Probe::Exec(argv) => self.run_exec(id, argv, limit).await?,
+                Probe::Exec(argv) => self.run_exec(id, argv, limit, sessions).await?,
             };
             match attempt {
                 (Some(0), _) => return Ok(ProbeEnd::Passed),
@@ -419,6 +422,7 @@ impl ContainerWorkload {
         id: &str,
         argv: &[String],
         limit: Duration,
+        sessions: &std::cell::RefCell<Vec<u32>>,
     ) -> Result<(Option<i32>, String), ProofError> {
         let docker = self.engine.docker();
         let exec = match docker
@@ -452,13 +456,21 @@ impl ContainerWorkload {
             }
             output
         };
-        let Ok(output) = tokio::time::timeout(limit, run).await else {
+        let finished = tokio::time::timeout(limit, run).await;
+        let inspected = docker.inspect_exec(&exec.id).await.ok();
+        // The engine keeps the session's host pid after it ends.
+        if let Some(pid) = inspected
+            .as_ref()
+            .and_then(|i| i.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&p| p > 0)
+        {
+            sessions.borrow_mut().push(pid);
+        }
+        let Ok(output) = finished else {
             return Ok((None, String::new()));
         };
-        let code = docker
-            .inspect_exec(&exec.id)
-            .await
-            .ok()
+        let code = inspected
             .and_then(|i| i.exit_code)
             .and_then(|c| i32::try_from(c).ok());
         // runc could not exec the probe at all: bad input, not a failed run.

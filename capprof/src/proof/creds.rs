@@ -17,6 +17,10 @@
 //! did not have, any capability in any set, no_new_privs off where it was
 //! on, or a weaker seccomp mode. This is one general rule, with no list of
 //! programs or capabilities.
+//!
+//! A probe run inside the container (`--probe-exec`) shares the workload's
+//! cgroup but is not the workload: its process trees, found by the pid the
+//! engine gives for each exec session, are left out.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -51,6 +55,9 @@ pub struct ProcSample {
     pub path: String,
     pub comm: String,
     pub creds: Creds,
+    /// The first process of its chain: the workload's first process, or an
+    /// exec session's.
+    pub root: u32,
 }
 
 /// A process of a run that ended up more privileged than any matching
@@ -159,6 +166,7 @@ fn with_paths(seen: &BTreeMap<u32, (String, u32, Creds)>) -> Vec<ProcSample> {
         .map(|(&pid, (comm, _, creds))| {
             let mut chain = vec![comm.as_str()];
             let mut at = pid;
+            let mut root = pid;
             // Bounded: a pid cycle cannot happen, but the set is untrusted.
             for _ in 0..64 {
                 let Some((_, ppid, _)) = seen.get(&at) else {
@@ -168,6 +176,7 @@ fn with_paths(seen: &BTreeMap<u32, (String, u32, Creds)>) -> Vec<ProcSample> {
                     Some((parent, _, _)) if *ppid != at => {
                         chain.push(parent.as_str());
                         at = *ppid;
+                        root = at;
                     }
                     _ => break,
                 }
@@ -178,6 +187,7 @@ fn with_paths(seen: &BTreeMap<u32, (String, u32, Creds)>) -> Vec<ProcSample> {
                 path: chain.join("/"),
                 comm: comm.clone(),
                 creds: creds.clone(),
+                root,
             }
         })
         .collect()
@@ -196,8 +206,14 @@ impl CredLog {
         }
     }
 
-    pub fn processes(&self) -> Vec<ProcSample> {
-        self.by_pid.values().cloned().collect()
+    /// Every process seen, but those of the sessions rooted at `outsiders`
+    /// (the probe's exec sessions).
+    pub fn processes(&self, outsiders: &[u32]) -> Vec<ProcSample> {
+        self.by_pid
+            .values()
+            .filter(|s| !outsiders.contains(&s.root))
+            .cloned()
+            .collect()
     }
 }
 
@@ -311,6 +327,7 @@ Seccomp:\t2
             path: path.into(),
             comm: path.rsplit('/').next().unwrap().into(),
             creds,
+            root: pid,
         }
     }
 
@@ -341,8 +358,33 @@ Seccomp:\t2
         seen.insert(10, ("nginx".to_owned(), 3, root()));
         seen.insert(11, ("nginx".to_owned(), 10, root()));
         seen.insert(12, ("runc:[2:INIT]".to_owned(), 3, root()));
-        let paths: Vec<String> = with_paths(&seen).into_iter().map(|s| s.path).collect();
-        assert_eq!(paths, ["nginx", "nginx/nginx"]);
+        let paths: Vec<(String, u32)> = with_paths(&seen)
+            .into_iter()
+            .map(|s| (s.path, s.root))
+            .collect();
+        assert_eq!(
+            paths,
+            [("nginx".to_owned(), 10), ("nginx/nginx".to_owned(), 10)]
+        );
+    }
+
+    #[test]
+    fn a_probe_exec_session_is_not_the_workload() {
+        // The workload (10) dropped to a user; the probe's exec session (20,
+        // and its child 21) runs as root beside it, in the same cgroup.
+        let user = parse_status(STATUS).unwrap().2;
+        let mut seen = BTreeMap::new();
+        seen.insert(10, ("httpd".to_owned(), 3, user.clone()));
+        seen.insert(20, ("sh".to_owned(), 3, root()));
+        seen.insert(21, ("wget".to_owned(), 20, root()));
+        let mut log = CredLog::default();
+        log.add(with_paths(&seen));
+        let pids = |v: Vec<ProcSample>| v.into_iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(pids(log.processes(&[])), [10, 20, 21]);
+        assert_eq!(pids(log.processes(&[20])), [10]);
+        let baseline = [sample(1, "httpd", user)];
+        assert!(drift(&baseline, &log.processes(&[20])).is_empty());
+        assert!(!drift(&baseline, &log.processes(&[])).is_empty());
     }
 
     #[test]

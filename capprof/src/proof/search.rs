@@ -406,6 +406,7 @@ mod tests {
                 gids: [uid; 4],
                 ..Default::default()
             },
+            root: 1,
         };
         let run = async |set: &[Cap]| {
             let uid = if set.contains(&cap("SETUID")) {
