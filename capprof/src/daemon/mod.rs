@@ -377,13 +377,20 @@ impl Aggregator {
     }
 
     fn flush_all(&mut self) {
-        let counts = self.session.observer().read_counts().unwrap_or_default();
         let ids: Vec<String> = self
             .session
             .recorder()
             .records()
             .map(|r| r.id.clone())
             .collect();
+        // Only a running container has counters left in the kernel (an
+        // exited one's were drained): with none, the map walk is skipped.
+        let live = self.session.recorder().records().any(|r| !r.exited);
+        let counts = if live {
+            self.session.observer().read_counts().unwrap_or_default()
+        } else {
+            vec![]
+        };
         for id in &ids {
             let digest = self.session.recorder().digest(id, &counts);
             if digest.is_some() && self.flushed.get(id) == digest.as_ref() {

@@ -104,19 +104,32 @@ pub struct Recorder {
     classification: String,
     /// Whether profiles keep environment values (`record --keep-env`).
     keep_env: bool,
+    /// Containers that died and wait to be finalized: while there are
+    /// none, nothing needs looking at on a timer.
+    dying: BTreeSet<String>,
 }
 
 impl Recorder {
     pub fn new(mount: &Path, roots: Vec<String>, observer: &Observer) -> Self {
+        Self::labelled(
+            mount,
+            roots,
+            observer.backend().to_string(),
+            observer.classification().to_string(),
+        )
+    }
+
+    fn labelled(mount: &Path, roots: Vec<String>, backend: String, classification: String) -> Self {
         Self {
             mount: mount.to_owned(),
             roots,
             cgroups: HashMap::new(),
             containers: HashMap::new(),
             names: HashMap::new(),
-            backend: observer.backend().to_string(),
-            classification: observer.classification().to_string(),
+            backend,
+            classification,
             keep_env: false,
+            dying: BTreeSet::new(),
         }
     }
 
@@ -248,6 +261,7 @@ impl Recorder {
         }
         if died {
             rec.died = Some(Instant::now());
+            self.dying.insert(ev.id);
         }
     }
 
@@ -376,6 +390,7 @@ impl Recorder {
             self.cgroups.remove(cg);
         }
         self.names.remove(id);
+        self.dying.remove(id);
         rec.cgroup_ids.into_iter().collect()
     }
 
@@ -416,13 +431,28 @@ impl Recorder {
     }
 
     /// Containers that died more than `grace` ago (their last records have
-    /// had time to arrive) and are not finalized yet.
-    pub fn due(&self, grace: Duration) -> Vec<String> {
-        self.containers
-            .values()
+    /// had time to arrive) and are not finalized yet. A container that died
+    /// without one check seen has nothing to finalize: after `give_up` it
+    /// stops being waited for.
+    pub fn due(&mut self, grace: Duration, give_up: Duration) -> Vec<String> {
+        let containers = &self.containers;
+        self.dying.retain(|id| {
+            containers.get(id).is_some_and(|c| {
+                c.died
+                    .is_some_and(|d| !c.cgroup_ids.is_empty() || d.elapsed() < give_up)
+            })
+        });
+        self.dying
+            .iter()
+            .filter_map(|id| self.containers.get(id))
             .filter(|c| c.died.is_some_and(|d| d.elapsed() >= grace) && !c.cgroup_ids.is_empty())
             .map(|c| c.id.clone())
             .collect()
+    }
+
+    /// Whether a container died and waits to be finalized.
+    pub fn has_dying(&self) -> bool {
+        !self.dying.is_empty()
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -445,6 +475,7 @@ impl Recorder {
         id: &str,
         observer: &mut Observer,
     ) -> Result<Option<Profile>, ObserverError> {
+        self.dying.remove(id);
         let Some(rec) = self.containers.get_mut(id) else {
             return Ok(None);
         };
@@ -669,5 +700,40 @@ mod tests {
         );
         assert_ne!(digest(&a, 2), digest(&a[..1], 2));
         assert_ne!(digest(&a, 2), digest(&a, 3), "a new evidence record");
+    }
+
+    /// The session's timer runs only while a container is dying: one that
+    /// was finalized, evicted, or died unseen (after the give-up time)
+    /// stops it.
+    #[test]
+    fn only_a_dying_container_arms_the_timer() {
+        let mut r = Recorder::labelled(
+            Path::new("/sys/fs/cgroup"),
+            vec![],
+            "tp_btf".into(),
+            "calibrated".into(),
+        );
+        let event = |action: &str, id: &str| ContainerEvent {
+            action: action.into(),
+            id: id.into(),
+            name: Some(id.into()),
+            image: None,
+        };
+        r.on_engine_event(event("start", "seen"));
+        r.on_engine_event(event("start", "unseen"));
+        assert!(!r.has_dying(), "running containers need no timer");
+        r.container("seen").cgroup_ids.insert(7);
+        r.on_engine_event(event("die", "seen"));
+        r.on_engine_event(event("die", "unseen"));
+        assert!(r.has_dying());
+        let long = Duration::from_secs(60);
+        assert!(r.due(long, long).is_empty(), "within the grace period");
+        assert!(r.has_dying());
+        // After the grace: the seen one is due; the unseen one, with no
+        // check to finalize, is given up on.
+        assert_eq!(r.due(Duration::ZERO, Duration::ZERO), ["seen"]);
+        r.evict("seen");
+        assert!(!r.has_dying(), "{:?}", r.dying);
+        assert!(r.due(Duration::ZERO, Duration::ZERO).is_empty());
     }
 }

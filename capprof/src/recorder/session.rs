@@ -95,7 +95,13 @@ impl Session {
             inspect_tx,
             inspect_rx,
             inspecting: HashMap::new(),
-            tick: tokio::time::interval(tick),
+            tick: {
+                let mut tick = tokio::time::interval(tick);
+                // Armed only while a container is dying: after an idle
+                // spell, one tick, not a burst of missed ones.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            },
         })
     }
 
@@ -120,6 +126,9 @@ impl Session {
     /// reply, or the tick, which finalizes the containers that died more
     /// than a grace period ago (and whose inspect is not still on its way).
     /// Returns those. Cancel-safe: each source is read only once chosen.
+    ///
+    /// The tick runs only while a container is dying, so an idle session
+    /// sleeps until the kernel, the engine or the caller has something.
     pub async fn next(&mut self) -> Vec<Finalized> {
         let events = async {
             match self.events.as_mut() {
@@ -142,7 +151,7 @@ impl Session {
                     self.recorder.on_inspect(info);
                 }
             }
-            _ = self.tick.tick() => return self.finalize_due(),
+            _ = self.tick.tick(), if self.recorder.has_dying() => return self.finalize_due(),
         }
         vec![]
     }
@@ -163,7 +172,7 @@ impl Session {
 
     fn finalize_due(&mut self) -> Vec<Finalized> {
         let mut done = vec![];
-        for id in self.recorder.due(GRACE) {
+        for id in self.recorder.due(GRACE, INSPECT_WAIT + GRACE) {
             if self
                 .inspecting
                 .get(&id)
