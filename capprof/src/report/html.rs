@@ -297,12 +297,12 @@ fn matrix_section(out: &mut String, report: &Report) {
                     let style = matrix::style(&cell.class);
                     w!(
                         out,
-                        "<td class=\"m i{}\" data-class=\"{}\" title=\"{cap}: {} ({} check{})\">{}<b>{}</b></td>",
+                        "<td class=\"m i{}\" data-class=\"{}\" title=\"{cap}: {} ({} {})\">{}<b>{}</b></td>",
                         intensity(cell.count),
                         Esc(&cell.class),
                         Esc(&cell.class),
                         cell.count,
-                        if cell.count == 1 { "" } else { "s" },
+                        matrix::unit(&cell.class, cell.count),
                         style.short,
                         cell.count
                     );

@@ -52,6 +52,16 @@ const UNKNOWN: ClassStyle = ClassStyle {
     meaning: "a class this version of capprof does not know",
 };
 
+/// What a cell's count counts for the class named `key`.
+pub fn unit(key: &str, count: u64) -> &'static str {
+    match (key, count) {
+        ("kept" | "conditional", 1) => "operation",
+        ("kept" | "conditional", _) => "operations",
+        (_, 1) => "check",
+        _ => "checks",
+    }
+}
+
 /// The style of the class named `key`.
 pub fn style(key: &str) -> &'static ClassStyle {
     CLASSES.iter().find(|c| c.key == key).unwrap_or(&UNKNOWN)
@@ -68,7 +78,8 @@ pub fn class_key(class: Class) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Cell {
     pub class: String,
-    /// Checks of that class (all checks for runtime setup).
+    /// Checks of that class (all checks for runtime setup; the operations
+    /// seen for kept and conditional, which make no check).
     pub count: u64,
 }
 
@@ -87,10 +98,42 @@ pub struct Matrix {
 }
 
 /// The cells of one profile: its workload capabilities under their class,
-/// then what only runtime setup used. A new list of checks in profiles is
-/// one more line here.
-fn cells(profile: &Profile) -> Vec<(Cap, Cell)> {
+/// the lists that are not checks (kept through capset, conditional on a
+/// sysctl) and the ungrantable ones, then what only runtime setup used. A
+/// new list in profiles is one more line here.
+///
+/// A capability has one cell, under the class that says most about what to
+/// do with it: a check that puts it on the allowlist (required, silent)
+/// first; then kept (on the allowlist without such a check); ungrantable
+/// (no --cap-add helps); conditional (needed where a sysctl is not
+/// relaxed); then what the check itself was.
+pub(crate) fn cells(profile: &Profile) -> Vec<(Cap, Cell)> {
     let mut out: Vec<(Cap, Cell)> = profile.capabilities.iter().map(workload_cell).collect();
+    let mut overlay =
+        |cap: Cap, class: &str, count: u64| match out.iter_mut().find(|(c, _)| *c == cap) {
+            Some((_, cell)) => {
+                if !matches!(cell.class.as_str(), "required" | "silent") {
+                    cell.class = class.to_owned();
+                }
+            }
+            None => out.push((
+                cap,
+                Cell {
+                    class: class.to_owned(),
+                    count,
+                },
+            )),
+        };
+    // Least telling first: each later one wins over the earlier.
+    for c in &profile.conditional {
+        overlay(c.capability, "conditional", c.evidence.len() as u64);
+    }
+    for &cap in &profile.ungrantable {
+        overlay(cap, "ungrantable", 0);
+    }
+    for k in &profile.kept {
+        overlay(k.capability, "kept", k.evidence.len() as u64);
+    }
     for usage in &profile.runtime_setup {
         if !out.iter().any(|(cap, _)| *cap == usage.name) {
             out.push((

@@ -249,11 +249,19 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
     let cmp = export::compare(profile, runtime);
     let phases = phase::phases(profile, options.startup_window);
     let coverage = crate::merge::coverage_of(profile);
+    // Each capability's class as the matrix shows it: the kept, conditional
+    // and ungrantable lists have their rows too, though they are not checks.
+    let classes: BTreeMap<Cap, String> = matrix::cells(profile)
+        .into_iter()
+        .filter(|(_, cell)| cell.class != matrix::SETUP)
+        .map(|(cap, cell)| (cap, cell.class))
+        .collect();
     let mut caps: Vec<Cap> = cmp
         .defaults
         .iter()
         .copied()
-        .chain(profile.capabilities.iter().map(|u| u.name))
+        .chain(classes.keys().copied())
+        .chain(profile.allowlist.iter().copied())
         .collect();
     caps.sort();
     caps.dedup();
@@ -274,7 +282,10 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
                 in_default,
                 on_allowlist,
                 action,
-                class: usage.map(|u| class_key(u.class)),
+                class: classes
+                    .get(&cap)
+                    .cloned()
+                    .or_else(|| usage.map(|u| class_key(u.class))),
                 checks: usage.map_or(0, |u| u.granted + u.denied),
                 by_class: usage
                     .map(|u| {
@@ -487,6 +498,81 @@ mod tests {
         assert_eq!(back, input.profile);
         // An empty profile says so.
         assert!(c.warnings.iter().any(|w| w.contains("no capability check")));
+    }
+
+    /// A capability on the allowlist only through capset, one needed only
+    /// where a sysctl is not relaxed, and one no --cap-add can grant: each
+    /// has its row and its matrix cell under its own class, not the class
+    /// of whatever check it also made.
+    #[test]
+    fn kept_conditional_and_ungrantable_capabilities_are_shown() {
+        let json = r#"{
+          "schema": "capprof.profile/v1", "generator": "capprof test",
+          "subject": {"kind": "container", "name": "web", "runtime": "docker"},
+          "observation": {"start": "", "end": "", "backend": "tp_btf", "classification": "call-site"},
+          "allowlist": ["CAP_CHOWN", "CAP_SYS_NICE"], "required": ["CAP_CHOWN"],
+          "denied": ["CAP_MKNOD"], "advisory": ["CAP_SYS_NICE"], "silent": [],
+          "ungrantable": ["CAP_MKNOD"],
+          "capabilities": [
+            {"name": "CAP_CHOWN", "number": 0, "class": "required", "granted": 3, "denied": 0,
+             "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:02Z"},
+            {"name": "CAP_MKNOD", "number": 27, "class": "denied", "granted": 0, "denied": 2,
+             "ungrantable": 2, "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:02Z"},
+            {"name": "CAP_SYS_NICE", "number": 23, "class": "advisory", "granted": 1, "denied": 0,
+             "first_seen": "2025-01-01T00:00:01Z", "last_seen": "2025-01-01T00:00:02Z"}
+          ],
+          "conditional": [{"capability": "CAP_NET_RAW", "operation": "icmp datagram socket",
+            "sysctl": "net.ipv4.ping_group_range", "value": "0 2147483647",
+            "evidence": [{"comm": "ping", "pid": 7, "uid": 0}, {"comm": "ping", "pid": 8, "uid": 0}]}],
+          "kept": [{"capability": "CAP_SYS_NICE", "sets": ["permitted"],
+            "evidence": [{"comm": "capsh", "pid": 5, "uid": 0}]}]
+        }"#;
+        let input = load(json);
+        let report = Report::build(std::slice::from_ref(&input), Options::default());
+        let c = &report.containers[0];
+        let class = |cap: &str| {
+            c.rows
+                .iter()
+                .find(|r| r.capability.to_string() == cap)
+                .and_then(|r| r.class.clone())
+        };
+        assert_eq!(class("CAP_CHOWN").as_deref(), Some("required"));
+        assert_eq!(
+            class("CAP_SYS_NICE").as_deref(),
+            Some("kept"),
+            "kept wins over its advisory check"
+        );
+        assert_eq!(class("CAP_MKNOD").as_deref(), Some("ungrantable"));
+        assert_eq!(class("CAP_NET_RAW").as_deref(), Some("conditional"));
+        let m = &report.matrix;
+        let cell = |cap: &str| {
+            let i = m
+                .capabilities
+                .iter()
+                .position(|c| c.to_string() == cap)
+                .unwrap();
+            m.rows[0].cells[i].clone().unwrap()
+        };
+        assert_eq!(cell("CAP_SYS_NICE").class, "kept");
+        assert_eq!(
+            cell("CAP_SYS_NICE").count,
+            1,
+            "its advisory check's count stays"
+        );
+        assert_eq!(cell("CAP_MKNOD").class, "ungrantable");
+        assert_eq!(cell("CAP_MKNOD").count, 2);
+        assert_eq!(cell("CAP_NET_RAW").class, "conditional");
+        assert_eq!(cell("CAP_NET_RAW").count, 2, "two operations");
+        assert_eq!(matrix::unit("conditional", 2), "operations");
+        // The HTML and Markdown show them.
+        let html = html::render(&report);
+        for class in [
+            "data-class=\"kept\"",
+            "data-class=\"conditional\"",
+            "data-class=\"ungrantable\"",
+        ] {
+            assert!(html.contains(class), "{class} missing from the HTML");
+        }
     }
 
     #[test]
