@@ -106,6 +106,100 @@ pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
     import(engine, &rootfs.0, TOOLS_IMAGE, &test_image_changes())
 }
 
+/// Debian's nginx as a Debian container has it: the host's nginx-light
+/// binary and modules with their libraries, its `/etc/nginx` (sites-enabled
+/// default on port 80, `user www-data`), `/usr/share/nginx`, `/var/www/html`,
+/// and what the package's postinst makes (`/var/lib/nginx`, and
+/// `/var/log/nginx`, root:adm, with its two logs, www-data:adm 0640). On overlay2 its start copies files up with
+/// borrowed credentials, which is what once put SYS_ADMIN in its profile.
+/// Exported to the tests as `CAPPROF_NGINX_IMAGE`.
+pub const NGINX_IMAGE: &str = "capprof-nginx:test";
+
+/// Imports [`NGINX_IMAGE`] into `engine` unless it is already there.
+pub fn ensure_nginx_image(engine: &Engine) -> Result<()> {
+    step(format_args!("checking the test image {NGINX_IMAGE}"));
+    if succeeds(engine.docker().args(["image", "inspect", NGINX_IMAGE])) {
+        note("already present");
+        return Ok(());
+    }
+    let rootfs =
+        TempDir(std::env::temp_dir().join(format!("capprof-nginx-{}", std::process::id())));
+    step(format_args!(
+        "building the nginx rootfs in {}",
+        rootfs.0.display()
+    ));
+    build_rootfs(&rootfs.0)?;
+    let root = &rootfs.0;
+    copy_with_libraries(
+        root,
+        Path::new("/usr/sbin/nginx"),
+        Path::new("/usr/sbin/nginx"),
+    )?;
+    let modules = Path::new("/usr/lib/nginx/modules");
+    for module in fs::read_dir(modules).with_context(|| {
+        format!(
+            "reading {} (apt-get install nginx-light)",
+            modules.display()
+        )
+    })? {
+        let module = module?.path();
+        copy_with_libraries(root, &module, &module)?;
+    }
+    // The package's files as they are, symlinks (sites-enabled, modules)
+    // and modes kept.
+    for tree in ["/etc/nginx", "/usr/share/nginx", "/var/www/html"] {
+        let dest = root.join(tree.trim_start_matches('/'));
+        fs::create_dir_all(dest.parent().context("a path has a parent")?)?;
+        let status = Command::new("cp")
+            .args(["-a", tree])
+            .arg(&dest)
+            .status()
+            .with_context(|| format!("cp -a {tree}"))?;
+        if !status.success() {
+            bail!("cp -a {tree} {} failed ({status})", dest.display());
+        }
+    }
+    make_dir(&root.join("var/lib/nginx"), 0o755, None)?;
+    let logs = root.join("var/log/nginx");
+    make_dir(&logs, 0o755, None)?;
+    chown(&logs, Some(0), Some(ADM_GID)).context("chown /var/log/nginx")?;
+    // As nginx-common's postinst leaves them on a fresh install: nginx's
+    // master, root, opens them for writing, which takes DAC_OVERRIDE.
+    for log in ["access.log", "error.log"] {
+        let path = logs.join(log);
+        fs::write(&path, "").with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, Permissions::from_mode(0o640))?;
+        chown(&path, Some(WWW_DATA), Some(ADM_GID))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    make_dir(&root.join("run"), 0o755, None)?;
+    make_dir(&root.join("var/lock"), 0o755, None)?;
+    let etc = root.join("etc");
+    fs::write(
+        etc.join("passwd"),
+        format!("{PASSWD}www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n"),
+    )
+    .context("writing /etc/passwd")?;
+    fs::write(
+        etc.join("group"),
+        format!("{GROUP}adm:x:{ADM_GID}:\nwww-data:x:33:\n"),
+    )
+    .context("writing /etc/group")?;
+    note("nginx-light with Debian's configuration; users www-data (33), group adm (4)");
+    step(format_args!("importing it as {NGINX_IMAGE}"));
+    import(
+        engine,
+        root,
+        NGINX_IMAGE,
+        &[r#"CMD ["/usr/sbin/nginx", "-g", "daemon off;"]"#.to_owned()],
+    )
+}
+
+/// Debian's `adm` group, which owns `/var/log/nginx`.
+const ADM_GID: u32 = 4;
+/// Debian's `www-data`, nginx's workers' user.
+const WWW_DATA: u32 = 33;
+
 /// The Dockerfile instructions of the test images.
 fn test_image_changes() -> Vec<String> {
     vec![

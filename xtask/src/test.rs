@@ -58,6 +58,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let engine = Engine::ensure()?;
     image::ensure_test_image(&engine)?;
     image::ensure_tools_image(&engine)?;
+    image::ensure_nginx_image(&engine)?;
     // The DaemonSet's image, for tests/image.rs (a release build, which the
     // benchmark's smoke test below needs anyway).
     crate::capprof_image::ensure_capprof_image(&engine)?;
@@ -75,6 +76,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .args(["--", "--test-threads=1", "--include-ignored"])
         .env("CAPPROF_TEST_IMAGE", TEST_IMAGE)
         .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
+        .env("CAPPROF_NGINX_IMAGE", image::NGINX_IMAGE)
         .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE)
         .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log)
         .env("CAPPROF_TEST_CRI", containerd.endpoint());
