@@ -205,9 +205,15 @@ pub struct HotCache {
     /// Bumped at every flush, so that userspace can tell whether one
     /// happened while it read `COUNTS`.
     pub pend_seq: u64,
+    /// Bumped whenever this CPU's check path writes `COUNTS` itself (a new
+    /// counter, or a check counted there): with `pend_seq` and the pending
+    /// counts, it tells userspace that nothing changed since its last read,
+    /// so that an idle node's counters are not walked again. Costs one add
+    /// on the path that already writes `COUNTS`, never on a repeat.
+    pub counts_seq: u64,
 }
 const _: () =
-    assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES + 32 * HOT_PENDING + 8);
+    assert!(size_of::<HotCache>() == 32 + 8 * HOT_SITES + HOT_SITES + 32 * HOT_PENDING + 16);
 
 /// Pending slots in `HotCache`, a power of two.
 pub const HOT_PENDING: usize = 8;

@@ -19,4 +19,4 @@ pub mod user;
 /// Version of the map ABI: the layout of every map key and value below.
 /// Pins live under a directory carrying this number, so that a capprof built
 /// with another layout never reuses them. Bump it on any layout change.
-pub const MAP_ABI_VERSION: u32 = 5;
+pub const MAP_ABI_VERSION: u32 = 6;

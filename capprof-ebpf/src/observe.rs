@@ -200,6 +200,7 @@ fn observe_watched(
         return;
     }
     flush_pending(hot, slot);
+    hot.counts_seq += 1;
     let before = count(&key, jiffies);
     if before == u64::MAX {
         return;

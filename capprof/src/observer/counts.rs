@@ -236,6 +236,18 @@ fn decode_counts(raw: impl IntoIterator<Item = (CheckKey, CheckStats)>) -> Vec<C
         .collect()
 }
 
+/// What every CPU's `HOT` entry says about `COUNTS`: its flushes, its own
+/// writes there, and what it holds pending. Any check that changes what
+/// [`Observer::read_counts`] returns changes it.
+fn signature(hot: &[HotCache]) -> u64 {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let mut hasher = DefaultHasher::new();
+    for h in hot {
+        (h.pend_seq, h.counts_seq, h.pend_count, h.pend_jiffies).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 impl Observer {
     /// Decodes an evidence record; None for any other record, or one whose
     /// capability this build does not know.
@@ -266,8 +278,37 @@ impl Observer {
 
     /// Reads every counter, leaving them in place, with the checks still
     /// pending in each CPU's `HOT` entry added.
+    ///
+    /// While no CPU's check path has written `COUNTS` or a pending count
+    /// since the last read (the `HOT` entries say so, in one lookup), the
+    /// last read is the answer: an idle node's counters are not walked
+    /// again at every flush and query.
     pub fn read_counts(&self) -> Result<Vec<Count>, ObserverError> {
-        Ok(decode_counts(self.read_consistent(|_| true)?))
+        let now = signature(&self.read_hot()?);
+        if let Ok(cache) = self.counts_cache.lock()
+            && let Some((seen, counts)) = cache.as_ref()
+            && *seen == now
+        {
+            return Ok(counts.clone());
+        }
+        let (raw, seen) = self.read_consistent(|_| true)?;
+        let counts = decode_counts(raw);
+        if let Ok(mut cache) = self.counts_cache.lock() {
+            *cache = Some((seen, counts.clone()));
+        }
+        Ok(counts)
+    }
+
+    fn read_hot(&self) -> Result<Vec<HotCache>, ObserverError> {
+        use capprof_common::names::HOT;
+        let hot: PerCpuArray<_, HotCache> =
+            PerCpuArray::try_from(self.map(HOT)?).map_err(map_err(HOT))?;
+        Ok(hot
+            .get(&0, 0)
+            .map_err(map_err(HOT))?
+            .iter()
+            .copied()
+            .collect())
     }
 
     /// Reads and deletes the counters of the cgroups `wanted` selects. Every
@@ -278,7 +319,11 @@ impl Observer {
         wanted: impl Fn(u64) -> bool,
     ) -> Result<Vec<Count>, ObserverError> {
         flush_pending();
-        let out = self.read_consistent(&wanted)?;
+        // Counters are about to go: the last read no longer holds.
+        if let Ok(cache) = self.counts_cache.get_mut() {
+            *cache = None;
+        }
+        let (out, _) = self.read_consistent(&wanted)?;
         let mut counts: HashMap<_, CheckKey, CheckStats> =
             HashMap::try_from(self.map_mut(capprof_common::names::COUNTS)?)
                 .map_err(map_err(capprof_common::names::COUNTS))?;
@@ -293,32 +338,24 @@ impl Observer {
     /// and after `COUNTS`, and the read is retried when a CPU flushed in
     /// between. A counter that keeps flushing (a live, busy one) may after
     /// three tries be off by one flush; a finished cgroup's never is.
+    /// Also returns the [`signature`] of `HOT` as the read began: a later
+    /// read with the same one would find the same counters.
     fn read_consistent(
         &self,
         wanted: impl Fn(u64) -> bool,
-    ) -> Result<Vec<(CheckKey, CheckStats)>, ObserverError> {
-        use capprof_common::names::{COUNTS, HOT};
+    ) -> Result<(Vec<(CheckKey, CheckStats)>, u64), ObserverError> {
+        use capprof_common::names::COUNTS;
         let counts: HashMap<_, CheckKey, CheckStats> =
             HashMap::try_from(self.map(COUNTS)?).map_err(map_err(COUNTS))?;
-        let hot: PerCpuArray<_, HotCache> =
-            PerCpuArray::try_from(self.map(HOT)?).map_err(map_err(HOT))?;
-        let read_hot = || -> Result<Vec<HotCache>, ObserverError> {
-            Ok(hot
-                .get(&0, 0)
-                .map_err(map_err(HOT))?
-                .iter()
-                .copied()
-                .collect())
-        };
         let mut attempt = 0;
         loop {
-            let before = read_hot()?;
+            let before = self.read_hot()?;
             let mut out: StdHashMap<CheckKey, CheckStats> = counts
                 .iter()
                 .filter_map(Result::ok)
                 .filter(|(k, _)| wanted(k.cgroup_id))
                 .collect();
-            let after = read_hot()?;
+            let after = self.read_hot()?;
             attempt += 1;
             let flushed = before
                 .iter()
@@ -338,7 +375,7 @@ impl Observer {
                     stats.count += n;
                 }
             }
-            return Ok(out.into_iter().collect());
+            return Ok((out.into_iter().collect(), signature(&before)));
         }
     }
 
@@ -410,6 +447,31 @@ mod tests {
     use capprof_common::check::{VERDICT_DENIED, VERDICT_GRANTED, kind, phase};
 
     use super::*;
+
+    /// Every change a check can make to what `read_counts` returns moves
+    /// the signature: a pending repeat, a flush, a write to `COUNTS`, and
+    /// the same on another CPU.
+    #[test]
+    fn any_counted_check_moves_the_signature() {
+        // SAFETY: plain integers and arrays of them: all zeros is valid.
+        let idle: HotCache = unsafe { std::mem::zeroed() };
+        let cpus = [idle, idle];
+        let base = signature(&cpus);
+        assert_eq!(base, signature(&[idle, idle]), "nothing moved");
+        let changes: [fn(&mut HotCache); 4] = [
+            |h| h.pend_count[3] += 1,
+            |h| h.pend_seq += 1,
+            |h| h.counts_seq += 1,
+            |h| h.pend_jiffies[0] += 1,
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            for cpu in 0..2 {
+                let mut moved = cpus;
+                change(&mut moved[cpu]);
+                assert_ne!(signature(&moved), base, "change {n} on CPU {cpu}");
+            }
+        }
+    }
 
     #[test]
     fn raw_codes_decode_to_typed_values() {

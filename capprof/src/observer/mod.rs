@@ -151,6 +151,8 @@ pub struct Observer {
     reused_pins: bool,
     /// Held while this observer owns pins.
     _pin_lock: Option<pin::PinLock>,
+    /// The last `read_counts`, with the `HOT` signature it was read at.
+    counts_cache: std::sync::Mutex<Option<(u64, Vec<counts::Count>)>>,
 }
 
 impl Observer {
@@ -364,6 +366,7 @@ impl Observer {
             pin_dir,
             reused_pins,
             _pin_lock: pin_lock,
+            counts_cache: std::sync::Mutex::new(None),
         };
         observer.pin_links()?;
         cleanup.dir = None;
