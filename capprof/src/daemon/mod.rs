@@ -36,7 +36,10 @@ use crate::{
     cgroup,
     observer::{Backend, Count, LoadOptions, Observer, ObserverError},
     profile::Profile,
-    recorder::{Finalized, Recorder, Session, SourceError, connect_source, watch_container_roots},
+    recorder::{
+        CountIndex, Finalized, Recorder, Session, SourceError, connect_source,
+        watch_container_roots,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -386,12 +389,13 @@ impl Aggregator {
         // Only a running container has counters left in the kernel (an
         // exited one's were drained): with none, the map walk is skipped.
         let live = self.session.recorder().records().any(|r| !r.exited);
-        let counts = if live {
+        let index = CountIndex::new(if live {
             self.session.observer().read_counts().unwrap_or_default()
         } else {
             vec![]
-        };
+        });
         for id in &ids {
+            let counts = self.session.recorder().counts_of(id, &index);
             let digest = self.session.recorder().digest(id, &counts);
             if digest.is_some() && self.flushed.get(id) == digest.as_ref() {
                 continue;
@@ -403,12 +407,12 @@ impl Aggregator {
                 self.flushed.insert(id.clone(), digest);
             }
         }
-        self.log_shadow(&ids, &counts);
+        self.log_shadow(&ids, &index);
     }
 
     /// Logs each new violation of a candidate allowlist, and each time a
     /// known one was seen again.
-    fn log_shadow(&mut self, ids: &[String], counts: &[Count]) {
+    fn log_shadow(&mut self, ids: &[String], index: &CountIndex) {
         if self.shadow.is_empty() {
             return;
         }
@@ -417,7 +421,7 @@ impl Aggregator {
             let Some(rec) = recorder.get(id) else {
                 continue;
             };
-            let profile = recorder.snapshot(id, observer, counts);
+            let profile = recorder.snapshot(id, observer, &recorder.counts_of(id, index));
             let Some(status) = self.shadow.status(
                 rec.info.name.as_deref(),
                 rec.info.image.as_deref(),
@@ -499,11 +503,11 @@ impl Aggregator {
     /// in memory or evicted to disk.
     fn pod_profiles(&self) -> Vec<Profile> {
         let (recorder, observer) = (self.session.recorder(), self.session.observer());
-        let counts = observer.read_counts().unwrap_or_default();
+        let index = CountIndex::new(observer.read_counts().unwrap_or_default());
         let mut profiles: Vec<Profile> = recorder
             .records()
             .filter(|r| r.info.k8s.is_some() && !r.info.sandbox)
-            .filter_map(|r| recorder.snapshot(&r.id, observer, &counts))
+            .filter_map(|r| recorder.snapshot(&r.id, observer, &recorder.counts_of(&r.id, &index)))
             .collect();
         for id in self.state.ids() {
             if recorder.get(&id).is_some() {
@@ -545,11 +549,12 @@ impl Aggregator {
                 let _ = reply.send(status);
             }
             Query::List { reply } => {
-                let counts = observer.read_counts().unwrap_or_default();
+                let index = CountIndex::new(observer.read_counts().unwrap_or_default());
                 let mut list: Vec<ContainerSummary> = recorder
                     .records()
                     .filter(|r| !r.cgroup_ids.is_empty())
                     .filter_map(|r| {
+                        let counts = recorder.counts_of(&r.id, &index);
                         self.summary(&r.id, recorder.snapshot(&r.id, observer, &counts).as_ref())
                     })
                     .collect();
@@ -590,12 +595,13 @@ impl Aggregator {
                 key,
                 reply,
             } => {
-                let counts = observer.read_counts().unwrap_or_default();
+                let index = CountIndex::new(observer.read_counts().unwrap_or_default());
                 let mut merged: Option<Profile> = None;
                 for rec in recorder
                     .records()
                     .filter(|r| r.info.image.as_deref() == Some(key.as_str()))
                 {
+                    let counts = recorder.counts_of(&rec.id, &index);
                     if let Some(p) = recorder.snapshot(&rec.id, observer, &counts) {
                         match &mut merged {
                             Some(m) => m.merge(&p),
@@ -620,11 +626,12 @@ impl Aggregator {
                 let _ = reply.send(keys.iter().map(ToString::to_string).collect());
             }
             Query::Metrics { reply } => {
-                let counts = observer.read_counts().unwrap_or_default();
+                let index = CountIndex::new(observer.read_counts().unwrap_or_default());
                 let stats = observer.kernel_stats().unwrap_or_default();
                 let mut checks: BTreeMap<(String, String, String, &str), u64> = BTreeMap::new();
                 let mut shadow_violations = vec![];
                 for rec in recorder.records() {
+                    let counts = recorder.counts_of(&rec.id, &index);
                     let Some(p) = recorder.snapshot(&rec.id, observer, &counts) else {
                         continue;
                     };

@@ -53,6 +53,20 @@ pub struct ContainerRecord {
     profile: Option<Profile>,
 }
 
+/// The kernel's counters by cgroup, built once per read.
+#[derive(Debug, Default)]
+pub struct CountIndex(HashMap<u64, Vec<Count>>);
+
+impl CountIndex {
+    pub fn new(counts: Vec<Count>) -> Self {
+        let mut index: HashMap<u64, Vec<Count>> = HashMap::new();
+        for c in counts {
+            index.entry(c.cgroup_id).or_default().push(c);
+        }
+        Self(index)
+    }
+}
+
 /// What the daemon keeps on disk for one container: enough to go on after
 /// a restart without counting anything twice (`base` holds only counts
 /// already drained from the kernel) and, in `current`, the whole profile as
@@ -317,6 +331,24 @@ impl Recorder {
             observation,
         );
         Some(onto(rec.profile.clone(), fresh))
+    }
+
+    /// The live counts of container `id` out of `index`; empty for one this
+    /// recorder does not hold. Pass them to [`Recorder::snapshot`] or
+    /// [`Recorder::digest`] in place of all counts: a scan of every counter
+    /// per container made a node's flush and `ps` quadratic.
+    pub fn counts_of(&self, id: &str, index: &CountIndex) -> Vec<Count> {
+        self.containers
+            .get(id)
+            .map(|rec| {
+                rec.cgroup_ids
+                    .iter()
+                    .filter_map(|cg| index.0.get(cg))
+                    .flatten()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A digest of everything `snapshot` builds a container's profile from:
