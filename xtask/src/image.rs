@@ -135,13 +135,10 @@ pub fn ensure_nginx_image(engine: &Engine) -> Result<()> {
         Path::new("/usr/sbin/nginx"),
         Path::new("/usr/sbin/nginx"),
     )?;
+    // Dynamic modules, when the package has any (nginx-light pulls in
+    // libnginx-mod-http-echo, which modules-enabled loads).
     let modules = Path::new("/usr/lib/nginx/modules");
-    for module in fs::read_dir(modules).with_context(|| {
-        format!(
-            "reading {} (apt-get install nginx-light)",
-            modules.display()
-        )
-    })? {
+    for module in fs::read_dir(modules).into_iter().flatten() {
         let module = module?.path();
         copy_with_libraries(root, &module, &module)?;
     }

@@ -68,8 +68,10 @@ struct Report<'a> {
     sufficient: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     failure: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    ablation: Vec<Ablated>,
+    /// With `--ablate`, once the allowlist proved sufficient: one entry per
+    /// capability (an empty list for an empty allowlist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ablation: Option<Vec<Ablated>>,
 }
 
 #[derive(Serialize)]
@@ -127,15 +129,17 @@ async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
         probe: prepared.probe.as_ref().map(|p| p.describe()),
         sufficient: verification.sufficient(),
         failure: verification.failure.clone(),
-        ablation: verification
-            .ablation
-            .iter()
-            .map(|(cap, v)| Ablated {
-                capability: *cap,
-                verdict: v.label(),
-                reason: v.reason(),
-            })
-            .collect(),
+        ablation: (ablate && verification.sufficient()).then(|| {
+            verification
+                .ablation
+                .iter()
+                .map(|(cap, v)| Ablated {
+                    capability: *cap,
+                    verdict: v.label(),
+                    reason: v.reason(),
+                })
+                .collect()
+        }),
     };
     let text = match args.format {
         VerifyFormat::Json => {
