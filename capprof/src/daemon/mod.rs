@@ -16,6 +16,7 @@ pub mod shadow;
 pub mod state;
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     time::{Duration, Instant},
@@ -245,6 +246,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         counters: Counters::default(),
         written: HashMap::new(),
         flushed: HashMap::new(),
+        summaries: RefCell::default(),
         health: Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -321,6 +323,9 @@ struct Aggregator {
     /// What each container's profile was built from at the last flush
     /// (`Recorder::digest`): an idle container is not rebuilt every flush.
     flushed: HashMap<String, u64>,
+    /// Each container's `ps` line with the digest it was built at: `ps`
+    /// rebuilds the profile only of containers that changed.
+    summaries: RefCell<HashMap<String, (u64, Option<ContainerSummary>)>>,
     /// What `GET /health` says, less the live fields.
     health: Health,
     started: Instant,
@@ -550,12 +555,23 @@ impl Aggregator {
             }
             Query::List { reply } => {
                 let index = CountIndex::new(observer.read_counts().unwrap_or_default());
+                let mut cache = self.summaries.borrow_mut();
+                cache.retain(|id, _| recorder.get(id).is_some());
                 let mut list: Vec<ContainerSummary> = recorder
                     .records()
                     .filter(|r| !r.cgroup_ids.is_empty())
                     .filter_map(|r| {
                         let counts = recorder.counts_of(&r.id, &index);
-                        self.summary(&r.id, recorder.snapshot(&r.id, observer, &counts).as_ref())
+                        let digest = recorder.digest(&r.id, &counts)?;
+                        if let Some((seen, line)) = cache.get(&r.id)
+                            && *seen == digest
+                        {
+                            return line.clone();
+                        }
+                        let profile = recorder.snapshot(&r.id, observer, &counts);
+                        let line = self.summary(&r.id, profile.as_ref());
+                        cache.insert(r.id.clone(), (digest, line.clone()));
+                        line
                     })
                     .collect();
                 list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

@@ -51,6 +51,9 @@ pub struct ContainerRecord {
     /// What earlier finalizations produced (a restarted container adds up):
     /// counts no longer in the kernel.
     profile: Option<Profile>,
+    /// Bumped whenever the engine tells something about it (an event, an
+    /// inspect reply): part of its digest, since the subject changes.
+    revision: u64,
 }
 
 /// The kernel's counters by cgroup, built once per read.
@@ -267,6 +270,7 @@ impl Recorder {
         }
         self.names.insert(ev.id.clone(), ev.clone());
         let rec = self.container(&ev.id);
+        rec.revision += 1;
         if rec.info.name.is_none() {
             rec.info.name = ev.name.clone();
         }
@@ -295,6 +299,7 @@ impl Recorder {
 
     pub fn on_inspect(&mut self, info: ContainerInfo) {
         let rec = self.container(&info.id.clone());
+        rec.revision += 1;
         rec.info.name = info.name.or(rec.info.name.take());
         rec.info.image = info.image.or(rec.info.image.take());
         if info.capabilities.is_some() {
@@ -352,9 +357,10 @@ impl Recorder {
     }
 
     /// A digest of everything `snapshot` builds a container's profile from:
-    /// its live counts (in any order), the records received, its name and
-    /// whether it exited. While it stays the same, so does the profile, and
-    /// the daemon's flush skips the container.
+    /// its live counts (in any order), the records received, what the
+    /// engine said of it, and whether it exited. While it stays the same,
+    /// so does the profile: the daemon's flush skips the container, and
+    /// `ps` reuses its line.
     pub fn digest(&self, id: &str, counts: &[Count]) -> Option<u64> {
         let rec = self.containers.get(id)?;
         let live = counts
@@ -367,6 +373,7 @@ impl Recorder {
                 &rec.info.name,
                 rec.exited,
                 rec.profile.is_some(),
+                rec.revision,
             ),
         ))
     }
