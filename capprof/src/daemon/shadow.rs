@@ -207,17 +207,27 @@ mod tests {
     use super::*;
     use crate::profile::{Subject, with_allowlist};
 
-    fn scratch(name: &str) -> PathBuf {
+    /// A directory of its own, removed when the test ends.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let dir =
             std::env::temp_dir().join(format!("capprof-shadow-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        Scratch(dir)
     }
 
     #[test]
     fn candidates_match_by_name_then_image() {
-        let dir = scratch("match");
+        let scratch_dir = scratch("match");
+        let dir = scratch_dir.0.clone();
         let web = with_allowlist(
             &["CAP_CHOWN"],
             Subject {
@@ -262,7 +272,7 @@ mod tests {
         assert!(err.to_string().contains("not a capprof profile"), "{err}");
         let empty = scratch("empty");
         assert!(matches!(
-            Candidates::load(&[empty]).unwrap_err(),
+            Candidates::load(std::slice::from_ref(&empty.0)).unwrap_err(),
             ShadowError::Empty { .. }
         ));
     }
