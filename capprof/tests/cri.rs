@@ -20,11 +20,10 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{daemon::TestDaemon, *};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, GetEventsRequest, ImageSpec,
@@ -258,76 +257,13 @@ fn web_labels() -> Vec<(&'static str, &'static str)> {
     vec![("app", "web"), ("pod-template-hash", "7d9f8c6b5")]
 }
 
-/// A daemon of its own, as tests/daemon.rs runs one.
-struct Daemon {
-    dir: Scratch,
-    child: Child,
-    _lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(extra: &[&str]) -> Self {
-        let dir = Scratch::new("cri-daemon");
-        std::fs::create_dir_all(dir.path("bpffs")).unwrap();
-        let mut args: Vec<String> = vec![
-            "daemon".into(),
-            "--state-dir".into(),
-            dir.path("state").display().to_string(),
-            "--socket".into(),
-            dir.path("run/capprof.sock").display().to_string(),
-            "--bpffs".into(),
-            dir.path("bpffs").display().to_string(),
-            "--flush-interval".into(),
-            "1".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(CAPPROF)
-            .args(&args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = wait_for_line(
-            &mut child,
-            "daemon",
-            "daemon ready",
-            Duration::from_secs(30),
-        );
-        Self {
-            dir,
-            child,
-            _lines: lines,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path("run/capprof.sock")
-    }
-
-    fn ask(&self, args: &[&str]) -> std::process::Output {
-        let socket = self.socket();
-        let mut all = args.to_vec();
-        all.extend(["--socket", socket.to_str().unwrap()]);
-        capprof(&all)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["--format", "json"]);
-        let out = self.ask(&all);
-        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(30));
-        let bpffs = self.dir.path("bpffs");
-        let _ = Command::new(CAPPROF)
-            .args(["daemon", "--reset", "--bpffs", bpffs.to_str().unwrap()])
-            .output();
-        let _ = Command::new("umount").arg(&bpffs).output();
-    }
+/// Asks the daemon with `--format json`, which must succeed.
+fn json(daemon: &TestDaemon, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    let out = daemon.ask(&all);
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn caps(profile: &Value, field: &str) -> Vec<String> {
@@ -351,7 +287,7 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn pods_are_named_and_replicas_merge_into_a_workload() {
     require_root();
     let cri = endpoint();
-    let daemon = Daemon::start(&["--cri", &cri]);
+    let daemon = TestDaemon::start(Scratch::new("cri-daemon"), &["--cri", &cri]);
     let pods = Pods::run(&[
         PodSpec {
             namespace: "shop",
@@ -410,7 +346,10 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
         (seen == Some(2) && bound == Some(1)).then_some(())
     });
 
-    let web = daemon.json(&["profile", "--workload", "shop/Deployment/web/app"]);
+    let web = json(
+        &daemon,
+        &["profile", "--workload", "shop/Deployment/web/app"],
+    );
     eprintln!(
         "[test] workload: {}",
         serde_json::to_string_pretty(&web["subject"]).unwrap()
@@ -449,7 +388,7 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
     );
 
     // The container name may be left out when the pods have one.
-    let same = daemon.json(&["profile", "--workload", "shop/deployment/web"]);
+    let same = json(&daemon, &["profile", "--workload", "shop/deployment/web"]);
     assert_eq!(same["coverage"]["profiles"], 2);
 
     // The table says it is a workload, and how many pods saw each.

@@ -8,13 +8,11 @@ mod common;
 
 use std::{
     io::{Read as _, Write as _},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{daemon::TestDaemon, *};
 use serde_json::Value;
 
 fn image() -> String {
@@ -28,86 +26,25 @@ fn docker(args: &[&str]) -> std::process::Output {
         .expect("the docker CLI runs")
 }
 
-/// The daemon, with its own state, socket and bpffs, stopped and reset on
-/// drop.
-struct Daemon {
-    dir: Scratch,
-    child: Child,
-    lines: mpsc::Receiver<String>,
+/// `capprof ps --format FORMAT`, which must succeed.
+fn ps(daemon: &TestDaemon, format: &str) -> String {
+    let out = daemon.ask(&["ps", "--format", format]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
-impl Daemon {
-    fn start(dir: Scratch, extra: &[String]) -> Self {
-        std::fs::create_dir_all(dir.path("bpffs")).unwrap();
-        let mut args: Vec<String> = vec!["daemon".into()];
-        for (flag, path) in [
-            ("--state-dir", "state"),
-            ("--socket", "run/capprof.sock"),
-            ("--bpffs", "bpffs"),
-        ] {
-            args.push(flag.into());
-            args.push(dir.path(path).display().to_string());
-        }
-        args.extend(["--flush-interval".into(), "1".into()]);
-        args.extend(extra.iter().cloned());
-        let mut child = Command::new(CAPPROF)
-            .args(&args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let rx = wait_for_line(
-            &mut child,
-            "daemon",
-            "daemon ready",
-            Duration::from_secs(30),
-        );
-        Self {
-            dir,
-            child,
-            lines: rx,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path("run/capprof.sock")
-    }
-
-    fn ps(&self, format: &str) -> String {
-        let out = capprof(&[
-            "ps",
-            "--format",
-            format,
-            "--socket",
-            self.socket().to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `GET path` on the API socket: the status line and the body.
-    fn get(&self, path: &str) -> (String, String) {
-        let mut stream = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: capprof\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-        (head.lines().next().unwrap().to_owned(), body.to_owned())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(30));
-        let bpffs = self.dir.path("bpffs");
-        let _ = Command::new(CAPPROF)
-            .args(["daemon", "--reset", "--bpffs", bpffs.to_str().unwrap()])
-            .output();
-        let _ = Command::new("umount").arg(&bpffs).output();
-    }
+/// GET `path` from the daemon's socket: the status line and the body.
+fn get(daemon: &TestDaemon, path: &str) -> (String, String) {
+    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: capprof\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -144,15 +81,7 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
     std::fs::write(dir.path("candidates/web.json"), candidate.to_string()).unwrap();
     let candidates = dir.path("candidates").display().to_string();
     let metrics = format!("127.0.0.1:{}", 20000 + std::process::id() % 20000);
-    let daemon = Daemon::start(
-        dir,
-        &[
-            "--shadow".into(),
-            candidates,
-            "--metrics".into(),
-            metrics.clone(),
-        ],
-    );
+    let daemon = TestDaemon::start(dir, &["--shadow", &candidates, "--metrics", &metrics]);
     // Quiet for three seconds, then a chown: on a tmpfs, so that no
     // overlay copy-up makes checks of its own.
     let out = docker(&[
@@ -181,7 +110,7 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
         "the container to be shadowed",
         Duration::from_secs(3),
         || {
-            let list: Value = serde_json::from_str(&daemon.ps("json")).unwrap();
+            let list: Value = serde_json::from_str(&ps(&daemon, "json")).unwrap();
             safe = container(&list, &name).cloned().unwrap_or_default();
             !safe["shadow"].is_null()
         },
@@ -192,7 +121,7 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
     assert!(shadow["safe_since"].is_string(), "{safe}");
     // The table fits 100 columns, so a long cell may wrap: look for its
     // words, not the whole phrase.
-    let table = daemon.ps("table");
+    let table = ps(&daemon, "table");
     assert!(
         table.contains("safe to") && table.contains("enforce"),
         "{table}"
@@ -200,19 +129,19 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
 
     // Then the chown: a violation, everywhere.
     wait_until("the violation", Duration::from_secs(15), || {
-        let list: Value = serde_json::from_str(&daemon.ps("json")).unwrap();
+        let list: Value = serde_json::from_str(&ps(&daemon, "json")).unwrap();
         container(&list, &name).is_some_and(|c| {
             c["shadow"]["violations"]
                 .as_array()
                 .is_some_and(|v| v.iter().any(|v| v["capability"] == "CAP_CHOWN"))
         })
     });
-    let table = daemon.ps("table");
+    let table = ps(&daemon, "table");
     assert!(
         table.contains("NOT safe") && table.contains("CHOWN"),
         "{table}"
     );
-    let (status, body) = daemon.get(&format!("/v1/containers/{name}/shadow"));
+    let (status, body) = get(&daemon, &format!("/v1/containers/{name}/shadow"));
     assert!(status.contains("200"), "{status} {body}");
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -221,7 +150,7 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
     );
     assert!(report["violations"][0]["checks"].as_u64().unwrap() >= 1);
     assert!(report["safe_since"].is_null(), "{report}");
-    let (status, _) = daemon.get("/v1/containers/capprof-no-such-container/shadow");
+    let (status, _) = get(&daemon, "/v1/containers/capprof-no-such-container/shadow");
     assert!(status.contains("404"), "{status}");
 
     let scraped = http_get(&metrics, "/metrics");

@@ -1,0 +1,72 @@
+//! A capprof daemon of a test's own: its own state directory, socket and
+//! bpffs in a scratch directory, stopped and reset on drop.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use super::{CAPPROF, Scratch, capprof, stop_child, wait_for_line};
+
+pub struct TestDaemon {
+    pub dir: Scratch,
+    child: Child,
+    /// Its stderr, line by line, after the ready line.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl TestDaemon {
+    /// Starts `capprof daemon` in `dir`, flushing every second, with
+    /// `extra` flags, and waits for its ready line.
+    pub fn start(dir: Scratch, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir.path("bpffs")).unwrap();
+        let mut args: Vec<String> = vec!["daemon".into()];
+        for (flag, path) in [
+            ("--state-dir", "state"),
+            ("--socket", "run/capprof.sock"),
+            ("--bpffs", "bpffs"),
+        ] {
+            args.push(flag.into());
+            args.push(dir.path(path).display().to_string());
+        }
+        args.extend(["--flush-interval".into(), "1".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(CAPPROF)
+            .args(&args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = wait_for_line(
+            &mut child,
+            "daemon",
+            "daemon ready",
+            Duration::from_secs(30),
+        );
+        Self { dir, child, lines }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path("run/capprof.sock")
+    }
+
+    /// `capprof ARGS --socket SOCKET`.
+    pub fn ask(&self, args: &[&str]) -> Output {
+        let socket = self.socket();
+        let mut all = args.to_vec();
+        all.extend(["--socket", socket.to_str().unwrap()]);
+        capprof(&all)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(30));
+        let bpffs = self.dir.path("bpffs");
+        let _ = Command::new(CAPPROF)
+            .args(["daemon", "--reset", "--bpffs", bpffs.to_str().unwrap()])
+            .output();
+        let _ = Command::new("umount").arg(&bpffs).output();
+    }
+}
