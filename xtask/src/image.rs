@@ -86,50 +86,65 @@ pub fn ensure_test_image(engine: &Engine) -> Result<()> {
 
 /// Imports [`TOOLS_IMAGE`] into `engine` unless it is already there.
 pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
-    step(format_args!("checking the test image {TOOLS_IMAGE}"));
-    if succeeds(engine.docker().args(["image", "inspect", TOOLS_IMAGE])) {
+    ensure_built(
+        engine,
+        TOOLS_IMAGE,
+        "tools",
+        &test_image_changes(),
+        |root| {
+            for (host, inside) in TOOLS {
+                copy_with_libraries(root, Path::new(host), Path::new(inside))?;
+                note(format_args!("{host} as {inside}, with its libraries"));
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Imports `name` into `engine` unless it is already there: the busybox
+/// rootfs, with what `fill` adds to it, built in a temporary directory.
+fn ensure_built(
+    engine: &Engine,
+    name: &str,
+    tag: &str,
+    changes: &[String],
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    step(format_args!("checking the test image {name}"));
+    if succeeds(engine.docker().args(["image", "inspect", name])) {
         note("already present");
         return Ok(());
     }
     let rootfs =
-        TempDir(std::env::temp_dir().join(format!("capprof-tools-{}", std::process::id())));
+        TempDir(std::env::temp_dir().join(format!("capprof-{tag}-{}", std::process::id())));
     step(format_args!(
-        "building the tools rootfs in {}",
+        "building the {tag} rootfs in {}",
         rootfs.0.display()
     ));
     build_rootfs(&rootfs.0)?;
-    for (host, inside) in TOOLS {
-        copy_with_libraries(&rootfs.0, Path::new(host), Path::new(inside))?;
-        note(format_args!("{host} as {inside}, with its libraries"));
-    }
-    step(format_args!("importing it as {TOOLS_IMAGE}"));
-    import(engine, &rootfs.0, TOOLS_IMAGE, &test_image_changes())
+    fill(&rootfs.0)?;
+    step(format_args!("importing it as {name}"));
+    import(engine, &rootfs.0, name, changes)
 }
 
 /// Debian's nginx as a Debian container has it: the host's nginx-light
 /// binary and modules with their libraries, its `/etc/nginx` (sites-enabled
 /// default on port 80, `user www-data`), `/usr/share/nginx`, `/var/www/html`,
 /// and what the package's postinst makes (`/var/lib/nginx`, and
-/// `/var/log/nginx`, root:adm, with its two logs, www-data:adm 0640). On overlay2 its start copies files up with
-/// borrowed credentials, which is what once put SYS_ADMIN in its profile.
+/// `/var/log/nginx`, root:adm, with its two logs, www-data:adm 0640). On
+/// overlay2 its start copies files up with borrowed credentials, which is
+/// what once put SYS_ADMIN in its profile.
 /// Exported to the tests as `CAPPROF_NGINX_IMAGE`.
 pub const NGINX_IMAGE: &str = "capprof-nginx:test";
 
 /// Imports [`NGINX_IMAGE`] into `engine` unless it is already there.
 pub fn ensure_nginx_image(engine: &Engine) -> Result<()> {
-    step(format_args!("checking the test image {NGINX_IMAGE}"));
-    if succeeds(engine.docker().args(["image", "inspect", NGINX_IMAGE])) {
-        note("already present");
-        return Ok(());
-    }
-    let rootfs =
-        TempDir(std::env::temp_dir().join(format!("capprof-nginx-{}", std::process::id())));
-    step(format_args!(
-        "building the nginx rootfs in {}",
-        rootfs.0.display()
-    ));
-    build_rootfs(&rootfs.0)?;
-    let root = &rootfs.0;
+    let changes = [r#"CMD ["/usr/sbin/nginx", "-g", "daemon off;"]"#.to_owned()];
+    ensure_built(engine, NGINX_IMAGE, "nginx", &changes, nginx_rootfs)
+}
+
+/// Adds Debian's nginx to the busybox rootfs at `root`.
+fn nginx_rootfs(root: &Path) -> Result<()> {
     copy_with_libraries(
         root,
         Path::new("/usr/sbin/nginx"),
@@ -174,22 +189,18 @@ pub fn ensure_nginx_image(engine: &Engine) -> Result<()> {
     let etc = root.join("etc");
     fs::write(
         etc.join("passwd"),
-        format!("{PASSWD}www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n"),
+        format!("{PASSWD}www-data:x:{WWW_DATA}:{WWW_DATA}:www-data:/var/www:/usr/sbin/nologin\n"),
     )
     .context("writing /etc/passwd")?;
     fs::write(
         etc.join("group"),
-        format!("{GROUP}adm:x:{ADM_GID}:\nwww-data:x:33:\n"),
+        format!("{GROUP}adm:x:{ADM_GID}:\nwww-data:x:{WWW_DATA}:\n"),
     )
     .context("writing /etc/group")?;
-    note("nginx-light with Debian's configuration; users www-data (33), group adm (4)");
-    step(format_args!("importing it as {NGINX_IMAGE}"));
-    import(
-        engine,
-        root,
-        NGINX_IMAGE,
-        &[r#"CMD ["/usr/sbin/nginx", "-g", "daemon off;"]"#.to_owned()],
-    )
+    note(format_args!(
+        "nginx-light with Debian's configuration; user www-data ({WWW_DATA}), group adm ({ADM_GID})"
+    ));
+    Ok(())
 }
 
 /// Debian's `adm` group, which owns `/var/log/nginx`.
