@@ -295,10 +295,9 @@ async fn container_export(
     key: Result<UrlPath<String>, PathRejection>,
     params: Result<UrlQuery<ExportParams>, QueryRejection>,
 ) -> Response {
-    let format = match params.map(|p| parse_format(p.0.format.as_deref())) {
-        Ok(Ok(format)) => format,
-        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let format = match export_format(params) {
+        Ok(format) => format,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match key {
         Ok(UrlPath(key)) => profile(&tx, Group::Container, key, Some(format)).await,
@@ -360,10 +359,9 @@ async fn image(
         );
     };
     let format = if export {
-        match params.map(|p| parse_format(p.0.format.as_deref())) {
-            Ok(Ok(format)) => Some(format),
-            Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        match export_format(params) {
+            Ok(format) => Some(format),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
         }
     } else {
         None
@@ -433,6 +431,13 @@ fn rendered(profile: crate::profile::Profile, format: Option<Format>) -> Respons
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
     }
+}
+
+/// The `?format=` of an export request, or why it is a bad request.
+fn export_format(params: Result<UrlQuery<ExportParams>, QueryRejection>) -> Result<Format, String> {
+    params
+        .map_err(|e| e.body_text())
+        .and_then(|p| parse_format(p.0.format.as_deref()))
 }
 
 /// `?format=`, docker when absent; otherwise the 400 message, listing the

@@ -10,7 +10,7 @@ use axum::{
     response::Response,
 };
 
-use super::{ExportParams, error, json, parse_format, rendered, unavailable};
+use super::{ExportParams, error, export_format, json, rendered, unavailable};
 use crate::{
     daemon::query::{self, Query, QueryTx},
     export::Format,
@@ -38,10 +38,9 @@ pub(super) async fn export(
     parts: Result<UrlPath<Vec<String>>, PathRejection>,
     params: Result<UrlQuery<ExportParams>, QueryRejection>,
 ) -> Response {
-    let format = match params.map(|p| parse_format(p.0.format.as_deref())) {
-        Ok(Ok(format)) => format,
-        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let format = match export_format(params) {
+        Ok(format) => format,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match parts {
         Ok(UrlPath(parts)) => profile(&tx, &parts, Some(format)).await,
