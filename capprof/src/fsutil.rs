@@ -1,6 +1,6 @@
 //! Writing files so that a crash or a full disk never leaves half a file:
 //! write to a temporary file beside the target, fsync, rename, fsync the
-//! directory.
+//! directory; and opening the files capprof reads ([`open_regular`]).
 //!
 //! Only regular files are written. A device, FIFO, socket or directory at
 //! the path is refused (so `--out /dev/full` never turns a device node into
@@ -88,6 +88,27 @@ fn describe(t: &fs::FileType) -> &'static str {
     } else {
         "is a special file"
     }
+}
+
+/// Opens `path` for reading, refusing anything but a regular file. The
+/// open itself is non-blocking, so that a FIFO with no writer cannot hang
+/// it, and the type is checked on the open descriptor, so that nothing can
+/// be swapped in between the check and the read. Every input file capprof
+/// reads (profiles, the daemon's config) is opened here.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let what = describe(&meta.file_type());
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}, not a regular file"),
+        ));
+    }
+    Ok(file)
 }
 
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
@@ -211,6 +232,30 @@ mod tests {
         assert!(err.to_string().contains("FIFO"), "{err}");
         use std::os::unix::fs::FileTypeExt as _;
         assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO with no writer would block a plain open forever: refused at
+    /// once, as are devices and directories.
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("capprof-fsutil3-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = open_regular(&fifo).unwrap_err();
+        assert_eq!(err.to_string(), "is a FIFO, not a regular file");
+        for (special, what) in [("/dev/zero", "character device"), ("/tmp", "directory")] {
+            let err = open_regular(Path::new(special)).unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        let file = dir.join("p.json");
+        fs::write(&file, b"{}").unwrap();
+        let mut text = String::new();
+        io::Read::read_to_string(&mut open_regular(&file).unwrap(), &mut text).unwrap();
+        assert_eq!(text, "{}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,9 +1,11 @@
 //! Reading the profiles named on a command line: files, directories of
-//! them (searched for `*.json`), or `-` for stdin. `report`, `merge` and
-//! `diff` read their input here, so each refuses bad input the same way.
+//! them (searched for `*.json`), or `-` for stdin. Every command that reads
+//! a profile (`export`, `report`, `merge`, `diff`, `verify`, `minimize`, the
+//! daemon's `--shadow`) reads it here, so each refuses bad input the same way.
 //!
 //! Every file is untrusted: it must be a regular file (a FIFO or a device
-//! would block or never end), no larger than [`MAX_BYTES`], and a valid
+//! would block or never end; see [`crate::fsutil::open_regular`]), no
+//! larger than [`MAX_BYTES`], and a valid
 //! `capprof.profile/v1` profile. A `*.json` file in a directory that is not
 //! a profile is an error, not something to skip: a report that silently
 //! leaves a container out would mislead.
@@ -122,8 +124,6 @@ pub enum LoadError {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: not a regular file or a directory")]
-    NotAFile { path: String },
     #[error("{path}: larger than {} MiB, not a capprof profile", MAX_BYTES >> 20)]
     TooLarge { path: String },
     #[error("{path}: no *.json profiles in this directory")]
@@ -210,18 +210,12 @@ fn read_file(path: &str) -> Result<Loaded, LoadError> {
         path: path.to_owned(),
         source,
     };
-    let meta = fs::metadata(path).map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(LoadError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    if meta.len() > MAX_BYTES {
+    let file = crate::fsutil::open_regular(Path::new(path)).map_err(read_err)?;
+    if file.metadata().map_err(read_err)?.len() > MAX_BYTES {
         return Err(LoadError::TooLarge {
             path: path.to_owned(),
         });
     }
-    let file = fs::File::open(path).map_err(read_err)?;
     let bytes = read_bounded(file, path)?;
     Loaded::parse(path, &bytes)
 }
@@ -326,7 +320,12 @@ mod tests {
         assert!(matches!(err, LoadError::Read { .. }), "{err}");
 
         let err = load(&["/dev/null".to_owned()]).unwrap_err();
-        assert!(matches!(err, LoadError::NotAFile { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "cannot read /dev/null: is a character device, not a regular file"
+        );
+        let err = load_one("/tmp").unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
 
         let err = load(&["-".to_owned(), "-".to_owned()]).unwrap_err();
         assert!(matches!(err, LoadError::StdinTwice), "{err}");

@@ -210,10 +210,11 @@ pub fn coverage_of(profile: &Profile) -> BTreeMap<Cap, (u64, u64)> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use crate::observer::{Kind, Phase, Verdict};
-
     use super::*;
-    use crate::profile::{Evidence, Observation, Observations, Proof};
+    use crate::{
+        observer::{Kind, Phase, Verdict},
+        profile::{Evidence, Observation, Observations, Proof},
+    };
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()

@@ -263,3 +263,55 @@ fn daemon_state_dir_that_is_a_file() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
     assert!(!socket.exists());
 }
+
+/// Runs capprof, killed if it has not exited within `within`: a command
+/// that blocks is a failure, not a hung suite.
+fn capprof_within(args: &[&str], within: std::time::Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = Command::new(CAPPROF)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("capprof {args:?} still blocked after {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every command that reads a profile refuses a FIFO (which nobody
+/// writes) at once, with the same line, rather than block on it.
+#[test]
+fn fifo_inputs_are_refused_at_once_by_every_command() {
+    let dir = Scratch::new("fifo-input");
+    let fifo = dir.path("p.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = fifo.to_str().unwrap();
+    let out_file = dir.path("out.json");
+    let out = out_file.to_str().unwrap();
+    let needle = format!("cannot read {fifo}: is a FIFO, not a regular file");
+    let cases: &[&[&str]] = &[
+        &["export", fifo],
+        &["export", "--format", "k8s", fifo],
+        &["report", "--out", out, fifo],
+        &["merge", "--out", out, fifo, SAMPLE_PROFILE],
+        &["diff", SAMPLE_PROFILE, fifo],
+        &["verify", fifo],
+        &["minimize", "--out", out, fifo],
+    ];
+    for args in cases {
+        let output = capprof_within(args, std::time::Duration::from_secs(10));
+        assert_one_line_error(&output, 2, &needle);
+    }
+    assert!(!out_file.exists(), "nothing written");
+}

@@ -143,7 +143,10 @@ fn export_writes_only_regular_files() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(mode(&fresh), 0o644);
     // Profiles that are not files, or too large, are one line and exit 2.
-    for (input, needle) in [("/dev/zero", "special file"), ("/tmp", "directory")] {
+    for (input, needle) in [
+        ("/dev/zero", "is a character device, not a regular file"),
+        ("/tmp", "is a directory, not a regular file"),
+    ] {
         let out = capprof(&["export", input]);
         assert_one_line_error(&out, 2, needle);
     }

@@ -20,13 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capability::Cap,
-    profile::{Class, Profile, ProfileError},
+    load::LoadError,
+    profile::{Class, Profile},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShadowError {
     #[error(transparent)]
-    Profile(#[from] ProfileError),
+    Load(#[from] LoadError),
     #[error("cannot read shadow profiles in {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -115,7 +116,7 @@ impl Candidates {
 
     fn add(&mut self, file: &Path) -> Result<(), ShadowError> {
         let shown = file.display().to_string();
-        let profile = Profile::read(&shown)?;
+        let profile = crate::load::load_one(&shown)?.profile;
         let candidate = Candidate {
             source: shown,
             allowlist: profile.allowlist.clone(),

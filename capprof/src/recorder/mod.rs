@@ -695,8 +695,9 @@ pub fn profile_path(dir: &Path, rec: &ContainerRecord) -> PathBuf {
 fn free_path(dir: &Path, stem: &str, rec: &ContainerRecord) -> PathBuf {
     let path = dir.join(format!("{stem}.json"));
     let taken = path.exists()
-        && Profile::read(&path.to_string_lossy())
-            .map_or(true, |p| p.subject.id.as_deref() != Some(rec.id.as_str()));
+        && crate::load::load_one(&path.to_string_lossy()).map_or(true, |p| {
+            p.profile.subject.id.as_deref() != Some(rec.id.as_str())
+        });
     if taken {
         dir.join(format!("{stem}-{}.json", short_id(&rec.id)))
     } else {

@@ -267,10 +267,11 @@ fn sysctls(allow: &BTreeSet<Cap>) -> Vec<Sysctl> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use crate::observer::{Kind, Phase, Verdict};
-
     use super::*;
-    use crate::profile::{Class, Evidence, Observation, Observations, Subject};
+    use crate::{
+        observer::{Kind, Phase, Verdict},
+        profile::{Class, Evidence, Observation, Observations, Subject},
+    };
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()

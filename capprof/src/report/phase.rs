@@ -111,10 +111,11 @@ pub fn phases(profile: &Profile, window: Duration) -> Phases {
 mod tests {
     use std::time::SystemTime;
 
-    use crate::observer::{Kind, Phase as CheckPhase, Verdict};
-
     use super::*;
-    use crate::profile::{Observation, Observations, Subject, rfc3339};
+    use crate::{
+        observer::{Kind, Phase as CheckPhase, Verdict},
+        profile::{Observation, Observations, Subject, rfc3339},
+    };
 
     fn cap(s: &str) -> Cap {
         s.parse().unwrap()

@@ -228,11 +228,7 @@ fn write_out(out: Option<&std::path::Path>, text: &str) -> Result<(), Error> {
 }
 
 fn read_profile(path: &str) -> Result<Profile, Error> {
-    Ok(if path == "-" {
-        Profile::read_from("<stdin>", io::stdin().lock())?
-    } else {
-        Profile::read(path)?
-    })
+    Ok(capprof::load::load_one(path)?.profile)
 }
 
 /// What the allowlist may lack: capabilities that were refused, or an

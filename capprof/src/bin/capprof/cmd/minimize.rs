@@ -60,7 +60,7 @@ pub struct MinimizeArgs {
 }
 
 pub fn main(args: MinimizeArgs) -> Result<ExitCode, Error> {
-    let profile = Profile::read(&args.profile)?;
+    let profile = capprof::load::load_one(&args.profile)?.profile;
     fsutil::check_writable(&args.out)
         .map_err(|e| Error::usage(format!("cannot write {}: {e}", args.out.display())))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

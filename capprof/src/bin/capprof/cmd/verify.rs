@@ -82,7 +82,7 @@ struct Ablated {
 }
 
 pub fn main(args: VerifyArgs) -> Result<ExitCode, Error> {
-    let profile = Profile::read(&args.profile)?;
+    let profile = capprof::load::load_one(&args.profile)?.profile;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
