@@ -38,6 +38,19 @@ impl Cap {
     }
 }
 
+/// Capabilities as every human-facing line shows them (`record`'s and
+/// `run`'s tables, `verify`, `minimize`): `CAP_CHOWN CAP_SETUID`, or
+/// `(none)`. Exports keep their target's own spelling (docker's `CHOWN`).
+pub fn display_list(caps: &[Cap]) -> String {
+    if caps.is_empty() {
+        return "(none)".to_owned();
+    }
+    caps.iter()
+        .map(Cap::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl fmt::Display for Cap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CAP_{}", self.short_name())

@@ -142,17 +142,44 @@ pub fn mask_of(caps: &[Cap]) -> u64 {
         .fold(0, |mask, c| mask | (1 << c.number()))
 }
 
-/// Parses `--caps`: capability names separated by commas (`CHOWN`,
-/// `CAP_CHOWN` or `chown`); empty or `none` is no capability at all.
-pub fn parse_list(list: &str) -> Result<Vec<Cap>, crate::capability::UnknownCap> {
+/// Why a `--caps` list was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CapListError {
+    /// An empty string is more likely a shell variable that was not set
+    /// than a wish for no capability: that is spelt `none`.
+    #[error("empty list; write `none` for no capabilities")]
+    Empty,
+    #[error("`none` means no capabilities and cannot be combined with {0}")]
+    NoneWithNames(String),
+    #[error("empty name in the list (a stray comma?)")]
+    EmptyName,
+    #[error(transparent)]
+    Unknown(#[from] crate::capability::UnknownCap),
+}
+
+/// Parses `--caps`: `none` alone for no capability at all, or capability
+/// names separated by commas (`CHOWN`, `CAP_CHOWN` or `chown`). An empty
+/// list, an empty name, and `none` among names are refused.
+pub fn parse_list(list: &str) -> Result<Vec<Cap>, CapListError> {
     let trimmed = list.trim();
-    if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("none") {
-        return Ok(vec![]);
+    if trimmed.is_empty() {
+        return Err(CapListError::Empty);
     }
-    let mut caps = trimmed
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    let items: Vec<&str> = trimmed.split(',').map(str::trim).collect();
+    if items.iter().any(|s| s.is_empty()) {
+        return Err(CapListError::EmptyName);
+    }
+    let is_none = |s: &str| s.eq_ignore_ascii_case("none");
+    match items.iter().filter(|s| is_none(s)).count() {
+        0 => {}
+        n if n == items.len() => return Ok(vec![]),
+        _ => {
+            let names: Vec<&str> = items.iter().filter(|s| !is_none(s)).copied().collect();
+            return Err(CapListError::NoneWithNames(names.join(",")));
+        }
+    }
+    let mut caps = items
+        .into_iter()
         .map(str::parse::<Cap>)
         .collect::<Result<Vec<_>, _>>()?;
     caps.sort();
@@ -171,9 +198,27 @@ mod tests {
             caps.iter().map(|c| c.short_name()).collect::<Vec<_>>(),
             ["CHOWN", "NET_RAW"]
         );
-        assert!(parse_list("").unwrap().is_empty());
         assert!(parse_list("none").unwrap().is_empty());
+        assert!(parse_list(" NONE ").unwrap().is_empty());
         assert!(parse_list("CHOWN,FLY").is_err());
         assert_eq!(mask_of(&caps), (1 << 0) | (1 << 13));
+    }
+
+    /// `none` is the one way to say no capability: an empty list (an unset
+    /// shell variable) and `none` among names are refused, each saying why.
+    #[test]
+    fn ambiguous_lists_are_refused() {
+        assert_eq!(parse_list(""), Err(CapListError::Empty));
+        assert_eq!(parse_list("  "), Err(CapListError::Empty));
+        assert_eq!(
+            parse_list("none,CHOWN"),
+            Err(CapListError::NoneWithNames("CHOWN".into()))
+        );
+        assert_eq!(parse_list("CHOWN,,NET_RAW"), Err(CapListError::EmptyName));
+        assert_eq!(parse_list("CHOWN,"), Err(CapListError::EmptyName));
+        assert_eq!(
+            parse_list("none,CHOWN").unwrap_err().to_string(),
+            "`none` means no capabilities and cannot be combined with CHOWN"
+        );
     }
 }

@@ -41,16 +41,7 @@ fn usage_table(usages: &[CapUsage]) -> Table {
 /// The profile as a table plus a one-line summary.
 pub fn render_profile(profile: &Profile) -> String {
     let mut out = String::new();
-    let names = |caps: &[crate::capability::Cap]| {
-        if caps.is_empty() {
-            "(none)".to_owned()
-        } else {
-            caps.iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    };
+    let names = crate::capability::display_list;
     if profile.capabilities.is_empty() {
         out.push_str("no capability checks observed\n");
     } else {

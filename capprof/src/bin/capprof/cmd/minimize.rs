@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use capprof::{
-    capability::Cap,
+    capability::{Cap, display_list},
     fsutil,
     profile::{KeptIdentity, MAX_PROOF_ENTRIES, Profile, Proof},
     proof::{
@@ -108,7 +108,7 @@ async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Erro
     eprintln!(
         "capprof: minimize: wrote {} (allowlist: {})",
         args.out.display(),
-        names(&minimized.result)
+        display_list(&minimized.result)
     );
     let text = match args.format {
         MinimizeFormat::Json => {
@@ -169,17 +169,6 @@ fn proof_of(
     }
 }
 
-fn names(caps: &[Cap]) -> String {
-    if caps.is_empty() {
-        "none".to_owned()
-    } else {
-        caps.iter()
-            .map(|c| c.short_name())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
 fn table(m: &Minimized, observed: &[Cap]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -193,7 +182,7 @@ fn table(m: &Minimized, observed: &[Cap]) -> String {
     }
     format!(
         "{table}\nallowlist: {} (observed: {})\n",
-        names(&m.result),
-        names(observed)
+        display_list(&m.result),
+        display_list(observed)
     )
 }

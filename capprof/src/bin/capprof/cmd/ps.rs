@@ -93,7 +93,7 @@ fn shadow(c: &ContainerSummary) -> String {
     let refused: Vec<String> = status
         .violations
         .iter()
-        .map(|v| format!("{} ({})", v.capability.short_name(), v.checks))
+        .map(|v| format!("{} ({})", v.capability, v.checks))
         .collect();
     format!("NOT safe: would refuse {}", refused.join(", "))
 }

@@ -274,7 +274,7 @@ impl Progress {
                 if let Some(bar) = &self.bar {
                     bar.set_message(match without {
                         None => format!("baseline, run {run}/{runs}"),
-                        Some(cap) => format!("without {}, run {run}/{runs}", cap.short_name()),
+                        Some(cap) => format!("without {cap}, run {run}/{runs}"),
                     });
                 }
             }
@@ -290,7 +290,7 @@ impl Progress {
                 }
                 let what = match without {
                     None => "baseline".to_owned(),
-                    Some(cap) => format!("without {}", cap.short_name()),
+                    Some(cap) => format!("without {cap}"),
                 };
                 let mut text = format!(
                     "capprof: {}: {what}, run {run}/{runs}: {outcome}",
@@ -310,7 +310,7 @@ impl Progress {
                 self.line(format!(
                     "capprof: {}: {} is {}: {}",
                     self.verb,
-                    cap.short_name(),
+                    cap,
                     verdict.label(),
                     verdict.reason()
                 ));
@@ -323,10 +323,7 @@ impl Progress {
         let caps = if set.is_empty() {
             "no capability".to_owned()
         } else {
-            set.iter()
-                .map(|c| c.short_name())
-                .collect::<Vec<_>>()
-                .join(",")
+            capprof::capability::display_list(set)
         };
         let intro = format!(
             "capprof: {}: {label} with {caps} on {engine}; success is {}",

@@ -71,8 +71,8 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Error> {
     let program = resolve_program(&args.command[0])?;
     let limit = match &args.caps {
         Some(list) => {
-            let caps =
-                capset::parse_list(list).map_err(|e| Error::usage(format!("--caps: {e}")))?;
+            let caps = capset::parse_list(list)
+                .map_err(|e| Error::usage(format!("--caps {list:?}: {e}")))?;
             Some((
                 caps.clone(),
                 CapLimit::new(&caps).map_err(|e| Error::internal(e.to_string()))?,

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use capprof::{
-    capability::Cap,
+    capability::{Cap, display_list},
     profile::Profile,
     proof::{
         Workload,
@@ -159,16 +159,7 @@ async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
 }
 
 fn table(report: &Report, v: &Verification) -> String {
-    let caps = if report.allowlist.is_empty() {
-        "(none)".to_owned()
-    } else {
-        report
-            .allowlist
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let caps = display_list(report.allowlist);
     let mut out = format!(
         "{}: {caps}\n{}\n",
         report.subject,
@@ -192,16 +183,16 @@ fn table(report: &Report, v: &Verification) -> String {
             ]);
         }
         out.push_str(&format!("{table}\n"));
-        let unneeded: Vec<String> = v
+        let unneeded: Vec<Cap> = v
             .ablation
             .iter()
             .filter(|(_, verdict)| *verdict == Verdict::Unneeded)
-            .map(|(c, _)| c.short_name().to_owned())
+            .map(|(c, _)| *c)
             .collect();
         if !unneeded.is_empty() {
             out.push_str(&format!(
                 "each of these could go on its own: {} (capprof minimize finds the smallest set)\n",
-                unneeded.join(",")
+                display_list(&unneeded)
             ));
         }
     }

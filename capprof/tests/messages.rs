@@ -1,0 +1,85 @@
+//! What capprof says, and how: one grammar for `--caps`, one spelling of a
+//! capability in human output, one style of warning line, messages that
+//! say what is wrong rather than which library failed.
+
+mod common;
+
+use common::*;
+
+/// `none` is the one way to ask for no capability: an empty list (an
+/// unset shell variable) and `none` among names are refused before CMD
+/// runs, each with one line that says why.
+#[test]
+#[ignore = "needs root"]
+fn caps_grammar_refuses_ambiguous_lists() {
+    require_root();
+    let dir = Scratch::new("caps-grammar");
+    let ran = dir.path("ran");
+    let cmd = format!("touch {}", ran.display());
+    for (list, needle) in [
+        (
+            "",
+            "--caps \"\": empty list; write `none` for no capabilities",
+        ),
+        (
+            "none,CHOWN",
+            "`none` means no capabilities and cannot be combined with CHOWN",
+        ),
+        ("CHOWN,,NET_RAW", "empty name in the list"),
+        ("CHOWN,FLY", "unknown capability \"FLY\""),
+    ] {
+        let out = capprof(&["run", "--quiet", "--caps", list, "--", "sh", "-c", &cmd]);
+        assert_one_line_error(&out, 2, needle);
+        assert!(!ran.exists(), "--caps {list:?} ran the command");
+    }
+    let out = capprof(&["run", "--quiet", "--caps", "none", "--", "sh", "-c", &cmd]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(ran.exists());
+}
+
+/// Every capability name in `text` carries the `CAP_` prefix, as `record`
+/// and `run` print them.
+fn assert_cap_spelling(text: &str) {
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        let bare = word.parse::<capprof::capability::Cap>().is_ok() && !word.starts_with("CAP_");
+        assert!(
+            !bare || word.chars().any(|c| c.is_ascii_lowercase()),
+            "{word:?} without CAP_ in:\n{text}"
+        );
+    }
+}
+
+/// `minimize` and `verify` spell capabilities as `record` does.
+#[test]
+#[ignore = "needs root"]
+fn verify_and_minimize_spell_capabilities_as_record_does() {
+    require_root();
+    let dir = Scratch::new("cap-spelling");
+    let file = dir.path("f");
+    let cmd = format!(
+        "rm -f {f} && touch {f} && chown 1000:1000 {f}",
+        f = file.display()
+    );
+    let profile = dir.path("p.json");
+    let out = capprof(&[
+        "run",
+        "--out",
+        profile.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_cap_spelling(&output_text(&out));
+    let min = dir.path("min.json");
+    let p = profile.to_str().unwrap();
+    let out = capprof(&["minimize", "--runs", "1", "--out", min.to_str().unwrap(), p]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(text.contains("allowlist: CAP_CHOWN"), "{text}");
+    assert_cap_spelling(&text);
+    let out = capprof(&["verify", "--runs", "1", "--ablate", p]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_cap_spelling(&output_text(&out));
+}
