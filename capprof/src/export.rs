@@ -489,37 +489,25 @@ pub(crate) fn header(profile: &Profile, notes: &[String]) -> String {
     .flatten()
     .find(|s| !s.trim().is_empty())
     .unwrap_or_else(|| "unnamed subject".to_owned());
-    let mut clean: String = label
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_CHARS)
-        .collect();
-    if label.chars().count() > MAX_CHARS {
-        clean.push('…');
-    }
+    let clean = crate::text::line(&label, MAX_CHARS);
     let n = profile.allowlist.len();
     let plural = if n == 1 { "capability" } else { "capabilities" };
     let mut out = match &profile.proof {
         Some(proof) if proof.sufficient => {
             // The proof's fields are untrusted too.
-            let how: String = format!(
-                "{}, {} run(s) per set, {}",
-                proof.method, proof.runs, proof.engine
-            )
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(MAX_CHARS)
-            .collect();
+            let how = crate::text::line(
+                &format!(
+                    "{}, {} run(s) per set, {}",
+                    proof.method, proof.runs, proof.engine
+                ),
+                MAX_CHARS,
+            );
             format!("# capprof: {n} {plural} proven sufficient for {clean} ({how})\n")
         }
         _ => format!("# capprof: {n} {plural} observed in use by {clean}\n"),
     };
     for note in notes {
-        let clean: String = note
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(4 * MAX_CHARS)
-            .collect();
+        let clean = crate::text::line(note, 4 * MAX_CHARS);
         out.push_str(&format!("# capprof: {clean}\n"));
     }
     out

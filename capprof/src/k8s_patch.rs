@@ -440,13 +440,10 @@ fn warnings(profile: &Profile, container: &str) -> Vec<String> {
     out
 }
 
-/// Untrusted text for a comment line: control characters (a newline would
-/// end the comment) replaced, length bounded.
+/// Untrusted text for a comment line: hidden characters (a newline would
+/// end the comment) made visible, length bounded.
 fn comment_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect()
+    crate::text::line(text, 200)
 }
 
 #[derive(Serialize)]

@@ -24,4 +24,5 @@ pub mod proof;
 pub mod recorder;
 pub mod report;
 pub mod table;
+pub mod text;
 pub mod urlpath;

@@ -2,15 +2,18 @@
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
-use crate::profile::{CapUsage, Observation, Profile};
+use crate::{
+    profile::{CapUsage, Observation, Profile},
+    text::{Visible, visible},
+};
 
 fn evidence_summary(usage: &CapUsage) -> String {
     let mut parts: Vec<String> = usage
         .evidence
         .iter()
         .map(|e| match &e.syscall {
-            Some(sc) => format!("{} ({sc})", e.comm),
-            None => e.comm.clone(),
+            Some(sc) => format!("{} ({sc})", Visible(&e.comm)),
+            None => visible(&e.comm),
         })
         .collect();
     parts.dedup();
@@ -58,8 +61,8 @@ pub fn render_profile(profile: &Profile) -> String {
         out.push_str(&format!("denied:    {}\n", names(&profile.denied)));
     }
     for k in &profile.kept {
-        let programs: std::collections::BTreeSet<&str> =
-            k.evidence.iter().map(|e| e.comm.as_str()).collect();
+        let programs: std::collections::BTreeSet<String> =
+            k.evidence.iter().map(|e| visible(&e.comm)).collect();
         out.push_str(&format!(
             "kept:      {} through capset() by {}\n",
             k.capability,
@@ -90,7 +93,12 @@ pub fn render_profile(profile: &Profile) -> String {
     }
     let obs = &profile.observation;
     if let Some(partial) = &obs.partial {
-        let what = profile.subject.name.as_deref().unwrap_or("the workload");
+        let what = profile
+            .subject
+            .name
+            .as_deref()
+            .map_or_else(|| "the workload".to_owned(), visible);
+        let what = what.as_str();
         out.push_str(&format!("WARNING: {}\n", partial.warning(what)));
     }
     if let Some(blind) = unobservable_note(obs) {

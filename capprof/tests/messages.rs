@@ -83,3 +83,68 @@ fn verify_and_minimize_spell_capabilities_as_record_does() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_cap_spelling(&output_text(&out));
 }
+
+/// A profile of a container whose name, image, command and program hold a
+/// bidirectional override, an escape sequence and a zero-width space.
+fn hostile_profile(dir: &Scratch) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(SAMPLE_PROFILE).unwrap();
+    let mut p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    p["subject"]["name"] = "web\u{202E}lmth.exe".into();
+    p["subject"]["image"] = "nginx\u{1b}[2J\u{200B}:1".into();
+    p["subject"]["command"] = serde_json::json!(["sh", "-c", "x\u{2066}y\nz"]);
+    p["capabilities"][0]["evidence"] = serde_json::json!([{
+        "comm": "ch\u{202E}own", "exe": "/bin/ch\u{202E}own", "syscall": "fchownat",
+        "pid": 7, "uid": 0, "verdict": "granted", "class": "required"
+    }]);
+    let path = dir.path("hostile.json");
+    std::fs::write(&path, p.to_string()).unwrap();
+    path
+}
+
+/// No hidden character reaches any output: each is shown as `\u{…}`.
+fn assert_all_visible(what: &str, out: &std::process::Output) {
+    let text = output_text(out);
+    let hidden: Vec<char> = text
+        .chars()
+        .filter(|c| *c != '\n' && capprof::text::is_hidden(*c))
+        .collect();
+    assert!(hidden.is_empty(), "{what}: {hidden:?} in:\n{text}");
+    if text.contains("lmth.exe") || text.contains("own") {
+        assert!(
+            text.contains("u{202e}"),
+            "{what}: no visible escape in:\n{text}"
+        );
+    }
+}
+
+/// Names are escaped the same way by every output: each export's
+/// comments, the Markdown and HTML reports, diff, and the tables.
+#[test]
+fn hidden_characters_in_names_are_shown_everywhere_the_same_way() {
+    let dir = Scratch::new("hidden-chars");
+    let hostile = hostile_profile(&dir);
+    let p = hostile.to_str().unwrap();
+    for format in ["docker", "compose", "k8s", "oci", "systemd", "podman"] {
+        let out = capprof(&["export", "--format", format, p]);
+        assert!(out.status.success(), "{format}: {}", output_text(&out));
+        assert_all_visible(format, &out);
+    }
+    let out = capprof(&[
+        "export",
+        "--format",
+        "k8s-patch",
+        "--target",
+        "deploy/web",
+        p,
+    ]);
+    if out.status.success() {
+        assert_all_visible("k8s-patch", &out);
+    }
+    for format in ["markdown", "html"] {
+        let out = capprof(&["report", "--format", format, "--out", "-", p]);
+        assert!(out.status.success(), "{format}: {}", output_text(&out));
+        assert_all_visible(format, &out);
+    }
+    let out = capprof(&["diff", SAMPLE_PROFILE, p]);
+    assert_all_visible("diff", &out);
+}

@@ -127,14 +127,9 @@ impl Proof {
         } else {
             "NOT proven: the workload failed with this allowlist"
         };
-        // The fields come from an untrusted file: no control characters
-        // reach a terminal.
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .take(80)
-                .collect()
-        };
+        // The fields come from an untrusted file: no hidden character
+        // reaches a terminal.
+        let clean = |s: &str| crate::text::line(s, 80);
         format!(
             "{verdict} by {} ({} run{} each, {}, {})",
             clean(&self.method),

@@ -26,25 +26,26 @@ mod container;
 use container::containers;
 
 /// HTML-escapes a string for text and attribute values (quoted with `"`).
-/// Control characters, which have no business in a name, become U+FFFD.
+/// Hidden characters (controls, bidirectional overrides), which have no
+/// business in a name, are shown as `\u{202e}` ([`crate::text`]).
 pub struct Esc<'a>(pub &'a str);
 
 impl Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rest = self.0;
         while let Some(i) = rest.find(|c: char| {
-            matches!(c, '&' | '<' | '>' | '"' | '\'') || (c.is_control() && c != '\n')
+            matches!(c, '&' | '<' | '>' | '"' | '\'') || (crate::text::is_hidden(c) && c != '\n')
         }) {
             f.write_str(&rest[..i])?;
             let c = rest[i..].chars().next().unwrap_or('\u{FFFD}');
-            f.write_str(match c {
-                '&' => "&amp;",
-                '<' => "&lt;",
-                '>' => "&gt;",
-                '"' => "&quot;",
-                '\'' => "&#39;",
-                _ => "\u{FFFD}",
-            })?;
+            match c {
+                '&' => f.write_str("&amp;")?,
+                '<' => f.write_str("&lt;")?,
+                '>' => f.write_str("&gt;")?,
+                '"' => f.write_str("&quot;")?,
+                '\'' => f.write_str("&#39;")?,
+                c => crate::text::Escaped(c).fmt(f)?,
+            }
             rest = &rest[i + c.len_utf8()..];
         }
         f.write_str(rest)
@@ -410,8 +411,8 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
         assert_eq!(
-            Esc("a\u{1b}[31mb\0c").to_string(),
-            "a\u{FFFD}[31mb\u{FFFD}c"
+            Esc("a\u{1b}[31mb\0c\u{202E}d").to_string(),
+            "a\\u{1b}[31mb\\u{0}c\\u{202e}d"
         );
         assert_eq!(Esc("plain é 名前").to_string(), "plain é 名前");
         assert_eq!(Esc("").to_string(), "");

@@ -27,8 +27,9 @@ macro_rules! w {
 pub const GITHUB_COMMENT_LIMIT: usize = 65_536;
 
 /// Escapes a string for Markdown text and table cells: ASCII punctuation
-/// that could start markup gets a backslash, `&` becomes an entity, and
-/// line breaks become spaces.
+/// that could start markup gets a backslash, `&` becomes an entity, line
+/// breaks become spaces, and other hidden characters (controls,
+/// bidirectional overrides) are shown as `\u{202e}` ([`crate::text`]).
 pub struct Md<'a>(pub &'a str);
 
 impl Display for Md<'_> {
@@ -41,7 +42,9 @@ impl Display for Md<'_> {
             match c {
                 '.' if www => f.write_str("\\.")?,
                 '\n' | '\r' | '\t' => f.write_char(' ')?,
-                c if c.is_control() => f.write_char('\u{FFFD}')?,
+                c if crate::text::is_hidden(c) => {
+                    write!(f, "{}", Md(&crate::text::Escaped(c).to_string()))?
+                }
                 '&' => f.write_str("&amp;")?,
                 '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '|' | '#' | '~' | '!' | '<'
                 | '>' | '$' | ':' | '@' | '{' | '}' => {
@@ -426,7 +429,10 @@ mod tests {
             "x \\| y \\*b\\* \\[l\\]\\(http\\://e\\) \\`c\\` \\<img src=x onerror=alert\\(1\\)\\> \\# h &amp; www\\.evil.example"
         );
         assert_eq!(Md("/usr/sbin/nginx").to_string(), "/usr/sbin/nginx");
-        assert_eq!(Md("a\u{1b}b").to_string(), "a\u{FFFD}b");
+        assert_eq!(
+            Md("a\u{1b}b\u{202E}").to_string(),
+            "a\\\\u\\{1b\\}b\\\\u\\{202e\\}"
+        );
         assert_eq!(
             Pre("setcap x+ep /a</pre>\n<b>").to_string(),
             "setcap x+ep /a&lt;/pre&gt; &lt;b&gt;"

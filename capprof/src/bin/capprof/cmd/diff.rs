@@ -108,9 +108,7 @@ fn table(d: &Diff) -> String {
                     s.push_str(part);
                 }
                 s.push_str(&format!(" · uid {}", e.uid));
-                s.chars()
-                    .map(|c| if c.is_control() { '?' } else { c })
-                    .collect()
+                capprof::text::visible(&s)
             })
             .collect();
         table.add_row([

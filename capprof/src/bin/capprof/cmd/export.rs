@@ -205,7 +205,12 @@ fn k8s_patch(args: &ExportArgs) -> Result<ExitCode, Error> {
 fn checked_profile(path: &str, require_complete: bool) -> Result<Profile, Error> {
     let profile = read_profile(path)?;
     if let Some(partial) = &profile.observation.partial {
-        let what = profile.subject.name.as_deref().unwrap_or("the workload");
+        let what = profile
+            .subject
+            .name
+            .as_deref()
+            .map_or_else(|| "the workload".to_owned(), capprof::text::visible);
+        let what = what.as_str();
         if require_complete {
             return Err(Error::usage(format!(
                 "{path}: {} (--require-complete)",

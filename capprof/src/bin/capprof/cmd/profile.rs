@@ -212,10 +212,10 @@ fn heading(profile: &Profile) -> String {
         (None, None) => "profile".to_owned(),
     };
     let obs = &profile.observation;
-    format!(
+    capprof::text::visible(&format!(
         "{head}, observed {} to {} ({} backend)\n",
         obs.start, obs.end, obs.backend
-    )
+    ))
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ fn table(list: &[ContainerSummary]) -> Table {
         if s.is_empty() {
             "-".to_owned()
         } else {
-            s.to_owned()
+            capprof::text::visible(s)
         }
     };
     let mut table = Table::new();

@@ -125,7 +125,7 @@ pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<
         .clone()
         .or_else(|| subject.command.as_ref().map(|c| c.join(" ")))
         .or_else(|| subject.id.as_deref().map(engine::short_id))
-        .unwrap_or_else(|| path.to_owned());
+        .map_or_else(|| path.to_owned(), |l| capprof::text::visible(&l));
     if subject.kind == "command" {
         let argv = run.command.clone().ok_or_else(|| ProofError::NoRunSpec {
             profile: path.to_owned(),
