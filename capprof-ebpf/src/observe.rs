@@ -445,15 +445,31 @@ fn first_sight(cgroup_id: u64, watch_gen: u32, was_watched: bool) -> u32 {
     mode
 }
 
-/// The phase of a process in a container cgroup: setup until it execs the
-/// workload (`TASKS` is written by the process hooks).
+/// The phase of the current process (`tgid`) in a container cgroup: setup
+/// until it execs the workload (`TASKS` is written by the process hooks).
 #[inline(always)]
 pub fn task_phase(tgid: u32) -> u8 {
     // SAFETY: the value is a plain u8.
     match unsafe { TASKS.get(&tgid) } {
         Some(phase) => *phase,
-        None => phase::SETUP,
+        None => unseen_task_phase(tgid),
     }
+}
+
+/// The phase of a process the process hooks never saw: it was running
+/// before the programs were attached (a container already running when
+/// recording began, a daemon started on a busy node), or the runtime
+/// moved it into the cgroup after forking it outside (runc's init), or
+/// its entry was evicted. Its comm tells: the runtime's own names stay
+/// setup, anything else has exec'd the workload already. Remembered, so
+/// that this runs once per process; the value is the one every reader
+/// would have computed, so no cached phase goes stale.
+#[inline(never)]
+fn unseen_task_phase(tgid: u32) -> u8 {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let phase = phase::after_exec(phase::SETUP, &comm);
+    let _ = TASKS.insert(&tgid, &phase, BPF_NOEXIST as u64);
+    phase
 }
 
 fn announce_cgroup(cgroup_id: u64) {

@@ -233,6 +233,9 @@ fn notes(baseline_name: &str, baseline: &Profile, new_name: &str, new: &Profile)
         if let Some(blind) = crate::table::unobservable_note(&p.observation) {
             notes.push(format!("{name}: {blind}"));
         }
+        if let Some(warning) = p.partial_warning() {
+            notes.push(format!("{name}: {warning}"));
+        }
         if p.observation.classification == "uncalibrated" {
             notes.push(format!(
                 "{name}: checks were not classified (every one counted as audited)"

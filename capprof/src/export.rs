@@ -327,7 +327,13 @@ pub fn render_under(
     let decision = decide(profile, &target);
     let grant = grant(profile, &decision);
     let caps = &grant;
-    let notes = notes(profile, &decision);
+    let mut notes = notes(profile, &decision);
+    // Flags have no comments: whoever prints them says it (`capprof
+    // export` and `profile` on stderr, the daemon's routes in a header).
+    let partial = profile.partial_warning();
+    if let Some(warning) = &partial {
+        notes.insert(0, format!("WARNING: {warning}"));
+    }
     let header = header(profile, &notes);
     match format {
         Format::Docker | Format::Podman => Ok(run_flags(caps)),
@@ -376,6 +382,7 @@ pub fn render_under(
                             format!("added: {why}"),
                         )
                     })
+                    .chain(partial.map(|w| ("org.capprof.warning".to_owned(), w)))
                     .collect(),
             };
             let mut json = serde_json::to_string_pretty(&doc)

@@ -92,14 +92,8 @@ pub fn render_profile(profile: &Profile) -> String {
         out.push_str(&format!("proof:     {}\n", proof.summary()));
     }
     let obs = &profile.observation;
-    if let Some(partial) = &obs.partial {
-        let what = profile
-            .subject
-            .name
-            .as_deref()
-            .map_or_else(|| "the workload".to_owned(), visible);
-        let what = what.as_str();
-        out.push_str(&format!("WARNING: {}\n", partial.warning(what)));
+    if let Some(warning) = profile.partial_warning() {
+        out.push_str(&format!("WARNING: {warning}\n"));
     }
     if let Some(blind) = unobservable_note(obs) {
         out.push_str(&format!("note: {blind}\n"));

@@ -222,6 +222,8 @@ mod tests {
             k8s: None,
             sandbox: false,
             exited: true,
+            started: None,
+            partial: None,
             base: None,
             current: None,
         };

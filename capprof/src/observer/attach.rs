@@ -5,12 +5,13 @@
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, FExit, KProbe, Lsm, Program, ProgramError,
+        BtfTracePoint, FExit, KProbe, Lsm, Program, ProgramError, TracePoint,
         fexit::FExitLinkId,
         kprobe::{KProbeError, KProbeLinkId},
         links::FdLink,
         lsm::LsmLinkId,
         tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
 
@@ -25,6 +26,8 @@ pub enum Hook {
     Kprobe(&'static str),
     /// A BPF-LSM hook, by hook name.
     Lsm(&'static str),
+    /// A classic tracepoint, by category and name.
+    TracePoint(&'static str, &'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,7 @@ enum Link {
     Fexit(FExitLinkId),
     Kprobe(KProbeLinkId),
     Lsm(LsmLinkId),
+    TracePoint(TracePointLinkId),
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, AttachError> {
@@ -108,6 +112,7 @@ pub fn load(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, hook: Hook) -> Resul
         Hook::Fexit(func) => <&mut FExit>::try_from(prog).and_then(|p| p.load(func, btf)),
         Hook::Kprobe(_) => <&mut KProbe>::try_from(prog).and_then(|p| p.load()),
         Hook::Lsm(lsm) => <&mut Lsm>::try_from(prog).and_then(|p| p.load(lsm, btf)),
+        Hook::TracePoint(..) => <&mut TracePoint>::try_from(prog).and_then(|p| p.load()),
     }
     .map_err(failed(name))
 }
@@ -128,6 +133,9 @@ pub fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<Attache
         Hook::Lsm(_) => <&mut Lsm>::try_from(prog)
             .and_then(|p| p.attach())
             .map(Link::Lsm),
+        Hook::TracePoint(category, tracepoint) => <&mut TracePoint>::try_from(prog)
+            .and_then(|p| p.attach(category, tracepoint))
+            .map(Link::TracePoint),
     }
     .map_err(failed(name))?;
     Ok(Attached { name, link })
@@ -152,6 +160,7 @@ pub fn unload(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), Att
         Hook::Fexit(_) => <&mut FExit>::try_from(prog).and_then(|p| p.unload()),
         Hook::Kprobe(_) => <&mut KProbe>::try_from(prog).and_then(|p| p.unload()),
         Hook::Lsm(_) => <&mut Lsm>::try_from(prog).and_then(|p| p.unload()),
+        Hook::TracePoint(..) => <&mut TracePoint>::try_from(prog).and_then(|p| p.unload()),
     }
     .map_err(failed(name))
 }
@@ -166,17 +175,26 @@ impl Attached {
             Link::Fexit(id) => <&mut FExit>::try_from(prog).and_then(|p| p.detach(id)),
             Link::Kprobe(id) => <&mut KProbe>::try_from(prog).and_then(|p| p.detach(id)),
             Link::Lsm(id) => <&mut Lsm>::try_from(prog).and_then(|p| p.detach(id)),
+            Link::TracePoint(id) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(id)),
         }
         .map_err(failed(name))
     }
 
     /// Takes the link out of the program's keeping, to be pinned: it then
-    /// outlives this process. kprobe links are perf-event links, which
-    /// cannot be pinned: None.
+    /// outlives this process. kprobe links are not pinned: None. A classic
+    /// tracepoint's is a perf-event link, which pins (and keeps its perf
+    /// event open) where the kernel has `BPF_LINK_TYPE_PERF_EVENT` (5.15+);
+    /// an older kernel's legacy attachment cannot be pinned: None.
     pub fn into_fd_link(self, ebpf: &mut Ebpf) -> Result<Option<FdLink>, AttachError> {
         let name = self.name;
         let prog = program(ebpf, name)?;
         let link = match self.link {
+            Link::TracePoint(id) => {
+                let link = <&mut TracePoint>::try_from(prog)
+                    .and_then(|p| p.take_link(id))
+                    .map_err(failed(name))?;
+                return Ok(FdLink::try_from(link).ok());
+            }
             Link::TpBtf(id) => <&mut BtfTracePoint>::try_from(prog)
                 .and_then(|p| p.take_link(id))
                 .map(FdLink::from),

@@ -353,7 +353,7 @@ impl Observer {
         phases.mark("backend");
         attached.extend(attach_process_hooks(&mut ebpf, &btf));
         phases.mark("process hooks");
-        syscalls::attach(&mut ebpf);
+        attached.extend(syscalls::attach(&mut ebpf, &btf));
         phases.mark("syscall hooks");
         phases.log();
         let mut observer = Self {
@@ -393,7 +393,8 @@ impl Observer {
             let name = attached.name;
             let Some(link) = attached.into_fd_link(&mut self.ebpf)? else {
                 tracing::warn!(
-                    "{name}: kprobe links are not pinned; checks made while the daemon is down are lost"
+                    "{name}: this link cannot be pinned (a kprobe, or a tracepoint on a kernel \
+                     before 5.15); what it sees while the daemon is down is lost"
                 );
                 continue;
             };

@@ -19,6 +19,9 @@ use capprof_common::{MAP_ABI_VERSION, names};
 
 /// The maps that carry state across restarts. `CALIB` and `INFLIGHT` are
 /// scratch and `HOT` a cache of this load's decisions, private to each load.
+/// The syscall hooks' `OPS_SEEN` and `SOCKETS_PENDING` are pinned with
+/// their programs' links: a restart neither re-sends every operation nor
+/// loses a socket() between its entry and its exit.
 pub const PINNED_MAPS: &[&str] = &[
     names::WATCH_ROOTS,
     names::CGROUPS,
@@ -31,6 +34,8 @@ pub const PINNED_MAPS: &[&str] = &[
     names::TASKS,
     names::TASK_EXECS,
     names::GENERATION,
+    names::OPS_SEEN,
+    names::SOCKETS_PENDING,
 ];
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

@@ -4,13 +4,14 @@
 //!
 //! They need CONFIG_FTRACE_SYSCALLS and tracefs. A hook that cannot attach
 //! costs that part of the profile only, so it is a warning, never a failed
-//! load.
+//! load. The daemon pins their links like the `cap_capable` ones: while it
+//! is down they keep recording into the pinned ring buffer, which the next
+//! run reads from where this one stopped.
 
-use aya::{
-    Ebpf,
-    programs::{ProgramError, TracePoint},
-};
+use aya::Ebpf;
 use capprof_common::names;
+
+use super::attach::{self, Attached, Hook};
 
 /// What a missing hook leaves unseen, for the warning.
 fn unseen(program: &str) -> &'static str {
@@ -25,29 +26,22 @@ fn unseen(program: &str) -> &'static str {
     }
 }
 
-/// Loads and attaches every syscall hook it can; returns the programs
-/// that could not be attached. The links live as long as `ebpf`.
-pub fn attach(ebpf: &mut Ebpf) -> Vec<&'static str> {
-    let mut missing = vec![];
+/// Loads and attaches every syscall hook it can, and returns their links
+/// (to pin, or to drop with `ebpf`). A hook that cannot attach is warned
+/// about and left out.
+pub fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
+    let mut attached = vec![];
     for &(program, tracepoint) in names::SYSCALL_HOOKS {
-        let result = (|| -> Result<(), ProgramError> {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProgramError::NotLoaded)?
-                .try_into()?;
-            prog.load()?;
-            prog.attach(names::SYSCALLS_CATEGORY, tracepoint)?;
-            Ok(())
-        })();
-        if let Err(err) = result {
-            tracing::warn!(
+        let hook = Hook::TracePoint(names::SYSCALLS_CATEGORY, tracepoint);
+        match attach::load_and_attach(ebpf, btf, program, hook) {
+            Ok(link) => attached.push(link),
+            Err(err) => tracing::warn!(
                 "cannot attach {program} to {}:{tracepoint} ({}); {} will not be seen",
                 names::SYSCALLS_CATEGORY,
-                super::attach::refusal(&err),
+                err.refusal(),
                 unseen(program)
-            );
-            missing.push(program);
+            ),
         }
     }
-    missing
+    attached
 }

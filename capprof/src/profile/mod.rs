@@ -381,6 +381,18 @@ pub enum ProfileError {
 }
 
 impl Profile {
+    /// The warning every output of a partial profile carries (tables,
+    /// exports, the daemon's routes, `diff`, `report`): its recording began
+    /// after the workload had started. None for a complete one.
+    pub fn partial_warning(&self) -> Option<String> {
+        let what = self
+            .subject
+            .name
+            .as_deref()
+            .map_or_else(|| "the workload".to_owned(), crate::text::visible);
+        self.observation.partial.as_ref().map(|p| p.warning(&what))
+    }
+
     /// Parses and validates a profile from untrusted bytes: the schema must
     /// match, every capability must be known (serde checks that), and the
     /// summary arrays must agree with the per-capability records.

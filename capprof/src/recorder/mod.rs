@@ -17,6 +17,7 @@ pub use source::{Source, SourceError, connect as connect_source};
 
 use crate::{
     attribution::attribute,
+    conditional::{Conditional, Kept},
     engine::{ContainerEvent, ContainerInfo, safe_name, short_id},
     observer::{
         Count, Observer, ObserverError,
@@ -46,8 +47,16 @@ pub struct ContainerRecord {
     /// Whether the container has exited (and its counters were drained).
     pub exited: bool,
     /// Set when the container was already running when recording began:
-    /// its start was not seen. Holds when it started, if known.
-    preexisting: Option<Option<SystemTime>>,
+    /// its start was not seen.
+    partial: Option<Partial>,
+    /// Taken back from the daemon's state after a restart: whether its
+    /// start was seen is known from there (`partial`), not from whether it
+    /// runs now.
+    restored: bool,
+    /// What the syscall hooks saw before a restart, from the last profile
+    /// on disk: unlike checks, their records are in no kernel counter, so
+    /// a restart would otherwise lose them.
+    carried: (Vec<Conditional>, Vec<Kept>),
     /// What earlier finalizations produced (a restarted container adds up):
     /// counts no longer in the kernel.
     profile: Option<Profile>,
@@ -90,6 +99,14 @@ pub struct PersistedContainer {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
     pub exited: bool,
+    /// When its observation began (RFC 3339): the first check of a
+    /// container whose start was seen, else when recording began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Set when its start was not seen; a restart keeps it, and keeps a
+    /// container whose start was seen complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
     pub base: Option<Profile>,
     pub current: Option<Profile>,
 }
@@ -124,6 +141,9 @@ pub struct Recorder {
     /// Containers that died and wait to be finalized: while there are
     /// none, nothing needs looking at on a timer.
     dying: BTreeSet<String>,
+    /// When this recording began: where a container that was already
+    /// running is observed from.
+    began: SystemTime,
 }
 
 impl Recorder {
@@ -147,6 +167,7 @@ impl Recorder {
             classification,
             keep_env: false,
             dying: BTreeSet::new(),
+            began: SystemTime::now(),
         }
     }
 
@@ -284,17 +305,65 @@ impl Recorder {
     }
 
     /// A container that was running before the recording began: its
-    /// profile will say that it is partial.
+    /// profile will say that it is partial, and that it is observed from
+    /// when the recording began (not from its first check).
     pub fn on_preexisting(&mut self, info: ContainerInfo) {
         let started_at = info.started_at;
         let id = info.id.clone();
+        let began = self.began;
         self.on_inspect(info);
         let rec = self.container(&id);
-        // A container restored from the daemon's state was seen from its
-        // start by an earlier run.
-        if rec.profile.is_none() {
-            rec.preexisting = Some(started_at);
+        // A container restored from the daemon's state keeps what the
+        // earlier run knew: seen from its start, or not.
+        if rec.restored {
+            return;
         }
+        rec.started = Some(rec.started.map_or(began, |s| s.min(began)));
+        rec.partial = Some(Partial {
+            workload_started: started_at.map(rfc3339),
+            recording_started: rfc3339(began),
+        });
+    }
+
+    /// The containers not known to have exited, for a check against what
+    /// the engine runs now.
+    pub fn live_ids(&self) -> Vec<String> {
+        self.containers
+            .values()
+            .filter(|c| !c.exited)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// A container this recorder holds as running that the engine does not
+    /// list as running (one restored from the daemon's state that exited,
+    /// or was removed, while the daemon was down), with the engine's
+    /// inspect reply if it still has one. It dies here, keeping its name,
+    /// and is finalized like any other. Without a reply, its cgroup
+    /// decides: an engine that did not answer says nothing about it.
+    pub fn on_not_running(&mut self, id: &str, info: Option<ContainerInfo>) {
+        let gone = match &info {
+            Some(info) => !info.running,
+            None => self.containers.get(id).is_some_and(|rec| {
+                rec.cgroup
+                    .as_deref()
+                    .is_some_and(|cg| !self.mount.join(cg.trim_start_matches('/')).exists())
+            }),
+        };
+        if let Some(info) = info {
+            self.on_inspect(info);
+        }
+        if !gone {
+            return;
+        }
+        let rec = self.container(id);
+        let died = ContainerEvent {
+            action: "die".into(),
+            id: id.to_owned(),
+            name: rec.info.name.clone(),
+            image: rec.info.image.clone(),
+        };
+        self.on_engine_event(died);
     }
 
     pub fn on_inspect(&mut self, info: ContainerInfo) {
@@ -328,13 +397,14 @@ impl Recorder {
             return rec.profile.clone();
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh = profile::from_observer(
+        let mut fresh = profile::from_observer(
             observer,
             live,
             &rec.received,
             subject(rec, self.keep_env),
             observation,
         );
+        fresh.add_syscall_findings(&rec.carried.0, &rec.carried.1);
         Some(onto(rec.profile.clone(), fresh))
     }
 
@@ -393,6 +463,8 @@ impl Recorder {
             k8s: rec.info.k8s.clone(),
             sandbox: rec.info.sandbox,
             exited: rec.exited,
+            started: rec.started.map(rfc3339),
+            partial: rec.partial.clone(),
             base: rec.profile.clone(),
             current,
         })
@@ -406,7 +478,24 @@ impl Recorder {
                 self.cgroups.insert(*id, CgroupMeta { path: path.clone() });
             }
         }
+        // State written before `started` and `partial` were kept: the last
+        // profile says.
+        let last = p.current.as_ref().or(p.base.as_ref());
+        let started = p
+            .started
+            .as_deref()
+            .or(last.map(|c| c.observation.start.as_str()))
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let partial = p
+            .partial
+            .or_else(|| last.and_then(|c| c.observation.partial.clone()));
+        let carried = last
+            .map(|c| (c.conditional.clone(), c.kept.clone()))
+            .unwrap_or_default();
         let rec = self.container(&p.id);
+        rec.restored = true;
+        rec.carried = carried;
+        rec.partial = partial;
         rec.runtime = p.runtime;
         rec.cgroup = p.cgroup;
         rec.cgroup_ids = p.cgroup_ids.into_iter().collect();
@@ -417,7 +506,7 @@ impl Recorder {
         rec.info.sandbox = p.sandbox;
         rec.exited = p.exited;
         rec.profile = p.base;
-        rec.started.get_or_insert_with(SystemTime::now);
+        rec.started = started.or(rec.started).or(Some(SystemTime::now()));
     }
 
     /// Forgets a container (it is on disk); returns its cgroup ids.
@@ -528,13 +617,16 @@ impl Recorder {
             return Ok(None);
         }
         let observation = observation(rec, &self.backend, &self.classification, observer);
-        let fresh = profile::from_observer(
+        let mut fresh = profile::from_observer(
             observer,
             counts,
             &received,
             subject(rec, self.keep_env),
             observation,
         );
+        // From now on in `profile`.
+        let (conditional, kept) = std::mem::take(&mut rec.carried);
+        fresh.add_syscall_findings(&conditional, &kept);
         let profile = onto(rec.profile.take(), fresh);
         rec.profile = Some(profile.clone());
         Ok(Some(profile))
@@ -616,10 +708,7 @@ fn observation(
         unclassified_checks: 0,
         recursion_misses: stats.recursion_misses,
         unobservable: Class::unobservable_on(observer.backend()),
-        partial: rec.preexisting.map(|started| Partial {
-            workload_started: started.map(rfc3339),
-            recording_started: rec.started.map(rfc3339).unwrap_or_default(),
-        }),
+        partial: rec.partial.clone(),
     }
 }
 

@@ -77,9 +77,16 @@ impl Session {
     ) -> Result<Self, ObserverError> {
         let (reader, records) = EventReader::spawn(&mut observer)?;
         if let Some(source) = &source {
-            for id in source.running().await {
-                if let Some(info) = source.inspect(&id).await {
+            let running = source.running().await;
+            for id in &running {
+                if let Some(info) = source.inspect(id).await {
                     recorder.on_preexisting(info);
+                }
+            }
+            for id in recorder.live_ids() {
+                if !running.contains(&id) {
+                    let info = source.inspect(&id).await;
+                    recorder.on_not_running(&id, info);
                 }
             }
         }

@@ -385,6 +385,9 @@ fn warnings(profile: &Profile, unknown_fields: &[String]) -> Vec<String> {
     if profile.capabilities.is_empty() {
         out.push("no capability check was seen: the allowlist is empty".to_owned());
     }
+    if let Some(warning) = profile.partial_warning() {
+        out.push(warning);
+    }
     let obs = &profile.observation;
     if let Some(blind) = crate::table::unobservable_note(obs) {
         out.push(blind);

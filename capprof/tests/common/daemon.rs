@@ -15,6 +15,8 @@ pub struct TestDaemon {
     child: Child,
     /// Its stderr, line by line, after the ready line.
     pub lines: mpsc::Receiver<String>,
+    /// What it was started with, to start it again.
+    args: Vec<String>,
 }
 
 impl TestDaemon {
@@ -33,18 +35,25 @@ impl TestDaemon {
         }
         args.extend(["--flush-interval".into(), "1".into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(CAPPROF)
-            .args(&args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = wait_for_line(
-            &mut child,
-            "daemon",
-            "daemon ready",
-            Duration::from_secs(30),
-        );
-        Self { dir, child, lines }
+        let (child, lines) = spawn(&args);
+        Self {
+            dir,
+            child,
+            lines,
+            args,
+        }
+    }
+
+    /// Stops it with SIGTERM, as a routine restart does, leaving its pins
+    /// and state for [`TestDaemon::start_again`].
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(30));
+    }
+
+    /// Starts it again, with the same flags, on the same state and pins.
+    pub fn start_again(&mut self) {
+        self.stop();
+        (self.child, self.lines) = spawn(&self.args);
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -58,6 +67,22 @@ impl TestDaemon {
         all.extend(["--socket", socket.to_str().unwrap()]);
         capprof(&all)
     }
+}
+
+/// `capprof ARGS`, once its ready line is out.
+fn spawn(args: &[String]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(CAPPROF)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = wait_for_line(
+        &mut child,
+        "daemon",
+        "daemon ready",
+        Duration::from_secs(30),
+    );
+    (child, lines)
 }
 
 impl Drop for TestDaemon {

@@ -408,8 +408,35 @@ async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>
     rendered(profile, format)
 }
 
-/// A profile as JSON, or rendered in `format`.
+/// A profile as JSON, or rendered in `format`. A partial profile's
+/// answer carries its warning in a `Warning` header as well: `docker` and
+/// `podman` flags have nowhere else to put it.
 fn rendered(profile: crate::profile::Profile, format: Option<Format>) -> Response {
+    let warning = profile.partial_warning().map(|w| warning_header(&w));
+    let mut response = rendered_body(profile, format);
+    if let Some(value) = warning {
+        response.headers_mut().insert(header::WARNING, value);
+    }
+    response
+}
+
+/// An RFC 9111 `Warning` header value (code 199, "miscellaneous warning"):
+/// visible ASCII only, since the text holds names from the profile.
+fn warning_header(text: &str) -> header::HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    header::HeaderValue::from_str(&format!("199 capprof \"{clean}\"")).unwrap_or(
+        header::HeaderValue::from_static("199 capprof \"partial profile\""),
+    )
+}
+
+fn rendered_body(profile: crate::profile::Profile, format: Option<Format>) -> Response {
     match format {
         None => (
             StatusCode::OK,

@@ -204,21 +204,14 @@ fn k8s_patch(args: &ExportArgs) -> Result<ExitCode, Error> {
 /// warning about one, and about what else the allowlist may lack.
 fn checked_profile(path: &str, require_complete: bool) -> Result<Profile, Error> {
     let profile = read_profile(path)?;
-    if let Some(partial) = &profile.observation.partial {
-        let what = profile
-            .subject
-            .name
-            .as_deref()
-            .map_or_else(|| "the workload".to_owned(), capprof::text::visible);
-        let what = what.as_str();
+    if let Some(warning) = profile.partial_warning() {
         if require_complete {
             return Err(Error::usage(format!(
-                "{path}: {} (--require-complete)",
-                partial.warning(what)
+                "{path}: {warning} (--require-complete)"
             )));
         }
         use std::io::Write as _;
-        let _ = writeln!(io::stderr(), "capprof: WARNING: {}", partial.warning(what));
+        let _ = writeln!(io::stderr(), "capprof: WARNING: {warning}");
     }
     warn_about(&profile);
     Ok(profile)

@@ -150,6 +150,9 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
             if let Some(warning) = table::ungrantable_warning(&profile) {
                 eprintln!("capprof: WARNING: {warning}");
             }
+            if let Some(warning) = profile.partial_warning() {
+                eprintln!("capprof: WARNING: {warning}");
+            }
             Ok(export::render(&profile, format)?)
         }
         None => Ok(format!(
