@@ -225,6 +225,18 @@ fn run_spec(
         .iter()
         .flatten()
         .filter(|e| !image_env.contains(e))
+        .filter(|e| match crate::profile::env_entry_problem(e) {
+            None => true,
+            // Only this variable is left out: the rest of how the
+            // container runs is still worth keeping, to verify it.
+            Some(why) => {
+                tracing::warn!(
+                    "container {}: leaving one variable out of how it runs: {why}",
+                    short_id(id)
+                );
+                false
+            }
+        })
         .cloned()
         .collect();
     let spec = RunSpec {

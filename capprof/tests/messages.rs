@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::*;
+use common::{engine::*, *};
 
 /// `none` is the one way to ask for no capability: an empty list (an
 /// unset shell variable) and `none` among names are refused before CMD
@@ -147,4 +147,52 @@ fn hidden_characters_in_names_are_shown_everywhere_the_same_way() {
     }
     let out = capprof(&["diff", SAMPLE_PROFILE, p]);
     assert_all_visible("diff", &out);
+}
+
+/// A container name unique to this test run.
+fn unique(tag: &str) -> String {
+    format!("capprof-msgs-{tag}-{}", std::process::id())
+}
+
+/// One multi-line environment value (a PEM certificate) no longer costs
+/// the container its `subject.run`: the profile keeps how it runs (the
+/// variable's name, not its value), and `verify` re-runs it with the value
+/// read back from the original container.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn a_multi_line_env_value_keeps_the_run_and_verifies() {
+    require_engine();
+    let name = unique("pem");
+    let _ = docker(&["rm", "-f", &name]);
+    let recording = Recording::start("pem", &["--container", &name]);
+    let pem = "TLS_CERT=-----BEGIN CERTIFICATE-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END CERTIFICATE-----";
+    // Fails unless the value arrives whole, on its three lines; lives long
+    // enough to be inspected.
+    let check = "sleep 1; test \"$(printf '%s\\n' \"$TLS_CERT\" | wc -l)\" -eq 3";
+    let out = docker_run(
+        Some(&name),
+        &["-e".into(), pem.into()],
+        &["sh", "-c", check],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let dir = recording.stop();
+    let profile = read_profile(&dir, &name);
+    let run = &profile["subject"]["run"];
+    assert!(run.is_object(), "no subject.run: {profile}");
+    assert_eq!(run["env_names"], serde_json::json!(["TLS_CERT"]), "{run}");
+    assert!(
+        run.get("env").is_none(),
+        "a value was kept without --keep-env: {run}"
+    );
+    let path = profile_path(&dir, &name);
+    let out = capprof(&[
+        "verify",
+        "--runs",
+        "1",
+        "--timeout",
+        "15",
+        path.to_str().unwrap(),
+    ]);
+    let _ = docker(&["rm", "-f", &name]);
+    assert!(out.status.success(), "verify: {}", output_text(&out));
 }

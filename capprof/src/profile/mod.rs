@@ -21,7 +21,7 @@ use std::{
 pub use build::{Observations, with_allowlist};
 pub use build::{ProfileBuilder, build, from_observer};
 pub use proof::{KeptIdentity, MAX_PROOF_ENTRIES, Proof};
-pub use run::{DeviceSpec, MountSpec, RunSpec, UlimitSpec};
+pub use run::{DeviceSpec, MountSpec, RunSpec, UlimitSpec, env_entry_problem};
 use serde::{Deserialize, Serialize};
 
 pub use crate::observer::{UserNs, Verdict};

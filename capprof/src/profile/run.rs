@@ -9,7 +9,8 @@
 //!
 //! Profiles are untrusted input, and these settings go back to the engine:
 //! [`RunSpec::validate`] bounds every string and list, refuses control
-//! characters, and accepts only known capability names and mount types.
+//! characters (environment values may span lines: certificates do), and
+//! accepts only known capability names and mount types.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,9 @@ use crate::capability::Cap;
 const MAX_STRING: usize = 4096;
 /// Most entries accepted in one list or map.
 const MAX_ENTRIES: usize = 1024;
+/// Longest `NAME=VALUE` accepted in `env`: values hold certificates and
+/// keys (a PEM chain of a few KiB), not only words.
+const MAX_ENV_ENTRY: usize = 64 << 10;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -184,12 +188,11 @@ impl RunSpec {
         .into_iter()
         .filter_map(|(what, s)| s.as_deref().map(|s| (what, s)))
         .collect();
-        let lists: [(&str, Option<&Vec<String>>); 10] = [
+        let lists: [(&str, Option<&Vec<String>>); 9] = [
             ("command", self.command.as_ref()),
             ("entrypoint", self.entrypoint.as_ref()),
             ("cmd", self.cmd.as_ref()),
             ("env_names", Some(&self.env_names)),
-            ("env", self.env.as_ref()),
             ("binds", Some(&self.binds)),
             ("cap_add", Some(&self.cap_add)),
             ("cap_drop", Some(&self.cap_drop)),
@@ -257,10 +260,13 @@ impl RunSpec {
                 return Err(format!("run.env_names: {name:?} is not a variable name"));
             }
         }
-        if let Some(env) = &self.env
-            && env.iter().any(|e| !e.contains('='))
-        {
-            return Err("run.env: every entry must be NAME=VALUE".into());
+        if let Some(env) = &self.env {
+            if env.len() > MAX_ENTRIES {
+                return Err(format!("run.env has more than {MAX_ENTRIES} entries"));
+            }
+            if let Some(why) = env.iter().find_map(|e| env_entry_problem(e)) {
+                return Err(format!("run.env: {why}"));
+            }
         }
         if matches!(&self.image, Some(i) if i.trim().is_empty()) {
             return Err("run.image is empty".into());
@@ -270,6 +276,32 @@ impl RunSpec {
         }
         Ok(())
     }
+}
+
+/// What is wrong with one `NAME=VALUE` of a container's environment, if
+/// anything. A value may span lines (a PEM certificate does): the engine
+/// passes it as is, so only what it cannot pass (NUL) or what would be
+/// another kind of text (other control characters) is refused.
+pub fn env_entry_problem(entry: &str) -> Option<String> {
+    let Some((name, value)) = entry.split_once('=') else {
+        return Some("every entry must be NAME=VALUE".into());
+    };
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Some(format!(
+            "{:?} is not a variable name",
+            crate::text::visible(name)
+        ));
+    }
+    if entry.len() > MAX_ENV_ENTRY {
+        return Some(format!("{name}: longer than {} KiB", MAX_ENV_ENTRY >> 10));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Some(format!("{name}: the value holds control characters"));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -304,7 +336,22 @@ mod tests {
         assert!(bad(&|s| s.env_names.push("A=B".into())).contains("A=B"));
         assert!(bad(&|s| s.binds = vec!["x".repeat(5000)]).contains("longer"));
         assert!(bad(&|s| s.env = Some(vec!["NOVALUE".into()])).contains("NAME=VALUE"));
+        assert!(bad(&|s| s.env = Some(vec!["K=a\0b".into()])).contains("K: the value"));
         assert!(bad(&|s| s.command = Some(vec![])).contains("empty"));
+    }
+
+    /// A multi-line value (a PEM certificate) is a value like any other.
+    #[test]
+    fn env_values_may_span_lines() {
+        let pem = "TLS_CERT=-----BEGIN CERTIFICATE-----\r\nMIIB\tIjAN\n-----END CERTIFICATE-----\n";
+        let spec = RunSpec {
+            image: Some("busybox:1".into()),
+            env_names: vec!["TLS_CERT".into()],
+            env: Some(vec![pem.into()]),
+            ..Default::default()
+        };
+        spec.validate().unwrap();
+        assert_eq!(env_entry_problem(pem), None);
     }
 
     #[test]
