@@ -26,6 +26,9 @@ pub const GENERATION: &str = "GENERATION";
 pub const OPS_SEEN: &str = "OPS_SEEN";
 /// ICMP datagram socket() calls between entry and exit, by thread id.
 pub const SOCKETS_PENDING: &str = "SOCKETS_PENDING";
+/// The syscall hooks' records the ring buffer had no room for.
+pub const CONDITIONAL_BACKLOG: &str = "CONDITIONAL_BACKLOG";
+pub const CAPSET_BACKLOG: &str = "CAPSET_BACKLOG";
 
 /// tp_btf program on the `cap_capable` tracepoint (Linux 6.14+).
 pub const PROG_TP_BTF: &str = "capprof_tp_btf";
@@ -91,6 +94,8 @@ pub const ALL_MAPS: &[&str] = &[
     GENERATION,
     OPS_SEEN,
     SOCKETS_PENDING,
+    CONDITIONAL_BACKLOG,
+    CAPSET_BACKLOG,
 ];
 /// Every program userspace expects to find in the object capprof embeds.
 pub const ALL_PROGRAMS: &[&str] = &[

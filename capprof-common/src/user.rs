@@ -17,3 +17,5 @@ unsafe impl aya::Pod for Inflight {}
 unsafe impl aya::Pod for HotCache {}
 unsafe impl aya::Pod for OperationKey {}
 unsafe impl aya::Pod for PendingSocket {}
+unsafe impl aya::Pod for crate::event::ConditionalEvent {}
+unsafe impl aya::Pod for crate::event::CapsetEvent {}

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use capprof_common::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
-    event::ExecEvent,
+    event::{CapsetEvent, ConditionalEvent, ExecEvent},
     syscalls::{OperationKey, PendingSocket},
 };
 
@@ -96,6 +96,20 @@ pub static OPS_SEEN: LruHashMap<OperationKey, u8> = LruHashMap::with_max_entries
 /// `ping_group_range` let them through). Each entry lives for one syscall.
 #[map]
 pub static SOCKETS_PENDING: HashMap<u32, PendingSocket> = HashMap::with_max_entries(4096, 0);
+
+/// The syscall hooks' records that the ring buffer had no room for (no
+/// reader while the daemon is down, or one far behind), by their dedup key,
+/// until userspace drains them (`observer::reader`). A record happens once
+/// per (cgroup, operation, program): dropped, it would be lost for good,
+/// unlike a check, whose count stays in `COUNTS`. Not LRU: an insert that
+/// fails because the map is full is counted in `STATS[RINGBUF_LOST]`.
+#[map]
+pub static CONDITIONAL_BACKLOG: HashMap<OperationKey, ConditionalEvent> =
+    HashMap::with_max_entries(4096, 0);
+
+/// As `CONDITIONAL_BACKLOG`, for capset() records.
+#[map]
+pub static CAPSET_BACKLOG: HashMap<OperationKey, CapsetEvent> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

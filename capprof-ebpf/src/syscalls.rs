@@ -41,6 +41,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::tracepoint,
+    maps::HashMap,
     programs::TracePointContext,
 };
 use capprof_common::{
@@ -56,7 +57,10 @@ use capprof_common::{
 
 use crate::{
     helpers,
-    maps::{CONFIG, EVENTS, HOT, OPS_SEEN, SOCKETS_PENDING, bump, generation},
+    maps::{
+        CAPSET_BACKLOG, CONDITIONAL_BACKLOG, CONFIG, EVENTS, HOT, OPS_SEEN, SOCKETS_PENDING, bump,
+        generation,
+    },
     observe::{CAPPROF_TGID, cgroup_mode, task_phase},
     process::send_exec,
 };
@@ -188,12 +192,7 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
         return;
     }
     send_exec(tgid);
-    let Some(mut entry) = EVENTS.reserve::<ConditionalEvent>(0) else {
-        bump(stat::RINGBUF_LOST);
-        let _ = OPS_SEEN.remove(key);
-        return;
-    };
-    entry.write(ConditionalEvent {
+    let event = ConditionalEvent {
         event: EVENT_CONDITIONAL,
         operation: c.operation,
         cgroup_id,
@@ -209,8 +208,23 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
         phase: phase::WORKLOAD,
         _pad: [0; 3],
         comm,
-    });
-    entry.submit(0);
+    };
+    emit(&key, &event, &CONDITIONAL_BACKLOG);
+}
+
+/// Sends a syscall hook's record, or keeps it in `backlog` when the ring
+/// buffer has no room: such a record is sent once, and nothing else would
+/// bring it back. Only when both are full is it lost (counted), and its
+/// key forgotten, so that the same operation tries again.
+#[inline(always)]
+fn emit<T>(key: &OperationKey, event: &T, backlog: &HashMap<OperationKey, T>) {
+    if EVENTS.output::<T>(event, 0).is_ok() {
+        return;
+    }
+    if backlog.insert(key, event, 0).is_err() {
+        bump(stat::RINGBUF_LOST);
+        let _ = OPS_SEEN.remove(key);
+    }
 }
 
 /// match-proto (Linux 2.6.37+, net/socket.c):
@@ -415,12 +429,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     send_exec(tgid);
-    let Some(mut entry) = EVENTS.reserve::<CapsetEvent>(0) else {
-        bump(stat::RINGBUF_LOST);
-        let _ = OPS_SEEN.remove(key);
-        return None;
-    };
-    entry.write(CapsetEvent {
+    let event = CapsetEvent {
         event: EVENT_CAPSET,
         tgid,
         cgroup_id,
@@ -435,7 +444,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
         new_effective,
         new_inheritable,
         comm,
-    });
-    entry.submit(0);
+    };
+    emit(&key, &event, &CAPSET_BACKLOG);
     Some(())
 }

@@ -265,3 +265,41 @@ fn binds_made_while_the_daemon_is_down_are_kept() {
     );
     let _ = docker(&["rm", "-f", &ctr]);
 }
+
+/// Fills the ring buffer: busybox's httpd binding port 81 under 4,500
+/// names (`exec -a` picks the applet, the link's name is the comm), each a
+/// first sighting with its own conditional and exec record. (Checks do not
+/// fill it: each counter sends evidence for its first few checks only.)
+const FILL: &str = "i=0; while [ $i -lt 4500 ]; do ln -s /usr/bin/busybox /tmp/s$i; \
+    (exec -a httpd /tmp/s$i -p 81 -h /tmp) 2>/dev/null; i=$((i+1)); done; true";
+
+/// A bind made while the daemon is down and the ring buffer is full (a long
+/// downtime on a busy node) is still in the profile after the restart: the
+/// record waits in the pinned backlog.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn a_bind_made_while_the_ring_buffer_is_full_is_kept() {
+    require_engine();
+    let ctr = name("late-full");
+    let mut d = TestDaemon::start(Scratch::new("late-full"), &[]);
+    run_detached(&ctr, "sleep 300");
+    wait_until("the container's profile", Duration::from_secs(15), || {
+        daemon_profile(&d, &ctr).is_some()
+    });
+    d.stop();
+    let out = docker(&["exec", &ctr, "sh", "-c", FILL]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = docker(&["exec", &ctr, "httpd", "-p", "80", "-h", "/tmp"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    d.start_again();
+    wait_until("the bind of port 80", Duration::from_secs(30), || {
+        conditional_ports(&daemon_profile(&d, &ctr)).contains(&80)
+    });
+    let profile = daemon_profile(&d, &ctr).unwrap();
+    assert!(
+        profile["observation"]["lost_records"].as_u64() > Some(0),
+        "the ring buffer was never full: {}",
+        profile["observation"]
+    );
+    let _ = docker(&["rm", "-f", &ctr]);
+}

@@ -507,6 +507,23 @@ impl Observer {
             .ok_or(ObserverError::MissingMap(names::EVENTS))?;
         RingBuf::try_from(map).map_err(map_err(names::EVENTS))
     }
+
+    /// Takes the syscall hooks' backlogs (records the ring buffer had no
+    /// room for), for the reader task to drain after the ring buffer.
+    pub fn take_backlogs(&mut self) -> Result<reader::Backlogs, ObserverError> {
+        let mut take = |name: &'static str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or(ObserverError::MissingMap(name))
+        };
+        let conditional = take(names::CONDITIONAL_BACKLOG)?;
+        let capset = take(names::CAPSET_BACKLOG)?;
+        Ok(reader::Backlogs {
+            conditional: HashMap::try_from(conditional)
+                .map_err(map_err(names::CONDITIONAL_BACKLOG))?,
+            capset: HashMap::try_from(capset).map_err(map_err(names::CAPSET_BACKLOG))?,
+        })
+    }
 }
 
 /// Where load time goes, logged at debug level (`CAPPROF_LOG=debug`).

@@ -21,7 +21,8 @@ use capprof_common::{MAP_ABI_VERSION, names};
 /// scratch and `HOT` a cache of this load's decisions, private to each load.
 /// The syscall hooks' `OPS_SEEN` and `SOCKETS_PENDING` are pinned with
 /// their programs' links: a restart neither re-sends every operation nor
-/// loses a socket() between its entry and its exit.
+/// loses a socket() between its entry and its exit; their backlogs hold
+/// what the ring buffer had no room for while nothing read it.
 pub const PINNED_MAPS: &[&str] = &[
     names::WATCH_ROOTS,
     names::CGROUPS,
@@ -36,6 +37,8 @@ pub const PINNED_MAPS: &[&str] = &[
     names::GENERATION,
     names::OPS_SEEN,
     names::SOCKETS_PENDING,
+    names::CONDITIONAL_BACKLOG,
+    names::CAPSET_BACKLOG,
 ];
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

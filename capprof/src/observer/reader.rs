@@ -1,10 +1,15 @@
 //! The ring buffer reader: one task drains records as they arrive
 //! (`AsyncFd`, never sleep-polling) and hands them on through a bounded
-//! channel.
+//! channel. After each drain it also takes what the syscall hooks had to
+//! leave in their backlogs while the ring buffer was full.
 
 use std::collections::HashMap;
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use capprof_common::{
+    event::{CapsetEvent, ConditionalEvent},
+    syscalls::OperationKey,
+};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot},
@@ -39,9 +44,10 @@ impl EventReader {
         observer: &mut Observer,
     ) -> Result<(Self, mpsc::Receiver<Received>), ObserverError> {
         let ring = observer.take_events()?;
+        let backlogs = observer.take_backlogs()?;
         let (stop, stop_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let task = tokio::spawn(read_events(ring, tx, stop_rx));
+        let task = tokio::spawn(read_events(ring, backlogs, tx, stop_rx));
         Ok((Self { stop, task }, rx))
     }
 
@@ -73,6 +79,10 @@ impl ExeNames {
             tracing::debug!("undecodable record of {} bytes", bytes.len());
             return None;
         };
+        Some(self.named(record))
+    }
+
+    fn named(&mut self, record: Record) -> Received {
         let exe = match record {
             Record::Exec(e) => {
                 let name = cstr(&e.filename);
@@ -92,15 +102,50 @@ impl ExeNames {
                 })
             }),
         };
-        Some(Received { record, exe })
+        Received { record, exe }
+    }
+}
+
+/// The syscall hooks' backlogs (capprof-ebpf's maps.rs).
+pub struct Backlogs {
+    pub conditional: BpfHashMap<MapData, OperationKey, ConditionalEvent>,
+    pub capset: BpfHashMap<MapData, OperationKey, CapsetEvent>,
+}
+
+impl Backlogs {
+    /// Takes every record out of the backlogs. Each is removed before it is
+    /// handed on; the kernel's `OPS_SEEN` still holds its key, so it is
+    /// never sent twice.
+    fn drain(&mut self, names: &mut ExeNames) -> Vec<Received> {
+        let mut out = vec![];
+        let keys: Vec<OperationKey> = self.conditional.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            if let Ok(event) = self.conditional.get(&key, 0)
+                && self.conditional.remove(&key).is_ok()
+            {
+                out.push(names.named(Record::Conditional(event)));
+            }
+        }
+        let keys: Vec<OperationKey> = self.capset.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            if let Ok(event) = self.capset.get(&key, 0)
+                && self.capset.remove(&key).is_ok()
+            {
+                out.push(names.named(Record::Capset(event)));
+            }
+        }
+        out
     }
 }
 
 /// Reads the ring buffer until `stop`, then drains what is left and
 /// returns. Records go to `tx`; a full channel makes the reader wait, and
-/// the kernel counts what the ring buffer then cannot take.
+/// what the ring buffer then cannot take goes to the backlogs, drained
+/// after the ring buffer each time (and first, for what a run before this
+/// one left).
 async fn read_events(
     events: RingBuf<MapData>,
+    mut backlogs: Backlogs,
     tx: mpsc::Sender<Received>,
     mut stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
@@ -108,9 +153,20 @@ async fn read_events(
     // until the AsyncFd (which owns the ring buffer) is dropped.
     let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)? };
     let mut names = ExeNames::default();
+    // What an earlier run left: the ring buffer first, then the backlogs
+    // (filled only once the ring buffer was full), without waiting for a
+    // new record to wake the reader.
+    let mut first = true;
     loop {
         let mut batch = vec![];
-        let stopping = tokio::select! {
+        let stopping = if std::mem::take(&mut first) {
+            let ring = fd.get_mut();
+            while let Some(item) = ring.next() {
+                batch.extend(names.name(&item));
+            }
+            false
+        } else {
+            tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
@@ -127,7 +183,12 @@ async fn read_events(
                 }
                 true
             }
+            }
         };
+        // A record the kernel puts in a backlog just after this drain waits
+        // for the next record's wake-up, or the stop; it is pinned, so
+        // never lost.
+        batch.extend(backlogs.drain(&mut names));
         for r in batch {
             if tx.send(r).await.is_err() {
                 return Ok(());
