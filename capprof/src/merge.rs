@@ -16,6 +16,14 @@
 //! Merging is associative: a merged profile merges again, its coverage
 //! counting for its M observations. A proof does not carry over: it was
 //! made for one input's allowlist, not for the union.
+//!
+//! Each observation is counted once. It is keyed by its container id (a
+//! `run` profile's, which has none, by its cgroup, unique to the run), and
+//! a merged profile remembers the keys of all it holds in
+//! `coverage.subjects`. An input whose observations are all included
+//! already (the same file twice, or a merge merged again with one of its
+//! inputs) is left out and named in [`Merged::skipped`]; one that shares
+//! only some is refused, since its counts cannot be split.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,6 +46,95 @@ pub enum MergeError {
         other: String,
         reason: String,
     },
+    #[error(
+        "cannot merge {other}: it holds container {key}, which {first} holds too, and others \
+         that it does not; merge the original profiles instead"
+    )]
+    Overlap {
+        first: String,
+        other: String,
+        key: String,
+    },
+}
+
+/// A merge, and the inputs left out because they were in it already.
+#[derive(Debug)]
+pub struct Merged {
+    pub profile: Profile,
+    pub skipped: Vec<Skipped>,
+}
+
+/// An input left out of a merge: every observation it holds came in
+/// through `included_by` already.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub source: String,
+    pub included_by: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is already included (through {}); not counted again",
+            self.source, self.included_by
+        )
+    }
+}
+
+/// What identifies one observation: its container's id, else its cgroup
+/// (a `run`'s is unique to the run). None when the subject has neither.
+fn observation_key(subject: &Subject) -> Option<String> {
+    subject.id.clone().or_else(|| subject.cgroup.clone())
+}
+
+/// The keys of every observation `profile` holds (several for a merge).
+fn observation_keys(profile: &Profile) -> Vec<String> {
+    match &profile.coverage {
+        Some(c) if !c.subjects.is_empty() => {
+            c.subjects.iter().filter_map(observation_key).collect()
+        }
+        _ => observation_key(&profile.subject).into_iter().collect(),
+    }
+}
+
+/// `inputs` without those whose observations another input holds too
+/// (all of them: the same file twice, or one of a merge's own inputs). Of
+/// two that hold the same, the first stays.
+fn distinct(inputs: &[Loaded]) -> Result<(Vec<&Loaded>, Vec<Skipped>), MergeError> {
+    let keys: Vec<BTreeSet<String>> = inputs
+        .iter()
+        .map(|i| observation_keys(&i.profile).into_iter().collect())
+        .collect();
+    let holder = |i: usize| {
+        (0..inputs.len()).find(|&j| {
+            j != i
+                && !keys[i].is_empty()
+                && keys[i].is_subset(&keys[j])
+                && (keys[i] != keys[j] || j < i)
+        })
+    };
+    let (mut kept, mut skipped) = (vec![], vec![]);
+    let mut seen: BTreeMap<&String, &str> = BTreeMap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        if let Some(j) = holder(i) {
+            skipped.push(Skipped {
+                source: input.source.clone(),
+                included_by: inputs[j].source.clone(),
+            });
+            continue;
+        }
+        if let Some((key, first)) = keys[i].iter().find_map(|k| seen.get(k).map(|f| (k, *f))) {
+            return Err(MergeError::Overlap {
+                first: first.to_owned(),
+                other: input.source.clone(),
+                key: crate::engine::short_id(key),
+            });
+        }
+        seen.extend(keys[i].iter().map(|k| (k, input.source.as_str())));
+        kept.push(input);
+    }
+    Ok((kept, skipped))
 }
 
 /// What a profile's classes mean: which classes its backend could see, and
@@ -75,8 +172,15 @@ impl Semantics {
     }
 }
 
-/// Merges `inputs` (at least one) into one profile with coverage.
-pub fn merge(inputs: &[Loaded]) -> Result<Profile, MergeError> {
+/// Merges `inputs` (at least one) into one profile with coverage, each
+/// observation counted once.
+pub fn merge(inputs: &[Loaded]) -> Result<Merged, MergeError> {
+    let (inputs, skipped) = distinct(inputs)?;
+    let profile = merge_distinct(&inputs)?;
+    Ok(Merged { profile, skipped })
+}
+
+fn merge_distinct(inputs: &[&Loaded]) -> Result<Profile, MergeError> {
     let (first, rest) = inputs.split_first().ok_or(MergeError::Empty)?;
     let semantics = Semantics::of(&first.profile);
     for other in rest {
@@ -249,6 +353,7 @@ mod tests {
         }
         let subject = Subject {
             kind: "container".into(),
+            id: Some(format!("{name:0>64}")),
             name: Some(name.into()),
             image: Some("web:1".into()),
             ..Default::default()
@@ -276,7 +381,7 @@ mod tests {
             sufficient: true,
             ..Default::default()
         });
-        let merged = merge(&[a, b, c]).unwrap();
+        let merged = merge(&[a, b, c]).unwrap().profile;
         assert_eq!(merged.allowlist, [cap("CHOWN"), cap("SETUID")]);
         assert_eq!(merged.proof, None, "a proof is for one allowlist");
         let coverage = merged.coverage.as_ref().unwrap();
@@ -316,9 +421,10 @@ mod tests {
             observed("a", &[("CHOWN", "/bin/chown")]),
             observed("b", &[("CHOWN", "/bin/chown")]),
         ])
-        .unwrap();
+        .unwrap()
+        .profile;
         let c = observed("c", &[("CHOWN", "/bin/chown"), ("KILL", "/bin/kill")]);
-        let all = merge(&[Loaded::new("ab.json", ab), c]).unwrap();
+        let all = merge(&[Loaded::new("ab.json", ab), c]).unwrap().profile;
         let coverage = all.coverage.unwrap();
         assert_eq!(coverage.profiles, 3);
         assert_eq!(coverage.subjects.len(), 3);
@@ -347,18 +453,56 @@ mod tests {
         // Backends that see the same classes merge.
         let mut fexit = observed("d", &[("KILL", "/bin/kill")]);
         fexit.profile.observation.backend = "fexit".into();
-        let merged = merge(&[a, fexit]).unwrap();
+        let merged = merge(&[a, fexit]).unwrap().profile;
         assert_eq!(merged.observation.backend, "tp_btf,fexit");
         assert!(matches!(merge(&[]), Err(MergeError::Empty)));
     }
 
     #[test]
     fn untrusted_coverage_is_checked() {
-        let merged = merge(&[observed("a", &[("CHOWN", "/bin/chown")])]).unwrap();
+        let merged = merge(&[observed("a", &[("CHOWN", "/bin/chown")])])
+            .unwrap()
+            .profile;
         let json = merged.to_json();
         let bad = json.replace("\"seen_in\": 1", "\"seen_in\": 7");
         assert_ne!(bad, json);
         let err = Profile::from_json("bad.json", bad.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("seen_in 7"), "{err}");
+    }
+
+    /// The same observation twice, or a merge with one of its own inputs,
+    /// counts once, and says so.
+    #[test]
+    fn each_observation_counts_once() {
+        let a = observed("a", &[("CHOWN", "/bin/chown")]);
+        let b = observed("b", &[("CHOWN", "/bin/chown"), ("KILL", "/bin/kill")]);
+        let twice = merge(&[a.clone(), a.clone()]).unwrap();
+        assert_eq!(twice.profile.coverage.as_ref().unwrap().profiles, 1);
+        assert_eq!(twice.profile.capabilities[0].granted, 1);
+        assert_eq!(
+            twice.skipped,
+            [Skipped {
+                source: "a.json".into(),
+                included_by: "a.json".into()
+            }]
+        );
+        let ab = Loaded::new("ab.json", merge(&[a.clone(), b.clone()]).unwrap().profile);
+        let again = merge(&[ab.clone(), a.clone()]).unwrap();
+        let coverage = again.profile.coverage.as_ref().unwrap();
+        assert_eq!(coverage.profiles, 2);
+        assert_eq!(coverage.capabilities[&cap("CHOWN")].seen_in, 2);
+        assert_eq!(
+            again.skipped[0].to_string(),
+            "a.json is already included (through ab.json); not counted again"
+        );
+        // A merge read back from its JSON remembers what it holds.
+        let ab_back = Loaded::parse("ab.json", ab.profile.to_json().as_bytes()).unwrap();
+        let first = merge(&[a.clone(), ab_back]).unwrap();
+        assert_eq!(first.profile.coverage.as_ref().unwrap().profiles, 2);
+        assert_eq!(first.skipped[0].included_by, "ab.json");
+        let c = observed("c", &[("KILL", "/bin/kill")]);
+        let ac = Loaded::new("ac.json", merge(&[a, c]).unwrap().profile);
+        let err = merge(&[ab, ac]).unwrap_err();
+        assert!(matches!(err, MergeError::Overlap { .. }), "{err}");
     }
 }

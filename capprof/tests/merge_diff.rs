@@ -123,15 +123,15 @@ fn merge_is_the_union_with_coverage() {
         1
     );
 
-    // A directory of profiles merges too.
+    // A directory of profiles merges too: three replicas, each its own
+    // container (copies of one container would count once).
     let replicas = dir.path("replicas");
     std::fs::create_dir(&replicas).unwrap();
     for i in 0..3 {
-        std::fs::copy(
-            fixture("container-demo.json"),
-            replicas.join(format!("r{i}.json")),
-        )
-        .unwrap();
+        let mut replica = read_json(std::path::Path::new(&fixture("container-demo.json")));
+        replica["subject"]["id"] = format!("{i:0>64}").into();
+        replica["subject"]["cgroup"] = format!("/docker/{i:0>64}").into();
+        std::fs::write(replicas.join(format!("r{i}.json")), replica.to_string()).unwrap();
     }
     let from_dir = dir.path("from-dir.json");
     let result = capprof(&[

@@ -196,3 +196,47 @@ fn a_multi_line_env_value_keeps_the_run_and_verifies() {
     let _ = docker(&["rm", "-f", &name]);
     assert!(out.status.success(), "verify: {}", output_text(&out));
 }
+
+/// `merge` counts each observation once: the same profile twice, or a
+/// merge merged again with one of its inputs, with one warning line each.
+#[test]
+fn merge_counts_each_container_once_and_says_so() {
+    let dir = Scratch::new("merge-twice");
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/run-sample.json"
+    );
+    let other = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/run-phases.json"
+    );
+    let merged = dir.path("m.json");
+    let m = merged.to_str().unwrap();
+    let profiles = |out: &std::process::Output| -> u64 {
+        assert!(out.status.success(), "{}", output_text(out));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+        json["coverage"]["profiles"].as_u64().unwrap()
+    };
+    let out = capprof(&["merge", "-o", m, sample, sample]);
+    assert_eq!(profiles(&out), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("already included"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("run-sample.json"), "{stderr}");
+
+    let out = capprof(&["merge", "-o", m, sample, other]);
+    assert_eq!(profiles(&out), 2);
+    let twice = dir.path("m2.json");
+    std::fs::copy(&merged, &twice).unwrap();
+    let out = capprof(&["merge", "-o", m, twice.to_str().unwrap(), sample]);
+    assert_eq!(profiles(&out), 2);
+    assert!(
+        output_text(&out).contains("already included"),
+        "{}",
+        output_text(&out)
+    );
+}

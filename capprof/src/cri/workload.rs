@@ -174,10 +174,12 @@ pub fn workload_profile(key: &WorkloadKey, profiles: &[Profile]) -> Result<Profi
         });
     let image = common(inputs.iter().map(|l| l.profile.subject.image.clone()));
     let runtime = common(inputs.iter().map(|l| l.profile.subject.runtime.clone()));
-    let mut merged = merge::merge(&inputs).map_err(|source| WorkloadError::Merge {
-        key: key_text,
-        source,
-    })?;
+    let mut merged = merge::merge(&inputs)
+        .map_err(|source| WorkloadError::Merge {
+            key: key_text,
+            source,
+        })?
+        .profile;
     merged.subject.kind = "workload".into();
     merged.subject.name = containers.pop();
     merged.subject.image = image;

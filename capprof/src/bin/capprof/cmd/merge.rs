@@ -39,7 +39,13 @@ pub fn main(args: MergeArgs) -> Result<ExitCode, Error> {
             input.unknown_fields.join(", ")
         );
     }
-    let merged = merge::merge(&inputs)?;
+    let merge::Merged {
+        profile: merged,
+        skipped,
+    } = merge::merge(&inputs)?;
+    for skipped in &skipped {
+        tracing::warn!("{skipped}");
+    }
     output::write(Some(&args.out), &merged.to_json())?;
     eprintln!("capprof: {}", merge::summary(&merged));
     Ok(ExitCode::SUCCESS)
