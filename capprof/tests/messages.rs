@@ -240,3 +240,70 @@ fn merge_counts_each_container_once_and_says_so() {
         output_text(&out)
     );
 }
+
+/// A profile that saw no check and was refused one: `export` warns twice
+/// (once from the library, through tracing; once loudly, from the command).
+fn profile_with_warnings(dir: &Scratch) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(SAMPLE_PROFILE).unwrap();
+    let mut p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for field in ["allowlist", "required", "capabilities"] {
+        p[field] = serde_json::json!([]);
+    }
+    p["observation"]["partial"] = serde_json::json!({
+        "workload_started": "2025-01-01T00:00:00Z",
+        "recording_started": "2025-01-01T00:00:05Z"
+    });
+    let path = dir.path("warns.json");
+    std::fs::write(&path, p.to_string()).unwrap();
+    path
+}
+
+/// Every warning line has one form, `capprof: warning: …`, and no colour
+/// reaches a file or a pipe; on a terminal, colour unless NO_COLOR is set.
+#[test]
+fn warnings_have_one_form_and_colour_only_on_a_terminal() {
+    let dir = Scratch::new("warn-style");
+    let profile = profile_with_warnings(&dir);
+    let p = profile.to_str().unwrap();
+    let out = capprof(&["export", "--format", "json", p]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\u{1b}'), "colour in a pipe: {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        stderr.contains("saw no capability checks"),
+        "no tracing warning: {stderr}"
+    );
+    assert!(
+        stderr.contains("already running"),
+        "no loud warning: {stderr}"
+    );
+    for line in &lines {
+        assert!(
+            line.starts_with("capprof: warning: "),
+            "{line:?} in {stderr}"
+        );
+    }
+    // Under a terminal (script(1) gives one): coloured, unless NO_COLOR.
+    let on_tty = |no_color: bool| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args([
+            "-qec",
+            &format!("{CAPPROF} export --format json {p} >/dev/null"),
+            "/dev/null",
+        ]);
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        output_text(&cmd.output().unwrap())
+    };
+    let coloured = on_tty(false);
+    assert!(coloured.contains("\u{1b}[33mwarning: "), "{coloured:?}");
+    let plain = on_tty(true);
+    assert!(
+        plain.contains("capprof: warning: ") && !plain.contains('\u{1b}'),
+        "{plain:?}"
+    );
+}

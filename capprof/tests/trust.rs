@@ -107,7 +107,7 @@ fn a_container_recorded_after_its_start_is_partial() {
     assert!(out.status.success(), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("WARNING") && stderr.contains("already running"),
+        stderr.contains("capprof: warning: ") && stderr.contains("already running"),
         "{stderr}"
     );
     let out = capprof(&["export", "--require-complete", path.to_str().unwrap()]);

@@ -232,7 +232,7 @@ fn host_namespace_checks_in_a_remapped_container_are_ungrantable() {
     assert_eq!(flags, ["--cap-drop=ALL", "--cap-add=CHOWN"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("WARNING")
+        stderr.contains("capprof: warning: ")
             && stderr.contains("CAP_MKNOD")
             && stderr.contains("no --cap-add can grant it"),
         "{stderr}"

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod error;
+mod log;
 
 /// Observe the Linux capabilities a workload really uses and emit a
 /// least-privilege allowlist.
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
         }
     };
     install_panic_hook();
-    init_tracing();
+    log::init();
     let result = match cli.command {
         Command::Run(args) => cmd::run::main(args),
         Command::Record(args) => cmd::record::main(args),
@@ -85,17 +86,6 @@ fn main() -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CAPPROF_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
 }
 
 /// A panic is a capprof bug, but the user still gets one line and no

@@ -1,7 +1,7 @@
 //! `capprof export`: a profile's allowlist as runtime settings, or compared
 //! with a runtime's defaults.
 
-use std::{io, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use capprof::{
     capability::Cap,
@@ -210,8 +210,7 @@ fn checked_profile(path: &str, require_complete: bool) -> Result<Profile, Error>
                 "{path}: {warning} (--require-complete)"
             )));
         }
-        use std::io::Write as _;
-        let _ = writeln!(io::stderr(), "capprof: WARNING: {warning}");
+        crate::log::warn(warning);
     }
     warn_about(&profile);
     Ok(profile)
@@ -253,7 +252,7 @@ fn warn_about(profile: &Profile) {
     // Loud, and whatever CAPPROF_LOG says: these settings cannot give the
     // workload what it asked for.
     if let Some(warning) = capprof::table::ungrantable_warning(profile) {
-        eprintln!("capprof: WARNING: {warning}");
+        crate::log::warn(warning);
     }
 }
 

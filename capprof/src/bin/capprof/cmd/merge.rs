@@ -44,7 +44,7 @@ pub fn main(args: MergeArgs) -> Result<ExitCode, Error> {
         skipped,
     } = merge::merge(&inputs)?;
     for skipped in &skipped {
-        tracing::warn!("{skipped}");
+        crate::log::warn(skipped);
     }
     output::write(Some(&args.out), &merged.to_json())?;
     eprintln!("capprof: {}", merge::summary(&merged));

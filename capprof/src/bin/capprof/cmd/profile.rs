@@ -148,10 +148,10 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
         Some(format) => {
             // As loud as `capprof export`: no setting can grant these.
             if let Some(warning) = table::ungrantable_warning(&profile) {
-                eprintln!("capprof: WARNING: {warning}");
+                crate::log::warn(warning);
             }
             if let Some(warning) = profile.partial_warning() {
-                eprintln!("capprof: WARNING: {warning}");
+                crate::log::warn(warning);
             }
             Ok(export::render(&profile, format)?)
         }

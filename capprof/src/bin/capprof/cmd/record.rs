@@ -170,9 +170,9 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     for wanted in &args.containers {
         let seen = session.recorder().records().any(|r| r.matches(wanted));
         if !seen {
-            eprintln!(
-                "capprof: warning: --container {wanted} matched no container that made a capability check while recording"
-            );
+            crate::log::warn(format_args!(
+                "--container {wanted} matched no container that made a capability check while recording"
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)
