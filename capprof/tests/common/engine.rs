@@ -91,7 +91,13 @@ impl Recording {
         let banner = loop {
             match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.contains("recording") => break line,
-                Ok(line) if line.starts_with("capprof:") => panic!("capprof record failed: {line}"),
+                // Warnings share the prefix; anything else before the
+                // banner is the failure.
+                Ok(line)
+                    if line.starts_with("capprof:") && !line.starts_with("capprof: warning: ") =>
+                {
+                    panic!("capprof record failed: {line}")
+                }
                 _ if Instant::now() > deadline => panic!("capprof record did not start"),
                 _ => {}
             }
