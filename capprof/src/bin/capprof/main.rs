@@ -123,3 +123,47 @@ fn install_panic_hook() {
         std::process::exit(101);
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// A `CAPPROF_*` variable means one thing: the commands that share one
+    /// read it for the same flag, with the same kind of value (a `record`
+    /// directory is not a `run` file).
+    #[test]
+    fn a_shared_variable_means_the_same_in_every_command() {
+        let mut uses: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for cmd in Cli::command().get_subcommands() {
+            for arg in cmd.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let values: Vec<String> = arg
+                    .get_possible_values()
+                    .iter()
+                    .map(|v| format!("{}={:?}", v.get_name(), v.get_help().map(|h| h.to_string())))
+                    .collect();
+                let meaning = format!(
+                    "--{} {:?} {values:?}",
+                    arg.get_long().unwrap_or_default(),
+                    arg.get_value_names()
+                );
+                uses.entry(env.to_string_lossy().into_owned())
+                    .or_default()
+                    .push((cmd.get_name().to_owned(), meaning));
+            }
+        }
+        for (env, uses) in &uses {
+            let (first_cmd, first) = &uses[0];
+            for (cmd, meaning) in &uses[1..] {
+                assert_eq!(
+                    meaning, first,
+                    "{env} means {first} to {first_cmd} but {meaning} to {cmd}"
+                );
+            }
+        }
+    }
+}

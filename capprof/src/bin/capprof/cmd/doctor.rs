@@ -28,7 +28,7 @@ pub enum DoctorFormat {
 /// prerequisite is missing.
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
-    #[arg(long, short, value_enum, default_value_t = DoctorFormat::Table, env = "CAPPROF_FORMAT")]
+    #[arg(long, short, value_enum, default_value_t = DoctorFormat::Table, env = "CAPPROF_DOCTOR_FORMAT")]
     pub format: DoctorFormat,
     /// Only inspect; do not load the eBPF programs.
     #[arg(long)]

@@ -27,7 +27,7 @@ use crate::error::Error;
 )]
 pub struct RecordArgs {
     /// Directory for the profiles (created if missing).
-    #[arg(long, short, value_name = "DIR", env = "CAPPROF_OUT")]
+    #[arg(long, short, value_name = "DIR", env = "CAPPROF_RECORD_OUT")]
     pub out: PathBuf,
     /// Only these containers (name or id prefix); repeatable. Default: all.
     #[arg(long = "container", short = 'c', value_name = "NAME_OR_ID")]

@@ -44,10 +44,10 @@ pub enum OutputFormat {
 )]
 pub struct RunArgs {
     /// Write the JSON profile to FILE (atomically).
-    #[arg(long, short, value_name = "FILE", env = "CAPPROF_OUT")]
+    #[arg(long, short, value_name = "FILE", env = "CAPPROF_RUN_OUT")]
     pub out: Option<PathBuf>,
     /// Output format; `json` prints the profile on stdout when --out is not given.
-    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table, env = "CAPPROF_FORMAT")]
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table, env = "CAPPROF_RUN_FORMAT")]
     pub format: OutputFormat,
     /// Use this backend instead of the best one the kernel offers.
     #[arg(long, value_enum, env = "CAPPROF_BACKEND")]
