@@ -152,3 +152,36 @@ pub struct CapsetEvent {
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<CapsetEvent>() == 96);
+
+/// A process whose capset() calls kept capabilities exec'd: what the exec
+/// left of them.
+pub const EVENT_CAPSET_EXEC: u32 = 6;
+
+/// Sent at the exec that follows a capset() which kept capabilities, in
+/// the same process (`CAPSET_RAISES`). A capability kept by capset() and
+/// not in the permitted set the exec left was lost there: unless the
+/// process checked it in between (which the `cap_capable` hook records as
+/// a need of its own), nothing needed it. One record per (cgroup, raised
+/// set, program, whether all or none survived); partial outcomes always.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CapsetExecEvent {
+    /// `EVENT_CAPSET_EXEC`.
+    pub event: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    /// Every capability the process's capset() calls kept since its last
+    /// exec (`syscalls::CapsetCall::kept`, joined).
+    pub raised: u64,
+    /// The permitted set the exec left it; u64::MAX when unreadable (then
+    /// everything counts as kept).
+    pub permitted: u64,
+    /// The real uid after the exec.
+    pub uid: u32,
+    pub _pad: u32,
+    /// The program that called capset(), and the one it exec'd.
+    pub comm_before: [u8; 16],
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<CapsetExecEvent>() == 80);

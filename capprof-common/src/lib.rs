@@ -19,4 +19,6 @@ pub mod user;
 /// Version of the map ABI: the layout of every map key and value below.
 /// Pins live under a directory carrying this number, so that a capprof built
 /// with another layout never reuses them. Bump it on any layout change.
-pub const MAP_ABI_VERSION: u32 = 6;
+///
+/// 7: `CAPSET_RAISES` (what capset() kept, per process, until its exec).
+pub const MAP_ABI_VERSION: u32 = 7;

@@ -29,6 +29,8 @@ pub const SOCKETS_PENDING: &str = "SOCKETS_PENDING";
 /// The syscall hooks' records the ring buffer had no room for.
 pub const CONDITIONAL_BACKLOG: &str = "CONDITIONAL_BACKLOG";
 pub const CAPSET_BACKLOG: &str = "CAPSET_BACKLOG";
+/// What each process's capset() calls kept, until its next exec.
+pub const CAPSET_RAISES: &str = "CAPSET_RAISES";
 
 /// tp_btf program on the `cap_capable` tracepoint (Linux 6.14+).
 pub const PROG_TP_BTF: &str = "capprof_tp_btf";
@@ -96,6 +98,7 @@ pub const ALL_MAPS: &[&str] = &[
     SOCKETS_PENDING,
     CONDITIONAL_BACKLOG,
     CAPSET_BACKLOG,
+    CAPSET_RAISES,
 ];
 /// Every program userspace expects to find in the object capprof embeds.
 pub const ALL_PROGRAMS: &[&str] = &[

@@ -181,14 +181,35 @@ impl Default for SyscallOffsets {
 pub struct OperationKey {
     pub cgroup_id: u64,
     /// Bind: port, protocol, family and the sysctl's value; ICMP socket:
-    /// family and egid; capset: the mask of capabilities kept.
+    /// family and egid; capset: the mask of capabilities kept; exec
+    /// outcome: the raised mask and `OUTCOME_ALL_*`.
     pub detail: u64,
-    /// `event::EVENT_CONDITIONAL` or `event::EVENT_CAPSET`.
+    /// `event::EVENT_CONDITIONAL`, `event::EVENT_CAPSET` or
+    /// `event::EVENT_CAPSET_EXEC`.
     pub event: u32,
     pub _pad: u32,
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<OperationKey>() == 40);
+
+/// Value of `CAPSET_RAISES`: what a process's capset() calls kept since its
+/// last exec, until that exec says which of it survived.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapsetRaise {
+    pub cgroup_id: u64,
+    /// `CapsetCall::kept` of every call, joined.
+    pub raised: u64,
+    /// The program that made the calls.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<CapsetRaise>() == 32);
+
+/// `OperationKey::detail` bits of an exec outcome (`EVENT_CAPSET_EXEC`)
+/// beside the raised set (capabilities end at bit 40): all of it lost, or
+/// all of it kept. Outcomes that are neither are not deduplicated.
+pub const OUTCOME_ALL_LOST: u64 = 1 << 62;
+pub const OUTCOME_ALL_KEPT: u64 = 1 << 63;
 
 /// Value of `SOCKETS_PENDING`: an ICMP datagram socket() between its entry
 /// and its exit, where its result is known.

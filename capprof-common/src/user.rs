@@ -3,7 +3,7 @@
 use crate::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight},
     config::{CalibSample, Config},
-    syscalls::{OperationKey, PendingSocket},
+    syscalls::{CapsetRaise, OperationKey, PendingSocket},
 };
 
 // SAFETY: all of these are #[repr(C)], Copy, made of integers with explicit
@@ -19,3 +19,4 @@ unsafe impl aya::Pod for OperationKey {}
 unsafe impl aya::Pod for PendingSocket {}
 unsafe impl aya::Pod for crate::event::ConditionalEvent {}
 unsafe impl aya::Pod for crate::event::CapsetEvent {}
+unsafe impl aya::Pod for CapsetRaise {}

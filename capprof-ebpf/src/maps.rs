@@ -8,7 +8,7 @@ use capprof_common::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
     event::{CapsetEvent, ConditionalEvent, ExecEvent},
-    syscalls::{OperationKey, PendingSocket},
+    syscalls::{CapsetRaise, OperationKey, PendingSocket},
 };
 
 /// Roots of the profiled cgroup subtrees: cgroup id -> `watch::ROOT`.
@@ -110,6 +110,14 @@ pub static CONDITIONAL_BACKLOG: HashMap<OperationKey, ConditionalEvent> =
 /// As `CONDITIONAL_BACKLOG`, for capset() records.
 #[map]
 pub static CAPSET_BACKLOG: HashMap<OperationKey, CapsetEvent> = HashMap::with_max_entries(4096, 0);
+
+/// What each process's capset() calls kept (tgid -> `CapsetRaise`), from
+/// the capset hook until the process's next exec (which reports what
+/// survived), its first fork (its child may keep the capabilities without
+/// an exec: they stay kept) or its exit. LRU: an evicted entry only leaves
+/// the capabilities kept.
+#[map]
+pub static CAPSET_RAISES: LruHashMap<u32, CapsetRaise> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

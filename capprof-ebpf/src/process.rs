@@ -25,7 +25,7 @@ use capprof_common::{
 
 use crate::{
     helpers,
-    maps::{CONFIG, EVENTS, GENERATION, TASK_EXECS, TASKS, bump, generation},
+    maps::{CAPSET_RAISES, CONFIG, EVENTS, GENERATION, TASK_EXECS, TASKS, bump, generation},
     observe::{cgroup_mode, task_phase},
 };
 
@@ -101,6 +101,7 @@ pub fn capprof_exec(ctx: BtfTracePointContext) -> i32 {
     // Replaces an exec of this process that was never sent: nothing named
     // the program it ran.
     let _ = TASK_EXECS.insert(&tgid, &event, 0);
+    let _ = crate::syscalls::capset_exec(tgid, comm);
     0
 }
 
@@ -179,6 +180,9 @@ pub fn capprof_fork(ctx: BtfTracePointContext) -> i32 {
     if child_tgid != parent_tgid {
         // Always written, so a reused pid never inherits a stale phase.
         let _ = TASKS.insert(&child_tgid, &task_phase(parent_tgid), 0);
+        // The child holds what capset() kept and may never exec: the raise
+        // is not settled by the parent's exec, and stays kept.
+        let _ = CAPSET_RAISES.remove(&parent_tgid);
     }
     0
 }
@@ -201,5 +205,6 @@ pub fn capprof_exit(_ctx: BtfTracePointContext) -> i32 {
     }
     // Its exec, never sent, must not name a later process with its pid.
     let _ = TASK_EXECS.remove(&tgid);
+    let _ = CAPSET_RAISES.remove(&tgid);
     0
 }

@@ -47,19 +47,23 @@ use aya_ebpf::{
 use capprof_common::{
     cap::CAP_LAST_CAP,
     check::{generations, phase, stat, watch},
-    event::{CapsetEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CONDITIONAL},
+    event::{
+        CapsetEvent, CapsetExecEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CAPSET_EXEC,
+        EVENT_CONDITIONAL,
+    },
     syscalls::{
         AF_INET, AF_INET6, CAPSET_VERSION_1, CAPSET_VERSION_2, CAPSET_VERSION_3, CapsetCall,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, OperationKey, PROT_SOCK, PendingSocket, SOCK_DGRAM, SOCK_RAW,
-        SOCK_TYPE_MASK, SyscallOffsets, operation,
+        CapsetRaise, IPPROTO_ICMP, IPPROTO_ICMPV6, OUTCOME_ALL_KEPT, OUTCOME_ALL_LOST,
+        OperationKey, PROT_SOCK, PendingSocket, SOCK_DGRAM, SOCK_RAW, SOCK_TYPE_MASK,
+        SyscallOffsets, operation,
     },
 };
 
 use crate::{
     helpers,
     maps::{
-        CAPSET_BACKLOG, CONDITIONAL_BACKLOG, CONFIG, EVENTS, HOT, OPS_SEEN, SOCKETS_PENDING, bump,
-        generation,
+        CAPSET_BACKLOG, CAPSET_RAISES, CONDITIONAL_BACKLOG, CONFIG, EVENTS, HOT, OPS_SEEN,
+        SOCKETS_PENDING, bump, generation,
     },
     observe::{CAPPROF_TGID, cgroup_mode, task_phase},
     process::send_exec,
@@ -418,6 +422,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    remember_raise(tgid, cgroup_id, kept, comm);
     let key = OperationKey {
         cgroup_id,
         detail: kept,
@@ -446,5 +451,77 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
         comm,
     };
     emit(&key, &event, &CAPSET_BACKLOG);
+    Some(())
+}
+
+/// Joins what this capset() kept into the process's raise, which its next
+/// exec settles (`capset_exec`).
+#[inline(always)]
+fn remember_raise(tgid: u32, cgroup_id: u64, kept: u64, comm: [u8; 16]) {
+    if let Some(raise) = CAPSET_RAISES.get_ptr_mut(&tgid) {
+        // SAFETY: a live map value; only this process's own hooks write it.
+        unsafe { (*raise).raised |= kept };
+        return;
+    }
+    let raise = CapsetRaise {
+        cgroup_id,
+        raised: kept,
+        comm,
+    };
+    let _ = CAPSET_RAISES.insert(&tgid, &raise, 0);
+}
+
+/// Called by the exec hook, in the exec'ing task once its new credentials
+/// are committed: reports which of what the process's capset() calls kept
+/// the exec left in its permitted set (root, file capabilities and ambient
+/// ones survive; a non-root program without them loses everything). Costs
+/// one lookup per exec in a watched cgroup; only a process with a raise
+/// goes further.
+#[inline(always)]
+pub fn capset_exec(tgid: u32, comm: [u8; 16]) -> Option<()> {
+    // SAFETY: a plain value copied out at once.
+    let raise = unsafe { CAPSET_RAISES.get(&tgid) }.copied()?;
+    let _ = CAPSET_RAISES.remove(&tgid);
+    let o = &CONFIG.get(0)?.syscalls;
+    let cred = pointer(helpers::task(), o.task_cred);
+    let permitted: u64 = read_kernel(cred, o.cred_cap_permitted).unwrap_or(u64::MAX);
+    let lost = raise.raised & !permitted;
+    let all = if lost == 0 {
+        OUTCOME_ALL_KEPT
+    } else if lost == raise.raised {
+        OUTCOME_ALL_LOST
+    } else {
+        0
+    };
+    let key = OperationKey {
+        cgroup_id: raise.cgroup_id,
+        detail: raise.raised | all,
+        event: EVENT_CAPSET_EXEC,
+        _pad: 0,
+        comm: raise.comm,
+    };
+    if all != 0 && !first_sighting(&key) {
+        return None;
+    }
+    // Names the program it exec'd.
+    send_exec(tgid);
+    let Some(mut entry) = EVENTS.reserve::<CapsetExecEvent>(0) else {
+        bump(stat::RINGBUF_LOST);
+        let _ = OPS_SEEN.remove(key);
+        return None;
+    };
+    entry.write(CapsetExecEvent {
+        event: EVENT_CAPSET_EXEC,
+        tgid,
+        cgroup_id: raise.cgroup_id,
+        ts_ns: helpers::boot_ns(),
+        raised: raise.raised,
+        permitted,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        comm_before: raise.comm,
+        comm,
+    });
+    entry.submit(0);
     Some(())
 }

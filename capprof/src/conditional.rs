@@ -13,11 +13,19 @@
 //!   check for them. They are on the allowlist, because the capset() fails
 //!   without them, but apart from `required`: nothing was seen to exercise
 //!   them.
+//! - `transient`: capabilities a capset() kept that the same process lost
+//!   at its next exec (a non-root program with no file or ambient
+//!   capabilities gets none). `setpriv --reuid=1000 … CMD` raises its whole
+//!   effective set after setresuid() and execs CMD, which loses all of it.
+//!   A check made between the capset() and the exec is recorded as a need
+//!   of its own, so what is left was never used: not on the allowlist.
+//!   `minimize` still tries them, for a program whose capset() asks for a
+//!   fixed set and fails without it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use capprof_common::{
-    event::{CapsetEvent, ConditionalEvent},
+    event::{CapsetEvent, CapsetExecEvent, ConditionalEvent},
     syscalls::{
         AF_INET6, CapsetCall, PROT_SOCK, SETPCAP_BIT, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM,
         operation,
@@ -115,18 +123,85 @@ pub struct Kept {
     pub evidence: Vec<OperationEvidence>,
 }
 
+/// A capability a capset() kept and the same process lost at its next
+/// exec, with no check of it in between: nothing needed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transient {
+    pub capability: Cap,
+    /// Who kept it through capset().
+    pub evidence: Vec<OperationEvidence>,
+    /// The programs they exec'd, which lost it.
+    pub lost_at_exec_of: Vec<String>,
+}
+
+/// What the syscall hooks found for one profile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub conditional: Vec<Conditional>,
+    pub kept: Vec<Kept>,
+    pub transient: Vec<Transient>,
+}
+
 /// What a profile learns from the syscall records among `received`.
-pub fn from_records(received: &[Received]) -> (Vec<Conditional>, Vec<Kept>) {
+pub fn from_records(received: &[Received]) -> Findings {
     let mut conditional = vec![];
-    let mut kept = vec![];
+    let mut capsets = vec![];
+    let mut outcomes = vec![];
     for r in received {
         match r.record {
             Record::Conditional(e) => conditional.extend(conditional_of(&e, r.exe.clone())),
-            Record::Capset(e) => kept.extend(kept_of(&e, r.exe.clone())),
+            Record::Capset(e) => capsets.push((e, r.exe.clone())),
+            Record::CapsetExec(e) => outcomes.push(e),
             _ => {}
         }
     }
-    (merge_conditional(&[], &conditional), merge_kept(&[], &kept))
+    let (kept, transient) = settle_capsets(&capsets, &outcomes);
+    Findings {
+        conditional: merge_conditional(&[], &conditional),
+        transient: merge_transient(&[], &transient, &kept),
+        kept: merge_kept(&[], &kept),
+    }
+}
+
+/// Splits what capset() calls kept into what stayed kept and what the
+/// process lost at its next exec. A capability is transient only when the
+/// exec that followed the very call that kept it (same process) lost it,
+/// and no exec of any process of the profile kept it: a capset() record
+/// with no exec after it (a daemon that drops root and runs on, or whose
+/// exec was not seen) stays kept. The kernel reports each exec once per
+/// (raised set, program, all lost or all kept), so other processes of the
+/// same program are settled by the first.
+fn settle_capsets(
+    capsets: &[(CapsetEvent, Option<String>)],
+    outcomes: &[CapsetExecEvent],
+) -> (Vec<Kept>, Vec<Transient>) {
+    let survived = outcomes
+        .iter()
+        .fold(0u64, |acc, o| acc | (o.raised & o.permitted));
+    let (mut kept, mut transient) = (vec![], vec![]);
+    for (e, exe) in capsets {
+        let next_exec = outcomes
+            .iter()
+            .filter(|o| o.tgid == e.tgid && o.cgroup_id == e.cgroup_id && o.ts_ns >= e.ts_ns)
+            .min_by_key(|o| o.ts_ns);
+        let lost = next_exec.map_or(0, |o| o.raised & !o.permitted & !survived);
+        for k in kept_of(e, exe.clone()) {
+            let bit = 1u64 << k.capability.number();
+            // CAP_SETPCAP to grow the inheritable set is what the call
+            // itself needed, whatever the exec did.
+            match next_exec {
+                Some(o) if lost & bit != 0 && !k.sets.contains(&CapSet::Inheritable) => {
+                    transient.push(Transient {
+                        capability: k.capability,
+                        evidence: k.evidence,
+                        lost_at_exec_of: vec![comm_str(&o.comm)],
+                    });
+                }
+                _ => kept.push(k),
+            }
+        }
+    }
+    (kept, transient)
 }
 
 fn conditional_of(e: &ConditionalEvent, exe: Option<String>) -> Option<Conditional> {
@@ -268,6 +343,29 @@ pub fn merge_kept(a: &[Kept], b: &[Kept]) -> Vec<Kept> {
             }
             None => {
                 by_cap.insert(k.capability, k.clone());
+            }
+        }
+    }
+    by_cap.into_values().collect()
+}
+
+/// `a` and `b` as one list, one entry per capability, without the
+/// capabilities `kept` holds: kept anywhere is kept.
+pub fn merge_transient(a: &[Transient], b: &[Transient], kept: &[Kept]) -> Vec<Transient> {
+    let mut by_cap: BTreeMap<Cap, Transient> = BTreeMap::new();
+    for t in a.iter().chain(b) {
+        if kept.iter().any(|k| k.capability == t.capability) {
+            continue;
+        }
+        match by_cap.get_mut(&t.capability) {
+            Some(acc) => {
+                merge_evidence(&mut acc.evidence, &t.evidence);
+                let mut programs: BTreeSet<String> = acc.lost_at_exec_of.drain(..).collect();
+                programs.extend(t.lost_at_exec_of.iter().cloned());
+                acc.lost_at_exec_of = programs.into_iter().take(MAX_EVIDENCE).collect();
+            }
+            None => {
+                by_cap.insert(t.capability, t.clone());
             }
         }
     }
@@ -460,199 +558,4 @@ pub fn kept_only(kept: &[Kept], exercised: &[Cap]) -> Vec<(Cap, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use capprof_common::event::{EVENT_CAPSET, EVENT_CONDITIONAL};
-
-    use super::*;
-
-    fn comm(s: &str) -> [u8; 16] {
-        let mut c = [0; 16];
-        c[..s.len()].copy_from_slice(s.as_bytes());
-        c
-    }
-
-    fn bind(port: u16, start: u32, name: &str) -> Received {
-        Received {
-            record: Record::Conditional(ConditionalEvent {
-                event: EVENT_CONDITIONAL,
-                operation: operation::BIND,
-                cgroup_id: 7,
-                ts_ns: 1,
-                tgid: 42,
-                uid: 0,
-                egid: 0,
-                family: 2,
-                port,
-                sock_type: SOCK_STREAM,
-                protocol: 6,
-                sysctl: [start, 0],
-                phase: 0,
-                _pad: [0; 3],
-                comm: comm(name),
-            }),
-            exe: Some("/bin/busybox".into()),
-        }
-    }
-
-    fn ping(family: u16, egid: u32, range: [u32; 2]) -> Received {
-        Received {
-            record: Record::Conditional(ConditionalEvent {
-                event: EVENT_CONDITIONAL,
-                operation: operation::ICMP_SOCKET,
-                cgroup_id: 7,
-                ts_ns: 1,
-                tgid: 43,
-                uid: egid,
-                egid,
-                family,
-                port: 0,
-                sock_type: SOCK_DGRAM,
-                protocol: if family == AF_INET6 { 58 } else { 1 },
-                sysctl: range,
-                phase: 0,
-                _pad: [0; 3],
-                comm: comm("ping"),
-            }),
-            exe: None,
-        }
-    }
-
-    fn capset(old: (u64, u64), new: (u64, u64)) -> Received {
-        Received {
-            record: Record::Capset(CapsetEvent {
-                event: EVENT_CAPSET,
-                tgid: 44,
-                cgroup_id: 7,
-                ts_ns: 1,
-                uid: 65534,
-                phase: 0,
-                _pad: [0; 3],
-                old_permitted: old.0,
-                old_effective: old.1,
-                old_inheritable: 0,
-                new_permitted: new.0,
-                new_effective: new.1,
-                new_inheritable: 0,
-                comm: comm("capsh"),
-            }),
-            exe: Some("/usr/sbin/capsh".into()),
-        }
-    }
-
-    fn cap(name: &str) -> Cap {
-        name.parse().unwrap()
-    }
-
-    #[test]
-    fn records_become_entries() {
-        let received = [
-            bind(80, 0, "httpd"),
-            bind(80, 0, "httpd2"),
-            bind(443, 0, "httpd"),
-            ping(2, 0, [0, 2_147_483_647]),
-            ping(10, 0, [0, 2_147_483_647]),
-        ];
-        let (conditional, kept) = from_records(&received);
-        assert!(kept.is_empty());
-        let ops: Vec<&str> = conditional.iter().map(|c| c.operation.as_str()).collect();
-        assert_eq!(
-            ops,
-            [
-                "bind tcp port 80",
-                "bind tcp port 443",
-                "icmp datagram socket",
-                "icmpv6 datagram socket"
-            ]
-        );
-        assert_eq!(conditional[0].capability, cap("NET_BIND_SERVICE"));
-        assert_eq!(conditional[0].value, "0");
-        assert_eq!(conditional[0].evidence.len(), 2, "two programs");
-        assert_eq!(conditional[2].capability, cap("NET_RAW"));
-        assert_eq!(conditional[2].value, "0 2147483647");
-        let json = serde_json::to_value(&conditional[0]).unwrap();
-        assert_eq!(json["sysctl"], "net.ipv4.ip_unprivileged_port_start");
-        assert_eq!(json["port"], 80);
-        assert_eq!(json["evidence"][0]["exe"], "/bin/busybox");
-    }
-
-    #[test]
-    fn capset_keeps_what_it_leaves_in_changed_sets() {
-        let full = (1u64 << 41) - 1;
-        let nbs = 1 << 10;
-        let received = [
-            // Unchanged: nothing.
-            capset((full, full), (full, full)),
-            // Effective dropped: nothing.
-            capset((full, full), (full, 0)),
-            capset((full, 0), (nbs, nbs)),
-        ];
-        let (_, kept) = from_records(&received);
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        assert_eq!(kept[0].capability, cap("NET_BIND_SERVICE"));
-        assert_eq!(
-            kept[0].sets,
-            BTreeSet::from([CapSet::Permitted, CapSet::Effective])
-        );
-        assert_eq!(kept[0].evidence[0].comm, "capsh");
-    }
-
-    #[test]
-    fn targets_decide_per_operation() {
-        let (conditional, _) =
-            from_records(&[bind(80, 0, "httpd"), ping(2, 0, [0, 2_147_483_647])]);
-        let nbs = cap("NET_BIND_SERVICE");
-        let raw = cap("NET_RAW");
-
-        let docker = decide(&conditional, &[], &TargetSysctls::DOCKER);
-        assert!(docker.added.is_empty(), "{docker:?}");
-        assert_eq!(docker.left_out.len(), 2);
-
-        let kernel = decide(&conditional, &[], &TargetSysctls::KERNEL);
-        assert_eq!(kernel.added_caps(), [nbs, raw]);
-        assert!(
-            kernel.added[0].1.starts_with("bind tcp port 80")
-                && kernel.added[0].1.contains("ip_unprivileged_port_start=0")
-                && kernel.added[0].1.contains("=1024"),
-            "{kernel:?}"
-        );
-
-        // Podman keeps 1024 but lets gid 0 open ping sockets.
-        let podman = decide(&conditional, &[], &TargetSysctls::PODMAN);
-        assert_eq!(podman.added_caps(), [nbs]);
-        let (as_app, _) = from_records(&[ping(2, 1000, [0, 2_147_483_647])]);
-        assert_eq!(
-            decide(&as_app, &[], &TargetSysctls::PODMAN).added_caps(),
-            [raw]
-        );
-
-        // Already on the allowlist: nothing to add or to say.
-        let listed = decide(&conditional, &[nbs, raw], &TargetSysctls::KERNEL);
-        assert_eq!(listed, Decision::default());
-    }
-
-    #[test]
-    fn a_port_at_the_targets_start_needs_nothing() {
-        let (conditional, _) = from_records(&[bind(1000, 0, "srv")]);
-        let target = TargetSysctls {
-            source: "test",
-            ip_unprivileged_port_start: 1000,
-            ping_group_range: [1, 0],
-        };
-        assert!(decide(&conditional, &[], &target).added.is_empty());
-        let stricter = TargetSysctls {
-            ip_unprivileged_port_start: 1001,
-            ..target
-        };
-        assert_eq!(decide(&conditional, &[], &stricter).added.len(), 1);
-    }
-
-    #[test]
-    fn merging_is_idempotent() {
-        let (conditional, kept) = from_records(&[
-            bind(80, 0, "httpd"),
-            capset(((1 << 41) - 1, 0), (1 << 10, 0)),
-        ]);
-        assert_eq!(merge_conditional(&conditional, &conditional), conditional);
-        assert_eq!(merge_kept(&kept, &kept), kept);
-    }
-}
+mod tests;

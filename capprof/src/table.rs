@@ -69,6 +69,20 @@ pub fn render_profile(profile: &Profile) -> String {
             programs.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
+    if !profile.transient.is_empty() {
+        let caps: Vec<_> = profile.transient.iter().map(|t| t.capability).collect();
+        let programs: std::collections::BTreeSet<&str> = profile
+            .transient
+            .iter()
+            .flat_map(|t| t.lost_at_exec_of.iter().map(String::as_str))
+            .collect();
+        out.push_str(&format!(
+            "transient: {} kept through capset() and lost at the exec of {}, never checked \
+             (not on the allowlist; minimize tries them)\n",
+            names(&caps),
+            programs.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
     for c in &profile.conditional {
         out.push_str(&format!(
             "conditional: {} for {} ({}={} here; not on the allowlist, exports add it where needed)\n",

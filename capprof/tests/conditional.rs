@@ -10,6 +10,8 @@
 //! - kept capabilities: capsh keeps CAP_NET_BIND_SERVICE through capset()
 //!   as a daemon that drops root does; its allowlist is sufficient, and
 //!   without the kept capability the container fails at start.
+//! - transient capabilities: setpriv raises Docker's whole default set with
+//!   capset() and execs a program that loses it; none of it is kept.
 
 mod common;
 
@@ -492,4 +494,59 @@ fn capability_kept_through_capset_is_on_the_allowlist() {
         stderr(&logs)
     );
     remove(&name);
+}
+
+/// util-linux setpriv drops to uid 1000: setresuid() with KEEPCAPS, then a
+/// capset() that raises its whole effective set again, then the exec of a
+/// program that, not root and with no file or ambient capabilities, loses
+/// all of it.
+const SETPRIV_ID: &[&str] = &[
+    "sh",
+    "-c",
+    "/usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups id",
+];
+
+/// What setpriv's capset() raised and its exec lost is `transient`, not
+/// kept: the allowlist is what was checked (SETUID, SETGID), not Docker's
+/// whole default set, and it is enough.
+#[test]
+#[ignore = "needs root"]
+fn capabilities_lost_at_exec_are_transient_not_kept() {
+    require_engine(&[tools_image()]);
+    let name = unique("setpriv");
+    let rec = Recording::start("transient", &[&name]);
+    let image = tools_image();
+    let mut args = vec!["run", "--name", &name, "--network", "none", &image];
+    args.extend_from_slice(SETPRIV_ID);
+    let out = docker(&args);
+    assert!(out.status.success(), "setpriv fails: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uid=1000"));
+    std::thread::sleep(Duration::from_millis(800));
+    let dir = rec.stop();
+    remove(&name);
+
+    let profile = read_profile(&dir, &name);
+    assert_eq!(
+        names(&profile, "allowlist"),
+        ["CAP_SETGID", "CAP_SETUID"],
+        "{profile}"
+    );
+    assert!(entries(&profile, "kept").is_empty(), "{profile}");
+    let transient = entry_for(&profile, "transient", "CAP_AUDIT_WRITE");
+    assert_eq!(transient["evidence"][0]["comm"], "setpriv", "{transient}");
+    assert_eq!(transient["lost_at_exec_of"][0], "id", "{transient}");
+    assert_eq!(
+        entries(&profile, "transient").len(),
+        14,
+        "Docker's 14 defaults: {profile}"
+    );
+
+    // The allowlist alone runs it.
+    let caps = granted(&dir, &name, "docker");
+    let out = run_to_end(&cap_flags(&caps), &tools_image(), SETPRIV_ID);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("uid=1000"),
+        "setpriv fails with {caps:?}: {}",
+        stderr(&out)
+    );
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     engine::Engine,
-    util::{display, note, stdout_of, step, succeeds},
+    util::{display, note, stdout_of, step},
 };
 
 /// The image the container tests run, exported to them as `CAPPROF_TEST_IMAGE`.
@@ -26,16 +26,21 @@ const IMAGE_VERSION: &str = "2";
 const VERSION_LABEL: &str = "capprof.image-version";
 
 /// The busybox image plus `capsh` (Debian's libcap2-bin), which keeps
-/// capabilities through capset() as daemons that drop root do, and iputils
+/// capabilities through capset() as daemons that drop root do, iputils
 /// `ping` (iputils-ping) at /opt/iputils/ping, which tries an ICMP datagram
-/// socket first and falls back to a raw one. Exported to the tests as
-/// `CAPPROF_TOOLS_IMAGE`.
+/// socket first and falls back to a raw one, and util-linux's `setpriv`
+/// (busybox's has no `--reuid`), which raises its effective set with
+/// capset() after setresuid() and then execs a program that loses it all.
+/// Exported to the tests as `CAPPROF_TOOLS_IMAGE`.
 pub const TOOLS_IMAGE: &str = "capprof-tools:test";
+/// Bumped whenever [`TOOLS`] changes, like [`IMAGE_VERSION`].
+const TOOLS_VERSION: &str = "3";
 
 /// The host programs in [`TOOLS_IMAGE`]: (host path, path in the image).
 const TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/capsh", "/usr/sbin/capsh"),
     ("/usr/bin/ping", "/opt/iputils/ping"),
+    ("/usr/bin/setpriv", "/usr/bin/setpriv"),
 ];
 
 /// Debian's busybox-static.
@@ -86,11 +91,15 @@ pub fn ensure_test_image(engine: &Engine) -> Result<()> {
 
 /// Imports [`TOOLS_IMAGE`] into `engine` unless it is already there.
 pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
+    let changes = [
+        r#"CMD ["/bin/sh"]"#.to_owned(),
+        format!("LABEL {VERSION_LABEL}={TOOLS_VERSION}"),
+    ];
     ensure_built(
         engine,
-        TOOLS_IMAGE,
+        (TOOLS_IMAGE, Some(TOOLS_VERSION)),
         "tools",
-        &test_image_changes(),
+        &changes,
         |root| {
             for (host, inside) in TOOLS {
                 copy_with_libraries(root, Path::new(host), Path::new(inside))?;
@@ -101,19 +110,33 @@ pub fn ensure_tools_image(engine: &Engine) -> Result<()> {
     )
 }
 
-/// Imports `name` into `engine` unless it is already there: the busybox
-/// rootfs, with what `fill` adds to it, built in a temporary directory.
+/// Imports `name` into `engine` unless it is already there (with
+/// `version` in its label, when given): the busybox rootfs, with what
+/// `fill` adds to it, built in a temporary directory.
 fn ensure_built(
     engine: &Engine,
-    name: &str,
+    (name, version): (&str, Option<&str>),
     tag: &str,
     changes: &[String],
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     step(format_args!("checking the test image {name}"));
-    if succeeds(engine.docker().args(["image", "inspect", name])) {
-        note("already present");
-        return Ok(());
+    let label = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
+    let present = stdout_of(
+        engine
+            .docker()
+            .args(["image", "inspect", "--format", &label, name]),
+    );
+    match (present, version) {
+        (Ok(found), Some(want)) if found.trim() != want => note(format_args!(
+            "present as version {:?}, rebuilding as version {want}",
+            found.trim()
+        )),
+        (Ok(_), _) => {
+            note("already present");
+            return Ok(());
+        }
+        (Err(_), _) => {}
     }
     let rootfs =
         TempDir(std::env::temp_dir().join(format!("capprof-{tag}-{}", std::process::id())));
@@ -140,7 +163,7 @@ pub const NGINX_IMAGE: &str = "capprof-nginx:test";
 /// Imports [`NGINX_IMAGE`] into `engine` unless it is already there.
 pub fn ensure_nginx_image(engine: &Engine) -> Result<()> {
     let changes = [r#"CMD ["/usr/sbin/nginx", "-g", "daemon off;"]"#.to_owned()];
-    ensure_built(engine, NGINX_IMAGE, "nginx", &changes, nginx_rootfs)
+    ensure_built(engine, (NGINX_IMAGE, None), "nginx", &changes, nginx_rootfs)
 }
 
 /// Adds Debian's nginx to the busybox rootfs at `root`.

@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use capprof_common::event::{
-    CapsetEvent, CgroupEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CGROUP, EVENT_CONDITIONAL,
-    EVENT_EVIDENCE, EVENT_EXEC, EvidenceEvent, ExecEvent,
+    CapsetEvent, CapsetExecEvent, CgroupEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CAPSET_EXEC,
+    EVENT_CGROUP, EVENT_CONDITIONAL, EVENT_EVIDENCE, EVENT_EXEC, EvidenceEvent, ExecEvent,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +14,7 @@ pub enum Record {
     Exec(ExecEvent),
     Conditional(ConditionalEvent),
     Capset(CapsetEvent),
+    CapsetExec(CapsetExecEvent),
 }
 
 impl Record {
@@ -24,6 +25,7 @@ impl Record {
             Record::Evidence(e) => Some(e.tgid),
             Record::Conditional(c) => Some(c.tgid),
             Record::Capset(c) => Some(c.tgid),
+            Record::CapsetExec(c) => Some(c.tgid),
             Record::Cgroup(_) | Record::Exec(_) => None,
         }
     }
@@ -34,6 +36,7 @@ impl Record {
             Record::Evidence(e) => Some(e.cgroup_id),
             Record::Conditional(c) => Some(c.cgroup_id),
             Record::Capset(c) => Some(c.cgroup_id),
+            Record::CapsetExec(c) => Some(c.cgroup_id),
             Record::Cgroup(_) | Record::Exec(_) => None,
         }
     }
@@ -49,6 +52,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         EVENT_EXEC => read::<ExecEvent>(bytes).map(Record::Exec),
         EVENT_CONDITIONAL => read::<ConditionalEvent>(bytes).map(Record::Conditional),
         EVENT_CAPSET => read::<CapsetEvent>(bytes).map(Record::Capset),
+        EVENT_CAPSET_EXEC => read::<CapsetExecEvent>(bytes).map(Record::CapsetExec),
         _ => None,
     }
 }

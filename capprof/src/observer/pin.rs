@@ -22,7 +22,9 @@ use capprof_common::{MAP_ABI_VERSION, names};
 /// The syscall hooks' `OPS_SEEN` and `SOCKETS_PENDING` are pinned with
 /// their programs' links: a restart neither re-sends every operation nor
 /// loses a socket() between its entry and its exit; their backlogs hold
-/// what the ring buffer had no room for while nothing read it.
+/// what the ring buffer had no room for while nothing read it; and
+/// `CAPSET_RAISES` lets an exec after a restart settle a capset() made
+/// before it.
 pub const PINNED_MAPS: &[&str] = &[
     names::WATCH_ROOTS,
     names::CGROUPS,
@@ -39,6 +41,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::SOCKETS_PENDING,
     names::CONDITIONAL_BACKLOG,
     names::CAPSET_BACKLOG,
+    names::CAPSET_RAISES,
 ];
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

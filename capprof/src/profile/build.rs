@@ -27,8 +27,9 @@ pub fn from_observer(
 ) -> Profile {
     let sightings = received.iter().filter_map(|r| observer.sighting(r));
     let mut profile = build(counts, sightings, subject, observation);
-    let (conditional, kept) = crate::conditional::from_records(received);
-    profile.add_syscall_findings(&conditional, &kept);
+    let found = crate::conditional::from_records(received);
+    profile.add_syscall_findings(&found.conditional, &found.kept);
+    profile.add_transient(&found.transient);
     profile
 }
 
@@ -172,6 +173,7 @@ impl ProfileBuilder {
             coverage: None,
             conditional: vec![],
             kept: vec![],
+            transient: vec![],
         };
         profile.apply_summary();
         profile

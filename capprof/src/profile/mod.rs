@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::observer::{UserNs, Verdict};
 use crate::{
     capability::Cap,
-    conditional::{self, Conditional, Kept},
+    conditional::{self, Conditional, Kept, Transient},
     observer::{Backend, Kind},
 };
 
@@ -309,6 +309,12 @@ pub struct Profile {
     /// On the allowlist: the capset() fails without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<Kept>,
+    /// Capabilities a capset() kept and the same process lost at its next
+    /// exec, with no check of them in between (conditional.rs). Not on the
+    /// allowlist; `minimize` tries them, and keeps any the workload fails
+    /// without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transient: Vec<Transient>,
     /// What re-running the workload proved about the allowlist
     /// (`capprof minimize`); absent for a profile that was only observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,7 +465,9 @@ impl Profile {
         // allowlist (never added any); it vouches for what it kept.
         let allowlist = match &self.proof {
             Some(proof) => {
-                proof.check(&self.allowlist, &expected.allowlist)?;
+                let mut observed = expected.allowlist.clone();
+                observed.extend(self.transient.iter().map(|t| t.capability));
+                proof.check(&self.allowlist, &observed)?;
                 expected.allowlist.clone()
             }
             None => self.allowlist.clone(),
@@ -495,6 +503,8 @@ impl Profile {
         self.runtime_setup = merge_usages(&self.runtime_setup, &other.runtime_setup);
         self.conditional = conditional::merge_conditional(&self.conditional, &other.conditional);
         self.kept = conditional::merge_kept(&self.kept, &other.kept);
+        self.transient =
+            conditional::merge_transient(&self.transient, &other.transient, &self.kept);
         self.observation.start = min_str(&self.observation.start, &other.observation.start);
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
         self.observation.lost_records += other.observation.lost_records;
@@ -522,7 +532,37 @@ impl Profile {
     pub fn add_syscall_findings(&mut self, conditional: &[Conditional], kept: &[Kept]) {
         self.conditional = conditional::merge_conditional(&self.conditional, conditional);
         self.kept = conditional::merge_kept(&self.kept, kept);
+        self.transient = conditional::merge_transient(&self.transient, &[], &self.kept);
         self.apply_summary();
+    }
+
+    /// Adds capabilities lost at exec (`conditional::Transient`); none
+    /// that is kept elsewhere in the profile.
+    pub fn add_transient(&mut self, transient: &[Transient]) {
+        self.transient = conditional::merge_transient(&self.transient, transient, &self.kept);
+    }
+
+    /// What `minimize` starts from: the allowlist and the transient
+    /// capabilities, which observation alone cannot settle.
+    pub fn candidates(&self) -> Vec<Cap> {
+        let all: BTreeSet<Cap> = self
+            .allowlist
+            .iter()
+            .copied()
+            .chain(self.transient.iter().map(|t| t.capability))
+            .collect();
+        all.into_iter().collect()
+    }
+
+    /// The capabilities a check of the workload's own was seen to use
+    /// (granted or refused, any class but borrowed and advisory): what
+    /// `minimize` may keep as security-relevant without trying.
+    pub fn used(&self) -> Vec<Cap> {
+        self.capabilities
+            .iter()
+            .filter(|u| matches!(u.class, Class::Required | Class::Denied | Class::Silent))
+            .map(|u| u.name)
+            .collect()
     }
 
     fn apply_summary(&mut self) {

@@ -3,9 +3,10 @@
 //! `sufficient` is true is *proven*; `export` and the tables say so.
 //!
 //! A proven allowlist may be smaller than what was observed: that is the
-//! point of minimizing. It is never larger, and it is exactly what the
-//! proof kept: `needed`, `kept_security_relevant` and the capabilities of
-//! `kept_identity`.
+//! point of minimizing. It is never larger than what was observed (the
+//! allowlist and the transient capabilities), and it is exactly what the
+//! proof kept: `needed`, `kept_security_relevant`, the capabilities of
+//! `kept_identity`, and `kept_inconclusive`.
 
 use std::collections::BTreeSet;
 
@@ -53,6 +54,11 @@ pub struct Proof {
     /// quietly): kept.
     #[serde(default)]
     pub kept_identity: Vec<KeptIdentity>,
+    /// Capabilities every run passed without, but whose runs showed a
+    /// process that could not be compared with the baseline's however
+    /// often they were repeated: kept for want of proof, not as needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_inconclusive: Vec<Cap>,
 }
 
 /// One capability kept because, without it, a process ended up with
@@ -76,6 +82,7 @@ impl Proof {
             .needed
             .iter()
             .chain(&self.kept_security_relevant)
+            .chain(&self.kept_inconclusive)
             .copied()
             .chain(self.kept_identity.iter().map(|k| k.capability))
             .collect();
@@ -90,6 +97,7 @@ impl Proof {
             &self.needed,
             &self.unneeded,
             &self.kept_security_relevant,
+            &self.kept_inconclusive,
         ];
         if lists.iter().any(|l| l.len() > MAX_PROOF_ENTRIES)
             || self.kept_identity.len() > MAX_PROOF_ENTRIES
@@ -108,7 +116,7 @@ impl Proof {
         }
         if self.method == "minimize" && self.kept() != allowlist {
             return Err(
-                "proof: the allowlist is not what the proof kept (needed, kept_security_relevant, kept_identity)"
+                "proof: the allowlist is not what the proof kept (needed, kept_security_relevant, kept_identity, kept_inconclusive)"
                     .into(),
             );
         }

@@ -26,8 +26,9 @@ pub use probe::Probe;
 use crate::capability::Cap;
 
 /// Capabilities whose loss can make a workload *less safe without failing*,
-/// so blind ablation would remove them. `minimize` keeps them and says so,
-/// unless `--drop-security-relevant`.
+/// so blind ablation would remove them. `minimize` keeps them and says so
+/// when the workload was seen to use them (`untried`), unless
+/// `--drop-security-relevant`.
 ///
 /// - `AUDIT_WRITE`: sshd, login and PAM send their audit records with it.
 ///   Without it, logins still work (the kernel's refusal is treated like a
@@ -43,6 +44,17 @@ pub const SECURITY_RELEVANT: &[&str] = &["AUDIT_WRITE", "IPC_LOCK"];
 
 pub fn is_security_relevant(cap: Cap) -> bool {
     SECURITY_RELEVANT.contains(&cap.short_name())
+}
+
+/// The capabilities of `set` that `minimize` and `verify --ablate` keep
+/// without trying: the security-relevant ones the workload was seen to use
+/// (`used`). One that nothing checked (a capset() kept it, or it was lost
+/// at exec) is tried like any other.
+pub fn untried(set: &[Cap], used: &[Cap]) -> Vec<Cap> {
+    set.iter()
+        .copied()
+        .filter(|c| is_security_relevant(*c) && used.contains(c))
+        .collect()
 }
 
 /// How one run ended.

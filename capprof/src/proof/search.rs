@@ -9,6 +9,13 @@
 //! therefore keep a capability it does not need, and never lose one it
 //! does. The baseline (the allowlist as it is) must pass all N runs.
 //!
+//! A run whose processes cannot be compared with the baseline's (one was
+//! only seen in passing, at a moment the baseline's sampler never caught:
+//! `creds::compare`) does not count: it is run again, up to
+//! `EXTRA_RUNS` more times per capability. Only if every extra run is
+//! inconclusive too is the capability kept, and then it says so
+//! (`Verdict::Inconclusive`), not that it is needed.
+//!
 //! `minimize` removes capabilities one at a time, each for good once its
 //! N runs pass, so the result is a set from which no single capability
 //! can be removed, and it passed its own N runs as the last set tried.
@@ -18,9 +25,11 @@ use std::collections::BTreeSet;
 use super::{
     Outcome, ProofError, Trial,
     creds::{self, Drift, ProcSample},
-    is_security_relevant,
 };
 use crate::capability::Cap;
+
+/// At most this many runs per capability replace inconclusive ones.
+pub const EXTRA_RUNS: u32 = 3;
 
 /// What taking one capability away did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +39,10 @@ pub enum Verdict {
     /// Every run passed without it, but a process ended up more privileged
     /// than in the baseline.
     Identity(Vec<Drift>),
+    /// Every run passed without it, but some process could not be
+    /// compared with the baseline's however often it was run again: kept,
+    /// for want of proof.
+    Inconclusive(Vec<Drift>),
     /// Every run passed without it, with the baseline's credentials.
     Unneeded,
     /// Not tried: security-relevant (see `SECURITY_RELEVANT`).
@@ -45,6 +58,7 @@ impl Verdict {
         match self {
             Verdict::Needed(_) => "needed",
             Verdict::Identity(_) => "needed (identity)",
+            Verdict::Inconclusive(_) => "kept (inconclusive)",
             Verdict::Unneeded => "unneeded",
             Verdict::SecurityRelevant => "kept (security-relevant)",
         }
@@ -59,9 +73,23 @@ impl Verdict {
                 .map(|d| format!("{} (pid {}) kept {}", d.process, d.pid, d.gained.join(", ")))
                 .collect::<Vec<_>>()
                 .join("; "),
+            Verdict::Inconclusive(drifts) => format!(
+                "every run passed, but {} could not be compared with the baseline",
+                drifts
+                    .iter()
+                    .map(|d| format!(
+                        "{} (pid {}, seen in passing with {})",
+                        d.process,
+                        d.pid,
+                        d.gained.join(", ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
             Verdict::Unneeded => "every run passed without it".into(),
             Verdict::SecurityRelevant => {
-                "its loss can leave the workload running but less safe".into()
+                "the workload used it, and its loss can leave the workload running but less safe"
+                    .into()
             }
         }
     }
@@ -85,6 +113,8 @@ pub enum Event<'a> {
         runs: u32,
         outcome: &'a Outcome,
         drift: &'a [Drift],
+        /// Processes that could not be compared: the run is done again.
+        inconclusive: &'a [Drift],
     },
     /// A capability was decided.
     Decided { cap: Cap, verdict: &'a Verdict },
@@ -113,6 +143,7 @@ async fn baseline(
             runs,
             outcome: &t.outcome,
             drift: &[],
+            inconclusive: &[],
         });
         if let Outcome::Failed(why) = t.outcome {
             return Ok(Err(format!("run {run} of {runs}: {why}")));
@@ -123,6 +154,7 @@ async fn baseline(
 }
 
 /// N runs with `set`, which lacks `without`: the verdict on `without`.
+/// An inconclusive run is replaced by another, up to `EXTRA_RUNS`.
 async fn try_without(
     without: Cap,
     set: &[Cap],
@@ -131,7 +163,10 @@ async fn try_without(
     trial: &mut impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
     progress: &mut impl FnMut(Event),
 ) -> Result<Verdict, ProofError> {
-    for run in 1..=runs {
+    let (mut conclusive, mut extra) = (0, 0);
+    let mut unsettled = vec![];
+    while conclusive < runs {
+        let run = conclusive + 1;
         progress(Event::Run {
             without: Some(without),
             set,
@@ -139,27 +174,40 @@ async fn try_without(
             runs,
         });
         let t = trial(set).await?;
-        let drift = if t.outcome.passed() {
-            creds::drift(baseline, &t.processes)
+        let found = if t.outcome.passed() {
+            creds::compare(baseline, &t.processes)
         } else {
-            vec![]
+            creds::Comparison::default()
         };
         progress(Event::Ran {
             without: Some(without),
             run,
             runs,
             outcome: &t.outcome,
-            drift: &drift,
+            drift: &found.drift,
+            inconclusive: &found.inconclusive,
         });
         // One failed run decides: the capability stays.
         if let Outcome::Failed(why) = t.outcome {
             return Ok(Verdict::Needed(format!("run {run} of {runs}: {why}")));
         }
-        if !drift.is_empty() {
-            return Ok(Verdict::Identity(drift));
+        if !found.drift.is_empty() {
+            return Ok(Verdict::Identity(found.drift));
+        }
+        if found.inconclusive.is_empty() {
+            conclusive += 1;
+        } else if extra < EXTRA_RUNS {
+            extra += 1;
+        } else {
+            unsettled = found.inconclusive;
+            break;
         }
     }
-    Ok(Verdict::Unneeded)
+    Ok(if unsettled.is_empty() {
+        Verdict::Unneeded
+    } else {
+        Verdict::Inconclusive(unsettled)
+    })
 }
 
 /// What `verify` found.
@@ -179,12 +227,13 @@ impl Verification {
 }
 
 /// Runs the allowlist N times; with `ablate`, then each capability's
-/// absence N times (security-relevant ones are not tried: they are
-/// reported as such, as `minimize` keeps them).
+/// absence N times (those of `untried` are not: they are reported as
+/// security-relevant, as `minimize` keeps them).
 pub async fn verify(
     allowlist: &[Cap],
     runs: u32,
     ablate: bool,
+    untried: &[Cap],
     mut trial: impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
     mut progress: impl FnMut(Event),
 ) -> Result<Verification, ProofError> {
@@ -201,7 +250,7 @@ pub async fn verify(
     if ablate {
         for &cap in allowlist {
             let set: Vec<Cap> = allowlist.iter().copied().filter(|&c| c != cap).collect();
-            let verdict = if is_security_relevant(cap) {
+            let verdict = if untried.contains(&cap) {
                 Verdict::SecurityRelevant
             } else {
                 try_without(cap, &set, runs, &base, &mut trial, &mut progress).await?
@@ -229,12 +278,13 @@ pub struct Minimized {
 }
 
 /// Removes capabilities from `allowlist` one at a time, each for good when
-/// all `runs` runs without it pass with the baseline's credentials.
-/// Security-relevant ones are not tried unless `drop_security_relevant`.
+/// all `runs` runs without it pass with the baseline's credentials. Those
+/// of `untried` (the security-relevant ones the workload used, see
+/// `proof::untried`) are kept without trying.
 pub async fn minimize(
     allowlist: &[Cap],
     runs: u32,
-    drop_security_relevant: bool,
+    untried: &[Cap],
     mut trial: impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
     mut progress: impl FnMut(Event),
 ) -> Result<Minimized, ProofError> {
@@ -244,7 +294,7 @@ pub async fn minimize(
     let mut current: BTreeSet<Cap> = allowlist.iter().copied().collect();
     let mut verdicts = vec![];
     for &cap in allowlist {
-        let verdict = if is_security_relevant(cap) && !drop_security_relevant {
+        let verdict = if untried.contains(&cap) {
             Verdict::SecurityRelevant
         } else {
             let set: Vec<Cap> = current.iter().copied().filter(|&c| c != cap).collect();
@@ -310,7 +360,7 @@ mod tests {
         let m = block_on(minimize(
             &allow,
             2,
-            false,
+            &caps(&["AUDIT_WRITE"]),
             async |set: &[Cap]| {
                 Ok(if needs.iter().all(|c| set.contains(c)) {
                     passed()
@@ -330,7 +380,7 @@ mod tests {
         let m = block_on(minimize(
             &allow,
             1,
-            true,
+            &[],
             async |set: &[Cap]| {
                 Ok(if needs.iter().all(|c| set.contains(c)) {
                     passed()
@@ -353,7 +403,7 @@ mod tests {
             let m = block_on(minimize(
                 &caps(&["CHOWN", "FSETID"]),
                 2,
-                false,
+                &[],
                 async |set: &[Cap]| {
                     calls.set(calls.get() + 1);
                     let needs_chown = calls.get() % 2 == 0;
@@ -375,7 +425,7 @@ mod tests {
         let err = block_on(minimize(
             &caps(&["CHOWN"]),
             2,
-            false,
+            &[],
             async |_: &[Cap]| Ok(failed()),
             |_| {},
         ))
@@ -385,6 +435,7 @@ mod tests {
             &caps(&["CHOWN"]),
             2,
             true,
+            &[],
             async |_: &[Cap]| Ok(failed()),
             |_| {},
         ))
@@ -397,16 +448,16 @@ mod tests {
     /// credential comparison keeps SETUID.
     #[test]
     fn a_failed_privilege_drop_keeps_its_capability() {
-        let proc_as = |uid: u32| ProcSample {
-            pid: 7,
-            path: "sh/sleep".into(),
-            comm: "sleep".into(),
-            creds: Creds {
-                uids: [uid; 4],
-                gids: [uid; 4],
-                ..Default::default()
-            },
-            root: 1,
+        let proc_as = |uid: u32| {
+            ProcSample::settled(
+                7,
+                "sh/sleep",
+                Creds {
+                    uids: [uid; 4],
+                    gids: [uid; 4],
+                    ..Default::default()
+                },
+            )
         };
         let run = async |set: &[Cap]| {
             let uid = if set.contains(&cap("SETUID")) {
@@ -419,14 +470,7 @@ mod tests {
                 processes: vec![proc_as(uid)],
             })
         };
-        let m = block_on(minimize(
-            &caps(&["SETUID", "FSETID"]),
-            1,
-            false,
-            run,
-            |_| {},
-        ))
-        .unwrap();
+        let m = block_on(minimize(&caps(&["SETUID", "FSETID"]), 1, &[], run, |_| {})).unwrap();
         assert_eq!(m.result, caps(&["SETUID"]));
         let (_, verdict) = &m.verdicts[1];
         let Verdict::Identity(drift) = verdict else {
@@ -435,9 +479,74 @@ mod tests {
         assert_eq!(drift[0].process, "sh/sleep");
         assert!(drift[0].gained.contains(&"uid 0".to_owned()));
         // verify --ablate says the same.
-        let v = block_on(verify(&caps(&["SETUID", "FSETID"]), 1, true, run, |_| {})).unwrap();
+        let v = block_on(verify(
+            &caps(&["SETUID", "FSETID"]),
+            1,
+            true,
+            &[],
+            run,
+            |_| {},
+        ))
+        .unwrap();
         assert!(v.sufficient());
         assert!(matches!(v.ablation[1].1, Verdict::Identity(_)));
         assert_eq!(v.ablation[0].1, Verdict::Unneeded);
+    }
+
+    /// A run that glimpses a process at a moment the baseline never showed
+    /// is run again, and does not keep the capability; one that stays
+    /// inconclusive past EXTRA_RUNS keeps it, and says so.
+    #[test]
+    fn inconclusive_runs_are_run_again() {
+        let root = Creds {
+            cap_eff: 1,
+            ..Default::default()
+        };
+        let glimpse = ProcSample {
+            settled: false,
+            ..ProcSample::settled(9, "sh/setpriv", root)
+        };
+        let baseline_user = ProcSample::settled(
+            3,
+            "sh/setpriv",
+            Creds {
+                uids: [1000; 4],
+                gids: [1000; 4],
+                ..Default::default()
+            },
+        );
+        for (glimpses, expect_unneeded) in [(2, true), (1 + EXTRA_RUNS, false)] {
+            let calls = Cell::new(0u32);
+            let m = block_on(minimize(
+                &caps(&["FSETID"]),
+                1,
+                &[],
+                async |set: &[Cap]| {
+                    calls.set(calls.get() + 1);
+                    let processes = if !set.is_empty() {
+                        vec![baseline_user.clone()]
+                    } else if calls.get() <= 1 + glimpses {
+                        vec![glimpse.clone()]
+                    } else {
+                        vec![]
+                    };
+                    Ok(Trial {
+                        outcome: Outcome::Passed,
+                        processes,
+                    })
+                },
+                |_| {},
+            ))
+            .unwrap();
+            let verdict = &m.verdicts[0].1;
+            if expect_unneeded {
+                assert_eq!(*verdict, Verdict::Unneeded);
+                assert_eq!(calls.get(), 1 + glimpses + 1);
+            } else {
+                assert!(matches!(verdict, Verdict::Inconclusive(_)), "{verdict:?}");
+                assert_eq!(m.result, caps(&["FSETID"]));
+                assert_eq!(calls.get(), 1 + 1 + EXTRA_RUNS);
+            }
+        }
     }
 }

@@ -245,7 +245,10 @@ impl Recorder {
                 rec.started.get_or_insert_with(SystemTime::now);
                 self.cgroups.insert(c.cgroup_id, CgroupMeta { path });
             }
-            Record::Evidence(_) | Record::Conditional(_) | Record::Capset(_) => {
+            Record::Evidence(_)
+            | Record::Conditional(_)
+            | Record::Capset(_)
+            | Record::CapsetExec(_) => {
                 let cgroup_id = received.record.profiled_cgroup().unwrap_or_default();
                 if let Some(id) = self.container_of(cgroup_id) {
                     self.container(&id).received.push(received);

@@ -8,7 +8,7 @@ use capprof::{
     fsutil,
     profile::{KeptIdentity, MAX_PROOF_ENTRIES, Profile, Proof},
     proof::{
-        Workload,
+        self, Workload,
         search::{self, Minimized, Verdict},
     },
 };
@@ -45,8 +45,9 @@ pub struct MinimizeArgs {
     /// Where to write the minimized profile (atomically).
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
-    /// Try security-relevant capabilities too (AUDIT_WRITE, IPC_LOCK):
-    /// their loss can leave a workload running but less safe.
+    /// Try security-relevant capabilities (AUDIT_WRITE, IPC_LOCK) the
+    /// workload was seen to use too: their loss can leave a workload
+    /// running but less safe. Ones it never used are always tried.
     #[arg(long)]
     pub drop_security_relevant: bool,
     /// Output format of the summary on stdout.
@@ -73,11 +74,17 @@ pub fn main(args: MinimizeArgs) -> Result<ExitCode, Error> {
 
 async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Error> {
     let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
-    let allowlist = profile.allowlist.clone();
+    // The transient capabilities too: observation says nothing used
+    // them, a run says whether the workload fails without them.
+    let allowlist = profile.candidates();
     let runs = args.rerun.runs;
     let engine = prepared.workload.engine();
     let steps = u64::from(runs) * (1 + allowlist.len() as u64);
-    let drop_relevant = args.drop_security_relevant;
+    let untried = if args.drop_security_relevant {
+        vec![]
+    } else {
+        proof::untried(&allowlist, &profile.used())
+    };
     let minimized = prepared
         .search(
             "minimize",
@@ -87,7 +94,7 @@ async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Erro
                 search::minimize(
                     &allowlist,
                     runs,
-                    drop_relevant,
+                    &untried,
                     async |set: &[Cap]| workload.trial(set).await,
                     |e| progress.event(e),
                 )
@@ -166,6 +173,7 @@ fn proof_of(
         unneeded: with(|v| matches!(v, Verdict::Unneeded)),
         kept_security_relevant: with(|v| matches!(v, Verdict::SecurityRelevant)),
         kept_identity,
+        kept_inconclusive: with(|v| matches!(v, Verdict::Inconclusive(_))),
     }
 }
 

@@ -284,6 +284,7 @@ impl Progress {
                 runs,
                 outcome,
                 drift,
+                inconclusive,
             } => {
                 if let Some(bar) = &self.bar {
                     bar.inc(1);
@@ -299,6 +300,14 @@ impl Progress {
                 for d in drift {
                     text.push_str(&format!(
                         "; but {} (pid {}) kept {}",
+                        d.process,
+                        d.pid,
+                        d.gained.join(", ")
+                    ));
+                }
+                for d in inconclusive {
+                    text.push_str(&format!(
+                        "; inconclusive: {} (pid {}) was seen only in passing, with {} the baseline never showed there; running again",
                         d.process,
                         d.pid,
                         d.gained.join(", ")

@@ -8,7 +8,7 @@ use capprof::{
     capability::{Cap, display_list},
     profile::Profile,
     proof::{
-        Workload,
+        self, Workload,
         search::{self, Verdict, Verification},
     },
 };
@@ -103,6 +103,7 @@ async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
         });
     let engine = prepared.workload.engine();
     let ablate = args.ablate;
+    let untried = proof::untried(&allowlist, &profile.used());
     let verification = prepared
         .search(
             "verify",
@@ -113,6 +114,7 @@ async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
                     &allowlist,
                     runs,
                     ablate,
+                    &untried,
                     async |set: &[Cap]| workload.trial(set).await,
                     |e| progress.event(e),
                 )
