@@ -307,3 +307,54 @@ fn warnings_have_one_form_and_colour_only_on_a_terminal() {
         "{plain:?}"
     );
 }
+
+/// `record` creates `--out` only once the engine answered, says how long
+/// it records, and says why it wrote nothing.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn record_says_how_long_and_why_nothing_was_written() {
+    require_engine();
+    let dir = Scratch::new("record-msgs");
+    let out_dir = dir.path("profiles");
+    let out = out_dir.to_str().unwrap();
+    let nowhere = format!("unix://{}", dir.path("no.sock").display());
+    let result = capprof(&[
+        "record",
+        "--out",
+        out,
+        "--duration",
+        "1",
+        "--engine",
+        &nowhere,
+    ]);
+    assert_eq!(result.status.code(), Some(2), "{}", output_text(&result));
+    assert!(
+        !out_dir.exists(),
+        "--out created before the engine answered"
+    );
+
+    let result = capprof(&[
+        "record",
+        "--out",
+        out,
+        "--duration",
+        "1",
+        "--container",
+        "capprof-msgs-no-such-container",
+    ]);
+    assert!(result.status.success(), "{}", output_text(&result));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("for 1 s") && !stderr.contains("Ctrl-C to stop"),
+        "{stderr}"
+    );
+    let wrote = stderr
+        .lines()
+        .find(|l| l.contains("wrote 0 profile(s)"))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    assert!(
+        wrote.contains("no container made a capability check")
+            || wrote.contains("matched --container capprof-msgs-no-such-container"),
+        "no reason: {wrote}"
+    );
+}

@@ -89,10 +89,6 @@ pub fn main(args: RecordArgs) -> Result<ExitCode, Error> {
             args.out.display()
         )));
     }
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| Error::usage(format!("cannot create {}: {e}", args.out.display())))?;
-    fsutil::check_writable(&args.out.join(".capprof-probe"))
-        .map_err(|e| Error::usage(format!("cannot write in {}: {e}", args.out.display())))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -105,6 +101,8 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     let source = connect_source(args.engine.as_deref(), args.cri.as_deref())
         .await
         .map_err(|e| Error::usage(e.to_string()))?;
+    // Only once the engine answered: a failed start leaves nothing behind.
+    prepare_out(&args.out)?;
     let mut observer = Observer::load(args.backend)?;
 
     let watched = watch_container_roots(
@@ -124,8 +122,12 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
     let backend = observer.backend();
     let described = source.describe();
     let mut session = Session::start_with(observer, recorder, Some(source), TICK).await?;
+    let until = match args.duration {
+        Some(secs) => format!("for {secs} s (Ctrl-C stops sooner)"),
+        None => "until Ctrl-C".to_owned(),
+    };
     eprintln!(
-        "capprof: recording containers of {} under {} ({} backend); Ctrl-C to stop",
+        "capprof: recording containers of {} under {} ({} backend) {until}",
         described,
         watched.join(", "),
         backend
@@ -162,8 +164,12 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
         let profile = session.finalize(&id)?;
         write(&session, &id, profile, &args, &mut written)?;
     }
+    let why = match written.len() {
+        0 => format!(": {}", why_none(&session, &args.containers)),
+        _ => String::new(),
+    };
     eprintln!(
-        "capprof: wrote {} profile(s) to {}",
+        "capprof: wrote {} profile(s) to {}{why}",
         written.len(),
         args.out.display()
     );
@@ -176,6 +182,36 @@ async fn record(args: RecordArgs, mount: PathBuf) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `--out` and checks that it takes files.
+fn prepare_out(out: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::usage(format!("cannot create {}: {e}", out.display())))?;
+    fsutil::check_writable(&out.join(".capprof-probe"))
+        .map_err(|e| Error::usage(format!("cannot write in {}: {e}", out.display())))
+}
+
+/// Why a recording wrote no profile, in the user's terms.
+fn why_none(session: &Session, wanted: &[String]) -> String {
+    let seen: Vec<_> = session
+        .recorder()
+        .records()
+        .filter(|r| !r.info.sandbox)
+        .collect();
+    if seen.is_empty() {
+        return "no container made a capability check while recording (none started, or none \
+                ran under the watched cgroups)"
+            .to_owned();
+    }
+    if !wanted.is_empty() && !seen.iter().any(|r| wanted.iter().any(|w| r.matches(w))) {
+        return format!(
+            "none of the {} container(s) seen matched --container {}",
+            seen.len(),
+            wanted.join(", ")
+        );
+    }
+    "no container seen had checks to write".to_owned()
 }
 
 /// Writes a finalized container's profile, if it is one of the wanted.
