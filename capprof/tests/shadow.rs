@@ -200,3 +200,47 @@ fn bad_shadow_profiles_are_one_line_and_status_2() {
     assert_one_line_error(&out, 2, "no shadow profile (*.json)");
     let _ = Command::new("umount").arg(dir.path("bpffs")).output();
 }
+
+/// Two candidate profiles for one container: the daemon refuses to start,
+/// in one line naming both, rather than let the last one loaded win.
+#[test]
+#[ignore = "needs root"]
+fn two_candidates_for_one_container_refuse_the_start() {
+    require_root();
+    let dir = Scratch::new("shadow-twice");
+    std::fs::create_dir_all(dir.path("candidates")).unwrap();
+    std::fs::create_dir_all(dir.path("bpffs")).unwrap();
+    for (file, image) in [("old.json", "nginx:1"), ("new.json", "nginx:2")] {
+        let candidate = serde_json::json!({
+            "schema": "capprof.profile/v1",
+            "generator": "capprof test",
+            "subject": {"kind": "container", "name": "web", "image": image},
+            "observation": {"start": "", "end": "", "backend": "tp_btf", "classification": "call-site"},
+            "allowlist": [], "required": [], "denied": [], "advisory": [], "silent": [],
+            "capabilities": []
+        });
+        std::fs::write(
+            dir.path(&format!("candidates/{file}")),
+            candidate.to_string(),
+        )
+        .unwrap();
+    }
+    let out = capprof(&[
+        "daemon",
+        "--state-dir",
+        dir.path("state").to_str().unwrap(),
+        "--socket",
+        dir.path("run/s.sock").to_str().unwrap(),
+        "--bpffs",
+        dir.path("bpffs").to_str().unwrap(),
+        "--shadow",
+        dir.path("candidates").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, 2, "both candidates for container \"web\"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("new.json") && stderr.contains("old.json"),
+        "{stderr}"
+    );
+    let _ = Command::new("umount").arg(dir.path("bpffs")).output();
+}

@@ -1,7 +1,10 @@
 //! The daemon's configuration: flags, `CAPPROF_*` environment variables, and
 //! a TOML file, in that order of precedence, validated at startup.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -34,7 +37,32 @@ pub struct DaemonConfig {
     /// Shadow mode: candidate allowlists (profile files, or directories of
     /// them) each container is compared with. Default: none.
     pub shadow: Vec<PathBuf>,
+    /// How long an exited container's state and profile files are kept
+    /// after their last write (`"7d"`, `"12h"`). Default 7 days: a busy
+    /// engine starts hundreds of short-lived containers an hour, and a week
+    /// covers the CI runs and batch jobs someone still asks about.
+    #[serde(with = "humantime_serde_str")]
+    pub retain_for: Duration,
+    /// Most exited containers kept on disk; the oldest beyond it are
+    /// removed first. Default 1000 (about 10 MB of files). Running
+    /// containers never count and are never removed.
+    pub retain_max: usize,
 }
+
+/// Durations in the config file as people write them: `"7d"`, `"90m"`.
+mod humantime_serde_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `retain_for`'s default: 7 days.
+pub const DEFAULT_RETAIN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -49,6 +77,8 @@ impl Default for DaemonConfig {
             bpffs: PathBuf::from(crate::observer::pin::DEFAULT_BPFFS),
             cgroup_roots: vec![],
             shadow: vec![],
+            retain_for: DEFAULT_RETAIN_FOR,
+            retain_max: 1000,
         }
     }
 }
@@ -107,6 +137,14 @@ impl DaemonConfig {
                 "flush_interval_secs must be 1..=3600".into(),
             ));
         }
+        if self.retain_for < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "retain_for must be at least 1s".into(),
+            ));
+        }
+        if self.retain_max == 0 {
+            return Err(ConfigError::Invalid("retain_max must be at least 1".into()));
+        }
         if let Some(m) = &self.metrics {
             super::metrics::parse_addr(m)
                 .map_err(|e| ConfigError::Invalid(format!("metrics: {e}")))?;
@@ -128,6 +166,16 @@ mod tests {
         assert_eq!(c.socket, DaemonConfig::default().socket);
         c.validate().unwrap();
         assert!(toml::from_str::<DaemonConfig>("bogus = 1").is_err());
+        assert_eq!(c.retain_for, DEFAULT_RETAIN_FOR);
+        let kept: DaemonConfig = toml::from_str("retain_for = \"36h\"\nretain_max = 50\n").unwrap();
+        assert_eq!(kept.retain_for, Duration::from_secs(36 * 3600));
+        assert_eq!(kept.retain_max, 50);
+        assert!(toml::from_str::<DaemonConfig>("retain_for = \"soon\"").is_err());
+        let none = DaemonConfig {
+            retain_max: 0,
+            ..Default::default()
+        };
+        assert!(none.validate().is_err());
         let rel = DaemonConfig {
             socket: "rel.sock".into(),
             ..Default::default()

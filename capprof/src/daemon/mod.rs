@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 pub mod privileges;
 pub mod query;
+pub mod retention;
 pub mod shadow;
 pub mod state;
 
@@ -187,6 +188,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         None => None,
     };
     let listener = api::bind(&config.socket)?;
+    let bound = api::SocketIdentity::of(&config.socket);
     let kept = match privileges::drop_all() {
         Ok(kept) => kept,
         Err(e) => {
@@ -259,6 +261,11 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         started,
         shadow: candidates,
         shadow_logged: HashMap::new(),
+        retention: retention::Retention {
+            max_age: config.retain_for,
+            max_count: config.retain_max,
+        },
+        sweeps: retention::Sweeps::default(),
     };
     if !daemon.shadow.is_empty() {
         eprintln!(
@@ -271,6 +278,9 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for note in daemon.shadow.notes() {
+            eprintln!("capprof: shadow mode: {note}");
+        }
     }
 
     loop {
@@ -294,6 +304,9 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let _ = api_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
+    }
+    if let Some(bound) = bound {
+        bound.remove_if_still(&config.socket);
     }
     eprintln!(
         "capprof: daemon stopped; {} profile(s) in {}",
@@ -333,6 +346,9 @@ struct Aggregator {
     /// logged, by container id and capability.
     shadow: Candidates,
     shadow_logged: HashMap<(String, crate::capability::Cap), u64>,
+    /// How long and how many exited containers stay on disk.
+    retention: retention::Retention,
+    sweeps: retention::Sweeps,
 }
 
 impl Aggregator {
@@ -342,6 +358,7 @@ impl Aggregator {
                 tracing::warn!("finalizing {id}: {e}");
             }
             self.persist(&id);
+            self.sweeps.exited();
         }
         self.evict();
     }
@@ -413,6 +430,7 @@ impl Aggregator {
             }
         }
         self.log_shadow(&ids, &index);
+        self.keep_bounded();
     }
 
     /// Logs each new violation of a candidate allowlist, and each time a

@@ -10,6 +10,13 @@
 //! Candidates are profiles (`capprof record`, `minimize`, …): each applies
 //! to the container of its `subject.name` and, failing a name match, to
 //! every container of its `subject.image`.
+//!
+//! A container never has two candidates, and none is picked for it by
+//! load order: two profiles for the same container name, or two profiles
+//! without a name for the same image, refuse the start
+//! ([`ShadowError::Ambiguous`]). Profiles that name different containers of
+//! one image leave that image without a fallback (other containers of it
+//! get no candidate), which the daemon says at start ([`Candidates::notes`]).
 
 use std::{
     collections::BTreeMap,
@@ -38,6 +45,15 @@ pub enum ShadowError {
     Unmatchable { path: PathBuf },
     #[error("no shadow profile (*.json) in {}", path.display())]
     Empty { path: PathBuf },
+    #[error(
+        "shadow profiles {first} and {second} are both candidates for {key}: pass only one (capprof merge combines profiles)"
+    )]
+    Ambiguous {
+        /// `container "web"` or `image "nginx:1"`.
+        key: String,
+        first: String,
+        second: String,
+    },
 }
 
 /// One candidate allowlist.
@@ -53,7 +69,29 @@ pub struct Candidate {
 #[derive(Debug, Clone, Default)]
 pub struct Candidates {
     by_name: BTreeMap<String, Candidate>,
-    by_image: BTreeMap<String, Candidate>,
+    by_image: BTreeMap<String, ImageCandidates>,
+    /// The files loaded, canonical: one named twice is read once.
+    files: std::collections::BTreeSet<PathBuf>,
+}
+
+/// The candidates that could apply to a container of one image that no
+/// name matched.
+#[derive(Debug, Clone, Default)]
+struct ImageCandidates {
+    /// A profile without a name: meant for every container of the image.
+    explicit: Option<Candidate>,
+    /// Profiles of named containers of the image: a fallback only when
+    /// there is exactly one.
+    named: Vec<Candidate>,
+}
+
+impl ImageCandidates {
+    fn fallback(&self) -> Option<&Candidate> {
+        match (&self.explicit, self.named.as_slice()) {
+            (Some(c), _) | (None, [c]) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 /// A capability a container used that its candidate lacks.
@@ -115,6 +153,10 @@ impl Candidates {
     }
 
     fn add(&mut self, file: &Path) -> Result<(), ShadowError> {
+        let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+        if !self.files.insert(canonical) {
+            return Ok(());
+        }
         let shown = file.display().to_string();
         let profile = crate::load::load_one(&shown)?.profile;
         let candidate = Candidate {
@@ -123,22 +165,67 @@ impl Candidates {
             proven: profile.proof.as_ref().is_some_and(|p| p.sufficient),
         };
         let subject = &profile.subject;
-        if subject.name.is_none() && subject.image.is_none() {
-            return Err(ShadowError::Unmatchable {
-                path: file.to_owned(),
-            });
-        }
-        if let Some(name) = &subject.name {
-            self.by_name.insert(name.clone(), candidate.clone());
+        let ambiguous = |key: String, first: &Candidate| ShadowError::Ambiguous {
+            key,
+            first: first.source.clone(),
+            second: candidate.source.clone(),
+        };
+        match (&subject.name, &subject.image) {
+            (None, None) => {
+                return Err(ShadowError::Unmatchable {
+                    path: file.to_owned(),
+                });
+            }
+            (Some(name), _) => {
+                if let Some(first) = self.by_name.get(name) {
+                    return Err(ambiguous(format!("container {name:?}"), first));
+                }
+                self.by_name.insert(name.clone(), candidate.clone());
+            }
+            (None, Some(image)) => {
+                if let Some(first) = self.by_image.get(image).and_then(|i| i.explicit.as_ref()) {
+                    return Err(ambiguous(format!("image {image:?}"), first));
+                }
+            }
         }
         if let Some(image) = &subject.image {
-            self.by_image.insert(image.clone(), candidate);
+            let entry = self.by_image.entry(image.clone()).or_default();
+            match subject.name {
+                Some(_) => entry.named.push(candidate),
+                None => entry.explicit = Some(candidate),
+            }
         }
         Ok(())
     }
 
+    /// How many candidate profiles there are.
     pub fn len(&self) -> usize {
-        self.by_name.len().max(self.by_image.len())
+        self.by_name.len()
+            + self
+                .by_image
+                .values()
+                .filter(|i| i.explicit.is_some())
+                .count()
+    }
+
+    /// What the user should know about how candidates apply: each image
+    /// whose containers, unless named, get none because several named
+    /// profiles of it could.
+    pub fn notes(&self) -> Vec<String> {
+        self.by_image
+            .iter()
+            .filter(|(_, i)| i.fallback().is_none() && i.named.len() > 1)
+            .map(|(image, i)| {
+                format!(
+                    "image {image:?}: {} each name one container; other containers of it get no candidate",
+                    i.named
+                        .iter()
+                        .map(|c| c.source.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -151,7 +238,7 @@ impl Candidates {
             .map(|c| (c, "name"))
             .or_else(|| {
                 image
-                    .and_then(|i| self.by_image.get(i))
+                    .and_then(|i| self.by_image.get(i)?.fallback())
                     .map(|c| (c, "image"))
             })
     }
@@ -207,6 +294,54 @@ pub fn violations(profile: &Profile, allowed: &[Cap]) -> Vec<Violation> {
 mod tests {
     use super::*;
     use crate::profile::{Subject, with_allowlist};
+
+    fn subject(name: Option<&str>, image: &str) -> Subject {
+        Subject {
+            kind: "container".into(),
+            name: name.map(str::to_owned),
+            image: Some(image.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Two candidates for one container refuse the start, naming both;
+    /// named profiles of one image leave its other containers without one.
+    #[test]
+    fn ambiguous_candidates_are_refused_not_picked_by_order() {
+        let scratch_dir = scratch("ambiguous");
+        let dir = scratch_dir.0.clone();
+        let write = |file: &str, caps: &[&str], s: Subject| {
+            std::fs::write(dir.join(file), with_allowlist(caps, s).to_json()).unwrap();
+            dir.join(file)
+        };
+        let a = write("a.json", &["CAP_CHOWN"], subject(Some("web"), "nginx:1"));
+        let b = write("b.json", &[], subject(Some("web"), "nginx:2"));
+        let err = Candidates::load(&[a.clone(), b.clone()]).unwrap_err();
+        let line = err.to_string();
+        assert!(matches!(err, ShadowError::Ambiguous { .. }), "{line}");
+        assert!(line.contains("a.json") && line.contains("b.json"), "{line}");
+        assert!(line.contains("\"web\""), "{line}");
+
+        let c = write("c.json", &[], subject(None, "job:1"));
+        let d = write("d.json", &["CAP_KILL"], subject(None, "job:1"));
+        let line = Candidates::load(&[c, d]).unwrap_err().to_string();
+        assert!(line.contains("c.json") && line.contains("d.json"), "{line}");
+        assert!(line.contains("image \"job:1\""), "{line}");
+
+        let e = write("e.json", &["CAP_KILL"], subject(Some("api"), "nginx:1"));
+        let both = Candidates::load(&[a, e]).unwrap();
+        assert_eq!(both.find(Some("api"), Some("nginx:1")).unwrap().1, "name");
+        assert!(both.find(Some("other"), Some("nginx:1")).is_none());
+        let notes = both.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("a.json") && notes[0].contains("e.json"));
+        // An image's own candidate (no name) applies over named ones.
+        let f = write("f.json", &[], subject(None, "nginx:1"));
+        let all = Candidates::load(&[dir.join("a.json"), dir.join("e.json"), f]).unwrap();
+        let (found, how) = all.find(Some("other"), Some("nginx:1")).unwrap();
+        assert!(found.source.ends_with("f.json") && how == "image");
+        assert!(all.notes().is_empty());
+    }
 
     /// A directory of its own, removed when the test ends.
     struct Scratch(PathBuf);
@@ -268,6 +403,10 @@ mod tests {
             .unwrap();
         assert!(fine.violations.is_empty());
         assert!(fine.safe_since.is_some());
+
+        // The same file named twice is one candidate, not two.
+        let twice = Candidates::load(&[dir.join("web.json"), dir.clone()]).unwrap();
+        assert_eq!(twice.len(), 2);
 
         let err = Candidates::load(&[dir.join("notes.txt")]).unwrap_err();
         assert!(err.to_string().contains("not a capprof profile"), "{err}");

@@ -118,28 +118,76 @@ impl StateDir {
             .map_err(|source| StateError::Write { path, source })?;
         // A pod's sandbox (pause) container is the runtime's: no profile.
         if let Some(current) = state.current.as_ref().filter(|_| !state.sandbox) {
-            // A pod's container: `profiles/<namespace>/<pod>/<container>.json`.
-            if let Some(path) = state
-                .k8s
-                .as_ref()
-                .zip(state.name.as_deref())
-                .and_then(|(k8s, name)| crate::cri::profile_path(&self.profiles, k8s, name))
-            {
-                let made = path.parent().map_or(Ok(()), fs::create_dir_all);
-                return made
-                    .and_then(|()| fsutil::write_atomic(&path, current.to_json().as_bytes()))
-                    .map_err(|source| StateError::Write { path, source });
-            }
-            let stem = state
-                .name
-                .as_deref()
-                .and_then(safe_name)
-                .unwrap_or_else(|| crate::engine::short_id(&state.id));
-            let path = self.profiles.join(format!("{stem}.json"));
-            fsutil::write_atomic(&path, current.to_json().as_bytes())
+            let path = self.profile_path(state);
+            let made = path.parent().map_or(Ok(()), fs::create_dir_all);
+            made.and_then(|()| fsutil::write_atomic(&path, current.to_json().as_bytes()))
                 .map_err(|source| StateError::Write { path, source })?;
         }
         Ok(())
+    }
+
+    /// Where a container's profile is written: a pod's container under
+    /// `profiles/<namespace>/<pod>/<container>.json`, any other under its
+    /// name (or short id).
+    fn profile_path(&self, state: &PersistedContainer) -> PathBuf {
+        if let Some(path) = state
+            .k8s
+            .as_ref()
+            .zip(state.name.as_deref())
+            .and_then(|(k8s, name)| crate::cri::profile_path(&self.profiles, k8s, name))
+        {
+            return path;
+        }
+        let stem = state
+            .name
+            .as_deref()
+            .and_then(safe_name)
+            .unwrap_or_else(|| crate::engine::short_id(&state.id));
+        self.profiles.join(format!("{stem}.json"))
+    }
+
+    /// Every container's state file: its id and when it was last written.
+    pub fn written(&self) -> Vec<(String, SystemTime)> {
+        let Ok(entries) = fs::read_dir(&self.containers) else {
+            return vec![];
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let id = name.to_str()?.strip_suffix(".json")?;
+                let at = e.metadata().ok()?.modified().ok()?;
+                is_container_id(id).then(|| (id.to_owned(), at))
+            })
+            .collect()
+    }
+
+    /// Removes a container's files: its state, and its profile unless that
+    /// file is now another container's (a name re-used after it exited).
+    pub fn remove(&self, id: &str) {
+        if !is_container_id(id) {
+            return;
+        }
+        let state_file = self.containers.join(format!("{id}.json"));
+        if let Ok(state) = parse(&state_file) {
+            let profile = self.profile_path(&state);
+            if profile_subject_id(&profile).as_deref() == Some(id) {
+                if let Err(e) = fs::remove_file(&profile) {
+                    tracing::warn!("cannot remove {}: {e}", profile.display());
+                }
+                // A pod's directories go with its last profile.
+                for dir in profile.ancestors().skip(1) {
+                    if dir == self.profiles || fs::remove_dir(dir).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = fs::remove_file(&state_file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", state_file.display());
+        }
     }
 
     /// Reads one container back (an evicted one, for the API).
@@ -165,6 +213,20 @@ impl StateDir {
             .filter(|id| is_container_id(id))
             .collect()
     }
+}
+
+/// The container id a profile file names, if it is one.
+fn profile_subject_id(path: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        subject: HeadSubject,
+    }
+    #[derive(serde::Deserialize)]
+    struct HeadSubject {
+        id: Option<String>,
+    }
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice::<Head>(&bytes).ok()?.subject.id
 }
 
 /// Why a state file was not taken back.
@@ -246,6 +308,56 @@ mod tests {
         assert_eq!(aside, 1);
         assert!(dir.read(&id).is_some());
         assert!(dir.read("../etc/passwd").is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Removing a container keeps a profile file that a newer container
+    /// of the same name has taken over.
+    #[test]
+    fn removing_keeps_a_reused_names_profile() {
+        use crate::profile::{Subject, with_allowlist};
+        let root = std::env::temp_dir().join(format!("capprof-state-rm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = StateDir::open(&root).unwrap();
+        let state = |id: String| {
+            let profile = with_allowlist(
+                &["CAP_CHOWN"],
+                Subject {
+                    kind: "container".into(),
+                    id: Some(id.clone()),
+                    name: Some("web".into()),
+                    ..Default::default()
+                },
+            );
+            PersistedContainer {
+                schema: STATE_SCHEMA.into(),
+                id,
+                runtime: "docker".into(),
+                cgroup: None,
+                cgroup_ids: vec![],
+                name: Some("web".into()),
+                image: None,
+                capabilities: None,
+                k8s: None,
+                sandbox: false,
+                exited: true,
+                started: None,
+                partial: None,
+                base: None,
+                current: Some(profile),
+            }
+        };
+        let (old, new) = ("a".repeat(64), "b".repeat(64));
+        dir.write(&state(old.clone())).unwrap();
+        dir.write(&state(new.clone())).unwrap();
+        let profile = root.join("profiles/web.json");
+        dir.remove(&old);
+        assert!(profile.exists(), "the newer container's profile went too");
+        assert!(dir.read(&old).is_none());
+        assert_eq!(dir.written().len(), 1);
+        dir.remove(&new);
+        assert!(!profile.exists());
+        assert!(dir.written().is_empty());
         fs::remove_dir_all(&root).unwrap();
     }
 }

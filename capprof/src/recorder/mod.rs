@@ -581,6 +581,32 @@ impl Recorder {
             .collect()
     }
 
+    /// Takes every running container whose cgroup directory is gone for
+    /// dead, as if the engine had said so: without an engine (or for a
+    /// container it never announced) nothing else ever would, and it would
+    /// stay "running" forever. One `stat` per running container; returns
+    /// how many were found gone.
+    pub fn mark_gone(&mut self) -> usize {
+        let mut gone = 0;
+        for rec in self.containers.values_mut() {
+            if rec.exited || rec.died.is_some() || rec.cgroup_ids.is_empty() {
+                continue;
+            }
+            let Some(path) = &rec.cgroup else { continue };
+            // Only "no such directory" says gone; the daemon holds no
+            // capability, and a refused stat must not end a container.
+            let dir = self.mount.join(path.trim_start_matches('/'));
+            if !matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+            {
+                continue;
+            }
+            rec.died = Some(Instant::now());
+            self.dying.insert(rec.id.clone());
+            gone += 1;
+        }
+        gone
+    }
+
     /// Whether a container died and waits to be finalized.
     pub fn has_dying(&self) -> bool {
         !self.dying.is_empty()

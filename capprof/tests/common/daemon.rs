@@ -56,6 +56,23 @@ impl TestDaemon {
         (self.child, self.lines) = spawn(&self.args);
     }
 
+    /// Sends `signal` and waits for the daemon to exit; its exit status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not stop on signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path("run/capprof.sock")
     }

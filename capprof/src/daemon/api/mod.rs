@@ -219,6 +219,42 @@ pub fn unlink(path: &Path) {
     }
 }
 
+/// The socket file a daemon bound, told apart by device and inode from
+/// anything that takes its place later (a second daemon's socket, a file an
+/// operator put there): a clean stop removes only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketIdentity {
+    /// What is at `path` now, if it is a socket.
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = fs::symlink_metadata(path).ok()?;
+        meta.file_type().is_socket().then(|| Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Removes the socket at `path` if it is still this one; whether it did.
+    /// The daemon has dropped its capabilities by then: as the owner of the
+    /// directory (root's 0755 one) it needs none to unlink.
+    pub fn remove_if_still(self, path: &Path) -> bool {
+        if Self::of(path) != Some(self) {
+            return false;
+        }
+        match fs::remove_file(path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("cannot remove the API socket {}: {e}", path.display());
+                false
+            }
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then lets the
 /// requests in flight finish.
 pub async fn serve(

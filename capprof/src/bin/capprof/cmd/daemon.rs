@@ -70,6 +70,15 @@ pub struct DaemonArgs {
         value_delimiter = ','
     )]
     pub shadow: Vec<PathBuf>,
+    /// Remove an exited container's files this long after their last
+    /// write ("7d", "12h") [default: 7d].
+    #[arg(long, value_name = "DURATION", env = "CAPPROF_RETAIN_FOR",
+          value_parser = humantime::parse_duration)]
+    pub retain_for: Option<std::time::Duration>,
+    /// Keep at most this many exited containers on disk, the newest
+    /// [default: 1000].
+    #[arg(long, value_name = "N", env = "CAPPROF_RETAIN_MAX")]
+    pub retain_max: Option<usize>,
     /// Remove the pinned maps and programs, then exit.
     #[arg(long)]
     pub reset: bool,
@@ -104,6 +113,12 @@ impl DaemonArgs {
         }
         if let Some(v) = &self.bpffs {
             c.bpffs = v.clone();
+        }
+        if let Some(v) = self.retain_for {
+            c.retain_for = v;
+        }
+        if let Some(v) = self.retain_max {
+            c.retain_max = v;
         }
         if !self.shadow.is_empty() {
             c.shadow = self.shadow.clone();
