@@ -220,6 +220,10 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let session = Session::start_with(observer, recorder, source, TICK).await?;
     pins.dir = None;
 
+    // Before "ready": a SIGTERM sent as soon as it is said must stop the
+    // daemon cleanly, not kill it with the default action.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     eprintln!(
         "capprof: daemon ready: {} backend, watching {}, api {}, {} capabilities kept{}",
         backend,
@@ -237,8 +241,6 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
             .unwrap_or_default(),
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut flush = tokio::time::interval(Duration::from_secs(config.flush_interval_secs));
     let mut daemon = Aggregator {
         session,
