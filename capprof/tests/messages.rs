@@ -358,3 +358,49 @@ fn record_says_how_long_and_why_nothing_was_written() {
         "no reason: {wrote}"
     );
 }
+
+/// `doctor` tries every backend besides the one it uses, and its lines
+/// agree with what `run --backend` then does; its verdict agrees with its
+/// lines: `ready` only with every required check ok, and no `FAIL` line.
+#[test]
+#[ignore = "needs root"]
+fn doctor_tries_each_backend_and_its_verdict_matches_its_lines() {
+    require_root();
+    let out = capprof(&["doctor", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let used = report["backend"].as_str().unwrap().to_owned();
+    let checks = report["checks"].as_array().unwrap();
+    for backend in ["tp_btf", "fexit", "kprobe", "lsm"] {
+        if backend == used {
+            continue;
+        }
+        let name = if backend == "lsm" {
+            "bpf lsm".to_owned()
+        } else {
+            format!("backend {backend}")
+        };
+        let check = checks
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no check {name:?} in {report}"));
+        assert_eq!(check["tried"], true, "{check}");
+        let run = capprof(&["run", "--quiet", "--backend", backend, "--", "true"]);
+        assert_eq!(
+            check["ok"].as_bool().unwrap(),
+            run.status.success(),
+            "doctor says {check} but run --backend {backend}: {}",
+            output_text(&run)
+        );
+    }
+    let table = capprof(&["doctor"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ready: capprof records with"), "{text}");
+    assert!(last.contains(&used), "{text}");
+    assert!(!text.contains("[FAIL]"), "a FAIL line before ready: {text}");
+    let no_load = capprof(&["doctor", "--no-load"]);
+    let text = String::from_utf8_lossy(&no_load.stdout);
+    assert!(!text.contains("\nready"), "ready without loading: {text}");
+    assert!(text.contains("[skip] load"), "{text}");
+}

@@ -419,9 +419,11 @@ impl Observer {
         self.backend
     }
 
-    /// Whether the kernel would take `backend` too: loads (without
-    /// attaching) its calibration program, the same program type on the same
-    /// hook, and unloads it. For `capprof doctor`.
+    /// Whether the kernel would take `backend` too: loads its calibration
+    /// program (the same program type on the same hook), attaches it for a
+    /// moment, and unloads it. Attaching is part of the question: a kernel
+    /// without kprobes loads a kprobe program and only refuses to attach it.
+    /// For `capprof doctor`.
     pub fn probe_backend(&mut self, backend: Backend) -> Result<(), ObserverError> {
         let unavailable = |reason| ObserverError::BackendUnavailable { backend, reason };
         if backend == Backend::Lsm {
@@ -429,9 +431,11 @@ impl Observer {
         }
         let btf = aya::Btf::from_sys_fs().map_err(btf::BtfError::Aya)?;
         let (name, hook) = calibrate::program(backend);
-        attach::load(&mut self.ebpf, &btf, name, hook)
-            .map_err(|e| unavailable(Unavailable::Refused(e)))?;
-        attach::unload(&mut self.ebpf, name, hook).map_err(ObserverError::from)
+        let tried = attach::load_and_attach(&mut self.ebpf, &btf, name, hook)
+            .and_then(|attached| attached.detach(&mut self.ebpf));
+        let unloaded = attach::unload(&mut self.ebpf, name, hook);
+        tried.map_err(|e| unavailable(Unavailable::Refused(e)))?;
+        unloaded.map_err(ObserverError::from)
     }
 
     pub fn classification(&self) -> &Classification {

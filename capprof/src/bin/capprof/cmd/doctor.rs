@@ -42,8 +42,45 @@ pub struct DoctorArgs {
 struct Check {
     name: &'static str,
     ok: bool,
+    /// Whether the backend in use needs it: a failed check that is not
+    /// required does not stop `ready`.
+    required: bool,
+    /// False when the check was not made (not root, `--no-load`): `ok` is
+    /// then false without meaning a failure.
+    tried: bool,
     detail: String,
 }
+
+impl Check {
+    fn new(name: &'static str, ok: bool, detail: String) -> Self {
+        Self {
+            name,
+            ok,
+            required: REQUIRED.contains(&name),
+            tried: true,
+            detail,
+        }
+    }
+
+    fn not_tried(name: &'static str, detail: String) -> Self {
+        Self {
+            tried: false,
+            ..Self::new(name, false, detail)
+        }
+    }
+
+    fn marker(&self) -> &'static str {
+        match (self.ok, self.tried, self.required) {
+            (true, _, _) => " ok ",
+            (false, false, _) => "skip",
+            (false, true, true) => "FAIL",
+            (false, true, false) => " no ",
+        }
+    }
+}
+
+/// What every backend needs; the backend's own load is `load`.
+const REQUIRED: [&str; 4] = ["root", "btf", "cgroup2", "load"];
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -79,53 +116,49 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     let mut checks = vec![];
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    checks.push(Check {
-        name: "root",
-        ok: root,
-        detail: if root {
+    checks.push(Check::new(
+        "root",
+        root,
+        if root {
             "running as root".into()
         } else {
             "capprof needs root".into()
         },
-    });
+    ));
     let has_btf = btf::btf_present();
-    checks.push(Check {
-        name: "btf",
-        ok: has_btf,
-        detail: btf::VMLINUX_BTF.into(),
-    });
+    checks.push(Check::new("btf", has_btf, btf::VMLINUX_BTF.into()));
     let kernel = if has_btf {
         KernelBtf::read().ok()
     } else {
         None
     };
     if let Some(k) = &kernel {
-        checks.push(Check {
-            name: "cap_capable tracepoint",
-            ok: k.has_cap_tracepoint,
-            detail: if k.has_cap_tracepoint {
+        checks.push(Check::new(
+            "cap_capable tracepoint",
+            k.has_cap_tracepoint,
+            if k.has_cap_tracepoint {
                 "present (6.14+)".into()
             } else {
                 "absent (before 6.14)".into()
             },
-        });
-        checks.push(Check {
-            name: "cap_capable in BTF",
-            ok: k.has_cap_capable_func,
-            detail: "needed by fexit".into(),
-        });
-        checks.push(Check {
-            name: "task_struct.tgid",
-            ok: k.task_tgid_offset.is_some(),
-            detail: k.task_tgid_offset.map_or(
+        ));
+        checks.push(Check::new(
+            "cap_capable in BTF",
+            k.has_cap_capable_func,
+            "the function fexit and kprobe hook; whether they load is tried below".into(),
+        ));
+        checks.push(Check::new(
+            "task_struct.tgid",
+            k.task_tgid_offset.is_some(),
+            k.task_tgid_offset.map_or(
                 "not found: forks in containers are not followed".into(),
                 |o| format!("offset {o}"),
             ),
-        });
-        checks.push(Check {
-            name: "credential offsets",
-            ok: k.creds.is_some(),
-            detail: k.creds.map_or(
+        ));
+        checks.push(Check::new(
+            "credential offsets",
+            k.creds.is_some(),
+            k.creds.map_or(
                 "not found: checks made with borrowed credentials (overlayfs copy-up) count as \
                  the workload's, and user namespaces are not told apart"
                     .into(),
@@ -137,23 +170,23 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                     )
                 },
             ),
-        });
+        ));
     }
     let cg2 = cgroup::cgroup2_mount();
-    checks.push(Check {
-        name: "cgroup2",
-        ok: cg2.is_ok(),
-        detail: match &cg2 {
+    checks.push(Check::new(
+        "cgroup2",
+        cg2.is_ok(),
+        match &cg2 {
             Ok(p) => p.display().to_string(),
             Err(e) => e.to_string(),
         },
-    });
+    ));
     let bpffs = mounted("bpf");
-    checks.push(Check {
-        name: "bpffs",
-        ok: bpffs.is_some(),
-        detail: bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()),
-    });
+    checks.push(Check::new(
+        "bpffs",
+        bpffs.is_some(),
+        bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()),
+    ));
     // Not required: the lsm backend is only ever forced. Whether the kernel
     // also loads BPF-LSM programs is known after loading, below.
     let lsm = bpf_lsm_active().map_err(|e| e.to_string());
@@ -176,95 +209,45 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         });
     }
     let (mut classification, mut load_ms) = (None, None);
-    // The lsm backend: is `bpf` an active LSM, and does the kernel load the
-    // program (checked with the observer, unless --no-load)?
-    let mut lsm = lsm.map(|()| format!("active ({lsm_list})"));
-    let mut lsm_loads = false;
     let mut programs = None;
-    if root && has_btf && !args.no_load {
+    let lsm = lsm.map(|()| format!("active ({lsm_list})"));
+    let others = if root && has_btf && !args.no_load {
         match Observer::load(backend) {
             Ok(mut observer) => {
-                if let Ok(active) = &lsm {
-                    lsm_loads = observer.backend() == Backend::Lsm;
-                    if !lsm_loads {
-                        match observer.probe_backend(Backend::Lsm) {
-                            Ok(()) => lsm_loads = true,
-                            Err(ObserverError::BackendUnavailable { reason, .. }) => {
-                                lsm = Err(format!("{active}, but {reason}"))
-                            }
-                            Err(other) => lsm = Err(format!("{active}, but {other}")),
-                        }
-                    }
-                }
-                classification = Some(match observer.classification() {
-                    capprof::observer::Classification::Opts {
-                        call_site: Some(slots),
-                    } if observer.backend() == Backend::Lsm => {
-                        format!(
-                            "opts, call sites at slots {}/{} (granted checks only)",
-                            slots.caller, slots.outer
-                        )
-                    }
-                    capprof::observer::Classification::CallSite {
-                        caller_slot,
-                        outer_slot,
-                    } => {
-                        format!("call-site (slots {caller_slot}/{outer_slot})")
-                    }
-                    capprof::observer::Classification::Opts {
-                        call_site: Some(slots),
-                    } => {
-                        format!(
-                            "opts, advisory probes by call site (slots {}/{})",
-                            slots.caller, slots.outer
-                        )
-                    }
-                    capprof::observer::Classification::Opts { call_site: None } => {
-                        "opts (call sites uncalibrated: advisory probes count as silent)".into()
-                    }
-                    other => other.to_string(),
-                });
+                classification = Some(describe_classification(&observer));
                 load_ms = Some(observer.load_time().as_millis());
                 // While this load's own programs are still in the kernel.
                 programs = Some(prog_stats::capprof_programs());
-                checks.push(Check {
-                    name: "load",
-                    ok: true,
-                    detail: format!("{} attached", observer.backend()),
-                });
+                checks.push(Check::new(
+                    "load",
+                    true,
+                    format!("{} attached", observer.backend()),
+                ));
+                other_backends(backend, Some(&mut observer), &lsm, "")
             }
             Err(err) => {
-                if let (Some(Backend::Lsm), Ok(active)) = (backend, &lsm) {
-                    lsm = Err(format!("{active}, but {err}"));
-                }
-                checks.push(Check {
-                    name: "load",
-                    ok: false,
-                    detail: err.to_string(),
-                });
+                checks.push(Check::new("load", false, err.to_string()));
+                other_backends(backend, None, &lsm, "not tried: the observer did not load")
             }
         }
-    }
+    } else {
+        let why = if args.no_load {
+            "not tried (--no-load)"
+        } else {
+            "not tried (needs root and BTF)"
+        };
+        checks.push(Check::not_tried("load", why.to_owned()));
+        other_backends(backend, None, &lsm, why)
+    };
     if root {
         checks.push(recursion_check(
             programs.unwrap_or_else(prog_stats::capprof_programs),
         ));
     }
-    checks.push(Check {
-        name: "bpf lsm",
-        ok: lsm.is_ok(),
-        detail: match lsm {
-            Ok(active) if lsm_loads => format!(
-                "{active}, and the kernel loads BPF-LSM programs: `--backend lsm` works; it sees granted checks only, so capprof never picks it by itself"
-            ),
-            Ok(active) => format!("{active}: `--backend lsm` may work (not tried); it sees granted checks only"),
-            Err(why) => format!("{why}: the lsm backend is unavailable"),
-        },
-    });
-    let required = ["root", "btf", "cgroup2", "load"];
+    checks.extend(others);
     let missing: Vec<String> = checks
         .iter()
-        .filter(|c| !c.ok && required.contains(&c.name))
+        .filter(|c| !c.ok && c.required && c.tried)
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
     let report = Report {
@@ -291,6 +274,87 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// How the loaded observer classifies checks, in a few words.
+fn describe_classification(observer: &Observer) -> String {
+    use capprof::observer::Classification;
+    match observer.classification() {
+        Classification::Opts {
+            call_site: Some(slots),
+        } if observer.backend() == Backend::Lsm => format!(
+            "opts, call sites at slots {}/{} (granted checks only)",
+            slots.caller, slots.outer
+        ),
+        Classification::CallSite {
+            caller_slot,
+            outer_slot,
+        } => format!("call-site (slots {caller_slot}/{outer_slot})"),
+        Classification::Opts {
+            call_site: Some(slots),
+        } => format!(
+            "opts, advisory probes by call site (slots {}/{})",
+            slots.caller, slots.outer
+        ),
+        Classification::Opts { call_site: None } => {
+            "opts (call sites uncalibrated: advisory probes count as silent)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Whether the kernel takes each backend other than the one in use: each
+/// is tried with the loaded observer (its calibration program loaded and
+/// unloaded), or said to be not tried. None of them is required: they are
+/// only for `--backend`. The lsm one keeps its name, `bpf lsm`.
+fn other_backends(
+    used: Option<Backend>,
+    mut observer: Option<&mut Observer>,
+    lsm: &Result<String, String>,
+    not_tried: &str,
+) -> Vec<Check> {
+    let all = [
+        Backend::TpBtf,
+        Backend::Fexit,
+        Backend::Kprobe,
+        Backend::Lsm,
+    ];
+    let mut checks = vec![];
+    for backend in all.into_iter().filter(|b| Some(*b) != used) {
+        let name = match backend {
+            Backend::TpBtf => "backend tp_btf",
+            Backend::Fexit => "backend fexit",
+            Backend::Kprobe => "backend kprobe",
+            Backend::Lsm => "bpf lsm",
+        };
+        let check = match (&mut observer, backend, lsm) {
+            (_, Backend::Lsm, Err(why)) => Check::new(
+                name,
+                false,
+                format!("{why}: `--backend lsm` is unavailable"),
+            ),
+            (None, _, _) => Check::not_tried(name, not_tried.to_owned()),
+            (Some(observer), _, _) => match observer.probe_backend(backend) {
+                Ok(()) => Check::new(
+                    name,
+                    true,
+                    format!("the kernel loads it: `--backend {backend}` works"),
+                ),
+                Err(ObserverError::BackendUnavailable { reason, .. }) => Check::new(
+                    name,
+                    false,
+                    format!("{reason}: `--backend {backend}` is unavailable here"),
+                ),
+                Err(other) => Check::new(
+                    name,
+                    false,
+                    format!("{other}: `--backend {backend}` is unavailable here"),
+                ),
+            },
+        };
+        checks.push(check);
+    }
+    checks
 }
 
 /// `recursion_misses` of every capprof program loaded on this host: this
@@ -334,11 +398,7 @@ fn recursion_check(programs: Vec<LoadedProgram>) -> Check {
             )
         }
     };
-    Check {
-        name: "recursion misses",
-        ok: misses == 0,
-        detail,
-    }
+    Check::new("recursion misses", misses == 0, detail)
 }
 
 fn render_report(r: &Report) -> String {
@@ -355,20 +415,27 @@ fn render_report(r: &Report) -> String {
         let _ = writeln!(out, "load:     {ms} ms (load, calibrate, attach)");
     }
     for c in &r.checks {
-        let _ = writeln!(
-            out,
-            "  [{}] {:<24} {}",
-            if c.ok { " ok " } else { "FAIL" },
-            c.name,
-            c.detail
-        );
+        let _ = writeln!(out, "  [{}] {:<24} {}", c.marker(), c.name, c.detail);
     }
     let _ = writeln!(out, "backends by preference:");
     for (b, since, needs) in COMPAT {
         let _ = writeln!(out, "  {b:<7} Linux {since:<5} needs {needs}");
     }
+    let loaded = r.checks.iter().any(|c| c.name == "load" && c.ok);
     if r.missing.is_empty() {
-        let _ = writeln!(out, "ready");
+        let backend = r.backend.as_deref().unwrap_or("the chosen backend");
+        let _ = if loaded {
+            writeln!(
+                out,
+                "ready: capprof records with {backend} here (it needs root, BTF, cgroup2 and \
+                 loading {backend}: all ok); a backend marked `no` matters only with --backend"
+            )
+        } else {
+            writeln!(
+                out,
+                "not known: root, BTF and cgroup2 are ok, but loading {backend} was not tried"
+            )
+        };
     } else {
         let _ = writeln!(out, "missing: {}", r.missing.join("; "));
     }
