@@ -14,6 +14,7 @@ mod demo;
 mod engine;
 mod fuzz;
 mod image;
+mod kube;
 mod libtest;
 mod nonroot;
 mod setup;
@@ -46,6 +47,10 @@ enum Command {
     /// Fuzz the profile parser and the daemon's HTTP handling (libFuzzer)
     /// for a bounded time each, from the seed corpus in capprof/fuzz.
     Fuzz(fuzz::FuzzArgs),
+    /// Start the fleet tests' kube-apiserver (with etcd and the garbage
+    /// collector) and keep it until stdin closes, for running
+    /// `cargo test --test kube_api` by hand with the printed CAPPROF_TEST_KUBE.
+    Cluster,
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the root
     /// integration tests there, with the fexit and kprobe backends.
     VmTest(vm::VmTestArgs),
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Cluster => kube::serve().map(|()| ExitCode::SUCCESS),
         Command::VmTest(args) => vm::run(&args),
     };
     match result {

@@ -53,6 +53,8 @@ const MOUNTS: &[(&str, &str, &str)] = &[
 /// `cargo xtask setup`.
 pub fn run() -> Result<()> {
     ensure()?;
+    // Only the fleet tests need it, so `demo` does not wait for its build.
+    crate::kube::ensure_built()?;
     step("setup complete");
     Ok(())
 }
@@ -108,16 +110,18 @@ fn ensure_kubectl() -> Result<()> {
 
 fn ensure_apt_packages() -> Result<()> {
     step("checking apt packages");
-    let missing: Vec<&str> = APT_PACKAGES
+    ensure_packages(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg does not have.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| !dpkg_installed(pkg))
         .collect();
     if missing.is_empty() {
-        note(format_args!(
-            "already installed: {}",
-            APT_PACKAGES.join(" ")
-        ));
+        note(format_args!("already installed: {}", packages.join(" ")));
         return Ok(());
     }
     step(format_args!(

@@ -19,6 +19,7 @@ use crate::{
     containerd::Containerd,
     engine::Engine,
     image::{self, TEST_IMAGE, TOOLS_IMAGE},
+    kube,
     libtest::Counts,
     setup,
     util::{display, note, run_checked, step},
@@ -64,6 +65,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     crate::capprof_image::ensure_capprof_image(&engine)?;
     // A private containerd for the CRI tests (tests/cri.rs).
     let containerd = Containerd::start(&engine)?;
+    // A real kube-apiserver for the fleet tests (tests/kube_api.rs).
+    kube::ensure_built()?;
+    let cluster = kube::Cluster::start()?;
 
     // Each bad-input case the tests check (one line, its exit status) is
     // logged here by their shared assertion, and counted below.
@@ -79,7 +83,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .env("CAPPROF_NGINX_IMAGE", image::NGINX_IMAGE)
         .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE)
         .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log)
-        .env("CAPPROF_TEST_CRI", containerd.endpoint());
+        .env("CAPPROF_TEST_CRI", containerd.endpoint())
+        .env("CAPPROF_TEST_KUBE", cluster.dir());
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
     }
@@ -92,6 +97,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     ));
     let outcome = run_and_count(&mut cmd);
     // Stop the private engines before the summary, so the summary stays last.
+    drop(cluster);
     drop(containerd);
     engine.stop();
     let (status, counts) = outcome?;
