@@ -29,6 +29,7 @@ pub const SOCKETS_PENDING: &str = "SOCKETS_PENDING";
 /// The syscall hooks' records the ring buffer had no room for.
 pub const CONDITIONAL_BACKLOG: &str = "CONDITIONAL_BACKLOG";
 pub const CAPSET_BACKLOG: &str = "CAPSET_BACKLOG";
+pub const CAPSET_EXEC_BACKLOG: &str = "CAPSET_EXEC_BACKLOG";
 /// What each process's capset() calls kept, until its next exec.
 pub const CAPSET_RAISES: &str = "CAPSET_RAISES";
 
@@ -98,6 +99,7 @@ pub const ALL_MAPS: &[&str] = &[
     SOCKETS_PENDING,
     CONDITIONAL_BACKLOG,
     CAPSET_BACKLOG,
+    CAPSET_EXEC_BACKLOG,
     CAPSET_RAISES,
 ];
 /// Every program userspace expects to find in the object capprof embeds.

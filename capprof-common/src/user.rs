@@ -19,4 +19,5 @@ unsafe impl aya::Pod for OperationKey {}
 unsafe impl aya::Pod for PendingSocket {}
 unsafe impl aya::Pod for crate::event::ConditionalEvent {}
 unsafe impl aya::Pod for crate::event::CapsetEvent {}
+unsafe impl aya::Pod for crate::event::CapsetExecEvent {}
 unsafe impl aya::Pod for CapsetRaise {}

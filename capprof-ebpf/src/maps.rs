@@ -7,7 +7,7 @@ use aya_ebpf::{
 use capprof_common::{
     check::{CheckKey, CheckStats, EvidenceKey, HotCache, Inflight, generations, stat},
     config::{CALIB_SAMPLES, CalibSample, Config},
-    event::{CapsetEvent, ConditionalEvent, ExecEvent},
+    event::{CapsetEvent, CapsetExecEvent, ConditionalEvent, ExecEvent},
     syscalls::{CapsetRaise, OperationKey, PendingSocket},
 };
 
@@ -106,6 +106,11 @@ pub static SOCKETS_PENDING: HashMap<u32, PendingSocket> = HashMap::with_max_entr
 #[map]
 pub static CONDITIONAL_BACKLOG: HashMap<OperationKey, ConditionalEvent> =
     HashMap::with_max_entries(4096, 0);
+
+/// As `CONDITIONAL_BACKLOG`, for the exec outcomes of capset() raises.
+#[map]
+pub static CAPSET_EXEC_BACKLOG: HashMap<OperationKey, CapsetExecEvent> =
+    HashMap::with_max_entries(1024, 0);
 
 /// As `CONDITIONAL_BACKLOG`, for capset() records.
 #[map]

@@ -62,8 +62,8 @@ use capprof_common::{
 use crate::{
     helpers,
     maps::{
-        CAPSET_BACKLOG, CAPSET_RAISES, CONDITIONAL_BACKLOG, CONFIG, EVENTS, HOT, OPS_SEEN,
-        SOCKETS_PENDING, bump, generation,
+        CAPSET_BACKLOG, CAPSET_EXEC_BACKLOG, CAPSET_RAISES, CONDITIONAL_BACKLOG, CONFIG, EVENTS,
+        HOT, OPS_SEEN, SOCKETS_PENDING, bump, generation,
     },
     observe::{CAPPROF_TGID, cgroup_mode, task_phase},
     process::send_exec,
@@ -505,12 +505,7 @@ pub fn capset_exec(tgid: u32, comm: [u8; 16]) -> Option<()> {
     }
     // Names the program it exec'd.
     send_exec(tgid);
-    let Some(mut entry) = EVENTS.reserve::<CapsetExecEvent>(0) else {
-        bump(stat::RINGBUF_LOST);
-        let _ = OPS_SEEN.remove(key);
-        return None;
-    };
-    entry.write(CapsetExecEvent {
+    let event = CapsetExecEvent {
         event: EVENT_CAPSET_EXEC,
         tgid,
         cgroup_id: raise.cgroup_id,
@@ -521,7 +516,7 @@ pub fn capset_exec(tgid: u32, comm: [u8; 16]) -> Option<()> {
         _pad: 0,
         comm_before: raise.comm,
         comm,
-    });
-    entry.submit(0);
+    };
+    emit(&key, &event, &CAPSET_EXEC_BACKLOG);
     Some(())
 }

@@ -303,3 +303,64 @@ fn a_bind_made_while_the_ring_buffer_is_full_is_kept() {
     );
     let _ = docker(&["rm", "-f", &ctr]);
 }
+
+/// setpriv run while the daemon is down: its capset() and the exec that
+/// loses what it raised are both seen, and after the restart the profile
+/// has them as transient, off the allowlist, not kept.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn a_capset_lost_at_exec_while_the_daemon_is_down_is_transient() {
+    require_engine();
+    let ctr = name("late-setpriv");
+    let tools =
+        std::env::var("CAPPROF_TOOLS_IMAGE").unwrap_or_else(|_| "capprof-tools:test".into());
+    let mut d = TestDaemon::start(Scratch::new("late-setpriv"), &[]);
+    let _ = docker(&["rm", "-f", &ctr]);
+    let out = docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &ctr,
+        &tools,
+        "sleep",
+        "120",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_until("the container's profile", Duration::from_secs(15), || {
+        daemon_profile(&d, &ctr).is_some()
+    });
+    d.stop();
+    let out = docker(&[
+        "exec",
+        &ctr,
+        "/usr/bin/setpriv",
+        "--reuid=1000",
+        "--regid=1000",
+        "--clear-groups",
+        "id",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    d.start_again();
+    let transient = |p: &Option<Value>| {
+        p.as_ref()
+            .and_then(|p| p["transient"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    wait_until(
+        "setpriv's transient capabilities",
+        Duration::from_secs(15),
+        || transient(&daemon_profile(&d, &ctr)) == 14,
+    );
+    let profile = daemon_profile(&d, &ctr).unwrap();
+    assert!(
+        profile["kept"].as_array().is_none_or(Vec::is_empty),
+        "{profile}"
+    );
+    assert!(
+        !names(&profile, "allowlist").contains(&"CAP_AUDIT_WRITE".to_owned()),
+        "{profile}"
+    );
+    let _ = docker(&["rm", "-f", &ctr]);
+}

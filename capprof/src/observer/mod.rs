@@ -522,10 +522,13 @@ impl Observer {
         };
         let conditional = take(names::CONDITIONAL_BACKLOG)?;
         let capset = take(names::CAPSET_BACKLOG)?;
+        let capset_exec = take(names::CAPSET_EXEC_BACKLOG)?;
         Ok(reader::Backlogs {
             conditional: HashMap::try_from(conditional)
                 .map_err(map_err(names::CONDITIONAL_BACKLOG))?,
             capset: HashMap::try_from(capset).map_err(map_err(names::CAPSET_BACKLOG))?,
+            capset_exec: HashMap::try_from(capset_exec)
+                .map_err(map_err(names::CAPSET_EXEC_BACKLOG))?,
         })
     }
 }

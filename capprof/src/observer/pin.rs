@@ -41,6 +41,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::SOCKETS_PENDING,
     names::CONDITIONAL_BACKLOG,
     names::CAPSET_BACKLOG,
+    names::CAPSET_EXEC_BACKLOG,
     names::CAPSET_RAISES,
 ];
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use capprof_common::{
-    event::{CapsetEvent, ConditionalEvent},
+    event::{CapsetEvent, CapsetExecEvent, ConditionalEvent},
     syscalls::OperationKey,
 };
 use tokio::{
@@ -110,6 +110,7 @@ impl ExeNames {
 pub struct Backlogs {
     pub conditional: BpfHashMap<MapData, OperationKey, ConditionalEvent>,
     pub capset: BpfHashMap<MapData, OperationKey, CapsetEvent>,
+    pub capset_exec: BpfHashMap<MapData, OperationKey, CapsetExecEvent>,
 }
 
 impl Backlogs {
@@ -118,23 +119,27 @@ impl Backlogs {
     /// never sent twice.
     fn drain(&mut self, names: &mut ExeNames) -> Vec<Received> {
         let mut out = vec![];
-        let keys: Vec<OperationKey> = self.conditional.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            if let Ok(event) = self.conditional.get(&key, 0)
-                && self.conditional.remove(&key).is_ok()
-            {
-                out.push(names.named(Record::Conditional(event)));
-            }
-        }
-        let keys: Vec<OperationKey> = self.capset.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            if let Ok(event) = self.capset.get(&key, 0)
-                && self.capset.remove(&key).is_ok()
-            {
-                out.push(names.named(Record::Capset(event)));
-            }
-        }
+        drain_one(&mut self.conditional, Record::Conditional, names, &mut out);
+        drain_one(&mut self.capset, Record::Capset, names, &mut out);
+        drain_one(&mut self.capset_exec, Record::CapsetExec, names, &mut out);
         out
+    }
+}
+
+/// Takes every record out of one backlog, as `wrap` makes it a record.
+fn drain_one<T: aya::Pod>(
+    map: &mut BpfHashMap<MapData, OperationKey, T>,
+    wrap: fn(T) -> Record,
+    names: &mut ExeNames,
+    out: &mut Vec<Received>,
+) {
+    let keys: Vec<OperationKey> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        if let Ok(event) = map.get(&key, 0)
+            && map.remove(&key).is_ok()
+        {
+            out.push(names.named(wrap(event)));
+        }
     }
 }
 
