@@ -521,10 +521,12 @@ fn audit_write_is_kept_and_flagged_unless_asked() {
     // login is then not audited), so it goes.
     let dir = Scratch::new("audit-drop");
     let out = dir.path("min.json");
+    // The container is gone by now, and with it the trust in its binds
+    // of the host's libraries: this test's own, so --trust-run.
     let dropped = minimize(
         &min.profile,
         &out,
-        &["--runs", "1", "--drop-security-relevant"],
+        &["--runs", "1", "--drop-security-relevant", "--trust-run"],
     );
     assert_eq!(
         sorted(names(&dropped, "allowlist")),
@@ -678,13 +680,18 @@ fn run_profiles_are_minimized_with_run_caps() {
     assert_eq!(profile["subject"]["run"]["command"][2], cmd.as_str());
     let input = dir.path("p.json");
     std::fs::write(&input, serde_json::to_string(&profile).unwrap()).unwrap();
-    let min = minimize(&input, &dir.path("min.json"), &["--runs", "1"]);
+    // A `run` profile's command runs on the host, as root: it takes
+    // --trust-run, and without it nothing runs.
+    let out = capprof(&["verify", input.to_str().unwrap()]);
+    assert_one_line_error(&out, 2, "run.command");
+    let trusted = ["--trust-run", "--runs", "1"];
+    let min = minimize(&input, &dir.path("min.json"), &trusted);
     assert_eq!(
         sorted(names(&min, "allowlist")),
         strs(&["CAP_CHOWN", "CAP_FOWNER"])
     );
     assert_eq!(min["proof"]["engine"], "command");
-    let (code, report) = verify(&dir.path("min.json"), &["--runs", "1"]);
+    let (code, report) = verify(&dir.path("min.json"), &trusted);
     assert_eq!(code, Some(0), "{report}");
     // With less, the command fails, and verify says so with status 1.
     let mut less = min.clone();
@@ -693,7 +700,7 @@ fn run_profiles_are_minimized_with_run_caps() {
     less["proof"]["unneeded"] = serde_json::json!([]);
     let less_path = dir.path("less.json");
     std::fs::write(&less_path, serde_json::to_string(&less).unwrap()).unwrap();
-    let (code, report) = verify(&less_path, &["--runs", "1"]);
+    let (code, report) = verify(&less_path, &trusted);
     assert_eq!(code, Some(1), "{report}");
     assert_eq!(report["sufficient"], false);
 }
@@ -865,7 +872,17 @@ fn bad_input_is_one_line_and_status_2() {
         "/capprof-no-such-probe",
         sleeper.to_str().unwrap(),
     ]);
-    assert_one_line_error(&out, 2, "cannot run in the container");
+    // Found only once the container runs: after the block that says what
+    // runs, one line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (block, last) = stderr.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(last.contains("cannot run in the container"), "{stderr}");
+    assert!(
+        block.starts_with("capprof: verify will run, as root, on ")
+            && block.lines().skip(1).all(|l| l.starts_with("  ")),
+        "{stderr}"
+    );
     assert_no_proof_containers();
 
     // Environment values that were not kept, from a container that is gone.

@@ -151,3 +151,188 @@ fn export_writes_only_regular_files() {
         assert_one_line_error(&out, 2, needle);
     }
 }
+
+/// A container profile that re-runs `true` in the test image with `run`
+/// merged into its `subject.run`; `id`, when given, names the original
+/// container.
+fn rerun_profile(dir: &Scratch, file: &str, id: Option<&str>, run: serde_json::Value) -> String {
+    let mut spec = serde_json::json!({
+        "image": test_image(), "cmd": ["true"], "network_mode": "none"
+    });
+    for (k, v) in run.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    let mut subject = serde_json::json!({"kind": "container", "name": "trust", "run": spec});
+    if let Some(id) = id {
+        subject["id"] = id.into();
+    }
+    let profile = serde_json::json!({
+        "schema": "capprof.profile/v1",
+        "generator": "capprof test",
+        "subject": subject,
+        "observation": {"start": "", "end": "", "backend": "tp_btf", "classification": "call-site"},
+        "allowlist": [], "required": [], "denied": [], "advisory": [], "silent": [],
+        "capabilities": []
+    });
+    let path = dir.path(file);
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path.display().to_string()
+}
+
+fn verify(profile: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["verify", "--runs", "1", "--timeout", "20"];
+    args.extend_from_slice(extra);
+    args.push(profile);
+    capprof(&args)
+}
+
+/// What reaches the host through the container's walls is refused, in
+/// one line naming the setting and --trust-run; with --trust-run it runs,
+/// after the block that says what will run and a warning.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn verify_refuses_what_reaches_the_host_unless_trusted() {
+    require_engine();
+    let dir = Scratch::new("trust-refuse");
+    let cases = [
+        (
+            "root.json",
+            serde_json::json!({"binds": ["/:/host:ro"]}),
+            "run.binds \"/:/host:ro\" binds the host's root",
+        ),
+        (
+            "path.json",
+            serde_json::json!({"binds": ["/etc:/hostetc:ro"]}),
+            "run.binds \"/etc:/hostetc:ro\"",
+        ),
+        (
+            "device.json",
+            serde_json::json!({"devices": [{"path_on_host": "/dev/null", "path_in_container": "/dev/xnull", "cgroup_permissions": "rwm"}]}),
+            "run.devices \"/dev/null:/dev/xnull:rwm\"",
+        ),
+        (
+            "privileged.json",
+            serde_json::json!({"privileged": true}),
+            "run.privileged",
+        ),
+        (
+            "pid.json",
+            serde_json::json!({"pid_mode": "host"}),
+            "run.pid_mode \"host\"",
+        ),
+    ];
+    for (file, run, needle) in cases {
+        let profile = rerun_profile(&dir, file, None, run);
+        let out = verify(&profile, &[]);
+        assert_one_line_error(&out, 2, needle);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--trust-run"),
+            "{}",
+            output_text(&out)
+        );
+        let out = verify(&profile, &["--trust-run"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", output_text(&out));
+        assert!(
+            stderr.contains("capprof: verify will run, as root, on "),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("capprof: WARNING: --trust-run: running what capprof would refuse: ")
+                && stderr.contains(needle),
+            "{stderr}"
+        );
+    }
+}
+
+/// The original container's own binds are trusted while the engine has
+/// it (and only the same binds, for the same command); once it is gone,
+/// no host path is.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn the_original_containers_own_binds_need_no_flag() {
+    require_engine();
+    let dir = Scratch::new("trust-original");
+    std::fs::create_dir_all(dir.path("data")).unwrap();
+    let bind = format!("{}:/data:ro", dir.path("data").display());
+    let ctr = name("original");
+    let _ = docker(&["rm", "-f", &ctr]);
+    let out = docker_run(Some(&ctr), &["-v".into(), bind.clone()], &["true"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let id = String::from_utf8_lossy(&docker(&["inspect", "-f", "{{.Id}}", &ctr]).stdout)
+        .trim()
+        .to_owned();
+
+    let own = rerun_profile(
+        &dir,
+        "own.json",
+        Some(&id),
+        serde_json::json!({"binds": [bind]}),
+    );
+    let out = verify(&own, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("  binds         {bind}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+
+    // One more host path than the original had.
+    let more = rerun_profile(
+        &dir,
+        "more.json",
+        Some(&id),
+        serde_json::json!({"binds": [bind, "/etc:/hostetc:ro"]}),
+    );
+    assert_one_line_error(
+        &verify(&more, &[]),
+        2,
+        "run.binds \"/etc:/hostetc:ro\" reaches the host, and the original container was not given it",
+    );
+    // The same binds for another command borrow nothing.
+    let other = rerun_profile(
+        &dir,
+        "other.json",
+        Some(&id),
+        serde_json::json!({"binds": [bind], "cmd": ["cat", "/data/x"]}),
+    );
+    assert_one_line_error(&verify(&other, &[]), 2, "no original container");
+
+    docker(&["rm", "-f", &ctr]);
+    assert_one_line_error(&verify(&own, &[]), 2, "no original container");
+}
+
+/// A `run` profile's command runs on the host, as root: never without
+/// --trust-run.
+#[test]
+#[ignore = "needs root"]
+fn a_run_profiles_command_needs_trust_run() {
+    require_root();
+    let dir = Scratch::new("trust-command");
+    let profile = dir.path("p.json");
+    let out = capprof(&[
+        "run",
+        "--out",
+        profile.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "true",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let p = profile.to_str().unwrap();
+    assert_one_line_error(
+        &verify(p, &[]),
+        2,
+        "run.command \"sh -c true\" is a command that runs on this host as root",
+    );
+    let out = verify(p, &["--trust-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("capprof: verify will run, as root, on this host, outside any container:")
+            && stderr.contains("  command       sh -c true"),
+        "{stderr}"
+    );
+}

@@ -18,6 +18,7 @@ pub mod container;
 pub mod creds;
 pub mod probe;
 pub mod search;
+pub mod trust;
 
 use std::time::Duration;
 
@@ -126,6 +127,25 @@ pub enum ProofError {
     },
     #[error("the workload fails with the profile's own allowlist ({reason}): nothing to minimize")]
     Baseline { reason: String },
+    /// The trust model refused what the profile asks for.
+    #[error(
+        "{profile}: {setting}{}: refused; read the profile, then pass --trust-run to run it anyway",
+        and_more(*more)
+    )]
+    Untrusted {
+        profile: String,
+        /// The first refused setting, said in full.
+        setting: String,
+        /// How many more were refused.
+        more: usize,
+    },
+}
+
+fn and_more(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(" (and {n} more)"),
+    }
 }
 
 impl ProofError {
@@ -139,7 +159,8 @@ impl ProofError {
             | ProofError::EnvUnavailable { .. }
             | ProofError::ProbeNotExecutable { .. }
             | ProofError::BadProbe(_)
-            | ProofError::Unsupported(_) => true,
+            | ProofError::Unsupported(_)
+            | ProofError::Untrusted { .. } => true,
             ProofError::Spawn { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied

@@ -73,10 +73,11 @@ pub fn main(args: MinimizeArgs) -> Result<ExitCode, Error> {
 }
 
 async fn minimize(args: MinimizeArgs, profile: Profile) -> Result<ExitCode, Error> {
-    let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
     // The transient capabilities too: observation says nothing used
     // them, a run says whether the workload fails without them.
     let allowlist = profile.candidates();
+    let mut prepared =
+        rerun::prepare("minimize", &args.profile, &profile, &allowlist, &args.rerun).await?;
     let runs = args.rerun.runs;
     let engine = prepared.workload.engine();
     let steps = u64::from(runs) * (1 + allowlist.len() as u64);

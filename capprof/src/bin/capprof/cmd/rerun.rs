@@ -12,13 +12,14 @@ use std::{
 use capprof::{
     capability::Cap,
     cgroup,
-    engine::{self, Engine},
+    engine::{self, ContainerInfo, Engine},
     profile::{Profile, RunSpec},
     proof::{
         Probe, ProofError, RunOptions, Workload,
         command::CommandWorkload,
         container::{Cleanup, ContainerWorkload},
         search::Event,
+        trust::{self, Original, Untrusted},
     },
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -56,6 +57,13 @@ pub struct RerunArgs {
     /// The engine's API socket [default: $DOCKER_HOST, else /var/run/docker.sock].
     #[arg(long, value_name = "unix://PATH", env = "CAPPROF_ENGINE")]
     pub engine: Option<String>,
+    /// Run what the profile's subject.run asks even where capprof's trust
+    /// model refuses it (a `run` profile's command, host paths, devices,
+    /// host namespaces, … that the original container was not given; see
+    /// README, "Trust model"), with a warning. Read the profile first. No
+    /// environment variable: trust is given to one profile at a time.
+    #[arg(long)]
+    pub trust_run: bool,
 }
 
 /// A workload ready to re-run, and what to clean up afterwards.
@@ -94,21 +102,27 @@ impl Prepared {
 
 /// Reads what is needed to re-run the profile's workload, and checks it
 /// before anything runs: the engine answers, the image is there, the
-/// environment values can be had, the probe can run.
-pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<Prepared, Error> {
+/// environment values can be had, the probe can run, and the trust model
+/// accepts what it asks for (or `--trust-run` overrides it). Then says
+/// what will run, on stderr. `verb` is the command (`verify`), `set` the
+/// most any run will be given.
+pub async fn prepare(
+    verb: &str,
+    path: &str,
+    profile: &Profile,
+    set: &[Cap],
+    args: &RerunArgs,
+) -> Result<Prepared, Error> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::usage(
             "capprof must run as root to re-run workloads (containers, cgroups, capability sets)",
         ));
     }
-    let run = profile
-        .subject
-        .run
-        .clone()
-        .ok_or_else(|| ProofError::NoRunSpec {
-            profile: path.to_owned(),
-        })?;
+    let no_run = || ProofError::NoRunSpec {
+        profile: path.to_owned(),
+    };
+    let run = profile.subject.run.clone().ok_or_else(no_run)?;
     let probe = match (&args.probe, &args.probe_exec) {
         (Some(line), _) => Some(Probe::host(line)?),
         (None, Some(line)) => Some(Probe::exec(line)?),
@@ -127,9 +141,9 @@ pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<
         .or_else(|| subject.id.as_deref().map(engine::short_id))
         .map_or_else(|| path.to_owned(), |l| capprof::text::visible(&l));
     if subject.kind == "command" {
-        let argv = run.command.clone().ok_or_else(|| ProofError::NoRunSpec {
-            profile: path.to_owned(),
-        })?;
+        let argv = run.command.clone().ok_or_else(no_run)?;
+        gate(path, &trust::assess_command(&argv), args.trust_run)?;
+        eprint!("{}", trust::describe(verb, &run, set, None));
         let workload =
             CommandWorkload::new(argv, run.workdir.clone().map(PathBuf::from), options, mount)?;
         return Ok(Prepared {
@@ -139,6 +153,31 @@ pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<
             label,
         });
     }
+    let (engine, run) = container_run(path, profile, run, set, args).await?;
+    let cleanup = Cleanup::new(engine.clone());
+    let workload = ContainerWorkload::new(engine, run.clone(), options, mount, cleanup.clone());
+    eprint!(
+        "{}",
+        trust::describe(verb, &run, set, Some(&workload.engine_name()))
+    );
+    Ok(Prepared {
+        workload: Workload::Container(Box::new(workload)),
+        cleanup: Some(cleanup),
+        probe,
+        label,
+    })
+}
+
+/// A container profile's engine and run spec, with its environment
+/// values, once the trust model accepted it: compared with the original
+/// container while the engine still has it.
+async fn container_run(
+    path: &str,
+    profile: &Profile,
+    run: RunSpec,
+    set: &[Cap],
+    args: &RerunArgs,
+) -> Result<(Arc<Engine>, RunSpec), Error> {
     let Some(image) = run.image.clone() else {
         return Err(ProofError::NoRunSpec {
             profile: path.to_owned(),
@@ -153,24 +192,53 @@ pub async fn prepare(path: &str, profile: &Profile, args: &RerunArgs) -> Result<
     if !engine.image_exists(&image).await {
         return Err(ProofError::ImageGone(image).into());
     }
-    let run = with_env(path, profile, run, &engine).await?;
-    let cleanup = Cleanup::new(engine.clone());
-    let workload = ContainerWorkload::new(engine, run, options, mount, cleanup.clone());
-    Ok(Prepared {
-        workload: Workload::Container(Box::new(workload)),
-        cleanup: Some(cleanup),
-        probe,
-        label,
-    })
+    let original = match profile.subject.id.as_deref() {
+        Some(id) if engine::is_container_id(id) => {
+            engine.inspect(id).await.filter(|info| info.id == id)
+        }
+        _ => None,
+    };
+    let run = with_env(path, profile, run, original.as_ref())?;
+    let untrusted = trust::assess(
+        &run,
+        set,
+        original.as_ref().and_then(|o| Original::of(o, &run)),
+    );
+    gate(path, &untrusted, args.trust_run)?;
+    Ok((engine, run))
+}
+
+/// Refuses a profile the trust model does not accept, in one line naming
+/// the first setting and the flag; with `--trust-run`, warns instead.
+fn gate(path: &str, untrusted: &[Untrusted], trust_run: bool) -> Result<(), ProofError> {
+    let Some(first) = untrusted.first() else {
+        return Ok(());
+    };
+    if !trust_run {
+        return Err(ProofError::Untrusted {
+            profile: path.to_owned(),
+            setting: first.to_string(),
+            more: untrusted.len() - 1,
+        });
+    }
+    eprintln!(
+        "capprof: WARNING: --trust-run: running what capprof would refuse: {}",
+        untrusted
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(())
 }
 
 /// The run spec with its environment values: from the profile
 /// (`--keep-env`), else from the original container while it exists.
-async fn with_env(
+fn with_env(
     path: &str,
     profile: &Profile,
     mut run: RunSpec,
-    engine: &Engine,
+    original: Option<&ContainerInfo>,
 ) -> Result<RunSpec, Error> {
     if run.env.is_some() || run.env_names.is_empty() {
         return Ok(run);
@@ -184,9 +252,10 @@ async fn with_env(
             .or_else(|| profile.subject.id.as_deref().map(engine::short_id))
             .unwrap_or_else(|| "(unnamed)".into()),
     };
-    let id = profile.subject.id.as_deref().ok_or_else(unavailable)?;
-    let original = engine.inspect(id).await.ok_or_else(unavailable)?;
-    let values = original.run.and_then(|r| r.env).ok_or_else(unavailable)?;
+    let values = original
+        .and_then(|o| o.run.as_ref())
+        .and_then(|r| r.env.clone())
+        .ok_or_else(unavailable)?;
     let wanted: Vec<String> = values
         .into_iter()
         .filter(|kv| {

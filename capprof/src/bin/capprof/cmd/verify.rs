@@ -92,8 +92,9 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, Error> {
 }
 
 async fn verify(args: VerifyArgs, profile: Profile) -> Result<ExitCode, Error> {
-    let mut prepared = rerun::prepare(&args.profile, &profile, &args.rerun).await?;
     let allowlist = profile.allowlist.clone();
+    let mut prepared =
+        rerun::prepare("verify", &args.profile, &profile, &allowlist, &args.rerun).await?;
     let runs = args.rerun.runs;
     let steps = u64::from(runs)
         * (1 + if args.ablate {
