@@ -3,7 +3,7 @@
 //! ids must be hex, names become safe file names, capability names must be
 //! known.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use bollard::{API_DEFAULT_VERSION, Docker, query_parameters::EventsOptionsBuilder};
 use futures_util::{Stream, StreamExt as _};
@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt as _};
 use crate::{
     capability::Cap,
     profile::{DeviceSpec, MountSpec, RunSpec, UlimitSpec},
+    socket::Expected,
 };
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -315,6 +316,27 @@ fn run_spec(
     }
 }
 
+/// What the engine said when it refused a request: its own message (an
+/// API version it does not take says which it does), else bollard's.
+fn refusal(e: &bollard::errors::Error) -> String {
+    use bollard::errors::Error;
+    match e {
+        Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            let message = crate::text::line(message, 200);
+            if message.to_ascii_lowercase().contains("version") {
+                format!("the engine refused capprof's API version: {message}")
+            } else {
+                format!("the engine answered {status_code}: {message}")
+            }
+        }
+        Error::RequestTimeoutError => "the engine did not answer in time".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// A container id as the engines' own tables show it: its first 12
 /// characters.
 pub fn short_id(id: &str) -> String {
@@ -368,27 +390,31 @@ impl Engine {
         else {
             return Err(EngineError::UnsupportedHost(endpoint.to_owned()));
         };
-        if !std::path::Path::new(path).exists() {
-            return Err(unreachable("no such socket".into()));
+        match Self::connect_to(path, endpoint).await {
+            Ok(engine) => Ok(engine),
+            // bollard's own words are its internals: say what is wrong.
+            Err(raw) => Err(unreachable(
+                match crate::socket::diagnose(Path::new(path), Expected::Engine).await {
+                    Some(problem) => problem.to_string(),
+                    None => raw,
+                },
+            )),
         }
+    }
+
+    async fn connect_to(path: &str, endpoint: &str) -> Result<Self, String> {
         let docker = Docker::connect_with_unix(path, TIMEOUT_SECS, API_DEFAULT_VERSION)
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| refusal(&e))?;
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let version = docker
-            .version()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| "the engine did not answer within 10 s".to_owned())?
+            .map_err(|e| refusal(&e))?;
+        let version = docker.version().await.map_err(|e| refusal(&e))?;
         let is_podman = version.components.as_ref().is_some_and(|c| {
             c.iter()
                 .any(|c| c.name.to_ascii_lowercase().contains("podman"))
         });
-        let info = docker
-            .info()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let info = docker.info().await.map_err(|e| refusal(&e))?;
         Ok(Self {
             api_version: docker.client_version().to_string(),
             socket: path.into(),

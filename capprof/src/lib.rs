@@ -23,6 +23,7 @@ pub mod profile;
 pub mod proof;
 pub mod recorder;
 pub mod report;
+pub mod socket;
 pub mod table;
 pub mod text;
 pub mod urlpath;

@@ -413,3 +413,89 @@ fn doctor_tries_each_backend_and_its_verdict_matches_its_lines() {
     assert!(!text.contains("\nready"), "ready without loading: {text}");
     assert!(text.contains("[skip] load"), "{text}");
 }
+
+/// A unix listener that answers every connection with `reply` and hangs
+/// up; it lives as long as the test process.
+fn fake_listener(path: &std::path::Path, reply: &'static [u8]) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+            let _ = stream.read(&mut [0; 4096]);
+            let _ = stream.write_all(reply);
+        }
+    });
+}
+
+/// What the engine and CRI clients say when a socket is not what was
+/// asked for: what is wrong, never the client library's internals.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn socket_errors_say_what_is_wrong() {
+    require_engine();
+    let dir = Scratch::new("socket-errors");
+    let out = dir.path("profiles");
+    let file = dir.path("file.sock");
+    std::fs::write(&file, "not a socket").unwrap();
+    let dangling = dir.path("dangling.sock");
+    std::os::unix::fs::symlink(dir.path("gone"), &dangling).unwrap();
+    // A listener that is gone: its file stays, connecting is refused.
+    let deaf = dir.path("deaf.sock");
+    drop(std::os::unix::net::UnixListener::bind(&deaf).unwrap());
+    let datagram = dir.path("datagram.sock");
+    let _datagram = std::os::unix::net::UnixDatagram::bind(&datagram).unwrap();
+    let garbage = dir.path("garbage.sock");
+    fake_listener(&garbage, b"garbage\r\n");
+    let old_api = dir.path("old-api.sock");
+    fake_listener(
+        &old_api,
+        b"HTTP/1.1 400 Bad Request\r\nApi-Version: 1.52\r\nContent-Type: application/json\r\n\
+          Content-Length: 75\r\nConnection: close\r\n\r\n\
+          {\"message\":\"client version 1.41 is too old. Minimum supported API version\"}",
+    );
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let at = |p: &std::path::Path| format!("unix://{}", p.display());
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("--engine", at(&dir.path("missing.sock")), "no such file"),
+        ("--cri", at(&file), "it is a regular file, not a socket"),
+        ("--engine", at(&dangling), "a symbolic link to"),
+        ("--engine", at(&deaf), "nothing listens there"),
+        ("--cri", at(&deaf), "nothing listens there"),
+        ("--engine", at(&datagram), "a datagram socket"),
+        (
+            "--cri",
+            docker,
+            "this socket speaks Docker's HTTP API, not the CRI's gRPC: give it with --engine",
+        ),
+        (
+            "--engine",
+            at(&garbage),
+            "neither Docker's HTTP API nor gRPC",
+        ),
+        ("--cri", at(&garbage), "neither Docker's HTTP API nor gRPC"),
+        (
+            "--engine",
+            at(&old_api),
+            "the engine refused capprof's API version",
+        ),
+    ];
+    for (flag, endpoint, needle) in &cases {
+        let result = capprof(&[
+            "record",
+            "--out",
+            out.to_str().unwrap(),
+            "--duration",
+            "1",
+            flag,
+            endpoint,
+        ]);
+        assert_one_line_error(&result, 2, needle);
+        let text = output_text(&result);
+        for internal in ["hyper", "h2 protocol", "transport error", "client error"] {
+            assert!(!text.contains(internal), "{flag} {endpoint}: {text}");
+        }
+    }
+    assert!(!out.exists(), "--out created although no engine answered");
+}

@@ -92,9 +92,19 @@ impl CriClient {
             endpoint: endpoint.to_owned(),
             reason,
         };
-        if !path.exists() {
-            return Err(unreachable("no such socket".into()));
+        match Self::connect_to(path.clone(), endpoint).await {
+            Ok(client) => Ok(client),
+            // tonic's own words are its internals: say what is wrong.
+            Err(raw) => Err(unreachable(
+                match crate::socket::diagnose(&path, crate::socket::Expected::Cri).await {
+                    Some(problem) => problem.to_string(),
+                    None => raw,
+                },
+            )),
         }
+    }
+
+    async fn connect_to(path: PathBuf, endpoint: &str) -> Result<Self, String> {
         let channel =
             Endpoint::from_static("http://cri.invalid")
                 .connect_timeout(TIMEOUT)
@@ -106,7 +116,7 @@ impl CriClient {
                     }
                 }))
                 .await
-                .map_err(|e| unreachable(error_chain(&e)))?;
+                .map_err(|e| error_chain(&e))?;
         let mut client =
             RuntimeServiceClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
         let version = tokio::time::timeout(
@@ -116,8 +126,13 @@ impl CriClient {
             }),
         )
         .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(status_line(&e)))?
+        .map_err(|_| "the runtime did not answer in time".to_owned())?
+        .map_err(|e| match e.code() {
+            tonic::Code::Unimplemented => "this socket speaks gRPC but serves no CRI runtime \
+                                           service (runtime.v1): containerd without its CRI plugin?"
+                .to_owned(),
+            _ => status_line(&e),
+        })?
         .into_inner();
         let printable =
             |s: String| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
