@@ -107,7 +107,7 @@ pub fn render_profile(profile: &Profile) -> String {
     }
     let obs = &profile.observation;
     if let Some(warning) = profile.partial_warning() {
-        out.push_str(&format!("WARNING: {warning}\n"));
+        out.push_str(&format!("warning: {warning}\n"));
     }
     if let Some(blind) = unobservable_note(obs) {
         out.push_str(&format!("note: {blind}\n"));

@@ -238,7 +238,7 @@ fn verify_refuses_what_reaches_the_host_unless_trusted() {
             "{stderr}"
         );
         assert!(
-            stderr.contains("capprof: WARNING: --trust-run: running what capprof would refuse: ")
+            stderr.contains("capprof: warning: --trust-run: running what capprof would refuse: ")
                 && stderr.contains(needle),
             "{stderr}"
         );
@@ -276,7 +276,7 @@ fn the_original_containers_own_binds_need_no_flag() {
         stderr.contains(&format!("  binds         {bind}")),
         "{stderr}"
     );
-    assert!(!stderr.contains("WARNING"), "{stderr}");
+    assert!(!stderr.contains("capprof: warning: "), "{stderr}");
 
     // One more host path than the original had.
     let more = rerun_profile(

@@ -221,14 +221,14 @@ fn gate(path: &str, untrusted: &[Untrusted], trust_run: bool) -> Result<(), Proo
             more: untrusted.len() - 1,
         });
     }
-    eprintln!(
-        "capprof: WARNING: --trust-run: running what capprof would refuse: {}",
+    crate::log::warn(format_args!(
+        "--trust-run: running what capprof would refuse: {}",
         untrusted
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ")
-    );
+    ));
     Ok(())
 }
 
