@@ -246,7 +246,7 @@ fn write(
     written.insert(path.display().to_string());
     eprintln!(
         "capprof: {} -> {} (allowlist: {})",
-        match (&profile.subject.k8s, &profile.subject.name) {
+        capprof::text::visible(&match (&profile.subject.k8s, &profile.subject.name) {
             (Some(k8s), Some(name)) => format!(
                 "{}/{}/{name}",
                 k8s.namespace,
@@ -254,18 +254,9 @@ fn write(
             ),
             (None, Some(name)) => name.clone(),
             (_, None) => id.to_owned(),
-        },
+        }),
         path.display(),
-        if profile.allowlist.is_empty() {
-            "none".to_owned()
-        } else {
-            profile
-                .allowlist
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        }
+        capprof::capability::display_list(&profile.allowlist)
     );
     Ok(())
 }
