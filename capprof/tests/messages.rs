@@ -445,6 +445,13 @@ fn socket_errors_say_what_is_wrong() {
     drop(std::os::unix::net::UnixListener::bind(&deaf).unwrap());
     let datagram = dir.path("datagram.sock");
     let _datagram = std::os::unix::net::UnixDatagram::bind(&datagram).unwrap();
+    // Accepts, and never answers.
+    let silent = dir.path("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
     let garbage = dir.path("garbage.sock");
     fake_listener(&garbage, b"garbage\r\n");
     let old_api = dir.path("old-api.sock");
@@ -480,6 +487,7 @@ fn socket_errors_say_what_is_wrong() {
             at(&old_api),
             "the engine refused capprof's API version",
         ),
+        ("--cri", at(&silent), "does not answer (timed out)"),
     ];
     for (flag, endpoint, needle) in &cases {
         let result = capprof(&[
