@@ -69,10 +69,15 @@ pub fn render_profile(profile: &Profile) -> String {
             programs.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
-    if !profile.transient.is_empty() {
-        let caps: Vec<_> = profile.transient.iter().map(|t| t.capability).collect();
-        let programs: std::collections::BTreeSet<&str> = profile
-            .transient
+    // Those a check put on the allowlist anyway need no word here.
+    let transient: Vec<_> = profile
+        .transient
+        .iter()
+        .filter(|t| !profile.allowlist.contains(&t.capability))
+        .collect();
+    if !transient.is_empty() {
+        let caps: Vec<_> = transient.iter().map(|t| t.capability).collect();
+        let programs: std::collections::BTreeSet<&str> = transient
             .iter()
             .flat_map(|t| t.lost_at_exec_of.iter().map(String::as_str))
             .collect();
