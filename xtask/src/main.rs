@@ -16,6 +16,7 @@ mod fuzz;
 mod image;
 mod kube;
 mod libtest;
+mod lint;
 mod nonroot;
 mod setup;
 mod test;
@@ -36,6 +37,9 @@ enum Command {
     Setup,
     /// Build the workspace and run every test layer against a real Docker engine.
     Test(test::TestArgs),
+    /// Check formatting and run clippy (-D warnings) on every crate, the
+    /// eBPF crate on nightly; `--fix` applies what they suggest.
+    Lint(lint::LintArgs),
     /// Build capprof's container image (the DaemonSet's), with no registry,
     /// into the local Docker engine.
     Image(capprof_image::ImageArgs),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test::run(&args),
+        Command::Lint(args) => lint::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Image(args) => capprof_image::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args),

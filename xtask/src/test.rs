@@ -47,6 +47,8 @@ const FUZZ_SECONDS: u64 = 30;
 /// `cargo xtask test`.
 pub fn run(args: &TestArgs) -> Result<ExitCode> {
     setup::ensure()?;
+    // Formatting and clippy first: cheap, and a contributor's first signal.
+    crate::lint::check()?;
 
     step("building the workspace");
     run_checked(
