@@ -7,6 +7,11 @@
     internal_features,
     reason = "atomic_xadd is the only atomic add on BPF"
 )]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values go by reference: aya-ebpf's `impl Borrow<K>` takes either, \
+              and by value a struct would be copied onto the 512-byte BPF stack, on the hot path"
+)]
 
 // The benchmark's programs, only in capprof-bench's copy of the object.
 #[cfg(feature = "bench")]

@@ -409,10 +409,10 @@ fn cached_phase(hot: &mut HotCache, tgid: u32) -> u8 {
 pub fn cgroup_mode(cgroup_id: u64, watch_gen: u32) -> u32 {
     // SAFETY: the value is a plain u32.
     let known = unsafe { CGROUPS.get(&cgroup_id) }.copied();
-    if let Some(value) = known {
-        if decision::is_current(value, watch_gen) {
-            return decision::mode(value);
-        }
+    if let Some(value) = known
+        && decision::is_current(value, watch_gen)
+    {
+        return decision::mode(value);
     }
     let was_watched = known.is_some_and(|v| decision::mode(v) != watch::UNWATCHED);
     first_sight(cgroup_id, watch_gen, was_watched)
