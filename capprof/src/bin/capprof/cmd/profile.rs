@@ -215,10 +215,12 @@ fn heading(profile: &Profile) -> String {
         (None, None) => "profile".to_owned(),
     };
     let obs = &profile.observation;
-    capprof::text::visible(&format!(
-        "{head}, observed {} to {} ({} backend)\n",
+    // The names are escaped, not the line's own end.
+    let line = capprof::text::visible(&format!(
+        "{head}, observed {} to {} ({} backend)",
         obs.start, obs.end, obs.backend
-    ))
+    ));
+    format!("{line}\n")
 }
 
 #[cfg(test)]
