@@ -12,7 +12,6 @@
 //! waits.
 
 use std::{
-    env,
     fs::{self, File},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -25,7 +24,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     engine::Engine,
     image::TEST_IMAGE,
-    util::{display, note, run_checked, step, succeeds, terminate},
+    util::{
+        display, fresh_service_dir, note, print_log_tail, run_checked, step, succeeds, terminate,
+    },
 };
 
 /// The sandbox (pause) image: the test image with a PATH and a command
@@ -45,15 +46,11 @@ impl Containerd {
     /// Starts containerd and imports [`TEST_IMAGE`] and [`PAUSE_IMAGE`]
     /// from `engine` into it.
     pub fn start(engine: &Engine) -> Result<Self> {
-        let dir = env::temp_dir().join(format!("capprof-containerd-{}", std::process::id()));
+        let dir = fresh_service_dir("containerd")?;
         step(format_args!(
             "starting a private containerd with the CRI plugin in {}",
             dir.display()
         ));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing stale {}", dir.display()))?;
-        }
         let cni = dir.join("cni");
         fs::create_dir_all(&cni).with_context(|| format!("creating {}", cni.display()))?;
         let config = dir.join("config.toml");
@@ -183,14 +180,7 @@ state = "{d}/state"
     }
 
     fn print_log_tail(&self) {
-        let path = self.dir.join("containerd.log");
-        if let Ok(log) = fs::read_to_string(&path) {
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!("---- last lines of {} ----", path.display());
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{line}");
-            }
-        }
+        print_log_tail(&self.dir.join("containerd.log"), 40);
     }
 
     /// Removes every pod and container the tests left, so that no shim

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{display, note, step, succeeds, terminate};
+use crate::util::{display, fresh_service_dir, note, print_log_tail, step, succeeds, terminate};
 
 /// How long a private dockerd gets to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,16 +104,11 @@ struct PrivateDockerd {
 
 impl PrivateDockerd {
     fn start() -> Result<Self> {
-        let dir = env::temp_dir().join(format!("capprof-dockerd-{}", std::process::id()));
+        let dir = fresh_service_dir("dockerd")?;
         step(format_args!(
             "starting a private dockerd in {}",
             dir.display()
         ));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing stale {}", dir.display()))?;
-        }
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log_path = dir.join("dockerd.log");
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
@@ -183,18 +178,7 @@ impl PrivateDockerd {
     }
 
     fn print_log_tail(&self) {
-        let path = self.dir.join("dockerd.log");
-        let Ok(log) = fs::read_to_string(&path) else {
-            eprintln!("(could not read {})", path.display());
-            return;
-        };
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-        eprintln!("---- last lines of {} ----", path.display());
-        for line in &lines[start..] {
-            eprintln!("{line}");
-        }
-        eprintln!("---- end of dockerd log ----");
+        print_log_tail(&self.dir.join("dockerd.log"), LOG_TAIL_LINES);
     }
 }
 

@@ -29,7 +29,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{display, note, run_checked, stdout_of, step, terminate};
+use crate::util::{
+    display, fresh_service_dir, note, print_log_tail, run_checked, stdout_of, step, terminate,
+};
 
 /// The Kubernetes release in Debian 12's `kubernetes` source package.
 pub const VERSION: &str = "1.20.2";
@@ -237,16 +239,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a cluster under a temp dir and waits until it is ready.
     pub fn start() -> Result<Self> {
-        let dir = env::temp_dir().join(format!("capprof-kube-{}", std::process::id()));
+        let dir = fresh_service_dir("kube")?;
         step(format_args!(
             "starting etcd and kube-apiserver {VERSION} in {}",
             dir.display()
         ));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing stale {}", dir.display()))?;
-        }
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cluster = Self {
             dir,
             children: Vec::new(),
@@ -400,14 +397,7 @@ impl Cluster {
     }
 
     fn print_log_tail(&self, what: &str) {
-        let path = self.dir.join(format!("{what}.log"));
-        if let Ok(log) = fs::read_to_string(&path) {
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!("---- last lines of {} ----", path.display());
-            for line in &lines[lines.len().saturating_sub(30)..] {
-                eprintln!("{line}");
-            }
-        }
+        print_log_tail(&self.dir.join(format!("{what}.log")), 30);
     }
 }
 

@@ -158,3 +158,30 @@ pub fn terminate(child: &mut Child, what: &str, grace: std::time::Duration) {
         }
     }
 }
+
+/// A fresh directory `capprof-TAG-PID` under the temp dir for a private
+/// service (dockerd, containerd, the test cluster); a stale one from an
+/// earlier run of the same pid is removed first.
+pub fn fresh_service_dir(tag: &str) -> Result<PathBuf> {
+    let dir = env::temp_dir().join(format!("capprof-{tag}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing stale {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The last `count` lines of a service's log, for a start-up that failed.
+pub fn print_log_tail(path: &Path, count: usize) {
+    let Ok(log) = std::fs::read_to_string(path) else {
+        eprintln!("(could not read {})", path.display());
+        return;
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    eprintln!("---- last lines of {} ----", path.display());
+    for line in &lines[lines.len().saturating_sub(count)..] {
+        eprintln!("{line}");
+    }
+    eprintln!("---- end of {} ----", path.display());
+}
