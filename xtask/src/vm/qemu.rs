@@ -319,11 +319,35 @@ mod tests {
             log: dir.join("console.log"),
             echo: false,
         };
-        let outcome = run(&boot).unwrap();
+        let outcome = run_fresh_script(&boot);
         let log = fs::read_to_string(&boot.log).unwrap();
         assert!(log.contains(&format!("[xtask] {name}: ")), "{log}");
         fs::remove_dir_all(&dir).unwrap();
         outcome
+    }
+
+    /// `run(boot)`, whose qemu is a script this process has just written.
+    /// A child that another test thread forked while the script was open
+    /// for writing holds its descriptor until it execs, and the kernel
+    /// refuses to execute a file open for writing (ETXTBSY): try again
+    /// while that lasts. CI's run as `nobody`, with parallel test threads,
+    /// met it.
+    fn run_fresh_script(boot: &Boot) -> Outcome {
+        for _ in 0..100 {
+            match run(boot) {
+                Ok(outcome) => return outcome,
+                Err(err)
+                    if err.chain().any(|e| {
+                        e.downcast_ref::<std::io::Error>()
+                            .is_some_and(|e| e.kind() == std::io::ErrorKind::ExecutableFileBusy)
+                    }) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => panic!("{err:#}"),
+            }
+        }
+        panic!("{} stayed busy (ETXTBSY) for 2 s", boot.qemu.display());
     }
 
     #[test]
