@@ -12,9 +12,9 @@
 //! waits.
 
 use std::{
-    fs::{self, File},
+    fs::{self},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
@@ -25,7 +25,8 @@ use crate::{
     engine::Engine,
     image::TEST_IMAGE,
     util::{
-        display, fresh_service_dir, note, print_log_tail, run_checked, step, succeeds, terminate,
+        fresh_service_dir, note, print_log_tail, run_checked, spawn_logged, step, succeeds,
+        terminate,
     },
 };
 
@@ -77,21 +78,9 @@ state = "{d}/state"
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;
-        let log_path = dir.join("containerd.log");
-        let log = File::create(&log_path)?;
         let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        note(format_args!(
-            "$ {} >{} 2>&1",
-            display(&cmd),
-            log_path.display()
-        ));
-        let child = cmd
-            .spawn()
+        cmd.arg("--config").arg(&config);
+        let child = spawn_logged(&mut cmd, &dir.join("containerd.log"))
             .context("could not start containerd (it comes with apt-get install docker.io)")?;
         let mut me = Self { dir, child };
         me.wait_until_ready()?;

@@ -4,7 +4,7 @@
 
 use std::{
     env,
-    fs::{self, File},
+    fs::{self},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{display, fresh_service_dir, note, print_log_tail, step, succeeds, terminate};
+use crate::util::{
+    fresh_service_dir, note, print_log_tail, spawn_logged, step, succeeds, terminate,
+};
 
 /// How long a private dockerd gets to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -109,12 +111,6 @@ impl PrivateDockerd {
             "starting a private dockerd in {}",
             dir.display()
         ));
-        let log_path = dir.join("dockerd.log");
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let log_err = log
-            .try_clone()
-            .context("duplicating the dockerd log handle")?;
         let sock = dir.join("docker.sock");
         let driver = env::var(STORAGE_DRIVER_VAR)
             .ok()
@@ -128,17 +124,8 @@ impl PrivateDockerd {
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
             .arg("--pidfile")
-            .arg(dir.join("pid"))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        note(format_args!(
-            "$ {} >{} 2>&1",
-            display(&cmd),
-            log_path.display()
-        ));
-        let child = cmd
-            .spawn()
+            .arg(dir.join("pid"));
+        let child = spawn_logged(&mut cmd, &dir.join("dockerd.log"))
             .context("could not start dockerd (apt-get install docker.io)")?;
         // From here on, Drop stops dockerd and removes the directory.
         let mut engine = Self { dir, child };

@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::util::{
-    display, fresh_service_dir, note, print_log_tail, run_checked, stdout_of, step, terminate,
+    fresh_service_dir, note, print_log_tail, run_checked, spawn_logged, stdout_of, step, terminate,
 };
 
 /// The Kubernetes release in Debian 12's `kubernetes` source package.
@@ -344,18 +344,7 @@ impl Cluster {
     }
 
     fn spawn(&mut self, what: &'static str, mut cmd: Command) -> Result<()> {
-        let log_path = self.dir.join(format!("{what}.log"));
-        let log = File::create(&log_path)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        note(format_args!(
-            "$ {} >{} 2>&1",
-            display(&cmd),
-            log_path.display()
-        ));
-        let child = cmd
-            .spawn()
+        let child = spawn_logged(&mut cmd, &self.dir.join(format!("{what}.log")))
             .with_context(|| format!("could not start {what}"))?;
         self.children.push((what, child));
         Ok(())

@@ -185,3 +185,16 @@ pub fn print_log_tail(path: &Path, count: usize) {
     }
     eprintln!("---- end of {} ----", path.display());
 }
+
+/// Starts a private service with its stdout and stderr in `log` (created
+/// anew) and no stdin, after printing the command line as a person would
+/// run it.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("duplicating the handle of {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    note(format_args!("$ {} >{} 2>&1", display(cmd), log.display()));
+    Ok(cmd.spawn()?)
+}
