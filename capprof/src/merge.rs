@@ -228,7 +228,9 @@ fn merge_distinct(inputs: &[&Loaded]) -> Result<Profile, MergeError> {
 /// as many observations as it stands for.
 fn add_coverage(coverage: &mut Coverage, profile: &Profile) {
     let theirs = profile.coverage.as_ref();
-    coverage.profiles += theirs.map_or(1, |c| c.profiles);
+    coverage.profiles = coverage
+        .profiles
+        .saturating_add(theirs.map_or(1, |c| c.profiles));
     match theirs {
         Some(c) if !c.subjects.is_empty() => coverage.subjects.extend(c.subjects.iter().cloned()),
         _ => coverage.subjects.push(profile.subject.clone()),
@@ -236,7 +238,9 @@ fn add_coverage(coverage: &mut Coverage, profile: &Profile) {
     for usage in &profile.capabilities {
         let before = theirs.and_then(|c| c.capabilities.get(&usage.name));
         let entry = coverage.capabilities.entry(usage.name).or_default();
-        entry.seen_in += before.map_or(1, |b| b.seen_in);
+        entry.seen_in = entry
+            .seen_in
+            .saturating_add(before.map_or(1, |b| b.seen_in));
         let mut executables: BTreeSet<String> = entry.executables.drain(..).collect();
         if let Some(b) = before {
             executables.extend(b.executables.iter().cloned());

@@ -507,8 +507,15 @@ impl Profile {
             conditional::merge_transient(&self.transient, &other.transient, &self.kept);
         self.observation.start = min_str(&self.observation.start, &other.observation.start);
         self.observation.end = max_str(&self.observation.end, &other.observation.end);
-        self.observation.lost_records += other.observation.lost_records;
-        self.observation.unclassified_checks += other.observation.unclassified_checks;
+        // Counts come from files: a sum saturates rather than wrap or panic.
+        self.observation.lost_records = self
+            .observation
+            .lost_records
+            .saturating_add(other.observation.lost_records);
+        self.observation.unclassified_checks = self
+            .observation
+            .unclassified_checks
+            .saturating_add(other.observation.unclassified_checks);
         // A host-wide counter read twice: the larger reading covers both.
         self.observation.recursion_misses = self
             .observation
@@ -612,12 +619,14 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
                 by_cap.insert(usage.name, usage.clone());
             }
             Some(acc) => {
-                acc.granted += usage.granted;
-                acc.denied += usage.denied;
-                acc.silent_granted += usage.silent_granted;
-                acc.ungrantable += usage.ungrantable;
+                // Counts read from files may be anything: saturate.
+                acc.granted = acc.granted.saturating_add(usage.granted);
+                acc.denied = acc.denied.saturating_add(usage.denied);
+                acc.silent_granted = acc.silent_granted.saturating_add(usage.silent_granted);
+                acc.ungrantable = acc.ungrantable.saturating_add(usage.ungrantable);
                 for (class, n) in &usage.by_class {
-                    *acc.by_class.entry(*class).or_default() += n;
+                    let sum = acc.by_class.entry(*class).or_default();
+                    *sum = sum.saturating_add(*n);
                 }
                 acc.first_seen = min_str(&acc.first_seen, &usage.first_seen);
                 acc.last_seen = max_str(&acc.last_seen, &usage.last_seen);

@@ -229,6 +229,25 @@ fn merge_adds_replicas() {
 }
 
 #[test]
+fn merging_counts_near_the_limit_saturates() {
+    // A profile file may claim any count; the CI fuzzer found that merging
+    // one with u64::MAX checks with itself overflowed.
+    let mut a = observe(&[(
+        "CAP_CHOWN",
+        Verdict::Granted,
+        Kind::Audit,
+        Phase::Workload,
+        u64::MAX,
+    )]);
+    a.observation.lost_records = u64::MAX;
+    let b = a.clone();
+    a.merge(&b);
+    assert_eq!(a.capabilities[0].granted, u64::MAX);
+    assert_eq!(a.observation.lost_records, u64::MAX);
+    assert_eq!(a.required, vec![cap("CHOWN")]);
+}
+
+#[test]
 fn unobservable_classes_are_said_and_merged() {
     let mut a = observe(&[(
         "CAP_CHOWN",

@@ -140,7 +140,7 @@ pub(crate) fn cells(profile: &Profile) -> Vec<(Cap, Cell)> {
                 usage.name,
                 Cell {
                     class: SETUP.to_owned(),
-                    count: usage.granted + usage.denied,
+                    count: usage.granted.saturating_add(usage.denied),
                 },
             ));
         }
