@@ -160,7 +160,7 @@ fn shadow_mode_reports_a_capability_needed_mid_run() {
     );
     assert!(
         scraped.lines().any(|l| l.starts_with(&format!(
-            "capprof_shadow_violations_total{{container=\"{name}\",capability=\"CAP_CHOWN\"}} "
+            "capprof_shadow_violations_total{{namespace=\"\",workload=\"\",container=\"{name}\",capability=\"CAP_CHOWN\"}} "
         ))),
         "{scraped}"
     );

@@ -19,6 +19,9 @@ pub struct DaemonConfig {
     /// Prometheus metrics address; off by default. A bare port binds
     /// loopback.
     pub metrics: Option<String>,
+    /// Workloads with metrics series of their own; the others share
+    /// `workload="_other"`. Default 500 (`series::DEFAULT_MAX_WORKLOADS`).
+    pub metrics_max_workloads: usize,
     /// Containers held in memory; finished ones beyond this are evicted to
     /// disk (counted in capprof_evictions_total). Default 1024.
     pub max_containers: usize,
@@ -70,6 +73,7 @@ impl Default for DaemonConfig {
             state_dir: PathBuf::from("/var/lib/capprof"),
             socket: PathBuf::from("/run/capprof/capprof.sock"),
             metrics: None,
+            metrics_max_workloads: super::series::DEFAULT_MAX_WORKLOADS,
             max_containers: 1024,
             flush_interval_secs: 3,
             engine: None,
@@ -130,6 +134,11 @@ impl DaemonConfig {
         if self.max_containers == 0 {
             return Err(ConfigError::Invalid(
                 "max_containers must be at least 1".into(),
+            ));
+        }
+        if self.metrics_max_workloads == 0 {
+            return Err(ConfigError::Invalid(
+                "metrics_max_workloads must be at least 1".into(),
             ));
         }
         if self.flush_interval_secs == 0 || self.flush_interval_secs > 3600 {

@@ -5,7 +5,7 @@
 //!
 //! | metric | type | what |
 //! | --- | --- | --- |
-//! | `capprof_checks{container,capability,class,phase}` | gauge | checks seen so far |
+//! | `capprof_checks{namespace,workload,container,capability,class,phase}` | gauge | checks seen so far |
 //! | `capprof_ringbuf_lost_total` | counter | evidence records the kernel could not send |
 //! | `capprof_counts_full_total` | counter | checks not counted: the counts map was full |
 //! | `capprof_recursion_misses_total` | counter | checks not counted: the kernel skipped capprof's programs |
@@ -13,20 +13,28 @@
 //! | `capprof_containers_tracked` | gauge | containers held in memory |
 //! | `capprof_profiles_written_total` | counter | profile writes to the state directory |
 //! | `capprof_evictions_total` | counter | exited containers evicted from memory |
-//! | `capprof_shadow_violations_total{container,capability}` | counter | checks enforcing the candidate allowlist would have refused (`--shadow`) |
+//! | `capprof_shadow_violations_total{namespace,workload,container,capability}` | counter | checks enforcing the candidate allowlist would have refused (`--shadow`) |
+//! | `capprof_metrics_workloads_folded_total` | counter | workloads folded into `workload="_other"` (`--metrics-max-workloads`) |
+//!
+//! `namespace`, `workload` (`KIND/NAME`) and `container` say where a pod's
+//! container is, per workload and never per pod: see [`super::series`],
+//! which also bounds their number. Outside Kubernetes, `container` is the
+//! container's name and the other two are empty.
 //!
 //! The encoder ends each HELP text with a period. A scrape with no checks
 //! yet has no `capprof_checks` lines at all, not even HELP and TYPE.
 //!
 //! `capprof_checks` is a gauge, not a counter: a container's series
 //! disappears when it is evicted, and its value is the profile's cumulative
-//! count, restored across daemon restarts.
+//! count, restored across daemon restarts. Which workloads have series of
+//! their own, and the counts of containers gone from a summed counter, are
+//! the only state kept between scrapes.
 
 use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::atomic::AtomicU64,
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use axum::{
@@ -43,7 +51,10 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use super::query::{self, MetricsSnapshot, Query, QueryTx};
+use super::{
+    query::{self, MetricsSnapshot, Query, QueryTx},
+    series::{Continuity, Place, WorkloadSeries},
+};
 
 /// The OpenMetrics text format, which Prometheus scrapes natively.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -87,16 +98,42 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, MetricsError> {
     Ok(addr)
 }
 
+/// What the series keep between scrapes: which workloads have series of
+/// their own, and what a summed counter's containers gone had.
+#[derive(Debug)]
+pub struct SeriesState {
+    workloads: WorkloadSeries,
+    shadow: Continuity<ShadowLabels>,
+}
+
+impl SeriesState {
+    /// At most `max_workloads` workloads with series of their own
+    /// (`--metrics-max-workloads`).
+    pub fn new(max_workloads: usize) -> Self {
+        Self {
+            workloads: WorkloadSeries::new(max_workloads),
+            shadow: Continuity::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Scrape {
+    tx: QueryTx,
+    series: Arc<Mutex<SeriesState>>,
+}
+
 /// Binds `addr` and serves `GET /metrics` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     tx: QueryTx,
+    series: SeriesState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    serve_listener(listener, tx, shutdown).await
+    serve_listener(listener, tx, series, shutdown).await
 }
 
 /// Serves `GET /metrics` on a listener bound earlier (before the daemon
@@ -104,27 +141,31 @@ pub async fn serve(
 pub async fn serve_listener(
     listener: TcpListener,
     tx: QueryTx,
+    series: SeriesState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
-    axum::serve(listener, router(tx))
+    axum::serve(listener, router(tx, series))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(MetricsError::Serve)
 }
 
-pub fn router(tx: QueryTx) -> Router {
+pub fn router(tx: QueryTx, series: SeriesState) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .fallback(|| async { (StatusCode::NOT_FOUND, "metrics are at /metrics\n") })
-        .with_state(tx)
+        .with_state(Scrape {
+            tx,
+            series: Arc::new(Mutex::new(series)),
+        })
 }
 
 /// The classic Prometheus text format, for clients that do not ask for
 /// OpenMetrics (curl, `promtool check metrics`).
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn scrape(State(tx): State<QueryTx>, headers: axum::http::HeaderMap) -> Response {
-    let Some(snapshot) = query::ask(&tx, |reply| Query::Metrics { reply }).await else {
+async fn scrape(State(state): State<Scrape>, headers: axum::http::HeaderMap) -> Response {
+    let Some(snapshot) = query::ask(&state.tx, |reply| Query::Metrics { reply }).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping\n").into_response();
     };
     let openmetrics = headers
@@ -132,7 +173,9 @@ async fn scrape(State(tx): State<QueryTx>, headers: axum::http::HeaderMap) -> Re
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    match encode(&snapshot) {
+    // A scrape that panicked mid-way left nothing half-updated that matters.
+    let mut series = state.series.lock().unwrap_or_else(|e| e.into_inner());
+    match encode(&snapshot, &mut series) {
         Ok(body) if openmetrics => {
             (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
         }
@@ -176,15 +219,17 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct ShadowLabels {
-    container: String,
+    #[prometheus(flatten)]
+    place: Place,
     capability: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
-    container: String,
+    #[prometheus(flatten)]
+    place: Place,
     capability: String,
     class: String,
     phase: String,
@@ -202,14 +247,27 @@ fn gauge(value: u64) -> Gauge<u64, AtomicU64> {
     g
 }
 
-/// Encodes `snapshot` in the OpenMetrics text format (ending in `# EOF`).
+/// Encodes `snapshot` in the OpenMetrics text format (ending in `# EOF`),
+/// labelling pods' containers by workload as `series` places them.
 /// Counters are registered without `_total`; the encoder appends it.
-pub fn encode(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
+pub fn encode(
+    snapshot: &MetricsSnapshot,
+    series: &mut SeriesState,
+) -> Result<String, MetricsError> {
     let mut registry = Registry::default();
+    let workloads = &mut series.workloads;
+    workloads.assign(
+        (snapshot.checks.iter().filter_map(|s| s.pod.as_ref())).chain(
+            snapshot
+                .shadow_violations
+                .iter()
+                .filter_map(|s| s.pod.as_ref()),
+        ),
+    );
     let checks = Family::<CheckLabels, Gauge<u64, AtomicU64>>::default();
     for sample in &snapshot.checks {
         let labels = CheckLabels {
-            container: sample.container.clone(),
+            place: workloads.place(&sample.container, sample.pod.as_ref()),
             capability: sample.capability.clone(),
             class: sample.class.clone(),
             phase: sample.phase.clone(),
@@ -219,7 +277,7 @@ pub fn encode(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
     }
     registry.register(
         "capprof_checks",
-        "Capability checks seen so far, by container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist)",
+        "Capability checks seen so far, by namespace, workload, container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist)",
         checks,
     );
     registry.register(
@@ -260,18 +318,27 @@ pub fn encode(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
     );
     // Like capprof_checks, absent from a scrape until it has a series.
     let shadow = Family::<ShadowLabels, Counter>::default();
-    for sample in &snapshot.shadow_violations {
-        shadow
-            .get_or_create(&ShadowLabels {
-                container: sample.container.clone(),
-                capability: sample.capability.clone(),
-            })
-            .inc_by(sample.count);
+    let summed = series
+        .shadow
+        .sum(snapshot.shadow_violations.iter().map(|s| {
+            let labels = ShadowLabels {
+                place: workloads.place(&s.container, s.pod.as_ref()),
+                capability: s.capability.clone(),
+            };
+            (s.id.clone(), labels, s.count)
+        }));
+    for (labels, count) in summed {
+        shadow.get_or_create(&labels).inc_by(count);
     }
     registry.register(
         "capprof_shadow_violations",
-        "Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by container and capability",
+        "Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by namespace, workload, container and capability",
         shadow,
+    );
+    registry.register(
+        "capprof_metrics_workloads_folded",
+        "Workloads folded into the series of workload _other because --metrics-max-workloads others had series of their own",
+        counter(workloads.folded_total()),
     );
     let mut out = String::new();
     text::encode(&mut out, &registry).map_err(MetricsError::Encode)?;
@@ -283,20 +350,51 @@ mod tests {
     use tokio::sync::{mpsc, oneshot};
 
     use super::*;
-    use crate::daemon::query::CheckSample;
+    use crate::daemon::{
+        query::{CheckSample, ShadowSample},
+        series::{DEFAULT_MAX_WORKLOADS, PodWorkload},
+    };
+
+    fn check(container: &str, pod: Option<&PodWorkload>, cap: &str, count: u64) -> CheckSample {
+        CheckSample {
+            container: container.into(),
+            pod: pod.cloned(),
+            capability: cap.into(),
+            class: "required".into(),
+            phase: "workload".into(),
+            count,
+        }
+    }
+
+    fn violation(id: &str, pod: Option<&PodWorkload>, count: u64) -> ShadowSample {
+        ShadowSample {
+            id: id.into(),
+            container: "app".into(),
+            pod: pod.cloned(),
+            capability: "CAP_SETUID".into(),
+            count,
+        }
+    }
+
+    fn deployment(namespace: &str, name: &str) -> PodWorkload {
+        PodWorkload {
+            namespace: namespace.into(),
+            kind: "Deployment".into(),
+            name: name.into(),
+        }
+    }
+
+    fn encode_once(snapshot: &MetricsSnapshot) -> String {
+        encode(snapshot, &mut SeriesState::new(DEFAULT_MAX_WORKLOADS)).unwrap()
+    }
 
     fn snapshot() -> MetricsSnapshot {
         MetricsSnapshot {
             checks: vec![
-                CheckSample {
-                    container: "web".into(),
-                    capability: "CAP_CHOWN".into(),
-                    class: "required".into(),
-                    phase: "workload".into(),
-                    count: 3,
-                },
+                check("web", None, "CAP_CHOWN", 3),
                 CheckSample {
                     container: "web\"1".into(),
+                    pod: None,
                     capability: "CAP_SYS_ADMIN".into(),
                     class: "advisory".into(),
                     phase: "runtime_setup".into(),
@@ -310,10 +408,9 @@ mod tests {
             containers_tracked: 2,
             profiles_written: 9,
             evictions: 1,
-            shadow_violations: vec![crate::daemon::query::ShadowSample {
+            shadow_violations: vec![ShadowSample {
                 container: "web".into(),
-                capability: "CAP_SETUID".into(),
-                count: 2,
+                ..violation("0123abcd", None, 2)
             }],
         }
     }
@@ -353,7 +450,7 @@ mod tests {
     #[test]
     fn promtool_accepts_the_prometheus_text() {
         use std::{io::Write as _, process::Stdio};
-        let text = to_prometheus_text(&encode(&snapshot()).unwrap());
+        let text = to_prometheus_text(&encode_once(&snapshot()));
         let mut child = std::process::Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -381,9 +478,9 @@ mod tests {
 
     #[test]
     fn encodes_every_metric_with_help_and_type() {
-        let text = encode(&snapshot()).unwrap();
+        let text = encode_once(&snapshot());
         let expected = [
-            "# HELP capprof_checks Capability checks seen so far, by container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist).",
+            "# HELP capprof_checks Capability checks seen so far, by namespace, workload, container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist).",
             "# TYPE capprof_checks gauge",
             "# HELP capprof_ringbuf_lost Evidence records the kernel could not send (counts are never lost).",
             "# TYPE capprof_ringbuf_lost counter",
@@ -401,9 +498,11 @@ mod tests {
             "capprof_profiles_written_total 9",
             "# TYPE capprof_evictions counter",
             "capprof_evictions_total 1",
-            "# HELP capprof_shadow_violations Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by container and capability.",
+            "# HELP capprof_shadow_violations Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by namespace, workload, container and capability.",
             "# TYPE capprof_shadow_violations counter",
-            r#"capprof_shadow_violations_total{container="web",capability="CAP_SETUID"} 2"#,
+            r#"capprof_shadow_violations_total{namespace="",workload="",container="web",capability="CAP_SETUID"} 2"#,
+            "# TYPE capprof_metrics_workloads_folded counter",
+            "capprof_metrics_workloads_folded_total 0",
         ];
         for line in expected {
             assert!(
@@ -415,26 +514,121 @@ mod tests {
         // of the family (a hash map), so look them up one by one.
         assert!(
             text.lines().any(|l| l
-                == r#"capprof_checks{container="web",capability="CAP_CHOWN",class="required",phase="workload"} 3"#),
+                == r#"capprof_checks{namespace="",workload="",container="web",capability="CAP_CHOWN",class="required",phase="workload"} 3"#),
             "{text}"
         );
         assert!(
             text.lines().any(|l| l
-                == r#"capprof_checks{container="web\"1",capability="CAP_SYS_ADMIN",class="advisory",phase="runtime_setup"} 12"#),
+                == r#"capprof_checks{namespace="",workload="",container="web\"1",capability="CAP_SYS_ADMIN",class="advisory",phase="runtime_setup"} 12"#),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP ")).count(), 9);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# HELP ")).count(),
+            10
+        );
     }
 
     #[test]
     fn an_empty_snapshot_still_has_every_counter() {
-        let text = encode(&MetricsSnapshot::default()).unwrap();
+        let text = encode_once(&MetricsSnapshot::default());
         // prometheus-client leaves out a family with no series at all.
         assert!(!text.contains("capprof_checks"), "{text}");
         assert!(text.contains("\ncapprof_evictions_total 0\n"), "{text}");
         assert!(text.contains("\ncapprof_containers_tracked 0\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE ")).count(), 7);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE ")).count(), 8);
+    }
+
+    /// Two replicas of shop/Deployment/api (and their sandboxes) make one
+    /// series per capability, labelled by workload and never by pod.
+    #[test]
+    fn replicas_share_their_workloads_series() {
+        let api = deployment("shop", "api");
+        let snapshot = MetricsSnapshot {
+            checks: vec![
+                check("app", Some(&api), "CAP_NET_RAW", 2),
+                check("app", Some(&api), "CAP_NET_RAW", 5),
+                check("POD", Some(&api), "CAP_SYS_ADMIN", 1),
+                check("POD", Some(&api), "CAP_SYS_ADMIN", 1),
+                check("nginx", None, "CAP_CHOWN", 4),
+            ],
+            shadow_violations: vec![
+                violation("aaaa1111", Some(&api), 2),
+                violation("bbbb2222", Some(&api), 1),
+            ],
+            ..Default::default()
+        };
+        let text = encode_once(&snapshot);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        for line in [
+            r#"capprof_checks{namespace="shop",workload="Deployment/api",container="app",capability="CAP_NET_RAW",class="required",phase="workload"} 7"#,
+            r#"capprof_checks{namespace="shop",workload="Deployment/api",container="POD",capability="CAP_SYS_ADMIN",class="required",phase="workload"} 2"#,
+            r#"capprof_checks{namespace="",workload="",container="nginx",capability="CAP_CHOWN",class="required",phase="workload"} 4"#,
+            r#"capprof_shadow_violations_total{namespace="shop",workload="Deployment/api",container="app",capability="CAP_SETUID"} 3"#,
+        ] {
+            assert!(samples.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            samples
+                .iter()
+                .filter(|l| l.starts_with("capprof_checks{"))
+                .count(),
+            3,
+            "{text}"
+        );
+    }
+
+    /// The cardinality cap: with room for 2 workloads, 5 make 2 series
+    /// of their own and one `_other`, and the fold is counted; a shadow
+    /// counter summed over replicas never goes down when one is evicted.
+    #[test]
+    fn workloads_beyond_the_cap_share_one_series() {
+        let workloads: Vec<PodWorkload> = (1..=5)
+            .map(|i| deployment("shop", &format!("w{i}")))
+            .collect();
+        let snapshot = MetricsSnapshot {
+            checks: workloads
+                .iter()
+                .map(|w| check("app", Some(w), "CAP_CHOWN", 1))
+                .collect(),
+            shadow_violations: vec![
+                violation("aaaa1111", Some(&workloads[0]), 2),
+                violation("bbbb2222", Some(&workloads[0]), 3),
+                violation("cccc3333", Some(&workloads[4]), 4),
+            ],
+            ..Default::default()
+        };
+        let mut series = SeriesState::new(2);
+        let text = encode(&snapshot, &mut series).unwrap();
+        let checks: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("capprof_checks{"))
+            .collect();
+        assert_eq!(checks.len(), 3, "{text}");
+        for line in [
+            r#"capprof_checks{namespace="shop",workload="Deployment/w1",container="app",capability="CAP_CHOWN",class="required",phase="workload"} 1"#,
+            r#"capprof_checks{namespace="shop",workload="Deployment/w2",container="app",capability="CAP_CHOWN",class="required",phase="workload"} 1"#,
+            r#"capprof_checks{namespace="",workload="_other",container="",capability="CAP_CHOWN",class="required",phase="workload"} 3"#,
+            r#"capprof_shadow_violations_total{namespace="shop",workload="Deployment/w1",container="app",capability="CAP_SETUID"} 5"#,
+            r#"capprof_shadow_violations_total{namespace="",workload="_other",container="",capability="CAP_SETUID"} 4"#,
+            "capprof_metrics_workloads_folded_total 3",
+        ] {
+            assert!(
+                checks.contains(&line) || text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+
+        // The replica with 2 violations is evicted: w1's counter stays 5.
+        let mut later = snapshot.clone();
+        later.shadow_violations.remove(0);
+        let text = encode(&later, &mut series).unwrap();
+        let w1 = r#"capprof_shadow_violations_total{namespace="shop",workload="Deployment/w1",container="app",capability="CAP_SETUID"} 5"#;
+        assert!(text.lines().any(|l| l == w1), "{text}");
+        assert!(
+            text.contains("\ncapprof_metrics_workloads_folded_total 3\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -452,9 +646,14 @@ mod tests {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve_listener(listener, tx, async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve_listener(
+            listener,
+            tx,
+            SeriesState::new(2),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
 
         let fetch = |path: &'static str| async move {
             let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -13,20 +13,20 @@ pub mod metrics;
 pub mod privileges;
 pub mod query;
 pub mod retention;
+pub mod series;
 pub mod shadow;
+mod snapshot;
 pub mod state;
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use config::DaemonConfig;
-use query::{
-    CheckSample, ContainerSummary, Group, Health, Lookup, MetricsSnapshot, Query, ShadowSample,
-};
+use query::{ContainerSummary, Group, Health, Lookup, Query};
 use shadow::Candidates;
 use state::StateDir;
 use tokio::{
@@ -211,6 +211,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         tokio::spawn(metrics::serve_listener(
             l,
             query_tx.clone(),
+            metrics::SeriesState::new(config.metrics_max_workloads),
             shutdown(shutdown_rx.clone()),
         ))
     });
@@ -662,67 +663,7 @@ impl Aggregator {
                 let _ = reply.send(keys.iter().map(ToString::to_string).collect());
             }
             Query::Metrics { reply } => {
-                let index = CountIndex::new(observer.read_counts().unwrap_or_default());
-                let stats = observer.kernel_stats().unwrap_or_default();
-                let mut checks: BTreeMap<(String, String, String, &str), u64> = BTreeMap::new();
-                let mut shadow_violations = vec![];
-                for rec in recorder.records() {
-                    let counts = recorder.counts_of(&rec.id, &index);
-                    let Some(p) = recorder.snapshot(&rec.id, observer, &counts) else {
-                        continue;
-                    };
-                    let container = rec.file_stem();
-                    if let Some(status) = self.shadow.status(
-                        rec.info.name.as_deref(),
-                        rec.info.image.as_deref(),
-                        Some(&p),
-                    ) {
-                        shadow_violations.extend(status.violations.iter().map(|v| ShadowSample {
-                            container: container.clone(),
-                            capability: v.capability.to_string(),
-                            count: v.checks,
-                        }));
-                    }
-                    let phases = [
-                        ("workload", &p.capabilities),
-                        ("runtime_setup", &p.runtime_setup),
-                    ];
-                    for (phase, usages) in phases {
-                        for u in usages {
-                            for (class, n) in &u.by_class {
-                                let key = (
-                                    container.clone(),
-                                    u.name.to_string(),
-                                    class.to_string(),
-                                    phase,
-                                );
-                                *checks.entry(key).or_default() += n;
-                            }
-                        }
-                    }
-                }
-                let _ = reply.send(MetricsSnapshot {
-                    checks: checks
-                        .into_iter()
-                        .map(
-                            |((container, capability, class, phase), count)| CheckSample {
-                                container,
-                                capability,
-                                class,
-                                phase: phase.to_owned(),
-                                count,
-                            },
-                        )
-                        .collect(),
-                    ringbuf_lost: stats.ringbuf_lost,
-                    counts_full: stats.counts_full,
-                    recursion_misses: stats.recursion_misses.unwrap_or(0),
-                    cgroups_tracked: recorder.cgroups_tracked() as u64,
-                    containers_tracked: recorder.len() as u64,
-                    profiles_written: self.counters.profiles_written,
-                    evictions: self.counters.evictions,
-                    shadow_violations,
-                });
+                let _ = reply.send(self.metrics_snapshot());
             }
         }
     }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::shadow::ShadowStatus;
+use super::{series::PodWorkload, shadow::ShadowStatus};
 use crate::{
     capability::Cap,
     cri::workload::{WorkloadError, WorkloadKey},
@@ -48,6 +48,9 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSample {
     pub container: String,
+    /// The workload of a pod's container; None outside Kubernetes.
+    #[serde(default)]
+    pub pod: Option<PodWorkload>,
     pub capability: String,
     /// required, denied, silent, borrowed, advisory.
     pub class: String,
@@ -60,7 +63,14 @@ pub struct CheckSample {
 /// One sample of `capprof_shadow_violations_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShadowSample {
+    /// The container's id: the series sums containers, and keeps the
+    /// counts of the ones gone (see [`super::series::Continuity`]).
+    #[serde(default)]
+    pub id: String,
     pub container: String,
+    /// The workload of a pod's container; None outside Kubernetes.
+    #[serde(default)]
+    pub pod: Option<PodWorkload>,
     pub capability: String,
     pub count: u64,
 }

@@ -29,6 +29,10 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics here; a bare port binds 127.0.0.1 [default: off].
     #[arg(long, value_name = "ADDR", env = "CAPPROF_METRICS")]
     pub metrics: Option<String>,
+    /// Workloads given metrics series of their own; pods of further
+    /// workloads are counted under workload="_other" [default: 500].
+    #[arg(long, value_name = "N", env = "CAPPROF_METRICS_MAX_WORKLOADS")]
+    pub metrics_max_workloads: Option<usize>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "CAPPROF_CONFIG")]
     pub config: Option<PathBuf>,
@@ -98,6 +102,9 @@ impl DaemonArgs {
         }
         if let Some(v) = &self.metrics {
             c.metrics = Some(v.clone());
+        }
+        if let Some(v) = self.metrics_max_workloads {
+            c.metrics_max_workloads = v;
         }
         if let Some(v) = self.max_containers {
             c.max_containers = v;
