@@ -17,238 +17,14 @@
 mod common;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{daemon::TestDaemon, *};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, GetEventsRequest, ImageSpec,
-    KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
-    runtime_service_client::RuntimeServiceClient,
-};
+use common::{cri::*, daemon::TestDaemon, *};
+use k8s_cri::v1::{GetEventsRequest, ListContainersRequest, ListPodSandboxRequest};
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-/// The image the CRI runs (imported into containerd by xtask).
-const IMAGE: &str = "capprof-busybox:test";
-const PATH_ENV: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn endpoint() -> String {
-    std::env::var("CAPPROF_TEST_CRI")
-        .expect("CAPPROF_TEST_CRI is not set: run these tests through `cargo xtask test`, which starts a private containerd")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect() -> RuntimeServiceClient<Channel> {
-    let path = endpoint().strip_prefix("unix://").unwrap().to_owned();
-    let channel = Endpoint::from_static("http://cri.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
-
-/// A pod as the kubelet describes it to the runtime.
-struct PodSpec {
-    namespace: &'static str,
-    name: &'static str,
-    uid: String,
-    labels: Vec<(&'static str, &'static str)>,
-    container: &'static str,
-    script: &'static str,
-}
-
-fn uid(n: u32) -> String {
-    format!("{n:08x}-d113-4ec5-a9f4-{:012x}", std::process::id())
-}
-
-impl PodSpec {
-    fn sandbox_config(&self) -> PodSandboxConfig {
-        let mut labels: HashMap<String, String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.insert("io.kubernetes.pod.name".into(), self.name.into());
-        labels.insert("io.kubernetes.pod.namespace".into(), self.namespace.into());
-        labels.insert("io.kubernetes.pod.uid".into(), self.uid.clone());
-        let annotations = HashMap::from([
-            ("kubernetes.io/config.source".to_owned(), "api".to_owned()),
-            (
-                "kubernetes.io/config.seen".to_owned(),
-                "2026-01-01T00:00:00Z".to_owned(),
-            ),
-        ]);
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: self.name.into(),
-                uid: self.uid.clone(),
-                namespace: self.namespace.into(),
-                attempt: 0,
-            }),
-            // Host network: runc refuses a hostname without a UTS namespace.
-            hostname: String::new(),
-            labels,
-            annotations,
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("/kubepods/burstable/pod{}", self.uid),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn container_config(&self) -> ContainerConfig {
-        let labels = HashMap::from([
-            (
-                "io.kubernetes.container.name".to_owned(),
-                self.container.to_owned(),
-            ),
-            ("io.kubernetes.pod.name".to_owned(), self.name.to_owned()),
-            (
-                "io.kubernetes.pod.namespace".to_owned(),
-                self.namespace.to_owned(),
-            ),
-            ("io.kubernetes.pod.uid".to_owned(), self.uid.clone()),
-        ]);
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: self.container.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            command: vec!["/bin/sh".into(), "-c".into(), self.script.into()],
-            envs: vec![KeyValue {
-                key: "PATH".into(),
-                value: PATH_ENV.into(),
-            }],
-            labels,
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-fn host_network() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-/// Pods started through the CRI, stopped and removed on drop.
-struct Pods {
-    sandboxes: Vec<(String, String)>,
-}
-
-impl Pods {
-    fn run(specs: &[PodSpec]) -> Self {
-        runtime().block_on(async {
-            let mut client = connect().await;
-            let mut sandboxes = vec![];
-            for spec in specs {
-                let config = spec.sandbox_config();
-                let sandbox = client
-                    .run_pod_sandbox(RunPodSandboxRequest {
-                        config: Some(config.clone()),
-                        runtime_handler: String::new(),
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", spec.name))
-                    .into_inner()
-                    .pod_sandbox_id;
-                sandboxes.push((sandbox.clone(), spec.uid.clone()));
-                let id = client
-                    .create_container(CreateContainerRequest {
-                        pod_sandbox_id: sandbox.clone(),
-                        config: Some(spec.container_config()),
-                        sandbox_config: Some(config),
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("CreateContainer {}: {e}", spec.name))
-                    .into_inner()
-                    .container_id;
-                client
-                    .start_container(StartContainerRequest {
-                        container_id: id.clone(),
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("StartContainer {}: {e}", spec.name));
-                eprintln!(
-                    "[cri] pod {}/{} container {} {id}",
-                    spec.namespace, spec.name, spec.container
-                );
-            }
-            Self { sandboxes }
-        })
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        runtime().block_on(async {
-            let mut client = connect().await;
-            for (sandbox, _) in &self.sandboxes {
-                let _ = client
-                    .stop_pod_sandbox(StopPodSandboxRequest {
-                        pod_sandbox_id: sandbox.clone(),
-                    })
-                    .await;
-                let _ = client
-                    .remove_pod_sandbox(RemovePodSandboxRequest {
-                        pod_sandbox_id: sandbox.clone(),
-                    })
-                    .await;
-            }
-        });
-        // The kubelet removes a pod's cgroup; here, the test does.
-        for (_, uid) in &self.sandboxes {
-            if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-                for hierarchy in entries.flatten() {
-                    let _ = std::fs::remove_dir(
-                        hierarchy
-                            .path()
-                            .join(format!("kubepods/burstable/pod{uid}")),
-                    );
-                }
-            }
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/kubepods/burstable/pod{uid}"));
-        }
-    }
-}
 
 /// chown to another uid: CAP_CHOWN.
 const CHOWN: &str = "touch /tmp/f && chown 1000 /tmp/f";
@@ -477,6 +253,126 @@ fn pods_are_named_and_replicas_merge_into_a_workload() {
     let out = daemon.ask(&["profile", "--workload", "shop/Frobnicator/web"]);
     assert_one_line_error(&out, 2, "is not a workload");
     drop(pods);
+}
+
+/// The daemon's metrics for pods' containers: labelled by namespace,
+/// workload and container, never by pod, so a Deployment's two replicas
+/// make one series; with room for one workload, the bare pod's are folded
+/// into `workload="_other"` and counted.
+#[test]
+#[ignore = "needs root"]
+fn metrics_are_labelled_by_workload_not_by_pod() {
+    require_root();
+    let cri = endpoint();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let daemon = TestDaemon::start(
+        Scratch::new("cri-metrics"),
+        &[
+            "--cri",
+            &cri,
+            "--metrics",
+            &metrics,
+            "--metrics-max-workloads",
+            "1",
+        ],
+    );
+    let replica = |name: &'static str, n: u32| PodSpec {
+        namespace: "fleet",
+        name,
+        uid: uid(n),
+        labels: vec![("app", "api"), ("pod-template-hash", "5f6d7c8b9")],
+        container: "app",
+        script: "touch /tmp/f && chown 1000 /tmp/f; sleep 3600",
+    };
+    let pods = Pods::run(&[
+        replica("api-5f6d7c8b9-aaaaa", 11),
+        replica("api-5f6d7c8b9-bbbbb", 12),
+        PodSpec {
+            namespace: "fleet",
+            name: "solo",
+            uid: uid(13),
+            labels: vec![],
+            container: "shell",
+            script: CHOWN,
+        },
+    ]);
+    // Both workloads are profiled before the first scrape, which then
+    // places them in name order: Deployment/api before Pod/solo.
+    eventually(20, "both workloads' CHOWN in the daemon", || {
+        let api = daemon.ask(&[
+            "profile",
+            "--workload",
+            "fleet/Deployment/api/app",
+            "--format",
+            "json",
+        ]);
+        let solo = daemon.ask(&[
+            "profile",
+            "--workload",
+            "fleet/Pod/solo/shell",
+            "--format",
+            "json",
+        ]);
+        let api: Value = serde_json::from_slice(&api.stdout).ok()?;
+        let solo: Value = serde_json::from_slice(&solo.stdout).ok()?;
+        let both = api["coverage"]["capabilities"]["CAP_CHOWN"]["seen_in"] == 2
+            && caps(&solo, "allowlist").contains(&"CAP_CHOWN".to_owned());
+        both.then_some(())
+    });
+    let scraped = scrape(&metrics);
+    eprintln!("[test] /metrics:\n{scraped}");
+    let chown = |labels: &str| -> Vec<&str> {
+        scraped
+            .lines()
+            .filter(|l| l.starts_with(&format!("capprof_checks{{{labels}")))
+            .filter(|l| l.contains(r#"capability="CAP_CHOWN",class="required",phase="workload"}"#))
+            .collect()
+    };
+    // One series for both replicas, whose count is both pods' checks.
+    let api = chown(r#"namespace="fleet",workload="Deployment/api",container="app","#);
+    assert_eq!(api.len(), 1, "{scraped}");
+    let count: u64 = api[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2, "{}", api[0]);
+    assert_eq!(
+        chown(r#"namespace="",workload="_other",container="","#).len(),
+        1,
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("\ncapprof_metrics_workloads_folded_total 1\n"),
+        "{scraped}"
+    );
+    // Nothing names a pod, a pod's uid or a container id.
+    for pod in [
+        "api-5f6d7c8b9-aaaaa",
+        "api-5f6d7c8b9-bbbbb",
+        "solo",
+        &uid(11),
+    ] {
+        assert!(!scraped.contains(pod), "{pod} in\n{scraped}");
+    }
+    assert!(!scraped.contains("pod="), "{scraped}");
+    drop(pods);
+}
+
+/// `GET /metrics` over plain HTTP/1.0: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: capprof\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Shared helpers for the root integration tests.
 #![allow(dead_code, reason = "each test crate uses a different subset")]
 
+pub mod cri;
 pub mod daemon;
 pub mod engine;
 
