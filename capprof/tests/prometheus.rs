@@ -2,8 +2,10 @@
 //! `prometheus`, which `cargo xtask setup` installs): the rules parse, their
 //! unit tests pass (and fail when the alert is broken), the scrape
 //! configuration parses and finds the DaemonSet's pods at their metrics
-//! port, and every metric the rules name is one the daemon serves.
-//! Host-only; a missing promtool fails every test here.
+//! port, every metric the rules name is one the daemon serves, and a real
+//! Prometheus server (Debian's `prometheus`, the same package) scrapes
+//! through the job's relabelling and fires the alert. Host-only; a missing
+//! promtool or prometheus fails the tests that need it.
 
 mod common;
 
@@ -166,17 +168,9 @@ fn the_scrape_config_finds_the_daemonset_and_passes_promtool() {
     }
 
     let scratch = copy_of_prometheus_dir("prometheus-config");
-    let mut checked = config.clone();
-    let job = checked["scrape_configs"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|j| j["job_name"] == "capprof")
-        .unwrap();
-    let object = job.as_object_mut().unwrap();
-    object.remove("kubernetes_sd_configs").unwrap();
-    object.insert(
-        "static_configs".into(),
+    let checked = with_discovery(
+        &config,
+        "static_configs",
         serde_json::json!([{"targets": ["127.0.0.1:9090"]}]),
     );
     std::fs::write(
@@ -189,10 +183,26 @@ fn the_scrape_config_finds_the_daemonset_and_passes_promtool() {
     assert!(said.contains("SUCCESS: 5 rules found"), "{said}");
 }
 
-/// Every `capprof_*` metric the rules name is one the daemon serves, with
-/// the labels they use: the rules and the daemon do not drift apart.
-#[test]
-fn the_rules_name_metrics_the_daemon_serves() {
+/// `config` with the capprof job's `kubernetes_sd_configs` replaced by
+/// `key: discovery`.
+fn with_discovery(config: &Value, key: &str, discovery: Value) -> Value {
+    let mut changed = config.clone();
+    let job = changed["scrape_configs"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|j| j["job_name"] == "capprof")
+        .unwrap()
+        .as_object_mut()
+        .unwrap();
+    job.remove("kubernetes_sd_configs").unwrap();
+    job.insert(key.into(), discovery);
+    changed
+}
+
+/// What the daemon serves for a pod's container of shop/Deployment/web
+/// with a check and a shadow violation (OpenMetrics).
+fn served() -> String {
     let web = PodWorkload {
         namespace: "shop".into(),
         kind: "Deployment".into(),
@@ -216,7 +226,14 @@ fn the_rules_name_metrics_the_daemon_serves() {
         }],
         ..Default::default()
     };
-    let served = encode(&snapshot, &mut SeriesState::new(10)).unwrap();
+    encode(&snapshot, &mut SeriesState::new(10)).unwrap()
+}
+
+/// Every `capprof_*` metric the rules name is one the daemon serves, with
+/// the labels they use: the rules and the daemon do not drift apart.
+#[test]
+fn the_rules_name_metrics_the_daemon_serves() {
+    let served = served();
     let rules = read(&prometheus_dir().join(RULES));
     let named: BTreeSet<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
@@ -236,4 +253,150 @@ fn the_rules_name_metrics_the_daemon_serves() {
             }
         }
     }
+}
+
+/// Serves `body` as `/metrics` (Prometheus text) to any number of
+/// requests, on a thread; its address.
+fn serve_metrics(body: String) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// `GET path` from a local HTTP server, as JSON.
+fn get_json(addr: &str, path: &str) -> Option<Value> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    serde_json::from_str(reply.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// A Prometheus server that a test started, stopped on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The scrape job's relabelling, on a real Prometheus server (Debian's,
+/// without Kubernetes discovery): targets carry the `__meta_kubernetes_*`
+/// labels pod discovery would give them, through file discovery. Only the
+/// DaemonSet's running pod at its metrics port is scraped; its series keep
+/// capprof's `namespace`, `workload` and `container`, gain `node`, and
+/// the rules record the fleet sum and fire the shadow-violation alert.
+#[test]
+fn a_real_prometheus_scrapes_the_daemonset_through_the_relabelling() {
+    let daemon = serve_metrics(capprof::daemon::metrics::to_prometheus_text(&served()));
+    let scratch = copy_of_prometheus_dir("prometheus-server");
+    let pod = |address: &str, app: &str, port: &str, phase: &str| {
+        serde_json::json!({"targets": [address], "labels": {
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name": app,
+            "__meta_kubernetes_pod_container_port_name": port,
+            "__meta_kubernetes_pod_phase": phase,
+            "__meta_kubernetes_pod_node_name": "node-1",
+            "__meta_kubernetes_pod_name": "capprof-x7k2p",
+        }})
+    };
+    let targets = serde_json::json!([
+        pod(&daemon, "capprof", "metrics", "Running"),
+        // Another port of the same pod, another app, a pod not running.
+        pod("127.0.0.1:1", "capprof", "health", "Running"),
+        pod("127.0.0.1:2", "web", "metrics", "Running"),
+        pod("127.0.0.1:3", "capprof", "metrics", "Pending"),
+    ]);
+    std::fs::write(scratch.path("targets.json"), targets.to_string()).unwrap();
+    let mut config = with_discovery(
+        &yaml(&prometheus_dir().join(CONFIG)),
+        "file_sd_configs",
+        serde_json::json!([{"files": [scratch.path("targets.json")]}]),
+    );
+    config["global"]["scrape_interval"] = "1s".into();
+    config["global"]["evaluation_interval"] = "1s".into();
+    config["scrape_configs"][0]["scrape_interval"] = "1s".into();
+    std::fs::write(
+        scratch.path(CONFIG),
+        serde_norway::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let _server = Server(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", scratch.path(CONFIG).display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                scratch.path("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("prometheus: {e} (Debian's `prometheus` package)")),
+    );
+    let query = |q: &str| -> Vec<Value> {
+        get_json(&web, &format!("/api/v1/query?query={q}"))
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The alert and the recording rule are in two groups, evaluated apart.
+    let (firing, fleet) = loop {
+        let alerts = query("ALERTS");
+        let fleet = query("namespace_workload_container:capprof_checks:sum");
+        if !alerts.is_empty() && !fleet.is_empty() {
+            break (alerts, fleet);
+        }
+        let log = std::fs::read_to_string(scratch.path("prometheus.log")).unwrap_or_default();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert or fleet sum after 60 s:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+
+    let targets = get_json(&web, "/api/v1/targets").unwrap();
+    let active = targets["data"]["activeTargets"].as_array().unwrap();
+    assert_eq!(active.len(), 1, "{targets}");
+    assert_eq!(active[0]["scrapeUrl"], format!("http://{daemon}/metrics"));
+    assert_eq!(active[0]["labels"]["node"], "node-1", "{targets}");
+    assert_eq!(
+        targets["data"]["droppedTargets"].as_array().unwrap().len(),
+        3
+    );
+
+    let checks = query("capprof_checks");
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    let labels = &checks[0]["metric"];
+    assert_eq!(labels["namespace"], "shop", "{labels}");
+    assert_eq!(labels["workload"], "Deployment/web", "{labels}");
+    assert_eq!(labels["container"], "app", "{labels}");
+    assert_eq!(labels["node"], "node-1", "{labels}");
+    assert!(labels.get("exported_namespace").is_none(), "{labels}");
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    assert_eq!(fleet[0]["value"][1], "1", "{fleet:?}");
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let alert = &firing[0]["metric"];
+    assert_eq!(alert["alertname"], "CapprofShadowViolation", "{alert}");
+    assert_eq!(alert["workload"], "Deployment/web", "{alert}");
+    assert_eq!(alert["capability"], "CAP_SETUID", "{alert}");
 }
