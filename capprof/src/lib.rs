@@ -5,6 +5,7 @@
 //! the command line.
 
 pub mod attribution;
+pub mod build_info;
 pub mod capability;
 pub mod capset;
 pub mod cgroup;

@@ -5,13 +5,15 @@
 //! compiler keeps the layering: commands use the library, never the other
 //! way round.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::LazyLock};
 
-use clap::{Parser, Subcommand};
+use clap::{Args as _, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 mod cmd;
 mod error;
 mod log;
+
+use error::Error;
 
 /// Observe the Linux capabilities a workload really uses and emit a
 /// least-privilege allowlist.
@@ -52,9 +54,43 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
 }
 
+/// The command line with its version line: the version, the commit and
+/// the map ABI (build_info), which clap's derive cannot compute.
+fn cli_command() -> clap::Command {
+    static VERSION: LazyLock<String> = LazyLock::new(capprof::build_info::version_line);
+    Cli::command().version(VERSION.as_str())
+}
+
+/// What `capprof` parses: [`cli_command`] and the hidden `dist-files`,
+/// which is kept out of [`Cli`] so that the man pages and completions it
+/// writes from [`cli_command`] do not offer it.
+fn full_command() -> clap::Command {
+    cli_command().subcommand(cmd::dist_files::DistFilesArgs::augment_args(
+        clap::Command::new(cmd::dist_files::NAME).hide(true),
+    ))
+}
+
+/// What the command line asks for.
+enum Invocation {
+    Command(Box<Command>),
+    DistFiles(cmd::dist_files::DistFilesArgs),
+}
+
+fn parse() -> Result<Invocation, clap::Error> {
+    let matches = full_command().try_get_matches()?;
+    if let Some((cmd::dist_files::NAME, sub)) = matches.subcommand() {
+        return cmd::dist_files::DistFilesArgs::from_arg_matches(sub).map(Invocation::DistFiles);
+    }
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok(Invocation::Command(Box::new(cli.command)))
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let command = match parse() {
+        Ok(Invocation::Command(command)) => command,
+        Ok(Invocation::DistFiles(args)) => {
+            return finish(cmd::dist_files::main(&args, cli_command()));
+        }
         Err(err) => {
             // --help and --version are not errors.
             let code = if err.use_stderr() { 2 } else { 0 };
@@ -64,7 +100,7 @@ fn main() -> ExitCode {
     };
     install_panic_hook();
     log::init();
-    let result = match cli.command {
+    let result = match *command {
         Command::Run(args) => cmd::run::main(args),
         Command::Record(args) => cmd::record::main(args),
         Command::Export(args) => cmd::export::main(args),
@@ -79,6 +115,11 @@ fn main() -> ExitCode {
 
         Command::Doctor(args) => cmd::doctor::main(args),
     };
+    finish(result)
+}
+
+/// The exit status of a command, and its error in one line.
+fn finish(result: Result<ExitCode, Error>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -4,7 +4,7 @@
 use std::{fs, process::ExitCode};
 
 use capprof::{
-    cgroup,
+    build_info, cgroup,
     observer::{
         Backend, COMPAT, LSM_LIST, Observer, ObserverError, bpf_lsm_active,
         btf::{self, KernelBtf},
@@ -84,6 +84,11 @@ const REQUIRED: [&str; 4] = ["root", "btf", "cgroup2", "load"];
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// This build (`capprof --version`), so that a pasted report says
+    /// which capprof it is about.
+    version: &'static str,
+    commit: &'static str,
+    map_abi: u32,
     kernel: String,
     backend: Option<String>,
     reason: Option<String>,
@@ -251,6 +256,9 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
     let report = Report {
+        version: build_info::VERSION,
+        commit: build_info::COMMIT,
+        map_abi: build_info::MAP_ABI,
         kernel: kernel_release(),
         backend: backend.map(|b| b.to_string()),
         reason,
@@ -404,6 +412,11 @@ fn recursion_check(programs: Vec<LoadedProgram>) -> Check {
 fn render_report(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "capprof:  {} (commit {}, map ABI {})",
+        r.version, r.commit, r.map_abi
+    );
     let _ = writeln!(out, "kernel:   {}", r.kernel);
     if let (Some(b), Some(why)) = (&r.backend, &r.reason) {
         let _ = writeln!(out, "backend:  {b} ({why})");

@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod diff;
+pub mod dist_files;
 pub mod doctor;
 pub mod export;
 pub mod merge;
