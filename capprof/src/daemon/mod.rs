@@ -97,12 +97,18 @@ impl DaemonError {
     }
 }
 
-/// Removes the daemon's pins (`capprof daemon --reset`).
+/// Removes the daemon's pins (`capprof daemon --reset`): this build's, and
+/// those another map ABI left (an older capprof's, which block an upgrade
+/// across ABIs).
 pub fn reset(config: &DaemonConfig) -> Result<bool, DaemonError> {
+    use crate::observer::pin;
     // Never under a running daemon's feet.
-    let _lock = crate::observer::pin::lock(&config.bpffs).map_err(ObserverError::from)?;
-    let dir = crate::observer::pin::pin_dir(&config.bpffs);
-    crate::observer::pin::reset(&dir).map_err(|source| DaemonError::Reset { path: dir, source })
+    let _lock = pin::lock(&config.bpffs).map_err(ObserverError::from)?;
+    let mut removed = false;
+    for (_, dir) in pin::all_pin_dirs(&config.bpffs) {
+        removed |= pin::reset(&dir).map_err(|source| DaemonError::Reset { path: dir, source })?;
+    }
+    Ok(removed)
 }
 
 /// Counters the metrics endpoint reports.

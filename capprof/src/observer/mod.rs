@@ -189,6 +189,7 @@ impl Observer {
                 // Before anything is reused or replaced: another daemon's
                 // pins are not ours to touch.
                 pin_lock = Some(pin::lock(bpffs)?);
+                pin::check_other_abis(bpffs)?;
                 let dir = pin::pin_dir(bpffs);
                 let object = aya_obj::Object::parse(OBJECT).map_err(ObserverError::Object)?;
                 if let Some(reason) = pin::incompatibility(&dir, &object) {

@@ -59,6 +59,25 @@ pub enum PinError {
         path.display()
     )]
     Busy { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "{} holds the pins of a capprof with map ABI {found}, still attached; this one has \
+         map ABI {MAP_ABI_VERSION} and cannot take them over: run `capprof daemon --reset{}` \
+         (it detaches them and drops the counts not yet saved; profiles stay), then start again",
+        path.display(),
+        reset_flag(path)
+    )]
+    OtherAbi { path: PathBuf, found: u32 },
+}
+
+/// The `--bpffs` a reset of `pins` (`<bpffs>/capprof/v<N>`) needs, when it
+/// is not the default mount.
+fn reset_flag(pins: &Path) -> String {
+    match pins.parent().and_then(Path::parent) {
+        Some(bpffs) if bpffs != Path::new(DEFAULT_BPFFS) => {
+            format!(" --bpffs {}", bpffs.display())
+        }
+        _ => String::new(),
+    }
 }
 
 /// An exclusive hold on a bpffs mount's capprof pins, for as long as it
@@ -115,6 +134,48 @@ fn holder(file: &fs::File) -> Option<u32> {
 /// The versioned pin directory under a bpffs mount.
 pub fn pin_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("capprof").join(format!("v{MAP_ABI_VERSION}"))
+}
+
+/// Every capprof pin directory under a bpffs mount, this build's and other
+/// map ABIs' (`<bpffs>/capprof/v<N>`), with its ABI version.
+pub fn all_pin_dirs(bpffs: &Path) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = fs::read_dir(bpffs.join("capprof")) else {
+        return vec![];
+    };
+    let mut dirs: Vec<(u32, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let abi = name.to_str()?.strip_prefix('v')?.parse().ok()?;
+            Some((abi, entry.path()))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Refuses pins that another map ABI left attached: this build cannot
+/// read their maps, and loading beside them would count every check
+/// twice, once in programs nobody drains. An upgrade within one ABI
+/// reuses the pins instead; across ABIs, `capprof daemon --reset` removes
+/// them first.
+pub fn check_other_abis(bpffs: &Path) -> Result<(), PinError> {
+    let stale = all_pin_dirs(bpffs)
+        .into_iter()
+        .filter(|(abi, _)| *abi != MAP_ABI_VERSION)
+        .find(|(_, dir)| {
+            ["maps", "links"]
+                .iter()
+                .any(|sub| has_entries(&dir.join(sub)))
+        });
+    match stale {
+        Some((found, path)) => Err(PinError::OtherAbi { path, found }),
+        None => Ok(()),
+    }
+}
+
+fn has_entries(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 pub fn map_path(dir: &Path, name: &str) -> PathBuf {
@@ -259,6 +320,32 @@ mod tests {
         );
         drop(first);
         lock(&root).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn pins_of_another_abi_are_refused_with_the_reset_to_run() {
+        // Plain directories stand in for bpffs: only names are read.
+        let root = std::env::temp_dir().join(format!("capprof-otherabi-{}", std::process::id()));
+        let ours = pin_dir(&root);
+        fs::create_dir_all(ours.join("maps/COUNTS")).unwrap();
+        let old = root.join("capprof/v1");
+        // An empty directory of another ABI holds nothing attached.
+        fs::create_dir_all(old.join("links")).unwrap();
+        check_other_abis(&root).unwrap();
+        fs::create_dir_all(old.join("links/capprof_cap")).unwrap();
+        let err = check_other_abis(&root).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PinError::OtherAbi { found: 1, .. }), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "capprof daemon --reset --bpffs {}",
+                root.display()
+            )),
+            "{msg}"
+        );
+        assert_eq!(all_pin_dirs(&root), [(1, old), (MAP_ABI_VERSION, ours)]);
         fs::remove_dir_all(&root).unwrap();
     }
 
