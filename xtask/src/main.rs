@@ -1,4 +1,4 @@
-//! capprof's development tasks: `cargo xtask setup|test|image|demo|bench|fuzz|vm-test`.
+//! capprof's development tasks: `cargo xtask setup|test|image|dist|demo|bench|fuzz|vm-test`.
 //!
 //! Every command prints what it does to stderr. `test` and `demo` first run
 //! `setup`'s checks, which install only what is missing.
@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod capprof_image;
 mod containerd;
+mod debian;
 mod demo;
+mod dist;
 mod engine;
 mod fuzz;
 mod image;
@@ -43,6 +45,10 @@ enum Command {
     /// Build capprof's container image (the DaemonSet's), with no registry,
     /// into the local Docker engine.
     Image(capprof_image::ImageArgs),
+    /// Build what a user installs into target/dist/: the Debian package,
+    /// a tarball of the same files, the container image (saved) and their
+    /// SHA-256 sums. Nothing is published.
+    Dist(dist::DistArgs),
     /// Profile the bundled sample workload and print the allowlist it needs.
     Demo,
     /// Measure capprof's cost per capability check against an empty program,
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Lint(args) => lint::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Image(args) => capprof_image::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Dist(args) => dist::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),

@@ -38,6 +38,12 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     // protoc, which k8s-cri's build compiles the CRI protobuf with.
     "protobuf-compiler",
+    // `cargo xtask dist`: dpkg-shlibdeps works out the package's Depends:,
+    // lintian checks the package, and mmdebstrap builds the clean Debian
+    // 12 its install test runs in.
+    "dpkg-dev",
+    "lintian",
+    "mmdebstrap",
 ];
 
 /// Where bpf-linker finds nightly's libLLVM; its binary keeps an rpath here.

@@ -65,6 +65,10 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // The DaemonSet's image, for tests/image.rs (a release build, which the
     // benchmark's smoke test below needs anyway).
     crate::capprof_image::ensure_capprof_image(&engine)?;
+    // What a user installs, for tests/install.rs: the .deb, the tarball,
+    // the saved image and their sums, and a clean Debian 12 to install in.
+    crate::dist::build(&engine)?;
+    crate::debian::ensure_debian_image(&engine)?;
     // A private containerd for the CRI tests (tests/cri.rs).
     let containerd = Containerd::start(&engine)?;
     // A real kube-apiserver for the fleet tests (tests/kube_api.rs).
@@ -84,6 +88,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .env("CAPPROF_TOOLS_IMAGE", TOOLS_IMAGE)
         .env("CAPPROF_NGINX_IMAGE", image::NGINX_IMAGE)
         .env("CAPPROF_IMAGE", crate::capprof_image::CAPPROF_IMAGE)
+        .env("CAPPROF_TEST_DIST", crate::dist::dist_dir())
+        .env("CAPPROF_DEBIAN_IMAGE", crate::debian::DEBIAN_IMAGE)
         .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log)
         .env("CAPPROF_TEST_CRI", containerd.endpoint())
         .env("CAPPROF_TEST_KUBE", cluster.dir());
