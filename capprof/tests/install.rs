@@ -38,17 +38,22 @@ fn stdout_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The commit the test binary was built from, as build.rs stamps it.
+/// The commit this build comes from, as build.rs stamps it for every
+/// target of the package, this test's too.
+const COMMIT: &str = env!("CAPPROF_GIT_COMMIT");
+
+/// [`COMMIT`], checked against git's HEAD where git answers (a normal
+/// user may not read the checkout's repository: git refuses another
+/// user's).
 fn head_commit() -> String {
     let out =
         run(Command::new("git")
             .current_dir(repo())
             .args(["rev-parse", "--short=12", "HEAD"]));
     if out.status.success() {
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    } else {
-        "unknown".to_owned()
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), COMMIT);
     }
+    COMMIT.to_owned()
 }
 
 #[test]
