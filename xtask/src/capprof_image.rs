@@ -66,7 +66,7 @@ pub fn run(args: &ImageArgs) -> Result<()> {
     note(format_args!(
         "{from}   (as root on the node, or through ssh)"
     ));
-    note("then: kubectl apply -f deploy/daemonset.yaml");
+    note("then: kubectl apply -k deploy/");
     Ok(())
 }
 
