@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod diff;
 pub mod engine;
 pub mod export;
+pub mod fleet;
 pub mod fsutil;
 pub mod k8s_patch;
 pub mod load;

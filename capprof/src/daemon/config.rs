@@ -50,6 +50,22 @@ pub struct DaemonConfig {
     /// removed first. Default 1000 (about 10 MB of files). Running
     /// containers never count and are never removed.
     pub retain_max: usize,
+    /// Write this node's part of each workload's CapabilityProfile to the
+    /// cluster's API (`fleet::writer`). Default off.
+    pub kube: bool,
+    /// This node's name in the parts: $NODE_NAME (the DaemonSet sets it
+    /// from `spec.nodeName`), else the host name.
+    pub kube_node: Option<String>,
+    /// Where the cluster is: a kubeconfig file; default the pod's service
+    /// account, else as kubectl finds its config.
+    pub kubeconfig: Option<PathBuf>,
+    /// At most one write per object per node per interval. Default 30s.
+    #[serde(with = "humantime_serde_str")]
+    pub kube_interval: Duration,
+    /// A node's part older than this no longer counts, and the next writer
+    /// removes it. Default 7 days.
+    #[serde(with = "humantime_serde_str")]
+    pub kube_stale_after: Duration,
 }
 
 /// Durations in the config file as people write them: `"7d"`, `"90m"`.
@@ -83,6 +99,11 @@ impl Default for DaemonConfig {
             shadow: vec![],
             retain_for: DEFAULT_RETAIN_FOR,
             retain_max: 1000,
+            kube: false,
+            kube_node: None,
+            kubeconfig: None,
+            kube_interval: crate::fleet::writer::DEFAULT_INTERVAL,
+            kube_stale_after: crate::fleet::writer::DEFAULT_STALE_AFTER,
         }
     }
 }
@@ -101,6 +122,29 @@ pub enum ConfigError {
 }
 
 impl DaemonConfig {
+    /// The fleet writer's settings, when `kube` is on: the node's name
+    /// from the config, else $NODE_NAME, else the host name.
+    pub fn writer(&self) -> Option<crate::fleet::writer::WriterConfig> {
+        if !self.kube {
+            return None;
+        }
+        let node = self
+            .kube_node
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .unwrap_or_else(|_| "unknown".into())
+            });
+        Some(crate::fleet::writer::WriterConfig {
+            node,
+            kubeconfig: self.kubeconfig.clone(),
+            interval: self.kube_interval,
+            stale_after: self.kube_stale_after,
+        })
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
@@ -153,6 +197,24 @@ impl DaemonConfig {
         }
         if self.retain_max == 0 {
             return Err(ConfigError::Invalid("retain_max must be at least 1".into()));
+        }
+        if self.kube_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "kube_interval must be at least 1s".into(),
+            ));
+        }
+        if self.kube_stale_after < self.kube_interval * 4 {
+            return Err(ConfigError::Invalid(
+                "kube_stale_after must be at least 4 times kube_interval".into(),
+            ));
+        }
+        if let Some(node) = &self.kube_node
+            && !crate::cri::names::is_dns_subdomain(node)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "kube_node {:?} is not a Kubernetes node name",
+                crate::text::visible(node)
+            )));
         }
         if let Some(m) = &self.metrics {
             super::metrics::parse_addr(m)

@@ -222,6 +222,17 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         ))
     });
 
+    let fleet_stats = std::sync::Arc::new(crate::fleet::writer::Stats::default());
+    let fleet_task = config.writer().map(|w| {
+        eprintln!(
+            "capprof: writing node {}'s parts of the cluster's CapabilityProfiles every {}",
+            w.node,
+            humantime::format_duration(w.interval)
+        );
+        let writer = crate::fleet::writer::Writer::new(w, fleet_stats.clone());
+        tokio::spawn(writer.run(query_tx.clone(), shutdown(shutdown_rx.clone())))
+    });
+
     let backend = observer.backend();
     let classification = observer.classification().to_string();
     let session = Session::start_with(observer, recorder, source, TICK).await?;
@@ -312,6 +323,9 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let _ = shutdown_tx.send(true);
     let _ = api_task.await;
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = fleet_task {
         let _ = t.await;
     }
     if let Some(bound) = bound {

@@ -572,7 +572,7 @@ impl Profile {
             .collect()
     }
 
-    fn apply_summary(&mut self) {
+    pub(crate) fn apply_summary(&mut self) {
         let Summary {
             allowlist,
             required,
@@ -641,7 +641,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
 }
 
 /// The class a capability is reported under: the strongest of its checks.
-fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
+pub(crate) fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
     // `Class` orders Required < Denied < Silent < Borrowed < Advisory: a
     // capability seen both borrowed and as the mmap probe (SYS_ADMIN on
     // overlay2) is reported borrowed, the more telling of the two.

@@ -83,6 +83,28 @@ pub struct DaemonArgs {
     /// [default: 1000].
     #[arg(long, value_name = "N", env = "CAPPROF_RETAIN_MAX")]
     pub retain_max: Option<usize>,
+    /// Write this node's part of each workload's CapabilityProfile to the
+    /// Kubernetes API (deploy/crd.yaml), so that `kubectl get
+    /// capabilityprofiles` and `capprof profile --kube` show each workload
+    /// across every node [default: off].
+    #[arg(long, env = "CAPPROF_KUBE")]
+    pub kube: bool,
+    /// This node's name in the profiles [default: $NODE_NAME, else the host name].
+    #[arg(long, value_name = "NAME", env = "CAPPROF_KUBE_NODE", requires = "kube")]
+    pub kube_node: Option<String>,
+    /// The cluster's kubeconfig [default: the pod's service account, else
+    /// $KUBECONFIG or ~/.kube/config].
+    #[arg(long, value_name = "FILE", env = "CAPPROF_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// At most one write per object per node this often ("30s") [default: 30s].
+    #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_INTERVAL",
+          value_parser = humantime::parse_duration, requires = "kube")]
+    pub kube_interval: Option<std::time::Duration>,
+    /// A node's part unrefreshed for this long no longer counts and is
+    /// removed ("7d") [default: 7d].
+    #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
+          value_parser = humantime::parse_duration, requires = "kube")]
+    pub kube_stale_after: Option<std::time::Duration>,
     /// Remove the pinned maps and programs, then exit.
     #[arg(long)]
     pub reset: bool,
@@ -126,6 +148,21 @@ impl DaemonArgs {
         }
         if let Some(v) = self.retain_max {
             c.retain_max = v;
+        }
+        if self.kube {
+            c.kube = true;
+        }
+        if let Some(v) = &self.kube_node {
+            c.kube_node = Some(v.clone());
+        }
+        if let Some(v) = &self.kubeconfig {
+            c.kubeconfig = Some(v.clone());
+        }
+        if let Some(v) = self.kube_interval {
+            c.kube_interval = v;
+        }
+        if let Some(v) = self.kube_stale_after {
+            c.kube_stale_after = v;
         }
         if !self.shadow.is_empty() {
             c.shadow = self.shadow.clone();

@@ -21,7 +21,9 @@ Examples:
   capprof profile 3f2a9c -f docker             docker run flags
   capprof profile -f k8s web > caps.yaml
   capprof profile --image nginx:1.27 -f compose  merged over the image's containers
-  capprof profile --workload shop/Deployment/web/nginx   a Kubernetes workload, merged over its pods";
+  capprof profile --workload shop/Deployment/web/nginx   a Kubernetes workload, merged over its pods
+  capprof profile --kube --workload shop/Deployment/web/nginx -f json
+                                               the same, over every node, from the cluster's API";
 
 /// Show the profile a running `capprof daemon` holds for one container, or
 /// with --image the profile merged over every container of an image, or
@@ -47,6 +49,23 @@ pub struct ProfileArgs {
     /// the pods have one): merge that container over the workload's pods.
     #[arg(long, env = "CAPPROF_PROFILE_WORKLOAD")]
     pub workload: bool,
+
+    /// With --workload: read the workload's CapabilityProfile from the
+    /// Kubernetes API instead of this node's daemon: every node's part,
+    /// merged (seen in N pods on M nodes).
+    #[arg(long, env = "CAPPROF_PROFILE_KUBE", requires = "workload")]
+    pub kube: bool,
+
+    /// With --kube: the cluster's kubeconfig [default: $KUBECONFIG, else
+    /// ~/.kube/config, else the pod's service account].
+    #[arg(long, value_name = "FILE", env = "CAPPROF_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kube: leave out the parts of nodes that have not seen the
+    /// workload for this long, as the daemons do ("7d").
+    #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
+          value_parser = humantime::parse_duration, default_value = "7d", requires = "kube")]
+    pub stale_after: std::time::Duration,
 
     /// The daemon's API socket.
     #[arg(long, value_name = "PATH", env = "CAPPROF_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -106,6 +125,18 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
             "give a container name or id (see `capprof ps`)",
         ));
     }
+    if args.kube {
+        let workload: WorkloadKey = key
+            .parse()
+            .map_err(|e: WorkloadError| Error::usage(e.to_string()))?;
+        let options = capprof::fleet::read::ReadOptions {
+            kubeconfig: args.kubeconfig.as_deref(),
+            stale_after: args.stale_after,
+        };
+        let profile = capprof::fleet::read::profile(&workload, &options)
+            .map_err(|e| Error::usage(e.to_string()))?;
+        return show(&profile, args.format);
+    }
     let (what, path) = if args.workload {
         let workload: WorkloadKey = key
             .parse()
@@ -144,22 +175,26 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
     // The daemon's answer is checked like any profile file.
     let profile = Profile::from_json(&format!("the daemon's profile of {key}"), &body)
         .map_err(|e| Error::internal(e.to_string()))?;
-    match args.format.export() {
+    show(&profile, args.format)
+}
+
+fn show(profile: &Profile, format: ProfileFormat) -> Result<String, Error> {
+    match format.export() {
         Some(format) => {
             // As loud as `capprof export`: no setting can grant these.
-            if let Some(warning) = table::ungrantable_warning(&profile) {
+            if let Some(warning) = table::ungrantable_warning(profile) {
                 crate::log::warn(warning);
             }
             if let Some(warning) = profile.partial_warning() {
                 crate::log::warn(warning);
             }
-            Ok(export::render(&profile, format)?)
+            Ok(export::render(profile, format)?)
         }
         None => Ok(format!(
             "{}{}{}",
-            heading(&profile),
-            table::render_profile(&profile),
-            coverage(&profile)
+            heading(profile),
+            table::render_profile(profile),
+            coverage(profile)
         )),
     }
 }

@@ -16,7 +16,8 @@ const EXAMPLES: &str = "\
 Examples:
   capprof report -o report.html profiles/           every profile in a directory
   capprof report -f markdown web.json > comment.md  for a pull-request comment
-  capprof report --runtime crio -o r.html a.json b.json";
+  capprof report --runtime crio -o r.html a.json b.json
+  capprof report --kube -n shop -o shop.html        every workload of a namespace, across the cluster";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
@@ -73,14 +74,60 @@ pub struct ReportArgs {
     )]
     pub startup_window: u64,
 
+    /// Read the profiles from the cluster's CapabilityProfiles (every node's
+    /// part, merged per workload container) instead of files.
+    #[arg(long, env = "CAPPROF_REPORT_KUBE", conflicts_with = "inputs")]
+    pub kube: bool,
+
+    /// With --kube: only this namespace [default: every namespace].
+    #[arg(short = 'n', long, value_name = "NAMESPACE", requires = "kube")]
+    pub namespace: Option<String>,
+
+    /// With --kube: the cluster's kubeconfig [default: $KUBECONFIG, else
+    /// ~/.kube/config, else the pod's service account].
+    #[arg(long, value_name = "FILE", env = "CAPPROF_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kube: leave out the parts of nodes that have not seen a
+    /// workload for this long ("7d").
+    #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
+          value_parser = humantime::parse_duration, default_value = "7d", requires = "kube")]
+    pub stale_after: Duration,
+
     /// Profiles, or directories searched for `*.json` profiles (`-` reads
     /// one from stdin).
-    #[arg(value_name = "PROFILE_OR_DIR", required = true)]
+    #[arg(value_name = "PROFILE_OR_DIR", required_unless_present = "kube")]
     pub inputs: Vec<String>,
 }
 
 pub fn main(args: ReportArgs) -> Result<ExitCode, Error> {
-    let inputs = load::load(&args.inputs)?;
+    let inputs = if args.kube {
+        if let Some(ns) = &args.namespace
+            && !capprof::cri::names::is_dns_label(ns)
+        {
+            return Err(Error::usage(format!(
+                "{:?} is not a namespace name",
+                capprof::text::visible(ns)
+            )));
+        }
+        let options = capprof::fleet::read::ReadOptions {
+            kubeconfig: args.kubeconfig.as_deref(),
+            stale_after: args.stale_after,
+        };
+        let found = capprof::fleet::read::profiles(args.namespace.as_deref(), &options)
+            .map_err(|e| Error::usage(e.to_string()))?;
+        if found.is_empty() {
+            return Err(Error::usage(format!(
+                "no CapabilityProfile {} yet: is `capprof daemon --kube` running on the nodes?",
+                args.namespace
+                    .as_deref()
+                    .map_or("in the cluster".into(), |ns| format!("in namespace {ns}"))
+            )));
+        }
+        found
+    } else {
+        load::load(&args.inputs)?
+    };
     let report = Report::build(
         &inputs,
         Options {
