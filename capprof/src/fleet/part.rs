@@ -517,7 +517,7 @@ mod tests {
         // knows which object to patch.
         Profile::from_json("fleet.json", fleet.to_json().as_bytes()).unwrap();
         let patch = export::render(&fleet, Format::K8sPatch).unwrap();
-        assert!(patch.contains("kind: Deployment") && patch.contains("name: web"), "{patch}");
+        assert!(patch.contains("patch deployment web"), "{patch}");
         assert!(patch.contains("NET_BIND_SERVICE") && patch.contains("SETUID"), "{patch}");
 
         let status = summarize(&obj, SystemTime::now(), WEEK).unwrap();
