@@ -153,6 +153,15 @@ impl OwnerKind {
         }
     }
 
+    /// The API version the patch names: the one every served Kubernetes
+    /// release has (`batch/v1` CronJobs from 1.21).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            OwnerKind::CronJob => "batch/v1",
+            _ => "apps/v1",
+        }
+    }
+
     /// The resource name kubectl takes (`deployment`).
     pub fn resource(self) -> &'static str {
         match self {
@@ -357,6 +366,9 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
         target.name
     ));
     out.push_str(
+        "# capprof: or, owning just these fields: kubectl apply --server-side --field-manager=capprof -f FILE\n",
+    );
+    out.push_str(
         "# capprof: each container's capabilities.add and .drop replace the object's lists; \
          its other securityContext fields stay; a container name the object lacks would be \
          added as a new container\n",
@@ -400,17 +412,25 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
     let pod = Spec {
         spec: Containers { containers },
     };
+    // The object's identity too, so that the same file is a strategic
+    // merge patch and a server-side apply configuration.
     let body = match target.kind {
-        OwnerKind::CronJob => serde_norway::to_string(&Spec {
-            spec: JobTemplate {
-                job_template: Spec {
-                    spec: Template { template: pod },
+        OwnerKind::CronJob => serde_norway::to_string(&Object::of(
+            target,
+            Spec {
+                spec: JobTemplate {
+                    job_template: Spec {
+                        spec: Template { template: pod },
+                    },
                 },
             },
-        }),
-        _ => serde_norway::to_string(&Spec {
-            spec: Template { template: pod },
-        }),
+        )),
+        _ => serde_norway::to_string(&Object::of(
+            target,
+            Spec {
+                spec: Template { template: pod },
+            },
+        )),
     }
     .map_err(|source| K8sPatchError::Yaml { source })?;
     out.push_str(&body);
@@ -444,6 +464,36 @@ fn warnings(profile: &Profile, container: &str) -> Vec<String> {
 /// end the comment) made visible, length bounded.
 fn comment_safe(text: &str) -> String {
     crate::text::line(text, 200)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Object<'a, T> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
+    #[serde(flatten)]
+    spec: T,
+}
+
+impl<'a, T> Object<'a, T> {
+    fn of(target: &'a Target, spec: T) -> Self {
+        Object {
+            api_version: target.kind.api_version(),
+            kind: target.kind.as_str(),
+            metadata: Metadata {
+                name: &target.name,
+                namespace: &target.namespace,
+            },
+            spec,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    name: &'a str,
+    namespace: &'a str,
 }
 
 #[derive(Serialize)]

@@ -501,7 +501,7 @@ fn cri_bad_input_is_one_line() {
 #[ignore = "needs root"]
 fn measure_events_and_polling() {
     runtime().block_on(async {
-        let mut client = connect().await;
+        let mut client = connect(&endpoint()).await;
         let events = client.get_container_events(GetEventsRequest {}).await;
         let code = match events {
             Ok(stream) => {

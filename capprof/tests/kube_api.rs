@@ -13,110 +13,12 @@
 
 mod common;
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::Duration,
+use std::{process::Output, thread, time::Duration};
+
+use common::{
+    kube::{As, get_json, install, kubectl, kubectl_ok},
+    output_text, wait_until,
 };
-
-use common::{output_text, wait_until};
-use serde_json::Value;
-
-/// Who a kubectl call runs as.
-#[derive(Clone, Copy)]
-enum As {
-    /// `system:masters`.
-    Admin,
-    /// The `capprof/capprof` ServiceAccount deploy/rbac.yaml binds, as a
-    /// node daemon has it.
-    Node,
-}
-
-fn cluster_dir() -> PathBuf {
-    std::env::var_os("CAPPROF_TEST_KUBE")
-        .map(PathBuf::from)
-        .expect("CAPPROF_TEST_KUBE is not set: run these tests through `cargo xtask test`")
-}
-
-fn deploy(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(name)
-}
-
-/// kubectl as `who`, with `stdin` piped in. Each call gets a discovery
-/// cache of its own: kubectl's shared one would not know a CRD created
-/// after it was filled.
-fn kubectl(who: As, args: &[&str], stdin: Option<&str>) -> Output {
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-    let dir = cluster_dir();
-    let kubeconfig = dir.join(match who {
-        As::Admin => "admin.kubeconfig",
-        As::Node => "node.kubeconfig",
-    });
-    let cache = dir.join(format!(
-        "kubectl-cache-{}-{}",
-        std::process::id(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (cargo xtask setup installs it)");
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        pipe.write_all(text.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    let out = child.wait_with_output().unwrap();
-    let _ = std::fs::remove_dir_all(&cache);
-    out
-}
-
-fn kubectl_ok(who: As, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(who, args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        output_text(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn apply_file(path: &Path) {
-    kubectl_ok(As::Admin, &["apply", "-f", path.to_str().unwrap()], None);
-}
-
-/// What an operator does first: the CRD and the daemon's RBAC, then a
-/// namespace `ns` for the test. Idempotent.
-fn install(ns: &str) {
-    let _ = kubectl(As::Admin, &["create", "namespace", "capprof"], None);
-    apply_file(&deploy("crd.yaml"));
-    apply_file(&deploy("rbac.yaml"));
-    kubectl_ok(
-        As::Admin,
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=60s",
-            "crd/capabilityprofiles.capprof.dev",
-        ],
-        None,
-    );
-    let _ = kubectl(As::Admin, &["create", "namespace", ns], None);
-}
 
 fn profile_object(ns: &str, name: &str, extra_metadata: &str) -> String {
     format!(
@@ -130,13 +32,16 @@ fn profile_object(ns: &str, name: &str, extra_metadata: &str) -> String {
 fn node_part(ns: &str, name: &str, node: &str, caps: &[&str]) -> String {
     let checks: Vec<String> = caps
         .iter()
-        .map(|c| format!("{{capability: {c}, class: required, count: 3}}"))
+        .map(|c| {
+            format!("{{capability: {c}, granted: 3, denied: 0, byClass: {{required: 3}}, pods: 1}}")
+        })
         .collect();
     format!(
         "apiVersion: capprof.dev/v1alpha1\nkind: CapabilityProfile\nmetadata:\n  name: {name}\n  \
          namespace: {ns}\nstatus:\n  nodes:\n  - node: {node}\n    \
-         lastObserved: \"2026-12-06T15:00:00Z\"\n    pods: 1\n    complete: true\n    \
-         allowlist: [{}]\n    checks: [{}]\n",
+         firstObserved: \"2026-12-06T14:00:00Z\"\n    lastObserved: \"2026-12-06T15:00:00Z\"\n    \
+         pods: 1\n    complete: true\n    backend: tp_btf\n    classification: call-site\n    \
+         allowlist: [{}]\n    capabilities: [{}]\n",
         caps.join(", "),
         checks.join(", ")
     )
@@ -160,12 +65,6 @@ fn apply_part(who: As, node: &str, part: &str) -> Output {
         ],
         Some(part),
     )
-}
-
-fn get_json(who: As, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&kubectl_ok(who, &all, None)).unwrap()
 }
 
 #[test]

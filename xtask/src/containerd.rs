@@ -45,9 +45,10 @@ pub struct Containerd {
 
 impl Containerd {
     /// Starts containerd and imports [`TEST_IMAGE`] and [`PAUSE_IMAGE`]
-    /// from `engine` into it.
-    pub fn start(engine: &Engine) -> Result<Self> {
-        let dir = fresh_service_dir("containerd")?;
+    /// from `engine` into it. `tag` names its directory: the fleet tests
+    /// run two, one per node.
+    pub fn start(engine: &Engine, tag: &str) -> Result<Self> {
+        let dir = fresh_service_dir(tag)?;
         step(format_args!(
             "starting a private containerd with the CRI plugin in {}",
             dir.display()

@@ -69,8 +69,10 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // the saved image and their sums, and a clean Debian 12 to install in.
     crate::dist::build(&engine)?;
     crate::debian::ensure_debian_image(&engine)?;
-    // A private containerd for the CRI tests (tests/cri.rs).
-    let containerd = Containerd::start(&engine)?;
+    // A private containerd for the CRI tests (tests/cri.rs), and a second
+    // one for the fleet tests' second node (tests/fleet.rs).
+    let containerd = Containerd::start(&engine, "containerd")?;
+    let containerd_b = Containerd::start(&engine, "containerd-b")?;
     // A real kube-apiserver for the fleet tests (tests/kube_api.rs).
     kube::ensure_built()?;
     let cluster = kube::Cluster::start()?;
@@ -92,6 +94,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .env("CAPPROF_DEBIAN_IMAGE", crate::debian::DEBIAN_IMAGE)
         .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log)
         .env("CAPPROF_TEST_CRI", containerd.endpoint())
+        .env("CAPPROF_TEST_CRI_B", containerd_b.endpoint())
         .env("CAPPROF_TEST_KUBE", cluster.dir());
     if let Some(host) = engine.host() {
         cmd.env("DOCKER_HOST", host);
@@ -107,6 +110,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // Stop the private engines before the summary, so the summary stays last.
     drop(cluster);
     drop(containerd);
+    drop(containerd_b);
     engine.stop();
     let (status, counts) = outcome?;
     if let Ok(log) = std::fs::read_to_string(&bad_input_log) {

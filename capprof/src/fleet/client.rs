@@ -28,7 +28,9 @@ pub enum FleetError {
         "the CapabilityProfile resource is not installed in the cluster at {server}; install it with: kubectl apply -f deploy/crd.yaml"
     )]
     CrdMissing { server: String },
-    #[error("forbidden by RBAC: {user} may not {verb} {resource} (deploy/rbac.yaml grants what capprof needs): {message}")]
+    #[error(
+        "forbidden by RBAC: {user} may not {verb} {resource} (deploy/rbac.yaml grants what capprof needs): {message}"
+    )]
     Forbidden {
         user: String,
         verb: &'static str,
@@ -94,16 +96,19 @@ impl Fleet {
                 })?;
                 Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                     .await
-                    .map_err(|e| FleetError::Config(format!("kubeconfig {}: {e}", path.display())))?
+                    .map_err(|e| {
+                        FleetError::Config(format!("kubeconfig {}: {e}", path.display()))
+                    })?
             }
             None => Config::infer()
                 .await
                 .map_err(|e| FleetError::Config(e.to_string()))?,
         };
         let server = config.cluster_url.to_string();
-        let user = kubeconfig
-            .map(PathBuf::from)
-            .map_or_else(|| "this service account".into(), |p| format!("the user of {}", p.display()));
+        let user = kubeconfig.map(PathBuf::from).map_or_else(
+            || "this service account".into(),
+            |p| format!("the user of {}", p.display()),
+        );
         let client = Client::try_from(config).map_err(|e| FleetError::Config(e.to_string()))?;
         let gvk = GroupVersionKind::gvk(object::GROUP, object::VERSION, object::KIND);
         Ok(Self {
@@ -152,7 +157,10 @@ impl Fleet {
     }
 
     /// Every object of one namespace, or of the cluster.
-    pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<CapabilityProfile>, FleetError> {
+    pub async fn list(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<CapabilityProfile>, FleetError> {
         let resource = match namespace {
             Some(ns) => format!("capabilityprofiles in namespace {ns}"),
             None => "capabilityprofiles in all namespaces".into(),
@@ -195,7 +203,13 @@ impl Fleet {
         self.api(Some(&key.namespace))
             .patch(name, &params, &Patch::Apply(&body))
             .await
-            .map_err(|e| self.error(e, "patch", format!("capabilityprofiles {}/{name}", key.namespace)))?;
+            .map_err(|e| {
+                self.error(
+                    e,
+                    "patch",
+                    format!("capabilityprofiles {}/{name}", key.namespace),
+                )
+            })?;
         Ok(())
     }
 
@@ -220,7 +234,11 @@ impl Fleet {
             .patch_status(name, &params, &Patch::Apply(&body))
             .await
             .map_err(|e| {
-                self.error(e, "patch", format!("capabilityprofiles/status {namespace}/{name}"))
+                self.error(
+                    e,
+                    "patch",
+                    format!("capabilityprofiles/status {namespace}/{name}"),
+                )
             })?;
         decode(obj)
     }
@@ -249,7 +267,10 @@ impl Fleet {
             owner::DAEMONSET => &[("apps", "v1", "daemonsets")],
             owner::JOB => &[("batch", "v1", "jobs")],
             // batch/v1 from Kubernetes 1.21, v1beta1 before.
-            owner::CRONJOB => &[("batch", "v1", "cronjobs"), ("batch", "v1beta1", "cronjobs")],
+            owner::CRONJOB => &[
+                ("batch", "v1", "cronjobs"),
+                ("batch", "v1beta1", "cronjobs"),
+            ],
             _ => &[],
         };
         for (group, version, plural) in candidates {
@@ -259,7 +280,9 @@ impl Fleet {
                 Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
             match api.get_metadata_opt(&key.name).await {
                 Ok(Some(meta)) => {
-                    let Some(uid) = meta.metadata.uid else { continue };
+                    let Some(uid) = meta.metadata.uid else {
+                        continue;
+                    };
                     return Ok(Some(json!({
                         "apiVersion": format!("{group}/{version}"),
                         "kind": key.kind,
@@ -271,7 +294,11 @@ impl Fleet {
                 // An API version this server does not serve.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    return Err(self.error(e, "get", format!("{plural} {}/{}", key.namespace, key.name)));
+                    return Err(self.error(
+                        e,
+                        "get",
+                        format!("{plural} {}/{}", key.namespace, key.name),
+                    ));
                 }
             }
         }

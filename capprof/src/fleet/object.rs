@@ -309,7 +309,8 @@ impl CapabilityProfile {
             reason,
         };
         let spec = &self.spec;
-        if crate::cri::owner::canonical_kind(&spec.workload.kind) != Some(spec.workload.kind.as_str())
+        if crate::cri::owner::canonical_kind(&spec.workload.kind)
+            != Some(spec.workload.kind.as_str())
         {
             return Err(fail(format!(
                 "spec.workload.kind {:?} is not a workload kind",
@@ -393,14 +394,20 @@ mod tests {
         let long = [label.as_str(); 4].join(".");
         let long_a = object_name(&key(&long), "x");
         let long_b = object_name(&key(&long[1..]), "x");
-        assert!(long_a.len() <= 253 && names::is_dns_subdomain(&long_a), "{long_a}");
+        assert!(
+            long_a.len() <= 253 && names::is_dns_subdomain(&long_a),
+            "{long_a}"
+        );
         assert_ne!(long_a, long_b);
     }
 
     #[test]
     fn capabilities_are_spelled_as_kubernetes_does() {
         let caps: Vec<ShortCap> = serde_json::from_str(r#"["CHOWN","NET_RAW"]"#).unwrap();
-        assert_eq!(serde_json::to_string(&caps).unwrap(), r#"["CHOWN","NET_RAW"]"#);
+        assert_eq!(
+            serde_json::to_string(&caps).unwrap(),
+            r#"["CHOWN","NET_RAW"]"#
+        );
         assert!(serde_json::from_str::<ShortCap>(r#""CAP_CHOWN""#).is_err());
         assert!(serde_json::from_str::<ShortCap>(r#""chown""#).is_err());
         assert!(serde_json::from_str::<ShortCap>(r#""FLY""#).is_err());

@@ -335,7 +335,12 @@ pub fn summarize(
         .filter(|p| !is_stale(p, now, stale_after))
         .collect();
     let mut warnings: BTreeSet<Warning> = live.iter().flat_map(|p| p.warnings.clone()).collect();
-    for part in object.status.nodes.iter().filter(|p| is_stale(p, now, stale_after)) {
+    for part in object
+        .status
+        .nodes
+        .iter()
+        .filter(|p| is_stale(p, now, stale_after))
+    {
         warnings.insert(Warning {
             kind: WarningKind::Stale,
             node: Some(part.node.clone()),
@@ -423,7 +428,12 @@ mod tests {
         let t = SystemTime::now();
         for c in caps {
             let cap = format!("CAP_{c}").parse().unwrap();
-            obs.add_count(cap, (Verdict::Granted, Kind::Audit, Phase::Workload), 2, (t, t));
+            obs.add_count(
+                cap,
+                (Verdict::Granted, Kind::Audit, Phase::Workload),
+                2,
+                (t, t),
+            );
         }
         let observation = Observation {
             backend: "tp_btf".into(),
@@ -491,7 +501,10 @@ mod tests {
                 pod("web-7d9f8c6b5-bbbbb", &["CHOWN"]),
             ],
         );
-        let b = part_of("node-b", &[pod("web-7d9f8c6b5-ccccc", &["CHOWN", "SETUID"])]);
+        let b = part_of(
+            "node-b",
+            &[pod("web-7d9f8c6b5-ccccc", &["CHOWN", "SETUID"])],
+        );
         object(vec![a, b])
     }
 
@@ -501,16 +514,29 @@ mod tests {
         obj.check().unwrap();
         // What the API server hands back reads as the same object.
         let json = serde_json::to_string(&obj).unwrap();
-        assert_eq!(serde_json::from_str::<CapabilityProfile>(&json).unwrap(), obj);
+        assert_eq!(
+            serde_json::from_str::<CapabilityProfile>(&json).unwrap(),
+            obj
+        );
 
-        let fleet = fleet_profile(&obj, SystemTime::now(), WEEK).unwrap().unwrap();
+        let fleet = fleet_profile(&obj, SystemTime::now(), WEEK)
+            .unwrap()
+            .unwrap();
         let caps = |names: &[&str]| -> Vec<Cap> {
-            names.iter().map(|n| format!("CAP_{n}").parse().unwrap()).collect()
+            names
+                .iter()
+                .map(|n| format!("CAP_{n}").parse().unwrap())
+                .collect()
         };
         let allowlist: BTreeSet<Cap> = fleet.allowlist.iter().copied().collect();
-        let union: BTreeSet<Cap> = caps(&["CHOWN", "SETUID", "NET_BIND_SERVICE"]).into_iter().collect();
+        let union: BTreeSet<Cap> = caps(&["CHOWN", "SETUID", "NET_BIND_SERVICE"])
+            .into_iter()
+            .collect();
         assert_eq!(allowlist, union);
-        assert_eq!(fleet.capabilities[0].granted, 6, "2 checks in each of 3 pods");
+        assert_eq!(
+            fleet.capabilities[0].granted, 6,
+            "2 checks in each of 3 pods"
+        );
         let coverage = fleet.coverage.as_ref().unwrap();
         assert_eq!(coverage.profiles, 3);
         // Every command reads it: it is a valid profile, and k8s-patch
@@ -518,7 +544,10 @@ mod tests {
         Profile::from_json("fleet.json", fleet.to_json().as_bytes()).unwrap();
         let patch = export::render(&fleet, Format::K8sPatch).unwrap();
         assert!(patch.contains("patch deployment web"), "{patch}");
-        assert!(patch.contains("NET_BIND_SERVICE") && patch.contains("SETUID"), "{patch}");
+        assert!(
+            patch.contains("NET_BIND_SERVICE") && patch.contains("SETUID"),
+            "{patch}"
+        );
 
         let status = summarize(&obj, SystemTime::now(), WEEK).unwrap();
         assert_eq!(status.pods_seen, Some(3));
@@ -539,7 +568,9 @@ mod tests {
         let mut obj = two_nodes();
         let long_ago = SystemTime::now() - 2 * WEEK;
         obj.status.nodes[1].last_observed = crate::profile::rfc3339(long_ago);
-        let fleet = fleet_profile(&obj, SystemTime::now(), WEEK).unwrap().unwrap();
+        let fleet = fleet_profile(&obj, SystemTime::now(), WEEK)
+            .unwrap()
+            .unwrap();
         assert!(!fleet.allowlist.iter().any(|c| c.short_name() == "SETUID"));
         let status = summarize(&obj, SystemTime::now(), WEEK).unwrap();
         assert_eq!(status.nodes_seen, Some(1));
@@ -572,7 +603,12 @@ mod tests {
         assert!(obj.check().unwrap_err().reason.contains("two parts"));
         let mut obj = two_nodes();
         obj.status.nodes[0].capabilities[0].pods = 99;
-        assert!(obj.check().unwrap_err().reason.contains("seen in 99 of 2 pods"));
+        assert!(
+            obj.check()
+                .unwrap_err()
+                .reason
+                .contains("seen in 99 of 2 pods")
+        );
         let mut obj = two_nodes();
         obj.spec.workload.kind = "Secret".into();
         assert!(obj.check().is_err());

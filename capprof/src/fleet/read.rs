@@ -103,7 +103,10 @@ pub fn profiles(namespace: Option<&str>, options: &ReadOptions) -> Result<Vec<Lo
 
 /// The parts that still count, merged. The summary the writers left is
 /// not trusted: it is recomputed.
-pub fn to_profile(object: &CapabilityProfile, stale_after: Duration) -> Result<Profile, FleetError> {
+pub fn to_profile(
+    object: &CapabilityProfile,
+    stale_after: Duration,
+) -> Result<Profile, FleetError> {
     let key = object.key();
     let invalid = |reason: String| {
         FleetError::Invalid(InvalidObject {

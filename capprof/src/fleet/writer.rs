@@ -182,13 +182,16 @@ impl Writer {
                 p.last_observed = rfc3339(SystemTime::now());
                 let name = object::object_name(key, &container);
                 let id = (key.namespace.clone(), name.clone());
-                let unchanged = self.written.get(&id).is_some_and(|w| {
-                    w.content == part::content(&p) && w.at.elapsed() < refresh
-                });
+                let unchanged = self
+                    .written
+                    .get(&id)
+                    .is_some_and(|w| w.content == part::content(&p) && w.at.elapsed() < refresh);
                 (!unchanged).then_some((key.clone(), name, p))
             })
             .collect();
-        self.stats.pending.store(due.len() as u64, Ordering::Relaxed);
+        self.stats
+            .pending
+            .store(due.len() as u64, Ordering::Relaxed);
         for (key, name, p) in due {
             self.write(fleet, &key, &name, &p).await?;
             self.written.insert(
@@ -235,7 +238,9 @@ impl Writer {
             let stale_after = self.config.stale_after;
             let mut status = part::summarize(&object, now, stale_after)
                 .map_err(|e| FleetError::Invalid(invalid(&object, e.to_string())))?;
-            status.nodes.retain(|p| !part::is_stale(p, now, stale_after));
+            status
+                .nodes
+                .retain(|p| !part::is_stale(p, now, stale_after));
             let mut current = object.status.clone();
             current.last_update = None;
             if current == status {

@@ -1,8 +1,5 @@
-//! Pods through a real CRI runtime, the way the kubelet drives it: the
-//! private containerd `cargo xtask test` starts at `CAPPROF_TEST_CRI`
-//! (`RunPodSandbox` with host network, no hostname, cgroup parent
-//! `/kubepods/burstable/pod<uid>` and the kubelet's labels;
-//! `CreateContainer`; `StartContainer`), stopped and removed on drop.
+//! Pods on a private containerd, started through the CRI the way the
+//! kubelet starts them (tests/cri.rs, tests/fleet.rs).
 
 use std::collections::HashMap;
 
@@ -20,6 +17,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const IMAGE: &str = "capprof-busybox:test";
 pub const PATH_ENV: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The first node's runtime.
 pub fn endpoint() -> String {
     std::env::var("CAPPROF_TEST_CRI")
         .expect("CAPPROF_TEST_CRI is not set: run these tests through `cargo xtask test`, which starts a private containerd")
@@ -32,8 +30,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-pub async fn connect() -> RuntimeServiceClient<Channel> {
-    let path = endpoint().strip_prefix("unix://").unwrap().to_owned();
+/// The second node's runtime (the fleet tests run two).
+pub fn endpoint_b() -> String {
+    std::env::var("CAPPROF_TEST_CRI_B")
+        .expect("CAPPROF_TEST_CRI_B is not set: run these tests through `cargo xtask test`, which starts a second private containerd")
+}
+
+pub async fn connect(endpoint: &str) -> RuntimeServiceClient<Channel> {
+    let path = endpoint.strip_prefix("unix://").unwrap().to_owned();
     let channel = Endpoint::from_static("http://cri.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
@@ -61,7 +65,7 @@ pub fn uid(n: u32) -> String {
 }
 
 impl PodSpec {
-    pub fn sandbox_config(&self) -> PodSandboxConfig {
+    fn sandbox_config(&self) -> PodSandboxConfig {
         let mut labels: HashMap<String, String> = self
             .labels
             .iter()
@@ -100,7 +104,7 @@ impl PodSpec {
         }
     }
 
-    pub fn container_config(&self) -> ContainerConfig {
+    fn container_config(&self) -> ContainerConfig {
         let labels = HashMap::from([
             (
                 "io.kubernetes.container.name".to_owned(),
@@ -140,7 +144,7 @@ impl PodSpec {
     }
 }
 
-pub fn host_network() -> NamespaceOption {
+fn host_network() -> NamespaceOption {
     NamespaceOption {
         network: NamespaceMode::Node as i32,
         pid: NamespaceMode::Container as i32,
@@ -151,13 +155,19 @@ pub fn host_network() -> NamespaceOption {
 
 /// Pods started through the CRI, stopped and removed on drop.
 pub struct Pods {
+    endpoint: String,
     sandboxes: Vec<(String, String)>,
 }
 
 impl Pods {
+    /// On the first node's runtime.
     pub fn run(specs: &[PodSpec]) -> Self {
+        Self::run_on(&endpoint(), specs)
+    }
+
+    pub fn run_on(endpoint: &str, specs: &[PodSpec]) -> Self {
         runtime().block_on(async {
-            let mut client = connect().await;
+            let mut client = connect(endpoint).await;
             let mut sandboxes = vec![];
             for spec in specs {
                 let config = spec.sandbox_config();
@@ -192,7 +202,10 @@ impl Pods {
                     spec.namespace, spec.name, spec.container
                 );
             }
-            Self { sandboxes }
+            Self {
+                endpoint: endpoint.to_owned(),
+                sandboxes,
+            }
         })
     }
 }
@@ -200,7 +213,7 @@ impl Pods {
 impl Drop for Pods {
     fn drop(&mut self) {
         runtime().block_on(async {
-            let mut client = connect().await;
+            let mut client = connect(&self.endpoint).await;
             for (sandbox, _) in &self.sandboxes {
                 let _ = client
                     .stop_pod_sandbox(StopPodSandboxRequest {

@@ -4,6 +4,7 @@
 pub mod cri;
 pub mod daemon;
 pub mod engine;
+pub mod kube;
 
 use std::{
     io::BufRead as _,

@@ -90,11 +90,21 @@ pub struct DaemonArgs {
     #[arg(long, env = "CAPPROF_KUBE")]
     pub kube: bool,
     /// This node's name in the profiles [default: $NODE_NAME, else the host name].
-    #[arg(long, value_name = "NAME", env = "CAPPROF_KUBE_NODE", requires = "kube")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "CAPPROF_KUBE_NODE",
+        requires = "kube"
+    )]
     pub kube_node: Option<String>,
     /// The cluster's kubeconfig [default: the pod's service account, else
     /// $KUBECONFIG or ~/.kube/config].
-    #[arg(long, value_name = "FILE", env = "CAPPROF_KUBECONFIG", requires = "kube")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CAPPROF_KUBECONFIG",
+        requires = "kube"
+    )]
     pub kubeconfig: Option<PathBuf>,
     /// At most one write per object per node this often ("30s") [default: 30s].
     #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_INTERVAL",

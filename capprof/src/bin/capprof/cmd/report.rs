@@ -85,7 +85,12 @@ pub struct ReportArgs {
 
     /// With --kube: the cluster's kubeconfig [default: $KUBECONFIG, else
     /// ~/.kube/config, else the pod's service account].
-    #[arg(long, value_name = "FILE", env = "CAPPROF_KUBECONFIG", requires = "kube")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CAPPROF_KUBECONFIG",
+        requires = "kube"
+    )]
     pub kubeconfig: Option<PathBuf>,
 
     /// With --kube: leave out the parts of nodes that have not seen a

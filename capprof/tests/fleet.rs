@@ -1,0 +1,343 @@
+//! The fleet end to end, on a real kube-apiserver and two nodes: each node
+//! is a `capprof daemon --kube` with its own bpffs, state directory, node
+//! name and private containerd (`CAPPROF_TEST_CRI`, `CAPPROF_TEST_CRI_B`),
+//! writing with the ServiceAccount token deploy/rbac.yaml binds.
+//!
+//! One Deployment runs a pod on each node. The test checks that the
+//! cluster ends with one CapabilityProfile for it (seen in 2 pods on 2
+//! nodes, the union allowlist, an ownerReference to the Deployment), that
+//! `capprof profile --kube` reads it back as a profile, that its k8s-patch
+//! export is accepted by `kubectl apply --server-side`, that a node gone
+//! quiet expires, and that deleting the Deployment deletes the profile
+//! (kube-controller-manager's garbage collector).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Scratch,
+    cri::{PodSpec, Pods, endpoint, endpoint_b, uid},
+    daemon::TestDaemon,
+    kube::{As, get_json, install, kubeconfig, kubectl, kubectl_ok},
+    output_text, require_root, wait_until,
+};
+use serde_json::Value;
+
+const NS: &str = "fleet-shop";
+const OBJECT: &str = "deployment.web.app";
+
+fn deployment() -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n\
+         spec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    \
+         metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: app\n        \
+         image: capprof-busybox:test\n"
+    )
+}
+
+/// A node: a daemon writing its parts every 2 s, whose parts go stale
+/// after 20 s.
+fn node(name: &str, cri: &str) -> TestDaemon {
+    let kc = kubeconfig(As::Node);
+    TestDaemon::start(
+        Scratch::new(&format!("fleet-{name}")),
+        &[
+            "--cri",
+            cri,
+            "--kube",
+            "--kube-node",
+            name,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--kube-interval",
+            "2s",
+            "--kube-stale-after",
+            "20s",
+        ],
+    )
+}
+
+fn web_pod(name: &'static str, n: u32, script: &'static str) -> PodSpec {
+    PodSpec {
+        namespace: NS,
+        name,
+        uid: uid(n),
+        labels: vec![("app", "web"), ("pod-template-hash", "7d9f8c6b5")],
+        container: "app",
+        script,
+    }
+}
+
+fn object() -> Option<Value> {
+    let out = kubectl(
+        As::Admin,
+        &["get", "capabilityprofile", "-n", NS, OBJECT, "-o", "json"],
+        None,
+    );
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn coverage(obj: &Value, cap: &str) -> (u64, u64) {
+    let c = obj["status"]["coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["capability"] == cap)
+        .unwrap_or_else(|| panic!("no coverage of {cap}: {obj:#}"));
+    (c["pods"].as_u64().unwrap(), c["nodes"].as_u64().unwrap())
+}
+
+#[test]
+#[ignore = "needs root, two private containerds and the kube-apiserver that cargo xtask test starts"]
+fn a_deployment_on_two_nodes_is_one_profile_in_the_cluster() {
+    require_root();
+    install(NS);
+    kubectl_ok(As::Admin, &["apply", "-f", "-"], Some(&deployment()));
+    let deploy_uid =
+        get_json(As::Admin, &["get", "deployment", "-n", NS, "web"])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+    let node_a = node("node-a", &endpoint());
+    let mut node_b = node("node-b", &endpoint_b());
+    // The same Deployment's pods: chown (CHOWN) on both nodes, and mknod
+    // (MKNOD) on node-b only.
+    let _pods_a = Pods::run_on(
+        &endpoint(),
+        &[web_pod(
+            "web-7d9f8c6b5-aaaaa",
+            201,
+            "touch /tmp/f && chown 1000 /tmp/f && sleep 3600",
+        )],
+    );
+    let pods_b = Pods::run_on(
+        &endpoint_b(),
+        &[web_pod(
+            "web-7d9f8c6b5-bbbbb",
+            202,
+            "touch /tmp/f && chown 1000 /tmp/f && mknod /tmp/null c 1 3 && sleep 3600",
+        )],
+    );
+
+    let mut last = Value::Null;
+    wait_until(
+        "one CapabilityProfile with both nodes' parts",
+        Duration::from_secs(90),
+        || {
+            let Some(obj) = object() else { return false };
+            last = obj.clone();
+            let s = &obj["status"];
+            s["nodesSeen"] == 2
+                && s["podsSeen"] == 2
+                && strings(&s["allowlist"]).contains(&"MKNOD".to_owned())
+        },
+    );
+    let obj = last;
+    let allowlist = strings(&obj["status"]["allowlist"]);
+    assert!(allowlist.contains(&"CHOWN".to_owned()), "{obj:#}");
+    assert_eq!(coverage(&obj, "CHOWN"), (2, 2), "{obj:#}");
+    assert_eq!(coverage(&obj, "MKNOD"), (1, 1), "{obj:#}");
+    let owner = &obj["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Deployment", "{obj:#}");
+    assert_eq!(owner["uid"], deploy_uid.as_str(), "{obj:#}");
+    // Each part was written by its own node's field manager.
+    let managed = get_json(
+        As::Admin,
+        &[
+            "get",
+            "capabilityprofile",
+            "-n",
+            NS,
+            OBJECT,
+            "--show-managed-fields",
+        ],
+    );
+    let managers: Vec<String> = managed["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap().to_owned())
+        .collect();
+    for node in ["node-a", "node-b"] {
+        assert!(
+            managers.contains(&format!("capprof-node-{node}")),
+            "{managers:?}"
+        );
+    }
+
+    // The cluster's view, as a profile every command takes.
+    let dir = Scratch::new("fleet-read");
+    let admin = kubeconfig(As::Admin);
+    let key = format!("{NS}/Deployment/web/app");
+    let out = common::capprof(&[
+        "profile",
+        "--kube",
+        "--workload",
+        &key,
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "-f",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let profile: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        strings(&profile["allowlist"]).len(),
+        allowlist.len(),
+        "{profile:#}"
+    );
+    assert_eq!(profile["coverage"]["profiles"], 2);
+    let file = dir.path("fleet.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let out = common::capprof(&["export", "--format", "k8s-patch", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let patch = String::from_utf8(out.stdout).unwrap();
+    kubectl_ok(
+        As::Admin,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=capprof",
+            "-f",
+            "-",
+        ],
+        Some(&patch),
+    );
+    let patched = get_json(As::Admin, &["get", "deployment", "-n", NS, "web"]);
+    let caps =
+        &patched["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
+    assert_eq!(strings(&caps["drop"]), ["ALL"], "{patched:#}");
+    let mut added = strings(&caps["add"]);
+    added.sort();
+    let mut want = allowlist.clone();
+    want.sort();
+    assert_eq!(added, want, "{patch}");
+    let out = common::capprof(&[
+        "report",
+        "--kube",
+        "-n",
+        NS,
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "-o",
+        dir.path("report.html").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let html = std::fs::read_to_string(dir.path("report.html")).unwrap();
+    assert!(html.contains("MKNOD") && html.contains("web"), "report");
+
+    // node-b goes away for good: its part expires, and node-a's next
+    // write drops it.
+    node_b.stop();
+    drop(pods_b);
+    wait_until("node-b's part to expire", Duration::from_secs(90), || {
+        object().is_some_and(|o| {
+            o["status"]["nodesSeen"] == 1
+                && o["status"]["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.len() == 1)
+        })
+    });
+    let obj = object().unwrap();
+    assert_eq!(obj["status"]["nodes"][0]["node"], "node-a");
+    assert!(
+        !strings(&obj["status"]["allowlist"]).contains(&"MKNOD".to_owned()),
+        "{obj:#}"
+    );
+
+    // Deleting the workload deletes its profile (garbage collector).
+    kubectl_ok(As::Admin, &["delete", "deployment", "-n", NS, "web"], None);
+    wait_until(
+        "the profile to go with its Deployment",
+        Duration::from_secs(60),
+        || object().is_none(),
+    );
+    drop(node_a);
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver that cargo xtask test starts"]
+fn reading_the_cluster_says_what_is_wrong_in_one_line() {
+    install("fleet-errors");
+    let admin = kubeconfig(As::Admin);
+    let ask = |kc: &std::path::Path, key: &str| {
+        common::capprof(&[
+            "profile",
+            "--kube",
+            "--workload",
+            key,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ])
+    };
+    // No such profile.
+    let out = ask(&admin, "fleet-errors/Deployment/none/app");
+    common::assert_one_line_error(
+        &out,
+        2,
+        "no CapabilityProfile for fleet-errors/Deployment/none/app",
+    );
+    // Nothing listens there.
+    let dir = Scratch::new("fleet-errors");
+    let text = std::fs::read_to_string(&admin).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_owned();
+    let dead = dir.path("dead.kubeconfig");
+    std::fs::write(&dead, text.replace(&server, "https://127.0.0.1:1")).unwrap();
+    let out = ask(&dead, "fleet-errors/Deployment/web/app");
+    common::assert_one_line_error(&out, 2, "no Kubernetes API server reachable");
+    // Not a kubeconfig.
+    let bogus = dir.path("bogus.kubeconfig");
+    std::fs::write(&bogus, "{{{ not yaml").unwrap();
+    let out = ask(&bogus, "fleet-errors/Deployment/web/app");
+    common::assert_one_line_error(&out, 2, "kubeconfig");
+    // An object edited by hand into a shape the schema admits but no node
+    // could write: a capability seen in more pods than the part has.
+    kubectl_ok(
+        As::Admin,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: capprof.dev/v1alpha1\nkind: CapabilityProfile\nmetadata:\n  \
+             name: deployment.edited.app\n  namespace: fleet-errors\nspec:\n  \
+             workload: {kind: Deployment, name: edited}\n  container: app\n",
+        ),
+    );
+    let part = "apiVersion: capprof.dev/v1alpha1\nkind: CapabilityProfile\nmetadata:\n  \
+                name: deployment.edited.app\n  namespace: fleet-errors\nstatus:\n  nodes:\n  \
+                - node: node-x\n    firstObserved: \"2026-12-06T14:00:00Z\"\n    \
+                lastObserved: \"2099-12-06T15:00:00Z\"\n    pods: 1\n    complete: true\n    \
+                backend: tp_btf\n    classification: call-site\n    capabilities:\n    \
+                - {capability: CHOWN, granted: 1, denied: 0, byClass: {required: 1}, pods: 5}\n";
+    kubectl_ok(
+        As::Admin,
+        &[
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "--subresource=status",
+            "--field-manager=hand",
+            "-f",
+            "-",
+        ],
+        Some(part),
+    );
+    let out = ask(&admin, "fleet-errors/Deployment/edited/app");
+    common::assert_one_line_error(&out, 2, "seen in 5 of 1 pods");
+}
