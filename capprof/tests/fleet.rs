@@ -54,6 +54,8 @@ fn node(name: &str, cri: &str) -> TestDaemon {
             "2s",
             "--kube-stale-after",
             "20s",
+            "--kube-max-rate",
+            "50",
         ],
     )
 }
@@ -340,4 +342,81 @@ fn reading_the_cluster_says_what_is_wrong_in_one_line() {
     );
     let out = ask(&admin, "fleet-errors/Deployment/edited/app");
     common::assert_one_line_error(&out, 2, "seen in 5 of 1 pods");
+}
+
+/// Many writers at once stand in for many nodes: none loses another's
+/// part, the last summary counts them all, and the cost of a write is
+/// measured (BENCHMARKS.md scales it to 1,000 nodes).
+#[test]
+#[ignore = "needs the kube-apiserver that cargo xtask test starts"]
+fn concurrent_writers_never_lose_a_part() {
+    use capprof::{
+        daemon::api::testing::sample_profile,
+        fleet::{
+            Fleet,
+            writer::{Stats, Writer, WriterConfig},
+        },
+    };
+    const WRITERS: usize = 40;
+    const NS: &str = "fleet-many";
+    install(NS);
+    let key: capprof::cri::workload::WorkloadKey =
+        format!("{NS}/DaemonSet/agent/agent").parse().unwrap();
+    let profile = sample_profile();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node_kc = kubeconfig(As::Node);
+    let (elapsed, stats) = runtime.block_on(async {
+        let fleet = Fleet::connect(Some(&node_kc)).await.unwrap();
+        let stats = std::sync::Arc::new(Stats::default());
+        let started = std::time::Instant::now();
+        let mut tasks = vec![];
+        for i in 0..WRITERS {
+            let mut writer = Writer::new(
+                WriterConfig {
+                    node: format!("node-{i:03}"),
+                    kubeconfig: None,
+                    interval: Duration::from_secs(30),
+                    stale_after: Duration::from_secs(7 * 24 * 3600),
+                    max_rate: 1000,
+                },
+                stats.clone(),
+            );
+            let (fleet, key, profile) = (fleet.clone(), key.clone(), profile.clone());
+            tasks.push(tokio::spawn(async move {
+                writer.round(&fleet, &[(key, profile)]).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        (started.elapsed(), stats)
+    });
+    let obj = get_json(
+        As::Admin,
+        &[
+            "get",
+            "capabilityprofile",
+            "-n",
+            NS,
+            "daemonset.agent.agent",
+        ],
+    );
+    let nodes = obj["status"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), WRITERS, "every writer's part is kept");
+    assert_eq!(
+        obj["status"]["nodesSeen"], WRITERS as u64,
+        "the last summary counts every part"
+    );
+    let writes = stats.writes.load(std::sync::atomic::Ordering::Relaxed);
+    let conflicts = stats.conflicts.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "[fleet] {WRITERS} concurrent writers: {writes} writes ({conflicts} summary conflicts) in {:.2} s: {:.1} ms per write, {:.0} writes/s",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / writes as f64,
+        writes as f64 / elapsed.as_secs_f64()
+    );
 }

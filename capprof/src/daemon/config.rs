@@ -66,6 +66,9 @@ pub struct DaemonConfig {
     /// removes it. Default 7 days.
     #[serde(with = "humantime_serde_str")]
     pub kube_stale_after: Duration,
+    /// At most this many Kubernetes API requests per second from this
+    /// node. Default 2.
+    pub kube_max_rate: u32,
 }
 
 /// Durations in the config file as people write them: `"7d"`, `"90m"`.
@@ -104,6 +107,7 @@ impl Default for DaemonConfig {
             kubeconfig: None,
             kube_interval: crate::fleet::writer::DEFAULT_INTERVAL,
             kube_stale_after: crate::fleet::writer::DEFAULT_STALE_AFTER,
+            kube_max_rate: crate::fleet::writer::DEFAULT_MAX_RATE,
         }
     }
 }
@@ -142,6 +146,7 @@ impl DaemonConfig {
             kubeconfig: self.kubeconfig.clone(),
             interval: self.kube_interval,
             stale_after: self.kube_stale_after,
+            max_rate: self.kube_max_rate,
         })
     }
 
@@ -206,6 +211,11 @@ impl DaemonConfig {
         if self.kube_stale_after < self.kube_interval * 4 {
             return Err(ConfigError::Invalid(
                 "kube_stale_after must be at least 4 times kube_interval".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.kube_max_rate) {
+            return Err(ConfigError::Invalid(
+                "kube_max_rate must be 1..=1000 requests per second".into(),
             ));
         }
         if let Some(node) = &self.kube_node

@@ -15,6 +15,11 @@
 //! | `capprof_evictions_total` | counter | exited containers evicted from memory |
 //! | `capprof_shadow_violations_total{namespace,workload,container,capability}` | counter | checks enforcing the candidate allowlist would have refused (`--shadow`) |
 //! | `capprof_metrics_workloads_folded_total` | counter | workloads folded into `workload="_other"` (`--metrics-max-workloads`) |
+//! | `capprof_kube_writes_total` | counter | requests that wrote to the Kubernetes API (`--kube`) |
+//! | `capprof_kube_failures_total` | counter | failed Kubernetes API requests; the parts stay pending and are retried with backoff |
+//! | `capprof_kube_conflicts_total` | counter | merged-field writes another node beat (re-read and retried) |
+//! | `capprof_kube_pending_parts` | gauge | this node's parts waiting to be written |
+//! | `capprof_kube_last_success_timestamp_seconds` | gauge | when a round last wrote everything it had |
 //!
 //! `namespace`, `workload` (`KIND/NAME`) and `container` say where a pod's
 //! container is, per workload and never per pod: see [`super::series`],
@@ -316,6 +321,33 @@ pub fn encode(
         "Exited containers evicted from memory (their profiles stay on disk)",
         counter(snapshot.evictions),
     );
+    if let Some(kube) = &snapshot.kube {
+        registry.register(
+            "capprof_kube_writes",
+            "Requests that wrote to the Kubernetes API (daemon --kube)",
+            counter(kube.writes),
+        );
+        registry.register(
+            "capprof_kube_failures",
+            "Failed Kubernetes API requests; the parts stay pending and are retried with backoff",
+            counter(kube.failures),
+        );
+        registry.register(
+            "capprof_kube_conflicts",
+            "Writes of the merged fields another node beat (re-read and retried)",
+            counter(kube.conflicts),
+        );
+        registry.register(
+            "capprof_kube_pending_parts",
+            "This node's CapabilityProfile parts waiting to be written",
+            gauge(kube.pending),
+        );
+        registry.register(
+            "capprof_kube_last_success_timestamp_seconds",
+            "When a round of writes last succeeded (Unix time; 0 before the first)",
+            gauge(kube.last_success),
+        );
+    }
     // Like capprof_checks, absent from a scrape until it has a series.
     let shadow = Family::<ShadowLabels, Counter>::default();
     let summed = series
@@ -412,6 +444,13 @@ mod tests {
                 container: "web".into(),
                 ..violation("0123abcd", None, 2)
             }],
+            kube: Some(crate::daemon::query::KubeSample {
+                writes: 7,
+                failures: 2,
+                conflicts: 1,
+                pending: 3,
+                last_success: 1_700_000_000,
+            }),
         }
     }
 
@@ -503,6 +542,13 @@ mod tests {
             r#"capprof_shadow_violations_total{namespace="",workload="",container="web",capability="CAP_SETUID"} 2"#,
             "# TYPE capprof_metrics_workloads_folded counter",
             "capprof_metrics_workloads_folded_total 0",
+            "# TYPE capprof_kube_writes counter",
+            "capprof_kube_writes_total 7",
+            "capprof_kube_failures_total 2",
+            "capprof_kube_conflicts_total 1",
+            "# TYPE capprof_kube_pending_parts gauge",
+            "capprof_kube_pending_parts 3",
+            "capprof_kube_last_success_timestamp_seconds 1700000000",
         ];
         for line in expected {
             assert!(
@@ -525,7 +571,7 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# HELP ")).count(),
-            10
+            15
         );
     }
 

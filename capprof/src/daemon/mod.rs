@@ -286,6 +286,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
             max_count: config.retain_max,
         },
         sweeps: retention::Sweeps::default(),
+        fleet: fleet_task.as_ref().map(|_| fleet_stats.clone()),
     };
     if !daemon.shadow.is_empty() {
         eprintln!(
@@ -372,6 +373,8 @@ struct Aggregator {
     /// How long and how many exited containers stay on disk.
     retention: retention::Retention,
     sweeps: retention::Sweeps,
+    /// The fleet writer's counters, for the metrics (`--kube`).
+    fleet: Option<std::sync::Arc<crate::fleet::writer::Stats>>,
 }
 
 impl Aggregator {

@@ -91,6 +91,20 @@ pub struct MetricsSnapshot {
     /// Checks enforcing the candidate allowlists would have refused.
     #[serde(default)]
     pub shadow_violations: Vec<ShadowSample>,
+    /// The fleet writer's counters (`daemon --kube`); None when it is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeSample>,
+}
+
+/// What the fleet writer has done (`crate::fleet::writer::Stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeSample {
+    pub writes: u64,
+    pub failures: u64,
+    pub conflicts: u64,
+    pub pending: u64,
+    /// Unix time of the last round with no failure; 0 before the first.
+    pub last_success: u64,
 }
 
 /// What the grouping key of a profile is.

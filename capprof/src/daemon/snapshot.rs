@@ -84,6 +84,7 @@ impl Aggregator {
             profiles_written: self.counters.profiles_written,
             evictions: self.counters.evictions,
             shadow_violations,
+            kube: self.fleet.as_ref().map(|f| f.sample()),
         }
     }
 }

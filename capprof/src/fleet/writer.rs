@@ -54,7 +54,14 @@ pub struct WriterConfig {
     pub kubeconfig: Option<PathBuf>,
     pub interval: Duration,
     pub stale_after: Duration,
+    /// At most this many requests per second from this node: a rollout
+    /// that starts 100 pods on each of 1,000 nodes at once then reaches the
+    /// API server at most this many times 1,000 per second (BENCHMARKS.md).
+    pub max_rate: u32,
 }
+
+/// Default of [`WriterConfig::max_rate`].
+pub const DEFAULT_MAX_RATE: u32 = 2;
 
 /// What the writer has done, for the metrics and `/health`.
 #[derive(Debug, Default)]
@@ -71,6 +78,20 @@ pub struct Stats {
     pub last_success: AtomicU64,
 }
 
+impl Stats {
+    /// For the metrics endpoint.
+    pub fn sample(&self) -> crate::daemon::query::KubeSample {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::daemon::query::KubeSample {
+            writes: get(&self.writes),
+            failures: get(&self.failures),
+            conflicts: get(&self.conflicts),
+            pending: get(&self.pending),
+            last_success: get(&self.last_success),
+        }
+    }
+}
+
 /// What was last written of one object.
 struct Written {
     content: NodePart,
@@ -85,6 +106,8 @@ pub struct Writer {
     ensured: BTreeSet<(String, String)>,
     failing_since: Option<Instant>,
     backoff: Duration,
+    /// When the next request may go out (`max_rate`).
+    next_request: Option<tokio::time::Instant>,
 }
 
 impl Writer {
@@ -96,6 +119,7 @@ impl Writer {
             ensured: BTreeSet::new(),
             failing_since: None,
             backoff: Duration::ZERO,
+            next_request: None,
         }
     }
 
@@ -206,6 +230,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Waits until the node's rate limit lets one more request out.
+    async fn pace(&mut self) {
+        let gap = Duration::from_secs(1) / self.config.max_rate.max(1);
+        let now = tokio::time::Instant::now();
+        if let Some(at) = self.next_request
+            && at > now
+        {
+            tokio::time::sleep_until(at).await;
+        }
+        self.next_request = Some(now.max(self.next_request.unwrap_or(now)) + gap);
+    }
+
     async fn write(
         &mut self,
         fleet: &Fleet,
@@ -215,12 +251,15 @@ impl Writer {
     ) -> Result<(), FleetError> {
         let id = (key.namespace.clone(), name.to_owned());
         if !self.ensured.contains(&id) {
+            self.pace().await;
             let owner = fleet.owner_reference(key).await?;
             let container = key.container.as_deref().unwrap_or_default();
+            self.pace().await;
             fleet.ensure(key, name, container, owner).await?;
             self.count_write();
             self.ensured.insert(id);
         }
+        self.pace().await;
         let object = fleet.apply_part(&key.namespace, name, p).await?;
         self.count_write();
         self.summarize(fleet, object).await
@@ -248,6 +287,7 @@ impl Writer {
             }
             status.last_update = Some(rfc3339(now));
             object.status = status;
+            self.pace().await;
             match fleet.replace_status(&object).await {
                 Ok(()) => {
                     self.count_write();
@@ -255,8 +295,12 @@ impl Writer {
                 }
                 Err(e) if e.is_conflict() => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    let (ns, name) = (&object.metadata.namespace, &object.metadata.name);
-                    match fleet.get(ns, name).await? {
+                    let (ns, name) = (
+                        object.metadata.namespace.clone(),
+                        object.metadata.name.clone(),
+                    );
+                    self.pace().await;
+                    match fleet.get(&ns, &name).await? {
                         Some(again) => object = again,
                         None => return Ok(()),
                     }

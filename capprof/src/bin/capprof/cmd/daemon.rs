@@ -115,6 +115,15 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
           value_parser = humantime::parse_duration, requires = "kube")]
     pub kube_stale_after: Option<std::time::Duration>,
+    /// At most this many Kubernetes API requests per second from this node
+    /// [default: 2].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPPROF_KUBE_MAX_RATE",
+        requires = "kube"
+    )]
+    pub kube_max_rate: Option<u32>,
     /// Remove the pinned maps and programs, then exit.
     #[arg(long)]
     pub reset: bool,
@@ -173,6 +182,9 @@ impl DaemonArgs {
         }
         if let Some(v) = self.kube_stale_after {
             c.kube_stale_after = v;
+        }
+        if let Some(v) = self.kube_max_rate {
+            c.kube_max_rate = v;
         }
         if !self.shadow.is_empty() {
             c.shadow = self.shadow.clone();
