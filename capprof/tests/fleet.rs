@@ -420,3 +420,244 @@ fn concurrent_writers_never_lose_a_part() {
         writes as f64 / elapsed.as_secs_f64()
     );
 }
+
+/// A TCP proxy in front of the API server, so a test can take the server
+/// away from one node's daemon and give it back: while it is stopped,
+/// connections are refused, as they are when the server is down.
+struct Proxy {
+    port: u16,
+    upstream: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Self::serve(listener, port, upstream)
+    }
+
+    fn serve(listener: std::net::TcpListener, port: u16, upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, to) = (stop.clone(), upstream.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut open = vec![];
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = std::net::TcpStream::connect(&to) else {
+                            continue;
+                        };
+                        for (mut from, mut into) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut into);
+                                let _ = into.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                        open.push((client, server));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            // Down: every connection cut, nothing listening.
+            for (c, s) in open {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        Self {
+            port,
+            upstream: upstream.to_owned(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn restart(&mut self) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        *self = Self::serve(listener, self.port, &self.upstream.clone());
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `who`'s kubeconfig with its server replaced: (path, the server it named).
+fn kubeconfig_via(
+    dir: &Scratch,
+    who: As,
+    name: &str,
+    server: impl Fn(&str) -> String,
+) -> (std::path::PathBuf, String) {
+    let text = std::fs::read_to_string(kubeconfig(who)).unwrap();
+    let old = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_owned();
+    let path = dir.path(name);
+    std::fs::write(&path, text.replace(&old, &server(&old))).unwrap();
+    (path, old)
+}
+
+#[test]
+#[ignore = "needs root, a private containerd and the kube-apiserver that cargo xtask test starts"]
+fn thirty_seconds_without_the_api_server_lose_nothing() {
+    require_root();
+    const NS: &str = "fleet-outage";
+    install(NS);
+    let dir = Scratch::new("fleet-outage");
+    let (_, server) = kubeconfig_via(&dir, As::Node, "probe.kubeconfig", |s| s.to_owned());
+    let upstream = server.trim_start_matches("https://").to_owned();
+    let mut proxy = Proxy::start(&upstream);
+    let port = proxy.port;
+    let (kc, _) = kubeconfig_via(&dir, As::Node, "node.kubeconfig", |_| {
+        format!("https://127.0.0.1:{port}")
+    });
+    let daemon = TestDaemon::start(
+        Scratch::new("fleet-outage-node"),
+        &[
+            "--cri",
+            &endpoint(),
+            "--kube",
+            "--kube-node",
+            "node-o",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--kube-interval",
+            "1s",
+        ],
+    );
+    let get = || {
+        let out = kubectl(
+            As::Admin,
+            &[
+                "get",
+                "capabilityprofile",
+                "-n",
+                NS,
+                "statefulset.db.app",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    let db = |n: u32, name: &'static str, script: &'static str| PodSpec {
+        namespace: NS,
+        name,
+        uid: uid(n),
+        labels: vec![
+            ("controller-revision-hash", "db-5c8f7"),
+            ("statefulset.kubernetes.io/pod-name", name),
+        ],
+        container: "app",
+        script,
+    };
+    let _first = Pods::run(&[db(
+        301,
+        "db-0",
+        "touch /tmp/f && chown 1000 /tmp/f && sleep 3600",
+    )]);
+    wait_until("the first part", Duration::from_secs(60), || {
+        get().is_some_and(|o| strings(&o["status"]["allowlist"]).contains(&"CHOWN".to_owned()))
+    });
+
+    // The server goes away; the node keeps profiling: a second replica
+    // starts and makes a check the first did not.
+    proxy.stop();
+    let _second = Pods::run(&[db(302, "db-1", "mknod /tmp/null c 1 3 && sleep 3600")]);
+    std::thread::sleep(Duration::from_secs(30));
+    let during = get().unwrap();
+    assert!(!strings(&during["status"]["allowlist"]).contains(&"MKNOD".to_owned()));
+    let lines = common::drain_lines(&daemon.lines);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("kube:") && l.contains("pending")),
+        "the daemon says its writes are pending: {lines:#?}"
+    );
+
+    // The server comes back: the node catches up, nothing lost.
+    proxy.restart();
+    wait_until("the node to catch up", Duration::from_secs(120), || {
+        get().is_some_and(|o| {
+            strings(&o["status"]["allowlist"]).contains(&"MKNOD".to_owned())
+                && o["status"]["podsSeen"] == 2
+        })
+    });
+    let after = get().unwrap();
+    assert!(
+        strings(&after["status"]["allowlist"]).contains(&"CHOWN".to_owned()),
+        "{after:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver that cargo xtask test starts"]
+fn forbidden_and_missing_crd_are_one_line() {
+    install("fleet-rbac");
+    let dir = Scratch::new("fleet-rbac");
+    // The admin's token, impersonating a user with no role at all.
+    let admin = std::fs::read_to_string(kubeconfig(As::Admin)).unwrap();
+    let nobody = dir.path("nobody.kubeconfig");
+    std::fs::write(
+        &nobody,
+        admin.replace("  user:\n", "  user:\n    as: capprof-test-nobody\n"),
+    )
+    .unwrap();
+    let out = common::capprof(&[
+        "profile",
+        "--kube",
+        "--workload",
+        "fleet-rbac/Deployment/web/app",
+        "--kubeconfig",
+        nobody.to_str().unwrap(),
+    ]);
+    common::assert_one_line_error(&out, 2, "forbidden by RBAC");
+    let text = output_text(&out);
+    assert!(text.contains("get"), "names the verb: {text}");
+
+    // Without the CRD: how to install it. (Last: the CRD is put back.)
+    kubectl_ok(
+        As::Admin,
+        &[
+            "delete",
+            "crd",
+            "capabilityprofiles.capprof.dev",
+            "--wait=true",
+        ],
+        None,
+    );
+    let out = common::capprof(&[
+        "report",
+        "--kube",
+        "--kubeconfig",
+        kubeconfig(As::Admin).to_str().unwrap(),
+        "-o",
+        dir.path("r.html").to_str().unwrap(),
+    ]);
+    common::assert_one_line_error(&out, 2, "kubectl apply -f deploy/crd.yaml");
+    assert!(!dir.path("r.html").exists(), "no half-written report");
+    install("fleet-rbac");
+}

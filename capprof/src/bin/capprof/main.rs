@@ -34,7 +34,7 @@ enum Command {
     /// Kubernetes patch.
     Export(cmd::export::ExportArgs),
     /// Profile every container, always on, with a local API and metrics.
-    Daemon(cmd::daemon::DaemonArgs),
+    Daemon(Box<cmd::daemon::DaemonArgs>),
     /// List the containers the daemon has profiled.
     Ps(cmd::ps::PsArgs),
     /// Print one container's profile (or an export of it) from the daemon.
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::main(args),
         Command::Record(args) => cmd::record::main(args),
         Command::Export(args) => cmd::export::main(args),
-        Command::Daemon(args) => cmd::daemon::main(args),
+        Command::Daemon(args) => cmd::daemon::main(*args),
         Command::Ps(args) => cmd::ps::main(args),
         Command::Profile(args) => cmd::profile::main(args),
         Command::Report(args) => cmd::report::main(args),
