@@ -366,7 +366,7 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
         target.name
     ));
     out.push_str(
-        "# capprof: or, owning just these fields: kubectl apply --server-side --field-manager=capprof -f FILE\n",
+        "# capprof: or, owning just these fields: kubectl apply --server-side --validate=false --field-manager=capprof -f FILE\n",
     );
     out.push_str(
         "# capprof: each container's capabilities.add and .drop replace the object's lists; \

@@ -381,7 +381,7 @@ fn concurrent_writers_never_lose_a_part() {
                     kubeconfig: None,
                     interval: Duration::from_secs(30),
                     stale_after: Duration::from_secs(7 * 24 * 3600),
-                    max_rate: 1000,
+                    max_rate: 1000.0,
                 },
                 stats.clone(),
             );
@@ -660,4 +660,142 @@ fn forbidden_and_missing_crd_are_one_line() {
     common::assert_one_line_error(&out, 2, "kubectl apply -f deploy/crd.yaml");
     assert!(!dir.path("r.html").exists(), "no half-written report");
     install("fleet-rbac");
+}
+
+/// `capprof_kube_writes_total` from the daemon's metrics endpoint.
+fn kube_writes(port: u16) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("capprof_kube_writes_total "))
+        .unwrap_or_else(|| panic!("no capprof_kube_writes_total in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The daemon's resident memory (kB) and CPU time (clock ticks) so far.
+fn rss_and_cpu(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let cpu = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (rss, cpu)
+}
+
+/// Writes are coalesced: an idle node makes no request at all, and a
+/// churning one at most one write per object per interval. The rates per
+/// hour, and the daemon's memory and CPU with --kube, are printed for
+/// BENCHMARKS.md (measured, never asserted against a time).
+#[test]
+#[ignore = "needs root, a private containerd and the kube-apiserver that cargo xtask test starts"]
+fn idle_nodes_make_no_request_and_churn_is_bounded() {
+    require_root();
+    const NS: &str = "fleet-cost";
+    const WORKLOADS: u32 = 40;
+    const INTERVAL: u64 = 2;
+    install(NS);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kc = kubeconfig(As::Node);
+    let metrics = format!("127.0.0.1:{port}");
+    let daemon = TestDaemon::start(
+        Scratch::new("fleet-cost-node"),
+        &[
+            "--cri",
+            &endpoint(),
+            "--kube",
+            "--kube-node",
+            "node-c",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--kube-interval",
+            &format!("{INTERVAL}s"),
+            "--kube-max-rate",
+            "100",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    // One pod in each of WORKLOADS Deployments: one object each.
+    let names: Vec<&'static str> = (0..WORKLOADS)
+        .map(|i| &*Box::leak(format!("w{i}-7d9f8c6b5-aaaaa").into_boxed_str()))
+        .collect();
+    let pod = |i: usize, attempt: u32| PodSpec {
+        namespace: NS,
+        name: names[i],
+        uid: uid(1000 + attempt * 100 + i as u32),
+        labels: vec![("pod-template-hash", "7d9f8c6b5")],
+        container: "app",
+        script: "touch /tmp/f && chown 1000 /tmp/f && sleep 3600",
+    };
+    let pods: Vec<PodSpec> = (0..WORKLOADS as usize).map(|i| pod(i, 0)).collect();
+    let running = Pods::run(&pods);
+    wait_until(
+        "a CapabilityProfile per workload",
+        Duration::from_secs(180),
+        || {
+            let list = get_json(As::Admin, &["get", "capabilityprofiles", "-n", NS]);
+            list["items"].as_array().is_some_and(|i| {
+                i.len() == WORKLOADS as usize && i.iter().all(|o| o["status"]["podsSeen"] == 1)
+            })
+        },
+    );
+    // Settle: a round after the last change.
+    std::thread::sleep(Duration::from_secs(3 * INTERVAL));
+
+    let (before, cpu0) = (kube_writes(port), rss_and_cpu(daemon.pid()).1);
+    let idle = Duration::from_secs(30 * INTERVAL);
+    std::thread::sleep(idle);
+    let (after, (rss, cpu1)) = (kube_writes(port), rss_and_cpu(daemon.pid()));
+    assert_eq!(after, before, "an idle node wrote to the API server");
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    eprintln!(
+        "[fleet-cost] idle: {WORKLOADS} workloads, {} s: {} writes; daemon RSS {} kB, CPU {:.2}% of a core",
+        idle.as_secs(),
+        after - before,
+        rss,
+        (cpu1 - cpu0) as f64 / ticks / idle.as_secs_f64() * 100.0
+    );
+
+    // Churn: every pod replaced, again and again, for 30 intervals.
+    let churn = std::time::Instant::now();
+    let mut generation = vec![running];
+    let mut attempt = 1;
+    while churn.elapsed() < Duration::from_secs(30 * INTERVAL) {
+        let next: Vec<PodSpec> = (0..WORKLOADS as usize).map(|i| pod(i, attempt)).collect();
+        generation.push(Pods::run(&next));
+        generation.remove(0);
+        attempt += 1;
+    }
+    let elapsed = churn.elapsed();
+    std::thread::sleep(Duration::from_secs(2 * INTERVAL));
+    let churned = kube_writes(port) - after;
+    let rounds = elapsed.as_secs() / INTERVAL + 3;
+    // Each object, per round: its part and at most SUMMARY_ATTEMPTS
+    // summary writes; one node never conflicts with itself.
+    assert!(
+        churned <= u64::from(WORKLOADS) * 2 * rounds,
+        "{churned} writes for {WORKLOADS} objects over {rounds} rounds"
+    );
+    eprintln!(
+        "[fleet-cost] churn: {WORKLOADS} workloads, {attempt} generations of pods in {:.0} s: {churned} writes = {:.0} per hour at a {INTERVAL} s interval ({:.0} per hour at 30 s)",
+        elapsed.as_secs_f64(),
+        churned as f64 * 3600.0 / elapsed.as_secs_f64(),
+        churned as f64 * 3600.0 / elapsed.as_secs_f64() * INTERVAL as f64 / 30.0
+    );
 }

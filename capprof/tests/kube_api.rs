@@ -151,11 +151,18 @@ fn the_api_server_refuses_objects_outside_the_schema() {
     let good = node_part(ns, "deployment-web-web", "node-a", &["CHOWN"]);
     let bad_parts = [
         ("an unknown capability", good.replace("[CHOWN]", "[CHOWNX]")),
-        ("a negative count", good.replace("count: 3", "count: -1")),
+        (
+            "a negative count",
+            good.replace("granted: 3", "granted: -1"),
+        ),
         (
             "an unknown class",
-            good.replace("class: required", "class: needed"),
+            good.replace(
+                "    complete: true\n",
+                "    complete: true\n    unobservable: [needed]\n",
+            ),
         ),
+        ("no pods", good.replace("    pods: 1\n", "    pods: 0\n")),
         (
             "no lastObserved",
             good.replace("    lastObserved: \"2026-12-06T15:00:00Z\"\n", ""),

@@ -9,7 +9,7 @@ use std::{
 use serde::Deserialize;
 
 /// Every setting, with its default (see `Default`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
     /// Profiles and state: /var/lib/capprof.
@@ -67,8 +67,8 @@ pub struct DaemonConfig {
     #[serde(with = "humantime_serde_str")]
     pub kube_stale_after: Duration,
     /// At most this many Kubernetes API requests per second from this
-    /// node. Default 2.
-    pub kube_max_rate: u32,
+    /// node (0.1 is one every 10 s). Default 2.
+    pub kube_max_rate: f64,
 }
 
 /// Durations in the config file as people write them: `"7d"`, `"90m"`.
@@ -213,9 +213,9 @@ impl DaemonConfig {
                 "kube_stale_after must be at least 4 times kube_interval".into(),
             ));
         }
-        if !(1..=1000).contains(&self.kube_max_rate) {
+        if !(0.001..=1000.0).contains(&self.kube_max_rate) {
             return Err(ConfigError::Invalid(
-                "kube_max_rate must be 1..=1000 requests per second".into(),
+                "kube_max_rate must be 0.001..=1000 requests per second".into(),
             ));
         }
         if let Some(node) = &self.kube_node

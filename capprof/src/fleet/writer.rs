@@ -46,7 +46,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Attempts at the merged fields before leaving them to the next round.
 const SUMMARY_ATTEMPTS: usize = 8;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WriterConfig {
     /// This node's name, as the parts name it.
     pub node: String,
@@ -57,11 +57,11 @@ pub struct WriterConfig {
     /// At most this many requests per second from this node: a rollout
     /// that starts 100 pods on each of 1,000 nodes at once then reaches the
     /// API server at most this many times 1,000 per second (BENCHMARKS.md).
-    pub max_rate: u32,
+    pub max_rate: f64,
 }
 
 /// Default of [`WriterConfig::max_rate`].
-pub const DEFAULT_MAX_RATE: u32 = 2;
+pub const DEFAULT_MAX_RATE: f64 = 2.0;
 
 /// What the writer has done, for the metrics and `/health`.
 #[derive(Debug, Default)]
@@ -232,7 +232,7 @@ impl Writer {
 
     /// Waits until the node's rate limit lets one more request out.
     async fn pace(&mut self) {
-        let gap = Duration::from_secs(1) / self.config.max_rate.max(1);
+        let gap = Duration::from_secs_f64(1.0 / self.config.max_rate.clamp(0.001, 1000.0));
         let now = tokio::time::Instant::now();
         if let Some(at) = self.next_request
             && at > now

@@ -73,6 +73,11 @@ impl TestDaemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path("run/capprof.sock")
     }

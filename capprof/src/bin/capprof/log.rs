@@ -72,10 +72,19 @@ where
 }
 
 /// Sends `tracing` events (`CAPPROF_LOG`, default `warn`) to stderr as
-/// [`Lines`].
+/// [`Lines`]. kube-rs's own events are off unless `CAPPROF_LOG` names
+/// them: capprof says what a failed request means in one line of its own
+/// (`fleet::FleetError`), and kube-rs would add a second, rawer one.
 pub fn init() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CAPPROF_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let spec = std::env::var("CAPPROF_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("warn"));
+    if spec.trim().is_empty() {
+        filter = EnvFilter::new("warn");
+    }
+    if !spec.contains("kube") {
+        filter = filter.add_directive("kube_client=off".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

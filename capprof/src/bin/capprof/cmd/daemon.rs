@@ -115,15 +115,15 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
           value_parser = humantime::parse_duration, requires = "kube")]
     pub kube_stale_after: Option<std::time::Duration>,
-    /// At most this many Kubernetes API requests per second from this node
-    /// [default: 2].
+    /// At most this many Kubernetes API requests per second from this node;
+    /// 0.2 is one every 5 s (BENCHMARKS.md: what 1,000 nodes need) [default: 2].
     #[arg(
         long,
-        value_name = "N",
+        value_name = "PER_SECOND",
         env = "CAPPROF_KUBE_MAX_RATE",
         requires = "kube"
     )]
-    pub kube_max_rate: Option<u32>,
+    pub kube_max_rate: Option<f64>,
     /// Remove the pinned maps and programs, then exit.
     #[arg(long)]
     pub reset: bool,
