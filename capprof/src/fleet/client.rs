@@ -92,7 +92,11 @@ impl Fleet {
         let config = match kubeconfig {
             Some(path) => {
                 let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    FleetError::Config(format!("cannot read kubeconfig {}: {e}", path.display()))
+                    FleetError::Config(format!(
+                        "cannot read kubeconfig {}: {}",
+                        path.display(),
+                        first_line(&e.to_string())
+                    ))
                 })?;
                 Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                     .await
@@ -102,7 +106,7 @@ impl Fleet {
             }
             None => Config::infer()
                 .await
-                .map_err(|e| FleetError::Config(e.to_string()))?,
+                .map_err(|e| FleetError::Config(first_line(&e.to_string())))?,
         };
         let server = config.cluster_url.to_string();
         let user = kubeconfig.map(PathBuf::from).map_or_else(
@@ -345,6 +349,12 @@ impl Fleet {
 /// The field manager of one node's part.
 pub fn node_manager(node: &str) -> String {
     format!("capprof-node-{node}")
+}
+
+/// The first line of a message (a YAML parser's error draws a caret
+/// under the input on the next ones).
+fn first_line(text: &str) -> String {
+    crate::text::visible(text.lines().next().unwrap_or_default().trim_end())
 }
 
 /// An error and its causes on one line.
