@@ -12,8 +12,11 @@
 //!
 //! After its part, a writer refreshes the merged fields from the object
 //! the apply returned, on the condition that nobody wrote in between
-//! (resourceVersion). When somebody did, it re-reads and checks again:
-//! whoever wrote last leaves a summary of every part it saw.
+//! (resourceVersion). When somebody did, it re-reads: if another node's
+//! part came in meanwhile, that node's own summary, which saw ours, is
+//! left to do the job; if only the merged fields or the metadata moved,
+//! it tries again. Whoever writes a part last leaves a summary of every
+//! part.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -286,7 +289,7 @@ impl Writer {
                 return Ok(());
             }
             status.last_update = Some(rfc3339(now));
-            object.status = status;
+            let seen = std::mem::replace(&mut object.status, status).nodes;
             self.pace().await;
             match fleet.replace_status(&object).await {
                 Ok(()) => {
@@ -301,6 +304,11 @@ impl Writer {
                     );
                     self.pace().await;
                     match fleet.get(&ns, &name).await? {
+                        // Another node wrote its part after ours: the
+                        // summary it writes next covers ours too (any
+                        // write that succeeds after our part saw it), so
+                        // racing it would only add conflicts.
+                        Some(again) if again.status.nodes != seen => return Ok(()),
                         Some(again) => object = again,
                         None => return Ok(()),
                     }
