@@ -315,3 +315,49 @@ fn fifo_inputs_are_refused_at_once_by_every_command() {
     }
     assert!(!out_file.exists(), "nothing written");
 }
+
+/// The fleet's settings are checked before anything is loaded: one line,
+/// exit 2, whoever runs it.
+#[test]
+fn daemon_kube_settings_that_cannot_work() {
+    for (args, needle) in [
+        (
+            &["daemon", "--kube", "--kube-max-rate", "0"][..],
+            "kube_max_rate must be",
+        ),
+        (
+            &["daemon", "--kube", "--kube-node", "Node_A"][..],
+            "is not a Kubernetes node name",
+        ),
+        (
+            &[
+                "daemon",
+                "--kube",
+                "--kube-interval",
+                "10s",
+                "--kube-stale-after",
+                "20s",
+            ][..],
+            "kube_stale_after must be at least 4 times kube_interval",
+        ),
+        (
+            &["report", "--kube", "-n", "Not_A_Namespace"][..],
+            "is not a namespace name",
+        ),
+    ] {
+        let out = capprof(args);
+        assert_one_line_error(&out, 2, needle);
+    }
+    // Flags that need another: clap's usage error, exit 2.
+    for (args, needle) in [
+        (&["daemon", "--kube-node", "a"][..], "--kube"),
+        (
+            &["profile", "--kube", "shop/Deployment/web"][..],
+            "--workload",
+        ),
+    ] {
+        let out = capprof(args);
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
+    }
+}
