@@ -430,6 +430,26 @@ fn concurrent_writers_never_lose_a_part() {
         obj["status"]["nodesSeen"], WRITERS as u64,
         "the last summary counts every part"
     );
+    // What etcd stores per part, managedFields included.
+    let stored = kubectl_ok(
+        As::Admin,
+        &[
+            "get",
+            "capabilityprofile",
+            "-n",
+            NS,
+            "daemonset.agent.agent",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+        None,
+    );
+    measured(format!(
+        "[fleet] one object with {WRITERS} parts: {} bytes stored, {} per part",
+        stored.len(),
+        stored.len() / WRITERS
+    ));
     let writes = stats.writes.load(std::sync::atomic::Ordering::Relaxed);
     let conflicts = stats.conflicts.load(std::sync::atomic::Ordering::Relaxed);
     measured(format!(
