@@ -460,100 +460,59 @@ fn concurrent_writers_never_lose_a_part() {
     ));
 }
 
-/// A TCP proxy in front of the API server, so a test can take the server
-/// away from one node's daemon and give it back: while it is stopped,
-/// connections are refused, as they are when the server is down.
-struct Proxy {
-    port: u16,
-    upstream: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start(upstream: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        Self::serve(listener, port, upstream)
-    }
-
-    fn serve(listener: std::net::TcpListener, port: u16, upstream: &str) -> Self {
-        use std::sync::atomic::Ordering;
-        listener.set_nonblocking(true).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, to) = (stop.clone(), upstream.to_owned());
-        let thread = std::thread::spawn(move || {
-            let mut open = vec![];
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let Ok(server) = std::net::TcpStream::connect(&to) else {
-                            continue;
-                        };
-                        for (mut from, mut into) in [
-                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                            (server.try_clone().unwrap(), client.try_clone().unwrap()),
-                        ] {
-                            std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut from, &mut into);
-                                let _ = into.shutdown(std::net::Shutdown::Both);
-                            });
-                        }
-                        open.push((client, server));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            // Down: every connection cut, nothing listening.
-            for (c, s) in open {
-                let _ = c.shutdown(std::net::Shutdown::Both);
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        });
-        Self {
-            port,
-            upstream: upstream.to_owned(),
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-
-    fn restart(&mut self) {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
-        *self = Self::serve(listener, self.port, &self.upstream.clone());
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `who`'s kubeconfig with its server replaced: (path, the server it named).
-fn kubeconfig_via(
-    dir: &Scratch,
-    who: As,
-    name: &str,
-    server: impl Fn(&str) -> String,
-) -> (std::path::PathBuf, String) {
-    let text = std::fs::read_to_string(kubeconfig(who)).unwrap();
-    let old = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
+/// The test cluster's kube-apiserver, stopped for `outage` and then
+/// started again with the arguments xtask started it with
+/// (`apiserver.cmd`); its new pid goes to `apiserver.pid`, where xtask finds
+/// it to stop it at the end.
+fn restart_apiserver_after(outage: Duration, during: impl FnOnce()) {
+    let dir = common::kube::cluster_dir();
+    let pid: i32 = std::fs::read_to_string(dir.join("apiserver.pid"))
         .unwrap()
-        .to_owned();
-    let path = dir.path(name);
-    std::fs::write(&path, text.replace(&old, &server(&old))).unwrap();
-    (path, old)
+        .trim()
+        .parse()
+        .unwrap();
+    let cmd = std::fs::read_to_string(dir.join("apiserver.cmd")).unwrap();
+    let argv: Vec<&str> = cmd.lines().collect();
+    let stopped = std::time::Instant::now();
+    // SAFETY: a signal to the API server's pid, which xtask wrote.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'))
+        })
+    };
+    wait_until("the API server to stop", Duration::from_secs(30), gone);
+    during();
+    if let Some(left) = outage.checked_sub(stopped.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("kube-apiserver.log"))
+        .unwrap();
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the API server outlives this test; xtask stops it by the pid written below"
+    )]
+    let child = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("apiserver.pid"), child.id().to_string()).unwrap();
+    wait_until(
+        "the API server to be ready again",
+        Duration::from_secs(90),
+        || {
+            kubectl(As::Admin, &["get", "--raw", "/readyz"], None)
+                .status
+                .success()
+        },
+    );
 }
 
 #[test]
@@ -562,14 +521,7 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
     require_root();
     const NS: &str = "fleet-outage";
     install(NS);
-    let dir = Scratch::new("fleet-outage");
-    let (_, server) = kubeconfig_via(&dir, As::Node, "probe.kubeconfig", |s| s.to_owned());
-    let upstream = server.trim_start_matches("https://").to_owned();
-    let mut proxy = Proxy::start(&upstream);
-    let port = proxy.port;
-    let (kc, _) = kubeconfig_via(&dir, As::Node, "node.kubeconfig", |_| {
-        format!("https://127.0.0.1:{port}")
-    });
+    let kc = kubeconfig(As::Node);
     let daemon = TestDaemon::start(
         Scratch::new("fleet-outage-node"),
         &[
@@ -622,23 +574,26 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
         get().is_some_and(|o| strings(&o["status"]["allowlist"]).contains(&"CHOWN".to_owned()))
     });
 
-    // The server goes away; the node keeps profiling: a second replica
-    // starts and makes a check the first did not.
-    proxy.stop();
-    let _second = Pods::run(&[db(302, "db-1", "mknod /tmp/null c 1 3 && sleep 3600")]);
-    std::thread::sleep(Duration::from_secs(30));
-    let during = get().unwrap();
-    assert!(!strings(&during["status"]["allowlist"]).contains(&"MKNOD".to_owned()));
-    let lines = common::drain_lines(&daemon.lines);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("kube:") && l.contains("pending")),
-        "the daemon says its writes are pending: {lines:#?}"
-    );
+    // The API server stops for 30 s; the node keeps profiling: a second
+    // replica starts and makes a check the first did not.
+    let mut second = None;
+    restart_apiserver_after(Duration::from_secs(30), || {
+        second = Some(Pods::run(&[db(
+            302,
+            "db-1",
+            "mknod /tmp/null c 1 3 && sleep 3600",
+        )]));
+        std::thread::sleep(Duration::from_secs(10));
+        let lines = common::drain_lines(&daemon.lines);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("kube:") && l.contains("pending")),
+            "the daemon says its writes are pending: {lines:#?}"
+        );
+    });
 
-    // The server comes back: the node catches up, nothing lost.
-    proxy.restart();
+    // Back: the node catches up, nothing lost.
     wait_until("the node to catch up", Duration::from_secs(120), || {
         get().is_some_and(|o| {
             strings(&o["status"]["allowlist"]).contains(&"MKNOD".to_owned())
@@ -650,6 +605,7 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
         strings(&after["status"]["allowlist"]).contains(&"CHOWN".to_owned()),
         "{after:#}"
     );
+    drop(second);
 }
 
 #[test]

@@ -321,7 +321,20 @@ impl Cluster {
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--insecure-port=0");
+        // How to start it again: tests/fleet.rs stops the API server for
+        // 30 s and starts it again with these arguments, and writes the new
+        // pid to apiserver.pid, which `drop` stops too.
+        let mut line = vec![apiserver.get_program().to_string_lossy().into_owned()];
+        line.extend(
+            apiserver
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        fs::write(d.join("apiserver.cmd"), line.join("\n") + "\n")?;
         self.spawn("kube-apiserver", apiserver)?;
+        if let Some((_, child)) = self.children.last() {
+            fs::write(d.join("apiserver.pid"), child.id().to_string())?;
+        }
         self.wait_ready()
     }
 
@@ -393,6 +406,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         step("stopping the private kube-apiserver and etcd");
+        self.stop_restarted_apiserver();
         while let Some((what, mut child)) = self.children.pop() {
             terminate(&mut child, what, STOP_TIMEOUT);
         }
@@ -401,6 +415,32 @@ impl Drop for Cluster {
                 "could not remove {}: {err}",
                 self.dir.display()
             ));
+        }
+    }
+}
+
+impl Cluster {
+    /// The API server a test started again, if one did: it is not our
+    /// child, so `terminate` cannot reach it.
+    fn stop_restarted_apiserver(&self) {
+        let ours: Vec<u32> = self.children.iter().map(|(_, c)| c.id()).collect();
+        let Some(pid) = fs::read_to_string(self.dir.join("apiserver.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|pid| !ours.contains(pid))
+        else {
+            return;
+        };
+        let alive = || Path::new(&format!("/proc/{pid}")).exists();
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
     }
 }
