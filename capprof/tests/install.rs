@@ -515,30 +515,9 @@ fn remove_field(value: &mut Value, field: &str) -> usize {
 #[test]
 #[ignore = "needs the fleet tests' API server (cargo xtask test)"]
 fn the_kustomize_base_passes_the_api_servers_dry_run() {
-    let cluster = PathBuf::from(
-        std::env::var_os("CAPPROF_TEST_KUBE")
-            .expect("CAPPROF_TEST_KUBE is not set: run these tests through `cargo xtask test`"),
-    );
-    let kubectl = |args: &[&str], stdin: Option<&str>| {
-        use std::io::Write as _;
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(cluster.join("admin.kubeconfig"))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input
-            .write_all(stdin.unwrap_or_default().as_bytes())
-            .unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
-    };
+    use common::kube::{As, kubectl};
     // The namespace must exist for the dry run of what goes in it.
-    let _ = kubectl(&["create", "namespace", "capprof"], None);
+    let _ = kubectl(As::Admin, &["create", "namespace", "capprof"], None);
     // kubectl validates strictly against the server's schema, then the
     // server dry-runs each object. The test server is 1.20: the fields
     // the base uses from later releases are removed first, and named here.
@@ -555,6 +534,7 @@ fn the_kustomize_base_passes_the_api_servers_dry_run() {
     }
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
     let out = kubectl(
+        As::Admin,
         &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
         Some(&list.to_string()),
     );
