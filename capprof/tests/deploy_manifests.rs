@@ -119,8 +119,22 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
             .unwrap()
     };
     for e in env {
-        assert!(e["name"].as_str().unwrap().starts_with("CAPPROF_"), "{e}");
+        // NODE_NAME: the node the daemon names its CapabilityProfile parts
+        // after, from the downward API.
+        let node_name =
+            e["name"] == "NODE_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName";
+        assert!(
+            node_name || e["name"].as_str().unwrap().starts_with("CAPPROF_"),
+            "{e}"
+        );
     }
+    // The fleet writer: on, with the ServiceAccount deploy/rbac.yaml binds.
+    assert_eq!(var("CAPPROF_KUBE"), "true");
+    assert_eq!(pod["serviceAccountName"], "capprof");
+    assert!(
+        deploy("rbac.yaml")
+            .contains("kind: ServiceAccount\nmetadata:\n  name: capprof\n  namespace: capprof")
+    );
     let addr = metrics::parse_addr(var("CAPPROF_METRICS")).unwrap();
     assert_eq!(c["ports"][0]["containerPort"], u64::from(addr.port()));
     assert_eq!(

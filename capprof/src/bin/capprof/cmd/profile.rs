@@ -68,7 +68,7 @@ pub struct ProfileArgs {
 
     /// With --kube: leave out the parts of nodes that have not seen the
     /// workload for this long, as the daemons do ("7d").
-    #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
+    #[arg(long = "kube-stale-after", value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
           value_parser = humantime::parse_duration, default_value = "7d", requires = "kube")]
     pub stale_after: std::time::Duration,
 

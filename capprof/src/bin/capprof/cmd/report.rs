@@ -95,7 +95,7 @@ pub struct ReportArgs {
 
     /// With --kube: leave out the parts of nodes that have not seen a
     /// workload for this long ("7d").
-    #[arg(long, value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
+    #[arg(long = "kube-stale-after", value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
           value_parser = humantime::parse_duration, default_value = "7d", requires = "kube")]
     pub stale_after: Duration,
 
