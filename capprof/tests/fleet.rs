@@ -219,6 +219,20 @@ fn a_deployment_on_two_nodes_is_one_profile_in_the_cluster() {
         "{profile:#}"
     );
     assert_eq!(profile["coverage"]["profiles"], 2);
+    let out = common::capprof(&[
+        "profile",
+        "--kube",
+        "--workload",
+        &key,
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+    ]);
+    let table = output_text(&out);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("(2 pods on 2 nodes: node-a, node-b)"),
+        "{table}"
+    );
     let file = dir.path("fleet.json");
     std::fs::write(&file, &out.stdout).unwrap();
     let out = common::capprof(&["export", "--format", "k8s-patch", file.to_str().unwrap()]);

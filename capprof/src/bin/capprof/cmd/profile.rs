@@ -225,6 +225,27 @@ fn coverage(profile: &Profile) -> String {
     out
 }
 
+/// ` on N nodes (a, b)` for a fleet profile (`--kube`), whose coverage
+/// has one subject per node's part; empty otherwise.
+fn nodes(profile: &Profile) -> String {
+    let names: std::collections::BTreeSet<&str> = profile
+        .coverage
+        .iter()
+        .flat_map(|c| &c.subjects)
+        .filter_map(|s| s.id.as_deref()?.strip_prefix("node/"))
+        .collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    let list: Vec<&str> = names.iter().copied().take(8).collect();
+    let more = if names.len() > list.len() {
+        ", …"
+    } else {
+        ""
+    };
+    format!(" on {} nodes: {}{more}", names.len(), list.join(", "))
+}
+
 /// One line naming what the table is about.
 fn heading(profile: &Profile) -> String {
     let subject = &profile.subject;
@@ -234,11 +255,12 @@ fn heading(profile: &Profile) -> String {
             .map(|(k8s, name)| match (&k8s.pod, &k8s.owner) {
                 (Some(pod), _) => format!("container {}/{pod}/{name}", k8s.namespace),
                 (None, Some(owner)) => format!(
-                    "workload {}/{}/{}/{name} ({} pods)",
+                    "workload {}/{}/{}/{name} ({} pods{})",
                     k8s.namespace,
                     owner.kind,
                     owner.name,
-                    profile.coverage.as_ref().map_or(1, |c| c.profiles)
+                    profile.coverage.as_ref().map_or(1, |c| c.profiles),
+                    nodes(profile)
                 ),
                 (None, None) => format!("container {}/{name}", k8s.namespace),
             });
