@@ -536,6 +536,8 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
     const NS: &str = "fleet-outage";
     install(NS);
     let kc = kubeconfig(As::Node);
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
     let daemon = TestDaemon::start(
         Scratch::new("fleet-outage-node"),
         &[
@@ -548,6 +550,8 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
             kc.to_str().unwrap(),
             "--kube-interval",
             "1s",
+            "--metrics",
+            &metrics,
         ],
     );
     let get = || {
@@ -619,6 +623,12 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
         strings(&after["status"]["allowlist"]).contains(&"CHOWN".to_owned()),
         "{after:#}"
     );
+    // The metrics say what happened: failures during the outage, nothing
+    // pending after it.
+    assert!(metric(port, "capprof_kube_failures_total") > 0);
+    wait_until("nothing pending", Duration::from_secs(30), || {
+        metric(port, "capprof_kube_pending_parts") == 0
+    });
     drop(second);
 }
 
@@ -671,20 +681,34 @@ fn forbidden_and_missing_crd_are_one_line() {
     install("fleet-rbac");
 }
 
-/// `capprof_kube_writes_total` from the daemon's metrics endpoint.
-fn kube_writes(port: u16) -> u64 {
+/// A sample of the daemon's metrics endpoint, by its full name.
+fn metric(port: u16, name: &str) -> u64 {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("capprof_kube_writes_total "))
-        .unwrap_or_else(|| panic!("no capprof_kube_writes_total in {text}"))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
         .trim()
         .parse()
         .unwrap()
+}
+
+fn kube_writes(port: u16) -> u64 {
+    metric(port, "capprof_kube_writes_total")
+}
+
+/// A port nothing listens on, for a daemon's metrics.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The daemon's resident memory (kB) and CPU time (clock ticks) so far.
@@ -715,11 +739,7 @@ fn idle_nodes_make_no_request_and_churn_is_bounded() {
     const WORKLOADS: u32 = 40;
     const INTERVAL: u64 = 2;
     install(NS);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let kc = kubeconfig(As::Node);
     let metrics = format!("127.0.0.1:{port}");
     let daemon = TestDaemon::start(
