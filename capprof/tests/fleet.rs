@@ -219,7 +219,7 @@ fn a_deployment_on_two_nodes_is_one_profile_in_the_cluster() {
         "{profile:#}"
     );
     assert_eq!(profile["coverage"]["profiles"], 2);
-    let out = common::capprof(&[
+    let shown = common::capprof(&[
         "profile",
         "--kube",
         "--workload",
@@ -227,8 +227,8 @@ fn a_deployment_on_two_nodes_is_one_profile_in_the_cluster() {
         "--kubeconfig",
         admin.to_str().unwrap(),
     ]);
-    let table = output_text(&out);
-    assert!(out.status.success(), "{table}");
+    let table = output_text(&shown);
+    assert!(shown.status.success(), "{table}");
     assert!(
         table.contains("(2 pods on 2 nodes: node-a, node-b)"),
         "{table}"
@@ -488,16 +488,29 @@ fn restart_apiserver_after(outage: Duration, during: impl FnOnce()) {
     let cmd = std::fs::read_to_string(dir.join("apiserver.cmd")).unwrap();
     let argv: Vec<&str> = cmd.lines().collect();
     let stopped = std::time::Instant::now();
-    // SAFETY: a signal to the API server's pid, which xtask wrote.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // Gone, or a zombie its parent (xtask) has not reaped yet.
     let gone = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
             stat.rsplit_once(") ")
                 .is_some_and(|(_, r)| r.starts_with('Z'))
         })
     };
+    // SAFETY: signals to the API server's pid, which xtask wrote. On
+    // SIGTERM it drains its watches for up to a minute; after 5 s the
+    // outage is made certain with SIGKILL.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gone() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !gone() {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     wait_until("the API server to stop", Duration::from_secs(30), gone);
-    during();
+    // Whatever `during` finds, the server comes back for the tests after
+    // this one.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(during));
     if let Some(left) = outage.checked_sub(stopped.elapsed()) {
         std::thread::sleep(left);
     }
@@ -527,6 +540,9 @@ fn restart_apiserver_after(outage: Duration, during: impl FnOnce()) {
                 .success()
         },
     );
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]
