@@ -52,29 +52,34 @@ fn deployment() -> String {
     )
 }
 
-/// A node: a daemon writing its parts every 2 s, whose parts go stale
-/// after 20 s.
-fn node(name: &str, cri: &str) -> TestDaemon {
+/// A node: `capprof daemon --kube` named `name`, naming pods through the
+/// containerd at `cri`, writing with the ServiceAccount's token, with
+/// `settings` (interval, stale time, rate, metrics) on top.
+fn node(name: &str, cri: &str, settings: &[&str]) -> TestDaemon {
     let kc = kubeconfig(As::Node);
-    TestDaemon::start(
-        Scratch::new(&format!("fleet-{name}")),
-        &[
-            "--cri",
-            cri,
-            "--kube",
-            "--kube-node",
-            name,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--kube-interval",
-            "2s",
-            "--kube-stale-after",
-            "20s",
-            "--kube-max-rate",
-            "50",
-        ],
-    )
+    let mut args = vec![
+        "--cri",
+        cri,
+        "--kube",
+        "--kube-node",
+        name,
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+    ];
+    args.extend_from_slice(settings);
+    TestDaemon::start(Scratch::new(&format!("fleet-{name}")), &args)
 }
+
+/// The two nodes of the Deployment test: parts written every 2 s, stale
+/// after 20 s.
+const TWO_NODE_SETTINGS: &[&str] = &[
+    "--kube-interval",
+    "2s",
+    "--kube-stale-after",
+    "20s",
+    "--kube-max-rate",
+    "50",
+];
 
 fn web_pod(name: &'static str, n: u32, script: &'static str) -> PodSpec {
     PodSpec {
@@ -130,8 +135,8 @@ fn a_deployment_on_two_nodes_is_one_profile_in_the_cluster() {
             .unwrap()
             .to_owned();
 
-    let node_a = node("node-a", &endpoint());
-    let mut node_b = node("node-b", &endpoint_b());
+    let node_a = node("node-a", &endpoint(), TWO_NODE_SETTINGS);
+    let mut node_b = node("node-b", &endpoint_b(), TWO_NODE_SETTINGS);
     // The same Deployment's pods: chown (CHOWN) on both nodes, and mknod
     // (MKNOD) on node-b only.
     let _pods_a = Pods::run_on(
@@ -551,24 +556,12 @@ fn thirty_seconds_without_the_api_server_lose_nothing() {
     require_root();
     const NS: &str = "fleet-outage";
     install(NS);
-    let kc = kubeconfig(As::Node);
     let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
-    let daemon = TestDaemon::start(
-        Scratch::new("fleet-outage-node"),
-        &[
-            "--cri",
-            &endpoint(),
-            "--kube",
-            "--kube-node",
-            "node-o",
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--kube-interval",
-            "1s",
-            "--metrics",
-            &metrics,
-        ],
+    let daemon = node(
+        "node-o",
+        &endpoint(),
+        &["--kube-interval", "1s", "--metrics", &metrics],
     );
     let get = || {
         let out = kubectl(
@@ -756,20 +749,14 @@ fn idle_nodes_make_no_request_and_churn_is_bounded() {
     const INTERVAL: u64 = 2;
     install(NS);
     let port = free_port();
-    let kc = kubeconfig(As::Node);
     let metrics = format!("127.0.0.1:{port}");
-    let daemon = TestDaemon::start(
-        Scratch::new("fleet-cost-node"),
+    let interval = format!("{INTERVAL}s");
+    let daemon = node(
+        "node-c",
+        &endpoint(),
         &[
-            "--cri",
-            &endpoint(),
-            "--kube",
-            "--kube-node",
-            "node-c",
-            "--kubeconfig",
-            kc.to_str().unwrap(),
             "--kube-interval",
-            &format!("{INTERVAL}s"),
+            &interval,
             "--kube-max-rate",
             "100",
             "--metrics",
