@@ -5,6 +5,7 @@ pub mod diff;
 pub mod dist_files;
 pub mod doctor;
 pub mod export;
+pub mod kube;
 pub mod merge;
 pub mod minimize;
 pub mod output;

@@ -56,21 +56,8 @@ pub struct ProfileArgs {
     #[arg(long, env = "CAPPROF_PROFILE_KUBE", requires = "workload")]
     pub kube: bool,
 
-    /// With --kube: the cluster's kubeconfig [default: $KUBECONFIG, else
-    /// ~/.kube/config, else the pod's service account].
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "CAPPROF_KUBECONFIG",
-        requires = "kube"
-    )]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// With --kube: leave out the parts of nodes that have not seen the
-    /// workload for this long, as the daemons do ("7d").
-    #[arg(long = "kube-stale-after", value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
-          value_parser = humantime::parse_duration, default_value = "7d", requires = "kube")]
-    pub stale_after: std::time::Duration,
+    #[command(flatten)]
+    pub cluster: super::kube::KubeReadArgs,
 
     /// The daemon's API socket.
     #[arg(long, value_name = "PATH", env = "CAPPROF_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -134,10 +121,7 @@ fn run(args: &ProfileArgs) -> Result<String, Error> {
         let workload: WorkloadKey = key
             .parse()
             .map_err(|e: WorkloadError| Error::usage(e.to_string()))?;
-        let options = capprof::fleet::read::ReadOptions {
-            kubeconfig: args.kubeconfig.as_deref(),
-            stale_after: args.stale_after,
-        };
+        let options = args.cluster.options();
         let profile = capprof::fleet::read::profile(&workload, &options)
             .map_err(|e| Error::usage(e.to_string()))?;
         return show(&profile, args.format);

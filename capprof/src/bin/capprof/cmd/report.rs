@@ -83,21 +83,8 @@ pub struct ReportArgs {
     #[arg(short = 'n', long, value_name = "NAMESPACE", requires = "kube")]
     pub namespace: Option<String>,
 
-    /// With --kube: the cluster's kubeconfig [default: $KUBECONFIG, else
-    /// ~/.kube/config, else the pod's service account].
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "CAPPROF_KUBECONFIG",
-        requires = "kube"
-    )]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// With --kube: leave out the parts of nodes that have not seen a
-    /// workload for this long ("7d").
-    #[arg(long = "kube-stale-after", value_name = "DURATION", env = "CAPPROF_KUBE_STALE_AFTER",
-          value_parser = humantime::parse_duration, default_value = "7d", requires = "kube")]
-    pub stale_after: Duration,
+    #[command(flatten)]
+    pub cluster: super::kube::KubeReadArgs,
 
     /// Profiles, or directories searched for `*.json` profiles (`-` reads
     /// one from stdin).
@@ -115,10 +102,7 @@ pub fn main(args: ReportArgs) -> Result<ExitCode, Error> {
                 capprof::text::visible(ns)
             )));
         }
-        let options = capprof::fleet::read::ReadOptions {
-            kubeconfig: args.kubeconfig.as_deref(),
-            stale_after: args.stale_after,
-        };
+        let options = args.cluster.options();
         let found = capprof::fleet::read::profiles(args.namespace.as_deref(), &options)
             .map_err(|e| Error::usage(e.to_string()))?;
         if found.is_empty() {
