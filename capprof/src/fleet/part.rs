@@ -20,13 +20,13 @@ use super::object::{
 };
 use crate::{
     capability::Cap,
-    conditional::{Conditional, Kept, Transient},
+    conditional::{Conditional, Findings, Kept, Transient},
     cri::workload::WorkloadKey,
     load::Loaded,
     merge::{self, MergeError},
     profile::{
         self, CapCoverage as ProfileCapCoverage, CapUsage, Coverage, K8sRef, Observation, Owner,
-        Partial, Profile, SCHEMA, Subject,
+        Partial, Profile, Subject,
     },
 };
 
@@ -251,33 +251,21 @@ fn part_profile(key: &WorkloadKey, part: &NodePart) -> Profile {
             })
             .collect(),
     };
-    let mut profile = Profile {
-        schema: SCHEMA.into(),
-        generator: format!("capprof {} (fleet)", env!("CARGO_PKG_VERSION")),
-        subject,
-        observation: Observation {
-            start: part.first_observed.clone(),
-            end: part.last_observed.clone(),
-            backend: part.backend.clone(),
-            classification: part.classification.clone(),
-            lost_records: part.lost_records,
-            unclassified_checks: 0,
-            recursion_misses: None,
-            unobservable: part.unobservable.clone(),
-            partial: (!part.complete).then(|| Partial {
-                workload_started: None,
-                recording_started: part.first_observed.clone(),
-            }),
-        },
-        allowlist: vec![],
-        required: vec![],
-        denied: vec![],
-        advisory: vec![],
-        silent: vec![],
-        borrowed: vec![],
-        ungrantable: vec![],
-        capabilities: part.capabilities.iter().map(usage).collect(),
-        runtime_setup: vec![],
+    let observation = Observation {
+        start: part.first_observed.clone(),
+        end: part.last_observed.clone(),
+        backend: part.backend.clone(),
+        classification: part.classification.clone(),
+        lost_records: part.lost_records,
+        unclassified_checks: 0,
+        recursion_misses: None,
+        unobservable: part.unobservable.clone(),
+        partial: (!part.complete).then(|| Partial {
+            workload_started: None,
+            recording_started: part.first_observed.clone(),
+        }),
+    };
+    let findings = Findings {
         conditional: part
             .conditional
             .iter()
@@ -308,10 +296,11 @@ fn part_profile(key: &WorkloadKey, part: &NodePart) -> Profile {
                 lost_at_exec_of: t.lost_at_exec_of.clone(),
             })
             .collect(),
-        proof: None,
-        coverage: Some(coverage),
     };
-    profile.apply_summary();
+    let capabilities = part.capabilities.iter().map(usage).collect();
+    let mut profile = Profile::assemble(subject, observation, capabilities, vec![], findings);
+    profile.generator = format!("capprof {} (fleet)", env!("CARGO_PKG_VERSION"));
+    profile.coverage = Some(coverage);
     profile
 }
 

@@ -7,11 +7,11 @@ use std::{
 };
 
 use super::{
-    CapUsage, Class, Evidence, MAX_EVIDENCE, Observation, Profile, SCHEMA, Subject, rfc3339,
-    usage_class,
+    CapUsage, Class, Evidence, MAX_EVIDENCE, Observation, Profile, Subject, rfc3339, usage_class,
 };
 use crate::{
     capability::Cap,
+    conditional::Findings,
     observer::{Count, Kind, Observer, Phase, Sighting, UserNs, Verdict, reader::Received},
 };
 
@@ -155,28 +155,13 @@ impl ProfileBuilder {
                 Phase::Workload => capabilities.push(usage),
             }
         }
-        let mut profile = Profile {
-            schema: SCHEMA.to_owned(),
-            generator: format!("capprof {}", env!("CARGO_PKG_VERSION")),
+        Profile::assemble(
             subject,
             observation,
-            allowlist: vec![],
-            required: vec![],
-            denied: vec![],
-            advisory: vec![],
-            silent: vec![],
-            borrowed: vec![],
-            ungrantable: vec![],
             capabilities,
             runtime_setup,
-            proof: None,
-            coverage: None,
-            conditional: vec![],
-            kept: vec![],
-            transient: vec![],
-        };
-        profile.apply_summary();
-        profile
+            Findings::default(),
+        )
     }
 }
 

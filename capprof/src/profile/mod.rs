@@ -572,6 +572,40 @@ impl Profile {
             .collect()
     }
 
+    /// A profile of what was seen, with its summary arrays worked out from
+    /// `capabilities` and the kept capabilities: what [`build`] and the
+    /// fleet's node parts (`fleet::part`) both make.
+    pub(crate) fn assemble(
+        subject: Subject,
+        observation: Observation,
+        capabilities: Vec<CapUsage>,
+        runtime_setup: Vec<CapUsage>,
+        findings: conditional::Findings,
+    ) -> Self {
+        let mut profile = Profile {
+            schema: SCHEMA.to_owned(),
+            generator: format!("capprof {}", env!("CARGO_PKG_VERSION")),
+            subject,
+            observation,
+            allowlist: vec![],
+            required: vec![],
+            denied: vec![],
+            advisory: vec![],
+            silent: vec![],
+            borrowed: vec![],
+            ungrantable: vec![],
+            capabilities,
+            runtime_setup,
+            conditional: findings.conditional,
+            kept: findings.kept,
+            transient: findings.transient,
+            proof: None,
+            coverage: None,
+        };
+        profile.apply_summary();
+        profile
+    }
+
     pub(crate) fn apply_summary(&mut self) {
         let Summary {
             allowlist,
