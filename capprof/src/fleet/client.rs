@@ -66,12 +66,6 @@ impl FleetError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, FleetError::Refused { code: 409, .. })
     }
-
-    /// Worth retrying later (the server may come back, or the CRD or the
-    /// RBAC rule may be installed).
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, FleetError::Config(_) | FleetError::Invalid(_))
-    }
 }
 
 /// A connection to one cluster.
@@ -121,10 +115,6 @@ impl Fleet {
             user,
             profiles: ApiResource::from_gvk_with_plural(&gvk, object::PLURAL),
         })
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
     }
 
     fn api(&self, namespace: Option<&str>) -> Api<DynamicObject> {

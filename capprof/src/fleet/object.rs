@@ -56,10 +56,6 @@ pub fn short(caps: &[Cap]) -> Vec<ShortCap> {
     caps.iter().copied().map(ShortCap).collect()
 }
 
-pub fn long(caps: &[ShortCap]) -> Vec<Cap> {
-    caps.iter().map(|c| c.0).collect()
-}
-
 /// One object: the fleet-wide profile of one workload container.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
