@@ -342,6 +342,7 @@ impl Progress {
             } => {
                 if let Some(bar) = &self.bar {
                     bar.set_message(match without {
+                        None if run > runs => "baseline again, to compare".to_owned(),
                         None => format!("baseline, run {run}/{runs}"),
                         Some(cap) => format!("without {cap}, run {run}/{runs}"),
                     });
@@ -359,13 +360,12 @@ impl Progress {
                     bar.inc(1);
                 }
                 let what = match without {
-                    None => "baseline".to_owned(),
-                    Some(cap) => format!("without {cap}"),
+                    // A run the search added: see `proof::search`.
+                    None if run > runs => format!("baseline again (run {run}), to compare"),
+                    None => format!("baseline, run {run}/{runs}"),
+                    Some(cap) => format!("without {cap}, run {run}/{runs}"),
                 };
-                let mut text = format!(
-                    "capprof: {}: {what}, run {run}/{runs}: {outcome}",
-                    self.verb
-                );
+                let mut text = format!("capprof: {}: {what}: {outcome}", self.verb);
                 for d in drift {
                     text.push_str(&format!(
                         "; but {} (pid {}) kept {}",
@@ -376,7 +376,7 @@ impl Progress {
                 }
                 for d in inconclusive {
                     text.push_str(&format!(
-                        "; inconclusive: {} (pid {}) was seen only in passing, with {} the baseline never showed there; running again",
+                        "; inconclusive: {} (pid {}) was seen only in passing, with {} the baseline never showed there",
                         d.process,
                         d.pid,
                         d.gained.join(", ")
