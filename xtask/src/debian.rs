@@ -60,7 +60,7 @@ pub fn ensure_debian_image(engine: &Engine) -> Result<()> {
 }
 
 /// The cached rootfs tarball, built with mmdebstrap if missing.
-fn ensure_rootfs() -> Result<PathBuf> {
+pub fn ensure_rootfs() -> Result<PathBuf> {
     let cache = PathBuf::from(CACHE_DIR);
     let tarball = cache.join(format!("rootfs-v{IMAGE_VERSION}.tar"));
     if tarball.exists() {

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod capprof_image;
 mod containerd;
+mod corpus;
 mod debian;
 mod demo;
 mod dist;
@@ -54,6 +55,10 @@ enum Command {
     /// Measure capprof's cost per capability check against an empty program,
     /// a streaming design and bpftrace (BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Run the capability corpus: real Debian servers, each recorded,
+    /// minimized, ablated and re-run with its Kubernetes export, twice;
+    /// writes corpus/ and CORPUS.md.
+    Corpus(corpus::CorpusArgs),
     /// Fuzz the profile parser and the daemon's HTTP handling (libFuzzer)
     /// for a bounded time each, from the seed corpus in capprof/fuzz.
     Fuzz(fuzz::FuzzArgs),
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Corpus(args) => corpus::run(&args),
         Command::Cluster => kube::serve().map(|()| ExitCode::SUCCESS),
         Command::VmTest(args) => vm::run(&args),
     };

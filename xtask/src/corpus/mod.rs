@@ -1,0 +1,252 @@
+//! `cargo xtask corpus`: real Debian servers, each recorded under the
+//! daemon while a real client works it, minimized and ablated with
+//! capprof's own commands, and re-run with exactly its Kubernetes export;
+//! twice, so that a result that differs from run to run shows. The
+//! results are committed under `corpus/` as a dataset, and CORPUS.md is
+//! written from them.
+
+mod entry;
+mod image;
+mod run;
+mod table;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    engine::Engine,
+    util::{
+        build_release, fresh_service_dir, note, spawn_logged, step, target_dir, terminate,
+        workspace_root,
+    },
+};
+use run::{Outcome, Pass};
+
+/// The results' schema, beside the profiles' own (`capprof.profile/v1`).
+pub const SCHEMA: &str = "capprof.corpus/v1";
+/// Passes per entry: the second shows what differs from run to run.
+const PASSES: usize = 2;
+
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// Run only these entries (file stems under corpus/servers/).
+    #[arg(long, num_args = 1.., value_name = "NAME")]
+    only: Vec<String>,
+    /// Entries run at once (each runs its passes in turn).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    jobs: u32,
+    /// Where the results, profiles and CORPUS.md go [default: corpus/ and
+    /// CORPUS.md in the workspace].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Use this capprof binary instead of building the release one.
+    #[arg(long, value_name = "PATH", hide = true)]
+    capprof: Option<PathBuf>,
+}
+
+/// One entry's results, as committed in `corpus/results/NAME.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EntryResult {
+    pub schema: String,
+    pub name: String,
+    pub about: String,
+    pub category: String,
+    pub package: String,
+    pub version: String,
+    pub ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrunnable: Option<String>,
+    pub passes: Vec<Outcome>,
+    /// Whether every pass found the same.
+    pub stable: bool,
+}
+
+pub fn run(args: &CorpusArgs) -> Result<ExitCode> {
+    let root = workspace_root();
+    let servers = root.join("corpus").join("servers");
+    let entries = entry::read_all(&servers, &args.only)?;
+    let out = args.out.clone().unwrap_or_else(|| root.clone());
+    let capprof = match &args.capprof {
+        Some(path) => path.clone(),
+        None => build_release(&["capprof"])?.join("capprof"),
+    };
+    let engine = Engine::ensure()?;
+    let daemon = Daemon::start(&engine, &capprof)?;
+    let scratch = target_dir().join("corpus");
+    step(format_args!(
+        "running {} entries, {PASSES} passes each, {} at once",
+        entries.len(),
+        args.jobs
+    ));
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(vec![]);
+    thread::scope(|s| {
+        for _ in 0..args.jobs {
+            s.spawn(|| {
+                while let Some(entry) = entries.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let result =
+                        run_entry(&engine, &capprof, &daemon.socket, entry, &scratch, &out);
+                    let line = match &result {
+                        Ok(r) => table::one_line(r),
+                        Err(e) => format!("{}: {e:#}", entry.name),
+                    };
+                    note(line);
+                    if let Ok(mut all) = results.lock() {
+                        all.push(result);
+                    }
+                }
+            });
+        }
+    });
+    drop(daemon);
+    let results = results.into_inner().unwrap_or_default();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    table::write(&out, started.elapsed())?;
+    step(format_args!(
+        "corpus: {} entries in {:.0?}; {failed} could not run",
+        results.len(),
+        started.elapsed()
+    ));
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_entry(
+    engine: &Engine,
+    capprof: &Path,
+    socket: &Path,
+    entry: &entry::Entry,
+    scratch: &Path,
+    out: &Path,
+) -> Result<EntryResult> {
+    let file = out
+        .join("corpus")
+        .join("servers")
+        .join(format!("{}.toml", entry.name));
+    let source = workspace_root()
+        .join("corpus")
+        .join("servers")
+        .join(format!("{}.toml", entry.name));
+    let text = fs::read_to_string(if file.exists() { &file } else { &source })?;
+    let mut result = EntryResult {
+        schema: SCHEMA.to_owned(),
+        name: entry.name.clone(),
+        about: entry.about.clone(),
+        category: entry.category.clone(),
+        package: entry.package().to_owned(),
+        version: String::new(),
+        ports: entry.ports.clone(),
+        unrunnable: entry.unrunnable.clone(),
+        passes: vec![],
+        stable: true,
+    };
+    if entry.unrunnable.is_none() {
+        let image = image::ensure(engine, entry, &text)?;
+        result.version = image::package_version(engine, &image, entry.package())?;
+        for pass in 1..=PASSES {
+            step(format_args!("{}: pass {pass} of {PASSES}", entry.name));
+            let dir = scratch.join(&entry.name).join(format!("pass{pass}"));
+            let _ = fs::remove_dir_all(&dir);
+            let outcome = Pass {
+                engine,
+                capprof,
+                socket,
+                entry,
+                image: &image,
+                dir,
+            }
+            .run();
+            result.passes.push(outcome);
+        }
+        result.stable = result
+            .passes
+            .windows(2)
+            .all(|w| w[0].result() == w[1].result());
+        keep_profiles(&scratch.join(&entry.name).join("pass1"), out, &entry.name)?;
+    }
+    let dir = out.join("corpus").join("results");
+    fs::create_dir_all(&dir)?;
+    let mut json = serde_json::to_string_pretty(&result)?;
+    json.push('\n');
+    write_atomically(&dir.join(format!("{}.json", entry.name)), json.as_bytes())?;
+    Ok(result)
+}
+
+/// The first pass's profiles and proof, kept as the dataset.
+fn keep_profiles(pass: &Path, out: &Path, name: &str) -> Result<()> {
+    let dir = out.join("corpus").join("profiles").join(name);
+    fs::create_dir_all(&dir)?;
+    for file in ["recorded.json", "minimized.json", "verify.json", "k8s.yaml"] {
+        if let Ok(bytes) = fs::read(pass.join(file)) {
+            write_atomically(&dir.join(file), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// The capprof daemon the entries are recorded under, stopped on drop.
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(engine: &Engine, capprof: &Path) -> Result<Self> {
+        let dir = fresh_service_dir("corpus-daemon")?;
+        let socket = dir.join("capprof.sock");
+        step("starting capprof daemon");
+        let mut cmd = Command::new(capprof);
+        cmd.args(["daemon", "--state-dir"])
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            // Its own bpffs: a daemon of the host or of a test keeps its pins.
+            .arg("--bpffs")
+            .arg(dir.join("bpffs"))
+            .envs(engine.host().map(|h| ("DOCKER_HOST", h)));
+        let child = spawn_logged(&mut cmd, &dir.join("daemon.log"))?;
+        let mut daemon = Daemon { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !daemon.socket.exists() {
+            if Instant::now() > deadline || !matches!(daemon.child.try_wait(), Ok(None)) {
+                terminate(&mut daemon.child, "capprof daemon", Duration::from_secs(5));
+                bail!(
+                    "capprof daemon did not start (see {})",
+                    dir.join("daemon.log").display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        terminate(&mut self.child, "capprof daemon", Duration::from_secs(10));
+    }
+}
