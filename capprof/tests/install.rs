@@ -384,13 +384,13 @@ capprof export -f docker /tmp/chown.json
     );
 }
 
-/// The README's packaging notes, where every lintian warning is explained.
+/// The book's packaging notes, where every lintian warning is explained.
 fn packaging_notes() -> String {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    readme
-        .split_once("### Packaging notes")
+    let page = repo().join("docs/src/operations/packages.md");
+    let text = std::fs::read_to_string(&page).unwrap();
+    text.split_once("## Packaging notes")
         .map(|(_, rest)| rest.split("\n## ").next().unwrap_or_default().to_owned())
-        .expect("README.md has no ### Packaging notes")
+        .unwrap_or_else(|| panic!("{} has no ## Packaging notes", page.display()))
 }
 
 #[test]
@@ -413,7 +413,7 @@ fn lintian_finds_no_error_and_each_warning_is_explained() {
     for warning in tags("W") {
         assert!(
             notes.contains(&format!("`{warning}`")),
-            "lintian warns {warning}, which README's packaging notes do not explain: {text}"
+            "lintian warns {warning}, which the book's packaging notes (docs/src/operations/packages.md) do not explain: {text}"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! `capprof merge` and `capprof diff`, on real profiles, and the CI recipe
-//! from README end to end: a baseline and new observations made by
-//! `capprof run`, compared by `capprof diff`.
+//! of the book's `capprof diff` guide end to end: a baseline and new
+//! observations made by `capprof run`, compared by `capprof diff`.
 
 mod common;
 
@@ -339,8 +339,9 @@ fn observe(dir: &Scratch, name: &str, script: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// README's CI recipe: the committed profile of a test run, then each new
-/// run under `capprof run`, compared with `capprof diff`.
+/// The CI recipe of the book's `capprof diff` guide: the committed profile
+/// of a test run, then each new run under `capprof run`, compared with
+/// `capprof diff`.
 #[test]
 #[ignore = "needs root"]
 fn ci_recipe_end_to_end() {
