@@ -1,4 +1,4 @@
-//! capprof's development tasks: `cargo xtask setup|test|image|dist|demo|bench|fuzz|vm-test`.
+//! capprof's development tasks: `cargo xtask setup|test|lint|docs|image|dist|demo|bench|fuzz|vm-test`.
 //!
 //! Every command prints what it does to stderr. `test` and `demo` first run
 //! `setup`'s checks, which install only what is missing.
@@ -14,6 +14,7 @@ mod corpus;
 mod debian;
 mod demo;
 mod dist;
+mod docs;
 mod engine;
 mod fuzz;
 mod image;
@@ -43,6 +44,10 @@ enum Command {
     /// Check formatting and run clippy (-D warnings) on every crate, the
     /// eBPF crate on nightly; `--fix` applies what they suggest.
     Lint(lint::LintArgs),
+    /// Build the book under docs/ and check it: no broken internal link,
+    /// and the command-line reference lists exactly the flags of
+    /// `capprof COMMAND --help`.
+    Docs,
     /// Build capprof's container image (the DaemonSet's), with no registry,
     /// into the local Docker engine.
     Image(capprof_image::ImageArgs),
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test::run(&args),
         Command::Lint(args) => lint::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Docs => docs::run().map(|()| ExitCode::SUCCESS),
         Command::Image(args) => capprof_image::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dist(args) => dist::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),

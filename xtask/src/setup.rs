@@ -77,6 +77,7 @@ pub fn ensure() -> Result<()> {
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
     ensure_cargo_fuzz()?;
+    crate::docs::ensure_mdbook()?;
     ensure_mounts()?;
     Ok(())
 }

@@ -57,6 +57,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
             .args(EXCLUDE),
     )
     .context("building the workspace")?;
+    // The book, checked against the capprof just built: seconds, and a
+    // contributor's next signal after the lints.
+    crate::docs::check(&crate::util::target_dir().join("debug").join("capprof"))?;
 
     let engine = Engine::ensure()?;
     image::ensure_test_image(&engine)?;

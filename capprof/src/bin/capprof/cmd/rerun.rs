@@ -60,7 +60,7 @@ pub struct RerunArgs {
     /// Run what the profile's subject.run asks even where capprof's trust
     /// model refuses it (a `run` profile's command, host paths, devices,
     /// host namespaces, … that the original container was not given; see
-    /// README, "Trust model"), with a warning. Read the profile first. No
+    /// the book's "Trust model" page), with a warning. Read the profile first. No
     /// environment variable: trust is given to one profile at a time.
     #[arg(long)]
     pub trust_run: bool,
