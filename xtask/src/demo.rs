@@ -1,20 +1,25 @@
-//! `cargo xtask demo`: capprof's main job, end to end, on a container.
+//! `cargo xtask demo`: capprof's main job, end to end, on a container,
+//! done by capprof's own commands so that a newcomer sees the product:
 //!
 //! 1. builds capprof (release) and the busybox image, with a private
 //!    dockerd when no engine answers;
 //! 2. starts `capprof record --container capprof-demo` in the background;
 //! 3. runs `demo/sample.sh` in a container named `capprof-demo`, then stops
-//!    the recorder with SIGINT;
+//!    the recorder with SIGINT; the exited container is kept until the end,
+//!    so that the trust model accepts its bind of the sample (`verify` and
+//!    `minimize` trust what the original container was given);
 //! 4. prints Docker's default set against what the container used
 //!    (`capprof export --against docker`);
-//! 5. prints the `docker run` flags (`capprof export --format docker`);
-//! 6. proves them: the workload runs with exactly those flags, and fails
-//!    when any one of them is dropped;
-//! 7. writes the HTML report of the profile (`capprof report`) and prints
-//!    its path.
+//! 5. proves the allowlist: `capprof minimize` re-runs the container
+//!    without each capability in turn and writes the smallest sufficient
+//!    profile with its `proof`, and `capprof verify --ablate` re-runs it with
+//!    exactly that allowlist and without each capability;
+//! 6. prints the `docker run` flags of the proven profile (`capprof export`);
+//! 7. writes its HTML report (`capprof report`), and fails unless the
+//!    report calls the profile proven.
 //!
-//! Any step that fails makes the demo fail; the private engine and the
-//! recorder are stopped either way.
+//! Any step that fails makes the demo fail; the container, the private
+//! engine and the recorder are removed or stopped either way.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -31,7 +36,9 @@ use crate::{
     engine::Engine,
     image::{self, TEST_IMAGE},
     setup,
-    util::{build_release, display, note, stdout_of, step, target_dir, workspace_root},
+    util::{
+        build_release, display, note, run_checked, stdout_of, step, target_dir, workspace_root,
+    },
 };
 
 /// The sample workload, relative to the workspace root.
@@ -42,6 +49,9 @@ const SAMPLE_IN_CONTAINER: &str = "/sample.sh";
 const CONTAINER: &str = "capprof-demo";
 /// How long `capprof record` gets to load and attach.
 const RECORD_START: Duration = Duration::from_secs(60);
+/// Runs per capability set `capprof minimize` tries: two, so that one
+/// lucky run cannot drop a capability, and the demo stays under a minute.
+const PROOF_RUNS: &str = "2";
 /// How long the last records of an exited container get to arrive.
 const SETTLE: Duration = Duration::from_millis(800);
 
@@ -55,7 +65,7 @@ pub fn run() -> Result<()> {
     engine.stop();
     let (profile, flags, report) = outcome?;
     step(format_args!(
-        "done: {CONTAINER} needs only `{}`; its profile is {}",
+        "done: {CONTAINER} needs only `{}`, proven; its profile is {}",
         flags.join(" "),
         profile.display()
     ));
@@ -63,16 +73,20 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Steps 2 to 7; returns the profile, the flags and the report.
+/// Steps 2 to 7; returns the proven profile, its flags and the report.
 fn demo(engine: &Engine, capprof: PathBuf) -> Result<(PathBuf, Vec<String>, PathBuf)> {
     image::ensure_test_image(engine)?;
     let demo = Demo::new(engine, capprof);
-    let profile = demo.record()?;
-    demo.compare_with_defaults(&profile)?;
-    let flags = demo.docker_flags(&profile)?;
-    demo.prove(&flags)?;
-    let report = demo.report(&profile)?;
-    Ok((profile, flags, report))
+    let outcome = demo.record().and_then(|recorded| {
+        demo.compare_with_defaults(&recorded)?;
+        let proven = demo.minimize(&recorded)?;
+        demo.verify(&proven)?;
+        let flags = demo.docker_flags(&proven)?;
+        let report = demo.report(&proven)?;
+        Ok((proven, flags, report))
+    });
+    demo.remove_container();
+    outcome
 }
 
 /// `cargo build --release -p capprof`; returns the binary's path.
@@ -108,16 +122,11 @@ impl<'a> Demo<'a> {
         cmd
     }
 
-    /// `docker run --network none [--name capprof-demo | --rm] FLAGS IMAGE
-    /// sh /sample.sh`, printed first; its output is returned, not shown.
-    fn run_sample(&self, name: Option<&str>, flags: &[String]) -> Result<Output> {
+    /// `docker run --network none --name capprof-demo -v … IMAGE sh
+    /// /sample.sh`, printed first; its output is returned, not shown.
+    fn run_sample(&self) -> Result<Output> {
         let mut cmd = self.engine.docker();
-        cmd.args(["run", "--network", "none"]);
-        match name {
-            Some(name) => cmd.args(["--name", name]),
-            None => cmd.arg("--rm"),
-        };
-        cmd.args(flags)
+        cmd.args(["run", "--network", "none", "--name", CONTAINER])
             .args(["-v", &self.volume, TEST_IMAGE, "sh", SAMPLE_IN_CONTAINER]);
         note(format_args!("$ {}", display(&cmd)));
         cmd.stdin(Stdio::null())
@@ -157,9 +166,8 @@ impl<'a> Demo<'a> {
         step(format_args!(
             "running {SAMPLE} in the container {CONTAINER}"
         ));
-        let out = self.run_sample(Some(CONTAINER), &[]);
-        self.remove_container();
-        let out = out?;
+        // The exited container stays until the demo ends: see step 3 above.
+        let out = self.run_sample()?;
         show_output(&out);
         if !out.status.success() {
             bail!(
@@ -193,9 +201,35 @@ impl<'a> Demo<'a> {
         Ok(())
     }
 
-    /// Step 5: the `docker run` flags.
+    /// Step 5, first half: `capprof minimize` finds the smallest allowlist
+    /// the sample works with (its exit status 0 decides, no probe needed)
+    /// and writes it, with its `proof`, beside the recorded profile.
+    fn minimize(&self, recorded: &Path) -> Result<PathBuf> {
+        let proven = target_dir()
+            .join("demo")
+            .join(format!("{CONTAINER}.min.json"));
+        step("proving it: capprof minimize re-runs the container without each capability");
+        let mut cmd = self.capprof();
+        cmd.args(["minimize", "--runs", PROOF_RUNS, "--out"])
+            .arg(&proven)
+            .arg(recorded);
+        run_checked(&mut cmd).context("capprof minimize could not prove the profile")?;
+        Ok(proven)
+    }
+
+    /// Step 5, second half: `capprof verify --ablate` runs the proven
+    /// allowlist as it is (it must pass) and without each capability (each
+    /// must be needed).
+    fn verify(&self, proven: &Path) -> Result<()> {
+        step("checking the proof: capprof verify --ablate");
+        let mut cmd = self.capprof();
+        cmd.args(["verify", "--ablate", "--runs", "1"]).arg(proven);
+        run_checked(&mut cmd).context("capprof verify found the proven allowlist insufficient")
+    }
+
+    /// Step 6: the `docker run` flags of the proven profile.
     fn docker_flags(&self, profile: &Path) -> Result<Vec<String>> {
-        step("the docker run flags that grant only what it used");
+        step("the docker run flags that grant only what it needs");
         let mut cmd = self.capprof();
         cmd.args(["export", "--format", "docker"]).arg(profile);
         note(format_args!("$ {}", display(&cmd)));
@@ -208,57 +242,44 @@ impl<'a> Demo<'a> {
         Ok(flags)
     }
 
-    /// Step 7: the HTML report of the profile, beside the profiles.
+    /// Step 7: the HTML report of the proven profile; fails unless the
+    /// report (asked again as JSON) calls every profile in it proven.
     fn report(&self, profile: &Path) -> Result<PathBuf> {
-        step("writing the HTML report of the profile");
+        step("writing the HTML report of the proven profile");
         let report = target_dir().join("demo").join("report.html");
         let mut cmd = self.capprof();
         cmd.args(["report", "--out"]).arg(&report).arg(profile);
         note(format_args!("$ {}", display(&cmd)));
         stdout_of(&mut cmd).context("writing the report")?;
+        let mut cmd = self.capprof();
+        cmd.args(["report", "--format", "json"]).arg(profile);
+        let json = stdout_of(&mut cmd).context("writing the report as JSON")?;
+        let statuses = report_statuses(&json)?;
+        if statuses.is_empty() || statuses.iter().any(|s| s != "proven") {
+            bail!("the report calls the demo's profile {statuses:?}, not proven");
+        }
+        note("the report says: proven");
         Ok(report)
     }
+}
 
-    /// Step 6: sufficient with exactly the flags, and each one needed.
-    fn prove(&self, flags: &[String]) -> Result<()> {
-        step("re-running the sample with exactly those flags");
-        let out = self.run_sample(None, flags)?;
-        show_output(&out);
-        if !out.status.success() {
-            bail!(
-                "the sample fails with {} ({}): the allowlist is not enough",
-                flags.join(" "),
-                out.status
-            );
-        }
-        step(format_args!(
-            "it works: exit 0 with only {}",
-            flags.join(" ")
-        ));
-
-        if flags.len() > 1 {
-            step("dropping each of them in turn: the sample must fail");
-        }
-        for i in 1..flags.len() {
-            let mut fewer = flags.to_vec();
-            let dropped = fewer.remove(i);
-            let out = self.run_sample(None, &fewer)?;
-            if out.status.success() {
-                bail!("the sample still works without {dropped}: the allowlist is not minimal");
-            }
-            let why = String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            note(format_args!(
-                "without {dropped}: fails ({}): {why}",
-                out.status
-            ));
-        }
-        Ok(())
-    }
+/// The `status` of each container of a JSON report (`proven`, `observed`
+/// or `proof-failed`).
+fn report_statuses(json: &str) -> Result<Vec<String>> {
+    let report: serde_json::Value =
+        serde_json::from_str(json).context("capprof report --format json printed no JSON")?;
+    let containers = report["containers"]
+        .as_array()
+        .context("the JSON report has no `containers` list")?;
+    containers
+        .iter()
+        .map(|c| {
+            c["status"]
+                .as_str()
+                .map(str::to_owned)
+                .context("a container of the JSON report has no `status`")
+        })
+        .collect()
 }
 
 /// Shows a container's output, indented.
