@@ -61,6 +61,8 @@ pub fn run() -> Result<()> {
     ensure()?;
     // Only the fleet tests need it, so `demo` does not wait for its build.
     crate::kube::ensure_built()?;
+    // Only `test` and `docs` build the book, so `demo` does not wait for it.
+    crate::docs::ensure_mdbook()?;
     step("setup complete");
     Ok(())
 }
@@ -77,7 +79,6 @@ pub fn ensure() -> Result<()> {
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
     ensure_cargo_fuzz()?;
-    crate::docs::ensure_mdbook()?;
     ensure_mounts()?;
     Ok(())
 }
