@@ -116,6 +116,7 @@ pub fn run(args: &CorpusArgs) -> Result<ExitCode> {
     let results = results.into_inner().unwrap_or_default();
     let failed = results.iter().filter(|r| r.is_err()).count();
     table::write(&out, started.elapsed())?;
+    report(&capprof, &out, &scratch)?;
     step(format_args!(
         "corpus: {} entries in {:.0?}; {failed} could not run",
         results.len(),
@@ -187,6 +188,39 @@ fn run_entry(
     json.push('\n');
     write_atomically(&dir.join(format!("{}.json", entry.name)), json.as_bytes())?;
     Ok(result)
+}
+
+/// `capprof report` of every minimized (proven) profile: in
+/// target/corpus/report.html, and a copy beside the dataset that CORPUS.md
+/// links.
+fn report(capprof: &Path, out: &Path, scratch: &Path) -> Result<()> {
+    let profiles = out.join("corpus").join("profiles");
+    let mut minimized: Vec<PathBuf> = fs::read_dir(&profiles)
+        .with_context(|| format!("reading {}", profiles.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path().join("minimized.json")))
+        .filter(|p| p.exists())
+        .collect();
+    minimized.sort();
+    if minimized.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(scratch)?;
+    let html = scratch.join("report.html");
+    step(format_args!(
+        "capprof report of {} proven profiles",
+        minimized.len()
+    ));
+    let status = Command::new(capprof)
+        .arg("report")
+        .arg("--out")
+        .arg(&html)
+        .args(&minimized)
+        .status()
+        .context("running capprof report")?;
+    if !status.success() {
+        bail!("capprof report failed ({status})");
+    }
+    write_atomically(&out.join("corpus").join("report.html"), &fs::read(&html)?)
 }
 
 /// The first pass's profiles and proof, kept as the dataset.

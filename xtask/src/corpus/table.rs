@@ -79,7 +79,9 @@ the kernel's default `net.ipv4.ip_unprivileged_port_start` (1024). Every entry r
 Written by `cargo xtask corpus` from `corpus/results/`; the profiles and proofs are under \
 `corpus/profiles/` (schema `capprof.corpus/v1`, profiles `capprof.profile/v1`). In the minimal \
 set, † marks a capability the server used that `minimize` keeps without trying, as \
-security-relevant (its loss can leave a server running but less safe).\n\n";
+security-relevant (its loss can leave a server running but less safe). The `capprof report` of \
+every proven profile is [corpus/report.html](corpus/report.html). Images are built with \
+`--no-install-recommends`; an entry lists what its unit needs beyond that.\n\n";
 
 fn summary(md: &mut String, results: &[EntryResult]) {
     let ran: Vec<_> = results
