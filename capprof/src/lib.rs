@@ -6,7 +6,6 @@
 
 pub mod attribution;
 pub mod build_info;
-pub mod capability;
 pub mod capset;
 pub mod cgroup;
 pub mod conditional;
@@ -16,7 +15,6 @@ pub mod diff;
 pub mod engine;
 pub mod export;
 pub mod fleet;
-pub mod fsutil;
 pub mod k8s_patch;
 pub mod load;
 pub mod merge;
@@ -27,5 +25,7 @@ pub mod recorder;
 pub mod report;
 pub mod socket;
 pub mod table;
-pub mod text;
 pub mod urlpath;
+
+// The model lives in capprof-profile; these keep `capprof::…` paths working.
+pub use capprof_profile::{capability, fsutil, text};
