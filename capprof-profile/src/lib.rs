@@ -6,4 +6,5 @@
 
 pub mod capability;
 pub mod fsutil;
+pub mod observation;
 pub mod text;

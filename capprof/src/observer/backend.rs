@@ -6,46 +6,7 @@ use std::fmt;
 
 use super::{btf::KernelBtf, calibrate::Slots};
 
-/// How capprof hooks `cap_capable`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// BTF tracepoint `capability:cap_capable` (Linux 6.14+); call-site classification.
-    TpBtf,
-    /// fexit on `cap_capable()` (BPF trampolines); classification from `opts`.
-    Fexit,
-    /// kprobe + kretprobe on `cap_capable()`; classification from `opts`.
-    Kprobe,
-    /// BPF-LSM `capable` hook; classification from `opts`. Opt-in: it only
-    /// sees checks the capability LSM granted, so `denied` stays empty.
-    Lsm,
-}
-
-impl Backend {
-    /// Whether the hook runs for checks that were refused. The BPF-LSM hook
-    /// runs inside `security_capable()` after commoncap's `cap_capable`,
-    /// and only when that granted the check.
-    pub fn sees_refusals(self) -> bool {
-        self != Backend::Lsm
-    }
-
-    /// Whether the hook can see the advisory mmap probe, which calls
-    /// `cap_capable` directly and never reaches `security_capable()` (so
-    /// never the BPF-LSM hook).
-    pub fn sees_advisory(self) -> bool {
-        self != Backend::Lsm
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Backend::TpBtf => "tp_btf",
-            Backend::Fexit => "fexit",
-            Backend::Kprobe => "kprobe",
-            Backend::Lsm => "lsm",
-        })
-    }
-}
+pub use capprof_profile::observation::Backend;
 
 /// The backends in order of preference, with what each needs. `lsm` comes
 /// last and is never chosen by itself: it cannot see refused checks, and

@@ -9,7 +9,6 @@ use std::{
 
 use aya::maps::{HashMap, PerCpuArray};
 use capprof_common::check::{self, CheckKey, CheckStats, HotCache, stat};
-use serde::{Deserialize, Serialize};
 
 use super::{
     Observer, ObserverError,
@@ -18,138 +17,7 @@ use super::{
     reader::Received,
 };
 use crate::capability::Cap;
-
-/// Whether the kernel granted a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Granted,
-    Denied,
-}
-
-impl Verdict {
-    pub fn from_raw(verdict: u8) -> Self {
-        if verdict == check::VERDICT_DENIED {
-            Verdict::Denied
-        } else {
-            Verdict::Granted
-        }
-    }
-}
-
-/// How a check was made, as far as the kernel side could tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// Not classified (the call site was unknown, or calibration failed).
-    /// Counted like `Audit`, so that nothing needed is ever dropped.
-    Unknown,
-    /// Audited: the operation needs the capability.
-    Audit,
-    /// CAP_OPT_NOAUDIT, and it can still gate an operation.
-    NoAudit,
-    /// CAP_OPT_NOAUDIT, a probe that changes no permission decision.
-    Advisory,
-    /// capset()'s own CAP_SETPCAP check, which decides nothing unless the
-    /// call grows the inheritable set (the capset hook records that).
-    Capset,
-    /// Made with credentials that are not the task's own (overlayfs copy-up
-    /// checks the mounter's): says nothing about what the workload needs.
-    Borrowed,
-}
-
-impl Kind {
-    pub fn from_raw(kind: u8) -> Self {
-        match kind {
-            check::kind::AUDIT => Kind::Audit,
-            check::kind::NOAUDIT => Kind::NoAudit,
-            check::kind::ADVISORY => Kind::Advisory,
-            check::kind::CAPSET => Kind::Capset,
-            check::kind::BORROWED => Kind::Borrowed,
-            // UNKNOWN, and any id this build does not know.
-            _ => Kind::Unknown,
-        }
-    }
-}
-
-/// Which user namespace a check targeted, relative to the checking
-/// credentials' own.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum UserNs {
-    /// Their own: what `--cap-add` grants.
-    #[default]
-    Own,
-    /// One below it, decided by the same capabilities.
-    Descendant,
-    /// An ancestor such as the host's (or another branch): refused whatever
-    /// the container holds, so no `--cap-add` can grant it.
-    Ancestor,
-}
-
-impl UserNs {
-    pub fn from_raw(id: u8) -> Self {
-        match id {
-            check::userns::DESCENDANT => UserNs::Descendant,
-            check::userns::ANCESTOR => UserNs::Ancestor,
-            _ => UserNs::Own,
-        }
-    }
-}
-
-/// Whose check it was in a container cgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Phase {
-    /// The workload (every check of a `capprof run` command).
-    Workload,
-    /// The container runtime, before it exec'd the workload.
-    Setup,
-}
-
-impl Phase {
-    pub fn from_raw(phase: u8) -> Self {
-        if phase == check::phase::SETUP {
-            Phase::Setup
-        } else {
-            Phase::Workload
-        }
-    }
-}
-
-/// One kernel counter: the checks of one cgroup for one capability, verdict,
-/// kind and phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Count {
-    pub cgroup_id: u64,
-    pub cap: Cap,
-    pub verdict: Verdict,
-    pub kind: Kind,
-    pub phase: Phase,
-    pub user_ns: UserNs,
-    pub count: u64,
-    pub first_seen: SystemTime,
-    pub last_seen: SystemTime,
-}
-
-/// One evidence record: who made a check, and how.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sighting {
-    pub cgroup_id: u64,
-    pub cap: Cap,
-    pub verdict: Verdict,
-    pub kind: Kind,
-    pub phase: Phase,
-    pub comm: String,
-    pub exe: Option<String>,
-    /// The syscall's name, when known.
-    pub syscall: Option<String>,
-    pub pid: u32,
-    pub uid: u32,
-    /// The kernel function that asked, as `symbol+0xoff`, when known.
-    pub call_site: Option<String>,
-    pub user_ns: UserNs,
-}
+pub use capprof_profile::observation::{Count, Kind, Phase, Sighting, UserNs, Verdict};
 
 /// Health counters of the kernel side, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
