@@ -5,6 +5,14 @@
 //! the reverse.
 
 pub mod capability;
+pub mod conditional;
 pub mod fsutil;
 pub mod observation;
+pub mod profile;
 pub mod text;
+
+/// How many distinct evidence entries a capability (or a conditional or
+/// kept capability) keeps. At the root because both `profile` and
+/// `conditional` bound their evidence with it, and `conditional` must not
+/// depend on `profile`, which is built from it.
+pub const MAX_EVIDENCE: usize = 16;

@@ -19,22 +19,21 @@ use std::{
 #[cfg(test)]
 #[cfg(test)]
 pub use build::{Observations, with_allowlist};
-pub use build::{ProfileBuilder, build, from_observer};
+pub use build::{ProfileBuilder, build};
 pub use proof::{KeptIdentity, MAX_PROOF_ENTRIES, Proof};
 pub use run::{DeviceSpec, MountSpec, RunSpec, UlimitSpec, env_entry_problem};
 use serde::{Deserialize, Serialize};
 
-pub use crate::observer::{UserNs, Verdict};
+pub use crate::observation::{UserNs, Verdict};
 use crate::{
     capability::Cap,
     conditional::{self, Conditional, Kept, Transient},
-    observer::{Backend, Kind},
+    observation::{Backend, Kind},
 };
 
 pub const SCHEMA: &str = "capprof.profile/v1";
 
-/// How many distinct evidence entries a capability keeps.
-pub const MAX_EVIDENCE: usize = 16;
+pub use crate::MAX_EVIDENCE;
 
 /// The class of a check, as the profile reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -575,7 +574,7 @@ impl Profile {
     /// A profile of what was seen, with its summary arrays worked out from
     /// `capabilities` and the kept capabilities: what [`build`] and the
     /// fleet's node parts (`fleet::part`) both make.
-    pub(crate) fn assemble(
+    pub fn assemble(
         subject: Subject,
         observation: Observation,
         capabilities: Vec<CapUsage>,
@@ -675,7 +674,7 @@ fn merge_usages(a: &[CapUsage], b: &[CapUsage]) -> Vec<CapUsage> {
 }
 
 /// The class a capability is reported under: the strongest of its checks.
-pub(crate) fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
+pub fn usage_class(by_class: &BTreeMap<Class, u64>) -> Class {
     // `Class` orders Required < Denied < Silent < Borrowed < Advisory: a
     // capability seen both borrowed and as the mmap probe (SYS_ADMIN on
     // overlay2) is reported borrowed, the more telling of the two.

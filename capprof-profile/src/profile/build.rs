@@ -12,26 +12,8 @@ use super::{
 use crate::{
     capability::Cap,
     conditional::Findings,
-    observer::{Count, Kind, Observer, Phase, Sighting, UserNs, Verdict, reader::Received},
+    observation::{Count, Kind, Phase, Sighting, UserNs, Verdict},
 };
-
-/// Builds one subject's profile from everything the observer handed out
-/// for it: its counts, the evidence, and what the syscall hooks found
-/// (conditional and kept capabilities).
-pub fn from_observer(
-    observer: &Observer,
-    counts: Vec<Count>,
-    received: &[Received],
-    subject: Subject,
-    observation: Observation,
-) -> Profile {
-    let sightings = received.iter().filter_map(|r| observer.sighting(r));
-    let mut profile = build(counts, sightings, subject, observation);
-    let found = crate::conditional::from_records(received);
-    profile.add_syscall_findings(&found.conditional, &found.kept);
-    profile.add_transient(&found.transient);
-    profile
-}
 
 /// Builds one subject's profile from its counts and evidence.
 pub fn build(

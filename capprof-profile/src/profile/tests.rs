@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::observer::{Count, Phase};
+use crate::observation::{Count, Phase};
 
 fn cap(s: &str) -> Cap {
     s.parse().unwrap()
