@@ -7,8 +7,10 @@
 pub mod capability;
 pub mod conditional;
 pub mod fsutil;
+pub mod load;
 pub mod observation;
 pub mod profile;
+pub mod table;
 pub mod text;
 
 /// How many distinct evidence entries a capability (or a conditional or

@@ -16,7 +16,6 @@ pub mod engine;
 pub mod export;
 pub mod fleet;
 pub mod k8s_patch;
-pub mod load;
 pub mod merge;
 pub mod observer;
 pub mod profile;
@@ -24,8 +23,7 @@ pub mod proof;
 pub mod recorder;
 pub mod report;
 pub mod socket;
-pub mod table;
 pub mod urlpath;
 
 // The model lives in capprof-profile; these keep `capprof::…` paths working.
-pub use capprof_profile::{capability, fsutil, text};
+pub use capprof_profile::{capability, fsutil, load, table, text};
