@@ -6,7 +6,9 @@
 
 pub mod capability;
 pub mod conditional;
+pub mod export;
 pub mod fsutil;
+pub mod k8s_patch;
 pub mod load;
 pub mod observation;
 pub mod profile;

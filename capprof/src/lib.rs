@@ -13,9 +13,7 @@ pub mod cri;
 pub mod daemon;
 pub mod diff;
 pub mod engine;
-pub mod export;
 pub mod fleet;
-pub mod k8s_patch;
 pub mod merge;
 pub mod observer;
 pub mod profile;
@@ -26,4 +24,4 @@ pub mod socket;
 pub mod urlpath;
 
 // The model lives in capprof-profile; these keep `capprof::…` paths working.
-pub use capprof_profile::{capability, fsutil, load, table, text};
+pub use capprof_profile::{capability, export, fsutil, k8s_patch, load, table, text};
