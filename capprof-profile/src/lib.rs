@@ -10,8 +10,10 @@ pub mod export;
 pub mod fsutil;
 pub mod k8s_patch;
 pub mod load;
+pub mod merge;
 pub mod observation;
 pub mod profile;
+pub mod report;
 pub mod table;
 pub mod text;
 

@@ -337,11 +337,7 @@ fn refusal(e: &bollard::errors::Error) -> String {
     }
 }
 
-/// A container id as the engines' own tables show it: its first 12
-/// characters.
-pub fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
-}
+pub use capprof_profile::profile::short_id;
 
 /// The endpoint the docker CLI would use: `DOCKER_HOST` or the default socket.
 pub fn endpoint_from_env() -> String {

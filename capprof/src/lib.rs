@@ -14,14 +14,14 @@ pub mod daemon;
 pub mod diff;
 pub mod engine;
 pub mod fleet;
-pub mod merge;
 pub mod observer;
 pub mod profile;
 pub mod proof;
 pub mod recorder;
-pub mod report;
 pub mod socket;
 pub mod urlpath;
 
 // The model lives in capprof-profile; these keep `capprof::…` paths working.
-pub use capprof_profile::{capability, export, fsutil, k8s_patch, load, table, text};
+pub use capprof_profile::{
+    capability, export, fsutil, k8s_patch, load, merge, report, table, text,
+};

@@ -103,6 +103,12 @@ impl std::fmt::Display for Class {
     }
 }
 
+/// A container id as the engines' own tables show it: its first 12
+/// characters.
+pub fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
 /// What was profiled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {

@@ -113,7 +113,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        observer::{Kind, Phase as CheckPhase, Verdict},
+        observation::{Kind, Phase as CheckPhase, Verdict},
         profile::{Observation, Observations, Subject, rfc3339},
     };
 

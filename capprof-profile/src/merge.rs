@@ -128,7 +128,7 @@ fn distinct(inputs: &[Loaded]) -> Result<(Vec<&Loaded>, Vec<Skipped>), MergeErro
             return Err(MergeError::Overlap {
                 first: first.to_owned(),
                 other: input.source.clone(),
-                key: crate::engine::short_id(key),
+                key: crate::profile::short_id(key),
             });
         }
         seen.extend(keys[i].iter().map(|k| (k, input.source.as_str())));
@@ -320,7 +320,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        observer::{Kind, Phase, Verdict},
+        observation::{Kind, Phase, Verdict},
         profile::{Evidence, Observation, Observations, Proof},
     };
 

@@ -269,7 +269,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        observer::{Kind, Phase, Verdict},
+        observation::{Kind, Phase, Verdict},
         profile::{Class, Evidence, Observation, Observations, Subject},
     };
 
