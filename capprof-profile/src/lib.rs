@@ -6,6 +6,7 @@
 
 pub mod capability;
 pub mod conditional;
+pub mod diff;
 pub mod export;
 pub mod fsutil;
 pub mod k8s_patch;

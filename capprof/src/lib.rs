@@ -11,7 +11,6 @@ pub mod cgroup;
 pub mod conditional;
 pub mod cri;
 pub mod daemon;
-pub mod diff;
 pub mod engine;
 pub mod fleet;
 pub mod observer;
@@ -23,5 +22,5 @@ pub mod urlpath;
 
 // The model lives in capprof-profile; these keep `capprof::…` paths working.
 pub use capprof_profile::{
-    capability, export, fsutil, k8s_patch, load, merge, report, table, text,
+    capability, diff, export, fsutil, k8s_patch, load, merge, report, table, text,
 };

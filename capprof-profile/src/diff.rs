@@ -251,7 +251,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        observer::{Kind, Phase},
+        observation::{Kind, Phase},
         profile::{Class, Evidence, Observation, Observations, Subject, Verdict},
     };
 
