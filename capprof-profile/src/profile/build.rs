@@ -148,7 +148,7 @@ impl ProfileBuilder {
 }
 
 /// A profile whose allowlist is exactly `names`, each seen once, for tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
     use std::time::Duration;
 
@@ -169,11 +169,11 @@ pub fn with_allowlist(names: &[&str], subject: Subject) -> Profile {
 
 /// For tests that write a profile by hand: typed counts and evidence,
 /// without a kernel.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct Observations(ProfileBuilder);
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl Observations {
     /// `count` checks of `cap` from `first_seen` to `last_seen`.
     pub fn add_count(

@@ -16,8 +16,9 @@ use std::{
     time::SystemTime,
 };
 
-#[cfg(test)]
-#[cfg(test)]
+/// Test doubles, for this crate's tests and (with the `testing` feature)
+/// for capprof's.
+#[cfg(any(test, feature = "testing"))]
 pub use build::{Observations, with_allowlist};
 pub use build::{ProfileBuilder, build};
 pub use proof::{KeptIdentity, MAX_PROOF_ENTRIES, Proof};
