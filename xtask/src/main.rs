@@ -21,6 +21,7 @@ mod image;
 mod kube;
 mod libtest;
 mod lint;
+mod model;
 mod nonroot;
 mod setup;
 mod test;
@@ -48,6 +49,10 @@ enum Command {
     /// and the command-line reference lists exactly the flags of
     /// `capprof COMMAND --help`.
     Docs,
+    /// Build and test capprof-profile (the profile model) on stable Rust
+    /// alone, with no nightly, bpf-linker or protoc, and check that its
+    /// dependency tree holds nothing of the agent's.
+    Model,
     /// Build capprof's container image (the DaemonSet's), with no registry,
     /// into the local Docker engine.
     Image(capprof_image::ImageArgs),
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Lint(args) => lint::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Docs => docs::run().map(|()| ExitCode::SUCCESS),
+        Command::Model => model::check().map(|()| ExitCode::SUCCESS),
         Command::Image(args) => capprof_image::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dist(args) => dist::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),

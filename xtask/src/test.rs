@@ -49,6 +49,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     setup::ensure()?;
     // Formatting and clippy first: cheap, and a contributor's first signal.
     crate::lint::check()?;
+    // The profile model as a library user builds it: stable Rust alone.
+    crate::model::check()?;
 
     step("building the workspace");
     run_checked(
