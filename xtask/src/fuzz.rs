@@ -1,5 +1,8 @@
-//! `cargo xtask fuzz`: the libFuzzer targets in capprof/fuzz (`cargo fuzz`),
-//! each run for a bounded time from the seed corpus kept in the repository.
+//! `cargo xtask fuzz`: the libFuzzer targets (`cargo fuzz`), each run for a
+//! bounded time from the seed corpus kept in the repository. The profile
+//! parser's target lives in capprof-profile/fuzz and builds on the model
+//! alone; the daemon's lives in capprof/fuzz and needs capprof, so its
+//! build reuses the eBPF object a workspace build left behind.
 //! `cargo xtask test` runs every target briefly; run longer by hand.
 //!
 //! The targets build on nightly with coverage instrumentation and no
@@ -19,8 +22,17 @@ use clap::Args;
 
 use crate::util::{display, note, run_checked, step, target_dir, workspace_root};
 
-/// Every fuzz target, by its name in capprof/fuzz/Cargo.toml.
+/// Every fuzz target, by its name in its fuzz directory's Cargo.toml.
 pub const TARGETS: &[&str] = &["profile", "daemon_http"];
+
+/// The fuzz directory (a `cargo fuzz` package) that holds `target`, from
+/// the workspace root.
+fn fuzz_dir_of(target: &str) -> &'static str {
+    match target {
+        "profile" => "capprof-profile/fuzz",
+        _ => "capprof/fuzz",
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct FuzzArgs {
@@ -50,7 +62,11 @@ pub fn run(args: &FuzzArgs) -> Result<std::process::ExitCode> {
 /// Builds the targets and runs each for `seconds`. `Ok(false)` when a
 /// target found a crash, a hang or nothing to run.
 pub fn fuzz(targets: &[&str], seconds: u64) -> Result<bool> {
-    build()?;
+    let mut dirs: Vec<&str> = targets.iter().map(|t| fuzz_dir_of(t)).collect();
+    dirs.dedup();
+    for dir in dirs {
+        build(dir)?;
+    }
     let mut ok = true;
     for target in targets {
         ok &= run_target(target, seconds)?;
@@ -58,16 +74,18 @@ pub fn fuzz(targets: &[&str], seconds: u64) -> Result<bool> {
     Ok(ok)
 }
 
-fn fuzz_dir() -> PathBuf {
-    workspace_root().join("capprof/fuzz")
+fn fuzz_dir(target: &str) -> PathBuf {
+    workspace_root().join(fuzz_dir_of(target))
 }
 
 fn fuzz_target_dir() -> PathBuf {
     target_dir().join("fuzz")
 }
 
-fn build() -> Result<()> {
-    step("building the fuzz targets (cargo +nightly fuzz build)");
+fn build(dir: &str) -> Result<()> {
+    step(format_args!(
+        "building the fuzz targets in {dir} (cargo +nightly fuzz build)"
+    ));
     let mut cmd = Command::new("cargo");
     cmd.args([
         "+nightly",
@@ -77,11 +95,14 @@ fn build() -> Result<()> {
         "none",
         "--fuzz-dir",
     ])
-    .arg(fuzz_dir())
+    .arg(workspace_root().join(dir))
     .arg("--target-dir")
     .arg(fuzz_target_dir());
-    // The workspace's own eBPF object, when it was built: not again.
-    if let Some(object) = built_ebpf_object() {
+    // The workspace's own eBPF object, when it was built: not again. The
+    // model's targets never need it.
+    if dir != "capprof-profile/fuzz"
+        && let Some(object) = built_ebpf_object()
+    {
         note(format_args!("CAPPROF_EBPF_OBJECT={}", object.display()));
         cmd.env("CAPPROF_EBPF_OBJECT", object);
     }
@@ -119,7 +140,7 @@ fn run_target(target: &str, seconds: u64) -> Result<bool> {
     for dir in [&corpus, &artifacts] {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let seeds = fuzz_dir().join("corpus").join(target);
+    let seeds = fuzz_dir(target).join("corpus").join(target);
     step(format_args!("fuzzing {target} for {seconds} s"));
     let mut cmd = Command::new(&binary);
     cmd.arg(format!("-max_total_time={seconds}"))
@@ -198,13 +219,13 @@ mod tests {
 
     #[test]
     fn every_target_has_a_source_and_seeds() {
-        let manifest = fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
         for target in TARGETS {
+            let manifest = fs::read_to_string(fuzz_dir(target).join("Cargo.toml")).unwrap();
             assert!(
                 manifest.contains(&format!("name = \"{target}\"")),
                 "{target}"
             );
-            let seeds = fs::read_dir(fuzz_dir().join("corpus").join(target)).unwrap();
+            let seeds = fs::read_dir(fuzz_dir(target).join("corpus").join(target)).unwrap();
             assert!(seeds.count() > 0, "{target} has no seeds");
         }
     }

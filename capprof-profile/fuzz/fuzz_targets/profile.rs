@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use capprof::{
+use capprof_profile::{
     export::{self, Format},
     load::Loaded,
     merge,
