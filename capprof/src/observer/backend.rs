@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use super::{btf::KernelBtf, calibrate::Slots};
-
 pub use capprof_profile::observation::Backend;
+
+use super::{btf::KernelBtf, calibrate::Slots};
 
 /// The backends in order of preference, with what each needs. `lsm` comes
 /// last and is never chosen by itself: it cannot see refused checks, and

@@ -9,6 +9,7 @@ use std::{
 
 use aya::maps::{HashMap, PerCpuArray};
 use capprof_common::check::{self, CheckKey, CheckStats, HotCache, stat};
+pub use capprof_profile::observation::{Count, Kind, Phase, Sighting, UserNs, Verdict};
 
 use super::{
     Observer, ObserverError,
@@ -17,7 +18,6 @@ use super::{
     reader::Received,
 };
 use crate::capability::Cap;
-pub use capprof_profile::observation::{Count, Kind, Phase, Sighting, UserNs, Verdict};
 
 /// Health counters of the kernel side, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
