@@ -20,7 +20,6 @@ use serde::Serialize;
 use crate::{
     capability::Cap,
     profile::{CapUsage, Profile},
-    report::class_key,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -170,7 +169,7 @@ pub fn diff(baseline_name: &str, baseline: &Profile, new_name: &str, new: &Profi
             (Some(usage), Change::Regression) => stable_evidence(usage),
             _ => vec![],
         };
-        let class_of = |u: &Option<CapUsage>| u.as_ref().map(|u| class_key(u.class));
+        let class_of = |u: &Option<CapUsage>| u.as_ref().map(|u| u.class.as_str().to_owned());
         let key_class = class_of(&after).or_else(|| class_of(&before));
         rows.push(Row {
             key: format!("{cap}:{}", key_class.clone().unwrap_or_default()),

@@ -161,7 +161,7 @@ impl Semantics {
             let blind: Vec<String> = self
                 .unobservable
                 .iter()
-                .map(|c| crate::report::class_key(*c))
+                .map(|c| c.as_str().to_owned())
                 .collect();
             parts.push(format!("{backend} cannot see {}", blind.join(", ")));
         }

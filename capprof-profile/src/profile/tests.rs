@@ -487,3 +487,22 @@ fn unclassified_checks_are_the_profiles_own() {
     // One host-wide counter read twice: the larger reading.
     assert_eq!(merged.observation.recursion_misses, Some(5));
 }
+
+#[test]
+fn class_names_are_the_ones_profiles_write() {
+    // Reports, merge and diff name a class with `Class::as_str`; a profile
+    // file spells it through serde. They must agree.
+    for class in [
+        Class::Required,
+        Class::Denied,
+        Class::Silent,
+        Class::Borrowed,
+        Class::Advisory,
+    ] {
+        assert_eq!(
+            serde_json::to_value(class).unwrap(),
+            serde_json::Value::from(class.as_str()),
+            "{class:?}"
+        );
+    }
+}

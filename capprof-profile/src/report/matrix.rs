@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     capability::Cap,
-    profile::{CapUsage, Class, Profile},
+    profile::{CapUsage, Profile},
 };
 
 /// How the report shows one class.
@@ -65,14 +65,6 @@ pub fn unit(key: &str, count: u64) -> &'static str {
 /// The style of the class named `key`.
 pub fn style(key: &str) -> &'static ClassStyle {
     CLASSES.iter().find(|c| c.key == key).unwrap_or(&UNKNOWN)
-}
-
-/// A class's name as profiles spell it.
-pub fn class_key(class: Class) -> String {
-    serde_json::to_value(class)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{class:?}").to_ascii_lowercase())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -157,7 +149,7 @@ fn workload_cell(usage: &CapUsage) -> (Cap, Cell) {
     (
         usage.name,
         Cell {
-            class: class_key(usage.class),
+            class: usage.class.as_str().to_owned(),
             count,
         },
     )
@@ -192,6 +184,7 @@ pub fn matrix<'a>(profiles: impl Iterator<Item = (&'a str, &'a Profile)>) -> Mat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::Class;
 
     #[test]
     fn every_class_of_this_build_has_a_style() {
@@ -201,7 +194,7 @@ mod tests {
             Class::Silent,
             Class::Advisory,
         ] {
-            let key = class_key(class);
+            let key = class.as_str().to_owned();
             assert_eq!(style(&key).key, key, "{class:?}");
         }
         // The classes other work is adding are ready.

@@ -24,7 +24,6 @@ pub mod score;
 
 use std::{collections::BTreeMap, time::Duration};
 
-pub use matrix::class_key;
 use serde::Serialize;
 
 use crate::{
@@ -285,13 +284,13 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
                 class: classes
                     .get(&cap)
                     .cloned()
-                    .or_else(|| usage.map(|u| class_key(u.class))),
+                    .or_else(|| usage.map(|u| u.class.as_str().to_owned())),
                 checks: usage.map_or(0, |u| u.granted + u.denied),
                 by_class: usage
                     .map(|u| {
                         u.by_class
                             .iter()
-                            .map(|(c, n)| (class_key(*c), *n))
+                            .map(|(c, n)| (c.as_str().to_owned(), *n))
                             .collect()
                     })
                     .unwrap_or_default(),

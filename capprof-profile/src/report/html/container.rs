@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::{Esc, OPEN_SECTIONS, caps_code, exposure_bar, level, status_badge};
 use crate::{
     export::Runtime,
-    report::{Container, Report, capsh_line, catalogue, class_key, setpriv_line},
+    report::{Container, Report, capsh_line, catalogue, setpriv_line},
 };
 
 pub(super) fn containers(out: &mut String, report: &Report) {
@@ -192,7 +192,7 @@ fn usage_table(out: &mut String, c: &Container) {
                 w!(out, " · {}", Esc(site));
             }
             w!(out, " · uid {}", ev.uid);
-            let class = class_key(ev.class);
+            let class = ev.class.as_str().to_owned();
             if Some(&class) != row.class.as_ref() {
                 w!(out, " · {}", Esc(&class));
             }
