@@ -7,9 +7,11 @@
 
 use serde::Serialize;
 
+pub use crate::grant::{decide, grant, notes};
 use crate::{
     capability::Cap,
-    conditional::{self, Decision, TargetSysctls},
+    conditional::{self, TargetSysctls},
+    grant::header,
     profile::Profile,
 };
 
@@ -308,11 +310,6 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
     render_under(profile, format, format.sysctls())
 }
 
-/// The conditional capabilities `target` needs beyond the allowlist.
-pub fn decide(profile: &Profile, target: &TargetSysctls) -> Decision {
-    conditional::decide(&profile.conditional, &profile.allowlist, target)
-}
-
 /// `render`, for a target whose sysctls are `target`. Formats that take
 /// comments say why each conditional capability was added or left out, and
 /// which capabilities only a capset() kept.
@@ -401,43 +398,6 @@ pub fn render_under(
     }
 }
 
-/// The allowlist plus the conditional capabilities `decision` adds, sorted
-/// by number: what every format grants.
-pub fn grant(profile: &Profile, decision: &Decision) -> Vec<Cap> {
-    let mut grant = profile.allowlist.clone();
-    grant.extend(decision.added_caps());
-    grant.sort();
-    grant.dedup();
-    grant
-}
-
-/// One line per conditional capability added or left out, and per
-/// capability on the allowlist only because a capset() kept it.
-pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
-    let exercised: Vec<Cap> = profile
-        .capabilities
-        .iter()
-        .filter(|u| u.class != crate::profile::Class::Advisory && u.granted > 0)
-        .map(|u| u.name)
-        .collect();
-    let added = decision
-        .added
-        .iter()
-        .map(|(cap, why)| format!("{cap} added: {why}"));
-    let left_out = decision
-        .left_out
-        .iter()
-        .map(|(cap, why)| format!("{cap} left out: {why}"));
-    added
-        .chain(left_out)
-        .chain(
-            conditional::kept_only(&profile.kept, &exercised)
-                .into_iter()
-                .map(|(_, why)| why),
-        )
-        .collect()
-}
-
 /// `--cap-drop=ALL --cap-add=CHOWN …`, which docker and podman both accept.
 fn run_flags(caps: &[Cap]) -> String {
     let mut out = String::from("--cap-drop=ALL");
@@ -478,46 +438,6 @@ fn yaml(header: String, format: Format, doc: &impl Serialize) -> Result<String, 
         out.push('\n');
     }
     Ok(out)
-}
-
-/// A `# capprof: …` comment line naming the subject, then one per note.
-/// Both come from the profile, which is untrusted: control characters (a
-/// newline would end the comment and inject configuration) are replaced and
-/// the length is bounded.
-pub(crate) fn header(profile: &Profile, notes: &[String]) -> String {
-    const MAX_CHARS: usize = 120;
-    let subject = &profile.subject;
-    let label = [
-        subject.name.clone(),
-        subject.command.as_ref().map(|argv| argv.join(" ")),
-        subject.id.clone(),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|s| !s.trim().is_empty())
-    .unwrap_or_else(|| "unnamed subject".to_owned());
-    let clean = crate::text::line(&label, MAX_CHARS);
-    let n = profile.allowlist.len();
-    let plural = if n == 1 { "capability" } else { "capabilities" };
-    let mut out = match &profile.proof {
-        Some(proof) if proof.sufficient => {
-            // The proof's fields are untrusted too.
-            let how = crate::text::line(
-                &format!(
-                    "{}, {} run(s) per set, {}",
-                    proof.method, proof.runs, proof.engine
-                ),
-                MAX_CHARS,
-            );
-            format!("# capprof: {n} {plural} proven sufficient for {clean} ({how})\n")
-        }
-        _ => format!("# capprof: {n} {plural} observed in use by {clean}\n"),
-    };
-    for note in notes {
-        let clean = crate::text::line(note, 4 * MAX_CHARS);
-        out.push_str(&format!("# capprof: {clean}\n"));
-    }
-    out
 }
 
 /// A compose service fragment: paste under `services.<name>`. `cap_add` is

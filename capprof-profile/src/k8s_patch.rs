@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::{
     conditional::TargetSysctls,
-    export,
+    grant,
     profile::{Owner, Profile},
 };
 
@@ -386,16 +386,16 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
     let mut containers = Vec::with_capacity(patch.inputs.len());
     for input in &patch.inputs {
         let profile = &input.profile;
-        let decision = export::decide(profile, &input.sysctls);
-        let mut notes = export::notes(profile, &decision);
+        let decision = grant::decide(profile, &input.sysctls);
+        let mut notes = grant::notes(profile, &decision);
         notes.extend(warnings(profile, &input.container));
         out.push_str(&format!(
             "# capprof: container {} from {}:\n",
             input.container,
             comment_safe(&input.file)
         ));
-        out.push_str(&export::header(profile, &notes));
-        let add = export::grant(profile, &decision)
+        out.push_str(&grant::header(profile, &notes));
+        let add = grant::grant(profile, &decision)
             .into_iter()
             .map(|c| c.short_name())
             .collect();

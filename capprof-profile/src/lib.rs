@@ -107,6 +107,7 @@ pub mod conditional;
 pub mod diff;
 pub mod export;
 pub mod fsutil;
+pub mod grant;
 pub mod k8s_patch;
 pub mod load;
 pub mod merge;

@@ -2,7 +2,10 @@
 //! with the real kubectl.
 
 use super::*;
-use crate::profile::{K8sRef, Subject, with_allowlist};
+use crate::{
+    export,
+    profile::{K8sRef, Subject, with_allowlist},
+};
 
 fn profile(kind: &str, owner: Option<(&str, &str)>, container: &str, caps: &[&str]) -> Profile {
     let subject = Subject {
