@@ -38,6 +38,21 @@ impl Counts {
     }
 }
 
+impl Counts {
+    /// Moves the tests named in a skip log (`test name\treason` a line,
+    /// written by tests/common's `skip`) from passed to skipped: libtest
+    /// counted them passed, but they tested nothing. Each test once.
+    pub fn skipped_at_run_time(&mut self, log: &str) -> u64 {
+        let mut names: Vec<&str> = log.lines().filter_map(|l| l.split('\t').next()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let n = (names.len() as u64).min(self.passed);
+        self.passed -= n;
+        self.ignored += n;
+        n
+    }
+}
+
 impl AddAssign for Counts {
     fn add_assign(&mut self, other: Self) {
         self.passed += other.passed;
@@ -99,5 +114,18 @@ mod tests {
         ] {
             assert_eq!(Counts::parse(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn tests_skipped_at_run_time_count_as_skipped() {
+        let mut counts = Counts {
+            passed: 10,
+            failed: 1,
+            ignored: 2,
+            filtered: 0,
+        };
+        let log = "syscall_a\tno tracepoint\nsyscall_b\tno tracepoint\nsyscall_a\tagain\n";
+        assert_eq!(counts.skipped_at_run_time(log), 2);
+        assert_eq!(counts.to_string(), "8 passed, 1 failed, 4 skipped");
     }
 }

@@ -86,6 +86,10 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // logged here by their shared assertion, and counted below.
     let bad_input_log = crate::util::target_dir().join("bad-input-cases.tsv");
     let _ = std::fs::remove_file(&bad_input_log);
+    // Tests that found the kernel lacking a feature log themselves here
+    // (tests/common's `skip`); they count as skipped, never as passed.
+    let skip_log = crate::util::target_dir().join("skipped-tests.tsv");
+    let _ = std::fs::remove_file(&skip_log);
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(EXCLUDE)
@@ -98,6 +102,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .env("CAPPROF_TEST_DIST", crate::dist::dist_dir())
         .env("CAPPROF_DEBIAN_IMAGE", crate::debian::DEBIAN_IMAGE)
         .env("CAPPROF_BAD_INPUT_LOG", &bad_input_log)
+        .env("CAPPROF_SKIP_LOG", &skip_log)
         .env("CAPPROF_TEST_CRI", containerd.endpoint())
         .env("CAPPROF_TEST_CRI_B", containerd_b.endpoint())
         .env("CAPPROF_TEST_KUBE", cluster.dir());
@@ -117,7 +122,17 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     drop(containerd);
     drop(containerd_b);
     engine.stop();
-    let (status, counts) = outcome?;
+    let (status, mut counts) = outcome?;
+    if let Ok(log) = std::fs::read_to_string(&skip_log) {
+        let n = counts.skipped_at_run_time(&log);
+        for line in log.lines() {
+            note(format_args!("skipped: {}", line.replace('\t', ": ")));
+        }
+        note(format_args!(
+            "{n} test(s) skipped at run time ({})",
+            skip_log.display()
+        ));
+    }
     if let Ok(log) = std::fs::read_to_string(&bad_input_log) {
         note(format_args!(
             "{} bad-input cases checked for one line and their exit status ({})",

@@ -134,8 +134,26 @@ pub fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
 /// Appends the case to `$CAPPROF_BAD_INPUT_LOG` (set by `cargo xtask
 /// test`, which reports how many bad-input cases the suite checked).
 fn count_bad_input_case(code: i32, stderr: &str) {
+    log_line(
+        "CAPPROF_BAD_INPUT_LOG",
+        &format!("{code}\t{}", stderr.trim()),
+    );
+}
+
+/// For a test that cannot run on this machine because the kernel lacks a
+/// feature: says why on stderr and appends the test's name and the reason
+/// to `$CAPPROF_SKIP_LOG`. libtest has no skip at run time, so the test
+/// still returns and libtest counts it passed; `cargo xtask test` sets the
+/// log and counts each test in it as skipped instead, naming it.
+pub fn skip(reason: &str) {
+    eprintln!("skipped: {reason}");
+    log_line("CAPPROF_SKIP_LOG", reason);
+}
+
+/// Appends `test name\tline` to the file named by `$var`, when it is set.
+fn log_line(var: &str, line: &str) {
     use std::io::Write as _;
-    let Some(log) = std::env::var_os("CAPPROF_BAD_INPUT_LOG") else {
+    let Some(log) = std::env::var_os(var) else {
         return;
     };
     let test = std::thread::current().name().unwrap_or("?").to_owned();
@@ -144,7 +162,7 @@ fn count_bad_input_case(code: i32, stderr: &str) {
         .append(true)
         .open(log)
     {
-        let _ = writeln!(file, "{test}\t{code}\t{}", stderr.trim());
+        let _ = writeln!(file, "{test}\t{line}");
     }
 }
 
