@@ -22,7 +22,7 @@ use capprof_common::{
 use super::{
     attach::{self, AttachError, Hook},
     backend::Backend,
-    kallsyms::Kallsyms,
+    symbols::{KnownFunctions, Resolver},
 };
 
 /// The function whose call to `cap_capable` every ordinary check goes
@@ -90,14 +90,26 @@ pub struct Slots {
     pub outer: u32,
 }
 
-fn resolves_to(kallsyms: &Kallsyms, addr: u64, names: &[&str]) -> bool {
+fn resolves_to(kallsyms: &impl Resolver, addr: u64, names: &[&str]) -> bool {
     kallsyms
-        .resolve(addr)
-        .is_some_and(|(name, _)| names.contains(&name))
+        .name_at(addr)
+        .is_some_and(|name| names.contains(&name))
+}
+
+/// Every function calibration and the kernel side look for by name.
+pub fn known() -> impl Iterator<Item = &'static str> {
+    [VIA_SECURITY_CAPABLE, ADVISORY, CAPSET, NOAUDIT, AUDIT]
+        .into_iter()
+        .flatten()
+        .copied()
+        .chain([TRACEPOINT_ITERATOR, capprof_common::names::HOOK_FUNCTION])
 }
 
 /// Finds the slots in the samples taken while the probes ran.
-pub fn find_slots(samples: &[CalibSample], kallsyms: &Kallsyms) -> Result<Slots, CalibrationError> {
+pub fn find_slots(
+    samples: &[CalibSample],
+    kallsyms: &impl Resolver,
+) -> Result<Slots, CalibrationError> {
     let probes: Vec<&CalibSample> = samples.iter().filter(|s| s.cap == PROBE_CAP).collect();
     if probes.is_empty() {
         return Err(CalibrationError::NoProbe);
@@ -155,14 +167,15 @@ pub const TRACEPOINT_ITERATOR: &str = "__traceiter_cap_capable";
 /// `cap_capable` lies the iterator's frame; without the iterator, the
 /// return address into `cap_capable` sits where the one into the iterator
 /// was, and everything above moves down by as much.
-pub fn direct_layout(samples: &[CalibSample], kallsyms: &Kallsyms, slots: Slots) -> Option<Slots> {
+pub fn direct_layout(
+    samples: &[CalibSample],
+    kallsyms: &impl Resolver,
+    slots: Slots,
+) -> Option<Slots> {
     let probe = samples.iter().find(|s| s.cap == PROBE_CAP)?;
     let at = |name: &str, from: usize| {
-        (from..probe.words.len()).find(|&i| {
-            kallsyms
-                .resolve(probe.words[i])
-                .is_some_and(|(n, _)| n == name)
-        })
+        (from..probe.words.len())
+            .find(|&i| kallsyms.name_at(probe.words[i]).is_some_and(|n| n == name))
     };
     let iterator = at(TRACEPOINT_ITERATOR, 0)?;
     let hook = at(capprof_common::names::HOOK_FUNCTION, iterator + 1)?;
@@ -174,7 +187,7 @@ pub fn direct_layout(samples: &[CalibSample], kallsyms: &Kallsyms, slots: Slots)
 }
 
 /// The function ranges the kernel side resolves new return addresses with.
-pub fn ranges(kallsyms: &Kallsyms) -> Vec<FuncRange> {
+pub fn ranges(kallsyms: &KnownFunctions) -> Vec<FuncRange> {
     let groups: [(&[&str], u8); 5] = [
         (VIA_SECURITY_CAPABLE, kind::VIA_SECURITY_CAPABLE),
         (ADVISORY, kind::ADVISORY),
@@ -279,7 +292,7 @@ pub enum CalibrateError {
 pub fn calibrate(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
-    kallsyms: &Kallsyms,
+    kallsyms: &KnownFunctions,
     backend: Backend,
 ) -> Result<(Slots, Option<Slots>), CalibrateError> {
     if backend == Backend::TpBtf {
@@ -306,7 +319,7 @@ pub fn calibrate(
 fn calibrate_tracepoint(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
-    kallsyms: &Kallsyms,
+    kallsyms: &KnownFunctions,
 ) -> Result<(Slots, Option<Slots>), CalibrateError> {
     let (name, hook) = program(Backend::TpBtf);
     let refused = CalibrateError::Refused;
@@ -373,6 +386,8 @@ fn log_samples(backend: Backend, samples: &[CalibSample]) {
 #[cfg(test)]
 mod tests {
     use capprof_common::config::CALIB_WORDS;
+
+    use crate::observer::kallsyms::Kallsyms;
 
     use super::*;
 
@@ -512,7 +527,7 @@ ffffffff81100800 T zzz_end
     #[test]
     fn ranges_cover_known_functions() {
         let k = Kallsyms::parse(SYMS).unwrap();
-        let r = ranges(&k);
+        let r = ranges(&KnownFunctions::from_kallsyms(&k));
         let find = |addr: u64| {
             r.iter()
                 .find(|f| addr >= f.start && addr < f.end)

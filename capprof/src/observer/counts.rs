@@ -139,7 +139,7 @@ impl Observer {
             syscall: syscall_name(e.syscall),
             pid: e.tgid,
             uid: e.uid,
-            call_site: self.kallsyms().and_then(|k| k.symbolize(site)),
+            call_site: self.symbolize(site),
             user_ns: UserNs::from_raw(e.userns),
         })
     }

@@ -16,6 +16,7 @@ pub mod kallsyms;
 pub mod pin;
 pub mod prog_stats;
 pub mod reader;
+pub mod symbols;
 pub mod syscalls;
 
 use std::{
@@ -142,7 +143,11 @@ pub struct Observer {
     ebpf: Ebpf,
     backend: Backend,
     classification: Classification,
-    kallsyms: Option<Kallsyms>,
+    /// Read on first use: most runs never need a call site's name.
+    kallsyms: std::sync::OnceLock<Option<Kallsyms>>,
+    /// The functions calibration found, to name most call sites without
+    /// /proc/kallsyms.
+    known: Option<symbols::KnownFunctions>,
     load_time: Duration,
     /// Links to pin (the daemon) or to drop with the object.
     attached: Vec<Attached>,
@@ -170,17 +175,15 @@ impl Observer {
         let started = Instant::now();
         preflight()?;
         bump_memlock_rlimit();
-        // Reading /proc/kallsyms costs ~50 ms of kernel time: let it run
-        // while BTF is parsed and the object is loaded.
-        let kallsyms = std::thread::Builder::new()
-            .name("kallsyms".into())
-            .spawn(|| {
-                let started = Instant::now();
-                let kallsyms = Kallsyms::load();
-                tracing::debug!("/proc/kallsyms read in {:.1?}", started.elapsed());
-                kallsyms
-            })
-            .map_err(ObserverError::Thread)?;
+        // The functions calibration needs, from this boot's cache; without
+        // one, /proc/kallsyms (~50 ms of kernel time) is read while BTF is
+        // parsed and the object is loaded.
+        let cache = symbols::Cache::for_this_boot();
+        let cached = cache.as_ref().and_then(symbols::Cache::load);
+        let kallsyms_thread = match cached {
+            Some(_) => None,
+            None => Some(spawn_kallsyms()?),
+        };
         let mut reused_pins = false;
         let mut pin_lock = None;
         let pin_dir = match &options.pin_bpffs {
@@ -254,18 +257,6 @@ impl Observer {
         }
         let mut ebpf = loader.load(OBJECT)?;
         phases.mark("object");
-        let kallsyms = match kallsyms.join() {
-            Ok(Ok(k)) => Some(k),
-            Ok(Err(err)) => {
-                tracing::warn!("{err}; call sites cannot be resolved");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("reading /proc/kallsyms panicked; call sites cannot be resolved");
-                None
-            }
-        };
-
         let mut config = Config::empty();
         config.syscall_nr_offset = SYSCALL_NR_OFFSET.unwrap_or(u32::MAX);
         config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
@@ -282,15 +273,15 @@ impl Observer {
             );
             capprof_common::config::CredOffsets::unknown()
         });
-        phases.mark("kallsyms");
-        let ranges = kallsyms.as_ref().map(calibrate::ranges).unwrap_or_default();
-        // Every backend calibrates the call-site slots: the tracepoint needs
-        // them for every class, fexit and kprobe to tell advisory probes
-        // from other NOAUDIT checks, and all of them to name call sites.
-        let slots = match &kallsyms {
-            Some(k) => calibrate::calibrate(&mut ebpf, &btf, k, backend),
-            None => Err(CalibrateError::NoKallsyms),
+        let kallsyms = std::sync::OnceLock::new();
+        let symbols = Symbols {
+            cached,
+            thread: kallsyms_thread,
+            cache,
+            kallsyms: &kallsyms,
         };
+        let (known, slots) = symbols.calibrate(&mut ebpf, &btf, backend, &mut phases);
+        let ranges = known.as_ref().map(calibrate::ranges).unwrap_or_default();
         // The calibration program is the backend's own program type on the
         // same hook: when the kernel refuses it, it refuses the backend.
         let slots = match slots {
@@ -303,7 +294,6 @@ impl Observer {
             Err(other) => Err(other.to_string()),
             Ok(slots) => Ok(slots),
         };
-        phases.mark("calibration");
         let classification = match (backend, slots) {
             (Backend::TpBtf, Ok((slots, other))) => {
                 calibrate::apply(&mut config, Some(slots), &ranges);
@@ -356,12 +346,13 @@ impl Observer {
         phases.mark("process hooks");
         attached.extend(syscalls::attach(&mut ebpf, &btf));
         phases.mark("syscall hooks");
-        phases.log();
+        phases.log("load");
         let mut observer = Self {
             ebpf,
             backend,
             classification,
             kallsyms,
+            known,
             load_time: started.elapsed(),
             attached,
             pin_dir,
@@ -448,7 +439,16 @@ impl Observer {
     }
 
     pub fn kallsyms(&self) -> Option<&Kallsyms> {
-        self.kallsyms.as_ref()
+        self.kallsyms.get_or_init(read_kallsyms).as_ref()
+    }
+
+    /// Names a call site: from the functions calibration knew when it lies
+    /// in one (nearly every site does), else from /proc/kallsyms, read then.
+    pub fn symbolize(&self, addr: u64) -> Option<String> {
+        self.known
+            .as_ref()
+            .and_then(|k| k.symbolize(addr))
+            .or_else(|| self.kallsyms().and_then(|k| k.symbolize(addr)))
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, ObserverError> {
@@ -535,13 +535,99 @@ impl Observer {
 }
 
 /// Where load time goes, logged at debug level (`CAPPROF_LOG=debug`).
-struct Phases {
+fn spawn_kallsyms() -> Result<std::thread::JoinHandle<Option<Kallsyms>>, ObserverError> {
+    std::thread::Builder::new()
+        .name("kallsyms".into())
+        .spawn(read_kallsyms)
+        .map_err(ObserverError::Thread)
+}
+
+/// /proc/kallsyms, or None (warned) when it cannot be read.
+fn read_kallsyms() -> Option<Kallsyms> {
+    let started = Instant::now();
+    let kallsyms = Kallsyms::load();
+    tracing::debug!("/proc/kallsyms read in {:.1?}", started.elapsed());
+    kallsyms
+        .inspect_err(|err| tracing::warn!("{err}; call sites cannot be resolved"))
+        .ok()
+}
+
+/// Where calibration's function addresses come from at load.
+struct Symbols<'a> {
+    /// This boot's cached functions, unverified.
+    cached: Option<symbols::KnownFunctions>,
+    /// Reading /proc/kallsyms, when nothing was cached.
+    thread: Option<std::thread::JoinHandle<Option<Kallsyms>>>,
+    cache: Option<symbols::Cache>,
+    /// Where a full read is kept for naming call sites later.
+    kallsyms: &'a std::sync::OnceLock<Option<Kallsyms>>,
+}
+
+type Calibrated = Result<(calibrate::Slots, Option<calibrate::Slots>), CalibrateError>;
+
+impl Symbols<'_> {
+    /// Calibrates with the cached functions; when they find no slots (a
+    /// stale or wrong cache), or nothing was cached, with /proc/kallsyms,
+    /// whose functions are then cached once calibration has confirmed them.
+    fn calibrate(
+        mut self,
+        ebpf: &mut Ebpf,
+        btf: &aya::Btf,
+        backend: Backend,
+        phases: &mut Phases,
+    ) -> (Option<symbols::KnownFunctions>, Calibrated) {
+        if let Some(known) = self.cached.take() {
+            phases.mark("cached functions");
+            let slots = calibrate::calibrate(ebpf, btf, &known, backend);
+            phases.mark("calibration");
+            if !matches!(slots, Err(CalibrateError::NoSlots(_))) {
+                return (Some(known), slots);
+            }
+            tracing::debug!(
+                "the cached kernel functions did not calibrate: reading /proc/kallsyms"
+            );
+        }
+        let read = match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                tracing::warn!("reading /proc/kallsyms panicked; call sites cannot be resolved");
+                None
+            }),
+            None => read_kallsyms(),
+        };
+        phases.mark("kallsyms");
+        let known = read.as_ref().map(symbols::KnownFunctions::from_kallsyms);
+        let _ = self.kallsyms.set(read);
+        let Some(known) = known else {
+            return (None, Err(CalibrateError::NoKallsyms));
+        };
+        let slots = calibrate::calibrate(ebpf, btf, &known, backend);
+        phases.mark("calibration");
+        if slots.is_ok()
+            && let Some(cache) = &self.cache
+        {
+            cache.store(&known);
+        }
+        (Some(known), slots)
+    }
+}
+
+impl Drop for Observer {
+    /// Links that were not pinned go now, all at once rather than one by
+    /// one as the object drops them (see `attach::detach_concurrently`).
+    fn drop(&mut self) {
+        let attached = std::mem::take(&mut self.attached);
+        attach::detach_concurrently(&mut self.ebpf, attached);
+    }
+}
+
+/// How long each phase of something took, logged at debug level.
+pub struct Phases {
     last: Instant,
     done: Vec<(&'static str, Duration)>,
 }
 
 impl Phases {
-    fn new(started: Instant) -> Self {
+    pub fn new(started: Instant) -> Self {
         Self {
             last: started,
             done: vec![],
@@ -549,20 +635,21 @@ impl Phases {
     }
 
     /// Ends the phase called `name`, which began at the previous mark.
-    fn mark(&mut self, name: &'static str) {
+    pub fn mark(&mut self, name: &'static str) {
         let now = Instant::now();
         self.done.push((name, now - self.last));
         self.last = now;
     }
 
-    fn log(&self) {
+    /// Logs the phases of `what`.
+    pub fn log(&self, what: &str) {
         if tracing::enabled!(tracing::Level::DEBUG) {
             let shown: Vec<String> = self
                 .done
                 .iter()
                 .map(|(name, d)| format!("{name} {d:.1?}"))
                 .collect();
-            tracing::debug!("load phases: {}", shown.join(", "));
+            tracing::debug!("{what} phases: {}", shown.join(", "));
         }
     }
 }

@@ -299,7 +299,7 @@ pub enum Attached {
         reader: Option<Reader>,
     },
     Capprof {
-        observer: Observer,
+        observer: Box<Observer>,
         reader: Reader,
     },
     Bpftrace(Bpftrace),
@@ -348,7 +348,10 @@ impl Attached {
                     cgroup::cgroup_id(other)?
                 };
                 observer.watch(id, watch::COMMAND)?;
-                Attached::Capprof { observer, reader }
+                Attached::Capprof {
+                    observer: Box::new(observer),
+                    reader,
+                }
             }
             Config::Bpftrace => Attached::Bpftrace(Bpftrace::start()?),
         })

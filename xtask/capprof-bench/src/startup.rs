@@ -1,4 +1,7 @@
-//! `capprof-bench startup`: `capprof run -- true`, and load + attach alone.
+//! `capprof-bench startup`: `capprof run -- true`, load + attach alone,
+//! and bpftrace's own start-up (`bpftrace -e 'BEGIN { exit(); }'`) in the
+//! same round, with the machine's load average: on a shared machine, the
+//! numbers mean something only next to each other.
 
 use std::{
     path::PathBuf,
@@ -27,25 +30,59 @@ pub struct StartupLine {
     pub run_true_ms: f64,
     /// `Observer::load_time()`: load, calibrate and attach alone.
     pub load_ms: f64,
+    /// Wall time of `bpftrace -e 'BEGIN { exit(); }'`; None without bpftrace.
+    pub bpftrace_ms: Option<f64>,
+    /// The 1-minute load average, from /proc/loadavg, before the runs.
+    pub load_avg: f64,
 }
 
-pub fn startup(args: &StartupArgs) -> Result<()> {
+/// Wall time of one command, which must succeed, in ms.
+fn time_ms(cmd: &mut Command, shown: &str) -> Result<f64> {
     let started = Instant::now();
-    let out = Command::new(&args.capprof)
-        .args(["run", "--quiet", "--", "true"])
+    let out = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .with_context(|| format!("running {}", args.capprof.display()))?;
-    let run_true_ms = started.elapsed().as_secs_f64() * 1e3;
+        .with_context(|| format!("running {shown}"))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
         bail!(
-            "`capprof run -- true` failed ({}): {}",
+            "`{shown}` failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(ms)
+}
+
+fn load_avg() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    text.split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("/proc/loadavg: {text:?}"))
+}
+
+/// Whether `program` is on PATH.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+}
+
+pub fn startup(args: &StartupArgs) -> Result<()> {
+    let load_avg = load_avg()?;
+    let run_true_ms = time_ms(
+        Command::new(&args.capprof).args(["run", "--quiet", "--", "true"]),
+        "capprof run -- true",
+    )?;
+    let bpftrace_ms = match on_path("bpftrace") {
+        true => Some(time_ms(
+            Command::new("bpftrace").args(["-e", "BEGIN { exit(); }"]),
+            "bpftrace -e 'BEGIN { exit(); }'",
+        )?),
+        false => None,
+    };
     let observer = Observer::load(None).context("loading capprof")?;
     let load_ms = observer.load_time().as_secs_f64() * 1e3;
     drop(observer);
@@ -53,5 +90,7 @@ pub fn startup(args: &StartupArgs) -> Result<()> {
         kind: "startup",
         run_true_ms,
         load_ms,
+        bpftrace_ms,
+        load_avg,
     })
 }

@@ -105,6 +105,10 @@ pub struct StartupRow {
     pub run_true_ms: f64,
     /// `Observer::load_time()`.
     pub load_ms: f64,
+    /// `bpftrace -e 'BEGIN { exit(); }'`, in the same round.
+    pub bpftrace_ms: Option<f64>,
+    /// The 1-minute load average when the round's start-ups ran.
+    pub load_avg: f64,
 }
 
 #[cfg(test)]
@@ -117,7 +121,7 @@ mod tests {
     #[test]
     fn lines_read_as_typed_rows() {
         let line = Line::parse(
-            r#"{"kind":"startup","run_true_ms":120.5,"load_ms":80.0}"#,
+            r#"{"kind":"startup","run_true_ms":120.5,"load_ms":80.0,"bpftrace_ms":250.0,"load_avg":2.5}"#,
             3,
         )
         .unwrap();
@@ -126,6 +130,7 @@ mod tests {
             panic!("not a startup row: {:?}", line.row);
         };
         assert_eq!((startup.run_true_ms, startup.load_ms), (120.5, 80.0));
+        assert_eq!((startup.bpftrace_ms, startup.load_avg), (Some(250.0), 2.5));
         assert!(Line::parse(r#"{"kind":"startup","load_ms":80.0}"#, 0).is_err());
         assert!(Line::parse(r#"{"kind":"unknown"}"#, 0).is_err());
     }

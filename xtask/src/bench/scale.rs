@@ -33,6 +33,8 @@ use crate::{
 /// Parallel `docker run`s (the engine serialises much of the work anyway).
 const STARTERS: usize = 4;
 const RSS_TARGET_MB: f64 = 40.0;
+/// The daemon's peak RSS (VmHWM) over the whole run (issue 21).
+const RSS_PEAK_TARGET_MB: f64 = 48.0;
 const IDLE_CPU_TARGET: f64 = 0.002;
 const API_P99_TARGET_MS: f64 = 50.0;
 
@@ -381,6 +383,12 @@ impl ScaleResults {
                 shown: format!("{rss:.1} MB (peak {:.1} MB)", self.hwm_mb),
                 pass: rss <= RSS_TARGET_MB,
                 enforced: true,
+            },
+            Verdict {
+                name: format!("scale: daemon peak RSS (VmHWM) ≤ {RSS_PEAK_TARGET_MB} MB"),
+                shown: format!("{:.1} MB", self.hwm_mb),
+                pass: self.hwm_mb > 0.0 && self.hwm_mb <= RSS_PEAK_TARGET_MB,
+                enforced: false,
             },
             Verdict {
                 name: "scale: no profile lost".into(),

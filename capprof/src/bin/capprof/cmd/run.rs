@@ -18,7 +18,9 @@ use capprof::{
     capset::{self, CapLimit},
     cgroup::{self, OwnedCgroup},
     fsutil,
-    observer::{Backend, Classification, Observer, events::Record, preflight, reader::EventReader},
+    observer::{
+        Backend, Classification, Observer, Phases, events::Record, preflight, reader::EventReader,
+    },
     profile::{self, Class, Observation, RunSpec, Subject, rfc3339},
     table,
 };
@@ -124,6 +126,8 @@ async fn run(
     mount: PathBuf,
     limit: Option<(Vec<Cap>, CapLimit)>,
 ) -> Result<ExitCode, Error> {
+    // Where the time goes, for CAPPROF_LOG=debug (BENCHMARKS.md's table).
+    let mut phases = Phases::new(Instant::now());
     let name = format!("run-{}-{}", std::process::id(), nanos());
     let cgroup = OwnedCgroup::create(&mount, &name).map_err(|e| Error::internal(e.to_string()))?;
     // CMD's process moves into the cgroup now and waits there, before its
@@ -139,7 +143,9 @@ async fn run(
         json_on_stdout,
         limit.as_ref().map(|(_, l)| *l),
     )?;
+    phases.mark("cgroup and CMD");
     let mut observer = Observer::load(args.backend)?;
+    phases.mark("load");
     tracing::info!(
         "loaded {} backend ({} classification) in {:?}",
         observer.backend(),
@@ -161,6 +167,7 @@ async fn run(
     let status = wait_child(held.release().await?, &args.command[0]).await?;
     wait_for_descendants(&cgroup).await;
     let end = SystemTime::now();
+    phases.mark("CMD");
 
     reader
         .stop()
@@ -224,6 +231,10 @@ async fn run(
         (None, OutputFormat::Json) => super::write_stdout(&json)?,
         (None, OutputFormat::Table) => {}
     }
+    phases.mark("profile");
+    drop(observer);
+    phases.mark("detach");
+    phases.log("run");
     Ok(exit_code(status))
 }
 
