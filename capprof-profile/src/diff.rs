@@ -235,7 +235,7 @@ fn notes(baseline_name: &str, baseline: &Profile, new_name: &str, new: &Profile)
         if let Some(warning) = p.partial_warning() {
             notes.push(format!("{name}: {warning}"));
         }
-        if p.observation.classification == "uncalibrated" {
+        if p.observation.is_uncalibrated() {
             notes.push(format!(
                 "{name}: checks were not classified (every one counted as audited)"
             ));

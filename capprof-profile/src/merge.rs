@@ -149,7 +149,7 @@ impl Semantics {
     fn of(profile: &Profile) -> Self {
         Self {
             unobservable: profile.observation.unobservable.iter().copied().collect(),
-            classified: profile.observation.classification != "uncalibrated",
+            classified: !profile.observation.is_uncalibrated(),
         }
     }
 

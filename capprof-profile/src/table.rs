@@ -123,7 +123,7 @@ pub fn render_profile(profile: &Profile) -> String {
              (recursion misses): those checks were not counted\n"
         ));
     }
-    if obs.lost_records > 0 || obs.unclassified_checks > 0 || obs.classification == "uncalibrated" {
+    if obs.lost_records > 0 || obs.unclassified_checks > 0 || obs.is_uncalibrated() {
         out.push_str(&format!(
             "warning: classification {}, {} evidence records lost, {} checks unclassified (counted as audited)\n",
             obs.classification, obs.lost_records, obs.unclassified_checks

@@ -174,6 +174,47 @@ pub struct Owner {
     pub derived_from: String,
 }
 
+/// How checks were told apart while recording: the typed reading of
+/// [`Observation::classification`], which profile files keep as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassificationMethod {
+    /// Calibrated call-site reads (the tracepoint).
+    CallSite,
+    /// The hook's `opts` argument (fexit, kprobe, lsm).
+    Opts,
+    /// Calibration failed: every check counted as audited.
+    Uncalibrated,
+    /// A word this build does not know (a newer capprof's, or none).
+    Other,
+}
+
+impl ClassificationMethod {
+    /// As profile files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CallSite => "call-site",
+            Self::Opts => "opts",
+            Self::Uncalibrated => "uncalibrated",
+            Self::Other => "",
+        }
+    }
+
+    /// The method a profile file names; `Other` for a word this build does
+    /// not know.
+    pub fn parse(word: &str) -> Self {
+        [Self::CallSite, Self::Opts, Self::Uncalibrated]
+            .into_iter()
+            .find(|m| m.as_str() == word)
+            .unwrap_or(Self::Other)
+    }
+}
+
+impl std::fmt::Display for ClassificationMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// How the observation was made.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
@@ -182,7 +223,8 @@ pub struct Observation {
     /// `tp_btf`, `fexit`, `kprobe` or `lsm`.
     pub backend: String,
     /// `call-site` (calibrated), `opts`, or `uncalibrated` (every check
-    /// treated as audited).
+    /// treated as audited); read it typed with
+    /// [`Observation::classification_method`].
     pub classification: String,
     /// Evidence records the kernel could not send (counts are never lost).
     #[serde(default)]
@@ -207,6 +249,18 @@ pub struct Observation {
     /// start-up checks were not seen, so the allowlist may be too small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<Partial>,
+}
+
+impl Observation {
+    /// [`Observation::classification`], typed.
+    pub fn classification_method(&self) -> ClassificationMethod {
+        ClassificationMethod::parse(&self.classification)
+    }
+
+    /// Whether calibration failed, so every check counted as audited.
+    pub fn is_uncalibrated(&self) -> bool {
+        self.classification_method() == ClassificationMethod::Uncalibrated
+    }
 }
 
 /// Why an observation missed the workload's start.

@@ -506,3 +506,19 @@ fn class_names_are_the_ones_profiles_write() {
         );
     }
 }
+
+#[test]
+fn the_classification_is_read_typed() {
+    let mut obs = Observation::default();
+    assert_eq!(obs.classification_method(), ClassificationMethod::Other);
+    assert!(!obs.is_uncalibrated());
+    for method in [
+        ClassificationMethod::CallSite,
+        ClassificationMethod::Opts,
+        ClassificationMethod::Uncalibrated,
+    ] {
+        obs.classification = method.to_string();
+        assert_eq!(obs.classification_method(), method);
+    }
+    assert!(obs.is_uncalibrated());
+}

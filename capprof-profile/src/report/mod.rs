@@ -391,7 +391,7 @@ fn warnings(profile: &Profile, unknown_fields: &[String]) -> Vec<String> {
     if let Some(blind) = crate::table::unobservable_note(obs) {
         out.push(blind);
     }
-    if obs.classification == "uncalibrated" {
+    if obs.is_uncalibrated() {
         out.push(
             "call sites were not calibrated: every check counted as audited, so the allowlist may be too large"
                 .to_owned(),

@@ -132,7 +132,7 @@ fn warnings_of(node: &str, profile: &Profile) -> Vec<Warning> {
     if let Some(text) = profile.partial_warning() {
         out.push(warning(WarningKind::Partial, text));
     }
-    if profile.observation.classification == "uncalibrated" {
+    if profile.observation.is_uncalibrated() {
         out.push(warning(
             WarningKind::Uncalibrated,
             "the kernel's call sites were not calibrated: every check counted as audited, so the allowlist may be too large".into(),

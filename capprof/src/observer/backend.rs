@@ -5,6 +5,7 @@
 use std::fmt;
 
 pub use capprof_profile::observation::Backend;
+use capprof_profile::profile::ClassificationMethod;
 
 use super::{btf::KernelBtf, calibrate::Slots};
 
@@ -88,9 +89,9 @@ pub enum Classification {
 impl fmt::Display for Classification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Classification::CallSite { .. } => f.write_str("call-site"),
-            Classification::Opts { .. } => f.write_str("opts"),
-            Classification::Uncalibrated(_) => f.write_str("uncalibrated"),
+            Classification::CallSite { .. } => ClassificationMethod::CallSite.fmt(f),
+            Classification::Opts { .. } => ClassificationMethod::Opts.fmt(f),
+            Classification::Uncalibrated(_) => ClassificationMethod::Uncalibrated.fmt(f),
         }
     }
 }
