@@ -66,6 +66,12 @@ pub struct Entry {
     /// The server's command, in the foreground.
     #[serde(default)]
     pub start: Vec<String>,
+    /// Capabilities beyond Docker's defaults that the server cannot start
+    /// without (`docker run --cap-add`), as its unit would have them: a
+    /// time server's SYS_TIME. The recording starts from Docker's defaults
+    /// plus these; what it needs is then proven like everything else.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
     /// `docker run --user`, when the package's unit sets `User=`.
     #[serde(default)]
     pub user: Option<String>,
@@ -129,6 +135,13 @@ impl Entry {
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         };
+        if !self
+            .cap_add
+            .iter()
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        {
+            bail!("cap_add holds capability names without the CAP_ prefix, such as SYS_TIME");
+        }
         if !self.packages.iter().chain(&self.client).all(package_ok) {
             bail!("a package name holds a character Debian's names never do");
         }

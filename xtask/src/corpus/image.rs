@@ -11,8 +11,8 @@ use std::{
     collections::hash_map::DefaultHasher,
     fs,
     hash::{Hash as _, Hasher as _},
+    os::fd::AsRawFd as _,
     process::Stdio,
-    sync::Mutex,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -43,12 +43,9 @@ rm -f /etc/apt/apt.conf.d/docker-clean
 apt-get update -q
 "#;
 
-/// Builds run one at a time: they share apt's cache, which apt locks.
-static BUILDING: Mutex<()> = Mutex::new(());
-
 /// The image of `entry`, built unless it is there and current.
 pub fn ensure(engine: &Engine, entry: &Entry, entry_text: &str) -> Result<String> {
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = BuildLock::take()?;
     ensure_base(engine)?;
     let image = format!("capprof-corpus-{}:test", entry.name);
     let mut hasher = DefaultHasher::new();
@@ -160,4 +157,26 @@ fn label_of(engine: &Engine, image: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Builds run one at a time, in this process and any other: they share
+/// apt's cache, which apt locks and fails on rather than waits for. An
+/// flock on a file beside the cache, released when dropped (or when the
+/// process dies).
+struct BuildLock {
+    /// Held open: closing it releases the lock.
+    _file: fs::File,
+}
+
+impl BuildLock {
+    fn take() -> Result<Self> {
+        fs::create_dir_all(APT_CACHE).with_context(|| format!("creating {APT_CACHE}"))?;
+        let path = format!("{APT_CACHE}.lock");
+        let file = fs::File::create(&path).with_context(|| format!("creating {path}"))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {path}"));
+        }
+        Ok(BuildLock { _file: file })
+    }
 }

@@ -197,7 +197,13 @@ impl Pass<'_> {
             self.entry.name
         ));
         // The daemon keeps every container that had the name: ask by id.
-        let id = self.start(&name, &[])?;
+        let beyond: Vec<String> = self
+            .entry
+            .cap_add
+            .iter()
+            .map(|c| format!("--cap-add={c}"))
+            .collect();
+        let id = self.start(&name, &beyond)?;
         let worked = self.wait_serving(&name, probe).and_then(|()| {
             for _ in 0..WORK_PROBES {
                 self.probe_once(&name, probe)?;
