@@ -209,7 +209,18 @@ fn matrix_section(out: &mut String, report: &Report) {
     out.push('\n');
 }
 
+/// One container's section: what it is and how it was observed, its use
+/// against the runtime's default, and what to do about it.
 fn container(out: &mut String, c: &Container) {
+    container_summary(out, c);
+    use_table(out, c);
+    recommendations(out, c);
+    out.push_str("\n</details>\n\n");
+}
+
+/// The section's summary line, the subject, the observation, the proof and
+/// the warnings.
+fn container_summary(out: &mut String, c: &Container) {
     w!(
         out,
         "<details><summary><b>{}</b> · {} · allowlist {} · exposure {}</summary>\n\n",
@@ -255,6 +266,11 @@ fn container(out: &mut String, c: &Container) {
     for warning in &c.warnings {
         w!(out, "- ⚠️ {}\n", Md(warning));
     }
+}
+
+/// The runtime's default against use, one row per capability, and the
+/// runtime's own setup checks.
+fn use_table(out: &mut String, c: &Container) {
     w!(
         out,
         "\n{}'s default ({}) against use:\n\n\
@@ -324,6 +340,11 @@ fn container(out: &mut String, c: &Container) {
             parts.join(", ")
         );
     }
+}
+
+/// Exposure and Pod Security, then what to run instead: the flags,
+/// start-up-only capabilities, non-root delivery and sysctls.
+fn recommendations(out: &mut String, c: &Container) {
     w!(
         out,
         "\n- **Exposure**: {}'s default {} → allowlist **{}**\n- **Pod Security**: {} → {}\n",
@@ -387,7 +408,6 @@ fn container(out: &mut String, c: &Container) {
             Md(s.advice)
         );
     }
-    out.push_str("\n</details>\n\n");
 }
 
 fn catalogue_section(out: &mut String, report: &Report) {
