@@ -141,6 +141,10 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         backend,
         pin_bpffs: Some(config.bpffs.clone()),
     })?;
+    // Call sites outside the functions calibration knows are named from
+    // /proc/kallsyms, which shows addresses only while privileged (with
+    // kptr_restrict set): read it now, before the daemon drops them.
+    let _ = observer.kallsyms();
     if observer.reused_pins() {
         eprintln!(
             "capprof: reusing pinned maps and programs: checks made while the daemon was down are kept"
