@@ -387,9 +387,8 @@ fn log_samples(backend: Backend, samples: &[CalibSample]) {
 mod tests {
     use capprof_common::config::CALIB_WORDS;
 
-    use crate::observer::kallsyms::Kallsyms;
-
     use super::*;
+    use crate::observer::kallsyms::Kallsyms;
 
     const SYMS: &str = "\
 ffffffff81000000 T _stext

@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use run::{Outcome, Pass};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -33,7 +34,6 @@ use crate::{
         workspace_root,
     },
 };
-use run::{Outcome, Pass};
 
 /// The results' schema, beside the profiles' own (`capprof.profile/v1`).
 pub const SCHEMA: &str = "capprof.corpus/v1";
