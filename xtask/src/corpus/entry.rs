@@ -72,6 +72,11 @@ pub struct Entry {
     /// plus these; what it needs is then proven like everything else.
     #[serde(default)]
     pub cap_add: Vec<String>,
+    /// `docker run --init`: for a server that cannot be PID 1 (it does
+    /// not reap, or crashes when it gets SIGCHLD for an orphan). Its
+    /// profile keeps it, so `minimize` and `verify` run it the same way.
+    #[serde(default)]
+    pub init: bool,
     /// `docker run --user`, when the package's unit sets `User=`.
     #[serde(default)]
     pub user: Option<String>,

@@ -243,6 +243,9 @@ impl Pass<'_> {
     fn start(&self, name: &str, flags: &[String]) -> Result<String> {
         let mut cmd = self.engine.docker();
         cmd.args(["run", "-d", "--name", name, "--network", "none"]);
+        if self.entry.init {
+            cmd.arg("--init");
+        }
         if let Some(user) = &self.entry.user {
             cmd.args(["--user", user]);
         }
