@@ -91,6 +91,10 @@ pub struct Entry {
     /// server needs, which often hangs rather than exits, costs no more.
     #[serde(default = "default_ready")]
     pub ready_seconds: u64,
+    /// What its results need explained: where two runs differ, or where
+    /// observation and proof disagree, and why (CORPUS.md's notes).
+    #[serde(default)]
+    pub note: Option<String>,
     /// Why it cannot run in a container here, if it cannot.
     #[serde(default)]
     pub unrunnable: Option<String>,

@@ -69,6 +69,8 @@ pub struct EntryResult {
     pub ports: Vec<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unrunnable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub passes: Vec<Outcome>,
     /// Whether every pass found the same.
     pub stable: bool,
@@ -155,6 +157,7 @@ fn run_entry(
         version: String::new(),
         ports: entry.ports.clone(),
         unrunnable: entry.unrunnable.clone(),
+        note: entry.note.clone(),
         passes: vec![],
         stable: true,
     };

@@ -66,7 +66,17 @@ pub fn write(out: &Path, took: Duration) -> Result<()> {
     for r in &results {
         row(&mut md, r);
     }
-    let _ = writeln!(md, "\nLast full run took {:.0?} on this machine.", took);
+    let notes: Vec<_> = results
+        .iter()
+        .filter_map(|r| Some((r, r.note.as_ref()?)))
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for (r, note) in notes {
+            let _ = writeln!(md, "- **{}**: {note}", r.name);
+        }
+    }
+    let _ = writeln!(md, "\nLast run took {:.0?} on this machine.", took);
     write_atomically(&out.join("CORPUS.md"), md.as_bytes())
 }
 
