@@ -117,7 +117,7 @@ pub fn run(args: &CorpusArgs) -> Result<ExitCode> {
     drop(daemon);
     let results = results.into_inner().unwrap_or_default();
     let failed = results.iter().filter(|r| r.is_err()).count();
-    table::write(&out, started.elapsed())?;
+    table::write(&out, &servers, started.elapsed())?;
     report(&capprof, &out, &scratch)?;
     step(format_args!(
         "corpus: {} entries in {:.0?}; {failed} could not run",

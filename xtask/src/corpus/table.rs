@@ -43,15 +43,20 @@ fn list(caps: &[String]) -> String {
 }
 
 /// Reads every result under `out/corpus/results` and writes `out/CORPUS.md`.
-pub fn write(out: &Path, took: Duration) -> Result<()> {
+pub fn write(out: &Path, servers: &Path, took: Duration) -> Result<()> {
     let dir = out.join("corpus").join("results");
     let mut results = vec![];
     for file in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = file?.path();
         if path.extension().is_some_and(|x| x == "json") {
             let text = fs::read_to_string(&path)?;
-            let r: EntryResult = serde_json::from_str(&text)
+            let mut r: EntryResult = serde_json::from_str(&text)
                 .with_context(|| format!("parsing {}", path.display()))?;
+            // The entry's note as it reads now, not as it read when run.
+            let entry = servers.join(format!("{}.toml", r.name));
+            if let Ok(e) = super::entry::Entry::read(&entry) {
+                r.note = e.note;
+            }
             results.push(r);
         }
     }
@@ -76,7 +81,18 @@ pub fn write(out: &Path, took: Duration) -> Result<()> {
             let _ = writeln!(md, "- **{}**: {note}", r.name);
         }
     }
-    let _ = writeln!(md, "\nLast run took {:.0?} on this machine.", took);
+    let seconds: u64 = results
+        .iter()
+        .flat_map(|r| &r.passes)
+        .filter_map(|p| p.seconds)
+        .sum();
+    let _ = writeln!(
+        md,
+        "\nThe passes took {} minutes in all, one after another, on this 2-core machine \
+         (image builds not counted); this run of `cargo xtask corpus` took {:.0?}.",
+        seconds / 60,
+        took
+    );
     write_atomically(&out.join("CORPUS.md"), md.as_bytes())
 }
 
