@@ -44,12 +44,12 @@ apt-get update -q
 "#;
 
 /// The image of `entry`, built unless it is there and current.
-pub fn ensure(engine: &Engine, entry: &Entry, entry_text: &str) -> Result<String> {
+pub fn ensure(engine: &Engine, entry: &Entry) -> Result<String> {
     let _one_at_a_time = BuildLock::take()?;
     ensure_base(engine)?;
     let image = format!("capprof-corpus-{}:test", entry.name);
     let mut hasher = DefaultHasher::new();
-    (BASE_VERSION, entry_text).hash(&mut hasher);
+    (BASE_VERSION, &entry.text).hash(&mut hasher);
     let version = format!("{:016x}", hasher.finish());
     if label_of(engine, &image).as_deref() == Some(version.as_str()) {
         return Ok(image);

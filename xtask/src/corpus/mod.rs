@@ -139,15 +139,6 @@ fn run_entry(
     scratch: &Path,
     out: &Path,
 ) -> Result<EntryResult> {
-    let file = out
-        .join("corpus")
-        .join("servers")
-        .join(format!("{}.toml", entry.name));
-    let source = workspace_root()
-        .join("corpus")
-        .join("servers")
-        .join(format!("{}.toml", entry.name));
-    let text = fs::read_to_string(if file.exists() { &file } else { &source })?;
     let mut result = EntryResult {
         schema: SCHEMA.to_owned(),
         name: entry.name.clone(),
@@ -162,7 +153,7 @@ fn run_entry(
         stable: true,
     };
     if entry.unrunnable.is_none() {
-        let image = image::ensure(engine, entry, &text)?;
+        let image = image::ensure(engine, entry)?;
         result.version = image::package_version(engine, &image, entry.package())?;
         for pass in 1..=PASSES {
             step(format_args!("{}: pass {pass} of {PASSES}", entry.name));
