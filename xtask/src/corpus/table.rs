@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, time::Duration
 use anyhow::{Context as _, Result};
 
 use super::{EntryResult, write_atomically};
+use crate::util::note;
 
 /// Docker's default capabilities, without the prefix.
 const DOCKER_DEFAULTS: usize = 14;
@@ -89,10 +90,10 @@ pub fn write(out: &Path, servers: &Path, took: Duration) -> Result<()> {
     let _ = writeln!(
         md,
         "\nThe passes took {} minutes in all, one after another, on this 2-core machine \
-         (image builds not counted); this run of `cargo xtask corpus` took {:.0?}.",
-        seconds / 60,
-        took
+         (image builds not counted).",
+        seconds / 60
     );
+    note(format_args!("this run of the corpus took {took:.0?}"));
     write_atomically(&out.join("CORPUS.md"), md.as_bytes())
 }
 
