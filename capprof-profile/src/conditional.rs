@@ -223,7 +223,7 @@ impl TargetSysctls {
     /// Docker Engine, and so compose: every container network namespace it
     /// creates (not `--network host`, which is the host's own) gets
     /// `ip_unprivileged_port_start=0` and `ping_group_range=0 2147483647`
-    /// (checked on this machine's engine: see the README).
+    /// (checked on this machine's engine: see the book, docs/src/reference/profile.md).
     pub const DOCKER: Self = Self {
         source: "docker (not with --network host)",
         ip_unprivileged_port_start: 0,

@@ -4,7 +4,7 @@
 //! known way to reach the host or other containers.
 //!
 //! The descriptions follow capabilities(7); the weights are capprof's
-//! judgement, documented here and in README so that anyone can disagree
+//! judgement, documented here and in the book (docs/src/reference/report-rules.md) so that anyone can disagree
 //! with a specific number.
 
 use serde::Serialize;

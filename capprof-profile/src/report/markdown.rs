@@ -103,7 +103,7 @@ pub fn render(report: &Report) -> String {
         "<sub>Exposure: each capability has a weight w, the chance in percent that it alone lets a compromised \
          workload escape; a set scores 10 × (1 − Π(1 − w/100)). Pod Security: capabilities rules only. \
          Start-up only: last checked within the first W seconds of an observation that went on W more. \
-         See capprof's README.</sub>\n",
+         See capprof's book: docs/src/reference/report-rules.md.</sub>\n",
     );
     out
 }

@@ -8,7 +8,7 @@
 //! serves it; otherwise `ListContainers` every [`POLL_INTERVAL`], compared
 //! with the last answer. containerd 1.6 answers `Unimplemented`, so it is
 //! polled. One poll of a runtime with a handful of containers costs well
-//! under a millisecond of the runtime's time (see the README).
+//! under a millisecond of the runtime's time (see the book: docs/src/operations/kubernetes.md).
 
 use std::{
     collections::HashMap,
