@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     engine::Engine,
-    util::{note, run_checked, stdout_of, step},
+    util::{note, run_checked, step},
 };
 
 /// The image tests/install.rs installs the .deb in (`CAPPROF_DEBIAN_IMAGE`).
@@ -31,15 +31,7 @@ const INCLUDE: &str = "man-db,bash-completion";
 /// cached rootfs first if it is missing (about a minute).
 pub fn ensure_debian_image(engine: &Engine) -> Result<()> {
     step(format_args!("checking the test image {DEBIAN_IMAGE}"));
-    let label = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
-    if let Ok(found) =
-        stdout_of(
-            engine
-                .docker()
-                .args(["image", "inspect", "--format", &label, DEBIAN_IMAGE]),
-        )
-        && found.trim() == IMAGE_VERSION
-    {
+    if engine.image_label(DEBIAN_IMAGE, VERSION_LABEL).as_deref() == Some(IMAGE_VERSION) {
         note("already present");
         return Ok(());
     }

@@ -83,6 +83,22 @@ impl Engine {
         cmd
     }
 
+    /// The value of `label` on `image`, or None when the engine has no
+    /// such image (the images' version checks).
+    pub fn image_label(&self, image: &str, label: &str) -> Option<String> {
+        let format = format!("{{{{index .Config.Labels \"{label}\"}}}}");
+        let out = self
+            .docker()
+            .args(["image", "inspect", "--format", &format, image])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// Stops the private dockerd now, if there is one (dropping does the same).
     pub fn stop(mut self) {
         self.private.take();

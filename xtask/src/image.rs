@@ -62,21 +62,15 @@ nobody:x:65534:
 /// Imports [`TEST_IMAGE`] into `engine` unless it is already there.
 pub fn ensure_test_image(engine: &Engine) -> Result<()> {
     step(format_args!("checking the test image {TEST_IMAGE}"));
-    let label = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
-    match stdout_of(
-        engine
-            .docker()
-            .args(["image", "inspect", "--format", &label, TEST_IMAGE]),
-    ) {
-        Ok(version) if version.trim() == IMAGE_VERSION => {
+    match engine.image_label(TEST_IMAGE, VERSION_LABEL) {
+        Some(version) if version == IMAGE_VERSION => {
             note("already present");
             return Ok(());
         }
-        Ok(version) => note(format_args!(
-            "present as version {:?}, rebuilding as version {IMAGE_VERSION}",
-            version.trim()
+        Some(version) => note(format_args!(
+            "present as version {version:?}, rebuilding as version {IMAGE_VERSION}"
         )),
-        Err(_) => {}
+        None => {}
     }
     let rootfs =
         TempDir(std::env::temp_dir().join(format!("capprof-rootfs-{}", std::process::id())));
@@ -121,22 +115,15 @@ fn ensure_built(
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     step(format_args!("checking the test image {name}"));
-    let label = format!("{{{{index .Config.Labels \"{VERSION_LABEL}\"}}}}");
-    let present = stdout_of(
-        engine
-            .docker()
-            .args(["image", "inspect", "--format", &label, name]),
-    );
-    match (present, version) {
-        (Ok(found), Some(want)) if found.trim() != want => note(format_args!(
-            "present as version {:?}, rebuilding as version {want}",
-            found.trim()
+    match (engine.image_label(name, VERSION_LABEL), version) {
+        (Some(found), Some(want)) if found != want => note(format_args!(
+            "present as version {found:?}, rebuilding as version {want}"
         )),
-        (Ok(_), _) => {
+        (Some(_), _) => {
             note("already present");
             return Ok(());
         }
-        (Err(_), _) => {}
+        (None, _) => {}
     }
     let rootfs =
         TempDir(std::env::temp_dir().join(format!("capprof-{tag}-{}", std::process::id())));

@@ -12,7 +12,6 @@ use std::{
     fs,
     hash::{Hash as _, Hasher as _},
     os::fd::AsRawFd as _,
-    process::Stdio,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -51,7 +50,7 @@ pub fn ensure(engine: &Engine, entry: &Entry) -> Result<String> {
     let mut hasher = DefaultHasher::new();
     (BASE_VERSION, &entry.text).hash(&mut hasher);
     let version = format!("{:016x}", hasher.finish());
-    if label_of(engine, &image).as_deref() == Some(version.as_str()) {
+    if engine.image_label(&image, LABEL).as_deref() == Some(version.as_str()) {
         return Ok(image);
     }
     step(format_args!("building {image} (apt-get install)"));
@@ -88,7 +87,7 @@ pub fn package_version(engine: &Engine, image: &str, package: &str) -> Result<St
 }
 
 fn ensure_base(engine: &Engine) -> Result<()> {
-    if label_of(engine, BASE_IMAGE).as_deref() == Some(BASE_VERSION) {
+    if engine.image_label(BASE_IMAGE, LABEL).as_deref() == Some(BASE_VERSION) {
         return Ok(());
     }
     let tarball = debian::ensure_rootfs()?;
@@ -143,20 +142,6 @@ fn build(engine: &Engine, from: &str, image: &str, version: &str, script: &str) 
     committed.with_context(|| format!("building {image}"))?;
     note(format_args!("built {image}"));
     Ok(())
-}
-
-fn label_of(engine: &Engine, image: &str) -> Option<String> {
-    let format = format!("{{{{index .Config.Labels \"{LABEL}\"}}}}");
-    let out = engine
-        .docker()
-        .args(["image", "inspect", "--format", &format, image])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Builds run one at a time, in this process and any other: they share
