@@ -122,10 +122,21 @@ pub struct ConditionalEvent {
     /// them). u32::MAX when unreadable.
     pub sysctl: [u32; 2],
     pub phase: u8,
-    pub _pad: [u8; 3],
+    /// Whether the caller held the capability the operation needs under
+    /// the kernel's default sysctl in its effective set: `held::*`.
+    pub held: u8,
+    pub _pad: [u8; 2],
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<ConditionalEvent>() == 72);
+
+/// Values of `ConditionalEvent::held`.
+pub mod held {
+    pub const NO: u8 = 0;
+    pub const YES: u8 = 1;
+    /// The credentials could not be read.
+    pub const UNKNOWN: u8 = 2;
+}
 
 /// Sent once per (cgroup, capabilities kept, program) for a capset() that
 /// keeps a capability (`syscalls::CapsetCall::kept`), in the workload

@@ -49,7 +49,7 @@ use capprof_common::{
     check::{generations, phase, stat, watch},
     event::{
         CapsetEvent, CapsetExecEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CAPSET_EXEC,
-        EVENT_CONDITIONAL,
+        EVENT_CONDITIONAL, held,
     },
     syscalls::{
         AF_INET, AF_INET6, CAPSET_VERSION_1, CAPSET_VERSION_2, CAPSET_VERSION_3, CapsetCall,
@@ -174,6 +174,8 @@ fn first_sighting(key: &OperationKey) -> bool {
 /// What a conditional record says besides who made it.
 struct Conditional {
     operation: u32,
+    /// The capability the operation needs under the kernel's default.
+    capability: u32,
     detail: u64,
     family: u16,
     port: u16,
@@ -210,10 +212,30 @@ fn send_conditional(cgroup_id: u64, tgid: u32, egid: u32, c: Conditional) {
         protocol: c.protocol,
         sysctl: c.sysctl,
         phase: phase::WORKLOAD,
-        _pad: [0; 3],
+        held: held_now(c.capability),
+        _pad: [0; 2],
         comm,
     };
     emit(&key, &event, &CONDITIONAL_BACKLOG);
+}
+
+/// linux/capability.h.
+const CAP_NET_BIND_SERVICE: u32 = 10;
+const CAP_NET_RAW: u32 = 13;
+
+/// Whether the current task holds `capability` in its effective set
+/// (`held::*`): a non-root caller without it is one no granted capability
+/// reaches. Read only on a first sighting, never per check.
+#[inline(always)]
+fn held_now(capability: u32) -> u8 {
+    let Some(o) = CONFIG.get(0).map(|c| &c.syscalls) else {
+        return held::UNKNOWN;
+    };
+    match read_kernel::<u64>(pointer(helpers::task(), o.task_cred), o.cred_cap_effective) {
+        Some(effective) if effective & (1u64 << (capability & 63)) != 0 => held::YES,
+        Some(_) => held::NO,
+        None => held::UNKNOWN,
+    }
 }
 
 /// Sends a syscall hook's record, or keeps it in `backlog` when the ring
@@ -277,6 +299,7 @@ fn try_bind(ctx: &TracePointContext) -> Option<()> {
         current_egid(o),
         Conditional {
             operation: operation::BIND,
+            capability: CAP_NET_BIND_SERVICE,
             detail: port as u64
                 | (protocol as u64) << 16
                 | (family as u64) << 32
@@ -355,6 +378,7 @@ fn try_socket_exit(ctx: &TracePointContext) -> Option<()> {
         egid,
         Conditional {
             operation: operation::ICMP_SOCKET,
+            capability: CAP_NET_RAW,
             detail: pending.family as u64 | (egid as u64) << 16,
             family: pending.family,
             port: 0,

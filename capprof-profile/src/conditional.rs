@@ -89,6 +89,16 @@ pub struct Conditional {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     pub evidence: Vec<OperationEvidence>,
+    /// Some caller made the operation without `capability` in its
+    /// effective set (a non-root process with no file or ambient
+    /// capability). Granting the capability cannot help it where the
+    /// sysctl keeps the kernel's default: a container's add list reaches a
+    /// non-root process only through ambient capabilities, which Docker,
+    /// containerd and CRI-O never set (kubernetes#56374, moby#8460). The
+    /// target must relax the sysctl instead. False when unknown (a record
+    /// from before capprof read it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_capability: bool,
 }
 
 /// Why a capability was kept: the set it was left in, or, for
@@ -149,7 +159,10 @@ pub fn merge_conditional(a: &[Conditional], b: &[Conditional]) -> Vec<Conditiona
             c.value.clone(),
         );
         match by_key.get_mut(&key) {
-            Some(acc) => merge_evidence(&mut acc.evidence, &c.evidence),
+            Some(acc) => {
+                merge_evidence(&mut acc.evidence, &c.evidence);
+                acc.without_capability |= c.without_capability;
+            }
             None => {
                 by_key.insert(key, c.clone());
             }
@@ -209,6 +222,12 @@ pub struct TargetSysctls {
     pub ip_unprivileged_port_start: u32,
     /// `[low, high]`; empty when low > high.
     pub ping_group_range: [u32; 2],
+    /// Whether the target raises what it grants into a non-root process's
+    /// ambient set (systemd's `AmbientCapabilities=`), so that granting a
+    /// capability reaches a caller that did not hold it. No container
+    /// runtime does.
+    #[serde(skip)]
+    pub grants_ambient: bool,
 }
 
 impl TargetSysctls {
@@ -219,6 +238,7 @@ impl TargetSysctls {
         source: "a runtime that keeps the kernel's default",
         ip_unprivileged_port_start: PROT_SOCK as u32,
         ping_group_range: [1, 0],
+        grants_ambient: false,
     };
     /// Docker Engine, and so compose: every container network namespace it
     /// creates (not `--network host`, which is the host's own) gets
@@ -228,6 +248,7 @@ impl TargetSysctls {
         source: "docker (not with --network host)",
         ip_unprivileged_port_start: 0,
         ping_group_range: [0, 2_147_483_647],
+        grants_ambient: false,
     };
     /// Podman 4.3, checked on this machine: it leaves
     /// `ip_unprivileged_port_start` at 1024 and sets `ping_group_range` to
@@ -237,6 +258,7 @@ impl TargetSysctls {
         source: "podman 4",
         ip_unprivileged_port_start: PROT_SOCK as u32,
         ping_group_range: [0, 0],
+        grants_ambient: false,
     };
 
     /// Whether `c` goes through without its capability under these values.
@@ -300,6 +322,55 @@ pub struct Decision {
     pub added: Vec<(Cap, String)>,
     /// Not needed there (the target relaxes the sysctl), with why.
     pub left_out: Vec<(Cap, String)>,
+    /// Sysctls the target must relax, because a caller that needs them did
+    /// not hold the capability and no grant can reach it
+    /// (`Conditional::without_capability`).
+    pub relax: Vec<SysctlSetting>,
+}
+
+/// A namespaced sysctl to set, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SysctlSetting {
+    pub sysctl: Sysctl,
+    /// As /proc/sys takes it: `53`, `0 2147483647`.
+    pub value: String,
+    pub why: String,
+}
+
+impl SysctlSetting {
+    /// One setting per sysctl that lets through everything each of
+    /// `settings` does (the containers of one pod share its sysctls): the
+    /// lowest port start, the widest group range.
+    pub fn combine(settings: impl IntoIterator<Item = SysctlSetting>) -> Vec<SysctlSetting> {
+        let mut by: BTreeMap<Sysctl, SysctlSetting> = BTreeMap::new();
+        for s in settings {
+            match by.get_mut(&s.sysctl) {
+                None => {
+                    by.insert(s.sysctl, s);
+                }
+                Some(acc) => {
+                    let numbers = |v: &str| -> Vec<u32> {
+                        v.split_whitespace()
+                            .filter_map(|n| n.parse().ok())
+                            .collect()
+                    };
+                    let (a, b) = (numbers(&acc.value), numbers(&s.value));
+                    acc.value = match (s.sysctl, a.as_slice(), b.as_slice()) {
+                        (Sysctl::UnprivilegedPortStart, [a], [b]) => a.min(b).to_string(),
+                        (Sysctl::PingGroupRange, [al, ah], [bl, bh]) => {
+                            format!("{} {}", al.min(bl), ah.max(bh))
+                        }
+                        // Unreadable values (never produced here): the
+                        // widest.
+                        (Sysctl::UnprivilegedPortStart, ..) => "0".to_owned(),
+                        (Sysctl::PingGroupRange, ..) => "0 2147483647".to_owned(),
+                    };
+                    acc.why = format!("{}; {}", acc.why, s.why);
+                }
+            }
+        }
+        by.into_values().collect()
+    }
 }
 
 impl Decision {
@@ -309,14 +380,18 @@ impl Decision {
     }
 }
 
-/// Which conditional capabilities `target` needs beyond `allowlist`.
+/// Which conditional capabilities `target` needs beyond `allowlist`, and
+/// which sysctls it must relax for callers no capability reaches.
 pub fn decide(conditional: &[Conditional], allowlist: &[Cap], target: &TargetSysctls) -> Decision {
     let mut decision = Decision::default();
     let mut needed: BTreeMap<Cap, Vec<&Conditional>> = BTreeMap::new();
     let mut covered: BTreeMap<Cap, Vec<&Conditional>> = BTreeMap::new();
+    let mut relax: BTreeMap<Sysctl, Vec<&Conditional>> = BTreeMap::new();
     for c in conditional {
         if target.allows(c) {
             covered.entry(c.capability).or_default().push(c);
+        } else if c.without_capability && !target.grants_ambient {
+            relax.entry(c.sysctl).or_default().push(c);
         } else {
             needed.entry(c.capability).or_default().push(c);
         }
@@ -356,7 +431,50 @@ pub fn decide(conditional: &[Conditional], allowlist: &[Cap], target: &TargetSys
             ),
         ));
     }
+    for (sysctl, cs) in &relax {
+        let value = relaxed_value(*sysctl, cs);
+        decision.relax.push(SysctlSetting {
+            sysctl: *sysctl,
+            why: format!(
+                "{} by a process without {} in its effective set, which no granted \
+                 capability reaches (no container runtime sets ambient capabilities); {} has \
+                 {}={}",
+                operations(cs),
+                sysctl.capability(),
+                target.source,
+                sysctl.name(),
+                target.value(*sysctl),
+            ),
+            value,
+        });
+    }
     decision
+}
+
+/// The narrowest value of `sysctl` that lets every operation in `cs`
+/// through: the lowest port bound, or the range of the callers' gids (all
+/// groups when a gid is unknown, as Docker sets it).
+fn relaxed_value(sysctl: Sysctl, cs: &[&Conditional]) -> String {
+    match sysctl {
+        Sysctl::UnprivilegedPortStart => cs
+            .iter()
+            .filter_map(|c| c.port)
+            .min()
+            .unwrap_or(0)
+            .to_string(),
+        Sysctl::PingGroupRange => {
+            let gids: Option<Vec<u32>> =
+                cs.iter().flat_map(|c| &c.evidence).map(|e| e.gid).collect();
+            match gids.filter(|g| !g.is_empty()) {
+                Some(g) => format!(
+                    "{} {}",
+                    g.iter().min().unwrap_or(&0),
+                    g.iter().max().unwrap_or(&0)
+                ),
+                None => "0 2147483647".to_owned(),
+            }
+        }
+    }
 }
 
 fn operations(cs: &[&Conditional]) -> String {

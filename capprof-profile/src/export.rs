@@ -10,8 +10,8 @@ use serde::Serialize;
 pub use crate::grant::{decide, grant, notes};
 use crate::{
     capability::Cap,
-    conditional::{self, TargetSysctls},
-    grant::header,
+    conditional::{self, SysctlSetting, TargetSysctls},
+    grant::{K8sPodSecurityContext, K8sSysctl, header},
     profile::Profile,
 };
 
@@ -56,6 +56,8 @@ impl Format {
             },
             Format::Systemd => TargetSysctls {
                 source: "a systemd service on a host with the kernel's default",
+                // The drop-in sets AmbientCapabilities=.
+                grants_ambient: true,
                 ..TargetSysctls::KERNEL
             },
             Format::Json => TargetSysctls::KERNEL,
@@ -333,11 +335,16 @@ pub fn render_under(
     }
     let header = header(profile, &notes);
     match format {
-        Format::Docker | Format::Podman => Ok(run_flags(caps)),
+        Format::Docker | Format::Podman => Ok(run_flags(caps, &decision.relax)),
         Format::Compose => {
             let doc = ComposeService {
                 cap_drop: vec!["ALL"],
                 cap_add: caps.iter().map(|c| c.short_name()).collect(),
+                sysctls: decision
+                    .relax
+                    .iter()
+                    .map(|s| (s.sysctl.name(), s.value.as_str()))
+                    .collect(),
             };
             yaml(header, format, &doc)
         }
@@ -349,6 +356,9 @@ pub fn render_under(
                         add: caps.iter().map(|c| c.short_name()).collect(),
                     },
                 },
+                pod_security_context: (!decision.relax.is_empty()).then(|| K8sPodSecurityContext {
+                    sysctls: decision.relax.iter().map(K8sSysctl::of).collect(),
+                }),
             };
             yaml(header, format, &doc)
         }
@@ -379,8 +389,21 @@ pub fn render_under(
                             format!("added: {why}"),
                         )
                     })
+                    .chain(decision.relax.iter().map(|s| {
+                        (
+                            format!("org.capprof.sysctl.{}", s.sysctl.name()),
+                            s.why.clone(),
+                        )
+                    }))
                     .chain(partial.map(|w| ("org.capprof.warning".to_owned(), w)))
                     .collect(),
+                linux: (!decision.relax.is_empty()).then(|| OciLinux {
+                    sysctl: decision
+                        .relax
+                        .iter()
+                        .map(|s| (s.sysctl.name().to_owned(), s.value.clone()))
+                        .collect(),
+                }),
             };
             let mut json = serde_json::to_string_pretty(&doc)
                 .map_err(|source| ExportError::Json { format, source })?;
@@ -398,12 +421,22 @@ pub fn render_under(
     }
 }
 
-/// `--cap-drop=ALL --cap-add=CHOWN …`, which docker and podman both accept.
-fn run_flags(caps: &[Cap]) -> String {
+/// `--cap-drop=ALL --cap-add=CHOWN … [--sysctl NAME=VALUE …]`, which
+/// docker and podman both accept. A value with a space is quoted for the
+/// shell.
+fn run_flags(caps: &[Cap], relax: &[SysctlSetting]) -> String {
     let mut out = String::from("--cap-drop=ALL");
     for cap in caps {
         out.push_str(" --cap-add=");
         out.push_str(cap.short_name());
+    }
+    for s in relax {
+        let setting = format!("{}={}", s.sysctl.name(), s.value);
+        if setting.contains(' ') {
+            out.push_str(&format!(" --sysctl '{setting}'"));
+        } else {
+            out.push_str(&format!(" --sysctl {setting}"));
+        }
     }
     out.push('\n');
     out
@@ -447,6 +480,9 @@ fn yaml(header: String, format: Format, doc: &impl Serialize) -> Result<String, 
 struct ComposeService<'a> {
     cap_drop: Vec<&'a str>,
     cap_add: Vec<&'a str>,
+    /// Only when a caller needs one relaxed (`Decision::relax`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    sysctls: std::collections::BTreeMap<&'a str, &'a str>,
 }
 
 /// A container fragment: paste into a pod's `spec.containers[]`. `add` is
@@ -455,6 +491,11 @@ struct ComposeService<'a> {
 struct K8sContainer<'a> {
     #[serde(rename = "securityContext")]
     security_context: K8sSecurityContext<'a>,
+    /// The pod's `spec.securityContext`, only when a caller needs a sysctl
+    /// relaxed (`Decision::relax`): sysctls are set per pod, not per
+    /// container. The key is the one Helm charts use for it.
+    #[serde(rename = "podSecurityContext", skip_serializing_if = "Option::is_none")]
+    pod_security_context: Option<K8sPodSecurityContext>,
 }
 
 #[derive(Serialize)]
@@ -476,6 +517,14 @@ struct OciSpec {
     /// capability was added.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     annotations: std::collections::BTreeMap<String, String>,
+    /// `linux.sysctl`, only when a caller needs one relaxed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linux: Option<OciLinux>,
+}
+
+#[derive(Serialize)]
+struct OciLinux {
+    sysctl: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]

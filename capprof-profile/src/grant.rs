@@ -4,9 +4,11 @@
 //! manifest) and `k8s_patch` (a patch for many containers) both build on
 //! this, so neither depends on the other's rendering.
 
+use serde::Serialize;
+
 use crate::{
     capability::Cap,
-    conditional::{self, Decision, TargetSysctls},
+    conditional::{self, Decision, SysctlSetting, TargetSysctls},
     profile::{Class, Profile},
 };
 
@@ -25,7 +27,8 @@ pub fn grant(profile: &Profile, decision: &Decision) -> Vec<Cap> {
     grant
 }
 
-/// One line per conditional capability added or left out, and per
+/// One line per conditional capability added or left out, per sysctl to
+/// relax, and per
 /// capability on the allowlist only because a capset() kept it.
 pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
     let exercised: Vec<Cap> = profile
@@ -42,8 +45,13 @@ pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
         .left_out
         .iter()
         .map(|(cap, why)| format!("{cap} left out: {why}"));
+    let relax = decision
+        .relax
+        .iter()
+        .map(|s| format!("{} set to {}: {}", s.sysctl.name(), s.value, s.why));
     added
         .chain(left_out)
+        .chain(relax)
         .chain(
             conditional::kept_only(&profile.kept, &exercised)
                 .into_iter()
@@ -90,4 +98,27 @@ pub fn header(profile: &Profile, notes: &[String]) -> String {
         out.push_str(&format!("# capprof: {clean}\n"));
     }
     out
+}
+
+/// A pod's `securityContext` as the Kubernetes exports write it: only
+/// the sysctls a caller needs relaxed.
+#[derive(Serialize)]
+pub(crate) struct K8sPodSecurityContext {
+    pub(crate) sysctls: Vec<K8sSysctl>,
+}
+
+/// One of a pod's `securityContext.sysctls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct K8sSysctl {
+    pub(crate) name: &'static str,
+    pub(crate) value: String,
+}
+
+impl K8sSysctl {
+    pub(crate) fn of(s: &SysctlSetting) -> Self {
+        Self {
+            name: s.sysctl.name(),
+            value: s.value.clone(),
+        }
+    }
 }

@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    conditional::TargetSysctls,
-    grant,
+    conditional::{SysctlSetting, TargetSysctls},
+    grant::{self, K8sPodSecurityContext, K8sSysctl},
     profile::{Owner, Profile},
 };
 
@@ -384,9 +384,11 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
         _ => {}
     }
     let mut containers = Vec::with_capacity(patch.inputs.len());
+    let mut relax = vec![];
     for input in &patch.inputs {
         let profile = &input.profile;
         let decision = grant::decide(profile, &input.sysctls);
+        relax.extend(decision.relax.iter().cloned());
         let mut notes = grant::notes(profile, &decision);
         notes.extend(warnings(profile, &input.container));
         out.push_str(&format!(
@@ -409,8 +411,20 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
             },
         });
     }
+    let relax = SysctlSetting::combine(relax);
+    if !relax.is_empty() {
+        out.push_str(
+            "# capprof: the pod's securityContext.sysctls list replaces the object's: keep any \
+             other sysctl it sets\n",
+        );
+    }
     let pod = Spec {
-        spec: Containers { containers },
+        spec: Containers {
+            security_context: (!relax.is_empty()).then(|| K8sPodSecurityContext {
+                sysctls: relax.iter().map(K8sSysctl::of).collect(),
+            }),
+            containers,
+        },
     };
     // The object's identity too, so that the same file is a strategic
     // merge patch and a server-side apply configuration.
@@ -514,6 +528,9 @@ struct JobTemplate<T> {
 
 #[derive(Serialize)]
 struct Containers<'a> {
+    /// Only when a container needs a sysctl relaxed.
+    #[serde(rename = "securityContext", skip_serializing_if = "Option::is_none")]
+    security_context: Option<K8sPodSecurityContext>,
     containers: Vec<Container<'a>>,
 }
 

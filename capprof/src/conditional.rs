@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use capprof_common::{
-    event::{CapsetEvent, CapsetExecEvent, ConditionalEvent},
+    event::{CapsetEvent, CapsetExecEvent, ConditionalEvent, held},
     syscalls::{
         AF_INET6, CapsetCall, SETPCAP_BIT, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, operation,
     },
@@ -123,6 +123,7 @@ fn conditional_of(e: &ConditionalEvent, exe: Option<String>) -> Option<Condition
         value,
         port,
         evidence: vec![evidence],
+        without_capability: e.held == held::NO,
     })
 }
 

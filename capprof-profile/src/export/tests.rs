@@ -323,6 +323,7 @@ fn conditional(capability: &str, operation: &str, port: Option<u16>) -> Conditio
             uid: 0,
             gid: Some(0),
         }],
+        without_capability: false,
     }
 }
 
@@ -478,4 +479,87 @@ fn value_names() {
     assert_eq!(Runtime::from_str("cri-o", true).unwrap(), Runtime::Crio);
     assert_eq!(Format::from_str("oci", true).unwrap(), Format::Oci);
     assert!(Format::from_str("helm", true).is_err());
+}
+
+/// pdns in the corpus: it runs as its own user, binds port 53, and holds
+/// no capability. Granting NET_BIND_SERVICE cannot reach it: where the
+/// sysctl keeps the kernel's default, only relaxing it lets the bind
+/// through, and the container exports say so in their own fields.
+#[test]
+fn a_caller_without_the_capability_gets_the_sysctl_instead() {
+    let mut p = profile(&["CAP_SETUID"]);
+    let mut c = conditional("NET_BIND_SERVICE", "bind udp port 53", Some(53));
+    c.evidence[0].uid = 106;
+    c.without_capability = true;
+    let mut higher = conditional("NET_BIND_SERVICE", "bind tcp port 853", Some(853));
+    higher.without_capability = true;
+    p.add_syscall_findings(&[c, higher], &[]);
+
+    let k8s = yaml_value(&render(&p, Format::K8s).unwrap());
+    assert_eq!(
+        strings(&k8s["securityContext"]["capabilities"]["add"]),
+        ["SETUID"],
+        "no capability reaches the caller"
+    );
+    let sysctls = &k8s["podSecurityContext"]["sysctls"];
+    assert_eq!(
+        sysctls[0]["name"].as_str(),
+        Some("net.ipv4.ip_unprivileged_port_start")
+    );
+    assert_eq!(
+        sysctls[0]["value"].as_str(),
+        Some("53"),
+        "the lowest port bound"
+    );
+    assert_eq!(sysctls.as_sequence().map(|s| s.len()), Some(1));
+
+    let oci: serde_json::Value = serde_json::from_str(&render(&p, Format::Oci).unwrap()).unwrap();
+    assert_eq!(
+        oci["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+        "53"
+    );
+    assert!(
+        !oci["process"]["capabilities"]["bounding"]
+            .to_string()
+            .contains("NET_BIND_SERVICE")
+    );
+
+    // Docker relaxes it already; systemd's AmbientCapabilities= reaches a
+    // non-root process, so the capability is what it needs.
+    let docker = render(&p, Format::Docker).unwrap();
+    assert!(
+        !docker.contains("--sysctl") && !docker.contains("NET_BIND"),
+        "{docker}"
+    );
+    let kernel = render_under(&p, Format::Docker, SysctlsChoice::Kernel.sysctls()).unwrap();
+    assert_eq!(
+        kernel,
+        "--cap-drop=ALL --cap-add=SETUID --sysctl net.ipv4.ip_unprivileged_port_start=53\n"
+    );
+    let systemd = render(&p, Format::Systemd).unwrap();
+    assert!(
+        systemd.contains("AmbientCapabilities=CAP_SETUID CAP_NET_BIND_SERVICE"),
+        "{systemd}"
+    );
+    assert!(
+        !systemd.contains("ip_unprivileged_port_start=53"),
+        "{systemd}"
+    );
+
+    // A caller that held it is still served by the capability.
+    let mut held = profile(&["CAP_SETUID"]);
+    held.add_syscall_findings(
+        &[conditional(
+            "NET_BIND_SERVICE",
+            "bind tcp port 80",
+            Some(80),
+        )],
+        &[],
+    );
+    let k8s = yaml_value(&render(&held, Format::K8s).unwrap());
+    assert!(k8s.get("podSecurityContext").is_none());
+    assert_eq!(
+        strings(&k8s["securityContext"]["capabilities"]["add"]),
+        ["SETUID", "NET_BIND_SERVICE"]
+    );
 }

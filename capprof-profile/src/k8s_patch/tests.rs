@@ -246,3 +246,62 @@ fn export_render_takes_one_profile() {
         ))
     ));
 }
+
+/// Sysctls are per pod: two containers that bind low ports without the
+/// capability get one setting, low enough for both, in the pod's
+/// securityContext, and no NET_BIND_SERVICE.
+#[test]
+fn callers_without_the_capability_get_one_pod_sysctl() {
+    use crate::conditional::{Conditional, OperationEvidence, Sysctl};
+    let with_bind = |container: &str, port: u16| {
+        let mut p = profile(
+            "pod-container",
+            Some(("Deployment", "web")),
+            container,
+            &["CAP_SETUID"],
+        );
+        p.add_syscall_findings(
+            &[Conditional {
+                capability: Sysctl::UnprivilegedPortStart.capability(),
+                operation: format!("bind tcp port {port}"),
+                sysctl: Sysctl::UnprivilegedPortStart,
+                value: "0".into(),
+                port: Some(port),
+                evidence: vec![OperationEvidence {
+                    comm: container.into(),
+                    exe: None,
+                    pid: 9,
+                    uid: 101,
+                    gid: Some(101),
+                }],
+                without_capability: true,
+            }],
+            &[],
+        );
+        input(&format!("{container}.json"), p).unwrap()
+    };
+    let out =
+        render(&Patch::of(vec![with_bind("dns", 53), with_bind("mail", 25)]).unwrap()).unwrap();
+    let doc = yaml(&out);
+    let pod = &doc["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["sysctls"],
+        yaml("[{name: net.ipv4.ip_unprivileged_port_start, value: '25'}]"),
+        "{out}"
+    );
+    for c in pod["containers"].as_sequence().unwrap() {
+        assert_eq!(
+            c["securityContext"]["capabilities"]["add"],
+            yaml("[SETUID]"),
+            "{out}"
+        );
+    }
+    assert!(out.contains("sysctls list replaces the object's"), "{out}");
+    // Without such a caller the pod's securityContext is not touched.
+    let plain = yaml(&render(&Patch::of(vec![web("nginx", &["CAP_CHOWN"])]).unwrap()).unwrap());
+    assert!(
+        plain["spec"]["template"]["spec"]
+            .get("securityContext")
+            .is_none()
+    );
+}

@@ -1,6 +1,6 @@
 //! Unit tests of conditional.rs: records to entries, targets, merges.
 
-use capprof_common::event::{EVENT_CAPSET, EVENT_CAPSET_EXEC, EVENT_CONDITIONAL};
+use capprof_common::event::{EVENT_CAPSET, EVENT_CAPSET_EXEC, EVENT_CONDITIONAL, held};
 
 use super::*;
 
@@ -26,7 +26,8 @@ fn bind(port: u16, start: u32, name: &str) -> Received {
             protocol: 6,
             sysctl: [start, 0],
             phase: 0,
-            _pad: [0; 3],
+            held: held::YES,
+            _pad: [0; 2],
             comm: comm(name),
         }),
         exe: Some("/bin/busybox".into()),
@@ -49,7 +50,8 @@ fn ping(family: u16, egid: u32, range: [u32; 2]) -> Received {
             protocol: if family == AF_INET6 { 58 } else { 1 },
             sysctl: range,
             phase: 0,
-            _pad: [0; 3],
+            held: held::YES,
+            _pad: [0; 2],
             comm: comm("ping"),
         }),
         exe: None,
@@ -200,6 +202,7 @@ fn a_port_at_the_targets_start_needs_nothing() {
         source: "test",
         ip_unprivileged_port_start: 1000,
         ping_group_range: [1, 0],
+        grants_ambient: false,
     };
     assert!(decide(&conditional, &[], &target).added.is_empty());
     let stricter = TargetSysctls {
@@ -262,4 +265,38 @@ fn what_the_next_exec_loses_is_transient() {
     // Kept in one profile wins over transient in another.
     let merged = merge_transient(&lost.transient, &[], &ambient.kept);
     assert_eq!(merged.len(), 13);
+}
+
+/// A caller that did not hold the capability is marked, and the mark
+/// survives a merge with a caller that did: one such caller is enough to
+/// need the sysctl.
+#[test]
+fn a_bind_without_the_capability_is_marked() {
+    let mut lacking = bind(53, 0, "pdns_server");
+    if let Record::Conditional(e) = &mut lacking.record {
+        e.held = held::NO;
+        e.uid = 106;
+    }
+    let marked = conditional_of_received(&lacking);
+    assert!(marked.without_capability, "{marked:?}");
+    let holding = conditional_of_received(&bind(53, 0, "pdns_server"));
+    assert!(!holding.without_capability);
+    let mut unknown = bind(53, 0, "pdns_server");
+    if let Record::Conditional(e) = &mut unknown.record {
+        e.held = held::UNKNOWN;
+    }
+    assert!(
+        !conditional_of_received(&unknown).without_capability,
+        "unknown is not lacking"
+    );
+    let merged = merge_conditional(&[holding], &[marked]);
+    assert_eq!(merged.len(), 1);
+    assert!(merged[0].without_capability);
+}
+
+fn conditional_of_received(r: &Received) -> Conditional {
+    match &r.record {
+        Record::Conditional(e) => conditional_of(e, r.exe.clone()).expect("a known operation"),
+        _ => unreachable!("a conditional record"),
+    }
 }

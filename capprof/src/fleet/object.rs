@@ -238,6 +238,13 @@ pub struct PartConditional {
     pub value: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// `Conditional::without_capability`.
+    #[serde(
+        rename = "withoutCapability",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub without_capability: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,6 +85,7 @@ pub fn node_part(node: &str, key: &WorkloadKey, profile: &Profile) -> NodePart {
                 sysctl: c.sysctl,
                 value: c.value.clone(),
                 port: c.port,
+                without_capability: c.without_capability,
             })
             .collect(),
         kept: profile
@@ -276,6 +277,7 @@ fn part_profile(key: &WorkloadKey, part: &NodePart) -> Profile {
                 value: c.value.clone(),
                 port: c.port,
                 evidence: vec![],
+                without_capability: c.without_capability,
             })
             .collect(),
         kept: part
