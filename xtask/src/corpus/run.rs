@@ -52,6 +52,9 @@ pub struct Outcome {
     pub proven: bool,
     /// The Kubernetes export's `add` list.
     pub k8s_add: Vec<String>,
+    /// The sysctls the export sets on the pod (`NAME=VALUE`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub k8s_sysctls: Vec<String>,
     /// Whether the server passed its probe with exactly that export.
     pub k8s_serves: bool,
     /// Why the pass stopped early, if it did.
@@ -153,8 +156,9 @@ impl Pass<'_> {
                 .iter()
                 .all(|(_, v)| v.starts_with("needed") || v == "kept (security-relevant)");
 
-        let (add, flags) = self.k8s_flags(&minimized)?;
+        let (add, sysctls, flags) = self.k8s_flags(&minimized)?;
         outcome.k8s_add = add;
+        outcome.k8s_sysctls = sysctls;
         note(format_args!(
             "{}: re-run with the Kubernetes export",
             self.entry.name
@@ -329,7 +333,7 @@ impl Pass<'_> {
     /// `docker run` flags that do exactly what the Kubernetes export says,
     /// and its `add` list. A field the export gains that is not mapped here
     /// fails the pass rather than be ignored.
-    fn k8s_flags(&self, profile: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    fn k8s_flags(&self, profile: &Path) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
         let out = Command::new(self.capprof)
             .args(["export", "--format", "k8s"])
             .arg(profile)
@@ -341,44 +345,32 @@ impl Pass<'_> {
         fs::write(self.dir.join("k8s.yaml"), text.as_bytes())?;
         let doc: serde_norway::Value =
             serde_norway::from_str(&text).context("parsing the k8s export")?;
-        let ctx = doc
-            .get("securityContext")
-            .and_then(|c| c.as_mapping())
-            .context("the k8s export has no securityContext")?;
-        let mut flags = vec![
-            "--sysctl".to_owned(),
-            "net.ipv4.ip_unprivileged_port_start=1024".to_owned(),
-        ];
+        let mut set = std::collections::BTreeMap::new();
+        let mut flags = vec![];
         let mut add = vec![];
-        for (key, value) in ctx {
+        let top = doc
+            .as_mapping()
+            .context("the k8s export is not a mapping")?;
+        for (key, value) in top {
             match key.as_str().unwrap_or_default() {
-                "capabilities" => {
-                    let list = |k: &str| -> Vec<String> {
-                        value
-                            .get(k)
-                            .and_then(|v| v.as_sequence())
-                            .map(|s| {
-                                s.iter()
-                                    .filter_map(|v| v.as_str().map(str::to_owned))
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    };
-                    for cap in list("drop") {
-                        flags.push(format!("--cap-drop={cap}"));
-                    }
-                    add = list("add");
-                    for cap in &add {
-                        flags.push(format!("--cap-add={cap}"));
-                    }
-                }
-                "allowPrivilegeEscalation" if value.as_bool() == Some(false) => {
-                    flags.push("--security-opt=no-new-privileges".to_owned());
-                }
+                "securityContext" => add = container_flags(value, &mut flags)?,
+                // The pod's securityContext: what a pod can set, a
+                // container runs with too.
+                "podSecurityContext" => pod_sysctls(value, &mut set)?,
                 other => bail!("the k8s export sets {other}, which the corpus cannot map yet"),
             }
         }
-        Ok((add, flags))
+        let mut sysctls = std::collections::BTreeMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "1024".to_owned(),
+        )]);
+        sysctls.extend(set.clone());
+        for (name, value) in sysctls {
+            flags.push("--sysctl".to_owned());
+            flags.push(format!("{name}={value}"));
+        }
+        let set = set.into_iter().map(|(n, v)| format!("{n}={v}")).collect();
+        Ok((add, set, flags))
     }
 
     fn serves_with(&self, flags: &[String], probe: &Path) -> Result<bool> {
@@ -440,4 +432,73 @@ fn names(list: &Value) -> Vec<String> {
 
 fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("a non-UTF-8 path")
+}
+
+/// `docker run` flags for a container's `securityContext`, and its `add`
+/// list. A field not mapped here fails the pass rather than be ignored.
+fn container_flags(ctx: &serde_norway::Value, flags: &mut Vec<String>) -> Result<Vec<String>> {
+    let ctx = ctx
+        .as_mapping()
+        .context("the k8s export's securityContext is not a mapping")?;
+    let mut add = vec![];
+    for (key, value) in ctx {
+        match key.as_str().unwrap_or_default() {
+            "capabilities" => {
+                let list = |k: &str| -> Vec<String> {
+                    value
+                        .get(k)
+                        .and_then(|v| v.as_sequence())
+                        .map(|s| {
+                            s.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                for cap in list("drop") {
+                    flags.push(format!("--cap-drop={cap}"));
+                }
+                add = list("add");
+                for cap in &add {
+                    flags.push(format!("--cap-add={cap}"));
+                }
+            }
+            "allowPrivilegeEscalation" if value.as_bool() == Some(false) => {
+                flags.push("--security-opt=no-new-privileges".to_owned());
+            }
+            other => bail!(
+                "the k8s export sets securityContext.{other}, which the corpus cannot map yet"
+            ),
+        }
+    }
+    Ok(add)
+}
+
+/// The pod's `sysctls`, into `sysctls`.
+fn pod_sysctls(
+    ctx: &serde_norway::Value,
+    sysctls: &mut std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let ctx = ctx
+        .as_mapping()
+        .context("the k8s export's podSecurityContext is not a mapping")?;
+    for (key, value) in ctx {
+        match key.as_str().unwrap_or_default() {
+            "sysctls" => {
+                for s in value.as_sequence().context("sysctls is not a list")? {
+                    let (Some(name), Some(value)) = (
+                        s.get("name").and_then(|v| v.as_str()),
+                        s.get("value").and_then(|v| v.as_str()),
+                    ) else {
+                        bail!("a sysctl of the k8s export lacks its name or value");
+                    };
+                    sysctls.insert(name.to_owned(), value.to_owned());
+                }
+            }
+            other => bail!(
+                "the k8s export sets podSecurityContext.{other}, which the corpus cannot map yet"
+            ),
+        }
+    }
+    Ok(())
 }

@@ -238,7 +238,13 @@ fn row(md: &mut String, r: &EntryResult) {
             p.classes.join(", ")
         },
         if p.proven { "yes" } else { "no" },
-        if p.k8s_serves {
+        if p.k8s_serves && !p.k8s_sysctls.is_empty() {
+            format!(
+                "serves (adds {}; pod sysctl {})",
+                list(&p.k8s_add),
+                p.k8s_sysctls.join(", ")
+            )
+        } else if p.k8s_serves {
             format!("serves (adds {})", list(&p.k8s_add))
         } else {
             "fails".to_owned()
