@@ -117,6 +117,19 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     ));
     let outcome = run_and_count(&mut cmd);
+    // A filtered run (`cargo xtask test -p capprof --test proof`) is for
+    // one layer: the whole-suite checks below are left to the full run.
+    let whole = args.cargo_args.is_empty();
+    // Today's corpus entries against their committed results, on the
+    // same engine.
+    let capprof = crate::util::target_dir().join("debug").join("capprof");
+    let corpus_ok = !whole
+        || crate::corpus::subset::check(&engine, &capprof, &[]).unwrap_or_else(|e| {
+            note(format_args!(
+                "error: the corpus subset could not run: {e:#}"
+            ));
+            false
+        });
     // Stop the private engines before the summary, so the summary stays last.
     drop(cluster);
     drop(containerd);
@@ -140,9 +153,6 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
             bad_input_log.display()
         ));
     }
-    // A filtered run (`cargo xtask test -p capprof --test proof`) is for
-    // one layer: the whole-suite checks below are left to the full run.
-    let whole = args.cargo_args.is_empty();
     // The benchmark's smoke test: it fails only on the storm's no-loss
     // result, never on a timing.
     let bench_ok = !whole || crate::bench::smoke()?;
@@ -152,8 +162,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     let nonroot_ok = !whole || crate::nonroot::check(EXCLUDE)?;
     if !whole {
         note(
-            "a filtered run: the benchmark smoke test, the fuzz targets and the \
-             normal-user check were not run",
+            "a filtered run: the corpus subset, the benchmark smoke test, the fuzz \
+             targets and the normal-user check were not run",
         );
     }
 
@@ -168,6 +178,9 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         )
     } else if counts.passed == 0 {
         step("error: cargo test succeeded but no test passed; refusing a run that tested nothing");
+        ExitCode::FAILURE
+    } else if !corpus_ok {
+        step("error: a corpus entry differs from its committed result (see above)");
         ExitCode::FAILURE
     } else if !bench_ok {
         step("error: the benchmark smoke test (bench --quick --check) failed");

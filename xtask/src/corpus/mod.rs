@@ -8,6 +8,7 @@
 mod entry;
 mod image;
 mod run;
+pub mod subset;
 mod table;
 
 use std::{
@@ -52,6 +53,11 @@ pub struct CorpusArgs {
     /// CORPUS.md in the workspace].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Compare with the committed results instead of writing them: one
+    /// pass each of the --only entries, else of today's rotating subset
+    /// (what `cargo xtask test` runs). Fails when an entry differs twice.
+    #[arg(long)]
+    check: bool,
     /// Use this capprof binary instead of building the release one.
     #[arg(long, value_name = "PATH", hide = true)]
     capprof: Option<PathBuf>,
@@ -86,6 +92,14 @@ pub fn run(args: &CorpusArgs) -> Result<ExitCode> {
         None => build_release(&["capprof"])?.join("capprof"),
     };
     let engine = Engine::ensure()?;
+    if args.check {
+        let ok = subset::check(&engine, &capprof, &args.only)?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let daemon = Daemon::start(&engine, &capprof)?;
     let scratch = target_dir().join("corpus");
     step(format_args!(
