@@ -276,6 +276,10 @@ fn port_80_bound_on_docker_is_added_for_runtimes_that_keep_1024() {
         "{op}"
     );
     assert_eq!(bind["evidence"][0]["comm"], "httpd", "{bind}");
+    assert!(
+        bind.get("without_capability").is_none(),
+        "root held it: {bind}"
+    );
     // runc's own capset() while it sets the container up is not the
     // workload's.
     assert!(entries(&profile, "kept").is_empty(), "{profile}");
@@ -315,6 +319,78 @@ fn port_80_bound_on_docker_is_added_for_runtimes_that_keep_1024() {
     assert!(
         !serves(&name, &fewer, &image(), &["sh", "-c", HTTPD]),
         "serves without NET_BIND_SERVICE: the check is not made ({fewer:?})"
+    );
+    remove(&name);
+}
+
+/// The same server as a non-root user, as a package's unit starts one
+/// (pdns in the corpus): it holds no capability, so adding
+/// NET_BIND_SERVICE cannot let it bind where the kernel's default holds.
+/// The k8s export sets the pod's sysctl instead, and exactly that serves.
+#[test]
+#[ignore = "needs root"]
+fn port_80_bound_by_a_non_root_user_gets_the_sysctl_not_the_capability() {
+    require_engine(&[image()]);
+    let name = unique("httpd-user");
+    let user = ["--user".to_owned(), "1000".to_owned()];
+    let rec = Recording::start("cond-httpd-user", &[&name]);
+    assert!(
+        serves(&name, &user, &image(), &["sh", "-c", HTTPD]),
+        "httpd does not serve as uid 1000 under Docker's defaults"
+    );
+    let _ = docker(&["kill", &name]);
+    std::thread::sleep(Duration::from_millis(800));
+    let dir = rec.stop();
+    remove(&name);
+
+    let profile = read_profile(&dir, &name);
+    let bind = entry_for(&profile, "conditional", "CAP_NET_BIND_SERVICE");
+    assert_eq!(bind["port"], 80, "{bind}");
+    assert_eq!(bind["evidence"][0]["uid"], 1000, "{bind}");
+    assert_eq!(
+        bind["without_capability"], true,
+        "read from the caller's effective set: {bind}"
+    );
+
+    let k8s = granted(&dir, &name, "k8s");
+    assert!(!k8s.contains(&"NET_BIND_SERVICE".to_owned()), "{k8s:?}");
+    let text = export(&dir, &name, &["--format", "k8s"]);
+    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let sysctl = &doc["podSecurityContext"]["sysctls"][0];
+    assert_eq!(
+        sysctl["name"].as_str(),
+        Some("net.ipv4.ip_unprivileged_port_start"),
+        "{text}"
+    );
+    assert_eq!(sysctl["value"].as_str(), Some("80"), "{text}");
+
+    // Under the kernel's default, the export's capabilities and sysctl
+    // serve,
+    let exported = [
+        user.to_vec(),
+        vec![
+            "--sysctl".to_owned(),
+            "net.ipv4.ip_unprivileged_port_start=80".to_owned(),
+        ],
+        cap_flags(&k8s),
+    ]
+    .concat();
+    assert!(
+        serves(&name, &exported, &image(), &["sh", "-c", HTTPD]),
+        "not sufficient with {exported:?}"
+    );
+    remove(&name);
+    // while the capability an export used to add does not reach it.
+    let strict = ["--sysctl".to_owned(), PORT_START_1024.to_owned()];
+    let with_cap = [
+        user.to_vec(),
+        strict.to_vec(),
+        cap_flags(&[k8s.clone(), vec!["NET_BIND_SERVICE".to_owned()]].concat()),
+    ]
+    .concat();
+    assert!(
+        !serves(&name, &with_cap, &image(), &["sh", "-c", HTTPD]),
+        "a non-root process bound port 80 with NET_BIND_SERVICE only in its bounding set ({with_cap:?})"
     );
     remove(&name);
 }
