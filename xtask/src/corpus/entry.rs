@@ -51,9 +51,6 @@ pub struct Entry {
     /// The file's stem.
     #[serde(skip)]
     pub name: String,
-    /// The file's text, as parsed: what its image is labelled with.
-    #[serde(skip)]
-    pub text: String,
     /// What it is, in a few words.
     pub about: String,
     pub category: String,
@@ -113,7 +110,6 @@ impl Entry {
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut entry: Entry =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        entry.text = text;
         entry.name = path
             .file_stem()
             .and_then(|s| s.to_str())

@@ -47,13 +47,6 @@ pub fn ensure(engine: &Engine, entry: &Entry) -> Result<String> {
     let _one_at_a_time = BuildLock::take()?;
     ensure_base(engine)?;
     let image = format!("capprof-corpus-{}:test", entry.name);
-    let mut hasher = DefaultHasher::new();
-    (BASE_VERSION, &entry.text).hash(&mut hasher);
-    let version = format!("{:016x}", hasher.finish());
-    if engine.image_label(&image, LABEL).as_deref() == Some(version.as_str()) {
-        return Ok(image);
-    }
-    step(format_args!("building {image} (apt-get install)"));
     let mut script = String::from("set -e\nexport DEBIAN_FRONTEND=noninteractive\n");
     script.push_str("apt-get install -y -q --no-install-recommends");
     for p in entry.packages.iter().chain(&entry.client) {
@@ -65,6 +58,15 @@ pub fn ensure(engine: &Engine, entry: &Entry) -> Result<String> {
         script.push_str(line);
         script.push('\n');
     }
+    // The label is what the image is built from, so that editing an
+    // entry's probe or note does not rebuild it.
+    let mut hasher = DefaultHasher::new();
+    (BASE_VERSION, &script).hash(&mut hasher);
+    let version = format!("{:016x}", hasher.finish());
+    if engine.image_label(&image, LABEL).as_deref() == Some(version.as_str()) {
+        return Ok(image);
+    }
+    step(format_args!("building {image} (apt-get install)"));
     build(engine, BASE_IMAGE, &image, &version, &script)?;
     Ok(image)
 }

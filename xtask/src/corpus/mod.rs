@@ -58,6 +58,10 @@ pub struct CorpusArgs {
     /// (what `cargo xtask test` runs). Fails when an entry differs twice.
     #[arg(long)]
     check: bool,
+    /// Only write CORPUS.md again from the results already there (after
+    /// editing an entry's note); runs nothing.
+    #[arg(long, conflicts_with_all = ["check", "only"])]
+    table_only: bool,
     /// Use this capprof binary instead of building the release one.
     #[arg(long, value_name = "PATH", hide = true)]
     capprof: Option<PathBuf>,
@@ -87,6 +91,10 @@ pub fn run(args: &CorpusArgs) -> Result<ExitCode> {
     let servers = root.join("corpus").join("servers");
     let entries = entry::read_all(&servers, &args.only)?;
     let out = args.out.clone().unwrap_or_else(|| root.clone());
+    if args.table_only {
+        table::write(&out, &servers, Duration::ZERO)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let capprof = match &args.capprof {
         Some(path) => path.clone(),
         None => build_release(&["capprof"])?.join("capprof"),

@@ -93,7 +93,9 @@ pub fn write(out: &Path, servers: &Path, took: Duration) -> Result<()> {
          (image builds not counted).",
         seconds / 60
     );
-    note(format_args!("this run of the corpus took {took:.0?}"));
+    if !took.is_zero() {
+        note(format_args!("this run of the corpus took {took:.0?}"));
+    }
     write_atomically(&out.join("CORPUS.md"), md.as_bytes())
 }
 
