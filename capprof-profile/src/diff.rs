@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::{
     capability::Cap,
+    caveat::Caveat,
     profile::{CapUsage, Profile},
 };
 
@@ -228,17 +229,16 @@ fn notes(baseline_name: &str, baseline: &Profile, new_name: &str, new: &Profile)
             "{new_name} saw no capability checks at all: was the workload run under capprof?"
         ));
     }
+    // What makes either side's lists incomplete or uncertain; refusals are
+    // the diff's own subject.
     for (name, p) in [(baseline_name, baseline), (new_name, new)] {
-        if let Some(blind) = crate::table::unobservable_note(&p.observation) {
-            notes.push(format!("{name}: {blind}"));
-        }
-        if let Some(warning) = p.partial_warning() {
-            notes.push(format!("{name}: {warning}"));
-        }
-        if p.observation.is_uncalibrated() {
-            notes.push(format!(
-                "{name}: checks were not classified (every one counted as audited)"
-            ));
+        for caveat in Caveat::of(p).into_iter().filter(|c| {
+            matches!(
+                c,
+                Caveat::Unobservable { .. } | Caveat::Partial { .. } | Caveat::Uncalibrated
+            )
+        }) {
+            notes.push(format!("{name}: {caveat}"));
         }
     }
     notes

@@ -10,6 +10,7 @@ use serde::Serialize;
 pub use crate::grant::{decide, grant, notes};
 use crate::{
     capability::Cap,
+    caveat::Caveat,
     conditional::{self, SysctlSetting, TargetSysctls},
     grant::{K8sPodSecurityContext, K8sSysctl, header},
     profile::Profile,
@@ -329,7 +330,7 @@ pub fn render_under(
     let mut notes = notes(profile, &decision);
     // Flags have no comments: whoever prints them says it (`capprof
     // export` and `profile` on stderr, the daemon's routes in a header).
-    let partial = profile.partial_warning();
+    let partial = Caveat::partial(profile).map(|c| c.to_string());
     if let Some(warning) = &partial {
         notes.insert(0, format!("WARNING: {warning}"));
     }

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
+    caveat::Caveat,
     conditional::{SysctlSetting, TargetSysctls},
     grant::{self, K8sPodSecurityContext, K8sSysctl},
     profile::{Owner, Profile},
@@ -457,21 +458,16 @@ pub fn render(patch: &Patch) -> Result<String, K8sPatchError> {
 /// What `capprof export` warns about on stderr, as comments that stay with
 /// the patch: the allowlist may be too small.
 fn warnings(profile: &Profile, container: &str) -> Vec<String> {
-    let mut out = vec![];
-    if let Some(partial) = &profile.observation.partial {
-        out.push(format!("WARNING: {}", partial.warning(container)));
-    }
-    if !profile.denied.is_empty() {
-        let denied: Vec<String> = profile.denied.iter().map(|c| c.to_string()).collect();
-        out.push(format!(
-            "WARNING: the container was refused {}; they are not added",
-            denied.join(" ")
-        ));
-    }
-    if let Some(warning) = crate::table::ungrantable_warning(profile) {
-        out.push(format!("WARNING: {warning}"));
-    }
-    out
+    Caveat::of(profile)
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Caveat::Partial { .. } | Caveat::Refused(_) | Caveat::Ungrantable(_)
+            )
+        })
+        .map(|c| format!("WARNING: {}", c.naming(container)))
+        .collect()
 }
 
 /// Untrusted text for a comment line: hidden characters (a newline would

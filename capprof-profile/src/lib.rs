@@ -103,6 +103,7 @@
 //! ```
 
 pub mod capability;
+pub mod caveat;
 pub mod conditional;
 pub mod diff;
 pub mod export;

@@ -3,7 +3,8 @@
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::{
-    profile::{CapUsage, Observation, Profile},
+    caveat::{Caveat, Severity},
+    profile::{CapUsage, Profile},
     text::{Visible, visible},
 };
 
@@ -97,66 +98,22 @@ pub fn render_profile(profile: &Profile) -> String {
             c.value
         ));
     }
-    if !profile.borrowed.is_empty() {
-        out.push_str(&format!(
-            "borrowed:  {} (checked with credentials that were not the workload's, such as \
-             overlayfs copy-up's; not part of the allowlist)\n",
-            names(&profile.borrowed)
-        ));
-    }
-    if let Some(warning) = ungrantable_warning(profile) {
-        out.push_str(&format!("warning: {warning}\n"));
-    }
     if let Some(proof) = &profile.proof {
         out.push_str(&format!("proof:     {}\n", proof.summary()));
     }
-    let obs = &profile.observation;
-    if let Some(warning) = profile.partial_warning() {
-        out.push_str(&format!("warning: {warning}\n"));
-    }
-    if let Some(blind) = unobservable_note(obs) {
-        out.push_str(&format!("note: {blind}\n"));
-    }
-    if let Some(misses) = obs.recursion_misses.filter(|n| *n > 0) {
-        out.push_str(&format!(
-            "warning: the kernel skipped capprof's programs {misses} times on this host \
-             (recursion misses): those checks were not counted\n"
-        ));
-    }
-    if obs.lost_records > 0 || obs.unclassified_checks > 0 || obs.is_uncalibrated() {
-        out.push_str(&format!(
-            "warning: classification {}, {} evidence records lost, {} checks unclassified (counted as audited)\n",
-            obs.classification, obs.lost_records, obs.unclassified_checks
-        ));
+    // The rows above say what was denied, and what conditional and
+    // transient capabilities are.
+    for caveat in Caveat::of(profile).into_iter().filter(|c| {
+        !matches!(
+            c,
+            Caveat::Refused(_) | Caveat::NoChecks | Caveat::Conditional(_) | Caveat::Transient(_)
+        )
+    }) {
+        let label = match caveat.severity() {
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        };
+        out.push_str(&format!("{label}: {caveat}\n"));
     }
     out
-}
-
-/// What no `--cap-add` can give the workload, as one sentence; `None` when
-/// there is nothing.
-pub fn ungrantable_warning(profile: &Profile) -> Option<String> {
-    if profile.ungrantable.is_empty() {
-        return None;
-    }
-    let caps: Vec<String> = profile.ungrantable.iter().map(|c| c.to_string()).collect();
-    Some(format!(
-        "the workload asked for {} in a user namespace above its own (such as the host's, under \
-         rootless Podman or dockerd --userns-remap); the kernel refuses that whatever the \
-         container holds, and no --cap-add can grant it",
-        caps.join(" ")
-    ))
-}
-
-/// What a profile's backend could not see, as one sentence; `None` when it
-/// saw every class.
-pub fn unobservable_note(obs: &Observation) -> Option<String> {
-    if obs.unobservable.is_empty() {
-        return None;
-    }
-    let classes: Vec<&str> = obs.unobservable.iter().map(|c| c.as_str()).collect();
-    Some(format!(
-        "the {} backend cannot see {} checks; those lists are empty whatever the workload did",
-        obs.backend,
-        classes.join(" or ")
-    ))
 }

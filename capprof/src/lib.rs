@@ -22,5 +22,5 @@ pub mod urlpath;
 
 // The model lives in capprof-profile; these keep `capprof::…` paths working.
 pub use capprof_profile::{
-    capability, diff, export, fsutil, k8s_patch, load, merge, report, table, text,
+    capability, caveat, diff, export, fsutil, k8s_patch, load, merge, report, table, text,
 };

@@ -280,7 +280,7 @@ fn warnings_have_one_form_and_colour_only_on_a_terminal() {
     assert!(!stderr.contains('\u{1b}'), "colour in a pipe: {stderr:?}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(
-        stderr.contains("saw no capability checks"),
+        stderr.contains("no capability check was seen"),
         "no tracing warning: {stderr}"
     );
     assert!(

@@ -216,7 +216,7 @@ fn warnings_stay_with_the_patch() {
         "{out}"
     );
     assert!(
-        out.contains("# capprof: WARNING: the container was refused CAP_NET_ADMIN"),
+        out.contains("# capprof: WARNING: the workload was refused CAP_NET_ADMIN"),
         "{out}"
     );
     for line in out.lines().filter(|l| !l.starts_with('#')) {

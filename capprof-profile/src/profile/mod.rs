@@ -273,20 +273,6 @@ pub struct Partial {
     pub recording_started: String,
 }
 
-impl Partial {
-    /// One sentence for a warning.
-    pub fn warning(&self, what: &str) -> String {
-        format!(
-            "{what} was already running when recording started ({}recording started {}): its start-up needs were not seen, and the allowlist may be too small; record it from its start",
-            self.workload_started
-                .as_deref()
-                .map(|t| format!("it started {t}, "))
-                .unwrap_or_default(),
-            self.recording_started
-        )
-    }
-}
-
 /// One piece of evidence: who made a check, and how.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Evidence {
@@ -451,12 +437,7 @@ impl Profile {
     /// exports, the daemon's routes, `diff`, `report`): its recording began
     /// after the workload had started. None for a complete one.
     pub fn partial_warning(&self) -> Option<String> {
-        let what = self
-            .subject
-            .name
-            .as_deref()
-            .map_or_else(|| "the workload".to_owned(), crate::text::visible);
-        self.observation.partial.as_ref().map(|p| p.warning(&what))
+        crate::caveat::Caveat::partial(self).map(|c| c.to_string())
     }
 
     /// Parses and validates a profile from untrusted bytes: the schema must

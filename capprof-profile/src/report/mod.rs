@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::{
     capability::Cap,
+    caveat::Caveat,
     export::{self, Runtime},
     load::Loaded,
     profile::{Evidence, Observation, Profile, Proof},
@@ -374,35 +375,22 @@ fn warnings(profile: &Profile, unknown_fields: &[String]) -> Vec<String> {
             unknown_fields.join(", ")
         ));
     }
-    if !profile.denied.is_empty() {
-        let names: Vec<String> = profile.denied.iter().map(Cap::to_string).collect();
-        out.push(format!(
-            "the workload was refused {}: the allowlist may be too small",
-            names.join(" ")
-        ));
-    }
-    if profile.capabilities.is_empty() {
-        out.push("no capability check was seen: the allowlist is empty".to_owned());
-    }
-    if let Some(warning) = profile.partial_warning() {
-        out.push(warning);
-    }
-    let obs = &profile.observation;
-    if let Some(blind) = crate::table::unobservable_note(obs) {
-        out.push(blind);
-    }
-    if obs.is_uncalibrated() {
-        out.push(
-            "call sites were not calibrated: every check counted as audited, so the allowlist may be too large"
-                .to_owned(),
-        );
-    }
-    if obs.lost_records > 0 {
-        out.push(format!(
-            "{} evidence records were lost (counts are complete)",
-            obs.lost_records
-        ));
-    }
+    // The matrix shows ungrantable, conditional, transient and borrowed
+    // capabilities in their own rows.
+    out.extend(
+        Caveat::of(profile)
+            .into_iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Caveat::Ungrantable(_)
+                        | Caveat::Conditional(_)
+                        | Caveat::Transient(_)
+                        | Caveat::Borrowed(_)
+                )
+            })
+            .map(|c| c.to_string()),
+    );
     if let Some(coverage) = &profile.coverage {
         let some: Vec<String> = coverage
             .capabilities

@@ -20,6 +20,7 @@ use super::object::{
 };
 use crate::{
     capability::Cap,
+    caveat::Caveat,
     conditional::{Conditional, Findings, Kept, Transient},
     cri::workload::WorkloadKey,
     load::Loaded,
@@ -121,54 +122,27 @@ pub fn node_part(node: &str, key: &WorkloadKey, profile: &Profile) -> NodePart {
     }
 }
 
-/// What makes one node's view less than certain, one warning per kind.
+/// What makes one node's view less than certain, one warning per kind:
+/// the caveats the fleet object has a kind for.
 fn warnings_of(node: &str, profile: &Profile) -> Vec<Warning> {
-    let warning = |kind, message: String| Warning {
-        kind,
-        node: Some(node.to_owned()),
-        message: message.chars().take(MAX_MESSAGE).collect(),
-    };
-    let list = |caps: &[Cap]| crate::capability::display_list(caps);
-    let mut out = vec![];
-    if let Some(text) = profile.partial_warning() {
-        out.push(warning(WarningKind::Partial, text));
-    }
-    if profile.observation.is_uncalibrated() {
-        out.push(warning(
-            WarningKind::Uncalibrated,
-            "the kernel's call sites were not calibrated: every check counted as audited, so the allowlist may be too large".into(),
-        ));
-    }
-    if !profile.ungrantable.is_empty() {
-        out.push(warning(
-            WarningKind::Ungrantable,
-            format!(
-                "{} asked for in a user namespace outside the container's: no capability grant helps",
-                list(&profile.ungrantable)
-            ),
-        ));
-    }
-    if !profile.conditional.is_empty() {
-        let caps: BTreeSet<Cap> = profile.conditional.iter().map(|c| c.capability).collect();
-        out.push(warning(
-            WarningKind::Conditional,
-            format!(
-                "{} needed only where the network sysctls keep the kernel's defaults",
-                list(&caps.into_iter().collect::<Vec<_>>())
-            ),
-        ));
-    }
-    if !profile.transient.is_empty() {
-        let caps: Vec<Cap> = profile.transient.iter().map(|t| t.capability).collect();
-        out.push(warning(
-            WarningKind::Transient,
-            format!(
-                "{} kept through capset() and lost at the next exec, never used: not granted",
-                list(&caps)
-            ),
-        ));
-    }
-    out
+    Caveat::of(profile)
+        .into_iter()
+        .filter_map(|caveat| {
+            let kind = match caveat {
+                Caveat::Partial { .. } => WarningKind::Partial,
+                Caveat::Uncalibrated => WarningKind::Uncalibrated,
+                Caveat::Ungrantable(_) => WarningKind::Ungrantable,
+                Caveat::Conditional(_) => WarningKind::Conditional,
+                Caveat::Transient(_) => WarningKind::Transient,
+                _ => return None,
+            };
+            Some(Warning {
+                kind,
+                node: Some(node.to_owned()),
+                message: caveat.to_string().chars().take(MAX_MESSAGE).collect(),
+            })
+        })
+        .collect()
 }
 
 /// Whether a part is older than `stale_after` at `now`: its node has not

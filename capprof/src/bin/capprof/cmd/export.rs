@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use capprof::{
     capability::Cap,
+    caveat::Caveat,
     conditional::SysctlsChoice,
     export::{self, Comparison, ExportError, Format, Runtime},
     fsutil, k8s_patch,
@@ -204,7 +205,7 @@ fn k8s_patch(args: &ExportArgs) -> Result<ExitCode, Error> {
 /// warning about one, and about what else the allowlist may lack.
 fn checked_profile(path: &str, require_complete: bool) -> Result<Profile, Error> {
     let profile = read_profile(path)?;
-    if let Some(warning) = profile.partial_warning() {
+    if let Some(warning) = Caveat::partial(&profile).map(|c| c.to_string()) {
         if require_complete {
             return Err(Error::usage(format!(
                 "{path}: {warning} (--require-complete)"
@@ -236,23 +237,19 @@ fn warn_about(profile: &Profile) {
         Some(proof) => tracing::warn!("{}", proof.summary()),
         None => {}
     }
-    if !profile.denied.is_empty() {
-        let denied: Vec<String> = profile.denied.iter().map(|c| c.to_string()).collect();
-        tracing::warn!(
-            "the workload was refused {}; they are not in the allowlist",
-            denied.join(" ")
-        );
-    }
-    if profile.capabilities.is_empty() {
-        tracing::warn!("the profile saw no capability checks: the allowlist is empty");
-    }
-    if let Some(blind) = capprof::table::unobservable_note(&profile.observation) {
-        tracing::warn!("{blind}");
-    }
-    // Loud, and whatever CAPPROF_LOG says: these settings cannot give the
-    // workload what it asked for.
-    if let Some(warning) = capprof::table::ungrantable_warning(profile) {
-        crate::log::warn(warning);
+    for caveat in Caveat::of(profile) {
+        match caveat {
+            // Said above, before the checks of --require-complete.
+            Caveat::Partial { .. } => {}
+            Caveat::Refused(_) | Caveat::NoChecks | Caveat::Unobservable { .. } => {
+                tracing::warn!("{caveat}")
+            }
+            // Loud, and whatever CAPPROF_LOG says: these settings cannot
+            // give the workload what it asked for.
+            Caveat::Ungrantable(_) => crate::log::warn(caveat),
+            // The export's own header comments and notes say the rest.
+            _ => {}
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use capprof::{
+    caveat::Caveat,
     cri::workload::{WorkloadError, WorkloadKey},
     daemon::client::{DEFAULT_SOCKET, encode_segment},
     engine::short_id,
@@ -171,11 +172,10 @@ fn show(profile: &Profile, format: ProfileFormat) -> Result<String, Error> {
     match format.export() {
         Some(format) => {
             // As loud as `capprof export`: no setting can grant these.
-            if let Some(warning) = table::ungrantable_warning(profile) {
-                crate::log::warn(warning);
-            }
-            if let Some(warning) = profile.partial_warning() {
-                crate::log::warn(warning);
+            for caveat in Caveat::of(profile) {
+                if matches!(caveat, Caveat::Ungrantable(_) | Caveat::Partial { .. }) {
+                    crate::log::warn(caveat);
+                }
             }
             Ok(export::render(profile, format)?)
         }
