@@ -30,7 +30,7 @@ use crate::{
     caveat::Caveat,
     conditional::{SysctlSetting, TargetSysctls},
     grant::{self, K8sPodSecurityContext, K8sSysctl},
-    profile::{Owner, Profile},
+    profile::{Owner, Profile, SubjectKind},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum K8sPatchError {
          `pod-container` or `workload` profile, named through the node's CRI (--format k8s \
          prints a container snippet)"
     )]
-    NotKubernetes { file: String, kind: String },
+    NotKubernetes { file: String, kind: SubjectKind },
     #[error(
         "{file}: the profile has no subject.k8s (namespace, pod, owner): it was not named \
          through a node's CRI"
@@ -212,7 +212,7 @@ impl Input {
     ) -> Result<Self, K8sPatchError> {
         let file = file.to_owned();
         let subject = &profile.subject;
-        if subject.kind != "pod-container" && subject.kind != "workload" {
+        if !subject.kind.is_kubernetes() {
             return Err(K8sPatchError::NotKubernetes {
                 file,
                 kind: subject.kind.clone(),

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::{
     capability::Cap,
     load::Loaded,
-    profile::{CapCoverage, Class, Coverage, Profile, Subject},
+    profile::{CapCoverage, Class, Coverage, Profile, Subject, SubjectKind},
 };
 
 /// How many executables coverage keeps per capability.
@@ -264,7 +264,7 @@ fn common_subject(subjects: &[Subject]) -> Subject {
     }
     let all = || subjects.iter();
     Subject {
-        kind: same(all().map(|s| s.kind.clone())).unwrap_or_else(|| "merged".to_owned()),
+        kind: same(all().map(|s| s.kind.clone())).unwrap_or(SubjectKind::Merged),
         runtime: same(all().map(|s| s.runtime.clone())).flatten(),
         id: same(all().map(|s| s.id.clone())).flatten(),
         name: same(all().map(|s| s.name.clone())).flatten(),
@@ -407,7 +407,7 @@ mod tests {
             ["/usr/sbin/nginx", "/usr/sbin/nginx-debug"]
         );
         // What the subjects share stays; what differs goes.
-        assert_eq!(merged.subject.kind, "container");
+        assert_eq!(merged.subject.kind, SubjectKind::Container);
         assert_eq!(merged.subject.image.as_deref(), Some("web:1"));
         assert_eq!(merged.subject.name, None);
         assert_eq!(
@@ -450,7 +450,8 @@ mod tests {
         );
 
         let mut raw = observed("c", &[("CHOWN", "/bin/chown")]);
-        raw.profile.observation.classification = "uncalibrated".into();
+        raw.profile.observation.classification =
+            crate::profile::ClassificationMethod::Uncalibrated.to_string();
         let err = merge(&[a.clone(), raw]).unwrap_err();
         assert!(err.to_string().contains("not classified"), "{err}");
 

@@ -110,14 +110,92 @@ pub fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
+/// What kind of thing was profiled, as profile files spell it.
+///
+/// A word this build does not know (a newer capprof's) is kept as written,
+/// so a profile read and written again says the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum SubjectKind {
+    /// A command run by `capprof run`.
+    Command,
+    /// A container of a container engine.
+    Container,
+    /// A container of a Kubernetes pod, named through the node's CRI
+    /// runtime; the subject's `name` is the container's name in the pod.
+    PodContainer,
+    /// The merged containers of one name across a workload's pods.
+    Workload,
+    /// Profiles of different kinds merged (`capprof merge`).
+    Merged,
+    /// Another word, or none (a profile made by hand).
+    #[default]
+    Unknown,
+    Other(String),
+}
+
+impl SubjectKind {
+    const KNOWN: [SubjectKind; 5] = [
+        SubjectKind::Command,
+        SubjectKind::Container,
+        SubjectKind::PodContainer,
+        SubjectKind::Workload,
+        SubjectKind::Merged,
+    ];
+
+    /// As profile files spell it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            SubjectKind::Command => "command",
+            SubjectKind::Container => "container",
+            SubjectKind::PodContainer => "pod-container",
+            SubjectKind::Workload => "workload",
+            SubjectKind::Merged => "merged",
+            SubjectKind::Unknown => "",
+            SubjectKind::Other(word) => word,
+        }
+    }
+
+    /// Whether it names a Kubernetes container: one, or a workload's.
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self, SubjectKind::PodContainer | SubjectKind::Workload)
+    }
+}
+
+impl From<String> for SubjectKind {
+    fn from(word: String) -> Self {
+        if word.is_empty() {
+            return SubjectKind::Unknown;
+        }
+        match Self::KNOWN.into_iter().find(|k| k.as_str() == word) {
+            Some(known) => known,
+            None => SubjectKind::Other(word),
+        }
+    }
+}
+
+impl From<&str> for SubjectKind {
+    fn from(word: &str) -> Self {
+        word.to_owned().into()
+    }
+}
+
+impl From<SubjectKind> for String {
+    fn from(kind: SubjectKind) -> String {
+        kind.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Display for SubjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What was profiled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {
-    /// `command`, `container`, `pod-container` (a container of a Kubernetes
-    /// pod, named through the node's CRI runtime; `name` is the container's
-    /// name in the pod) or `workload` (the merged containers of one name
-    /// across a workload's pods).
-    pub kind: String,
+    pub kind: SubjectKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -522,3 +522,23 @@ fn the_classification_is_read_typed() {
     }
     assert!(obs.is_uncalibrated());
 }
+
+#[test]
+fn subject_kinds_read_and_write_as_the_file_spells_them() {
+    for (word, kind) in [
+        ("command", SubjectKind::Command),
+        ("container", SubjectKind::Container),
+        ("pod-container", SubjectKind::PodContainer),
+        ("workload", SubjectKind::Workload),
+        ("merged", SubjectKind::Merged),
+        ("vm", SubjectKind::Other("vm".into())),
+    ] {
+        let json = format!(r#"{{"kind": "{word}"}}"#);
+        let subject: Subject = serde_json::from_str(&json).unwrap();
+        assert_eq!(subject.kind, kind, "{word}");
+        let back = serde_json::to_value(&subject).unwrap();
+        assert_eq!(back["kind"], word, "{word}");
+    }
+    assert!(SubjectKind::Workload.is_kubernetes());
+    assert!(!SubjectKind::Container.is_kubernetes());
+}

@@ -230,7 +230,7 @@ fn container_summary(out: &mut String, c: &Container) {
         exposure(&c.exposure_allowlist)
     );
     w!(out, "- profile: {}\n", Md(&c.source));
-    let mut subject = c.kind.clone();
+    let mut subject = c.kind.to_string();
     if let Some(image) = &c.image {
         subject.push_str(&format!(", image {image}"));
     }

@@ -31,7 +31,7 @@ use crate::{
     caveat::Caveat,
     export::{self, Runtime},
     load::Loaded,
-    profile::{Evidence, Observation, Profile, Proof},
+    profile::{Evidence, Observation, Profile, Proof, SubjectKind},
 };
 
 /// What the report is built with.
@@ -116,7 +116,7 @@ pub struct Container {
     pub label: String,
     /// The file it was read from.
     pub source: String,
-    pub kind: String,
+    pub kind: SubjectKind,
     pub image: Option<String>,
     pub id: Option<String>,
     pub command: Option<Vec<String>>,

@@ -22,7 +22,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 
-use crate::{capability::Cap, profile::Profile};
+use crate::{
+    capability::Cap,
+    profile::{Profile, SubjectKind},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -78,7 +81,7 @@ pub fn phases(profile: &Profile, window: Duration) -> Phases {
         out.unknown_because = Some("the observation has no start or end time".to_owned());
         return out;
     };
-    if profile.subject.kind == "container" && profile.runtime_setup.is_empty() {
+    if profile.subject.kind == SubjectKind::Container && profile.runtime_setup.is_empty() {
         out.unknown_because = Some(
             "the container's start was not observed (no runtime setup checks): it was already running"
                 .to_owned(),

@@ -12,7 +12,7 @@ use super::owner::{self, canonical_kind};
 use crate::{
     load::Loaded,
     merge::{self, MergeError},
-    profile::{K8sRef, Owner, Profile},
+    profile::{K8sRef, Owner, Profile, SubjectKind},
 };
 
 /// `NAMESPACE/KIND/NAME[/CONTAINER]`.
@@ -89,7 +89,7 @@ impl WorkloadKey {
     /// else, or a pod whose owner could not be derived.
     pub fn of(profile: &Profile) -> Option<Self> {
         let subject = &profile.subject;
-        if subject.kind != "pod-container" {
+        if subject.kind != SubjectKind::PodContainer {
             return None;
         }
         let k8s = subject.k8s.as_ref()?;
@@ -180,7 +180,7 @@ pub fn workload_profile(key: &WorkloadKey, profiles: &[Profile]) -> Result<Profi
             source,
         })?
         .profile;
-    merged.subject.kind = "workload".into();
+    merged.subject.kind = SubjectKind::Workload;
     merged.subject.name = containers.pop();
     merged.subject.image = image;
     merged.subject.runtime = runtime;
@@ -352,7 +352,7 @@ mod tests {
         );
         let key: WorkloadKey = "shop/Deployment/web/app".parse().unwrap();
         let w = workload_profile(&key, &profiles).unwrap();
-        assert_eq!(w.subject.kind, "workload");
+        assert_eq!(w.subject.kind, SubjectKind::Workload);
         assert_eq!(w.subject.name.as_deref(), Some("app"));
         let k8s = w.subject.k8s.as_ref().unwrap();
         assert_eq!(k8s.pod, None);

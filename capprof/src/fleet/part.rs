@@ -27,7 +27,7 @@ use crate::{
     merge::{self, MergeError},
     profile::{
         self, CapCoverage as ProfileCapCoverage, CapUsage, Coverage, K8sRef, Observation, Owner,
-        Partial, Profile, Subject,
+        Partial, Profile, Subject, SubjectKind,
     },
 };
 
@@ -177,7 +177,7 @@ pub fn fleet_profile(
 
 fn workload_subject(key: &WorkloadKey, node: Option<&str>) -> Subject {
     Subject {
-        kind: "workload".into(),
+        kind: SubjectKind::Workload,
         name: key.container.clone(),
         // The node whose part this is, for the coverage's list of subjects.
         id: node.map(|n| format!("node/{n}")),

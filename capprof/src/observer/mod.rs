@@ -160,6 +160,28 @@ pub struct Observer {
     counts_cache: std::sync::Mutex<Option<(u64, Vec<counts::Count>)>>,
 }
 
+/// How a watched cgroup subtree's checks are told apart; the kernel reads
+/// it from `WATCH_ROOTS` as capprof-common's `check::watch` number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// A command's cgroup (`capprof run`): every check is the workload's.
+    Command,
+    /// Container cgroups: a process is runtime setup until it execs the
+    /// workload.
+    Containers,
+}
+
+impl WatchMode {
+    /// The number the eBPF programs compare against.
+    pub fn raw(self) -> u32 {
+        use capprof_common::check::watch;
+        match self {
+            WatchMode::Command => watch::COMMAND,
+            WatchMode::Containers => watch::CONTAINERS,
+        }
+    }
+}
+
 impl Observer {
     /// Loads the object, calibrates, and attaches `backend` (or the best one
     /// this kernel offers).
@@ -461,12 +483,12 @@ impl Observer {
             .ok_or(ObserverError::MissingMap(name))
     }
 
-    /// Profiles the subtree rooted at `cgroup_id` in `mode` (`watch::*`).
-    pub fn watch(&mut self, cgroup_id: u64, mode: u32) -> Result<(), ObserverError> {
+    /// Profiles the subtree rooted at `cgroup_id` in `mode`.
+    pub fn watch(&mut self, cgroup_id: u64, mode: WatchMode) -> Result<(), ObserverError> {
         let mut roots: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(names::WATCH_ROOTS)?)
             .map_err(map_err(names::WATCH_ROOTS))?;
         roots
-            .insert(cgroup_id, mode, 0)
+            .insert(cgroup_id, mode.raw(), 0)
             .map_err(map_err(names::WATCH_ROOTS))?;
         // Every decision cached so far ("unwatched" below the new root
         // included) is now stale.

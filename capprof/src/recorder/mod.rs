@@ -20,11 +20,11 @@ use crate::{
     conditional::{Conditional, Kept},
     engine::{ContainerEvent, ContainerInfo, safe_name, short_id},
     observer::{
-        Count, Observer, ObserverError,
+        Count, Observer, ObserverError, WatchMode,
         events::{Record, cstr},
         reader::Received,
     },
-    profile::{self, Class, Observation, Partial, Profile, Subject, rfc3339},
+    profile::{self, Class, Observation, Partial, Profile, Subject, SubjectKind, rfc3339},
 };
 
 /// A cgroup seen in the kernel.
@@ -697,11 +697,10 @@ fn subject(rec: &ContainerRecord, keep_env: bool) -> Subject {
     Subject {
         // A container the CRI named is a pod's.
         kind: if rec.info.k8s.is_some() {
-            "pod-container"
+            SubjectKind::PodContainer
         } else {
-            "container"
-        }
-        .into(),
+            SubjectKind::Container
+        },
         runtime: Some(rec.runtime.clone()),
         id: Some(rec.id.clone()),
         name: rec.info.name.clone(),
@@ -781,7 +780,7 @@ pub fn watch_container_roots(
         let Ok(id) = crate::cgroup::cgroup_id(&dir) else {
             continue;
         };
-        observer.watch(id, capprof_common::check::watch::CONTAINERS)?;
+        observer.watch(id, WatchMode::Containers)?;
         watched.push(root);
     }
     Ok(watched)

@@ -17,9 +17,9 @@ use aya::{
 };
 use capprof::{
     cgroup::{self, OwnedCgroup},
-    observer::Observer,
+    observer::{Observer, WatchMode},
 };
-use capprof_common::{check::watch, names};
+use capprof_common::names;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -347,7 +347,7 @@ impl Attached {
                 } else {
                     cgroup::cgroup_id(other)?
                 };
-                observer.watch(id, watch::COMMAND)?;
+                observer.watch(id, WatchMode::Command)?;
                 Attached::Capprof {
                     observer: Box::new(observer),
                     reader,

@@ -13,12 +13,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use capprof::{
     cgroup::{self, OwnedCgroup},
-    observer::Observer,
+    observer::{Observer, WatchMode},
 };
-use capprof_common::{
-    check::{EVIDENCE_BUDGET, watch},
-    event::EVENT_EVIDENCE,
-};
+use capprof_common::{check::EVIDENCE_BUDGET, event::EVENT_EVIDENCE};
 use clap::Args;
 use serde::Serialize;
 
@@ -110,7 +107,7 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     let mut observer = Observer::load(None).context("loading capprof")?;
     let load_ms = observer.load_time().as_secs_f64() * 1e3;
     let reader = Reader::spawn(observer.take_events()?, true);
-    observer.watch(root.id(), watch::COMMAND)?;
+    observer.watch(root.id(), WatchMode::Command)?;
 
     let threads = args.threads.max(1);
     let ncpu = cpu_count();

@@ -52,7 +52,7 @@ fn facts(out: &mut String, c: &Container) {
         w!(out, "<dt>{name}</dt><dd>{}</dd>", Esc(value));
     };
     fact("profile", &c.source);
-    fact("subject", &c.kind);
+    fact("subject", c.kind.as_str());
     if let Some(image) = &c.image {
         fact("image", image);
     }

@@ -38,9 +38,63 @@ pub struct DoctorArgs {
     pub backend: Option<Backend>,
 }
 
+/// What one check is about. Its name is what the table and the JSON
+/// report show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckId {
+    Root,
+    Btf,
+    CapTracepoint,
+    CapCapableInBtf,
+    TaskTgid,
+    CredentialOffsets,
+    Cgroup2,
+    Bpffs,
+    /// The chosen backend's load, calibration and attach.
+    Load,
+    RecursionMisses,
+    /// Whether the kernel takes a backend other than the one in use.
+    OtherBackend(Backend),
+}
+
+impl CheckId {
+    fn name(self) -> &'static str {
+        match self {
+            CheckId::Root => "root",
+            CheckId::Btf => "btf",
+            CheckId::CapTracepoint => "cap_capable tracepoint",
+            CheckId::CapCapableInBtf => "cap_capable in BTF",
+            CheckId::TaskTgid => "task_struct.tgid",
+            CheckId::CredentialOffsets => "credential offsets",
+            CheckId::Cgroup2 => "cgroup2",
+            CheckId::Bpffs => "bpffs",
+            CheckId::Load => "load",
+            CheckId::RecursionMisses => "recursion misses",
+            CheckId::OtherBackend(Backend::TpBtf) => "backend tp_btf",
+            CheckId::OtherBackend(Backend::Fexit) => "backend fexit",
+            CheckId::OtherBackend(Backend::Kprobe) => "backend kprobe",
+            CheckId::OtherBackend(Backend::Lsm) => "bpf lsm",
+        }
+    }
+
+    /// What every backend needs; the backend's own load is `Load`.
+    fn required(self) -> bool {
+        matches!(
+            self,
+            CheckId::Root | CheckId::Btf | CheckId::Cgroup2 | CheckId::Load
+        )
+    }
+}
+
+impl Serialize for CheckId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Check {
-    name: &'static str,
+    name: CheckId,
     ok: bool,
     /// Whether the backend in use needs it: a failed check that is not
     /// required does not stop `ready`.
@@ -52,17 +106,17 @@ struct Check {
 }
 
 impl Check {
-    fn new(name: &'static str, ok: bool, detail: String) -> Self {
+    fn new(name: CheckId, ok: bool, detail: String) -> Self {
         Self {
             name,
             ok,
-            required: REQUIRED.contains(&name),
+            required: name.required(),
             tried: true,
             detail,
         }
     }
 
-    fn not_tried(name: &'static str, detail: String) -> Self {
+    fn not_tried(name: CheckId, detail: String) -> Self {
         Self {
             tried: false,
             ..Self::new(name, false, detail)
@@ -78,9 +132,6 @@ impl Check {
         }
     }
 }
-
-/// What every backend needs; the backend's own load is `load`.
-const REQUIRED: [&str; 4] = ["root", "btf", "cgroup2", "load"];
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -122,7 +173,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     checks.push(Check::new(
-        "root",
+        CheckId::Root,
         root,
         if root {
             "running as root".into()
@@ -131,7 +182,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         },
     ));
     let has_btf = btf::btf_present();
-    checks.push(Check::new("btf", has_btf, btf::VMLINUX_BTF.into()));
+    checks.push(Check::new(CheckId::Btf, has_btf, btf::VMLINUX_BTF.into()));
     let kernel = if has_btf {
         KernelBtf::read().ok()
     } else {
@@ -139,7 +190,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     };
     if let Some(k) = &kernel {
         checks.push(Check::new(
-            "cap_capable tracepoint",
+            CheckId::CapTracepoint,
             k.has_cap_tracepoint,
             if k.has_cap_tracepoint {
                 "present (6.14+)".into()
@@ -148,12 +199,12 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
             },
         ));
         checks.push(Check::new(
-            "cap_capable in BTF",
+            CheckId::CapCapableInBtf,
             k.has_cap_capable_func,
             "the function fexit and kprobe hook; whether they load is tried below".into(),
         ));
         checks.push(Check::new(
-            "task_struct.tgid",
+            CheckId::TaskTgid,
             k.task_tgid_offset.is_some(),
             k.task_tgid_offset.map_or(
                 "not found: forks in containers are not followed".into(),
@@ -161,7 +212,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
             ),
         ));
         checks.push(Check::new(
-            "credential offsets",
+            CheckId::CredentialOffsets,
             k.creds.is_some(),
             k.creds.map_or(
                 "not found: checks made with borrowed credentials (overlayfs copy-up) count as \
@@ -179,7 +230,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     }
     let cg2 = cgroup::cgroup2_mount();
     checks.push(Check::new(
-        "cgroup2",
+        CheckId::Cgroup2,
         cg2.is_ok(),
         match &cg2 {
             Ok(p) => p.display().to_string(),
@@ -188,7 +239,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     ));
     let bpffs = mounted("bpf");
     checks.push(Check::new(
-        "bpffs",
+        CheckId::Bpffs,
         bpffs.is_some(),
         bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()),
     ));
@@ -224,14 +275,14 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
                 // While this load's own programs are still in the kernel.
                 programs = Some(prog_stats::capprof_programs());
                 checks.push(Check::new(
-                    "load",
+                    CheckId::Load,
                     true,
                     format!("{} attached", observer.backend()),
                 ));
                 other_backends(backend, Some(&mut observer), &lsm, "")
             }
             Err(err) => {
-                checks.push(Check::new("load", false, err.to_string()));
+                checks.push(Check::new(CheckId::Load, false, err.to_string()));
                 other_backends(backend, None, &lsm, "not tried: the observer did not load")
             }
         }
@@ -241,7 +292,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         } else {
             "not tried (needs root and BTF)"
         };
-        checks.push(Check::not_tried("load", why.to_owned()));
+        checks.push(Check::not_tried(CheckId::Load, why.to_owned()));
         other_backends(backend, None, &lsm, why)
     };
     if root {
@@ -253,7 +304,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
     let missing: Vec<String> = checks
         .iter()
         .filter(|c| !c.ok && c.required && c.tried)
-        .map(|c| format!("{}: {}", c.name, c.detail))
+        .map(|c| format!("{}: {}", c.name.name(), c.detail))
         .collect();
     let report = Report {
         version: build_info::VERSION,
@@ -329,12 +380,7 @@ fn other_backends(
     ];
     let mut checks = vec![];
     for backend in all.into_iter().filter(|b| Some(*b) != used) {
-        let name = match backend {
-            Backend::TpBtf => "backend tp_btf",
-            Backend::Fexit => "backend fexit",
-            Backend::Kprobe => "backend kprobe",
-            Backend::Lsm => "bpf lsm",
-        };
+        let name = CheckId::OtherBackend(backend);
         let check = match (&mut observer, backend, lsm) {
             (_, Backend::Lsm, Err(why)) => Check::new(
                 name,
@@ -406,7 +452,7 @@ fn recursion_check(programs: Vec<LoadedProgram>) -> Check {
             )
         }
     };
-    Check::new("recursion misses", misses == 0, detail)
+    Check::new(CheckId::RecursionMisses, misses == 0, detail)
 }
 
 fn render_report(r: &Report) -> String {
@@ -428,13 +474,13 @@ fn render_report(r: &Report) -> String {
         let _ = writeln!(out, "load:     {ms} ms (load, calibrate, attach)");
     }
     for c in &r.checks {
-        let _ = writeln!(out, "  [{}] {:<24} {}", c.marker(), c.name, c.detail);
+        let _ = writeln!(out, "  [{}] {:<24} {}", c.marker(), c.name.name(), c.detail);
     }
     let _ = writeln!(out, "backends by preference:");
     for (b, since, needs) in COMPAT {
         let _ = writeln!(out, "  {b:<7} Linux {since:<5} needs {needs}");
     }
-    let loaded = r.checks.iter().any(|c| c.name == "load" && c.ok);
+    let loaded = r.checks.iter().any(|c| c.name == CheckId::Load && c.ok);
     if r.missing.is_empty() {
         let backend = r.backend.as_deref().unwrap_or("the chosen backend");
         let _ = if loaded {
@@ -453,4 +499,30 @@ fn render_report(r: &Report) -> String {
         let _ = writeln!(out, "missing: {}", r.missing.join("; "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_reads_as_its_name_and_only_the_prerequisites_are_required() {
+        let check = Check::new(CheckId::OtherBackend(Backend::Lsm), false, "x".into());
+        let json = serde_json::to_value(&check).unwrap();
+        assert_eq!(json["name"], "bpf lsm");
+        assert_eq!(json["required"], false);
+        let required: Vec<&str> = [
+            CheckId::Root,
+            CheckId::Btf,
+            CheckId::Cgroup2,
+            CheckId::Bpffs,
+            CheckId::Load,
+            CheckId::RecursionMisses,
+        ]
+        .into_iter()
+        .filter(|c| c.required())
+        .map(CheckId::name)
+        .collect();
+        assert_eq!(required, ["root", "btf", "cgroup2", "load"]);
+    }
 }

@@ -9,7 +9,7 @@ use capprof::{
     daemon::client::{DEFAULT_SOCKET, encode_segment},
     engine::short_id,
     export::{self, Format},
-    profile::Profile,
+    profile::{Profile, SubjectKind},
     table,
 };
 
@@ -194,7 +194,7 @@ fn coverage(profile: &Profile) -> String {
     let Some(coverage) = &profile.coverage else {
         return String::new();
     };
-    let unit = if profile.subject.kind == "workload" {
+    let unit = if profile.subject.kind == SubjectKind::Workload {
         "pods"
     } else {
         "profiles"

@@ -13,7 +13,7 @@ use capprof::{
     capability::Cap,
     cgroup,
     engine::{self, ContainerInfo, Engine},
-    profile::{Profile, RunSpec},
+    profile::{Profile, RunSpec, SubjectKind},
     proof::{
         Probe, ProofError, RunOptions, Workload,
         command::CommandWorkload,
@@ -140,7 +140,7 @@ pub async fn prepare(
         .or_else(|| subject.command.as_ref().map(|c| c.join(" ")))
         .or_else(|| subject.id.as_deref().map(engine::short_id))
         .map_or_else(|| path.to_owned(), |l| capprof::text::visible(&l));
-    if subject.kind == "command" {
+    if subject.kind == SubjectKind::Command {
         let argv = run.command.clone().ok_or_else(no_run)?;
         gate(path, &trust::assess_command(&argv), args.trust_run)?;
         eprint!("{}", trust::describe(verb, &run, set, None));

@@ -19,12 +19,12 @@ use capprof::{
     cgroup::{self, OwnedCgroup},
     fsutil,
     observer::{
-        Backend, Classification, Observer, Phases, events::Record, preflight, reader::EventReader,
+        Backend, Classification, Observer, Phases, WatchMode, events::Record, preflight,
+        reader::EventReader,
     },
-    profile::{self, Class, Observation, RunSpec, Subject, rfc3339},
+    profile::{self, Class, Observation, RunSpec, Subject, SubjectKind, rfc3339},
     table,
 };
-use capprof_common::check::watch;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::Error;
@@ -161,7 +161,7 @@ async fn run(
         }
         all
     });
-    observer.watch(cgroup.id(), watch::COMMAND)?;
+    observer.watch(cgroup.id(), WatchMode::Command)?;
 
     let start = SystemTime::now();
     let status = wait_child(held.release().await?, &args.command[0]).await?;
@@ -187,7 +187,7 @@ async fn run(
     observer.unwatch(cgroup.id(), &ids)?;
 
     let subject = Subject {
-        kind: "command".into(),
+        kind: SubjectKind::Command,
         cgroup: Some(cgroup.relative().to_owned()),
         command: Some(
             args.command
