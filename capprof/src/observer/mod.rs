@@ -246,6 +246,12 @@ impl Observer {
             None => vec![],
         };
         let mut phases = Phases::new(started);
+        // aya 0.14's `EbpfLoader::new` parses the kernel's BTF by itself
+        // (20-45 ms here) and has no way to be handed ours: let it do so on
+        // the other core while this thread parses what it needs.
+        let new_loader = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(EbpfLoader::new);
         let btf_data = btf::read_vmlinux()?;
         let kernel = KernelBtf::parse(&btf_data)?;
         phases.mark("kernel btf");
@@ -268,8 +274,12 @@ impl Observer {
             aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(btf::BtfError::Aya)?;
         drop(btf_data);
         phases.mark("aya btf");
-        let mut loader = EbpfLoader::new();
-        phases.mark("loader"); // EbpfLoader::new parses the BTF once more.
+        let mut loader = match new_loader.map(std::thread::JoinHandle::join) {
+            Ok(Ok(loader)) => loader,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => EbpfLoader::new(),
+        };
+        phases.mark("loader");
         loader.btf(Some(&btf));
         loader
             .override_global("CAPPROF_TGID", &tgid, true)
@@ -357,17 +367,23 @@ impl Observer {
             .set(0, config, 0)
             .map_err(map_err(names::CONFIG))?;
 
-        // The backend first. Calibration has just left the tracepoint, and
-        // the next first attach to any tracepoint waits out an RCU grace
-        // period after that (kernel/tracepoint.c, its 1->0->1 transition
-        // sync): the backend's verification lets the period pass, the process
-        // hooks' short one did not (a 6-19 ms wait here).
-        let mut attached = attach_backend(&mut ebpf, &btf, backend)?;
-        phases.mark("backend");
-        attached.extend(attach_process_hooks(&mut ebpf, &btf));
-        phases.mark("process hooks");
-        attached.extend(syscalls::attach(&mut ebpf, &btf));
-        phases.mark("syscall hooks");
+        // Every program is verified before the first attach. Calibration
+        // has just left the tracepoint, and the next first attach to any
+        // tracepoint waits out an RCU grace period after that
+        // (kernel/tracepoint.c, its 1->0->1 transition sync): the
+        // verification lets the period pass (a 6-19 ms wait otherwise).
+        let hooks: Vec<_> = PROCESS_HOOKS
+            .iter()
+            .map(|&(name, tp)| (name, Hook::TpBtf(tp)))
+            .chain(syscalls::programs())
+            .collect();
+        let mut loaded =
+            attach::load_concurrently(&mut ebpf, &btf, backend_programs(backend), &hooks);
+        phases.mark("verify");
+        let mut attached = attach_backend(&mut ebpf, &mut loaded, backend)?;
+        attached.extend(attach_process_hooks(&mut ebpf, &mut loaded));
+        attached.extend(syscalls::attach(&mut ebpf, &mut loaded));
+        phases.mark("attach");
         phases.log("load");
         let mut observer = Self {
             ebpf,
@@ -633,6 +649,28 @@ impl Symbols<'_> {
     }
 }
 
+impl Observer {
+    /// Drops the observer without waiting for its links to detach.
+    ///
+    /// Closing a classic tracepoint's perf event, the last on its event,
+    /// waits out RCU grace periods, and the kernel serializes those closes
+    /// on its `event_mutex`: `capprof run` waited 130-215 ms at exit for
+    /// its four syscall hooks (`strace -f -T`: 53, 77, 109 and 132 ms for
+    /// the four closes, started together). A forked `attach::Holder` keeps
+    /// a copy of every link's fd until this observer is gone and exits: the
+    /// last closes, and their waits, are its. The programs go on running
+    /// on maps nobody reads for that long after `capprof run` has returned,
+    /// as they would have while it waited.
+    pub fn drop_in_background(self) {
+        let holder = attach::Holder::fork(&|_, target| attach::is_link(target));
+        if holder.is_none() {
+            tracing::debug!("cannot fork a process to detach in: detaching here");
+        }
+        drop(self);
+        drop(holder);
+    }
+}
+
 impl Drop for Observer {
     /// Links that were not pinned go now, all at once rather than one by
     /// one as the object drops them (see `attach::detach_concurrently`).
@@ -702,17 +740,20 @@ fn bump_memlock_rlimit() {
     }
 }
 
+/// The process lifecycle hooks, by program and tracepoint.
+const PROCESS_HOOKS: [(&str, &str); 3] = [
+    (names::PROG_EXEC, "sched_process_exec"),
+    (names::PROG_FORK, "sched_process_fork"),
+    (names::PROG_EXIT, "sched_process_exit"),
+];
+
 /// Process lifecycle hooks for the runtime-setup/workload split. Without
 /// them container profiles would count runtime setup as the workload's, so
 /// failures are loud, but `capprof run` does not need them.
-fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
+fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::Loaded) -> Vec<Attached> {
     let mut attached = vec![];
-    for (name, tracepoint) in [
-        (names::PROG_EXEC, "sched_process_exec"),
-        (names::PROG_FORK, "sched_process_fork"),
-        (names::PROG_EXIT, "sched_process_exit"),
-    ] {
-        match attach::load_and_attach(ebpf, btf, name, Hook::TpBtf(tracepoint)) {
+    for (name, tracepoint) in PROCESS_HOOKS {
+        match attach::attach_loaded(ebpf, loaded, name, Hook::TpBtf(tracepoint)) {
             Ok(link) => attached.push(link),
             Err(err) => tracing::warn!(
                 "cannot attach {name} to {tracepoint}: {err}; runtime setup will not be told apart"
@@ -722,12 +763,28 @@ fn attach_process_hooks(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
     attached
 }
 
+/// The backend's program(s), in the order they attach.
+fn backend_programs(backend: Backend) -> &'static [(&'static str, Hook)] {
+    match backend {
+        Backend::TpBtf => &[(names::PROG_TP_BTF, Hook::TpBtf(names::TRACEPOINT_NAME))],
+        Backend::Fexit => &[(names::PROG_FEXIT, Hook::Fexit(names::HOOK_FUNCTION))],
+        // The return probe first: kprobe handlers registered later run
+        // first, so the entry probe reads the caller's return address
+        // before the kretprobe replaces it with its trampoline.
+        Backend::Kprobe => &[
+            (names::PROG_KRETPROBE, Hook::Kprobe(names::HOOK_FUNCTION)),
+            (names::PROG_KPROBE, Hook::Kprobe(names::HOOK_FUNCTION)),
+        ],
+        Backend::Lsm => &[(names::PROG_LSM, Hook::Lsm(names::LSM_HOOK))],
+    }
+}
+
 /// Attaches the backend's program(s). A kernel that refuses fexit, kprobe
 /// or lsm lacks the backend (exit 2); the tracepoint was already checked in
 /// BTF, so its refusal is a capprof bug.
 fn attach_backend(
     ebpf: &mut Ebpf,
-    btf: &aya::Btf,
+    loaded: &mut attach::Loaded,
     backend: Backend,
 ) -> Result<Vec<Attached>, ObserverError> {
     let unavailable = |e: AttachError| match e {
@@ -739,21 +796,9 @@ fn attach_backend(
         }
         e => ObserverError::Attach(e),
     };
-    let programs: &[(&'static str, Hook)] = match backend {
-        Backend::TpBtf => &[(names::PROG_TP_BTF, Hook::TpBtf(names::TRACEPOINT_NAME))],
-        Backend::Fexit => &[(names::PROG_FEXIT, Hook::Fexit(names::HOOK_FUNCTION))],
-        // The return probe first: kprobe handlers registered later run
-        // first, so the entry probe reads the caller's return address
-        // before the kretprobe replaces it with its trampoline.
-        Backend::Kprobe => &[
-            (names::PROG_KRETPROBE, Hook::Kprobe(names::HOOK_FUNCTION)),
-            (names::PROG_KPROBE, Hook::Kprobe(names::HOOK_FUNCTION)),
-        ],
-        Backend::Lsm => &[(names::PROG_LSM, Hook::Lsm(names::LSM_HOOK))],
-    };
-    programs
+    backend_programs(backend)
         .iter()
-        .map(|&(name, hook)| attach::load_and_attach(ebpf, btf, name, hook).map_err(unavailable))
+        .map(|&(name, hook)| attach::attach_loaded(ebpf, loaded, name, hook).map_err(unavailable))
         .collect()
 }
 

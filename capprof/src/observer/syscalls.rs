@@ -26,14 +26,25 @@ fn unseen(program: &str) -> &'static str {
     }
 }
 
-/// Loads and attaches every syscall hook it can, and returns their links
-/// (to pin, or to drop with `ebpf`). A hook that cannot attach is warned
-/// about and left out.
-pub fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Vec<Attached> {
+/// The hook of the syscall tracepoint `tracepoint`.
+fn hook(tracepoint: &'static str) -> Hook {
+    Hook::TracePoint(names::SYSCALLS_CATEGORY, tracepoint)
+}
+
+/// Every syscall hook's program and hook, to load.
+pub fn programs() -> impl Iterator<Item = (&'static str, Hook)> {
+    names::SYSCALL_HOOKS
+        .iter()
+        .map(|&(program, tracepoint)| (program, hook(tracepoint)))
+}
+
+/// Attaches every syscall hook that loaded, and returns their links (to
+/// pin, or to drop with `ebpf`). A hook that cannot load or attach is
+/// warned about and left out.
+pub fn attach(ebpf: &mut Ebpf, loaded: &mut attach::Loaded) -> Vec<Attached> {
     let mut attached = vec![];
     for &(program, tracepoint) in names::SYSCALL_HOOKS {
-        let hook = Hook::TracePoint(names::SYSCALLS_CATEGORY, tracepoint);
-        match attach::load_and_attach(ebpf, btf, program, hook) {
+        match attach::attach_loaded(ebpf, loaded, program, hook(tracepoint)) {
             Ok(link) => attached.push(link),
             Err(err) => tracing::warn!(
                 "cannot attach {program} to {}:{tracepoint} ({}); {} will not be seen",

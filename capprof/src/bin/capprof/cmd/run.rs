@@ -232,7 +232,7 @@ async fn run(
         (None, OutputFormat::Table) => {}
     }
     phases.mark("profile");
-    drop(observer);
+    observer.drop_in_background();
     phases.mark("detach");
     phases.log("run");
     Ok(exit_code(status))
