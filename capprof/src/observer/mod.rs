@@ -661,10 +661,13 @@ impl Observer {
     /// last closes, and their waits, are its. The programs go on running
     /// on maps nobody reads for that long after `capprof run` has returned,
     /// as they would have while it waited.
-    pub fn drop_in_background(self) {
+    pub fn drop_in_background(mut self) {
         let holder = attach::Holder::fork(&|_, target| attach::is_link(target));
-        if holder.is_none() {
-            tracing::debug!("cannot fork a process to detach in: detaching here");
+        match holder {
+            // Each close is now only ours: no need for `Drop`'s threads,
+            // the object closes its links in turn.
+            Some(_) => self.attached.clear(),
+            None => tracing::debug!("cannot fork a process to detach in: detaching here"),
         }
         drop(self);
         drop(holder);
