@@ -58,7 +58,7 @@ pub struct StableEvidence {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Row {
+pub struct DiffRow {
     /// `CAP_NET_RAW:required`: NEW's class, else BASELINE's.
     pub key: String,
     pub capability: Cap,
@@ -84,7 +84,7 @@ pub struct Diff {
     pub regressions: Vec<Cap>,
     pub could_drop: Vec<Cap>,
     /// Every capability either profile saw, by number.
-    pub rows: Vec<Row>,
+    pub rows: Vec<DiffRow>,
     /// What limits the comparison (a blind backend, an empty observation).
     pub notes: Vec<String>,
 }
@@ -172,7 +172,7 @@ pub fn diff(baseline_name: &str, baseline: &Profile, new_name: &str, new: &Profi
         };
         let class_of = |u: &Option<CapUsage>| u.as_ref().map(|u| u.class.as_str().to_owned());
         let key_class = class_of(&after).or_else(|| class_of(&before));
-        rows.push(Row {
+        rows.push(DiffRow {
             key: format!("{cap}:{}", key_class.clone().unwrap_or_default()),
             capability: cap,
             baseline: class_of(&before),

@@ -34,7 +34,7 @@ use serde::Serialize;
 /// Who made a cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Runtime {
+pub enum CgroupCreator {
     Docker,
     /// containerd itself or its CRI plugin (Kubernetes).
     Containerd,
@@ -45,20 +45,20 @@ pub enum Runtime {
     Systemd,
 }
 
-impl Runtime {
+impl CgroupCreator {
     pub fn as_str(self) -> &'static str {
         match self {
-            Runtime::Docker => "docker",
-            Runtime::Containerd => "containerd",
-            Runtime::Crio => "crio",
-            Runtime::Podman => "podman",
-            Runtime::Lxc => "lxc",
-            Runtime::Systemd => "systemd",
+            CgroupCreator::Docker => "docker",
+            CgroupCreator::Containerd => "containerd",
+            CgroupCreator::Crio => "crio",
+            CgroupCreator::Podman => "podman",
+            CgroupCreator::Lxc => "lxc",
+            CgroupCreator::Systemd => "systemd",
         }
     }
 }
 
-impl fmt::Display for Runtime {
+impl fmt::Display for CgroupCreator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -67,7 +67,7 @@ impl fmt::Display for Runtime {
 /// The workload a cgroup belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Attribution {
-    pub runtime: Runtime,
+    pub runtime: CgroupCreator,
     /// The full container id (64 hex digits), the LXC container's name, or
     /// the systemd unit (`nginx.service`).
     pub id: String,
@@ -80,7 +80,7 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    fn new(runtime: Runtime, id: &str) -> Self {
+    fn new(runtime: CgroupCreator, id: &str) -> Self {
         Self {
             runtime,
             id: id.to_owned(),
@@ -173,7 +173,7 @@ pub fn attribute(cgroup_path: &str) -> Option<Attribution> {
         .iter()
         .rev()
         .find(|c| is_service_unit(c))
-        .map(|unit| Attribution::new(Runtime::Systemd, unit))
+        .map(|unit| Attribution::new(CgroupCreator::Systemd, unit))
 }
 
 /// The forms that only exist at the top of the hierarchy.
@@ -186,11 +186,11 @@ fn top_level(comps: &[&str]) -> Step {
     if first == "docker" {
         return second
             .filter(|id| is_hex64(id))
-            .map_or(Step::Next, |id| found(Runtime::Docker, id));
+            .map_or(Step::Next, |id| found(CgroupCreator::Docker, id));
     }
     if let Some(name) = first.strip_prefix("lxc.payload.") {
         return if is_lxc_name(name) {
-            found(Runtime::Lxc, name)
+            found(CgroupCreator::Lxc, name)
         } else {
             Step::Next
         };
@@ -201,11 +201,11 @@ fn top_level(comps: &[&str]) -> Step {
     if first == "lxc" {
         return second
             .filter(|n| is_lxc_name(n))
-            .map_or(Step::Next, |n| found(Runtime::Lxc, n));
+            .map_or(Step::Next, |n| found(CgroupCreator::Lxc, n));
     }
     match second {
         Some(id) if is_hex64(id) && is_containerd_namespace(first) => {
-            let mut found = Attribution::new(Runtime::Containerd, id);
+            let mut found = Attribution::new(CgroupCreator::Containerd, id);
             found.namespace = Some(first.to_owned());
             Step::Found(found)
         }
@@ -225,20 +225,20 @@ fn container(comp: &str, pod: Option<&str>, kube_pod: bool) -> Step {
     let hex = |prefix: &str| name.strip_prefix(prefix).filter(|id| is_hex64(id));
     let found = if let Some(id) = hex("docker-").filter(|_| scope) {
         // Docker's systemd driver; under a kubepods slice, cri-dockerd.
-        Attribution::new(Runtime::Docker, id).in_pod(pod)
+        Attribution::new(CgroupCreator::Docker, id).in_pod(pod)
     } else if let Some(id) = hex("cri-containerd-").filter(|_| scope) {
-        Attribution::new(Runtime::Containerd, id).in_pod(pod)
+        Attribution::new(CgroupCreator::Containerd, id).in_pod(pod)
     } else if let Some(id) = hex("crio-") {
-        Attribution::new(Runtime::Crio, id).in_pod(pod)
+        Attribution::new(CgroupCreator::Crio, id).in_pod(pod)
     } else if let Some(id) = hex("libpod-payload-").filter(|_| !scope) {
-        Attribution::new(Runtime::Podman, id)
+        Attribution::new(CgroupCreator::Podman, id)
     } else if let Some(id) = hex("libpod-") {
-        Attribution::new(Runtime::Podman, id).in_pod(pod)
+        Attribution::new(CgroupCreator::Podman, id).in_pod(pod)
     } else if kube_pod && !scope && is_hex64(comp) {
         // kubelet's cgroupfs driver names the container by its bare id.
         // containerd is the CRI runtime that does this today (cri-dockerd
         // on cgroupfs does too, and is reported as containerd).
-        Attribution::new(Runtime::Containerd, comp).in_pod(pod)
+        Attribution::new(CgroupCreator::Containerd, comp).in_pod(pod)
     } else {
         return Step::Next;
     };
@@ -315,7 +315,7 @@ mod tests {
     const POD_: &str = "d3b07384_d113_4ec5_a9f4_0b3f4e6c1a2b";
 
     fn expect(
-        runtime: Runtime,
+        runtime: CgroupCreator,
         id: &str,
         pod: Option<&str>,
         ns: Option<&str>,
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn attributes_real_paths() {
-        use Runtime::*;
+        use CgroupCreator::*;
         let rows: Vec<(String, Option<Attribution>)> = vec![
             // Docker.
             (format!("/docker/{ID}"), expect(Docker, ID, None, None)),
@@ -544,12 +544,12 @@ mod tests {
         assert_eq!(json["namespace"], "k8s.io");
         assert!(json.get("pod_uid").is_none());
         for (rt, name) in [
-            (Runtime::Docker, "docker"),
-            (Runtime::Containerd, "containerd"),
-            (Runtime::Crio, "crio"),
-            (Runtime::Podman, "podman"),
-            (Runtime::Lxc, "lxc"),
-            (Runtime::Systemd, "systemd"),
+            (CgroupCreator::Docker, "docker"),
+            (CgroupCreator::Containerd, "containerd"),
+            (CgroupCreator::Crio, "crio"),
+            (CgroupCreator::Podman, "podman"),
+            (CgroupCreator::Lxc, "lxc"),
+            (CgroupCreator::Systemd, "systemd"),
         ] {
             assert_eq!(rt.to_string(), name);
             assert_eq!(serde_json::to_value(rt).unwrap(), name);

@@ -17,7 +17,7 @@ pub use capprof_profile::conditional::*;
 use crate::{
     capability::Cap,
     observer::{
-        events::{Record, comm_str},
+        events::{RingEvent, comm_str},
         reader::Received,
     },
 };
@@ -29,9 +29,9 @@ pub fn from_records(received: &[Received]) -> Findings {
     let mut outcomes = vec![];
     for r in received {
         match r.record {
-            Record::Conditional(e) => conditional.extend(conditional_of(&e, r.exe.clone())),
-            Record::Capset(e) => capsets.push((e, r.exe.clone())),
-            Record::CapsetExec(e) => outcomes.push(e),
+            RingEvent::Conditional(e) => conditional.extend(conditional_of(&e, r.exe.clone())),
+            RingEvent::Capset(e) => capsets.push((e, r.exe.clone())),
+            RingEvent::CapsetExec(e) => outcomes.push(e),
             _ => {}
         }
     }

@@ -66,7 +66,7 @@ pub struct FileCap {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Sysctl {
+pub struct SysctlAdvice {
     pub capability: Cap,
     pub sysctl: &'static str,
     pub advice: &'static str,
@@ -83,7 +83,7 @@ pub struct Delivery {
     pub why: String,
     pub file_caps: Vec<FileCap>,
     /// Namespaced sysctls that make a capability unnecessary.
-    pub sysctls: Vec<Sysctl>,
+    pub sysctls: Vec<SysctlAdvice>,
 }
 
 /// `setcap cap_a,cap_b+ep PATH`, or with `"$(command -v NAME)"` when only
@@ -241,17 +241,17 @@ fn known_paths_first(
     out
 }
 
-fn sysctls(allow: &BTreeSet<Cap>) -> Vec<Sysctl> {
+fn sysctls(allow: &BTreeSet<Cap>) -> Vec<SysctlAdvice> {
     let mut out = vec![];
     for cap in allow {
         match cap.short_name() {
-            "NET_BIND_SERVICE" => out.push(Sysctl {
+            "NET_BIND_SERVICE" => out.push(SysctlAdvice {
                 capability: *cap,
                 sysctl: "net.ipv4.ip_unprivileged_port_start",
                 advice: "set it to the lowest port the workload binds (a safe sysctl in Kubernetes, allowed \
                          by every Pod Security level) and drop NET_BIND_SERVICE",
             }),
-            "NET_RAW" => out.push(Sysctl {
+            "NET_RAW" => out.push(SysctlAdvice {
                 capability: *cap,
                 sysctl: "net.ipv4.ping_group_range",
                 advice: "if NET_RAW is only for ping (ICMP echo), a range holding the workload's gid lets it \

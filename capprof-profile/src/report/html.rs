@@ -402,7 +402,7 @@ fn model(out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{super::phase::Phase, *};
+    use super::{super::phase::WhenUsed, *};
 
     #[test]
     fn escapes_markup_quotes_and_controls() {
@@ -420,6 +420,6 @@ mod tests {
 
     #[test]
     fn phase_labels_are_what_the_page_says() {
-        assert_eq!(Phase::StartupOnly.label(), "start-up only");
+        assert_eq!(WhenUsed::StartupOnly.label(), "start-up only");
     }
 }

@@ -76,7 +76,7 @@ pub struct Cell {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Row {
+pub struct MatrixRow {
     pub label: String,
     /// One per column; `None` where the capability was not seen.
     pub cells: Vec<Option<Cell>>,
@@ -86,7 +86,7 @@ pub struct Row {
 pub struct Matrix {
     /// The columns: every capability some profile saw, by number.
     pub capabilities: Vec<Cap>,
-    pub rows: Vec<Row>,
+    pub rows: Vec<MatrixRow>,
 }
 
 /// The cells of one profile: its workload capabilities under their class,
@@ -175,7 +175,7 @@ pub fn matrix<'a>(profiles: impl Iterator<Item = (&'a str, &'a Profile)>) -> Mat
                 .iter()
                 .map(|cap| iter.next_if(|(c, _)| c == cap).map(|(_, cell)| cell))
                 .collect();
-            Row { label, cells }
+            MatrixRow { label, cells }
         })
         .collect();
     Matrix { capabilities, rows }

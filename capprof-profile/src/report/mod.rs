@@ -96,7 +96,7 @@ pub struct CapRow {
     pub class: Option<String>,
     pub checks: u64,
     pub by_class: BTreeMap<String, u64>,
-    pub phase: phase::Phase,
+    pub phase: phase::WhenUsed,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
     /// `(seen_in, of)` for a merged profile.
@@ -298,7 +298,7 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
                 phase: if usage.is_some() {
                     phases.of(cap)
                 } else {
-                    phase::Phase::Unknown
+                    phase::WhenUsed::Unknown
                 },
                 first_seen: usage.map(|u| u.first_seen.clone()),
                 last_seen: usage.map(|u| u.last_seen.clone()),
@@ -311,7 +311,7 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
         .allowlist
         .iter()
         .copied()
-        .filter(|c| phases.of(*c) == phase::Phase::StartupOnly)
+        .filter(|c| phases.of(*c) == phase::WhenUsed::StartupOnly)
         .collect();
     let started_with = profile.subject.capabilities.clone().filter(|caps| {
         let mut sorted = caps.clone();

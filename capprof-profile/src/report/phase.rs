@@ -29,18 +29,18 @@ use crate::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Phase {
+pub enum WhenUsed {
     StartupOnly,
     Steady,
     Unknown,
 }
 
-impl Phase {
+impl WhenUsed {
     pub fn label(self) -> &'static str {
         match self {
-            Phase::StartupOnly => "start-up only",
-            Phase::Steady => "steady",
-            Phase::Unknown => "unknown",
+            WhenUsed::StartupOnly => "start-up only",
+            WhenUsed::Steady => "steady",
+            WhenUsed::Unknown => "unknown",
         }
     }
 }
@@ -50,15 +50,15 @@ impl Phase {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Phases {
     pub window_seconds: u64,
-    pub by_cap: BTreeMap<Cap, Phase>,
+    pub by_cap: BTreeMap<Cap, WhenUsed>,
     /// Set when the rule could not apply to this profile at all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_because: Option<String>,
 }
 
 impl Phases {
-    pub fn of(&self, cap: Cap) -> Phase {
-        self.by_cap.get(&cap).copied().unwrap_or(Phase::Unknown)
+    pub fn of(&self, cap: Cap) -> WhenUsed {
+        self.by_cap.get(&cap).copied().unwrap_or(WhenUsed::Unknown)
     }
 }
 
@@ -72,7 +72,7 @@ pub fn phases(profile: &Profile, window: Duration) -> Phases {
         by_cap: profile
             .capabilities
             .iter()
-            .map(|u| (u.name, Phase::Unknown))
+            .map(|u| (u.name, WhenUsed::Unknown))
             .collect(),
         unknown_because: None,
     };
@@ -100,10 +100,10 @@ pub fn phases(profile: &Profile, window: Duration) -> Phases {
     for usage in &profile.capabilities {
         let phase = match parse(&usage.last_seen) {
             Some(last) if last.duration_since(start).unwrap_or_default() <= window => {
-                Phase::StartupOnly
+                WhenUsed::StartupOnly
             }
-            Some(_) => Phase::Steady,
-            None => Phase::Unknown,
+            Some(_) => WhenUsed::Steady,
+            None => WhenUsed::Unknown,
         };
         out.by_cap.insert(usage.name, phase);
     }
@@ -172,25 +172,25 @@ mod tests {
         let p = profile("command", false, 40, &checks);
         let phases = phases(&p, Duration::from_secs(10));
         assert_eq!(phases.unknown_because, None);
-        assert_eq!(phases.of(cap("CHOWN")), Phase::StartupOnly);
+        assert_eq!(phases.of(cap("CHOWN")), WhenUsed::StartupOnly);
         assert_eq!(
             phases.of(cap("SETUID")),
-            Phase::StartupOnly,
+            WhenUsed::StartupOnly,
             "the window's edge is in"
         );
-        assert_eq!(phases.of(cap("KILL")), Phase::Steady);
-        assert_eq!(phases.of(cap("MKNOD")), Phase::Steady);
-        assert_eq!(phases.of(cap("NET_RAW")), Phase::Unknown, "not seen");
+        assert_eq!(phases.of(cap("KILL")), WhenUsed::Steady);
+        assert_eq!(phases.of(cap("MKNOD")), WhenUsed::Steady);
+        assert_eq!(phases.of(cap("NET_RAW")), WhenUsed::Unknown, "not seen");
 
         // 19 s is less than twice the window: nothing can be said.
         let short = profile("command", false, 19, &checks);
         let phases = super::phases(&short, Duration::from_secs(10));
-        assert_eq!(phases.of(cap("CHOWN")), Phase::Unknown);
+        assert_eq!(phases.of(cap("CHOWN")), WhenUsed::Unknown);
         assert!(phases.unknown_because.unwrap().contains("less than twice"));
         // A shorter window decides it.
         let phases = super::phases(&short, Duration::from_secs(5));
-        assert_eq!(phases.of(cap("CHOWN")), Phase::StartupOnly);
-        assert_eq!(phases.of(cap("SETUID")), Phase::Steady);
+        assert_eq!(phases.of(cap("CHOWN")), WhenUsed::StartupOnly);
+        assert_eq!(phases.of(cap("SETUID")), WhenUsed::Steady);
     }
 
     #[test]
@@ -198,15 +198,15 @@ mod tests {
         let checks = [("CHOWN", 1, 1)];
         let late = profile("container", false, 60, &checks);
         let phases = phases(&late, Duration::from_secs(10));
-        assert_eq!(phases.of(cap("CHOWN")), Phase::Unknown);
+        assert_eq!(phases.of(cap("CHOWN")), WhenUsed::Unknown);
         assert!(phases.unknown_because.unwrap().contains("already running"));
         let from_start = profile("container", true, 60, &checks);
         let phases = super::phases(&from_start, Duration::from_secs(10));
-        assert_eq!(phases.of(cap("CHOWN")), Phase::StartupOnly);
+        assert_eq!(phases.of(cap("CHOWN")), WhenUsed::StartupOnly);
 
         let mut no_times = from_start.clone();
         no_times.observation.start.clear();
         let phases = super::phases(&no_times, Duration::from_secs(10));
-        assert_eq!(phases.of(cap("CHOWN")), Phase::Unknown);
+        assert_eq!(phases.of(cap("CHOWN")), WhenUsed::Unknown);
     }
 }

@@ -12,7 +12,7 @@ fn comm(s: &str) -> [u8; 16] {
 
 fn bind(port: u16, start: u32, name: &str) -> Received {
     Received {
-        record: Record::Conditional(ConditionalEvent {
+        record: RingEvent::Conditional(ConditionalEvent {
             event: EVENT_CONDITIONAL,
             operation: operation::BIND,
             cgroup_id: 7,
@@ -36,7 +36,7 @@ fn bind(port: u16, start: u32, name: &str) -> Received {
 
 fn ping(family: u16, egid: u32, range: [u32; 2]) -> Received {
     Received {
-        record: Record::Conditional(ConditionalEvent {
+        record: RingEvent::Conditional(ConditionalEvent {
             event: EVENT_CONDITIONAL,
             operation: operation::ICMP_SOCKET,
             cgroup_id: 7,
@@ -60,7 +60,7 @@ fn ping(family: u16, egid: u32, range: [u32; 2]) -> Received {
 
 fn capset(old: (u64, u64), new: (u64, u64)) -> Received {
     Received {
-        record: Record::Capset(CapsetEvent {
+        record: RingEvent::Capset(CapsetEvent {
             event: EVENT_CAPSET,
             tgid: 44,
             cgroup_id: 7,
@@ -83,7 +83,7 @@ fn capset(old: (u64, u64), new: (u64, u64)) -> Received {
 /// Process `tgid`'s exec, which left it `permitted` of `raised`.
 fn exec_of(tgid: u32, raised: u64, permitted: u64, ts_ns: u64) -> Received {
     Received {
-        record: Record::CapsetExec(CapsetExecEvent {
+        record: RingEvent::CapsetExec(CapsetExecEvent {
             event: EVENT_CAPSET_EXEC,
             tgid,
             cgroup_id: 7,
@@ -273,7 +273,7 @@ fn what_the_next_exec_loses_is_transient() {
 #[test]
 fn a_bind_without_the_capability_is_marked() {
     let mut lacking = bind(53, 0, "pdns_server");
-    if let Record::Conditional(e) = &mut lacking.record {
+    if let RingEvent::Conditional(e) = &mut lacking.record {
         e.held = held::NO;
         e.uid = 106;
     }
@@ -282,7 +282,7 @@ fn a_bind_without_the_capability_is_marked() {
     let holding = conditional_of_received(&bind(53, 0, "pdns_server"));
     assert!(!holding.without_capability);
     let mut unknown = bind(53, 0, "pdns_server");
-    if let Record::Conditional(e) = &mut unknown.record {
+    if let RingEvent::Conditional(e) = &mut unknown.record {
         e.held = held::UNKNOWN;
     }
     assert!(
@@ -296,7 +296,7 @@ fn a_bind_without_the_capability_is_marked() {
 
 fn conditional_of_received(r: &Received) -> Conditional {
     match &r.record {
-        Record::Conditional(e) => conditional_of(e, r.exe.clone()).expect("a known operation"),
+        RingEvent::Conditional(e) => conditional_of(e, r.exe.clone()).expect("a known operation"),
         _ => unreachable!("a conditional record"),
     }
 }

@@ -138,7 +138,7 @@ mod tests {
             format!("/kubepods/besteffort/pod{uid}/crio-{id}/sub"),
         ] {
             let a = crate::attribution::attribute(&path).unwrap();
-            assert_eq!(a.runtime, crate::attribution::Runtime::Crio, "{path}");
+            assert_eq!(a.runtime, crate::attribution::CgroupCreator::Crio, "{path}");
             assert_eq!(a.id, id);
             assert_eq!(a.pod_uid.as_deref(), Some(uid));
         }

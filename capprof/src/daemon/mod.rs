@@ -152,7 +152,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     }
     // Until the daemon is up, a failure removes the pins this run made:
     // nothing is left attached behind a daemon that never started.
-    let mut pins = crate::observer::pin::Cleanup {
+    let mut pins = crate::observer::pin::PinGuard {
         dir: (!observer.reused_pins()).then(|| crate::observer::pin::pin_dir(&config.bpffs)),
     };
 

@@ -13,7 +13,7 @@ pub use capprof_profile::observation::{Count, Kind, Phase, Sighting, UserNs, Ver
 
 use super::{
     Observer, ObserverError,
-    events::{Record, comm_str},
+    events::{RingEvent, comm_str},
     map_err,
     reader::Received,
 };
@@ -120,7 +120,7 @@ impl Observer {
     /// Decodes an evidence record; None for any other record, or one whose
     /// capability this build does not know.
     pub fn sighting(&self, received: &Received) -> Option<Sighting> {
-        let Record::Evidence(e) = received.record else {
+        let RingEvent::Evidence(e) = received.record else {
             return None;
         };
         let site = if e.outer_site != 0 {

@@ -8,7 +8,7 @@ use capprof_common::event::{
 };
 
 #[derive(Debug, Clone, Copy)]
-pub enum Record {
+pub enum RingEvent {
     Evidence(EvidenceEvent),
     Cgroup(CgroupEvent),
     Exec(ExecEvent),
@@ -17,42 +17,42 @@ pub enum Record {
     CapsetExec(CapsetExecEvent),
 }
 
-impl Record {
+impl RingEvent {
     /// The process a record names, for those that go into a profile with
     /// their program (`Received::exe`).
     pub fn profiled_tgid(&self) -> Option<u32> {
         match self {
-            Record::Evidence(e) => Some(e.tgid),
-            Record::Conditional(c) => Some(c.tgid),
-            Record::Capset(c) => Some(c.tgid),
-            Record::CapsetExec(c) => Some(c.tgid),
-            Record::Cgroup(_) | Record::Exec(_) => None,
+            RingEvent::Evidence(e) => Some(e.tgid),
+            RingEvent::Conditional(c) => Some(c.tgid),
+            RingEvent::Capset(c) => Some(c.tgid),
+            RingEvent::CapsetExec(c) => Some(c.tgid),
+            RingEvent::Cgroup(_) | RingEvent::Exec(_) => None,
         }
     }
 
     /// The cgroup of a record that goes into a profile.
     pub fn profiled_cgroup(&self) -> Option<u64> {
         match self {
-            Record::Evidence(e) => Some(e.cgroup_id),
-            Record::Conditional(c) => Some(c.cgroup_id),
-            Record::Capset(c) => Some(c.cgroup_id),
-            Record::CapsetExec(c) => Some(c.cgroup_id),
-            Record::Cgroup(_) | Record::Exec(_) => None,
+            RingEvent::Evidence(e) => Some(e.cgroup_id),
+            RingEvent::Conditional(c) => Some(c.cgroup_id),
+            RingEvent::Capset(c) => Some(c.cgroup_id),
+            RingEvent::CapsetExec(c) => Some(c.cgroup_id),
+            RingEvent::Cgroup(_) | RingEvent::Exec(_) => None,
         }
     }
 }
 
 /// Decodes one record; None for a record this build does not know or one
 /// that is too short (never trust sizes).
-pub fn decode(bytes: &[u8]) -> Option<Record> {
+pub fn decode(bytes: &[u8]) -> Option<RingEvent> {
     let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
     match kind {
-        EVENT_EVIDENCE => read::<EvidenceEvent>(bytes).map(Record::Evidence),
-        EVENT_CGROUP => read::<CgroupEvent>(bytes).map(Record::Cgroup),
-        EVENT_EXEC => read::<ExecEvent>(bytes).map(Record::Exec),
-        EVENT_CONDITIONAL => read::<ConditionalEvent>(bytes).map(Record::Conditional),
-        EVENT_CAPSET => read::<CapsetEvent>(bytes).map(Record::Capset),
-        EVENT_CAPSET_EXEC => read::<CapsetExecEvent>(bytes).map(Record::CapsetExec),
+        EVENT_EVIDENCE => read::<EvidenceEvent>(bytes).map(RingEvent::Evidence),
+        EVENT_CGROUP => read::<CgroupEvent>(bytes).map(RingEvent::Cgroup),
+        EVENT_EXEC => read::<ExecEvent>(bytes).map(RingEvent::Exec),
+        EVENT_CONDITIONAL => read::<ConditionalEvent>(bytes).map(RingEvent::Conditional),
+        EVENT_CAPSET => read::<CapsetEvent>(bytes).map(RingEvent::Capset),
+        EVENT_CAPSET_EXEC => read::<CapsetExecEvent>(bytes).map(RingEvent::CapsetExec),
         _ => None,
     }
 }
@@ -96,7 +96,7 @@ mod tests {
             std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<CgroupEvent>())
         };
         match decode(bytes) {
-            Some(Record::Cgroup(c)) => {
+            Some(RingEvent::Cgroup(c)) => {
                 assert_eq!(c.cgroup_id, 42);
                 assert_eq!(comm_str(&c.comm), "sh");
                 assert_eq!(cstr(&c.name), "abc123");

@@ -235,7 +235,7 @@ impl Observer {
             None => None,
         };
         // Pins this load makes are removed again if it fails.
-        let mut cleanup = pin::Cleanup {
+        let mut cleanup = pin::PinGuard {
             dir: pin_dir.clone().filter(|_| !reused_pins),
         };
         let map_pins: Vec<(&'static str, std::path::PathBuf)> = match &pin_dir {

@@ -277,11 +277,11 @@ fn mismatch(info: &MapInfo, def: &aya_obj::Map) -> Option<String> {
 /// Removes the pin directory when dropped, unless disarmed (`dir: None`):
 /// a load or a daemon that fails leaves no pin behind it.
 #[derive(Debug)]
-pub struct Cleanup {
+pub struct PinGuard {
     pub dir: Option<PathBuf>,
 }
 
-impl Drop for Cleanup {
+impl Drop for PinGuard {
     fn drop(&mut self) {
         if let Some(dir) = &self.dir
             && let Err(e) = reset(dir)

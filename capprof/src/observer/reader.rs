@@ -17,7 +17,7 @@ use tokio::{
 
 use super::{
     Observer, ObserverError,
-    events::{Record, cstr, decode},
+    events::{RingEvent, cstr, decode},
 };
 
 /// How many decoded records may wait for their consumer.
@@ -62,7 +62,7 @@ impl EventReader {
 /// A record, and what could only be learned while its process lived.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub record: Record,
+    pub record: RingEvent,
     /// For evidence: the executable, from the kernel's exec record, else
     /// from /proc/PID/exe.
     pub exe: Option<String>,
@@ -82,9 +82,9 @@ impl ExeNames {
         Some(self.named(record))
     }
 
-    fn named(&mut self, record: Record) -> Received {
+    fn named(&mut self, record: RingEvent) -> Received {
         let exe = match record {
-            Record::Exec(e) => {
+            RingEvent::Exec(e) => {
                 let name = cstr(&e.filename);
                 if !name.is_empty() {
                     if self.0.len() > 65536 {
@@ -119,9 +119,19 @@ impl Backlogs {
     /// never sent twice.
     fn drain(&mut self, names: &mut ExeNames) -> Vec<Received> {
         let mut out = vec![];
-        drain_one(&mut self.conditional, Record::Conditional, names, &mut out);
-        drain_one(&mut self.capset, Record::Capset, names, &mut out);
-        drain_one(&mut self.capset_exec, Record::CapsetExec, names, &mut out);
+        drain_one(
+            &mut self.conditional,
+            RingEvent::Conditional,
+            names,
+            &mut out,
+        );
+        drain_one(&mut self.capset, RingEvent::Capset, names, &mut out);
+        drain_one(
+            &mut self.capset_exec,
+            RingEvent::CapsetExec,
+            names,
+            &mut out,
+        );
         out
     }
 }
@@ -129,7 +139,7 @@ impl Backlogs {
 /// Takes every record out of one backlog, as `wrap` makes it a record.
 fn drain_one<T: aya::Pod>(
     map: &mut BpfHashMap<MapData, OperationKey, T>,
-    wrap: fn(T) -> Record,
+    wrap: fn(T) -> RingEvent,
     names: &mut ExeNames,
     out: &mut Vec<Received>,
 ) {

@@ -3,7 +3,7 @@
 //! privileged, and everything else as the profile's `subject.run` says.
 //!
 //! Every container capprof creates carries the label [`LABEL`], whose
-//! value names the capprof process that made it. [`Cleanup`] removes them
+//! value names the capprof process that made it. [`ContainerCleanup`] removes them
 //! after each run, and once more on every way out (a failed probe, an
 //! engine error, Ctrl-C), by the label, so that a create whose reply was
 //! lost is not left behind either.
@@ -51,12 +51,12 @@ const PROBE_ATTEMPT: Duration = Duration::from_secs(10);
 
 /// Removes what this capprof created, on every way out.
 #[derive(Clone)]
-pub struct Cleanup {
+pub struct ContainerCleanup {
     engine: Arc<Engine>,
     owner: String,
 }
 
-impl Cleanup {
+impl ContainerCleanup {
     pub fn new(engine: Arc<Engine>) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -107,7 +107,7 @@ pub struct ContainerWorkload {
     spec: RunSpec,
     options: RunOptions,
     mount: PathBuf,
-    cleanup: Cleanup,
+    cleanup: ContainerCleanup,
     runs: u32,
 }
 
@@ -119,7 +119,7 @@ impl ContainerWorkload {
         spec: RunSpec,
         options: RunOptions,
         mount: PathBuf,
-        cleanup: Cleanup,
+        cleanup: ContainerCleanup,
     ) -> Self {
         Self {
             engine,

@@ -20,7 +20,7 @@
 //! want of the capability never shows in a baseline run, so it stays.
 //! A run still inconclusive is run again, up to `EXTRA_RUNS` more times
 //! per capability. Only if every extra run is inconclusive too is the
-//! capability kept, and then it says so (`Verdict::Inconclusive`), not
+//! capability kept, and then it says so (`Ablation::Inconclusive`), not
 //! that it is needed.
 //!
 //! `minimize` removes capabilities one at a time, each for good once its
@@ -40,7 +40,7 @@ pub const EXTRA_RUNS: u32 = 3;
 
 /// What taking one capability away did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Ablation {
     /// A run failed without it.
     Needed(String),
     /// Every run passed without it, but a process ended up more privileged
@@ -56,31 +56,31 @@ pub enum Verdict {
     SecurityRelevant,
 }
 
-impl Verdict {
+impl Ablation {
     pub fn keeps(&self) -> bool {
-        !matches!(self, Verdict::Unneeded)
+        !matches!(self, Ablation::Unneeded)
     }
 
     pub fn label(&self) -> &'static str {
         match self {
-            Verdict::Needed(_) => "needed",
-            Verdict::Identity(_) => "needed (identity)",
-            Verdict::Inconclusive(_) => "kept (inconclusive)",
-            Verdict::Unneeded => "unneeded",
-            Verdict::SecurityRelevant => "kept (security-relevant)",
+            Ablation::Needed(_) => "needed",
+            Ablation::Identity(_) => "needed (identity)",
+            Ablation::Inconclusive(_) => "kept (inconclusive)",
+            Ablation::Unneeded => "unneeded",
+            Ablation::SecurityRelevant => "kept (security-relevant)",
         }
     }
 
     /// Why, in a few words.
     pub fn reason(&self) -> String {
         match self {
-            Verdict::Needed(why) => why.clone(),
-            Verdict::Identity(drifts) => drifts
+            Ablation::Needed(why) => why.clone(),
+            Ablation::Identity(drifts) => drifts
                 .iter()
                 .map(|d| format!("{} (pid {}) kept {}", d.process, d.pid, d.gained.join(", ")))
                 .collect::<Vec<_>>()
                 .join("; "),
-            Verdict::Inconclusive(drifts) => format!(
+            Ablation::Inconclusive(drifts) => format!(
                 "every run passed, but {} could not be compared with the baseline",
                 drifts
                     .iter()
@@ -93,8 +93,8 @@ impl Verdict {
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
-            Verdict::Unneeded => "every run passed without it".into(),
-            Verdict::SecurityRelevant => {
+            Ablation::Unneeded => "every run passed without it".into(),
+            Ablation::SecurityRelevant => {
                 "the workload used it, and its loss can leave the workload running but less safe"
                     .into()
             }
@@ -124,7 +124,7 @@ pub enum Event<'a> {
         inconclusive: &'a [Drift],
     },
     /// A capability was decided.
-    Decided { cap: Cap, verdict: &'a Verdict },
+    Decided { cap: Cap, verdict: &'a Ablation },
 }
 
 /// The baseline: the whole set, its runs, and every process they showed.
@@ -205,7 +205,7 @@ async fn try_without(
     base: &mut Baseline,
     trial: &mut impl AsyncFnMut(&[Cap]) -> Result<Trial, ProofError>,
     progress: &mut impl FnMut(Event),
-) -> Result<Verdict, ProofError> {
+) -> Result<Ablation, ProofError> {
     let (mut conclusive, mut extra) = (0, 0);
     let mut unsettled = vec![];
     while conclusive < runs {
@@ -232,7 +232,7 @@ async fn try_without(
         });
         // One failed run decides: the capability stays.
         if let Outcome::Failed(why) = t.outcome {
-            return Ok(Verdict::Needed(format!("run {run} of {runs}: {why}")));
+            return Ok(Ablation::Needed(format!("run {run} of {runs}: {why}")));
         }
         // A process in a state the baseline's runs never showed there may
         // be one they missed, settled or not: a child that stays root for
@@ -244,7 +244,7 @@ async fn try_without(
             found = creds::compare(&base.processes, &t.processes);
         }
         if !found.drift.is_empty() {
-            return Ok(Verdict::Identity(found.drift));
+            return Ok(Ablation::Identity(found.drift));
         }
         if found.inconclusive.is_empty() {
             conclusive += 1;
@@ -256,9 +256,9 @@ async fn try_without(
         }
     }
     Ok(if unsettled.is_empty() {
-        Verdict::Unneeded
+        Ablation::Unneeded
     } else {
-        Verdict::Inconclusive(unsettled)
+        Ablation::Inconclusive(unsettled)
     })
 }
 
@@ -269,7 +269,7 @@ pub struct Verification {
     pub failure: Option<String>,
     /// With `--ablate`: each capability, taken away on its own from the
     /// whole allowlist.
-    pub ablation: Vec<(Cap, Verdict)>,
+    pub ablation: Vec<(Cap, Ablation)>,
 }
 
 impl Verification {
@@ -303,7 +303,7 @@ pub async fn verify(
         for &cap in allowlist {
             let set: Vec<Cap> = allowlist.iter().copied().filter(|&c| c != cap).collect();
             let verdict = if untried.contains(&cap) {
-                Verdict::SecurityRelevant
+                Ablation::SecurityRelevant
             } else {
                 try_without(cap, &set, runs, &mut base, &mut trial, &mut progress).await?
             };
@@ -326,7 +326,7 @@ pub struct Minimized {
     /// The smallest sufficient set found.
     pub result: Vec<Cap>,
     /// Every capability of the allowlist, with its verdict.
-    pub verdicts: Vec<(Cap, Verdict)>,
+    pub verdicts: Vec<(Cap, Ablation)>,
 }
 
 /// Removes capabilities from `allowlist` one at a time, each for good when
@@ -347,7 +347,7 @@ pub async fn minimize(
     let mut verdicts = vec![];
     for &cap in allowlist {
         let verdict = if untried.contains(&cap) {
-            Verdict::SecurityRelevant
+            Ablation::SecurityRelevant
         } else {
             let set: Vec<Cap> = current.iter().copied().filter(|&c| c != cap).collect();
             try_without(cap, &set, runs, &mut base, &mut trial, &mut progress).await?
@@ -425,9 +425,9 @@ mod tests {
         .unwrap();
         assert_eq!(m.result, caps(&["CHOWN", "FOWNER", "AUDIT_WRITE"]));
         let of = |name: &str| m.verdicts.iter().find(|(c, _)| *c == cap(name)).unwrap();
-        assert_eq!(of("AUDIT_WRITE").1, Verdict::SecurityRelevant);
-        assert_eq!(of("FSETID").1, Verdict::Unneeded);
-        assert!(matches!(of("CHOWN").1, Verdict::Needed(_)));
+        assert_eq!(of("AUDIT_WRITE").1, Ablation::SecurityRelevant);
+        assert_eq!(of("FSETID").1, Ablation::Unneeded);
+        assert!(matches!(of("CHOWN").1, Ablation::Needed(_)));
         // With --drop-security-relevant, AUDIT_WRITE is tried, and goes.
         let m = block_on(minimize(
             &allow,
@@ -525,7 +525,7 @@ mod tests {
         let m = block_on(minimize(&caps(&["SETUID", "FSETID"]), 1, &[], run, |_| {})).unwrap();
         assert_eq!(m.result, caps(&["SETUID"]));
         let (_, verdict) = &m.verdicts[1];
-        let Verdict::Identity(drift) = verdict else {
+        let Ablation::Identity(drift) = verdict else {
             panic!("{verdict:?}");
         };
         assert_eq!(drift[0].process, "sh/sleep");
@@ -541,8 +541,8 @@ mod tests {
         ))
         .unwrap();
         assert!(v.sufficient());
-        assert!(matches!(v.ablation[1].1, Verdict::Identity(_)));
-        assert_eq!(v.ablation[0].1, Verdict::Unneeded);
+        assert!(matches!(v.ablation[1].1, Ablation::Identity(_)));
+        assert_eq!(v.ablation[0].1, Ablation::Unneeded);
     }
 
     /// A child that stays root for a while before it drops is caught
@@ -582,7 +582,7 @@ mod tests {
         };
         let m = block_on(minimize(&caps(&["SETUID", "FSETID"]), 1, &[], run, |_| {})).unwrap();
         let of = |name: &str| &m.verdicts.iter().find(|(c, _)| *c == cap(name)).unwrap().1;
-        assert_eq!(*of("FSETID"), Verdict::Unneeded);
+        assert_eq!(*of("FSETID"), Ablation::Unneeded);
         assert_eq!(
             baselines.get(),
             2,
@@ -611,7 +611,7 @@ mod tests {
         assert!(
             m.verdicts
                 .iter()
-                .all(|(_, v)| matches!(v, Verdict::Identity(_))),
+                .all(|(_, v)| matches!(v, Ablation::Identity(_))),
             "{:?}",
             m.verdicts
         );
@@ -670,11 +670,11 @@ mod tests {
             .unwrap();
             let verdict = &m.verdicts[0].1;
             if expect_unneeded {
-                assert_eq!(*verdict, Verdict::Unneeded, "shows from run {shows_from}");
+                assert_eq!(*verdict, Ablation::Unneeded, "shows from run {shows_from}");
                 assert_eq!(baselines.get(), shows_from);
                 assert_eq!(withouts.get(), shows_from - 1);
             } else {
-                assert!(matches!(verdict, Verdict::Inconclusive(_)), "{verdict:?}");
+                assert!(matches!(verdict, Ablation::Inconclusive(_)), "{verdict:?}");
                 assert_eq!(m.result, caps(&["FSETID"]));
                 assert_eq!(withouts.get(), 1 + EXTRA_RUNS);
                 assert_eq!(baselines.get(), 1 + 1 + EXTRA_RUNS);

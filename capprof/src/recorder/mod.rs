@@ -21,7 +21,7 @@ use crate::{
     engine::{ContainerEvent, ContainerInfo, safe_name, short_id},
     observer::{
         Count, Observer, ObserverError, WatchMode,
-        events::{Record, cstr},
+        events::{RingEvent, cstr},
         reader::Received,
     },
     profile::{self, Class, Observation, Partial, Profile, Subject, SubjectKind, rfc3339},
@@ -231,7 +231,7 @@ impl Recorder {
 
     pub fn on_record(&mut self, received: Received) {
         match received.record {
-            Record::Cgroup(c) => {
+            RingEvent::Cgroup(c) => {
                 let path = self.cgroup_path(&cstr(&c.name), &cstr(&c.parent));
                 let Some(attr) = attribute(&path) else {
                     tracing::debug!("cgroup {path} is not a container");
@@ -245,16 +245,16 @@ impl Recorder {
                 rec.started.get_or_insert_with(SystemTime::now);
                 self.cgroups.insert(c.cgroup_id, CgroupMeta { path });
             }
-            Record::Evidence(_)
-            | Record::Conditional(_)
-            | Record::Capset(_)
-            | Record::CapsetExec(_) => {
+            RingEvent::Evidence(_)
+            | RingEvent::Conditional(_)
+            | RingEvent::Capset(_)
+            | RingEvent::CapsetExec(_) => {
                 let cgroup_id = received.record.profiled_cgroup().unwrap_or_default();
                 if let Some(id) = self.container_of(cgroup_id) {
                     self.container(&id).received.push(received);
                 }
             }
-            Record::Exec(_) => {}
+            RingEvent::Exec(_) => {}
         }
     }
 

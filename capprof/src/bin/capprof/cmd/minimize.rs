@@ -9,7 +9,7 @@ use capprof::{
     profile::{KeptIdentity, MAX_PROOF_ENTRIES, Profile, Proof},
     proof::{
         self, Workload,
-        search::{self, Minimized, Verdict},
+        search::{self, Ablation, Minimized},
     },
 };
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -138,7 +138,7 @@ fn proof_of(
     engine: String,
     prepared: &rerun::Prepared,
 ) -> Proof {
-    let with = |want: fn(&Verdict) -> bool| -> Vec<Cap> {
+    let with = |want: fn(&Ablation) -> bool| -> Vec<Cap> {
         m.verdicts
             .iter()
             .filter(|(_, v)| want(v))
@@ -149,7 +149,7 @@ fn proof_of(
         .verdicts
         .iter()
         .filter_map(|(cap, v)| match v {
-            Verdict::Identity(drifts) => Some((cap, drifts)),
+            Ablation::Identity(drifts) => Some((cap, drifts)),
             _ => None,
         })
         .flat_map(|(cap, drifts)| {
@@ -170,11 +170,11 @@ fn proof_of(
         at: rerun::now(),
         probe: prepared.probe.as_ref().map(|p| p.describe()),
         observed: observed.to_vec(),
-        needed: with(|v| matches!(v, Verdict::Needed(_))),
-        unneeded: with(|v| matches!(v, Verdict::Unneeded)),
-        kept_security_relevant: with(|v| matches!(v, Verdict::SecurityRelevant)),
+        needed: with(|v| matches!(v, Ablation::Needed(_))),
+        unneeded: with(|v| matches!(v, Ablation::Unneeded)),
+        kept_security_relevant: with(|v| matches!(v, Ablation::SecurityRelevant)),
         kept_identity,
-        kept_inconclusive: with(|v| matches!(v, Verdict::Inconclusive(_))),
+        kept_inconclusive: with(|v| matches!(v, Ablation::Inconclusive(_))),
     }
 }
 

@@ -17,7 +17,7 @@ use capprof::{
     proof::{
         Probe, ProofError, RunOptions, Workload,
         command::CommandWorkload,
-        container::{Cleanup, ContainerWorkload},
+        container::{ContainerCleanup, ContainerWorkload},
         search::Event,
         trust::{self, Original, Untrusted},
     },
@@ -69,7 +69,7 @@ pub struct RerunArgs {
 /// A workload ready to re-run, and what to clean up afterwards.
 pub struct Prepared {
     pub workload: Workload,
-    pub cleanup: Option<Cleanup>,
+    pub cleanup: Option<ContainerCleanup>,
     pub probe: Option<Probe>,
     /// How the subject is named in messages.
     pub label: String,
@@ -154,7 +154,7 @@ pub async fn prepare(
         });
     }
     let (engine, run) = container_run(path, profile, run, set, args).await?;
-    let cleanup = Cleanup::new(engine.clone());
+    let cleanup = ContainerCleanup::new(engine.clone());
     let workload = ContainerWorkload::new(engine, run.clone(), options, mount, cleanup.clone());
     eprint!(
         "{}",
@@ -270,7 +270,7 @@ fn with_env(
 /// Runs `work` until it ends, Ctrl-C or SIGTERM; then removes every
 /// container it created, whatever happened.
 pub async fn guarded<T>(
-    cleanup: Option<&Cleanup>,
+    cleanup: Option<&ContainerCleanup>,
     work: impl Future<Output = Result<T, ProofError>>,
 ) -> Result<T, Error> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::internal(e.to_string()))?;

@@ -19,7 +19,7 @@ use capprof::{
     cgroup::{self, OwnedCgroup},
     fsutil,
     observer::{
-        Backend, Classification, Observer, Phases, WatchMode, events::Record, preflight,
+        Backend, Classification, Observer, Phases, WatchMode, events::RingEvent, preflight,
         reader::EventReader,
     },
     profile::{self, Class, Observation, RunSpec, Subject, SubjectKind, rfc3339},
@@ -178,7 +178,7 @@ async fn run(
         .map_err(|e| Error::internal(format!("event reader failed: {e}")))?;
     let mut ids: BTreeSet<u64> = cgroup.subtree_ids().into_iter().collect();
     ids.extend(received.iter().filter_map(|r| match r.record {
-        Record::Cgroup(c) => Some(c.cgroup_id),
+        RingEvent::Cgroup(c) => Some(c.cgroup_id),
         _ => None,
     }));
     let counts = observer.drain_counts(|id| ids.contains(&id))?;

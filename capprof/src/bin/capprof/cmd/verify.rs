@@ -9,7 +9,7 @@ use capprof::{
     profile::Profile,
     proof::{
         self, Workload,
-        search::{self, Verdict, Verification},
+        search::{self, Ablation, Verification},
     },
 };
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -189,7 +189,7 @@ fn table(report: &Report, v: &Verification) -> String {
         let unneeded: Vec<Cap> = v
             .ablation
             .iter()
-            .filter(|(_, verdict)| *verdict == Verdict::Unneeded)
+            .filter(|(_, verdict)| *verdict == Ablation::Unneeded)
             .map(|(c, _)| *c)
             .collect();
         if !unneeded.is_empty() {
