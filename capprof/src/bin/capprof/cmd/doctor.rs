@@ -169,9 +169,63 @@ fn mounted(fstype: &str) -> Option<String> {
 }
 
 pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
-    let mut checks = vec![];
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
+    let (mut checks, kernel) = host_checks(root);
+    let (backend, reason) = match &kernel {
+        Some(k) => {
+            let (backend, reason) = chosen_backend(k, args.backend);
+            (Some(backend), Some(reason))
+        }
+        None => (None, None),
+    };
+    let can_load = root && btf::btf_present() && !args.no_load;
+    let tried = try_load(backend, can_load, args.no_load, &mut checks);
+    if root {
+        checks.push(recursion_check(
+            tried.programs.unwrap_or_else(prog_stats::capprof_programs),
+        ));
+    }
+    checks.extend(tried.others);
+    let missing: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok && c.required && c.tried)
+        .map(|c| format!("{}: {}", c.name.name(), c.detail))
+        .collect();
+    let report = Report {
+        version: build_info::VERSION,
+        commit: build_info::COMMIT,
+        map_abi: build_info::MAP_ABI,
+        kernel: kernel_release(),
+        backend: backend.map(|b| b.to_string()),
+        reason,
+        classification: tried.classification,
+        load_ms: tried.load_ms,
+        checks,
+        missing,
+    };
+    let text = match args.format {
+        DoctorFormat::Json => {
+            let mut json = serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            json.push('\n');
+            json
+        }
+        DoctorFormat::Table => render_report(&report),
+    };
+    super::write_stdout(&text)?;
+    Ok(if report.missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// What the host offers before anything is loaded: root, BTF and what the
+/// kernel's BTF says (the tracepoint, cap_capable, the offsets), cgroup v2
+/// and bpffs. The kernel's BTF is `None` when it is absent or unreadable.
+fn host_checks(root: bool) -> (Vec<Check>, Option<KernelBtf>) {
+    let mut checks = vec![];
     checks.push(Check::new(
         CheckId::Root,
         root,
@@ -243,6 +297,42 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         bpffs.is_some(),
         bpffs.unwrap_or_else(|| "not mounted (needed only by the daemon's pins)".into()),
     ));
+    (checks, kernel)
+}
+
+/// The backend capprof would use here, or the forced one, and why.
+fn chosen_backend(kernel: &KernelBtf, forced: Option<Backend>) -> (Backend, String) {
+    let (chosen, why) = choose_backend(kernel);
+    let reason = match forced {
+        Some(Backend::Lsm) => {
+            "forced by --backend; it cannot see refused or advisory checks".to_owned()
+        }
+        Some(_) => "forced by --backend".to_owned(),
+        None => why.to_owned(),
+    };
+    (forced.unwrap_or(chosen), reason)
+}
+
+/// What loading the observer showed; all `None` when it was not tried or
+/// failed.
+struct Tried {
+    classification: Option<String>,
+    load_ms: Option<u128>,
+    /// capprof's programs in the kernel while this load's were there.
+    programs: Option<Vec<LoadedProgram>>,
+    /// Whether the kernel takes each other backend.
+    others: Vec<Check>,
+}
+
+/// Loads, calibrates and attaches `backend` when `can_load` (root, BTF and
+/// no `--no-load`), adding the `load` check, then tries the other backends
+/// with the loaded observer.
+fn try_load(
+    backend: Option<Backend>,
+    can_load: bool,
+    no_load: bool,
+    checks: &mut Vec<Check>,
+) -> Tried {
     // Not required: the lsm backend is only ever forced. Whether the kernel
     // also loads BPF-LSM programs is known after loading, below.
     let lsm = bpf_lsm_active().map_err(|e| e.to_string());
@@ -250,24 +340,10 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         .unwrap_or_default()
         .trim()
         .to_owned();
-
-    let (mut backend, mut reason) = (None, None);
-    if let Some(k) = &kernel {
-        let (b, why) = choose_backend(k);
-        let b = args.backend.unwrap_or(b);
-        backend = Some(b);
-        reason = Some(match args.backend {
-            Some(Backend::Lsm) => {
-                "forced by --backend; it cannot see refused or advisory checks".to_owned()
-            }
-            Some(_) => "forced by --backend".to_owned(),
-            None => why.to_owned(),
-        });
-    }
     let (mut classification, mut load_ms) = (None, None);
     let mut programs = None;
     let lsm = lsm.map(|()| format!("active ({lsm_list})"));
-    let others = if root && has_btf && !args.no_load {
+    let others = if can_load {
         match Observer::load(backend) {
             Ok(mut observer) => {
                 classification = Some(describe_classification(&observer));
@@ -287,7 +363,7 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
             }
         }
     } else {
-        let why = if args.no_load {
+        let why = if no_load {
             "not tried (--no-load)"
         } else {
             "not tried (needs root and BTF)"
@@ -295,44 +371,12 @@ pub fn main(args: DoctorArgs) -> Result<ExitCode, Error> {
         checks.push(Check::not_tried(CheckId::Load, why.to_owned()));
         other_backends(backend, None, &lsm, why)
     };
-    if root {
-        checks.push(recursion_check(
-            programs.unwrap_or_else(prog_stats::capprof_programs),
-        ));
-    }
-    checks.extend(others);
-    let missing: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.ok && c.required && c.tried)
-        .map(|c| format!("{}: {}", c.name.name(), c.detail))
-        .collect();
-    let report = Report {
-        version: build_info::VERSION,
-        commit: build_info::COMMIT,
-        map_abi: build_info::MAP_ABI,
-        kernel: kernel_release(),
-        backend: backend.map(|b| b.to_string()),
-        reason,
+    Tried {
         classification,
         load_ms,
-        checks,
-        missing,
-    };
-    let text = match args.format {
-        DoctorFormat::Json => {
-            let mut json = serde_json::to_string_pretty(&report)
-                .map_err(|e| Error::internal(e.to_string()))?;
-            json.push('\n');
-            json
-        }
-        DoctorFormat::Table => render_report(&report),
-    };
-    super::write_stdout(&text)?;
-    Ok(if report.missing.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+        programs,
+        others,
+    }
 }
 
 /// How the loaded observer classifies checks, in a few words.
