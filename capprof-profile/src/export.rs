@@ -315,7 +315,8 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
 
 /// `render`, for a target whose sysctls are `target`. Formats that take
 /// comments say why each conditional capability was added or left out, and
-/// which capabilities only a capset() kept.
+/// which capabilities only a capset() kept. Over 100 lines because it is
+/// one short arm per format, sharing the grant and header computed above them.
 pub fn render_under(
     profile: &Profile,
     format: Format,

@@ -169,7 +169,8 @@ impl RunSpec {
     }
 
     /// Checks a spec that came from a profile or an engine: bounded sizes,
-    /// no control characters, known capability names and mount types.
+    /// no control characters, known capability names and mount types. Over
+    /// 100 lines because it is one flat list of bounds, a line per field.
     pub fn validate(&self) -> Result<(), String> {
         let mut strings: Vec<(&str, &str)> = [
             ("image", &self.image),

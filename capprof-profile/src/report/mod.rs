@@ -248,65 +248,7 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
     let runtime = runtime_of(profile, options);
     let cmp = export::compare(profile, runtime);
     let phases = phase::phases(profile, options.startup_window);
-    let coverage = crate::merge::coverage_of(profile);
-    // Each capability's class as the matrix shows it: the kept, conditional
-    // and ungrantable lists have their rows too, though they are not checks.
-    let classes: BTreeMap<Cap, String> = matrix::cells(profile)
-        .into_iter()
-        .filter(|(_, cell)| cell.class != matrix::SETUP)
-        .map(|(cap, cell)| (cap, cell.class))
-        .collect();
-    let mut caps: Vec<Cap> = cmp
-        .defaults
-        .iter()
-        .copied()
-        .chain(classes.keys().copied())
-        .chain(profile.allowlist.iter().copied())
-        .collect();
-    caps.sort();
-    caps.dedup();
-    let rows: Vec<CapRow> = caps
-        .into_iter()
-        .map(|cap| {
-            let usage = profile.capabilities.iter().find(|u| u.name == cap);
-            let in_default = cmp.defaults.contains(&cap);
-            let on_allowlist = profile.allowlist.contains(&cap);
-            let action = match (in_default, on_allowlist) {
-                (true, true) => "keep",
-                (true, false) => "drop",
-                (false, true) => "add",
-                (false, false) => "-",
-            };
-            CapRow {
-                capability: cap,
-                in_default,
-                on_allowlist,
-                action,
-                class: classes
-                    .get(&cap)
-                    .cloned()
-                    .or_else(|| usage.map(|u| u.class.as_str().to_owned())),
-                checks: usage.map_or(0, |u| u.granted + u.denied),
-                by_class: usage
-                    .map(|u| {
-                        u.by_class
-                            .iter()
-                            .map(|(c, n)| (c.as_str().to_owned(), *n))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                phase: if usage.is_some() {
-                    phases.of(cap)
-                } else {
-                    phase::WhenUsed::Unknown
-                },
-                first_seen: usage.map(|u| u.first_seen.clone()),
-                last_seen: usage.map(|u| u.last_seen.clone()),
-                seen_in: coverage.get(&cap).copied(),
-                evidence: usage.map(|u| u.evidence.clone()).unwrap_or_default(),
-            }
-        })
-        .collect();
+    let rows = cap_rows(profile, &cmp, &phases);
     let startup_only = profile
         .allowlist
         .iter()
@@ -365,6 +307,70 @@ fn container(input: &Loaded, label: &str, options: Options) -> Container {
             .unwrap_or_default(),
         warnings: warnings(profile, &input.unknown_fields),
     }
+}
+
+/// One row per capability the report names: the runtime's defaults, every
+/// class the matrix shows and the allowlist, each with what the export does
+/// to it and what was seen of it.
+fn cap_rows(profile: &Profile, cmp: &export::Comparison, phases: &phase::Phases) -> Vec<CapRow> {
+    let coverage = crate::merge::coverage_of(profile);
+    // Each capability's class as the matrix shows it: the kept, conditional
+    // and ungrantable lists have their rows too, though they are not checks.
+    let classes: BTreeMap<Cap, String> = matrix::cells(profile)
+        .into_iter()
+        .filter(|(_, cell)| cell.class != matrix::SETUP)
+        .map(|(cap, cell)| (cap, cell.class))
+        .collect();
+    let mut caps: Vec<Cap> = cmp
+        .defaults
+        .iter()
+        .copied()
+        .chain(classes.keys().copied())
+        .chain(profile.allowlist.iter().copied())
+        .collect();
+    caps.sort();
+    caps.dedup();
+    caps.into_iter()
+        .map(|cap| {
+            let usage = profile.capabilities.iter().find(|u| u.name == cap);
+            let in_default = cmp.defaults.contains(&cap);
+            let on_allowlist = profile.allowlist.contains(&cap);
+            let action = match (in_default, on_allowlist) {
+                (true, true) => "keep",
+                (true, false) => "drop",
+                (false, true) => "add",
+                (false, false) => "-",
+            };
+            CapRow {
+                capability: cap,
+                in_default,
+                on_allowlist,
+                action,
+                class: classes
+                    .get(&cap)
+                    .cloned()
+                    .or_else(|| usage.map(|u| u.class.as_str().to_owned())),
+                checks: usage.map_or(0, |u| u.granted + u.denied),
+                by_class: usage
+                    .map(|u| {
+                        u.by_class
+                            .iter()
+                            .map(|(c, n)| (c.as_str().to_owned(), *n))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                phase: if usage.is_some() {
+                    phases.of(cap)
+                } else {
+                    phase::WhenUsed::Unknown
+                },
+                first_seen: usage.map(|u| u.first_seen.clone()),
+                last_seen: usage.map(|u| u.last_seen.clone()),
+                seen_in: coverage.get(&cap).copied(),
+                evidence: usage.map(|u| u.evidence.clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 fn warnings(profile: &Profile, unknown_fields: &[String]) -> Vec<String> {

@@ -113,6 +113,8 @@ fn runtime_name(runtime: Runtime) -> String {
     runtime.to_string()
 }
 
+/// Over 100 lines because it writes one table in document order: split, the
+/// table's shape could no longer be read off the code.
 fn usage_table(out: &mut String, c: &Container) {
     w!(
         out,
