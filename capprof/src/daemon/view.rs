@@ -114,6 +114,8 @@ struct Published {
     digest: u64,
     line: Option<Arc<ContainerSummary>>,
     profile: Option<Arc<Profile>>,
+    /// The container left memory: only its line is kept.
+    evicted: bool,
 }
 
 /// The aggregator's cache of published lines and profiles. The lines of
@@ -123,6 +125,8 @@ struct Published {
 #[derive(Debug)]
 pub struct Lines {
     by_id: HashMap<String, Published>,
+    /// Evicted containers, oldest first (one taken back since stays
+    /// listed until it comes first).
     evicted: VecDeque<String>,
     max: usize,
 }
@@ -141,10 +145,13 @@ impl Lines {
     fn evicted(&mut self, id: &str) {
         if let Some(p) = self.by_id.get_mut(id) {
             p.profile = None;
+            p.evicted = true;
             self.evicted.push_back(id.to_owned());
         }
         while self.evicted.len() > self.max {
-            if let Some(old) = self.evicted.pop_front() {
+            if let Some(old) = self.evicted.pop_front()
+                && self.by_id.get(&old).is_some_and(|p| p.evicted)
+            {
                 self.by_id.remove(&old);
             }
         }
@@ -152,7 +159,6 @@ impl Lines {
 
     pub fn remove(&mut self, id: &str) {
         self.by_id.remove(id);
-        self.evicted.retain(|e| e != id);
     }
 
     #[cfg(test)]
@@ -181,11 +187,11 @@ impl Aggregator {
             .then(|| self.summary(id, profile.as_ref()))
             .flatten()
             .map(Arc::new);
-        self.lines.evicted.retain(|e| e != id);
         let published = Published {
             digest,
             line,
             profile: profile.map(Arc::new),
+            evicted: false,
         };
         self.lines.by_id.insert(id.to_owned(), published);
     }
@@ -204,12 +210,11 @@ impl Aggregator {
             self.refresh_line(id, index);
         }
         let in_memory: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        // A container gone from memory that is not among the evicted ones
-        // (forgotten, or evicted before) has no line left.
-        let evicted: HashSet<&str> = self.lines.evicted.iter().map(String::as_str).collect();
+        // A container gone from memory but not evicted (taken back, then
+        // gone again without a finalization) has no line left.
         self.lines
             .by_id
-            .retain(|id, _| in_memory.contains(id.as_str()) || evicted.contains(id.as_str()));
+            .retain(|id, p| p.evicted || in_memory.contains(id.as_str()));
         let mut list: Vec<Arc<ContainerSummary>> = self
             .lines
             .by_id
@@ -260,6 +265,7 @@ mod tests {
             digest: 1,
             line: None,
             profile: Some(Arc::new(profile_of("x"))),
+            evicted: false,
         }
     }
 
@@ -279,7 +285,16 @@ mod tests {
         assert!(!lines.by_id.contains_key(&format!("{:064}", 996)));
         lines.remove(&format!("{:064}", 999));
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines.evicted.len(), 2);
+        // One taken back into memory is not dropped as evicted.
+        let back = format!("{:064}", 997);
+        lines.by_id.insert(back.clone(), line());
+        for i in 1000..1003 {
+            let id = format!("{i:064}");
+            lines.by_id.insert(id.clone(), line());
+            lines.evicted(&id);
+        }
+        assert!(lines.by_id.get(&back).is_some_and(|p| p.profile.is_some()));
+        assert_eq!(lines.len(), 4);
     }
 
     fn profile_of(id: &str) -> Profile {
