@@ -394,6 +394,11 @@ struct Aggregator {
 
 impl Aggregator {
     fn on_finalized(&mut self, finalized: Vec<Finalized>) {
+        // Most turns of the session take in a record or an event and
+        // finalize nothing: nothing to write or publish then.
+        if finalized.is_empty() {
+            return;
+        }
         let index = CountIndex::new(self.session.observer().read_counts().unwrap_or_default());
         for Finalized { id, profile } in finalized {
             if let Err(e) = profile {
