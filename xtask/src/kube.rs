@@ -261,7 +261,7 @@ impl Cluster {
 
     fn start_etcd_and_apiserver(&mut self) -> Result<()> {
         let d = self.dir.clone();
-        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        let [client, peer, secure] = free_ports::<3>()?;
         run_checked(
             Command::new("openssl")
                 .args(["genrsa", "-out"])
@@ -445,12 +445,20 @@ impl Cluster {
     }
 }
 
-/// A port nothing listens on now. Another process could take it before
-/// ours binds it; on a test machine that is rare, and the start fails
-/// loudly if it happens.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+/// `N` distinct ports nothing listens on now. Every listener is held until
+/// all are bound: one released at once could be handed out again to the
+/// next (it was, once, and etcd and kube-apiserver were given the same
+/// port). Another process could still take one before ours binds it; on a
+/// test machine that is rare, and the start fails loudly if it happens.
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        *port = listener.local_addr()?.port();
+        held.push(listener);
+    }
+    Ok(ports)
 }
 
 fn random_token() -> Result<String> {
@@ -470,6 +478,17 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> Result
         ca.display()
     );
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn free_ports_are_distinct() {
+        for _ in 0..200 {
+            let [a, b, c] = super::free_ports::<3>().unwrap();
+            assert!(a != b && b != c && a != c, "{a} {b} {c}");
+        }
+    }
 }
 
 #[cfg(test)]
