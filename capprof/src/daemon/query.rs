@@ -107,6 +107,14 @@ pub struct KubeSample {
     pub last_success: u64,
 }
 
+/// What the grouping key of a profile is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Container,
+    Image,
+}
+
 /// Why a profile query has no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -116,12 +124,16 @@ pub enum Lookup {
     Ambiguous(Vec<String>),
 }
 
-/// What still goes to the aggregator. `ps` and a container's profile are
-/// read from its published [`View`](super::view::View) instead.
 pub enum Query {
-    /// The profile merged over every container of an image.
-    Image {
-        image: String,
+    /// Every profiled container.
+    List {
+        reply: oneshot::Sender<Vec<ContainerSummary>>,
+    },
+    /// One container's profile, by name or id prefix (≥ 4 chars); or, with
+    /// `Group::Image`, the profile merged over every container of an image.
+    Profile {
+        group: Group,
+        key: String,
         reply: oneshot::Sender<Result<Profile, Lookup>>,
     },
     Health {

@@ -30,7 +30,6 @@ pub enum StateError {
     },
 }
 
-#[derive(Debug)]
 pub struct StateDir {
     containers: PathBuf,
     profiles: PathBuf,

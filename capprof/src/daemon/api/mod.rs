@@ -20,12 +20,6 @@
 //! (`%2F`), which `capprof profile --image` always does. `format` is one of
 //! docker, compose, k8s, k8s-patch, podman, oci, systemd, json (default docker).
 //!
-//! `GET /v1/containers` and `GET /v1/containers/{key}[/export]` answer from
-//! the [`View`](super::view::View) the aggregator publishes after each
-//! flush and finalization (so a running container's profile is at most one
-//! `--flush-interval` old): they never wait behind a flush. The other
-//! routes ask the aggregator.
-//!
 //! Errors are JSON too, `{"error": "…"}`: 400 for a bad format or key, 404
 //! for an unknown container, image or route, 405 for anything but GET, 503
 //! when the aggregator has gone away (the daemon is stopping).
@@ -41,7 +35,7 @@ use std::{
 use axum::{
     Router,
     extract::{
-        FromRef, Path as UrlPath, Query as UrlQuery, State,
+        Path as UrlPath, Query as UrlQuery, State,
         rejection::{PathRejection, QueryRejection},
     },
     http::{StatusCode, Uri, header},
@@ -52,10 +46,7 @@ use clap::ValueEnum as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
-use super::{
-    query::{self, Lookup, Query, QueryTx},
-    view::ViewRx,
-};
+use super::query::{self, Group, Lookup, Query, QueryTx};
 use crate::export::{self, Format};
 
 /// The socket's mode: read and write (connect) for root only.
@@ -269,63 +260,16 @@ impl SocketIdentity {
 pub async fn serve(
     listener: UnixListener,
     tx: QueryTx,
-    view: ViewRx,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    axum::serve(listener, router(tx, view))
+    axum::serve(listener, router(tx))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ApiError::Serve)
 }
 
-/// [`serve`] on a thread and runtime of its own: what it reads from the
-/// view is answered even while the aggregator's thread is busy (a flush
-/// is synchronous). The thread inherits the caller's credentials.
-pub fn serve_on_thread(
-    listener: UnixListener,
-    tx: QueryTx,
-    view: ViewRx,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<std::thread::JoinHandle<Result<(), ApiError>>> {
-    // A listener belongs to the runtime that registered it: hand it over
-    // as a plain socket.
-    let listener = listener.into_std()?;
-    std::thread::Builder::new()
-        .name("capprof-api".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(ApiError::Serve)?;
-            runtime.block_on(async move {
-                let listener = UnixListener::from_std(listener).map_err(ApiError::Serve)?;
-                serve(listener, tx, view, shutdown).await
-            })
-        })
-}
-
-/// What the routes read: the aggregator's query channel, and the view it
-/// publishes.
-#[derive(Clone)]
-struct Sources {
-    tx: QueryTx,
-    view: ViewRx,
-}
-
-impl FromRef<Sources> for QueryTx {
-    fn from_ref(sources: &Sources) -> Self {
-        sources.tx.clone()
-    }
-}
-
-impl FromRef<Sources> for ViewRx {
-    fn from_ref(sources: &Sources) -> Self {
-        sources.view.clone()
-    }
-}
-
-/// The routes, over the aggregator's query channel and its view.
-pub fn router(tx: QueryTx, view: ViewRx) -> Router {
+/// The routes, over the aggregator's query channel.
+pub fn router(tx: QueryTx) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/containers", get(containers))
@@ -348,7 +292,7 @@ pub fn router(tx: QueryTx, view: ViewRx) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Sources { tx, view })
+        .with_state(tx)
 }
 
 mod workload;
@@ -365,23 +309,25 @@ async fn health(State(tx): State<QueryTx>) -> Response {
     }
 }
 
-async fn containers(State(view): State<ViewRx>) -> Response {
-    let view = view.borrow().clone();
-    json(StatusCode::OK, &view.list())
+async fn containers(State(tx): State<QueryTx>) -> Response {
+    match query::ask(&tx, |reply| Query::List { reply }).await {
+        Some(list) => json(StatusCode::OK, &list),
+        None => unavailable(),
+    }
 }
 
 async fn container(
-    State(view): State<ViewRx>,
+    State(tx): State<QueryTx>,
     key: Result<UrlPath<String>, PathRejection>,
 ) -> Response {
     match key {
-        Ok(UrlPath(key)) => profile(Asked::Container(&view), key, None).await,
+        Ok(UrlPath(key)) => profile(&tx, Group::Container, key, None).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
     }
 }
 
 async fn container_export(
-    State(view): State<ViewRx>,
+    State(tx): State<QueryTx>,
     key: Result<UrlPath<String>, PathRejection>,
     params: Result<UrlQuery<ExportParams>, QueryRejection>,
 ) -> Response {
@@ -390,7 +336,7 @@ async fn container_export(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match key {
-        Ok(UrlPath(key)) => profile(Asked::Container(&view), key, Some(format)).await,
+        Ok(UrlPath(key)) => profile(&tx, Group::Container, key, Some(format)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
     }
 }
@@ -456,45 +402,29 @@ async fn image(
     } else {
         None
     };
-    profile(Asked::Image(&tx), image, format).await
-}
-
-/// Who answers a profile query: the view for a container, the aggregator
-/// for an image.
-enum Asked<'a> {
-    Container(&'a ViewRx),
-    Image(&'a QueryTx),
+    profile(&tx, Group::Image, image, format).await
 }
 
 /// One profile, as JSON or (with a format) rendered as text.
-async fn profile(asked: Asked<'_>, key: String, format: Option<Format>) -> Response {
+async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>) -> Response {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return error(
             StatusCode::BAD_REQUEST,
             format!("a name, id or image must have 1 to {MAX_KEY_LEN} bytes"),
         );
     }
-    let what = match asked {
-        Asked::Container(_) => {
+    let what = match group {
+        Group::Container => {
             format!("no container {key} (give a name or an id prefix of 4 or more characters)")
         }
-        Asked::Image(_) => format!("no container of image {key}"),
+        Group::Image => format!("no container of image {key}"),
     };
-    let asked = match asked {
-        // The view is cloned out (an Arc) before a profile is read from
-        // disk: the owner's next publication does not wait for it.
-        Asked::Container(view) => {
-            let view = view.borrow().clone();
-            Some(view.profile(&key))
-        }
-        Asked::Image(tx) => {
-            query::ask(tx, |reply| Query::Image {
-                image: key.clone(),
-                reply,
-            })
-            .await
-        }
-    };
+    let asked = query::ask(tx, |reply| Query::Profile {
+        group,
+        key: key.clone(),
+        reply,
+    })
+    .await;
     let profile = match asked {
         None => return unavailable(),
         Some(Err(Lookup::NotFound)) => return error(StatusCode::NOT_FOUND, what),
