@@ -132,9 +132,12 @@ const _: () = assert!(size_of::<ConditionalEvent>() == 72);
 
 /// Values of `ConditionalEvent::held`.
 pub mod held {
+    /// Granted to the task's bounding set, and not effective: no grant
+    /// reaches the task.
     pub const NO: u8 = 0;
     pub const YES: u8 = 1;
-    /// The credentials could not be read.
+    /// Not in the bounding set (the runtime did not grant it), or the
+    /// credentials could not be read.
     pub const UNKNOWN: u8 = 2;
 }
 

@@ -21,4 +21,5 @@ pub mod user;
 /// with another layout never reuses them. Bump it on any layout change.
 ///
 /// 7: `CAPSET_RAISES` (what capset() kept, per process, until its exec).
-pub const MAP_ABI_VERSION: u32 = 7;
+/// 8: `SyscallOffsets::cred_cap_bset` in `CONFIG`.
+pub const MAP_ABI_VERSION: u32 = 8;

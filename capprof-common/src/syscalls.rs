@@ -139,8 +139,12 @@ pub struct SyscallOffsets {
     pub sock_protocol: u32,
     /// `cred.cap_inheritable`.
     pub cred_cap_inheritable: u32,
+    /// `cred.cap_bset`: whether the runtime granted a capability at all.
+    pub cred_cap_bset: u32,
+    /// Keeps `Config`'s u64 fields aligned with no hidden padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SyscallOffsets>() == 18 * 4);
+const _: () = assert!(size_of::<SyscallOffsets>() == 20 * 4);
 
 impl SyscallOffsets {
     pub const fn unknown() -> Self {
@@ -163,6 +167,8 @@ impl SyscallOffsets {
             socket_sk: u32::MAX,
             sock_protocol: u32::MAX,
             cred_cap_inheritable: u32::MAX,
+            cred_cap_bset: u32::MAX,
+            _pad: 0,
         }
     }
 }

@@ -224,17 +224,25 @@ const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_RAW: u32 = 13;
 
 /// Whether the current task holds `capability` in its effective set
-/// (`held::*`): a non-root caller without it is one no granted capability
-/// reaches. Read only on a first sighting, never per check.
+/// (`held::*`). `NO` only when the runtime granted it (it is in the
+/// bounding set) and it still does not reach the task, as for a non-root
+/// process: then no grant can help. A capability the runtime did not grant
+/// says nothing of what a grant would do (`UNKNOWN`). Read only on a first
+/// sighting, never per check.
 #[inline(always)]
 fn held_now(capability: u32) -> u8 {
     let Some(o) = CONFIG.get(0).map(|c| &c.syscalls) else {
         return held::UNKNOWN;
     };
-    match read_kernel::<u64>(pointer(helpers::task(), o.task_cred), o.cred_cap_effective) {
-        Some(effective) if effective & (1u64 << (capability & 63)) != 0 => held::YES,
-        Some(_) => held::NO,
-        None => held::UNKNOWN,
+    let cred = pointer(helpers::task(), o.task_cred);
+    let bit = 1u64 << (capability & 63);
+    match (
+        read_kernel::<u64>(cred, o.cred_cap_effective),
+        read_kernel::<u64>(cred, o.cred_cap_bset),
+    ) {
+        (Some(effective), _) if effective & bit != 0 => held::YES,
+        (Some(_), Some(bounding)) if bounding & bit != 0 => held::NO,
+        _ => held::UNKNOWN,
     }
 }
 

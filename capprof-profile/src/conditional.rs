@@ -90,8 +90,9 @@ pub struct Conditional {
     pub port: Option<u16>,
     pub evidence: Vec<OperationEvidence>,
     /// Some caller made the operation without `capability` in its
-    /// effective set (a non-root process with no file or ambient
-    /// capability). Granting the capability cannot help it where the
+    /// effective set although the runtime had granted it (it was in the
+    /// bounding set): a non-root process with no file or ambient
+    /// capability. Granting the capability cannot help it where the
     /// sysctl keeps the kernel's default: a container's add list reaches a
     /// non-root process only through ambient capabilities, which Docker,
     /// containerd and CRI-O never set (kubernetes#56374, moby#8460). The

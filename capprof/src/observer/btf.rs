@@ -153,6 +153,8 @@ fn syscall_offsets_from(at: impl Fn(&str, &str) -> Option<u32>) -> SyscallOffset
         socket_sk: or_max("socket", "sk"),
         sock_protocol: or_max("sock", "sk_protocol"),
         cred_cap_inheritable: or_max("cred", "cap_inheritable"),
+        cred_cap_bset: or_max("cred", "cap_bset"),
+        _pad: 0,
     }
 }
 
@@ -421,6 +423,7 @@ mod tests {
             o.socket_sk,
             o.sock_protocol,
             o.cred_cap_inheritable,
+            o.cred_cap_bset,
         ];
         assert!(all.iter().all(|&off| off != u32::MAX), "{o:?}");
         let creds = k.creds.expect("cred offsets");
