@@ -416,6 +416,15 @@ impl ContainerWorkload {
         }
     }
 
+    /// Whether the engine says the container is running (true when it
+    /// cannot say: the probe's failure is then reported as it is).
+    async fn still_running(&self, id: &str) -> bool {
+        match self.engine.docker().inspect_container(id, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+
     /// Runs the probe inside the container; its exit status and output.
     async fn run_exec(
         &self,
@@ -474,11 +483,15 @@ impl ContainerWorkload {
             .and_then(|i| i.exit_code)
             .and_then(|c| i32::try_from(c).ok());
         // runc could not exec the probe at all: bad input, not a failed run.
+        // Unless the container is no longer running: then runc found its
+        // namespaces gone (`lstat /proc/PID/ns/ipc: no such file …`), and the
+        // run failed, as a workload that dies without a capability does.
         if matches!(code, Some(126 | 127))
             && output.contains("OCI runtime exec failed")
             && (output.contains("not found")
                 || output.contains("no such file")
                 || output.contains("permission denied"))
+            && self.still_running(id).await
         {
             return Err(ProofError::ProbeNotExecutable {
                 probe: argv.join(" "),
