@@ -92,6 +92,12 @@ const _: () = assert!(size_of::<ExecEvent>() == 48 + EXEC_FILENAME_LEN);
 pub const EVENT_CONDITIONAL: u32 = 4;
 /// A capset() in the workload that changed its permitted or effective set.
 pub const EVENT_CAPSET: u32 = 5;
+/// A capset() in the workload that the kernel will refuse: it asked for a
+/// capability its permitted set lacks (`syscalls::CapsetCall::refused`).
+/// Sent as a `CapsetEvent`. A refused call keeps nothing, so profiles leave
+/// it out; the proof reads it, since a privilege drop that fails this way
+/// can leave a server running with more than it meant to keep.
+pub const EVENT_CAPSET_REFUSED: u32 = 7;
 
 /// Sent once per (cgroup, operation, port or family, program): see
 /// `syscalls::operation`. The sysctl is read in the kernel, in the calling
@@ -147,7 +153,7 @@ pub mod held {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CapsetEvent {
-    /// `EVENT_CAPSET`.
+    /// `EVENT_CAPSET` or `EVENT_CAPSET_REFUSED`.
     pub event: u32,
     pub tgid: u32,
     pub cgroup_id: u64,

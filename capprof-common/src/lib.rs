@@ -22,4 +22,5 @@ pub mod user;
 ///
 /// 7: `CAPSET_RAISES` (what capset() kept, per process, until its exec).
 /// 8: `SyscallOffsets::cred_cap_bset` in `CONFIG`.
-pub const MAP_ABI_VERSION: u32 = 8;
+/// 9: refused capset() calls in `CAPSET_BACKLOG` (`EVENT_CAPSET_REFUSED`).
+pub const MAP_ABI_VERSION: u32 = 9;

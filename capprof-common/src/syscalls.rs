@@ -81,9 +81,21 @@ impl CapsetCall {
     /// nothing. (The bounding set's limit on inheritable is not checked:
     /// at worst a refused call keeps too much.)
     pub const fn refused(&self) -> bool {
-        self.new_permitted & !self.old_permitted != 0
-            || self.new_effective & !self.new_permitted != 0
-            || (self.grows_inheritable() && self.old_effective & SETPCAP_BIT == 0)
+        self.lacking() != 0
+    }
+
+    /// Why the kernel refuses the call, as the capabilities it lacked: those
+    /// asked for in the new permitted set beyond the old one, those asked
+    /// for in the new effective set beyond the new permitted one, and
+    /// `CAP_SETPCAP` when it grows the inheritable set without it. Empty
+    /// exactly when the call is not `refused`.
+    pub const fn lacking(&self) -> u64 {
+        let mut lacking =
+            self.new_permitted & !self.old_permitted | self.new_effective & !self.new_permitted;
+        if self.grows_inheritable() && self.old_effective & SETPCAP_BIT == 0 {
+            lacking |= SETPCAP_BIT;
+        }
+        lacking
     }
 
     /// The capabilities the call asks to keep, as a mask: every capability
@@ -187,11 +199,12 @@ impl Default for SyscallOffsets {
 pub struct OperationKey {
     pub cgroup_id: u64,
     /// Bind: port, protocol, family and the sysctl's value; ICMP socket:
-    /// family and egid; capset: the mask of capabilities kept; exec
+    /// family and egid; capset: the mask of capabilities kept (refused:
+    /// the permitted and effective sets asked for); exec
     /// outcome: the raised mask and `OUTCOME_ALL_*`.
     pub detail: u64,
-    /// `event::EVENT_CONDITIONAL`, `event::EVENT_CAPSET` or
-    /// `event::EVENT_CAPSET_EXEC`.
+    /// `event::EVENT_CONDITIONAL`, `event::EVENT_CAPSET`,
+    /// `event::EVENT_CAPSET_REFUSED` or `event::EVENT_CAPSET_EXEC`.
     pub event: u32,
     pub _pad: u32,
     pub comm: [u8; 16],
@@ -281,6 +294,7 @@ mod tests {
             ..call((NBS, NBS), (NBS, NBS))
         };
         assert!(beyond.grows_inheritable() && beyond.refused());
+        assert_eq!(beyond.lacking(), SETPCAP_BIT);
         let with_setpcap = CapsetCall {
             old_effective: NBS | SETPCAP_BIT,
             old_permitted: NBS | SETPCAP_BIT,
@@ -293,6 +307,9 @@ mod tests {
     #[test]
     fn refused_calls_are_recognised() {
         assert!(!call((NBS | RAW, 0), (NBS, NBS)).refused());
+        assert_eq!(call((NBS | RAW, 0), (NBS, NBS)).lacking(), 0);
+        assert_eq!(call((NBS, 0), (NBS | RAW, 0)).lacking(), RAW);
+        assert_eq!(call((NBS | RAW, 0), (NBS, RAW)).lacking(), RAW);
         assert!(call((NBS, 0), (NBS | RAW, 0)).refused());
         assert!(call((NBS | RAW, 0), (NBS, RAW)).refused());
     }

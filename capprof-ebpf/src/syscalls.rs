@@ -49,7 +49,7 @@ use capprof_common::{
     check::{generations, phase, stat, watch},
     event::{
         CapsetEvent, CapsetExecEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CAPSET_EXEC,
-        EVENT_CONDITIONAL, held,
+        EVENT_CAPSET_REFUSED, EVENT_CONDITIONAL, held,
     },
     syscalls::{
         AF_INET, AF_INET6, CAPSET_VERSION_1, CAPSET_VERSION_2, CAPSET_VERSION_3, CapsetCall,
@@ -446,19 +446,23 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
         new_effective,
         new_inheritable,
     };
-    if call.refused() {
-        return None;
-    }
-    let kept = call.kept();
-    if kept == 0 {
-        return None;
-    }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    remember_raise(tgid, cgroup_id, kept, comm);
+    // A refused call keeps nothing: it is reported for the proof only, as
+    // what it asked for (a drop that fails for want of a capability).
+    let (event, detail) = if call.refused() {
+        (EVENT_CAPSET_REFUSED, new_permitted | new_effective)
+    } else {
+        let kept = call.kept();
+        if kept == 0 {
+            return None;
+        }
+        remember_raise(tgid, cgroup_id, kept, comm);
+        (EVENT_CAPSET, kept)
+    };
     let key = OperationKey {
         cgroup_id,
-        detail: kept,
-        event: EVENT_CAPSET,
+        detail,
+        event,
         _pad: 0,
         comm,
     };
@@ -467,7 +471,7 @@ fn try_capset(ctx: &TracePointContext) -> Option<()> {
     }
     send_exec(tgid);
     let event = CapsetEvent {
-        event: EVENT_CAPSET,
+        event,
         tgid,
         cgroup_id,
         ts_ns: helpers::boot_ns(),

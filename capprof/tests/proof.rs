@@ -570,6 +570,40 @@ fn a_failed_privilege_drop_keeps_setuid_and_setgid() {
     }
 }
 
+/// squid's drop: keep the capabilities across setuid(), then capset()
+/// down to NET_BIND_SERVICE alone, and carry on if that is refused. Without
+/// NET_BIND_SERVICE the call is refused and the process, now uid 1000,
+/// still holds everything it meant to drop; it exits at once, so the
+/// credential sampler (every 50 ms) almost never sees that. The kernel
+/// side sees the refused call itself, so the verdict is the same in every
+/// run: NET_BIND_SERVICE is needed, for the drop.
+#[test]
+#[ignore = "needs root"]
+fn a_drop_refused_by_capset_keeps_what_it_asked_for() {
+    let min = prove(
+        "capset-refused",
+        &action_mounts(),
+        &["/action", "drop-keeping", "10"],
+        &["CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETUID"],
+        &["CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETUID"],
+        &[],
+    );
+    let proof = &min.min["proof"];
+    let kept: Vec<&Value> = proof["kept_identity"].as_array().unwrap().iter().collect();
+    let entry = kept
+        .iter()
+        .find(|k| k["capability"] == "CAP_NET_BIND_SERVICE")
+        .unwrap_or_else(|| panic!("NET_BIND_SERVICE not in kept_identity: {proof}"));
+    assert_eq!(entry["process"], "action", "{entry}");
+    let drift = names(entry, "drift");
+    assert!(
+        drift.iter().any(|d| d.contains("refused capset()")
+            && d.contains("CAP_SETUID")
+            && d.ends_with("(it lacked CAP_NET_BIND_SERVICE)")),
+        "{entry}"
+    );
+}
+
 /// A workload that needs CHOWN on every other run only (a counter in a
 /// mounted directory says which), and a host probe that fails every other
 /// attempt. Over two runs per set, CHOWN is never dropped, and the probe's

@@ -224,6 +224,29 @@ fn main() -> ExitCode {
                     "capset+chown",
                 )
             }
+            // squid's way of dropping root: keep the capabilities across
+            // setgid()+setuid() (PR_SET_KEEPCAPS), then capset() down to
+            // the one capability bit arg(1) alone. If that capset() is
+            // refused, say so and carry on, as squid does: the process
+            // then still holds what it meant to drop.
+            "drop-keeping" => {
+                let bit: u32 = arg(1).parse().unwrap_or(10);
+                if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+                    || libc::setgid(1000) != 0
+                    || libc::setuid(1000) != 0
+                {
+                    return check(false, "keepcaps+setgid+setuid");
+                }
+                let mut header = [0x2008_0522u32, 0];
+                let mut data = [0u32; 6];
+                let (word, mask) = ((bit / 32) as usize * 3, 1 << (bit % 32));
+                data[word] = mask; // effective
+                data[word + 1] = mask; // permitted
+                if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
+                    eprintln!("capset: {} (carrying on)", std::io::Error::last_os_error());
+                }
+                ExitCode::SUCCESS
+            }
             // What sshd and PAM do at login: send an audit record, and carry
             // on when the kernel refuses it.
             "audit-login" => {

@@ -4,7 +4,8 @@ use std::mem::size_of;
 
 use capprof_common::event::{
     CapsetEvent, CapsetExecEvent, CgroupEvent, ConditionalEvent, EVENT_CAPSET, EVENT_CAPSET_EXEC,
-    EVENT_CGROUP, EVENT_CONDITIONAL, EVENT_EVIDENCE, EVENT_EXEC, EvidenceEvent, ExecEvent,
+    EVENT_CAPSET_REFUSED, EVENT_CGROUP, EVENT_CONDITIONAL, EVENT_EVIDENCE, EVENT_EXEC,
+    EvidenceEvent, ExecEvent,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +15,9 @@ pub enum RingEvent {
     Exec(ExecEvent),
     Conditional(ConditionalEvent),
     Capset(CapsetEvent),
+    /// A capset() the kernel refuses: it keeps nothing, so no profile
+    /// reads it; the proof does (`proof::refusals`).
+    CapsetRefused(CapsetEvent),
     CapsetExec(CapsetExecEvent),
 }
 
@@ -24,7 +28,7 @@ impl RingEvent {
         match self {
             RingEvent::Evidence(e) => Some(e.tgid),
             RingEvent::Conditional(c) => Some(c.tgid),
-            RingEvent::Capset(c) => Some(c.tgid),
+            RingEvent::Capset(c) | RingEvent::CapsetRefused(c) => Some(c.tgid),
             RingEvent::CapsetExec(c) => Some(c.tgid),
             RingEvent::Cgroup(_) | RingEvent::Exec(_) => None,
         }
@@ -35,9 +39,20 @@ impl RingEvent {
         match self {
             RingEvent::Evidence(e) => Some(e.cgroup_id),
             RingEvent::Conditional(c) => Some(c.cgroup_id),
-            RingEvent::Capset(c) => Some(c.cgroup_id),
+            RingEvent::Capset(c) | RingEvent::CapsetRefused(c) => Some(c.cgroup_id),
             RingEvent::CapsetExec(c) => Some(c.cgroup_id),
             RingEvent::Cgroup(_) | RingEvent::Exec(_) => None,
+        }
+    }
+}
+
+impl RingEvent {
+    /// A capset() record as the ring buffer or its backlog holds it: both
+    /// kinds share `CapsetEvent`, told apart by its `event`.
+    pub fn capset(e: CapsetEvent) -> Self {
+        match e.event {
+            EVENT_CAPSET_REFUSED => RingEvent::CapsetRefused(e),
+            _ => RingEvent::Capset(e),
         }
     }
 }
@@ -52,6 +67,7 @@ pub fn decode(bytes: &[u8]) -> Option<RingEvent> {
         EVENT_EXEC => read::<ExecEvent>(bytes).map(RingEvent::Exec),
         EVENT_CONDITIONAL => read::<ConditionalEvent>(bytes).map(RingEvent::Conditional),
         EVENT_CAPSET => read::<CapsetEvent>(bytes).map(RingEvent::Capset),
+        EVENT_CAPSET_REFUSED => read::<CapsetEvent>(bytes).map(RingEvent::CapsetRefused),
         EVENT_CAPSET_EXEC => read::<CapsetExecEvent>(bytes).map(RingEvent::CapsetExec),
         _ => None,
     }

@@ -125,7 +125,7 @@ impl Backlogs {
             names,
             &mut out,
         );
-        drain_one(&mut self.capset, RingEvent::Capset, names, &mut out);
+        drain_one(&mut self.capset, RingEvent::capset, names, &mut out);
         drain_one(
             &mut self.capset_exec,
             RingEvent::CapsetExec,

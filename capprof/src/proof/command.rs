@@ -67,11 +67,22 @@ impl CommandWorkload {
             &format!("proof-{}-{}", std::process::id(), self.runs),
         )?;
         let limit = CapLimit::new(allowed)?;
-        let result = self.observe(&cgroup, limit).await;
+        let watch = self.options.refusals.clone();
+        if let Some(w) = &watch {
+            w.watch_command(cgroup.id())?;
+        }
+        let mut result = self.observe(&cgroup, limit).await;
+        let ids = cgroup.subtree_ids();
         cgroup.kill_all();
         let gone = Instant::now() + Duration::from_secs(2);
         while cgroup.populated() && Instant::now() < gone {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(w) = &watch {
+            if let Ok(trial) = &mut result {
+                trial.refused = w.take(&ids, None).await;
+            }
+            w.unwatch_command(cgroup.id(), &ids);
         }
         result
     }
@@ -214,6 +225,7 @@ impl CommandWorkload {
         };
         Ok(Trial {
             outcome,
+            refused: vec![],
             processes: log.processes(&[]),
         })
     }

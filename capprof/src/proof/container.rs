@@ -253,6 +253,7 @@ impl ContainerWorkload {
         if let Err(e) = docker.start_container(id, None).await {
             return Ok(Trial {
                 outcome: Outcome::Failed(format!("the engine could not start it: {e}")),
+                refused: vec![],
                 processes: vec![],
             });
         }
@@ -267,6 +268,13 @@ impl ContainerWorkload {
                     .first()
                     .map(|p| self.mount.join(p.trim_start_matches('/')).join(id))
             });
+        // Its cgroup's id while it exists: refused capset() calls are
+        // reported by the id (and, once it is gone, found by its name).
+        let cgroup_ids: Vec<u64> = cgroup
+            .as_deref()
+            .and_then(|dir| crate::cgroup::cgroup_id(dir).ok())
+            .into_iter()
+            .collect();
         let mut env = vec![
             ("CAPPROF_CONTAINER_NAME".to_owned(), name.to_owned()),
             ("CAPPROF_CONTAINER_ID".to_owned(), id.to_owned()),
@@ -353,8 +361,13 @@ impl ContainerWorkload {
             },
             passed => passed,
         };
+        let refused = match &self.options.refusals {
+            Some(watch) => watch.take(&cgroup_ids, Some(id)).await,
+            None => vec![],
+        };
         Ok(Trial {
             outcome,
+            refused,
             processes: log.processes(&sessions.borrow()),
         })
     }

@@ -9,7 +9,8 @@
 //!   [`Workload::trial`] is one run with one capability set; it passes
 //!   when the probe ([`probe`]) passes, or without a probe when the
 //!   workload exits with status 0. Each run also samples the credentials
-//!   of every process of the workload ([`creds`]).
+//!   of every process of the workload ([`creds`]), and an observer of its
+//!   own reports every capset() the kernel refused in it ([`refusals`]).
 //! - [`search`] decides: which capabilities each run needs, and whether a
 //!   run that passed left a process more privileged than the baseline.
 
@@ -17,6 +18,7 @@ pub mod command;
 pub mod container;
 pub mod creds;
 pub mod probe;
+pub mod refusals;
 pub mod search;
 pub mod trust;
 
@@ -87,6 +89,9 @@ pub struct Trial {
     pub outcome: Outcome,
     /// Every process seen in the workload's cgroup, each as last seen.
     pub processes: Vec<creds::ProcSample>,
+    /// The capset() calls the kernel refused in it (empty when no observer
+    /// watched).
+    pub refused: Vec<refusals::Refusal>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +124,8 @@ pub enum ProofError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error(transparent)]
     Limit(#[from] crate::capset::LimitError),
+    #[error("the observer of refused capset() calls: {0}")]
+    Observer(#[from] crate::observer::ObserverError),
     #[error("cannot start {command}: {source}")]
     Spawn {
         command: String,
@@ -168,6 +175,7 @@ impl ProofError {
             ProofError::Request { .. }
             | ProofError::Cgroup(_)
             | ProofError::Limit(_)
+            | ProofError::Observer(_)
             | ProofError::Baseline { .. } => false,
         }
     }
@@ -180,6 +188,8 @@ pub struct RunOptions {
     /// How long one run may take: the probe must pass, or the workload
     /// exit, within it.
     pub timeout: Duration,
+    /// The observer that reports refused capset() calls, when one loaded.
+    pub refusals: Option<std::sync::Arc<refusals::RefusalWatch>>,
 }
 
 /// A workload to re-run.

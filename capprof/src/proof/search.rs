@@ -18,6 +18,9 @@
 //! serves every later comparison too, so a busy machine makes the
 //! baseline see more rather than the answer vary. A drop that failed for
 //! want of the capability never shows in a baseline run, so it stays.
+//! The kernel's word on a drop counts the same way, and needs no luck: a
+//! capset() it refused in a run and in no baseline run (`refusals`) is a
+//! drop that failed, however briefly the sampler saw its result.
 //! A run still inconclusive is run again, up to `EXTRA_RUNS` more times
 //! per capability. Only if every extra run is inconclusive too is the
 //! capability kept, and then it says so (`Ablation::Inconclusive`), not
@@ -32,6 +35,7 @@ use std::collections::BTreeSet;
 use super::{
     Outcome, ProofError, Trial,
     creds::{self, Drift, ProcSample},
+    refusals::{self, Refusal},
 };
 use crate::capability::Cap;
 
@@ -134,6 +138,8 @@ struct Baseline {
     runs: u32,
     done: u32,
     processes: Vec<ProcSample>,
+    /// The capset() calls its runs saw refused.
+    refused: Vec<Refusal>,
 }
 
 impl Baseline {
@@ -149,6 +155,7 @@ impl Baseline {
             runs,
             done: 0,
             processes: vec![],
+            refused: vec![],
         };
         for run in 1..=runs {
             if let Outcome::Failed(why) = base.once(trial, progress).await? {
@@ -185,8 +192,23 @@ impl Baseline {
         });
         if t.outcome.passed() {
             self.processes.extend(t.processes);
+            self.refused.extend(t.refused);
         }
         Ok(t.outcome)
+    }
+
+    /// How a passed run compares with every run of the baseline: its
+    /// processes (`creds::compare`), and the capset() calls the kernel
+    /// refused in it that no baseline run made. Each of those is a drop
+    /// that failed, whatever the sampler caught of it.
+    fn judge(&self, t: &Trial) -> creds::Comparison {
+        let mut found = creds::compare(&self.processes, &t.processes);
+        found.drift.extend(
+            refusals::new_in(&self.refused, &t.refused)
+                .iter()
+                .map(Refusal::drift),
+        );
+        found
     }
 }
 
@@ -218,7 +240,7 @@ async fn try_without(
         });
         let t = trial(set).await?;
         let mut found = if t.outcome.passed() {
-            creds::compare(&base.processes, &t.processes)
+            base.judge(&t)
         } else {
             creds::Comparison::default()
         };
@@ -241,7 +263,7 @@ async fn try_without(
         // own; a drop that failed for want of `without` it never shows.
         if !found.drift.is_empty() || !found.inconclusive.is_empty() {
             base.once(trial, progress).await?;
-            found = creds::compare(&base.processes, &t.processes);
+            found = base.judge(&t);
         }
         if !found.drift.is_empty() {
             return Ok(Ablation::Identity(found.drift));
@@ -387,6 +409,7 @@ mod tests {
     fn passed() -> Trial {
         Trial {
             outcome: Outcome::Passed,
+            refused: vec![],
             processes: vec![],
         }
     }
@@ -394,6 +417,7 @@ mod tests {
     fn failed() -> Trial {
         Trial {
             outcome: Outcome::Failed("exit status 1".into()),
+            refused: vec![],
             processes: vec![],
         }
     }
@@ -519,6 +543,7 @@ mod tests {
             };
             Ok(Trial {
                 outcome: Outcome::Passed,
+                refused: vec![],
                 processes: vec![proc_as(uid)],
             })
         };
@@ -577,6 +602,7 @@ mod tests {
             };
             Ok(Trial {
                 outcome: Outcome::Passed,
+                refused: vec![],
                 processes,
             })
         };
@@ -593,6 +619,7 @@ mod tests {
         let never = async |set: &[Cap]| {
             Ok(Trial {
                 outcome: Outcome::Passed,
+                refused: vec![],
                 processes: if set.len() == 2 {
                     vec![at(1000)]
                 } else {
@@ -662,6 +689,7 @@ mod tests {
                     };
                     Ok(Trial {
                         outcome: Outcome::Passed,
+                        refused: vec![],
                         processes,
                     })
                 },

@@ -254,7 +254,8 @@ impl Recorder {
                     self.container(&id).received.push(received);
                 }
             }
-            RingEvent::Exec(_) => {}
+            // A refused capset() keeps nothing: only the proof reads it.
+            RingEvent::Exec(_) | RingEvent::CapsetRefused(_) => {}
         }
     }
 

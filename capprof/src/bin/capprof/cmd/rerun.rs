@@ -13,11 +13,13 @@ use capprof::{
     capability::Cap,
     cgroup,
     engine::{self, ContainerInfo, Engine},
+    observer::ObserverError,
     profile::{Profile, RunSpec, SubjectKind},
     proof::{
         Probe, ProofError, RunOptions, Workload,
         command::CommandWorkload,
         container::{ContainerCleanup, ContainerWorkload},
+        refusals::RefusalWatch,
         search::Event,
         trust::{self, Original, Untrusted},
     },
@@ -128,9 +130,10 @@ pub async fn prepare(
         (None, Some(line)) => Some(Probe::exec(line)?),
         (None, None) => None,
     };
-    let options = RunOptions {
+    let mut options = RunOptions {
         probe: probe.clone(),
         timeout: Duration::from_secs(args.timeout),
+        refusals: None,
     };
     let mount = cgroup::cgroup2_mount().map_err(|e| Error::usage(e.to_string()))?;
     let subject = &profile.subject;
@@ -144,6 +147,7 @@ pub async fn prepare(
         let argv = run.command.clone().ok_or_else(no_run)?;
         gate(path, &trust::assess_command(&argv), args.trust_run)?;
         eprint!("{}", trust::describe(verb, &run, set, None));
+        options.refusals = watch_refusals(|_| Ok(()));
         let workload =
             CommandWorkload::new(argv, run.workdir.clone().map(PathBuf::from), options, mount)?;
         return Ok(Prepared {
@@ -154,6 +158,7 @@ pub async fn prepare(
         });
     }
     let (engine, run) = container_run(path, profile, run, set, args).await?;
+    options.refusals = watch_refusals(|w| w.watch_containers(&mount, &engine.cgroup_parents()));
     let cleanup = ContainerCleanup::new(engine.clone());
     let workload = ContainerWorkload::new(engine, run.clone(), options, mount, cleanup.clone());
     eprint!(
@@ -166,6 +171,24 @@ pub async fn prepare(
         probe,
         label,
     })
+}
+
+/// An observer for the runs' refused capset() calls (`proof::refusals`),
+/// set up by `watch`. Without one the proof still runs, on the sampler
+/// alone, and says so.
+fn watch_refusals(
+    watch: impl FnOnce(&RefusalWatch) -> Result<(), ObserverError>,
+) -> Option<Arc<RefusalWatch>> {
+    let started = RefusalWatch::start().and_then(|w| watch(&w).map(|()| w));
+    match started {
+        Ok(w) => Some(Arc::new(w)),
+        Err(e) => {
+            eprintln!(
+                "capprof: refused capset() calls are not watched ({e}); failed privilege drops are judged from /proc samples alone"
+            );
+            None
+        }
+    }
 }
 
 /// A container profile's engine and run spec, with its environment
