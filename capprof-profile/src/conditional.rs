@@ -330,7 +330,7 @@ pub struct Decision {
 }
 
 /// A namespaced sysctl to set, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SysctlSetting {
     pub sysctl: Sysctl,
     /// As /proc/sys takes it: `53`, `0 2147483647`.

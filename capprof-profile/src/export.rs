@@ -223,6 +223,12 @@ pub struct Comparison {
     pub refused: Vec<Cap>,
     /// The sysctls the comparison assumed for the runtime.
     pub sysctls: TargetSysctls,
+    /// Sysctls the pod or container must set instead of a capability: a
+    /// caller that needs one did not hold the capability where it was
+    /// recorded, and no grant reaches it there
+    /// (`Conditional::without_capability`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set_sysctls: Vec<conditional::SysctlSetting>,
 }
 
 impl Comparison {
@@ -249,6 +255,9 @@ impl Comparison {
                 self.refused.len()
             ));
         }
+        if !self.set_sysctls.is_empty() {
+            line.push_str(&format!("; set {} sysctl(s)", self.set_sysctls.len()));
+        }
         line
     }
 }
@@ -266,7 +275,8 @@ pub fn compare_under(profile: &Profile, runtime: Runtime, sysctls: TargetSysctls
     let mut needed = profile.allowlist.clone();
     needed.sort();
     needed.dedup();
-    let conditional = conditional::decide(&profile.conditional, &needed, &sysctls).added_caps();
+    let decision = conditional::decide(&profile.conditional, &needed, &sysctls);
+    let conditional = decision.added_caps();
     let pick = |from: &[Cap], keep: &dyn Fn(&Cap) -> bool| -> Vec<Cap> {
         from.iter().copied().filter(|c| keep(c)).collect()
     };
@@ -287,6 +297,7 @@ pub fn compare_under(profile: &Profile, runtime: Runtime, sysctls: TargetSysctls
         },
         sysctls,
         defaults,
+        set_sysctls: decision.relax,
     }
 }
 

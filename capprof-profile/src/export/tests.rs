@@ -524,6 +524,23 @@ fn a_caller_without_the_capability_gets_the_sysctl_instead() {
             .contains("NET_BIND_SERVICE")
     );
 
+    // `export --against` says the same: no capability to add, one sysctl
+    // to set, and only where the runtime leaves the kernel's default.
+    let under_kernel = compare_under(&p, Runtime::Crio, SysctlsChoice::Kernel.sysctls());
+    assert!(under_kernel.add_conditional.is_empty(), "{under_kernel:?}");
+    assert_eq!(under_kernel.set_sysctls.len(), 1, "{under_kernel:?}");
+    assert_eq!(under_kernel.set_sysctls[0].value, "53");
+    assert!(under_kernel.summary().ends_with("; set 1 sysctl(s)"));
+    let json = serde_json::to_value(&under_kernel).unwrap();
+    assert_eq!(
+        json["set_sysctls"][0]["sysctl"],
+        "net.ipv4.ip_unprivileged_port_start"
+    );
+    assert!(
+        compare(&p, Runtime::Docker).set_sysctls.is_empty(),
+        "docker relaxes it already"
+    );
+
     // Docker relaxes it already; systemd's AmbientCapabilities= reaches a
     // non-root process, so the capability is what it needs.
     let docker = render(&p, Format::Docker).unwrap();

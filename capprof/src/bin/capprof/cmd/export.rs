@@ -307,6 +307,9 @@ fn comparison_table(c: &Comparison, profile: &Profile) -> String {
     for (cap, why) in export::decide(profile, &c.sysctls).added {
         out.push_str(&format!("{cap}: {why}\n"));
     }
+    for s in &c.set_sysctls {
+        out.push_str(&format!("set {}={}: {}\n", s.sysctl.name(), s.value, s.why));
+    }
     if !c.refused.is_empty() {
         let names: Vec<String> = c.refused.iter().map(Cap::to_string).collect();
         out.push_str(&format!(
