@@ -3,7 +3,11 @@
 //! ids must be hex, names become safe file names, capability names must be
 //! known.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use bollard::{API_DEFAULT_VERSION, Docker, query_parameters::EventsOptionsBuilder};
 use futures_util::{Stream, StreamExt as _};
@@ -63,7 +67,7 @@ pub struct ContainerInfo {
     /// know.
     pub capabilities: Option<Vec<Cap>>,
     /// When it (last) started, if the engine gave a valid time.
-    pub started_at: Option<std::time::SystemTime>,
+    pub started_at: Option<SystemTime>,
     /// How to create it again, environment values included (profiles
     /// leave them out unless asked); None if the reply did not validate.
     pub run: Option<RunSpec>,
@@ -567,11 +571,22 @@ impl Engine {
             .collect()
     }
 
-    /// Container start/die/exec events, as they happen.
-    pub fn events(&self) -> impl Stream<Item = ContainerEvent> + use<> {
+    /// Container start/die/exec events since `since`, then as they happen.
+    ///
+    /// The stream connects when it is first polled, which can be a while
+    /// after a caller listed what runs (a busy machine): without `since`,
+    /// a container started in between would never be named.
+    pub fn events(&self, since: SystemTime) -> impl Stream<Item = ContainerEvent> + use<> {
         let mut filters = HashMap::new();
         filters.insert("type", vec!["container"]);
-        let opts = EventsOptionsBuilder::default().filters(&filters).build();
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+            .unwrap_or_else(|_| "0".into());
+        let opts = EventsOptionsBuilder::default()
+            .filters(&filters)
+            .since(&since)
+            .build();
         self.docker
             .events(Some(opts))
             .filter_map(|event| async move {
@@ -692,5 +707,58 @@ mod tests {
         let net_raw =
             effective_caps(Flavor::Podman, false, &[], &s(&["AUDIT_WRITE", "MKNOD"])).unwrap();
         assert_eq!(net_raw.len(), 12);
+    }
+
+    /// A container that starts and exits before anyone reads the event
+    /// stream is still in it: the stream replays what happened since the
+    /// time it was asked for (a session lists what runs, then polls the
+    /// stream later; a busy machine widens that gap).
+    #[tokio::test]
+    #[ignore = "needs a Docker engine (DOCKER_HOST) and CAPPROF_TEST_IMAGE"]
+    async fn events_since_replay_a_container_that_came_and_went() {
+        use futures_util::StreamExt as _;
+        let engine = Engine::connect(&endpoint_from_env())
+            .await
+            .expect("a Docker engine at DOCKER_HOST");
+        let image = std::env::var("CAPPROF_TEST_IMAGE").expect("CAPPROF_TEST_IMAGE");
+        let since = SystemTime::now();
+        let name = format!("capprof-engine-since-{}", std::process::id());
+        let docker = engine.docker();
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["true".into()]),
+            ..Default::default()
+        };
+        let opts = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+            .name(&name)
+            .build();
+        let id = docker.create_container(Some(opts), body).await.unwrap().id;
+        docker.start_container(&id, None).await.unwrap();
+        let _ = docker.wait_container(&id, None).next().await;
+        // Only now is the stream asked for, and first polled.
+        let events = engine.events(since);
+        let seen: Vec<String> = tokio::time::timeout(
+            Duration::from_secs(10),
+            events
+                .filter(|e| {
+                    std::future::ready(e.id == id && matches!(e.action.as_str(), "start" | "die"))
+                })
+                .map(|e| e.action)
+                .take(2)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap_or_default();
+        let _ = docker
+            .remove_container(
+                &id,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await;
+        assert_eq!(seen, ["start", "die"], "the events of {name}");
     }
 }

@@ -76,6 +76,10 @@ impl Session {
         tick: Duration,
     ) -> Result<Self, ObserverError> {
         let (reader, records) = EventReader::spawn(&mut observer)?;
+        // Events from just before the list of what runs, so that a
+        // container started between the two is named (a start seen twice
+        // is harmless: its inspect reply is taken in again).
+        let since = std::time::SystemTime::now() - Duration::from_millis(100);
         if let Some(source) = &source {
             let running = source.running().await;
             for id in &running {
@@ -90,7 +94,7 @@ impl Session {
                 }
             }
         }
-        let events = source.as_ref().map(|s| s.events());
+        let events = source.as_ref().map(|s| s.events(since));
         let (inspect_tx, inspect_rx) = mpsc::channel(256);
         Ok(Self {
             observer,

@@ -34,9 +34,12 @@ impl Source {
         }
     }
 
-    pub fn events(&self) -> Events {
+    /// Container starts and exits: a Docker-API engine's since `since`
+    /// (the engine replays those before it goes live), a CRI runtime's as
+    /// they happen.
+    pub fn events(&self, since: std::time::SystemTime) -> Events {
         match self {
-            Source::Engine(e) => Box::pin(e.events()),
+            Source::Engine(e) => Box::pin(e.events(since)),
             Source::Cri(c) => c.events(),
         }
     }
