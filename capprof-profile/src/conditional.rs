@@ -329,12 +329,63 @@ pub struct Decision {
     pub relax: Vec<SysctlSetting>,
 }
 
+/// A value of one of the sysctls, typed: which sysctl it is follows from
+/// it, so a value can never be given to the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysctlValue {
+    /// `ip_unprivileged_port_start`: binds from this port up need no
+    /// capability.
+    PortStart(u16),
+    /// `ping_group_range`: the gids, first and last, that may open ICMP
+    /// datagram sockets.
+    GroupRange(u32, u32),
+}
+
+impl SysctlValue {
+    pub fn sysctl(self) -> Sysctl {
+        match self {
+            SysctlValue::PortStart(_) => Sysctl::UnprivilegedPortStart,
+            SysctlValue::GroupRange(..) => Sysctl::PingGroupRange,
+        }
+    }
+
+    /// A value that lets through everything both do: the lower port start,
+    /// the range that spans both. Values of two sysctls are not joined:
+    /// the first is kept.
+    fn widen(self, other: SysctlValue) -> SysctlValue {
+        match (self, other) {
+            (SysctlValue::PortStart(a), SysctlValue::PortStart(b)) => {
+                SysctlValue::PortStart(a.min(b))
+            }
+            (SysctlValue::GroupRange(al, ah), SysctlValue::GroupRange(bl, bh)) => {
+                SysctlValue::GroupRange(al.min(bl), ah.max(bh))
+            }
+            (mine, _) => mine,
+        }
+    }
+}
+
+/// As /proc/sys takes it: `53`, `0 2147483647`.
+impl std::fmt::Display for SysctlValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SysctlValue::PortStart(port) => write!(f, "{port}"),
+            SysctlValue::GroupRange(first, last) => write!(f, "{first} {last}"),
+        }
+    }
+}
+
+impl Serialize for SysctlValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A namespaced sysctl to set, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SysctlSetting {
     pub sysctl: Sysctl,
-    /// As /proc/sys takes it: `53`, `0 2147483647`.
-    pub value: String,
+    pub value: SysctlValue,
     pub why: String,
 }
 
@@ -350,22 +401,7 @@ impl SysctlSetting {
                     by.insert(s.sysctl, s);
                 }
                 Some(acc) => {
-                    let numbers = |v: &str| -> Vec<u32> {
-                        v.split_whitespace()
-                            .filter_map(|n| n.parse().ok())
-                            .collect()
-                    };
-                    let (a, b) = (numbers(&acc.value), numbers(&s.value));
-                    acc.value = match (s.sysctl, a.as_slice(), b.as_slice()) {
-                        (Sysctl::UnprivilegedPortStart, [a], [b]) => a.min(b).to_string(),
-                        (Sysctl::PingGroupRange, [al, ah], [bl, bh]) => {
-                            format!("{} {}", al.min(bl), ah.max(bh))
-                        }
-                        // Unreadable values (never produced here): the
-                        // widest.
-                        (Sysctl::UnprivilegedPortStart, ..) => "0".to_owned(),
-                        (Sysctl::PingGroupRange, ..) => "0 2147483647".to_owned(),
-                    };
+                    acc.value = acc.value.widen(s.value);
                     acc.why = format!("{}; {}", acc.why, s.why);
                 }
             }
@@ -455,24 +491,20 @@ pub fn decide(conditional: &[Conditional], allowlist: &[Cap], target: &TargetSys
 /// The narrowest value of `sysctl` that lets every operation in `cs`
 /// through: the lowest port bound, or the range of the callers' gids (all
 /// groups when a gid is unknown, as Docker sets it).
-fn relaxed_value(sysctl: Sysctl, cs: &[&Conditional]) -> String {
+fn relaxed_value(sysctl: Sysctl, cs: &[&Conditional]) -> SysctlValue {
     match sysctl {
-        Sysctl::UnprivilegedPortStart => cs
-            .iter()
-            .filter_map(|c| c.port)
-            .min()
-            .unwrap_or(0)
-            .to_string(),
+        Sysctl::UnprivilegedPortStart => {
+            SysctlValue::PortStart(cs.iter().filter_map(|c| c.port).min().unwrap_or(0))
+        }
         Sysctl::PingGroupRange => {
             let gids: Option<Vec<u32>> =
                 cs.iter().flat_map(|c| &c.evidence).map(|e| e.gid).collect();
             match gids.filter(|g| !g.is_empty()) {
-                Some(g) => format!(
-                    "{} {}",
-                    g.iter().min().unwrap_or(&0),
-                    g.iter().max().unwrap_or(&0)
+                Some(g) => SysctlValue::GroupRange(
+                    g.iter().copied().min().unwrap_or(0),
+                    g.iter().copied().max().unwrap_or(0),
                 ),
-                None => "0 2147483647".to_owned(),
+                None => SysctlValue::GroupRange(0, 2_147_483_647),
             }
         }
     }

@@ -356,7 +356,7 @@ pub fn render_under(
                 sysctls: decision
                     .relax
                     .iter()
-                    .map(|s| (s.sysctl.name(), s.value.as_str()))
+                    .map(|s| (s.sysctl.name(), s.value.to_string()))
                     .collect(),
             };
             yaml(header, format, &doc)
@@ -414,7 +414,7 @@ pub fn render_under(
                     sysctl: decision
                         .relax
                         .iter()
-                        .map(|s| (s.sysctl.name().to_owned(), s.value.clone()))
+                        .map(|s| (s.sysctl.name().to_owned(), s.value.to_string()))
                         .collect(),
                 }),
             };
@@ -495,7 +495,7 @@ struct ComposeService<'a> {
     cap_add: Vec<&'a str>,
     /// Only when a caller needs one relaxed (`Decision::relax`).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    sysctls: std::collections::BTreeMap<&'a str, &'a str>,
+    sysctls: std::collections::BTreeMap<&'a str, String>,
 }
 
 /// A container fragment: paste into a pod's `spec.containers[]`. `add` is

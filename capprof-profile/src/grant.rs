@@ -118,7 +118,7 @@ impl K8sSysctl {
     pub(crate) fn of(s: &SysctlSetting) -> Self {
         Self {
             name: s.sysctl.name(),
-            value: s.value.clone(),
+            value: s.value.to_string(),
         }
     }
 }

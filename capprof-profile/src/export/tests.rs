@@ -529,7 +529,7 @@ fn a_caller_without_the_capability_gets_the_sysctl_instead() {
     let under_kernel = compare_under(&p, Runtime::Crio, SysctlsChoice::Kernel.sysctls());
     assert!(under_kernel.add_conditional.is_empty(), "{under_kernel:?}");
     assert_eq!(under_kernel.set_sysctls.len(), 1, "{under_kernel:?}");
-    assert_eq!(under_kernel.set_sysctls[0].value, "53");
+    assert_eq!(under_kernel.set_sysctls[0].value.to_string(), "53");
     assert!(under_kernel.summary().ends_with("; set 1 sysctl(s)"));
     let json = serde_json::to_value(&under_kernel).unwrap();
     assert_eq!(
