@@ -4,7 +4,7 @@
 //! each profiled container to `drop: [ALL]` and `add:` what it used.
 //!
 //! Strategic merge, as `kubectl patch --type strategic` and the API server
-//! apply it (checked with the real kubectl in tests/k8s_patch.rs):
+//! apply it (checked with the real kubectl in tests/it/k8s_patch.rs):
 //! - `containers` merges by `name`, so only the named containers change and
 //!   the others are left alone;
 //! - `securityContext` is a struct, merged field by field, so its other

@@ -1,4 +1,4 @@
-//! A clean Debian 12 for the package's install test (tests/install.rs):
+//! A clean Debian 12 for the package's install test (tests/it/install.rs):
 //! Debian's minimal base with `man-db` and `bash-completion`, what a user
 //! who types `man` and TAB has, and no Rust. Built once with mmdebstrap,
 //! which fetches through apt (debootstrap's own downloader fails to
@@ -15,7 +15,7 @@ use crate::{
     util::{note, run_checked, step},
 };
 
-/// The image tests/install.rs installs the .deb in (`CAPPROF_DEBIAN_IMAGE`).
+/// The image tests/it/install.rs installs the .deb in (`CAPPROF_DEBIAN_IMAGE`).
 pub const DEBIAN_IMAGE: &str = "capprof-debian12:test";
 /// Bumped whenever the rootfs below changes; kept in the image's label and
 /// in the cached tarball's name.

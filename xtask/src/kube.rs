@@ -321,7 +321,7 @@ impl Cluster {
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--insecure-port=0");
-        // How to start it again: tests/fleet.rs stops the API server for
+        // How to start it again: tests/it/fleet.rs stops the API server for
         // 30 s and starts it again with these arguments, and writes the new
         // pid to apiserver.pid, which `drop` stops too.
         let mut line = vec![apiserver.get_program().to_string_lossy().into_owned()];

@@ -40,7 +40,7 @@ impl Counts {
 
 impl Counts {
     /// Moves the tests named in a skip log (`test name\treason` a line,
-    /// written by tests/common's `skip`) from passed to skipped: libtest
+    /// written by tests/it/common's `skip`) from passed to skipped: libtest
     /// counted them passed, but they tested nothing. Each test once.
     pub fn skipped_at_run_time(&mut self, log: &str) -> u64 {
         let mut names: Vec<&str> = log.lines().filter_map(|l| l.split('\t').next()).collect();

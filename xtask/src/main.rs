@@ -74,7 +74,8 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Start the fleet tests' kube-apiserver (with etcd and the garbage
     /// collector) and keep it until stdin closes, for running
-    /// `cargo test --test kube_api` by hand with the printed CAPPROF_TEST_KUBE.
+    /// `cargo test -p capprof --test it kube_api::` by hand with the printed
+    /// CAPPROF_TEST_KUBE.
     Cluster,
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the root
     /// integration tests there, with the fexit and kprobe backends.

@@ -1,4 +1,4 @@
-//! The patch's shape and the refusals; tests/k8s_patch.rs applies patches
+//! The patch's shape and the refusals; tests/it/k8s_patch.rs applies patches
 //! with the real kubectl.
 
 use super::*;

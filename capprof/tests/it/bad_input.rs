@@ -1,11 +1,9 @@
 //! Bad input and missing prerequisites: one clear line, exit status 2,
 //! nothing half-written.
 
-mod common;
-
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn unknown_flag() {

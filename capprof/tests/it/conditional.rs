@@ -13,15 +13,14 @@
 //! - transient capabilities: setpriv raises Docker's whole default set with
 //!   capset() and execs a program that loses it; none of it is kept.
 
-mod common;
-
 use std::{
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 fn image() -> String {
     std::env::var("CAPPROF_TEST_IMAGE").unwrap_or_else(|_| "capprof-busybox:test".into())

@@ -4,12 +4,11 @@
 //! set, then proven: it runs with exactly the exported flags (sufficient)
 //! and fails when any one of them is dropped (minimal).
 
-mod common;
-
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{engine::*, *};
 use serde_json::Value;
+
+use crate::common::{engine::*, *};
 
 /// A workload: a name, docker run flags, a command, and the capabilities
 /// it is known to need.

@@ -14,17 +14,16 @@
 //! machine has none, so that layout is tested on paths only (attribution
 //! and cri unit tests).
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{cri::*, daemon::TestDaemon, *};
 use k8s_cri::v1::{GetEventsRequest, ListContainersRequest, ListPodSandboxRequest};
 use serde_json::Value;
+
+use crate::common::{cri::*, daemon::TestDaemon, *};
 
 /// chown to another uid: CAP_CHOWN.
 const CHOWN: &str = "touch /tmp/f && chown 1000 /tmp/f";

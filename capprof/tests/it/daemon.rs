@@ -5,8 +5,6 @@
 //!
 //! Each test mounts its own bpffs, so pins never leak between tests.
 
-mod common;
-
 use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
@@ -15,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{engine::*, *};
 use serde_json::Value;
+
+use crate::common::{engine::*, *};
 
 /// A daemon's private world: state dir, socket, and its own bpffs.
 struct World {

@@ -2,11 +2,9 @@
 //! cleanly, notices containers whose cgroups are gone, and keeps its state
 //! directory within the retention limits.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{daemon::TestDaemon, engine::*, *};
+use crate::common::{daemon::TestDaemon, engine::*, *};
 
 /// SIGTERM and SIGINT remove the API socket; a socket that took its place
 /// meanwhile (not the daemon's) is left alone.

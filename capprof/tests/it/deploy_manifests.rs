@@ -60,7 +60,7 @@ fn daemonset_grants_exactly_what_the_daemon_needs() {
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
-    // The image `cargo xtask image` builds and tests/image.rs runs.
+    // The image `cargo xtask image` builds and tests/it/image.rs runs.
     assert_eq!(c["image"], format!("capprof:{}", env!("CARGO_PKG_VERSION")));
     assert_eq!(
         c["command"],

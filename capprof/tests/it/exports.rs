@@ -1,10 +1,8 @@
 //! Exports checked by the tools that consume them.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// The systemd drop-in really takes away what the unit granted: checked
 /// with systemd's own `systemd-analyze security`, offline, on a unit that

@@ -11,18 +11,17 @@
 //! quiet expires, and that deleting the Deployment deletes the profile
 //! (kube-controller-manager's garbage collector).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    Scratch,
+use serde_json::Value;
+
+use crate::common::{
+    self, Scratch,
     cri::{PodSpec, Pods, endpoint, endpoint_b, uid},
     daemon::TestDaemon,
     kube::{As, get_json, install, kubeconfig, kubectl, kubectl_ok},
     output_text, require_root, wait_until,
 };
-use serde_json::Value;
 
 const NS: &str = "fleet-shop";
 

@@ -26,8 +26,6 @@
 //! bpffs of the test's own, `/run` by the directory of the test engine's
 //! docker.sock, and the DirectoryOrCreate paths by scratch directories.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -35,9 +33,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{engine::*, *};
 use serde::Deserialize as _;
 use serde_json::Value;
+
+use crate::common::{engine::*, *};
 
 fn capprof_image() -> String {
     std::env::var("CAPPROF_IMAGE")
@@ -64,7 +63,7 @@ fn host_has(cap: u32) -> bool {
     u64::from_str_radix(bnd, 16).unwrap() & (1 << cap) != 0
 }
 
-/// A Podman store of the test's own (as tests/podman.rs keeps).
+/// A Podman store of the test's own (as tests/it/podman.rs keeps).
 struct Podman {
     dir: PathBuf,
 }

@@ -6,9 +6,7 @@
 //!
 //! The root tests get `cargo xtask dist`'s directory in
 //! `CAPPROF_TEST_DIST`, the clean Debian image in `CAPPROF_DEBIAN_IMAGE`,
-//! and the API server of tests/kube_api.rs in `CAPPROF_TEST_KUBE`.
-
-mod common;
+//! and the API server of tests/it/kube_api.rs in `CAPPROF_TEST_KUBE`.
 
 use std::{
     collections::BTreeSet,
@@ -17,9 +15,10 @@ use std::{
 };
 
 use capprof_common::MAP_ABI_VERSION;
-use common::{daemon::TestDaemon, *};
 use serde::Deserialize as _;
 use serde_json::Value;
+
+use crate::common::{daemon::TestDaemon, *};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -515,7 +514,7 @@ fn remove_field(value: &mut Value, field: &str) -> usize {
 #[test]
 #[ignore = "needs the fleet tests' API server (cargo xtask test)"]
 fn the_kustomize_base_passes_the_api_servers_dry_run() {
-    use common::kube::{As, kubectl};
+    use crate::common::kube::{As, kubectl};
     // The namespace must exist for the dry run of what goes in it.
     let _ = kubectl(As::Admin, &["create", "namespace", "capprof"], None);
     // kubectl validates strictly against the server's schema, then the

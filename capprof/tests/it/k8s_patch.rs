@@ -7,8 +7,6 @@
 //! NET_BIND_SERVICE; run-sample.json: CHOWN, NET_RAW, SYS_CHROOT, MKNOD)
 //! given the `subject.k8s` of a pod's container, in memory.
 
-mod common;
-
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::TcpListener,
@@ -16,8 +14,9 @@ use std::{
     process::Command,
 };
 
-use common::{CAPPROF, Scratch, assert_one_line_error, capprof, output_text};
 use serde_json::{Value, json};
+
+use crate::common::{CAPPROF, Scratch, assert_one_line_error, capprof, output_text};
 
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -12,11 +12,10 @@
 //! deletes its profiles through their ownerReference; and a conditional
 //! entry's `withoutCapability` mark survives the server into the export.
 
-mod common;
-
 use std::{process::Output, thread, time::Duration};
 
-use common::{
+use crate::common::{
+    self,
     kube::{As, get_json, install, kubeconfig, kubectl, kubectl_ok},
     output_text, wait_until,
 };

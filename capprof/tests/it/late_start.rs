@@ -5,8 +5,6 @@
 //! order, a container removed meanwhile named and exited, and what the
 //! syscall hooks saw while the daemon was down.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
@@ -14,8 +12,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::{daemon::TestDaemon, engine::*, *};
 use serde_json::Value;
+
+use crate::common::{daemon::TestDaemon, engine::*, *};
 
 fn name(tag: &str) -> String {
     format!("capprof-t-{tag}-{}", std::process::id())

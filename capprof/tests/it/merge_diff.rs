@@ -2,16 +2,15 @@
 //! of the book's `capprof diff` guide end to end: a baseline and new
 //! observations made by `capprof run`, compared by `capprof diff`.
 
-mod common;
-
 use std::{
     io::Write as _,
     path::Path,
     process::{Command, Stdio},
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

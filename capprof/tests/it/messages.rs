@@ -2,9 +2,7 @@
 //! capability in human output, one style of warning line, messages that
 //! say what is wrong rather than which library failed.
 
-mod common;
-
-use common::{engine::*, *};
+use crate::common::{engine::*, *};
 
 /// `none` is the one way to ask for no capability: an empty list (an
 /// unset shell variable) and `none` among names are refused before CMD

@@ -21,8 +21,6 @@
 //! The image is the docker tests' `CAPPROF_TEST_IMAGE`, moved over with
 //! `docker save | podman load`, so both engines run the same busybox.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
@@ -32,8 +30,9 @@ use std::{
 };
 
 use capprof::capability::Cap;
-use common::{engine::*, *};
 use serde_json::Value;
+
+use crate::common::{engine::*, *};
 
 /// How long the service gets to answer on its socket.
 const SERVICE_START: Duration = Duration::from_secs(30);

@@ -7,8 +7,6 @@
 //! through the job's relabelling and fires the alert. Host-only; a missing
 //! promtool or prometheus fails the tests that need it.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -20,9 +18,10 @@ use capprof::daemon::{
     query::{CheckSample, MetricsSnapshot, ShadowSample},
     series::PodWorkload,
 };
-use common::{Scratch, output_text};
 use serde::Deserialize as _;
 use serde_json::Value;
+
+use crate::common::{Scratch, output_text};
 
 const RULES: &str = "capprof-rules.yaml";
 const RULE_TESTS: &str = "capprof-rules.test.yaml";

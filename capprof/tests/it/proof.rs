@@ -8,8 +8,6 @@
 //! Runs are kept short (the CI machine has two cores): one or two runs per
 //! tried set, workloads of a second or less.
 
-mod common;
-
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -17,8 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 const LABEL: &str = "io.capprof.proof";
 

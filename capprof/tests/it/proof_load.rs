@@ -8,8 +8,6 @@
 //! to uid 1000 by exec, and Debian's nginx, whose workers drop to their own
 //! user (www-data) in place.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -21,8 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 /// How many times each profile is minimized.
 const TIMES: usize = 3;

@@ -1,15 +1,14 @@
 //! `capprof report`: HTML checked in a real headless browser, Markdown,
 //! JSON, bad input, hostile profiles, and 500 profiles at once.
 
-mod common;
-
 use std::{
     collections::HashSet, os::unix::process::CommandExt as _, path::Path, process::Command,
     time::Instant,
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -2,11 +2,9 @@
 //! a known capability check under `capprof run`, and the profile must hold
 //! exactly the expected `required` set.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::{self, *};
 
 fn expect_required(cmd: &[&str], expected: &[&str]) -> serde_json::Value {
     let (out, profile) = profile_of(cmd);

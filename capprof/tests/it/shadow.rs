@@ -4,16 +4,15 @@
 //! needing a capability the candidate lacks: in `capprof ps`, the API, the
 //! metrics and the log.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{daemon::TestDaemon, *};
 use serde_json::Value;
+
+use crate::common::{daemon::TestDaemon, *};
 
 fn image() -> String {
     std::env::var("CAPPROF_TEST_IMAGE").unwrap_or_else(|_| "capprof-busybox:test".into())

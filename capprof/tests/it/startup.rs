@@ -3,11 +3,9 @@
 //! the kernel serializes (130-215 ms here); a forked holder now does that
 //! after `run` has returned (`Observer::drop_in_background`).
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::*;
+use crate::common::*;
 
 /// A duration as `Debug` prints it ("215.5ms", "4.0µs", "1.2s").
 fn parse_debug_duration(text: &str) -> Duration {

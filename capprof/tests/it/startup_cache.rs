@@ -3,11 +3,9 @@
 //! that is wrong never changes a profile: calibration finds nothing with it,
 //! /proc/kallsyms is read again, and the cache is rewritten.
 
-mod common;
-
 use std::{path::Path, process::Command};
 
-use common::*;
+use crate::common::*;
 
 const CACHE_FILE: &str = "kernel-functions-v1";
 

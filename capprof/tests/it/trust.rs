@@ -2,11 +2,9 @@
 //! containers recorded after they started, and files that are not
 //! profiles, on the real engine.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{engine::*, *};
+use crate::common::{engine::*, *};
 
 fn name(tag: &str) -> String {
     format!("capprof-t-{tag}-{}", std::process::id())

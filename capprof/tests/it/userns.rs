@@ -9,16 +9,15 @@
 //! as `mknod` of a device makes) is refused whatever the container holds:
 //! the profile must call it `ungrantable`, and `export` must say so loudly.
 
-mod common;
-
 use std::{
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 /// How long the private dockerd gets to answer.
 const START: Duration = Duration::from_secs(60);

@@ -40,7 +40,8 @@ app:x:1000:
 /// path in the guest, because the test executable has them baked in.
 #[derive(Debug, Clone)]
 pub struct Payload {
-    /// The `run_actions` test executable.
+    /// The integration-test executable; the guest runs its run_actions
+    /// module.
     pub test_exe: PathBuf,
     /// The `capprof` binary (`CARGO_BIN_EXE_capprof`).
     pub capprof: PathBuf,

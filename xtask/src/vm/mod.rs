@@ -293,7 +293,8 @@ fn summarize(kernel: &Kernel, boot: &Boot, outcome: Result<Outcome>) -> bool {
     ok
 }
 
-/// Builds the `run_actions` test executable and the binaries it spawns, and
+/// Builds the integration-test executable (capprof/tests/it, whose
+/// run_actions module the guest runs) and the binaries it spawns, and
 /// returns their paths, which the test executable has baked in.
 fn build_payload() -> Result<initramfs::Payload> {
     step("building capprof and its root integration tests (release)");
@@ -307,7 +308,7 @@ fn build_payload() -> Result<initramfs::Payload> {
         "-p",
         "capprof",
         "--test",
-        "run_actions",
+        "it",
     ])
     .arg("--message-format=json-render-diagnostics");
     let line = display(&cmd);
@@ -329,7 +330,7 @@ fn build_payload() -> Result<initramfs::Payload> {
         let exe = PathBuf::from(exe);
         let target = &artifact.target;
         match target.name.as_str() {
-            "run_actions" if target.is_test() => test_exe = Some(exe),
+            "it" if target.is_test() => test_exe = Some(exe),
             "capprof" if target.is_bin() => capprof = Some(exe),
             "capprof-test-action" if target.is_bin() => action = Some(exe),
             _ => {}
@@ -340,7 +341,7 @@ fn build_payload() -> Result<initramfs::Payload> {
         bail!("`{line}` failed ({status})");
     }
     let payload = initramfs::Payload {
-        test_exe: test_exe.context("cargo built no run_actions test executable")?,
+        test_exe: test_exe.context("cargo built no integration-test executable (it)")?,
         capprof: capprof.context("cargo built no capprof binary")?,
         helpers: vec![action.context("cargo built no capprof-test-action binary")?],
         modules: vec![],

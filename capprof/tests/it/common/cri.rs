@@ -1,5 +1,5 @@
 //! Pods on a private containerd, started through the CRI the way the
-//! kubelet starts them (tests/cri.rs, tests/fleet.rs).
+//! kubelet starts them (tests/it/cri.rs, tests/it/fleet.rs).
 
 use std::collections::HashMap;
 

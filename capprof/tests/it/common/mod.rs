@@ -1,5 +1,4 @@
 //! Shared helpers for the root integration tests.
-#![allow(dead_code, reason = "each test crate uses a different subset")]
 
 pub mod cri;
 pub mod daemon;
