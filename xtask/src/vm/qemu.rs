@@ -118,7 +118,7 @@ impl Drop for Guest {
 pub fn run(boot: &Boot) -> Result<Outcome> {
     let mut cmd = command(boot);
     note(format_args!("[{}] $ {}", boot.name, display(&cmd)));
-    let mut log =
+    let log =
         File::create(&boot.log).with_context(|| format!("creating {}", boot.log.display()))?;
     let start = Instant::now();
     let mut child = cmd
@@ -141,65 +141,8 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
         spawn_reader(stderr, "qemu: ", tx),
     ];
 
-    let mut lines = Vec::new();
-    let mut last_output = Instant::now();
-    let mut panicked_at: Option<Instant> = None;
-    let mut finished = false;
-    let ending = loop {
-        let now = Instant::now();
-        let mut wake = (start + boot.timeout).min(last_output + boot.idle_timeout);
-        if let Some(at) = panicked_at {
-            wake = wake.min(at + PANIC_GRACE);
-        }
-        match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(text) => {
-                last_output = Instant::now();
-                let _ = writeln!(log, "{text}");
-                if boot.echo {
-                    eprintln!("[{}] {text}", boot.name);
-                }
-                if text.contains(PANIC) && panicked_at.is_none() {
-                    panicked_at = Some(last_output);
-                }
-                if text.starts_with(DONE_MARKER) {
-                    finished = true;
-                }
-                lines.push(Line {
-                    at: start.elapsed(),
-                    text,
-                });
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                // Both pipes closed: qemu has exited.
-                let status = guest.0.wait().context("waiting for qemu")?;
-                break if panicked_at.is_some() {
-                    Ending::Panicked
-                } else if finished && status.success() {
-                    Ending::Finished
-                } else {
-                    Ending::Stopped {
-                        status: status.to_string(),
-                    }
-                };
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                break if panicked_at.is_some_and(|at| now >= at + PANIC_GRACE) {
-                    Ending::Panicked
-                } else if now >= start + boot.timeout {
-                    Ending::TimedOut {
-                        after: start.elapsed(),
-                    }
-                } else if now >= last_output + boot.idle_timeout {
-                    Ending::Hung {
-                        quiet_for: now - last_output,
-                    }
-                } else {
-                    continue;
-                };
-            }
-        }
-    };
+    let mut console = Console::new(boot, start, log);
+    let ending = console.watch(&mut guest, &rx)?;
     let elapsed = start.elapsed();
     drop(guest); // kills qemu if it still runs, which ends the readers
     for reader in readers {
@@ -207,20 +150,128 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
     }
     // Lines that raced the kill still belong in the log.
     for text in rx.try_iter() {
-        let _ = writeln!(log, "{text}");
-        lines.push(Line { at: elapsed, text });
+        console.keep(elapsed, text);
     }
     let _ = writeln!(
-        log,
+        console.log,
         "[xtask] {}: {ending} after {:.1} s",
         boot.name,
         elapsed.as_secs_f64()
     );
     Ok(Outcome {
         ending,
-        lines,
+        lines: console.lines,
         elapsed,
     })
+}
+
+/// A running guest's console as it is watched: the log, the lines so far
+/// and what they told (a panic, the last marker, when the last one came).
+struct Console<'a> {
+    boot: &'a Boot,
+    start: Instant,
+    log: File,
+    lines: Vec<Line>,
+    last_output: Instant,
+    panicked_at: Option<Instant>,
+    finished: bool,
+}
+
+impl<'a> Console<'a> {
+    fn new(boot: &'a Boot, start: Instant, log: File) -> Self {
+        Console {
+            boot,
+            start,
+            log,
+            lines: Vec::new(),
+            last_output: Instant::now(),
+            panicked_at: None,
+            finished: false,
+        }
+    }
+
+    /// Takes the guest's lines until qemu exits, or until the guest
+    /// panicked, hung or ran out of time.
+    fn watch(&mut self, guest: &mut Guest, rx: &mpsc::Receiver<String>) -> Result<Ending> {
+        loop {
+            match rx.recv_timeout(self.wake().saturating_duration_since(Instant::now())) {
+                Ok(text) => self.record(text),
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Both pipes closed: qemu has exited.
+                    let status = guest.0.wait().context("waiting for qemu")?;
+                    return Ok(if self.panicked_at.is_some() {
+                        Ending::Panicked
+                    } else if self.finished && status.success() {
+                        Ending::Finished
+                    } else {
+                        Ending::Stopped {
+                            status: status.to_string(),
+                        }
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(ending) = self.overdue(Instant::now()) {
+                        return Ok(ending);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When to stop waiting for the next line: the deadline, the idle
+    /// timeout, or the grace after a panic, whichever comes first.
+    fn wake(&self) -> Instant {
+        let mut wake =
+            (self.start + self.boot.timeout).min(self.last_output + self.boot.idle_timeout);
+        if let Some(at) = self.panicked_at {
+            wake = wake.min(at + PANIC_GRACE);
+        }
+        wake
+    }
+
+    /// A line as it comes: logged, echoed, and looked at for a panic or
+    /// the last marker.
+    fn record(&mut self, text: String) {
+        self.last_output = Instant::now();
+        let _ = writeln!(self.log, "{text}");
+        if self.boot.echo {
+            eprintln!("[{}] {text}", self.boot.name);
+        }
+        if text.contains(PANIC) && self.panicked_at.is_none() {
+            self.panicked_at = Some(self.last_output);
+        }
+        if text.starts_with(DONE_MARKER) {
+            self.finished = true;
+        }
+        self.lines.push(Line {
+            at: self.start.elapsed(),
+            text,
+        });
+    }
+
+    /// Logs a line that came after the guest was stopped, at `at`.
+    fn keep(&mut self, at: Duration, text: String) {
+        let _ = writeln!(self.log, "{text}");
+        self.lines.push(Line { at, text });
+    }
+
+    /// How the guest ends when nothing came by [`Self::wake`]; None if
+    /// that was early (the wait returned before its time).
+    fn overdue(&self, now: Instant) -> Option<Ending> {
+        if self.panicked_at.is_some_and(|at| now >= at + PANIC_GRACE) {
+            Some(Ending::Panicked)
+        } else if now >= self.start + self.boot.timeout {
+            Some(Ending::TimedOut {
+                after: self.start.elapsed(),
+            })
+        } else if now >= self.last_output + self.boot.idle_timeout {
+            Some(Ending::Hung {
+                quiet_for: now - self.last_output,
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// The qemu command line: TCG (nested KVM crashes here), no devices but the
