@@ -7,7 +7,10 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use capprof::daemon::api::{router, testing::fake_aggregator};
+use capprof::daemon::api::{
+    router,
+    testing::{fake_aggregator, fake_view},
+};
 use hyper::server::conn::http1;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use libfuzzer_sys::fuzz_target;
@@ -29,7 +32,7 @@ fn runtime() -> &'static Runtime {
 fuzz_target!(|bytes: &[u8]| {
     runtime().block_on(async {
         let (mut client, server) = tokio::io::duplex(64 << 10);
-        let service = TowerToHyperService::new(router(fake_aggregator()));
+        let service = TowerToHyperService::new(router(fake_aggregator(), fake_view()));
         let serving = tokio::spawn(
             http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

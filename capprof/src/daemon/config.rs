@@ -22,8 +22,9 @@ pub struct DaemonConfig {
     /// Workloads with metrics series of their own; the others share
     /// `workload="_other"`. Default 500 (`series::DEFAULT_MAX_WORKLOADS`).
     pub metrics_max_workloads: usize,
-    /// Containers held in memory; finished ones beyond this are evicted to
-    /// disk (counted in capprof_evictions_total). Default 1024.
+    /// Exited containers whose `ps` line is kept. Their profiles leave
+    /// memory as soon as they are on disk (counted in
+    /// capprof_evictions_total), whatever this says. Default 1024.
     pub max_containers: usize,
     /// How often changed profiles are written, in seconds. Default 3.
     pub flush_interval_secs: u64,

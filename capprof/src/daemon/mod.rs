@@ -2,7 +2,9 @@
 //!
 //! One task (the aggregator, below) owns the `Observer` and every profile;
 //! the ring buffer reader, the engine's event stream, the API and the
-//! metrics endpoint talk to it through bounded channels. Maps and links are
+//! metrics endpoint talk to it through bounded channels. `ps` and
+//! `profile` read the [`view`] it publishes instead, on the API's own
+//! thread, so that they never wait behind a flush. Maps and links are
 //! pinned, so the kernel keeps counting while the daemon is down; restarts
 //! reuse the pins and the state directory, and count nothing twice.
 
@@ -17,16 +19,17 @@ pub mod series;
 pub mod shadow;
 mod snapshot;
 pub mod state;
+pub mod view;
 
 use std::{
-    cell::RefCell,
     collections::HashMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use config::DaemonConfig;
-use query::{ContainerSummary, Group, Health, Lookup, Query};
+use query::{ContainerSummary, Health, Lookup, Query};
 use shadow::Candidates;
 use state::StateDir;
 use tokio::{
@@ -126,7 +129,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     let mount = cgroup::cgroup2_mount()?;
     // The user's paths first, before anything is loaded or connected.
     api::check_path(&config.socket)?;
-    let state = StateDir::open(&config.state_dir)?;
+    let state = Arc::new(StateDir::open(&config.state_dir)?);
     let candidates = Candidates::load(&config.shadow)?;
     let source = match connect_source(config.engine.as_deref(), config.cri.as_deref()).await {
         Ok(source) => Some(source),
@@ -164,16 +167,15 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
 
     let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
     let (restored, corrupt) = state.load_all();
-    let on_disk: HashMap<String, Option<String>> = restored
-        .iter()
-        .map(|p| (p.id.clone(), p.name.clone()))
-        .collect();
+    let on_disk: HashMap<String, Filed> = restored.iter().map(Filed::of).collect();
     for p in restored {
         recorder.restore(p);
     }
     if corrupt > 0 {
         eprintln!("capprof: {corrupt} corrupt state file(s) moved aside");
     }
+    let archive = state.clone();
+    recorder.set_archive(Box::new(move |id| archive.read(id)));
     recorder.adopt_existing();
     // Loading parsed the kernel's BTF (aya twice) and /proc/kallsyms, on two
     // threads: ~20 MB that is free again by now but that glibc's arenas
@@ -212,11 +214,16 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
-    let api_task = tokio::spawn(api::serve(
+    let (view_tx, view_rx) = tokio_watch::channel(Arc::new(view::View::default()));
+    // On a thread of its own (made after the capabilities were dropped, so
+    // it holds none): `ps` and `profile` answer while this one flushes.
+    let api_thread = api::serve_on_thread(
         listener,
         query_tx.clone(),
+        view_rx,
         shutdown(shutdown_rx.clone()),
-    ));
+    )
+    .map_err(api::ApiError::Serve)?;
     let metrics_task = metrics_listener.map(|l| {
         tokio::spawn(metrics::serve_listener(
             l,
@@ -268,11 +275,11 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         session,
         state,
         on_disk,
-        max_containers: config.max_containers,
         counters: Counters::default(),
         written: HashMap::new(),
         flushed: HashMap::new(),
-        summaries: RefCell::default(),
+        lines: view::Lines::new(config.max_containers),
+        view: view_tx,
         health: Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -308,6 +315,9 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         }
     }
 
+    daemon.publish(&CountIndex::new(
+        daemon.session.observer().read_counts().unwrap_or_default(),
+    ));
     loop {
         tokio::select! {
             finalized = daemon.session.next() => daemon.on_finalized(finalized),
@@ -326,7 +336,7 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
     }
     daemon.flush_all();
     let _ = shutdown_tx.send(true);
-    let _ = api_task.await;
+    let _ = tokio::task::spawn_blocking(move || api_thread.join()).await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -351,22 +361,23 @@ const TICK: Duration = Duration::from_millis(200);
 /// profile: it finalizes, persists, evicts, and answers queries.
 struct Aggregator {
     session: Session,
-    state: StateDir,
-    /// Every container the state directory holds (id -> name), so that a
-    /// profile query finds evicted ones without reading every file: with
-    /// 1,200 containers that read made each `capprof profile` take ~1 s.
-    on_disk: HashMap<String, Option<String>>,
-    max_containers: usize,
+    state: Arc<StateDir>,
+    /// Every container the state directory holds, so that a profile query
+    /// finds evicted ones without reading every file: with 1,200
+    /// containers that read made each `capprof profile` take ~1 s.
+    on_disk: HashMap<String, Filed>,
     counters: Counters,
-    /// A fingerprint of what was last written per container, to skip
-    /// unchanged ones.
-    written: HashMap<String, String>,
+    /// A hash of what was last written per container, to skip unchanged
+    /// ones (a hash: the JSON it is made of weighed kilobytes each).
+    written: HashMap<String, u64>,
     /// What each container's profile was built from at the last flush
     /// (`Recorder::digest`): an idle container is not rebuilt every flush.
     flushed: HashMap<String, u64>,
-    /// Each container's `ps` line with the digest it was built at: `ps`
-    /// rebuilds the profile only of containers that changed.
-    summaries: RefCell<HashMap<String, (u64, Option<ContainerSummary>)>>,
+    /// Each container's published `ps` line and profile, with the digest
+    /// they were built at: only containers that changed are rebuilt.
+    lines: view::Lines,
+    /// Where the view `ps` and `profile` read is published.
+    view: view::ViewTx,
     /// What `GET /health` says, less the live fields.
     health: Health,
     started: Instant,
@@ -383,19 +394,21 @@ struct Aggregator {
 
 impl Aggregator {
     fn on_finalized(&mut self, finalized: Vec<Finalized>) {
+        // Most turns of the session take in a record or an event and
+        // finalize nothing: nothing to write or publish then.
+        if finalized.is_empty() {
+            return;
+        }
+        let index = CountIndex::new(self.session.observer().read_counts().unwrap_or_default());
         for Finalized { id, profile } in finalized {
             if let Err(e) = profile {
                 tracing::warn!("finalizing {id}: {e}");
             }
-            self.persist(&id);
+            self.flush_one(&id, &index);
             self.sweeps.exited();
         }
-        self.evict();
-    }
-
-    fn persist(&mut self, id: &str) {
-        let counts = self.session.observer().read_counts().unwrap_or_default();
-        self.persist_with(id, &counts);
+        self.evict(&index);
+        self.publish(&index);
     }
 
     /// Writes the container's state if it changed; whether the state on
@@ -407,19 +420,22 @@ impl Aggregator {
             return false;
         };
         // Skip unchanged containers (the end time always moves; compare the rest).
-        let fingerprint = serde_json::to_string(&(
-            &p.base.as_ref().map(|b| &b.capabilities),
-            p.current.as_ref().map(|c| &c.capabilities),
-            &p.name,
-            p.exited,
-        ))
-        .unwrap_or_default();
+        let fingerprint = fingerprint(
+            &serde_json::to_string(&(
+                &p.base.as_ref().map(|b| &b.capabilities),
+                p.current.as_ref().map(|c| &c.capabilities),
+                &p.name,
+                p.exited,
+            ))
+            .unwrap_or_default(),
+        );
         if self.written.get(id) == Some(&fingerprint) {
             return true;
         }
         match self.state.write(&p) {
             Ok(()) => {
-                self.on_disk.insert(p.id.clone(), p.name.clone());
+                let (filed_id, filed) = Filed::of(&p);
+                self.on_disk.insert(filed_id, filed);
                 self.counters.profiles_written += 1;
                 self.written.insert(id.to_owned(), fingerprint);
                 true
@@ -447,20 +463,27 @@ impl Aggregator {
             vec![]
         });
         for id in &ids {
-            let counts = self.session.recorder().counts_of(id, &index);
-            let digest = self.session.recorder().digest(id, &counts);
-            if digest.is_some() && self.flushed.get(id) == digest.as_ref() {
-                continue;
-            }
-            // A failed write is tried again at the next flush.
-            if self.persist_with(id, &counts)
-                && let Some(digest) = digest
-            {
-                self.flushed.insert(id.clone(), digest);
-            }
+            self.flush_one(id, &index);
         }
         self.log_shadow(&ids, &index);
         self.keep_bounded();
+        self.evict(&index);
+        self.publish(&index);
+    }
+
+    /// Writes container `id`'s state unless it is unchanged since the last
+    /// write. A failed write is tried again at the next flush.
+    fn flush_one(&mut self, id: &str, index: &CountIndex) {
+        let counts = self.session.recorder().counts_of(id, index);
+        let digest = self.session.recorder().digest(id, &counts);
+        if digest.is_some() && self.flushed.get(id) == digest.as_ref() {
+            return;
+        }
+        if self.persist_with(id, &counts)
+            && let Some(digest) = digest
+        {
+            self.flushed.insert(id.to_owned(), digest);
+        }
     }
 
     /// Logs each new violation of a candidate allowlist, and each time a
@@ -504,26 +527,35 @@ impl Aggregator {
         }
     }
 
-    /// Keeps memory bounded: exited containers beyond the maximum are
-    /// dropped from memory (they are on disk, and the API reads them back
-    /// from there).
-    fn evict(&mut self) {
-        let (observer, recorder) = self.session.parts_mut();
-        if recorder.len() <= self.max_containers {
-            return;
-        }
-        let mut exited: Vec<String> = recorder
+    /// Keeps memory bounded by the containers that run, not by those a
+    /// node has seen: an exited container whose state on disk is current
+    /// leaves memory at once, keeping only its `ps` line (at most
+    /// `max_containers` of those). The API reads its profile back from
+    /// disk, and the recorder takes it back from there if it starts again.
+    fn evict(&mut self, index: &CountIndex) {
+        let recorder = self.session.recorder();
+        let done: Vec<String> = recorder
             .records()
             .filter(|r| r.exited)
+            .filter(|r| {
+                let counts = recorder.counts_of(&r.id, index);
+                self.written.contains_key(&r.id)
+                    && recorder.digest(&r.id, &counts) == self.flushed.get(&r.id).copied()
+            })
             .map(|r| r.id.clone())
             .collect();
-        exited.sort();
-        let excess = recorder.len() - self.max_containers;
-        for id in exited.into_iter().take(excess) {
-            let ids = recorder.evict(&id);
-            let _ = observer.unwatch(0, &ids);
-            self.written.remove(&id);
-            self.flushed.remove(&id);
+        if done.is_empty() {
+            return;
+        }
+        // Their last violations are logged before they go.
+        self.log_shadow(&done, index);
+        for id in &done {
+            self.line_evicted(id, index);
+            let (observer, recorder) = self.session.parts_mut();
+            let cgroups = recorder.evict(id);
+            let _ = observer.unwatch(0, &cgroups);
+            self.written.remove(id);
+            self.flushed.remove(id);
             self.counters.evictions += 1;
         }
     }
@@ -577,6 +609,65 @@ impl Aggregator {
         profiles
     }
 
+    /// One container's profile, by name or id prefix, in memory or evicted
+    /// to disk: what the view could not answer.
+    fn container_profile(&self, key: &str) -> Result<Profile, Lookup> {
+        let (recorder, observer) = (self.session.recorder(), self.session.observer());
+        let mut ids: Vec<String> = recorder.find(key).iter().map(|r| r.id.clone()).collect();
+        let name = key.trim_start_matches('/');
+        for (id, filed) in &self.on_disk {
+            let by_name = filed.name.as_deref() == Some(name);
+            if (by_name || (key.len() >= 4 && id.starts_with(key))) && !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        match ids.as_slice() {
+            [] => Err(Lookup::NotFound),
+            [id] => match recorder.get(id) {
+                Some(_) => {
+                    let index = CountIndex::new(observer.read_counts().unwrap_or_default());
+                    recorder.snapshot(id, observer, &recorder.counts_of(id, &index))
+                }
+                None => self.state.read(id).and_then(|p| p.current),
+            }
+            .ok_or(Lookup::NotFound),
+            _ => {
+                ids.sort();
+                Err(Lookup::Ambiguous(ids))
+            }
+        }
+    }
+
+    /// The profile merged over every container of `image`, in memory or
+    /// evicted to disk.
+    fn image_profile(&self, image: &str) -> Option<Profile> {
+        let (recorder, observer) = (self.session.recorder(), self.session.observer());
+        let index = CountIndex::new(observer.read_counts().unwrap_or_default());
+        let in_memory = recorder
+            .records()
+            .filter(|r| r.info.image.as_deref() == Some(image))
+            .filter_map(|r| recorder.snapshot(&r.id, observer, &recorder.counts_of(&r.id, &index)));
+        let on_disk = self
+            .on_disk
+            .iter()
+            .filter(|(id, f)| f.image.as_deref() == Some(image) && recorder.get(id).is_none())
+            .filter_map(|(id, _)| self.state.read(id).and_then(|p| p.current));
+        let mut merged: Option<Profile> = None;
+        for p in in_memory.chain(on_disk) {
+            match &mut merged {
+                Some(m) => m.merge(&p),
+                None => {
+                    let mut first = p;
+                    first.subject.id = None;
+                    first.subject.name = None;
+                    first.subject.cgroup = None;
+                    merged = Some(first);
+                }
+            }
+        }
+        merged
+    }
+
     fn answer(&self, q: Query) {
         let (recorder, observer) = (self.session.recorder(), self.session.observer());
         match q {
@@ -601,85 +692,11 @@ impl Aggregator {
                 });
                 let _ = reply.send(status);
             }
-            Query::List { reply } => {
-                let index = CountIndex::new(observer.read_counts().unwrap_or_default());
-                let mut cache = self.summaries.borrow_mut();
-                cache.retain(|id, _| recorder.get(id).is_some());
-                let mut list: Vec<ContainerSummary> = recorder
-                    .records()
-                    .filter(|r| !r.cgroup_ids.is_empty())
-                    .filter_map(|r| {
-                        let counts = recorder.counts_of(&r.id, &index);
-                        let digest = recorder.digest(&r.id, &counts)?;
-                        if let Some((seen, line)) = cache.get(&r.id)
-                            && *seen == digest
-                        {
-                            return line.clone();
-                        }
-                        let profile = recorder.snapshot(&r.id, observer, &counts);
-                        let line = self.summary(&r.id, profile.as_ref());
-                        cache.insert(r.id.clone(), (digest, line.clone()));
-                        line
-                    })
-                    .collect();
-                list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-                let _ = reply.send(list);
+            Query::Container { key, reply } => {
+                let _ = reply.send(self.container_profile(&key));
             }
-            Query::Profile {
-                group: Group::Container,
-                key,
-                reply,
-            } => {
-                let counts = observer.read_counts().unwrap_or_default();
-                let mut ids: Vec<String> =
-                    recorder.find(&key).iter().map(|r| r.id.clone()).collect();
-                // Evicted ones are on disk only.
-                for (id, name) in &self.on_disk {
-                    let by_name = name.as_deref() == Some(key.as_str());
-                    if (by_name || (key.len() >= 4 && id.starts_with(&key))) && !ids.contains(id) {
-                        ids.push(id.clone());
-                    }
-                }
-                let answer = match ids.as_slice() {
-                    [] => Err(Lookup::NotFound),
-                    [id] => match recorder.get(id) {
-                        Some(_) => recorder.snapshot(id, observer, &counts),
-                        None => self.state.read(id).and_then(|p| p.current),
-                    }
-                    .ok_or(Lookup::NotFound),
-                    _ => {
-                        ids.sort();
-                        Err(Lookup::Ambiguous(ids))
-                    }
-                };
-                let _ = reply.send(answer);
-            }
-            Query::Profile {
-                group: Group::Image,
-                key,
-                reply,
-            } => {
-                let index = CountIndex::new(observer.read_counts().unwrap_or_default());
-                let mut merged: Option<Profile> = None;
-                for rec in recorder
-                    .records()
-                    .filter(|r| r.info.image.as_deref() == Some(key.as_str()))
-                {
-                    let counts = recorder.counts_of(&rec.id, &index);
-                    if let Some(p) = recorder.snapshot(&rec.id, observer, &counts) {
-                        match &mut merged {
-                            Some(m) => m.merge(&p),
-                            None => {
-                                let mut first = p;
-                                first.subject.id = None;
-                                first.subject.name = None;
-                                first.subject.cgroup = None;
-                                merged = Some(first);
-                            }
-                        }
-                    }
-                }
-                let _ = reply.send(merged.ok_or(Lookup::NotFound));
+            Query::Image { image, reply } => {
+                let _ = reply.send(self.image_profile(&image).ok_or(Lookup::NotFound));
             }
             Query::Workload { key, reply } => {
                 let profiles = self.pod_profiles();
@@ -694,6 +711,34 @@ impl Aggregator {
             }
         }
     }
+}
+
+/// What the state directory holds of a container, kept in memory to find
+/// it by name or image without reading every file.
+#[derive(Debug, Clone)]
+struct Filed {
+    name: Option<String>,
+    image: Option<String>,
+}
+
+impl Filed {
+    fn of(p: &crate::recorder::PersistedContainer) -> (String, Self) {
+        (
+            p.id.clone(),
+            Self {
+                name: p.name.clone(),
+                image: p.image.clone(),
+            },
+        )
+    }
+}
+
+/// A hash of `value`, with fixed keys: two flushes' hashes compare.
+fn fingerprint(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{DefaultHasher, Hasher as _};
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Where the state dir is when nothing says otherwise.

@@ -107,14 +107,6 @@ pub struct KubeSample {
     pub last_success: u64,
 }
 
-/// What the grouping key of a profile is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Group {
-    Container,
-    Image,
-}
-
 /// Why a profile query has no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -124,16 +116,20 @@ pub enum Lookup {
     Ambiguous(Vec<String>),
 }
 
+/// What goes to the aggregator. `ps` and a container's profile are read
+/// from its published [`View`](super::view::View) instead, unless the view
+/// does not hold that container yet.
 pub enum Query {
-    /// Every profiled container.
-    List {
-        reply: oneshot::Sender<Vec<ContainerSummary>>,
-    },
-    /// One container's profile, by name or id prefix (≥ 4 chars); or, with
-    /// `Group::Image`, the profile merged over every container of an image.
-    Profile {
-        group: Group,
+    /// One container's profile, by name or id prefix: asked only when the
+    /// view has no answer (a container that entered the recorder since the
+    /// last publication), so that one the daemon knows is never "not found".
+    Container {
         key: String,
+        reply: oneshot::Sender<Result<Profile, Lookup>>,
+    },
+    /// The profile merged over every container of an image.
+    Image {
+        image: String,
         reply: oneshot::Sender<Result<Profile, Lookup>>,
     },
     Health {

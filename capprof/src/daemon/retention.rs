@@ -128,7 +128,7 @@ impl Aggregator {
         self.on_disk.remove(id);
         self.written.remove(id);
         self.flushed.remove(id);
-        self.summaries.borrow_mut().remove(id);
+        self.lines.remove(id);
         self.shadow_logged.retain(|(of, _), _| of != id);
     }
 }

@@ -30,6 +30,7 @@ pub enum StateError {
     },
 }
 
+#[derive(Debug)]
 pub struct StateDir {
     containers: PathBuf,
     profiles: PathBuf,

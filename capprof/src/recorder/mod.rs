@@ -144,7 +144,14 @@ pub struct Recorder {
     /// When this recording began: where a container that was already
     /// running is observed from.
     began: SystemTime,
+    /// Where an evicted container is taken back from when it shows up
+    /// again (the daemon's state directory): a restarted container's
+    /// profile adds up with its earlier runs.
+    archive: Option<Archive>,
 }
+
+/// Reads an evicted container's state back, by id.
+pub type Archive = Box<dyn Fn(&str) -> Option<PersistedContainer> + Send + Sync>;
 
 impl Recorder {
     pub fn new(mount: &Path, roots: Vec<String>, observer: &Observer) -> Self {
@@ -168,7 +175,13 @@ impl Recorder {
             keep_env: false,
             dying: BTreeSet::new(),
             began: SystemTime::now(),
+            archive: None,
         }
+    }
+
+    /// Takes evicted containers back from `archive` when they show up again.
+    pub fn set_archive(&mut self, archive: Archive) {
+        self.archive = Some(archive);
     }
 
     /// Keeps environment values in `subject.run` (they can hold secrets,
@@ -265,6 +278,15 @@ impl Recorder {
     }
 
     fn container(&mut self, id: &str) -> &mut ContainerRecord {
+        if !self.containers.contains_key(id)
+            && let Some(archive) = self.archive.take()
+        {
+            // `restore` comes back here: without the archive, it creates.
+            if let Some(p) = archive(id) {
+                self.restore(p);
+            }
+            self.archive = Some(archive);
+        }
         let names = &self.names;
         self.containers.entry(id.to_owned()).or_insert_with(|| {
             let mut rec = ContainerRecord {
@@ -284,17 +306,15 @@ impl Recorder {
     /// died and should be finalized once its last records are in.
     pub fn on_engine_event(&mut self, ev: ContainerEvent) {
         let died = matches!(ev.action.as_str(), "die" | "died");
-        if matches!(ev.action.as_str(), "start") {
-            // A restarted container is running again.
-            if let Some(rec) = self.containers.get_mut(&ev.id) {
-                rec.exited = false;
-            }
-        }
         if self.names.len() > 4096 {
             self.names.clear();
         }
         self.names.insert(ev.id.clone(), ev.clone());
         let rec = self.container(&ev.id);
+        if ev.action == "start" {
+            // A restarted container is running again.
+            rec.exited = false;
+        }
         rec.revision += 1;
         if rec.info.name.is_none() {
             rec.info.name = ev.name.clone();
@@ -893,5 +913,71 @@ mod tests {
         r.evict("seen");
         assert!(!r.has_dying(), "{:?}", r.dying);
         assert!(r.due(Duration::ZERO, Duration::ZERO).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod archive_tests {
+    use super::*;
+    use crate::engine::ContainerEvent;
+
+    /// An evicted container that starts again is taken back from the
+    /// archive: running, with what its earlier runs drained.
+    #[test]
+    fn an_evicted_container_that_starts_again_is_taken_back() {
+        let mut recorder = Recorder::labelled(
+            Path::new("/nonexistent"),
+            vec![],
+            "tp_btf".into(),
+            "call-site".into(),
+        );
+        let id = "a".repeat(64);
+        let earlier = crate::profile::with_allowlist(
+            &["CAP_CHOWN"],
+            Subject {
+                kind: "container".into(),
+                id: Some(id.clone()),
+                name: Some("web".into()),
+                ..Default::default()
+            },
+        );
+        let filed = PersistedContainer {
+            schema: STATE_SCHEMA.into(),
+            id: id.clone(),
+            runtime: "docker".into(),
+            cgroup: Some(format!("/docker/{id}")),
+            cgroup_ids: vec![7],
+            name: Some("web".into()),
+            image: None,
+            capabilities: None,
+            k8s: None,
+            sandbox: false,
+            exited: true,
+            started: None,
+            partial: None,
+            base: Some(earlier.clone()),
+            current: Some(earlier.clone()),
+        };
+        recorder.set_archive(Box::new(move |wanted| {
+            (wanted == filed.id).then(|| filed.clone())
+        }));
+        recorder.on_engine_event(ContainerEvent {
+            action: "start".into(),
+            id: id.clone(),
+            name: Some("web".into()),
+            image: None,
+        });
+        let rec = recorder.get(&id).expect("taken back");
+        assert!(!rec.exited, "it runs again");
+        assert_eq!(rec.profile.as_ref(), Some(&earlier));
+        // One nobody archived is new.
+        let other = "b".repeat(64);
+        recorder.on_engine_event(ContainerEvent {
+            action: "start".into(),
+            id: other.clone(),
+            name: None,
+            image: None,
+        });
+        assert!(recorder.get(&other).unwrap().profile.is_none());
     }
 }

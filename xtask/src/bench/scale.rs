@@ -373,10 +373,9 @@ impl ScaleResults {
 
     pub fn targets(&self) -> Vec<Verdict> {
         let rss = self.rss_idle_mb.max(self.rss_after_mb);
-        let api = p99(&self.ps_ms)
-            .into_iter()
-            .chain(p99(&self.profile_ms))
-            .fold(0.0, f64::max);
+        let (ps, profile) = (p99(&self.ps_ms), p99(&self.profile_ms));
+        let api = ps.into_iter().chain(profile).fold(0.0, f64::max);
+        let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
         vec![
             Verdict {
                 name: format!("scale: daemon RSS ≤ {RSS_TARGET_MB} MB"),
@@ -409,8 +408,10 @@ impl ScaleResults {
                 enforced: true,
             },
             Verdict {
-                name: format!("scale: API p99 ≤ {API_P99_TARGET_MS} ms during the churn"),
-                shown: format!("{api:.1} ms"),
+                name: format!(
+                    "scale: API p99 ≤ {API_P99_TARGET_MS} ms during the churn (`ps`, `profile`)"
+                ),
+                shown: format!("ps {}, profile {}", ms(ps), ms(profile)),
                 pass: api > 0.0 && api <= API_P99_TARGET_MS,
                 enforced: false,
             },

@@ -20,6 +20,12 @@
 //! (`%2F`), which `capprof profile --image` always does. `format` is one of
 //! docker, compose, k8s, k8s-patch, podman, oci, systemd, json (default docker).
 //!
+//! `GET /v1/containers` and `GET /v1/containers/{key}[/export]` answer from
+//! the [`View`](super::view::View) the aggregator publishes after each
+//! flush and finalization (so a running container's profile is at most one
+//! `--flush-interval` old): they never wait behind a flush. The other
+//! routes ask the aggregator.
+//!
 //! Errors are JSON too, `{"error": "…"}`: 400 for a bad format or key, 404
 //! for an unknown container, image or route, 405 for anything but GET, 503
 //! when the aggregator has gone away (the daemon is stopping).
@@ -35,7 +41,7 @@ use std::{
 use axum::{
     Router,
     extract::{
-        Path as UrlPath, Query as UrlQuery, State,
+        FromRef, Path as UrlPath, Query as UrlQuery, State,
         rejection::{PathRejection, QueryRejection},
     },
     http::{StatusCode, Uri, header},
@@ -46,8 +52,14 @@ use clap::ValueEnum as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
-use super::query::{self, Group, Lookup, Query, QueryTx};
-use crate::export::{self, Format};
+use super::{
+    query::{self, Lookup, Query, QueryTx},
+    view::ViewRx,
+};
+use crate::{
+    export::{self, Format},
+    profile::Profile,
+};
 
 /// The socket's mode: read and write (connect) for root only.
 pub const SOCKET_MODE: u32 = 0o600;
@@ -260,16 +272,63 @@ impl SocketIdentity {
 pub async fn serve(
     listener: UnixListener,
     tx: QueryTx,
+    view: ViewRx,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    axum::serve(listener, router(tx))
+    axum::serve(listener, router(tx, view))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ApiError::Serve)
 }
 
-/// The routes, over the aggregator's query channel.
-pub fn router(tx: QueryTx) -> Router {
+/// [`serve`] on a thread and runtime of its own: what it reads from the
+/// view is answered even while the aggregator's thread is busy (a flush
+/// is synchronous). The thread inherits the caller's credentials.
+pub fn serve_on_thread(
+    listener: UnixListener,
+    tx: QueryTx,
+    view: ViewRx,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<Result<(), ApiError>>> {
+    // A listener belongs to the runtime that registered it: hand it over
+    // as a plain socket.
+    let listener = listener.into_std()?;
+    std::thread::Builder::new()
+        .name("capprof-api".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ApiError::Serve)?;
+            runtime.block_on(async move {
+                let listener = UnixListener::from_std(listener).map_err(ApiError::Serve)?;
+                serve(listener, tx, view, shutdown).await
+            })
+        })
+}
+
+/// What the routes read: the aggregator's query channel, and the view it
+/// publishes.
+#[derive(Clone)]
+struct Sources {
+    tx: QueryTx,
+    view: ViewRx,
+}
+
+impl FromRef<Sources> for QueryTx {
+    fn from_ref(sources: &Sources) -> Self {
+        sources.tx.clone()
+    }
+}
+
+impl FromRef<Sources> for ViewRx {
+    fn from_ref(sources: &Sources) -> Self {
+        sources.view.clone()
+    }
+}
+
+/// The routes, over the aggregator's query channel and its view.
+pub fn router(tx: QueryTx, view: ViewRx) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/containers", get(containers))
@@ -292,7 +351,7 @@ pub fn router(tx: QueryTx) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(tx)
+        .with_state(Sources { tx, view })
 }
 
 mod workload;
@@ -309,25 +368,23 @@ async fn health(State(tx): State<QueryTx>) -> Response {
     }
 }
 
-async fn containers(State(tx): State<QueryTx>) -> Response {
-    match query::ask(&tx, |reply| Query::List { reply }).await {
-        Some(list) => json(StatusCode::OK, &list),
-        None => unavailable(),
-    }
+async fn containers(State(view): State<ViewRx>) -> Response {
+    let view = view.borrow().clone();
+    json(StatusCode::OK, &view.list())
 }
 
 async fn container(
-    State(tx): State<QueryTx>,
+    State(sources): State<Sources>,
     key: Result<UrlPath<String>, PathRejection>,
 ) -> Response {
     match key {
-        Ok(UrlPath(key)) => profile(&tx, Group::Container, key, None).await,
+        Ok(UrlPath(key)) => profile(Asked::Container(&sources), key, None).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
     }
 }
 
 async fn container_export(
-    State(tx): State<QueryTx>,
+    State(sources): State<Sources>,
     key: Result<UrlPath<String>, PathRejection>,
     params: Result<UrlQuery<ExportParams>, QueryRejection>,
 ) -> Response {
@@ -336,7 +393,7 @@ async fn container_export(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match key {
-        Ok(UrlPath(key)) => profile(&tx, Group::Container, key, Some(format)).await,
+        Ok(UrlPath(key)) => profile(Asked::Container(&sources), key, Some(format)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
     }
 }
@@ -402,29 +459,40 @@ async fn image(
     } else {
         None
     };
-    profile(&tx, Group::Image, image, format).await
+    profile(Asked::Image(&tx), image, format).await
+}
+
+/// Who answers a profile query: the view for a container (the aggregator
+/// when the view does not hold it), the aggregator for an image.
+enum Asked<'a> {
+    Container(&'a Sources),
+    Image(&'a QueryTx),
 }
 
 /// One profile, as JSON or (with a format) rendered as text.
-async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>) -> Response {
+async fn profile(asked: Asked<'_>, key: String, format: Option<Format>) -> Response {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return error(
             StatusCode::BAD_REQUEST,
             format!("a name, id or image must have 1 to {MAX_KEY_LEN} bytes"),
         );
     }
-    let what = match group {
-        Group::Container => {
+    let what = match asked {
+        Asked::Container(_) => {
             format!("no container {key} (give a name or an id prefix of 4 or more characters)")
         }
-        Group::Image => format!("no container of image {key}"),
+        Asked::Image(_) => format!("no container of image {key}"),
     };
-    let asked = query::ask(tx, |reply| Query::Profile {
-        group,
-        key: key.clone(),
-        reply,
-    })
-    .await;
+    let asked = match asked {
+        Asked::Container(sources) => container_profile(sources, &key).await,
+        Asked::Image(tx) => {
+            query::ask(tx, |reply| Query::Image {
+                image: key.clone(),
+                reply,
+            })
+            .await
+        }
+    };
     let profile = match asked {
         None => return unavailable(),
         Some(Err(Lookup::NotFound)) => return error(StatusCode::NOT_FOUND, what),
@@ -442,6 +510,26 @@ async fn profile(tx: &QueryTx, group: Group, key: String, format: Option<Format>
         Some(Ok(profile)) => profile,
     };
     rendered(profile, format)
+}
+
+/// A container's profile from the view, or from the aggregator when the
+/// view does not hold it: a container that entered the recorder since the
+/// last publication is known to the daemon, and never "not found". None
+/// when the aggregator has gone away.
+async fn container_profile(sources: &Sources, key: &str) -> Option<Result<Profile, Lookup>> {
+    // The view is cloned out (an Arc) before a profile is read from disk:
+    // the owner's next publication does not wait for it.
+    let view = sources.view.borrow().clone();
+    match view.profile(key) {
+        Err(Lookup::NotFound) => {
+            query::ask(&sources.tx, |reply| Query::Container {
+                key: key.to_owned(),
+                reply,
+            })
+            .await
+        }
+        found => Some(found),
+    }
 }
 
 /// A profile as JSON, or rendered in `format`. A partial profile's

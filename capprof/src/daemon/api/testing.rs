@@ -1,13 +1,20 @@
 //! Fixtures for the tests of the API and of the commands that use it.
 
-use std::{path::PathBuf, sync::mpsc as std_mpsc, thread};
+use std::{
+    path::PathBuf,
+    sync::{Arc, mpsc as std_mpsc},
+    thread,
+};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Query, QueryTx, bind, serve};
 use crate::{
     capability::Cap,
-    daemon::query::{ContainerSummary, Group, Health, Lookup, MetricsSnapshot},
+    daemon::{
+        query::{ContainerSummary, Health, Lookup, MetricsSnapshot},
+        view::{Entry, View, ViewRx},
+    },
     profile::Profile,
 };
 
@@ -65,28 +72,41 @@ pub fn sample_health() -> Health {
     }
 }
 
+/// The view of [`sample_list`]: `web`'s profile is [`sample_profile`], the
+/// other container has none.
+pub fn fake_view() -> ViewRx {
+    let entries = sample_list()
+        .into_iter()
+        .map(|line| Entry {
+            profile: (line.id == ID).then(|| Arc::new(sample_profile())),
+            id: line.id,
+            name: line.name,
+        })
+        .collect();
+    let lines = sample_list().into_iter().map(Arc::new).collect();
+    let (_, rx) = tokio::sync::watch::channel(Arc::new(View::new(lines, entries, None)));
+    rx
+}
+
 /// An aggregator with fixed answers.
 pub fn fake_aggregator() -> QueryTx {
     let (tx, mut rx) = mpsc::channel::<Query>(8);
     tokio::spawn(async move {
         while let Some(q) = rx.recv().await {
             match q {
-                Query::List { reply } => {
-                    let _ = reply.send(sample_list());
-                }
                 Query::Health { reply } => {
                     let _ = reply.send(sample_health());
                 }
                 Query::Metrics { reply } => {
                     let _ = reply.send(MetricsSnapshot::default());
                 }
-                Query::Profile { group, key, reply } => {
-                    let known = match group {
-                        Group::Container => {
-                            key == "web" || (key.len() >= 4 && ID.starts_with(&key))
-                        }
-                        Group::Image => key == IMAGE || key == "acme/export",
-                    };
+                // `web`, by name or id prefix, as the view has it.
+                Query::Container { key, reply } => {
+                    let known = key == "web" || (key.len() >= 4 && ID.starts_with(&key));
+                    let _ = reply.send(known.then(sample_profile).ok_or(Lookup::NotFound));
+                }
+                Query::Image { image, reply } => {
+                    let known = image == IMAGE || image == "acme/export";
                     let _ = reply.send(known.then(sample_profile).ok_or(Lookup::NotFound));
                 }
                 // No pod was profiled.
@@ -129,7 +149,7 @@ impl ThreadServer {
             runtime.block_on(async move {
                 let listener = bind(&path).unwrap();
                 ready_tx.send(()).unwrap();
-                serve(listener, fake_aggregator(), async move {
+                serve(listener, fake_aggregator(), fake_view(), async move {
                     let _ = stopped.await;
                 })
                 .await

@@ -24,9 +24,13 @@ struct Server {
 
 impl Server {
     fn start(socket: &Path, tx: QueryTx) -> Self {
+        Self::start_with(socket, tx, fake_view())
+    }
+
+    fn start_with(socket: &Path, tx: QueryTx, view: crate::daemon::view::ViewRx) -> Self {
         let listener = bind(socket).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, tx, async move {
+        let task = tokio::spawn(serve(listener, tx, view, async move {
             let _ = stopped.await;
         }));
         Server {
@@ -206,6 +210,8 @@ async fn refuses_to_replace_what_is_not_a_socket() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// What asks the aggregator is 503 once it has gone; `ps` and a
+/// container's profile still answer from the last view.
 #[tokio::test]
 async fn a_gone_aggregator_is_503() {
     let dir = scratch("gone");
@@ -213,12 +219,10 @@ async fn a_gone_aggregator_is_503() {
     let (tx, rx) = mpsc::channel::<Query>(1);
     drop(rx);
     let server = Server::start(&socket, tx);
-    for path in [
-        "/health",
-        "/v1/containers",
-        "/v1/containers/web",
-        "/v1/images/x/export",
-    ] {
+    for path in ["/v1/containers", "/v1/containers/web"] {
+        assert_eq!(get(&socket, path).await.0, StatusCode::OK, "{path}");
+    }
+    for path in ["/health", "/v1/images/x/export"] {
         let (status, body) = get(&socket, path).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert!(
@@ -226,6 +230,31 @@ async fn a_gone_aggregator_is_503() {
             "{body}"
         );
     }
+    server.stop().await;
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A container that entered the recorder after the last publication is
+/// not in the view yet: its profile is asked of the aggregator, never
+/// "not found" (the view alone answered 404 here, and `capprof profile`
+/// failed for a container started a moment before).
+#[tokio::test]
+async fn a_container_the_view_does_not_hold_yet_is_asked_of_the_aggregator() {
+    let dir = scratch("unpublished");
+    let socket = dir.join("capprof.sock");
+    let (_publisher, empty) =
+        tokio::sync::watch::channel(Arc::new(crate::daemon::view::View::default()));
+    let server = Server::start_with(&socket, fake_aggregator(), empty);
+    for key in ["web", &ID[..12]] {
+        let (status, body) = get(&socket, &format!("/v1/containers/{key}")).await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+        assert_eq!(body, sample_profile().to_json());
+        let (status, _) = get(&socket, &format!("/v1/containers/{key}/export")).await;
+        assert_eq!(status, StatusCode::OK, "{key}");
+    }
+    let (status, body) = get(&socket, "/v1/containers/nosuch").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_of(&body).starts_with("no container nosuch"), "{body}");
     server.stop().await;
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -266,6 +295,62 @@ async fn concurrent_clients_get_identical_answers() {
     assert_eq!(answered, 100);
     let socket = Arc::try_unwrap(socket).unwrap();
     server.stop().await;
+    unlink(&socket);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A blocking `GET path` with a read timeout: the status line, or None
+/// when nothing came back in time.
+fn blocking_get(socket: &Path, path: &str, timeout: std::time::Duration) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: capprof\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply.lines().next().map(str::to_owned)
+}
+
+/// `ps` and a container's profile answer while the aggregator's thread is
+/// busy (here: blocked in this request, as in a flush) and its queries
+/// wait unread; a route that asks the aggregator, as every route did
+/// before the view, does not answer at all meanwhile.
+#[test]
+fn ps_and_profile_answer_while_the_aggregator_is_busy() {
+    let dir = scratch("busy");
+    let socket = dir.join("capprof.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Held, never read: the aggregator is busy.
+    let (tx, _unread) = mpsc::channel::<Query>(8);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = runtime.block_on(async {
+        let listener = bind(&socket).unwrap();
+        let thread = serve_on_thread(listener, tx, fake_view(), async move {
+            let _ = stopped.await;
+        })
+        .unwrap();
+        // This thread, the aggregator's, blocks while the requests run.
+        let long = std::time::Duration::from_secs(30);
+        let ok = Some("HTTP/1.0 200 OK".to_owned());
+        assert_eq!(blocking_get(&socket, "/v1/containers", long), ok);
+        assert_eq!(blocking_get(&socket, "/v1/containers/web", long), ok);
+        assert_eq!(
+            blocking_get(
+                &socket,
+                &format!("/v1/containers/{}/export", &ID[..12]),
+                long
+            ),
+            ok
+        );
+        let short = std::time::Duration::from_millis(300);
+        assert_eq!(blocking_get(&socket, "/health", short), None);
+        thread
+    });
+    let _ = stop.send(());
+    thread.join().unwrap().unwrap();
     unlink(&socket);
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -36,7 +36,7 @@ pub struct DaemonArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "CAPPROF_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Containers kept in memory; exited ones beyond this are evicted to disk.
+    /// Exited containers `ps` lists (their profiles are on disk, not in memory).
     #[arg(long, value_name = "N", env = "CAPPROF_MAX_CONTAINERS")]
     pub max_containers: Option<usize>,
     /// Seconds between writes of changed profiles [default: 3].
