@@ -18,6 +18,7 @@ pub mod retention;
 pub mod series;
 pub mod shadow;
 mod snapshot;
+mod start;
 pub mod state;
 pub mod view;
 
@@ -32,19 +33,12 @@ use config::DaemonConfig;
 use query::{ContainerSummary, Health, Lookup, Query};
 use shadow::Candidates;
 use state::StateDir;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch as tokio_watch},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cgroup,
-    observer::{Backend, Count, LoadOptions, Observer, ObserverError},
+    observer::{Backend, Count, ObserverError},
     profile::Profile,
-    recorder::{
-        CountIndex, Finalized, Recorder, Session, SourceError, connect_source,
-        watch_container_roots,
-    },
+    recorder::{CountIndex, Finalized, Session, SourceError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -126,202 +120,60 @@ struct Counters {
 /// one thread it has.
 pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), DaemonError> {
     let started = Instant::now();
-    let mount = cgroup::cgroup2_mount()?;
-    // The user's paths first, before anything is loaded or connected.
-    api::check_path(&config.socket)?;
-    let state = Arc::new(StateDir::open(&config.state_dir)?);
-    let candidates = Candidates::load(&config.shadow)?;
-    let source = match connect_source(config.engine.as_deref(), config.cri.as_deref()).await {
-        Ok(source) => Some(source),
-        // A CRI socket named on purpose must answer.
-        Err(e @ SourceError::Cri(_)) => return Err(e.into()),
-        Err(e) => {
-            tracing::warn!("{e}; containers are profiled by cgroup, unnamed");
-            None
-        }
-    };
-    let mut observer = Observer::load_with(LoadOptions {
-        backend,
-        pin_bpffs: Some(config.bpffs.clone()),
-    })?;
-    // Call sites outside the functions calibration knows are named from
-    // /proc/kallsyms, which shows addresses only while privileged (with
-    // kptr_restrict set): read it now, before the daemon drops them.
-    let _ = observer.kallsyms();
-    if observer.reused_pins() {
-        eprintln!(
-            "capprof: reusing pinned maps and programs: checks made while the daemon was down are kept"
-        );
-    }
-    // Until the daemon is up, a failure removes the pins this run made:
-    // nothing is left attached behind a daemon that never started.
-    let mut pins = crate::observer::pin::PinGuard {
-        dir: (!observer.reused_pins()).then(|| crate::observer::pin::pin_dir(&config.bpffs)),
-    };
-
-    let parents = match &source {
-        Some(source) => source.cgroup_parents(&mount),
-        None => vec!["/docker", "/libpod_parent"],
-    };
-    let watched = watch_container_roots(&mut observer, &mount, &parents, &config.cgroup_roots)?;
-
-    let mut recorder = Recorder::new(&mount, watched.clone(), &observer);
-    let (restored, corrupt) = state.load_all();
-    let on_disk: HashMap<String, Filed> = restored.iter().map(Filed::of).collect();
-    for p in restored {
-        recorder.restore(p);
-    }
-    if corrupt > 0 {
-        eprintln!("capprof: {corrupt} corrupt state file(s) moved aside");
-    }
-    let archive = state.clone();
-    recorder.set_archive(Box::new(move |id| archive.read(id)));
-    recorder.adopt_existing();
-    // Loading parsed the kernel's BTF (aya twice) and /proc/kallsyms, on two
-    // threads: ~20 MB that is free again by now but that glibc's arenas
-    // keep unless asked. The daemon's RSS is what a node pays for it.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only hands free heap pages back to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-
-    // Everything privileged is done: bind, then drop every capability. The
-    // metrics port first: its failure then leaves no socket behind.
-    let metrics_listener = match &config.metrics {
-        Some(addr) => {
-            let addr = metrics::parse_addr(addr)?;
-            Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| DaemonError::MetricsBind { addr, source })?,
-            )
-        }
-        None => None,
-    };
-    let listener = api::bind(&config.socket)?;
-    let bound = api::SocketIdentity::of(&config.socket);
-    let kept = match privileges::drop_all() {
-        Ok(kept) => kept,
-        Err(e) => {
-            let _ = std::fs::remove_file(&config.socket);
-            return Err(e.into());
-        }
-    };
-
-    let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
-    let shutdown = |mut rx: tokio_watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
-    let (view_tx, view_rx) = tokio_watch::channel(Arc::new(view::View::default()));
-    // On a thread of its own (made after the capabilities were dropped, so
-    // it holds none): `ps` and `profile` answer while this one flushes.
-    let api_thread = api::serve_on_thread(
-        listener,
-        query_tx.clone(),
-        view_rx,
-        shutdown(shutdown_rx.clone()),
-    )
-    .map_err(api::ApiError::Serve)?;
-    let metrics_task = metrics_listener.map(|l| {
-        tokio::spawn(metrics::serve_listener(
-            l,
-            query_tx.clone(),
-            metrics::SeriesState::new(config.metrics_max_workloads),
-            shutdown(shutdown_rx.clone()),
-        ))
-    });
-
-    let fleet_stats = std::sync::Arc::new(crate::fleet::writer::Stats::default());
-    let fleet_task = config.writer().map(|w| {
-        eprintln!(
-            "capprof: writing node {}'s parts of the cluster's CapabilityProfiles every {}",
-            w.node,
-            humantime::format_duration(w.interval)
-        );
-        let writer = crate::fleet::writer::Writer::new(w, fleet_stats.clone());
-        tokio::spawn(writer.run(query_tx.clone(), shutdown(shutdown_rx.clone())))
-    });
-
-    let backend = observer.backend();
-    let classification = observer.classification().to_string();
-    let session = Session::start_with(observer, recorder, source, TICK).await?;
-    pins.dir = None;
+    let inputs = start::open_inputs(&config).await?;
+    let mut loaded = start::load(&config, backend, &inputs)?;
+    let bound = start::bind_and_drop(&config).await?;
+    let mut servers = start::spawn_servers(&config, bound.listener, bound.metrics)?;
+    let backend = loaded.observer.backend();
+    let classification = loaded.observer.classification().to_string();
+    let session =
+        Session::start_with(loaded.observer, loaded.recorder, inputs.source, TICK).await?;
+    loaded.pins.dir = None;
 
     // Before "ready": a SIGTERM sent as soon as it is said must stop the
     // daemon cleanly, not kill it with the default action.
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    eprintln!(
-        "capprof: daemon ready: {} backend, watching {}, api {}, {} capabilities kept{}",
-        backend,
-        watched.join(", "),
-        config.socket.display(),
-        if kept.is_empty() {
-            "no".to_owned()
-        } else {
-            kept.join(",")
-        },
-        config
-            .metrics
-            .as_deref()
-            .map(|m| format!(", metrics {m}"))
-            .unwrap_or_default(),
-    );
+    start::announce_ready(&config, backend, &loaded.watched, &bound.kept);
+    start::announce_shadow(&config, &inputs.candidates);
 
-    let mut flush = tokio::time::interval(Duration::from_secs(config.flush_interval_secs));
+    let health = Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: backend.to_string(),
+        classification,
+        uptime_secs: 0,
+        containers: 0,
+        capabilities: bound.kept,
+    };
     let mut daemon = Aggregator {
         session,
-        state,
-        on_disk,
+        state: inputs.state,
+        on_disk: loaded.on_disk,
         counters: Counters::default(),
         written: HashMap::new(),
         flushed: HashMap::new(),
         lines: view::Lines::new(config.max_containers),
-        view: view_tx,
-        health: Health {
-            status: "ok".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            backend: backend.to_string(),
-            classification,
-            uptime_secs: 0,
-            containers: 0,
-            capabilities: kept,
-        },
+        view: servers.view.clone(),
+        health,
         started,
-        shadow: candidates,
+        shadow: inputs.candidates,
         shadow_logged: HashMap::new(),
         retention: retention::Retention {
             max_age: config.retain_for,
             max_count: config.retain_max,
         },
         sweeps: retention::Sweeps::default(),
-        fleet: fleet_task.as_ref().map(|_| fleet_stats.clone()),
+        fleet: servers.fleet.as_ref().map(|(stats, _)| stats.clone()),
     };
-    if !daemon.shadow.is_empty() {
-        eprintln!(
-            "capprof: shadow mode: {} candidate allowlist(s) from {}",
-            daemon.shadow.len(),
-            config
-                .shadow
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for note in daemon.shadow.notes() {
-            eprintln!("capprof: shadow mode: {note}");
-        }
-    }
-
+    let mut flush = tokio::time::interval(Duration::from_secs(config.flush_interval_secs));
     daemon.publish(&CountIndex::new(
         daemon.session.observer().read_counts().unwrap_or_default(),
     ));
     loop {
         tokio::select! {
             finalized = daemon.session.next() => daemon.on_finalized(finalized),
-            Some(q) = query_rx.recv() => daemon.answer(q),
+            Some(q) = servers.queries.recv() => daemon.answer(q),
             _ = flush.tick() => daemon.flush_all(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -335,15 +187,8 @@ pub async fn run(config: DaemonConfig, backend: Option<Backend>) -> Result<(), D
         tracing::warn!("{e}");
     }
     daemon.flush_all();
-    let _ = shutdown_tx.send(true);
-    let _ = tokio::task::spawn_blocking(move || api_thread.join()).await;
-    if let Some(t) = metrics_task {
-        let _ = t.await;
-    }
-    if let Some(t) = fleet_task {
-        let _ = t.await;
-    }
-    if let Some(bound) = bound {
+    servers.stop().await;
+    if let Some(bound) = bound.identity {
         bound.remove_if_still(&config.socket);
     }
     eprintln!(
