@@ -370,7 +370,15 @@ async fn health(State(tx): State<QueryTx>) -> Response {
 
 async fn containers(State(view): State<ViewRx>) -> Response {
     let view = view.borrow().clone();
-    json(StatusCode::OK, &view.list())
+    match view.list_json() {
+        Some(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        None => json(StatusCode::OK, &view.list()),
+    }
 }
 
 async fn container(
