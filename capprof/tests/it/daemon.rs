@@ -377,6 +377,51 @@ fn concurrent_clients_get_consistent_answers() {
     let _ = docker(&["rm", "-f", &name]);
 }
 
+/// A container is answered for as soon as the daemon has a profile for it,
+/// though the view `ps` and `profile` read is published only at a flush
+/// (here every 60 s) or a finalization: the first answer comes within
+/// seconds, and from then on `capprof profile` never says "no container".
+/// With the view alone it did, until the next publication.
+#[test]
+#[ignore = "needs root and a Docker engine"]
+fn a_container_is_answered_for_as_soon_as_the_daemon_knows_it() {
+    require_engine();
+    let world = World::new("d-fresh");
+    let name = format!("capprof-d-fresh-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &name]);
+    let daemon = world.start(&["--flush-interval", "60"]);
+    assert!(
+        docker_run(Some(&name), &["-d".into()], &["sleep", "60"])
+            .status
+            .success()
+    );
+    let socket = world.socket();
+    let profile = || {
+        capprof(&[
+            "profile",
+            &name,
+            "--format",
+            "json",
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+    };
+    wait_until("its first profile", Duration::from_secs(10), || {
+        profile().status.success()
+    });
+    for _ in 0..10 {
+        let out = profile();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait().0.success());
+    let _ = docker(&["rm", "-f", &name]);
+}
+
 /// The stated bounds for the daemon's resident memory under churn (debug
 /// build): in all, and grown over the churn. Most of the resident set is
 /// the kernel BTF and symbols parsed at startup.
