@@ -19,7 +19,6 @@ use std::{
 };
 
 use axum::body::Bytes;
-
 use tokio::sync::watch;
 
 use super::{
