@@ -13,6 +13,7 @@ pub mod calibrate;
 pub mod counts;
 pub mod events;
 pub mod kallsyms;
+mod load;
 pub mod pin;
 pub mod prog_stats;
 pub mod reader;
@@ -26,20 +27,19 @@ use std::{
 
 use attach::{AttachError, Attached, Hook};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, Map, MapData, RingBuf},
     programs::links::PinnedLink,
 };
 pub use backend::{
     Backend, COMPAT, Classification, LSM_LIST, LsmUnavailable, bpf_lsm_active, choose_backend,
 };
-use btf::KernelBtf;
-use calibrate::CalibrateError;
-use capprof_common::{check::generations, config::Config, names};
+use capprof_common::{check::generations, names};
 pub use counts::{
     Clock, Count, KernelStats, Kind, Phase, Sighting, UserNs, Verdict, flush_pending,
 };
 use kallsyms::Kallsyms;
+use load::read_kallsyms;
 
 /// The eBPF object built by build.rs through aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
@@ -190,217 +190,6 @@ impl Observer {
             backend,
             pin_bpffs: None,
         })
-    }
-
-    pub fn load_with(options: LoadOptions) -> Result<Self, ObserverError> {
-        let backend = options.backend;
-        let started = Instant::now();
-        preflight()?;
-        bump_memlock_rlimit();
-        // The functions calibration needs, from this boot's cache; without
-        // one, /proc/kallsyms (~50 ms of kernel time) is read while BTF is
-        // parsed and the object is loaded.
-        let cache = symbols::Cache::for_this_boot();
-        let cached = cache.as_ref().and_then(symbols::Cache::load);
-        let kallsyms_thread = match cached {
-            Some(_) => None,
-            None => Some(spawn_kallsyms()?),
-        };
-        let mut reused_pins = false;
-        let mut pin_lock = None;
-        let pin_dir = match &options.pin_bpffs {
-            Some(bpffs) => {
-                pin::ensure_bpffs(bpffs)?;
-                // Before anything is reused or replaced: another daemon's
-                // pins are not ours to touch.
-                pin_lock = Some(pin::lock(bpffs)?);
-                pin::check_other_abis(bpffs)?;
-                let dir = pin::pin_dir(bpffs);
-                let object = aya_obj::Object::parse(OBJECT).map_err(ObserverError::Object)?;
-                if let Some(reason) = pin::incompatibility(&dir, &object) {
-                    tracing::warn!(
-                        "incompatible pins in {} ({reason}), left by another capprof build: replacing them",
-                        dir.display()
-                    );
-                    pin::reset(&dir).map_err(|source| pin::PinError::Dir {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                } else {
-                    reused_pins = pin::map_path(&dir, names::COUNTS).exists();
-                }
-                pin::prepare(&dir)?;
-                Some(dir)
-            }
-            None => None,
-        };
-        // Pins this load makes are removed again if it fails.
-        let mut cleanup = pin::PinGuard {
-            dir: pin_dir.clone().filter(|_| !reused_pins),
-        };
-        let map_pins: Vec<(&'static str, std::path::PathBuf)> = match &pin_dir {
-            Some(dir) => pin::PINNED_MAPS
-                .iter()
-                .map(|n| (*n, pin::map_path(dir, n)))
-                .collect(),
-            None => vec![],
-        };
-        let mut phases = Phases::new(started);
-        // aya 0.14's `EbpfLoader::new` parses the kernel's BTF by itself
-        // (20-45 ms here) and has no way to be handed ours: let it do so on
-        // the other core while this thread parses what it needs.
-        let new_loader = std::thread::Builder::new()
-            .name("loader".into())
-            .spawn(EbpfLoader::new);
-        let btf_data = btf::read_vmlinux()?;
-        let kernel = KernelBtf::parse(&btf_data)?;
-        phases.mark("kernel btf");
-        let backend = backend.unwrap_or_else(|| choose_backend(&kernel).0);
-        if backend == Backend::TpBtf && !kernel.has_cap_tracepoint {
-            return Err(ObserverError::BackendUnavailable {
-                backend,
-                reason: Unavailable::NoTracepoint,
-            });
-        }
-        if backend == Backend::Lsm {
-            bpf_lsm_active().map_err(|reason| ObserverError::BackendUnavailable {
-                backend,
-                reason: reason.into(),
-            })?;
-        }
-        let tgid = std::process::id();
-        // Parse the kernel's BTF once for the loader and the attaches.
-        let btf =
-            aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(btf::BtfError::Aya)?;
-        drop(btf_data);
-        phases.mark("aya btf");
-        let mut loader = match new_loader.map(std::thread::JoinHandle::join) {
-            Ok(Ok(loader)) => loader,
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            Err(_) => EbpfLoader::new(),
-        };
-        phases.mark("loader");
-        loader.btf(Some(&btf));
-        loader
-            .override_global("CAPPROF_TGID", &tgid, true)
-            .override_global("CALIBRATE_TGID", &tgid, true);
-        for (name, path) in &map_pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(OBJECT)?;
-        phases.mark("object");
-        let mut config = Config::empty();
-        config.syscall_nr_offset = SYSCALL_NR_OFFSET.unwrap_or(u32::MAX);
-        config.task_tgid_offset = kernel.task_tgid_offset.unwrap_or(u32::MAX);
-        config.binprm_filename_offset = kernel.binprm_filename_offset.unwrap_or(u32::MAX);
-        config.cgroup_name = kernel
-            .cgroup_name
-            .unwrap_or(capprof_common::config::CgroupNameOffsets::unknown());
-        config.syscalls = kernel.syscalls;
-        config.creds = kernel.creds.unwrap_or_else(|| {
-            tracing::warn!(
-                "this kernel's BTF lacks task_struct.real_cred, cred.user_ns or user_namespace's \
-                 level and parent: checks made with borrowed credentials (overlayfs copy-up) \
-                 will count as the workload's own"
-            );
-            capprof_common::config::CredOffsets::unknown()
-        });
-        let kallsyms = std::sync::OnceLock::new();
-        let symbols = Symbols {
-            cached,
-            thread: kallsyms_thread,
-            cache,
-            kallsyms: &kallsyms,
-        };
-        let (known, slots) = symbols.calibrate(&mut ebpf, &btf, backend, &mut phases);
-        let ranges = known.as_ref().map(calibrate::ranges).unwrap_or_default();
-        // The calibration program is the backend's own program type on the
-        // same hook: when the kernel refuses it, it refuses the backend.
-        let slots = match slots {
-            Err(CalibrateError::Refused(refusal)) => {
-                return Err(ObserverError::BackendUnavailable {
-                    backend,
-                    reason: Unavailable::Refused(refusal),
-                });
-            }
-            Err(other) => Err(other.to_string()),
-            Ok(slots) => Ok(slots),
-        };
-        let classification = match (backend, slots) {
-            (Backend::TpBtf, Ok((slots, other))) => {
-                calibrate::apply(&mut config, Some(slots), &ranges);
-                if let Some(other) = other {
-                    config.slot_caller_alt = other.caller;
-                    config.slot_outer_alt = other.outer;
-                }
-                Classification::CallSite {
-                    caller_slot: slots.caller,
-                    outer_slot: slots.outer,
-                }
-            }
-            (Backend::TpBtf, Err(reason)) => {
-                tracing::warn!(
-                    "call-site calibration failed ({reason}); every check will count as audited"
-                );
-                Classification::Uncalibrated(reason)
-            }
-            (_, Ok((slots, _))) => {
-                calibrate::apply(&mut config, Some(slots), &ranges);
-                Classification::Opts {
-                    call_site: Some(slots),
-                }
-            }
-            (_, Err(reason)) => {
-                tracing::warn!(
-                    "call-site calibration failed ({reason}); advisory checks will count as silent"
-                );
-                calibrate::apply(&mut config, None, &ranges);
-                Classification::Opts { call_site: None }
-            }
-        };
-        let mut config_map: Array<_, Config> = Array::try_from(
-            ebpf.map_mut(names::CONFIG)
-                .ok_or(ObserverError::MissingMap(names::CONFIG))?,
-        )
-        .map_err(map_err(names::CONFIG))?;
-        config_map
-            .set(0, config, 0)
-            .map_err(map_err(names::CONFIG))?;
-
-        // Every program is verified before the first attach. Calibration
-        // has just left the tracepoint, and the next first attach to any
-        // tracepoint waits out an RCU grace period after that
-        // (kernel/tracepoint.c, its 1->0->1 transition sync): the
-        // verification lets the period pass (a 6-19 ms wait otherwise).
-        let hooks: Vec<_> = PROCESS_HOOKS
-            .iter()
-            .map(|&(name, tp)| (name, Hook::TpBtf(tp)))
-            .chain(syscalls::programs())
-            .collect();
-        let mut loaded =
-            attach::load_concurrently(&mut ebpf, &btf, backend_programs(backend), &hooks);
-        phases.mark("verify");
-        let mut attached = attach_backend(&mut ebpf, &mut loaded, backend)?;
-        attached.extend(attach_process_hooks(&mut ebpf, &mut loaded));
-        attached.extend(syscalls::attach(&mut ebpf, &mut loaded));
-        phases.mark("attach");
-        phases.log("load");
-        let mut observer = Self {
-            ebpf,
-            backend,
-            classification,
-            kallsyms,
-            known,
-            load_time: started.elapsed(),
-            attached,
-            pin_dir,
-            reused_pins,
-            _pin_lock: pin_lock,
-            counts_cache: std::sync::Mutex::new(None),
-        };
-        observer.pin_links()?;
-        cleanup.dir = None;
-        Ok(observer)
     }
 
     /// Whether an earlier run's pins (and the counts in them) were reused.
@@ -572,83 +361,6 @@ impl Observer {
     }
 }
 
-/// Where load time goes, logged at debug level (`CAPPROF_LOG=debug`).
-fn spawn_kallsyms() -> Result<std::thread::JoinHandle<Option<Kallsyms>>, ObserverError> {
-    std::thread::Builder::new()
-        .name("kallsyms".into())
-        .spawn(read_kallsyms)
-        .map_err(ObserverError::Thread)
-}
-
-/// /proc/kallsyms, or None (warned) when it cannot be read.
-fn read_kallsyms() -> Option<Kallsyms> {
-    let started = Instant::now();
-    let kallsyms = Kallsyms::load();
-    tracing::debug!("/proc/kallsyms read in {:.1?}", started.elapsed());
-    kallsyms
-        .inspect_err(|err| tracing::warn!("{err}; call sites cannot be resolved"))
-        .ok()
-}
-
-/// Where calibration's function addresses come from at load.
-struct Symbols<'a> {
-    /// This boot's cached functions, unverified.
-    cached: Option<symbols::KnownFunctions>,
-    /// Reading /proc/kallsyms, when nothing was cached.
-    thread: Option<std::thread::JoinHandle<Option<Kallsyms>>>,
-    cache: Option<symbols::Cache>,
-    /// Where a full read is kept for naming call sites later.
-    kallsyms: &'a std::sync::OnceLock<Option<Kallsyms>>,
-}
-
-type Calibrated = Result<(calibrate::Slots, Option<calibrate::Slots>), CalibrateError>;
-
-impl Symbols<'_> {
-    /// Calibrates with the cached functions; when they find no slots (a
-    /// stale or wrong cache), or nothing was cached, with /proc/kallsyms,
-    /// whose functions are then cached once calibration has confirmed them.
-    fn calibrate(
-        mut self,
-        ebpf: &mut Ebpf,
-        btf: &aya::Btf,
-        backend: Backend,
-        phases: &mut Phases,
-    ) -> (Option<symbols::KnownFunctions>, Calibrated) {
-        if let Some(known) = self.cached.take() {
-            phases.mark("cached functions");
-            let slots = calibrate::calibrate(ebpf, btf, &known, backend);
-            phases.mark("calibration");
-            if !matches!(slots, Err(CalibrateError::NoSlots(_))) {
-                return (Some(known), slots);
-            }
-            tracing::debug!(
-                "the cached kernel functions did not calibrate: reading /proc/kallsyms"
-            );
-        }
-        let read = match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| {
-                tracing::warn!("reading /proc/kallsyms panicked; call sites cannot be resolved");
-                None
-            }),
-            None => read_kallsyms(),
-        };
-        phases.mark("kallsyms");
-        let known = read.as_ref().map(symbols::KnownFunctions::from_kallsyms);
-        let _ = self.kallsyms.set(read);
-        let Some(known) = known else {
-            return (None, Err(CalibrateError::NoKallsyms));
-        };
-        let slots = calibrate::calibrate(ebpf, btf, &known, backend);
-        phases.mark("calibration");
-        if slots.is_ok()
-            && let Some(cache) = &self.cache
-        {
-            cache.store(&known);
-        }
-        (Some(known), slots)
-    }
-}
-
 impl Observer {
     /// Drops the observer without waiting for its links to detach.
     ///
@@ -717,54 +429,12 @@ impl Phases {
     }
 }
 
-/// Offset of the syscall number in `struct pt_regs` (arch ABI, not a kernel
-/// struct layout that changes between builds).
-#[cfg(target_arch = "x86_64")]
-const SYSCALL_NR_OFFSET: Option<u32> = Some(15 * 8); // orig_ax
-#[cfg(target_arch = "aarch64")]
-const SYSCALL_NR_OFFSET: Option<u32> = Some(35 * 8); // syscallno
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-const SYSCALL_NR_OFFSET: Option<u32> = None;
-
-/// Kernels from 5.11 account BPF memory to the memory cgroup; older ones
-/// need RLIMIT_MEMLOCK raised. Root here lacks CAP_SYS_RESOURCE, so failure
-/// is expected and harmless on new kernels.
-fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: valid pointer to a rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        tracing::debug!(
-            "cannot raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// The process lifecycle hooks, by program and tracepoint.
 const PROCESS_HOOKS: [(&str, &str); 3] = [
     (names::PROG_EXEC, "sched_process_exec"),
     (names::PROG_FORK, "sched_process_fork"),
     (names::PROG_EXIT, "sched_process_exit"),
 ];
-
-/// Process lifecycle hooks for the runtime-setup/workload split. Without
-/// them container profiles would count runtime setup as the workload's, so
-/// failures are loud, but `capprof run` does not need them.
-fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::Loaded) -> Vec<Attached> {
-    let mut attached = vec![];
-    for (name, tracepoint) in PROCESS_HOOKS {
-        match attach::attach_loaded(ebpf, loaded, name, Hook::TpBtf(tracepoint)) {
-            Ok(link) => attached.push(link),
-            Err(err) => tracing::warn!(
-                "cannot attach {name} to {tracepoint}: {err}; runtime setup will not be told apart"
-            ),
-        }
-    }
-    attached
-}
 
 /// The backend's program(s), in the order they attach.
 fn backend_programs(backend: Backend) -> &'static [(&'static str, Hook)] {
@@ -780,29 +450,6 @@ fn backend_programs(backend: Backend) -> &'static [(&'static str, Hook)] {
         ],
         Backend::Lsm => &[(names::PROG_LSM, Hook::Lsm(names::LSM_HOOK))],
     }
-}
-
-/// Attaches the backend's program(s). A kernel that refuses fexit, kprobe
-/// or lsm lacks the backend (exit 2); the tracepoint was already checked in
-/// BTF, so its refusal is a capprof bug.
-fn attach_backend(
-    ebpf: &mut Ebpf,
-    loaded: &mut attach::Loaded,
-    backend: Backend,
-) -> Result<Vec<Attached>, ObserverError> {
-    let unavailable = |e: AttachError| match e {
-        AttachError::Program { .. } if backend != Backend::TpBtf => {
-            ObserverError::BackendUnavailable {
-                backend,
-                reason: Unavailable::Refused(e),
-            }
-        }
-        e => ObserverError::Attach(e),
-    };
-    backend_programs(backend)
-        .iter()
-        .map(|&(name, hook)| attach::attach_loaded(ebpf, loaded, name, hook).map_err(unavailable))
-        .collect()
 }
 
 #[cfg(test)]
