@@ -66,11 +66,29 @@ fn bind_tcp(port: u16) -> bool {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let action = args.first().cloned().unwrap_or_default();
+    let ran = match action.as_str() {
+        "nothing" => Some(ExitCode::SUCCESS),
+        "capset" => Some(capset(&args.get(1).cloned().unwrap_or_default())),
+        "mmap-loop" => Some(mmap_loop()),
+        "in-overlay" => Some(in_overlay(&args[1..])),
+        _ => file_action(&action, &args)
+            .or_else(|| net_action(&action, &args))
+            .or_else(|| process_action(&action, &args))
+            .or_else(|| proof_workload(&action, &args)),
+    };
+    ran.unwrap_or_else(|| {
+        eprintln!("unknown action {action:?}");
+        ExitCode::from(2)
+    })
+}
+
+/// Actions on files and the root: chown, mknod, chroot, write, chmod.
+fn file_action(action: &str, args: &[String]) -> Option<ExitCode> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     // SAFETY: each arm is a plain syscall on arguments we own.
     unsafe {
-        match arg(0).as_str() {
-            "nothing" => ExitCode::SUCCESS,
+        Some(match action {
             "chown" => check(
                 libc::chown(cstr(&arg(1)).as_ptr(), 1000, 1000) == 0,
                 "chown",
@@ -82,6 +100,26 @@ fn main() -> ExitCode {
                     "mknod",
                 )
             }
+            "chroot" => check(libc::chroot(cstr("/").as_ptr()) == 0, "chroot"),
+            "write-file" => {
+                let fd = libc::open(cstr(&arg(1)).as_ptr(), libc::O_WRONLY);
+                check(
+                    fd >= 0 && libc::write(fd, b"x".as_ptr().cast(), 1) == 1,
+                    "write",
+                )
+            }
+            "chmod" => check(libc::chmod(cstr(&arg(1)).as_ptr(), 0o640) == 0, "chmod"),
+            _ => return None,
+        })
+    }
+}
+
+/// Actions on sockets, some in a network namespace of their own.
+fn net_action(action: &str, args: &[String]) -> Option<ExitCode> {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    // SAFETY: each arm is a plain syscall on arguments we own.
+    unsafe {
+        Some(match action {
             "raw-socket" => check(
                 libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) >= 0,
                 "socket",
@@ -104,18 +142,41 @@ fn main() -> ExitCode {
                 ) == 0;
                 check(ok, "bind")
             }
+            "bind-in-netns" => {
+                // A network namespace of our own, with the sysctl as a
+                // container runtime would set it, then a bind.
+                let port: u16 = arg(1).parse().unwrap_or(600);
+                let ok = libc::unshare(libc::CLONE_NEWNET) == 0
+                    && write_sysctl("net/ipv4/ip_unprivileged_port_start", &arg(2))
+                    && bind_tcp(port);
+                check(ok, "unshare+sysctl+bind")
+            }
+            "ping-socket-in-netns" => {
+                // As iputils ping does: an ICMP datagram socket, and a raw
+                // one when ping_group_range shuts the caller out.
+                let range = arg(1);
+                let ok = libc::unshare(libc::CLONE_NEWNET) == 0
+                    && (range.is_empty() || write_sysctl("net/ipv4/ping_group_range", &range))
+                    && (libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) >= 0
+                        || (*libc::__errno_location() == libc::EACCES
+                            && libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)
+                                >= 0));
+                check(ok, "unshare+sysctl+socket")
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Actions on this process: ids, signals, hostname, priority, limits.
+fn process_action(action: &str, args: &[String]) -> Option<ExitCode> {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    // SAFETY: each arm is a plain syscall on arguments we own.
+    unsafe {
+        Some(match action {
             "setuid" => check(libc::setuid(1000) == 0, "setuid"),
             "setgid" => check(libc::setgid(1000) == 0, "setgid"),
             "kill" => check(libc::kill(arg(1).parse().unwrap_or(0), 0) == 0, "kill"),
-            "chroot" => check(libc::chroot(cstr("/").as_ptr()) == 0, "chroot"),
-            "write-file" => {
-                let fd = libc::open(cstr(&arg(1)).as_ptr(), libc::O_WRONLY);
-                check(
-                    fd >= 0 && libc::write(fd, b"x".as_ptr().cast(), 1) == 1,
-                    "write",
-                )
-            }
-            "chmod" => check(libc::chmod(cstr(&arg(1)).as_ptr(), 0o640) == 0, "chmod"),
             "sethostname" => {
                 let ok = libc::unshare(libc::CLONE_NEWUTS) == 0
                     && libc::sethostname(b"capprof".as_ptr().cast(), 7) == 0;
@@ -141,75 +202,17 @@ fn main() -> ExitCode {
                     && *libc::__errno_location() == libc::EPERM;
                 check(refused, "setrlimit was not refused")
             }
-            "mmap-loop" => {
-                for _ in 0..2000 {
-                    let len = 1 << 16;
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                        -1,
-                        0,
-                    );
-                    if p == libc::MAP_FAILED {
-                        return check(false, "mmap");
-                    }
-                    libc::munmap(p, len);
-                }
-                ExitCode::SUCCESS
-            }
-            "bind-in-netns" => {
-                // A network namespace of our own, with the sysctl as a
-                // container runtime would set it, then a bind.
-                let port: u16 = arg(1).parse().unwrap_or(600);
-                let ok = libc::unshare(libc::CLONE_NEWNET) == 0
-                    && write_sysctl("net/ipv4/ip_unprivileged_port_start", &arg(2))
-                    && bind_tcp(port);
-                check(ok, "unshare+sysctl+bind")
-            }
-            "ping-socket-in-netns" => {
-                // As iputils ping does: an ICMP datagram socket, and a raw
-                // one when ping_group_range shuts the caller out.
-                let range = arg(1);
-                let ok = libc::unshare(libc::CLONE_NEWNET) == 0
-                    && (range.is_empty() || write_sysctl("net/ipv4/ping_group_range", &range))
-                    && (libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) >= 0
-                        || (*libc::__errno_location() == libc::EACCES
-                            && libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)
-                                >= 0));
-                check(ok, "unshare+sysctl+socket")
-            }
-            "capset" => {
-                // capset(2) to the permitted and effective sets named by
-                // arg(1) (`keep:CAP`, `same`, `drop`), as libcap does.
-                let mut header = CapHeader {
-                    version: 0x2008_0522,
-                    pid: 0,
-                };
-                let mut data = [CapData::default(); 2];
-                if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
-                    return check(false, "capget");
-                }
-                match arg(1).split_once(':') {
-                    Some(("keep", cap)) => {
-                        let bit: u32 = cap.parse().unwrap_or(10);
-                        data = [CapData::default(); 2];
-                        let (word, mask) = ((bit / 32) as usize, 1 << (bit % 32));
-                        data[word].permitted = mask;
-                        data[word].effective = mask;
-                    }
-                    _ if arg(1) == "drop" => data = [CapData::default(); 2],
-                    _ => {} // `same`: the sets as they are.
-                }
-                check(
-                    libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) == 0,
-                    "capset",
-                )
-            }
-            "in-overlay" => in_overlay(&args[1..]),
-            // The proof tests' workloads, which do what real programs do.
-            //
+            _ => return None,
+        })
+    }
+}
+
+/// The proof tests' workloads, which do what real programs do.
+fn proof_workload(action: &str, args: &[String]) -> Option<ExitCode> {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    // SAFETY: each arm is a plain syscall on arguments we own.
+    unsafe {
+        Some(match action {
             // libcap's way of dropping privileges (iputils ping does it):
             // capset down to CAP_CHOWN alone, then chown. capset checks
             // CAP_SETPCAP every time, needed or not.
@@ -224,40 +227,97 @@ fn main() -> ExitCode {
                     "capset+chown",
                 )
             }
-            // squid's way of dropping root: keep the capabilities across
-            // setgid()+setuid() (PR_SET_KEEPCAPS), then capset() down to
-            // the one capability bit arg(1) alone. If that capset() is
-            // refused, say so and carry on, as squid does: the process
-            // then still holds what it meant to drop.
-            "drop-keeping" => {
-                let bit: u32 = arg(1).parse().unwrap_or(10);
-                if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
-                    || libc::setgid(1000) != 0
-                    || libc::setuid(1000) != 0
-                {
-                    return check(false, "keepcaps+setgid+setuid");
-                }
-                let mut header = [0x2008_0522u32, 0];
-                let mut data = [0u32; 6];
-                let (word, mask) = ((bit / 32) as usize * 3, 1 << (bit % 32));
-                data[word] = mask; // effective
-                data[word + 1] = mask; // permitted
-                if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
-                    eprintln!("capset: {} (carrying on)", std::io::Error::last_os_error());
-                }
-                ExitCode::SUCCESS
-            }
+            "drop-keeping" => drop_keeping(&arg(1)),
             // What sshd and PAM do at login: send an audit record, and carry
             // on when the kernel refuses it.
             "audit-login" => {
                 audit_login();
                 ExitCode::SUCCESS
             }
-            other => {
-                eprintln!("unknown action {other:?}");
-                ExitCode::from(2)
-            }
+            _ => return None,
+        })
+    }
+}
+
+/// squid's way of dropping root: keep the capabilities across
+/// setgid()+setuid() (PR_SET_KEEPCAPS), then capset() down to
+/// the one capability bit `bit` alone. If that capset() is
+/// refused, say so and carry on, as squid does: the process
+/// then still holds what it meant to drop.
+fn drop_keeping(bit: &str) -> ExitCode {
+    // SAFETY: plain syscalls on buffers this function owns.
+    unsafe {
+        let bit: u32 = bit.parse().unwrap_or(10);
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            || libc::setgid(1000) != 0
+            || libc::setuid(1000) != 0
+        {
+            return check(false, "keepcaps+setgid+setuid");
         }
+        let mut header = [0x2008_0522u32, 0];
+        let mut data = [0u32; 6];
+        let (word, mask) = ((bit / 32) as usize * 3, 1 << (bit % 32));
+        data[word] = mask; // effective
+        data[word + 1] = mask; // permitted
+        if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
+            eprintln!("capset: {} (carrying on)", std::io::Error::last_os_error());
+        }
+        ExitCode::SUCCESS
+    }
+}
+
+/// Many anonymous mmaps: each makes the kernel's advisory CAP_SYS_ADMIN
+/// check (`security_vm_enough_memory_mm`).
+fn mmap_loop() -> ExitCode {
+    // SAFETY: plain syscalls on memory this function maps.
+    unsafe {
+        for _ in 0..2000 {
+            let len = 1 << 16;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return check(false, "mmap");
+            }
+            libc::munmap(p, len);
+        }
+        ExitCode::SUCCESS
+    }
+}
+
+/// capset(2) to the permitted and effective sets named by `sets`
+/// (`keep:CAP`, `same`, `drop`), as libcap does.
+fn capset(sets: &str) -> ExitCode {
+    // SAFETY: plain syscalls on buffers this function owns.
+    unsafe {
+        let mut header = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let mut data = [CapData::default(); 2];
+        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
+            return check(false, "capget");
+        }
+        match sets.split_once(':') {
+            Some(("keep", cap)) => {
+                let bit: u32 = cap.parse().unwrap_or(10);
+                data = [CapData::default(); 2];
+                let (word, mask) = ((bit / 32) as usize, 1 << (bit % 32));
+                data[word].permitted = mask;
+                data[word].effective = mask;
+            }
+            _ if sets == "drop" => data = [CapData::default(); 2],
+            _ => {} // `same`: the sets as they are.
+        }
+        check(
+            libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) == 0,
+            "capset",
+        )
     }
 }
 
