@@ -57,7 +57,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use super::{
-    query::{self, MetricsSnapshot, Query, QueryTx},
+    query::{self, KubeSample, MetricsSnapshot, Query, QueryTx},
     series::{Continuity, Place, WorkloadSeries},
 };
 
@@ -260,8 +260,7 @@ pub fn encode(
     series: &mut SeriesState,
 ) -> Result<String, MetricsError> {
     let mut registry = Registry::default();
-    let workloads = &mut series.workloads;
-    workloads.assign(
+    series.workloads.assign(
         (snapshot.checks.iter().filter_map(|s| s.pod.as_ref())).chain(
             snapshot
                 .shadow_violations
@@ -269,10 +268,30 @@ pub fn encode(
                 .filter_map(|s| s.pod.as_ref()),
         ),
     );
+    register_checks(&mut registry, snapshot, series);
+    register_daemon(&mut registry, snapshot);
+    if let Some(kube) = &snapshot.kube {
+        register_kube(&mut registry, kube);
+    }
+    register_shadow(&mut registry, snapshot, series);
+    registry.register(
+        "capprof_metrics_workloads_folded",
+        "Workloads folded into the series of workload _other because --metrics-max-workloads others had series of their own",
+        counter(series.workloads.folded_total()),
+    );
+    let mut out = String::new();
+    text::encode(&mut out, &registry).map_err(MetricsError::Encode)?;
+    Ok(out)
+}
+
+/// `capprof_checks`, one series per place, capability, class and phase.
+fn register_checks(registry: &mut Registry, snapshot: &MetricsSnapshot, series: &SeriesState) {
     let checks = Family::<CheckLabels, Gauge<u64, AtomicU64>>::default();
     for sample in &snapshot.checks {
         let labels = CheckLabels {
-            place: workloads.place(&sample.container, sample.pod.as_ref()),
+            place: series
+                .workloads
+                .place(&sample.container, sample.pod.as_ref()),
             capability: sample.capability.clone(),
             class: sample.class.clone(),
             phase: sample.phase.clone(),
@@ -285,6 +304,11 @@ pub fn encode(
         "Capability checks seen so far, by namespace, workload, container, capability, class and phase (runtime_setup: the container runtime's own setup, never on an allowlist)",
         checks,
     );
+}
+
+/// The daemon's own health: what the kernel could not send or count, and
+/// what is held in memory and written to disk.
+fn register_daemon(registry: &mut Registry, snapshot: &MetricsSnapshot) {
     registry.register(
         "capprof_ringbuf_lost",
         "Evidence records the kernel could not send (counts are never lost)",
@@ -321,40 +345,46 @@ pub fn encode(
         "Exited containers evicted from memory (their profiles stay on disk)",
         counter(snapshot.evictions),
     );
-    if let Some(kube) = &snapshot.kube {
-        registry.register(
-            "capprof_kube_writes",
-            "Requests that wrote to the Kubernetes API (daemon --kube)",
-            counter(kube.writes),
-        );
-        registry.register(
-            "capprof_kube_failures",
-            "Failed Kubernetes API requests; the parts stay pending and are retried with backoff",
-            counter(kube.failures),
-        );
-        registry.register(
-            "capprof_kube_conflicts",
-            "Writes of the merged fields another node beat (re-read and retried)",
-            counter(kube.conflicts),
-        );
-        registry.register(
-            "capprof_kube_pending_parts",
-            "This node's CapabilityProfile parts waiting to be written",
-            gauge(kube.pending),
-        );
-        registry.register(
-            "capprof_kube_last_success_timestamp_seconds",
-            "When a round of writes last succeeded (Unix time; 0 before the first)",
-            gauge(kube.last_success),
-        );
-    }
-    // Like capprof_checks, absent from a scrape until it has a series.
+}
+
+/// The Kubernetes writer's requests and backlog (daemon --kube).
+fn register_kube(registry: &mut Registry, kube: &KubeSample) {
+    registry.register(
+        "capprof_kube_writes",
+        "Requests that wrote to the Kubernetes API (daemon --kube)",
+        counter(kube.writes),
+    );
+    registry.register(
+        "capprof_kube_failures",
+        "Failed Kubernetes API requests; the parts stay pending and are retried with backoff",
+        counter(kube.failures),
+    );
+    registry.register(
+        "capprof_kube_conflicts",
+        "Writes of the merged fields another node beat (re-read and retried)",
+        counter(kube.conflicts),
+    );
+    registry.register(
+        "capprof_kube_pending_parts",
+        "This node's CapabilityProfile parts waiting to be written",
+        gauge(kube.pending),
+    );
+    registry.register(
+        "capprof_kube_last_success_timestamp_seconds",
+        "When a round of writes last succeeded (Unix time; 0 before the first)",
+        gauge(kube.last_success),
+    );
+}
+
+/// `capprof_shadow_violations`; like capprof_checks, absent from a scrape
+/// until it has a series.
+fn register_shadow(registry: &mut Registry, snapshot: &MetricsSnapshot, series: &mut SeriesState) {
     let shadow = Family::<ShadowLabels, Counter>::default();
     let summed = series
         .shadow
         .sum(snapshot.shadow_violations.iter().map(|s| {
             let labels = ShadowLabels {
-                place: workloads.place(&s.container, s.pod.as_ref()),
+                place: series.workloads.place(&s.container, s.pod.as_ref()),
                 capability: s.capability.clone(),
             };
             (s.id.clone(), labels, s.count)
@@ -367,14 +397,6 @@ pub fn encode(
         "Capability checks that enforcing the candidate allowlist (daemon --shadow) would have refused, by namespace, workload, container and capability",
         shadow,
     );
-    registry.register(
-        "capprof_metrics_workloads_folded",
-        "Workloads folded into the series of workload _other because --metrics-max-workloads others had series of their own",
-        counter(workloads.folded_total()),
-    );
-    let mut out = String::new();
-    text::encode(&mut out, &registry).map_err(MetricsError::Encode)?;
-    Ok(out)
 }
 
 #[cfg(test)]
