@@ -19,10 +19,12 @@ use capprof::{
     cgroup::{self, OwnedCgroup},
     fsutil,
     observer::{
-        Backend, Classification, Observer, Phases, WatchMode, events::RingEvent, preflight,
-        reader::EventReader,
+        Backend, Classification, Count, KernelStats, Observer, Phases, WatchMode,
+        events::RingEvent,
+        preflight,
+        reader::{EventReader, Received},
     },
-    profile::{self, Class, Observation, RunSpec, Subject, SubjectKind, rfc3339},
+    profile::{self, Class, Observation, Profile, RunSpec, Subject, SubjectKind, rfc3339},
     table,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -128,21 +130,7 @@ async fn run(
 ) -> Result<ExitCode, Error> {
     // Where the time goes, for CAPPROF_LOG=debug (BENCHMARKS.md's table).
     let mut phases = Phases::new(Instant::now());
-    let name = format!("run-{}-{}", std::process::id(), nanos());
-    let cgroup = OwnedCgroup::create(&mount, &name).map_err(|e| Error::internal(e.to_string()))?;
-    // CMD's process moves into the cgroup now and waits there, before its
-    // exec, until capprof watches: moving a process waits for an RCU grace
-    // period (10-20 ms here), which then passes while capprof loads.
-    // With the profile on stdout, CMD's own output goes to stderr, so that
-    // stdout is the JSON alone.
-    let json_on_stdout = args.out.is_none() && args.format == OutputFormat::Json;
-    let held = HeldChild::start(
-        &args.command,
-        &program,
-        &cgroup,
-        json_on_stdout,
-        limit.as_ref().map(|(_, l)| *l),
-    )?;
+    let (cgroup, held) = start_held(&args, &program, &mount, limit.as_ref())?;
     phases.mark("cgroup and CMD");
     let mut observer = Observer::load(args.backend)?;
     phases.mark("load");
@@ -169,6 +157,60 @@ async fn run(
     let end = SystemTime::now();
     phases.mark("CMD");
 
+    let seen = collect(&mut observer, reader, collector, &cgroup).await?;
+    let subject = subject(&args.command, &cgroup, limit.map(|(caps, _)| caps));
+    drop(cgroup);
+    let profile = build_profile(&observer, seen, subject, (start, end));
+    write_profile(&args, &profile)?;
+    phases.mark("profile");
+    observer.drop_in_background();
+    phases.mark("detach");
+    phases.log("run");
+    Ok(exit_code(status))
+}
+
+/// Creates CMD's cgroup and starts CMD in it, held before its exec.
+///
+/// CMD's process moves into the cgroup now and waits there, before its
+/// exec, until capprof watches: moving a process waits for an RCU grace
+/// period (10-20 ms here), which then passes while capprof loads.
+fn start_held(
+    args: &RunArgs,
+    program: &Path,
+    mount: &Path,
+    limit: Option<&(Vec<Cap>, CapLimit)>,
+) -> Result<(OwnedCgroup, HeldChild), Error> {
+    let name = format!("run-{}-{}", std::process::id(), nanos());
+    let cgroup = OwnedCgroup::create(mount, &name).map_err(|e| Error::internal(e.to_string()))?;
+    // With the profile on stdout, CMD's own output goes to stderr, so that
+    // stdout is the JSON alone.
+    let json_on_stdout = args.out.is_none() && args.format == OutputFormat::Json;
+    let held = HeldChild::start(
+        &args.command,
+        program,
+        &cgroup,
+        json_on_stdout,
+        limit.map(|(_, l)| *l),
+    )?;
+    Ok((cgroup, held))
+}
+
+/// What the kernel saw of the command: its counts, the records the reader
+/// received and the kernel's own losses.
+struct Seen {
+    counts: Vec<Count>,
+    received: Vec<Received>,
+    stats: KernelStats,
+}
+
+/// Stops the reader, then drains the counts of the cgroup's subtree (and
+/// of any cgroup a record named) and stops watching them.
+async fn collect(
+    observer: &mut Observer,
+    reader: EventReader,
+    collector: tokio::task::JoinHandle<Vec<Received>>,
+    cgroup: &OwnedCgroup,
+) -> Result<Seen, Error> {
     reader
         .stop()
         .await
@@ -185,43 +227,64 @@ async fn run(
     let stats = observer.kernel_stats()?;
     let ids: Vec<u64> = ids.into_iter().collect();
     observer.unwatch(cgroup.id(), &ids)?;
+    Ok(Seen {
+        counts,
+        received,
+        stats,
+    })
+}
 
-    let subject = Subject {
+/// The profile's subject: CMD, its cgroup, and the capabilities it was
+/// limited to.
+fn subject(command: &[OsString], cgroup: &OwnedCgroup, caps: Option<Vec<Cap>>) -> Subject {
+    Subject {
         kind: SubjectKind::Command,
         cgroup: Some(cgroup.relative().to_owned()),
         command: Some(
-            args.command
+            command
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
         ),
-        capabilities: limit.map(|(caps, _)| caps),
-        run: Some(RunSpec::for_command(&args.command)),
+        capabilities: caps,
+        run: Some(RunSpec::for_command(command)),
         ..Default::default()
-    };
-    drop(cgroup);
+    }
+}
+
+/// Builds the profile of what was `seen` between `start` and `end`.
+fn build_profile(
+    observer: &Observer,
+    seen: Seen,
+    subject: Subject,
+    (start, end): (SystemTime, SystemTime),
+) -> Profile {
     let observation = Observation {
         start: rfc3339(start),
         end: rfc3339(end),
         backend: observer.backend().to_string(),
         classification: observer.classification().to_string(),
-        lost_records: stats.ringbuf_lost,
+        lost_records: seen.stats.ringbuf_lost,
         // Counted from this command's own counters by the builder.
         unclassified_checks: 0,
-        recursion_misses: stats.recursion_misses,
+        recursion_misses: seen.stats.recursion_misses,
         unobservable: Class::unobservable_on(observer.backend()),
         partial: None,
     };
     if let Classification::Uncalibrated(reason) = observer.classification() {
         tracing::warn!("classification uncalibrated: {reason}");
     }
-    let profile = profile::from_observer(&observer, counts, &received, subject, observation);
+    profile::from_observer(observer, seen.counts, &seen.received, subject, observation)
+}
 
+/// Prints the table (unless --quiet) and writes the JSON profile to
+/// --out, or to stdout with --format json.
+fn write_profile(args: &RunArgs, profile: &Profile) -> Result<(), Error> {
     if !args.quiet {
         // Nothing is left to tell if stderr cannot be written to.
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),
-            table::render_profile(&profile).as_bytes(),
+            table::render_profile(profile).as_bytes(),
         );
     }
     let json = profile.to_json();
@@ -231,11 +294,7 @@ async fn run(
         (None, OutputFormat::Json) => super::write_stdout(&json)?,
         (None, OutputFormat::Table) => {}
     }
-    phases.mark("profile");
-    observer.drop_in_background();
-    phases.mark("detach");
-    phases.log("run");
-    Ok(exit_code(status))
+    Ok(())
 }
 
 fn nanos() -> u128 {
