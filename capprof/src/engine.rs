@@ -225,25 +225,7 @@ fn run_spec(
 ) -> Option<RunSpec> {
     let some = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     let list = |l: &Option<Vec<String>>| l.clone().unwrap_or_default();
-    let env: Vec<String> = config
-        .env
-        .iter()
-        .flatten()
-        .filter(|e| !image_env.contains(e))
-        .filter(|e| match crate::profile::env_entry_problem(e) {
-            None => true,
-            // Only this variable is left out: the rest of how the
-            // container runs is still worth keeping, to verify it.
-            Some(why) => {
-                tracing::warn!(
-                    "container {}: leaving one variable out of how it runs: {why}",
-                    short_id(id)
-                );
-                false
-            }
-        })
-        .cloned()
-        .collect();
+    let env = container_env(id, config, image_env);
     let spec = RunSpec {
         command: None,
         image: some(&config.image),
@@ -263,29 +245,10 @@ fn run_spec(
         stop_signal: some(&config.stop_signal),
         network_mode: some(&host.network_mode),
         binds: list(&host.binds),
-        mounts: host
-            .mounts
-            .iter()
-            .flatten()
-            .map(|m| MountSpec {
-                kind: m.kind.clone().unwrap_or_default(),
-                source: m.source.clone().filter(|s| !s.is_empty()),
-                target: m.target.clone().unwrap_or_default(),
-                read_only: m.read_only.unwrap_or(false),
-            })
-            .collect(),
+        mounts: mounts(host),
         tmpfs: host.tmpfs.clone().unwrap_or_default(),
         sysctls: host.sysctls.clone().unwrap_or_default(),
-        devices: host
-            .devices
-            .iter()
-            .flatten()
-            .map(|d| DeviceSpec {
-                path_on_host: d.path_on_host.clone().unwrap_or_default(),
-                path_in_container: d.path_in_container.clone().unwrap_or_default(),
-                cgroup_permissions: d.cgroup_permissions.clone().unwrap_or_default(),
-            })
-            .collect(),
+        devices: devices(host),
         privileged: host.privileged.unwrap_or(false),
         cap_add: list(&host.cap_add),
         cap_drop: list(&host.cap_drop),
@@ -298,16 +261,7 @@ fn run_spec(
         userns_mode: some(&host.userns_mode),
         cgroupns_mode: some(&host.cgroupns_mode),
         init: host.init,
-        ulimits: host
-            .ulimits
-            .iter()
-            .flatten()
-            .map(|u| UlimitSpec {
-                name: u.name.clone().unwrap_or_default(),
-                soft: u.soft.unwrap_or_default(),
-                hard: u.hard.unwrap_or_default(),
-            })
-            .collect(),
+        ulimits: ulimits(host),
         shm_size: host.shm_size,
         runtime: some(&host.runtime),
     };
@@ -318,6 +272,71 @@ fn run_spec(
             None
         }
     }
+}
+
+/// The container's environment as the run spec keeps it: without what
+/// the image sets to the same value, and without a variable that cannot
+/// be passed again (warned).
+fn container_env(id: &str, config: &InspectConfig, image_env: &[String]) -> Vec<String> {
+    config
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| !image_env.contains(e))
+        .filter(|e| match crate::profile::env_entry_problem(e) {
+            None => true,
+            // Only this variable is left out: the rest of how the
+            // container runs is still worth keeping, to verify it.
+            Some(why) => {
+                tracing::warn!(
+                    "container {}: leaving one variable out of how it runs: {why}",
+                    short_id(id)
+                );
+                false
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// The container's mounts, as `--mount` would give them again.
+fn mounts(host: &InspectHostConfig) -> Vec<MountSpec> {
+    host.mounts
+        .iter()
+        .flatten()
+        .map(|m| MountSpec {
+            kind: m.kind.clone().unwrap_or_default(),
+            source: m.source.clone().filter(|s| !s.is_empty()),
+            target: m.target.clone().unwrap_or_default(),
+            read_only: m.read_only.unwrap_or(false),
+        })
+        .collect()
+}
+
+/// The host devices the container was given.
+fn devices(host: &InspectHostConfig) -> Vec<DeviceSpec> {
+    host.devices
+        .iter()
+        .flatten()
+        .map(|d| DeviceSpec {
+            path_on_host: d.path_on_host.clone().unwrap_or_default(),
+            path_in_container: d.path_in_container.clone().unwrap_or_default(),
+            cgroup_permissions: d.cgroup_permissions.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The container's resource limits.
+fn ulimits(host: &InspectHostConfig) -> Vec<UlimitSpec> {
+    host.ulimits
+        .iter()
+        .flatten()
+        .map(|u| UlimitSpec {
+            name: u.name.clone().unwrap_or_default(),
+            soft: u.soft.unwrap_or_default(),
+            hard: u.hard.unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// What the engine said when it refused a request: its own message (an
