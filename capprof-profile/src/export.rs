@@ -11,7 +11,7 @@ pub use crate::grant::{decide, grant, notes};
 use crate::{
     capability::Cap,
     caveat::Caveat,
-    conditional::{self, SysctlSetting, TargetSysctls},
+    conditional::{self, Decision, SysctlSetting, TargetSysctls},
     grant::{K8sPodSecurityContext, K8sSysctl, header},
     profile::Profile,
 };
@@ -326,8 +326,7 @@ pub fn render(profile: &Profile, format: Format) -> Result<String, ExportError> 
 
 /// `render`, for a target whose sysctls are `target`. Formats that take
 /// comments say why each conditional capability was added or left out, and
-/// which capabilities only a capset() kept. Over 100 lines because it is
-/// one short arm per format, sharing the grant and header computed above them.
+/// which capabilities only a capset() kept.
 pub fn render_under(
     profile: &Profile,
     format: Format,
@@ -349,80 +348,9 @@ pub fn render_under(
     let header = header(profile, &notes);
     match format {
         Format::Docker | Format::Podman => Ok(run_flags(caps, &decision.relax)),
-        Format::Compose => {
-            let doc = ComposeService {
-                cap_drop: vec!["ALL"],
-                cap_add: caps.iter().map(|c| c.short_name()).collect(),
-                sysctls: decision
-                    .relax
-                    .iter()
-                    .map(|s| (s.sysctl.name(), s.value.to_string()))
-                    .collect(),
-            };
-            yaml(header, format, &doc)
-        }
-        Format::K8s => {
-            let doc = K8sContainer {
-                security_context: K8sSecurityContext {
-                    capabilities: K8sCapabilities {
-                        drop: vec!["ALL"],
-                        add: caps.iter().map(|c| c.short_name()).collect(),
-                    },
-                },
-                pod_security_context: (!decision.relax.is_empty()).then(|| K8sPodSecurityContext {
-                    sysctls: decision.relax.iter().map(K8sSysctl::of).collect(),
-                }),
-            };
-            yaml(header, format, &doc)
-        }
-        Format::Oci => {
-            let names: Vec<String> = caps.iter().map(|c| c.name()).collect();
-            let doc = OciSpec {
-                process: OciProcess {
-                    capabilities: OciCapabilities {
-                        bounding: names.clone(),
-                        effective: names.clone(),
-                        // Docker never sets the inheritable set (since the
-                        // CVE-2022-24769 fix), and ambient capabilities are
-                        // an opt-in grant to non-root processes across
-                        // execve: granting them by default would undo the
-                        // point of a minimal set.
-                        inheritable: vec![],
-                        permitted: names,
-                        ambient: vec![],
-                    },
-                },
-                // JSON has no comments: the why goes into annotations.
-                annotations: decision
-                    .added
-                    .iter()
-                    .map(|(cap, why)| {
-                        (
-                            format!("org.capprof.conditional.{}", cap.short_name()),
-                            format!("added: {why}"),
-                        )
-                    })
-                    .chain(decision.relax.iter().map(|s| {
-                        (
-                            format!("org.capprof.sysctl.{}", s.sysctl.name()),
-                            s.why.clone(),
-                        )
-                    }))
-                    .chain(partial.map(|w| ("org.capprof.warning".to_owned(), w)))
-                    .collect(),
-                linux: (!decision.relax.is_empty()).then(|| OciLinux {
-                    sysctl: decision
-                        .relax
-                        .iter()
-                        .map(|s| (s.sysctl.name().to_owned(), s.value.to_string()))
-                        .collect(),
-                }),
-            };
-            let mut json = serde_json::to_string_pretty(&doc)
-                .map_err(|source| ExportError::Json { format, source })?;
-            json.push('\n');
-            Ok(json)
-        }
+        Format::Compose => yaml(header, format, &compose(caps, &decision)),
+        Format::K8s => yaml(header, format, &k8s(caps, &decision)),
+        Format::Oci => oci(caps, &decision, partial, format),
         Format::Systemd => Ok(systemd(&header, caps)),
         Format::Json => Ok(profile.to_json()),
         Format::K8sPatch => {
@@ -432,6 +360,90 @@ pub fn render_under(
             )?)?)
         }
     }
+}
+
+/// A compose service's capabilities and sysctls.
+fn compose<'a>(caps: &[Cap], decision: &'a Decision) -> ComposeService<'a> {
+    ComposeService {
+        cap_drop: vec!["ALL"],
+        cap_add: caps.iter().map(|c| c.short_name()).collect(),
+        sysctls: decision
+            .relax
+            .iter()
+            .map(|s| (s.sysctl.name(), s.value.to_string()))
+            .collect(),
+    }
+}
+
+/// A Kubernetes container's securityContext, with the pod's sysctls.
+fn k8s<'a>(caps: &[Cap], decision: &'a Decision) -> K8sContainer<'a> {
+    K8sContainer {
+        security_context: K8sSecurityContext {
+            capabilities: K8sCapabilities {
+                drop: vec!["ALL"],
+                add: caps.iter().map(|c| c.short_name()).collect(),
+            },
+        },
+        pod_security_context: (!decision.relax.is_empty()).then(|| K8sPodSecurityContext {
+            sysctls: decision.relax.iter().map(K8sSysctl::of).collect(),
+        }),
+    }
+}
+
+/// An OCI runtime spec's capability sets, with why each conditional
+/// capability and sysctl is there in annotations (JSON has no comments).
+fn oci(
+    caps: &[Cap],
+    decision: &Decision,
+    partial: Option<String>,
+    format: Format,
+) -> Result<String, ExportError> {
+    let names: Vec<String> = caps.iter().map(|c| c.name()).collect();
+    let doc = OciSpec {
+        process: OciProcess {
+            capabilities: OciCapabilities {
+                bounding: names.clone(),
+                effective: names.clone(),
+                // Docker never sets the inheritable set (since the
+                // CVE-2022-24769 fix), and ambient capabilities are
+                // an opt-in grant to non-root processes across
+                // execve: granting them by default would undo the
+                // point of a minimal set.
+                inheritable: vec![],
+                permitted: names,
+                ambient: vec![],
+            },
+        },
+        // JSON has no comments: the why goes into annotations.
+        annotations: decision
+            .added
+            .iter()
+            .map(|(cap, why)| {
+                (
+                    format!("org.capprof.conditional.{}", cap.short_name()),
+                    format!("added: {why}"),
+                )
+            })
+            .chain(decision.relax.iter().map(|s| {
+                (
+                    format!("org.capprof.sysctl.{}", s.sysctl.name()),
+                    s.why.clone(),
+                )
+            }))
+            .chain(partial.map(|w| ("org.capprof.warning".to_owned(), w)))
+            .collect(),
+        linux: (!decision.relax.is_empty()).then(|| OciLinux {
+            sysctl: decision
+                .relax
+                .iter()
+                .map(|s| (s.sysctl.name().to_owned(), s.value.to_string()))
+                .collect(),
+        }),
+    };
+    let mut json = serde_json::to_string_pretty(&doc)
+        .map_err(|source| ExportError::Json { format, source })?;
+    json.push('\n');
+    Ok(json)
 }
 
 /// `--cap-drop=ALL --cap-add=CHOWN … [--sysctl NAME=VALUE …]`, which
