@@ -169,9 +169,31 @@ impl RunSpec {
     }
 
     /// Checks a spec that came from a profile or an engine: bounded sizes,
-    /// no control characters, known capability names and mount types. Over
-    /// 100 lines because it is one flat list of bounds, a line per field.
+    /// no control characters, known capability names and mount types.
     pub fn validate(&self) -> Result<(), String> {
+        let strings = self.bounded_strings()?;
+        check_strings(strings)?;
+        self.check_names()?;
+        if let Some(env) = &self.env {
+            if env.len() > MAX_ENTRIES {
+                return Err(format!("run.env has more than {MAX_ENTRIES} entries"));
+            }
+            if let Some(why) = env.iter().find_map(|e| env_entry_problem(e)) {
+                return Err(format!("run.env: {why}"));
+            }
+        }
+        if matches!(&self.image, Some(i) if i.trim().is_empty()) {
+            return Err("run.image is empty".into());
+        }
+        if matches!(&self.command, Some(c) if c.is_empty()) {
+            return Err("run.command is empty".into());
+        }
+        Ok(())
+    }
+
+    /// Every string of the spec, with the field it is in, once each list,
+    /// map and mount is known to be within bounds.
+    fn bounded_strings(&self) -> Result<Vec<(&str, &str)>, String> {
         let mut strings: Vec<(&str, &str)> = [
             ("image", &self.image),
             ("user", &self.user),
@@ -241,16 +263,11 @@ impl RunSpec {
         for u in &self.ulimits {
             strings.push(("ulimits", &u.name));
         }
-        for (what, s) in strings {
-            if s.len() > MAX_STRING {
-                return Err(format!(
-                    "run.{what}: a value is longer than {MAX_STRING} bytes"
-                ));
-            }
-            if s.chars().any(|c| c.is_control() && c != '\t') {
-                return Err(format!("run.{what}: a value holds control characters"));
-            }
-        }
+        Ok(strings)
+    }
+
+    /// Capability names in cap_add and cap_drop, and names in env_names.
+    fn check_names(&self) -> Result<(), String> {
         for name in self.cap_add.iter().chain(&self.cap_drop) {
             if !name.eq_ignore_ascii_case("ALL") && name.parse::<Cap>().is_err() {
                 return Err(format!("run: unknown capability {name:?}"));
@@ -261,22 +278,23 @@ impl RunSpec {
                 return Err(format!("run.env_names: {name:?} is not a variable name"));
             }
         }
-        if let Some(env) = &self.env {
-            if env.len() > MAX_ENTRIES {
-                return Err(format!("run.env has more than {MAX_ENTRIES} entries"));
-            }
-            if let Some(why) = env.iter().find_map(|e| env_entry_problem(e)) {
-                return Err(format!("run.env: {why}"));
-            }
-        }
-        if matches!(&self.image, Some(i) if i.trim().is_empty()) {
-            return Err("run.image is empty".into());
-        }
-        if matches!(&self.command, Some(c) if c.is_empty()) {
-            return Err("run.command is empty".into());
-        }
         Ok(())
     }
+}
+
+/// Each string within `MAX_STRING` and free of control characters but tab.
+fn check_strings(strings: Vec<(&str, &str)>) -> Result<(), String> {
+    for (what, s) in strings {
+        if s.len() > MAX_STRING {
+            return Err(format!(
+                "run.{what}: a value is longer than {MAX_STRING} bytes"
+            ));
+        }
+        if s.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(format!("run.{what}: a value holds control characters"));
+        }
+    }
+    Ok(())
 }
 
 /// What is wrong with one `NAME=VALUE` of a container's environment, if
