@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use super::{Esc, OPEN_SECTIONS, caps_code, exposure_bar, level, status_badge};
 use crate::{
     export::Runtime,
-    report::{Container, Report, capsh_line, catalogue, setpriv_line},
+    profile::Evidence,
+    report::{CapRow, Container, Report, capsh_line, catalogue, setpriv_line},
 };
 
 pub(super) fn containers(out: &mut String, report: &Report) {
@@ -113,8 +114,8 @@ fn runtime_name(runtime: Runtime) -> String {
     runtime.to_string()
 }
 
-/// Over 100 lines because it writes one table in document order: split, the
-/// table's shape could no longer be read off the code.
+/// The runtime's default set against what the container used: a row per
+/// capability, then what to keep, drop and add, and the runtime's own setup.
 fn usage_table(out: &mut String, c: &Container) {
     w!(
         out,
@@ -133,74 +134,7 @@ fn usage_table(out: &mut String, c: &Container) {
          <th>evidence: program · syscall · call site · uid</th></tr></thead><tbody>\n",
     );
     for row in &c.rows {
-        w!(
-            out,
-            "<tr{}><td class=\"cap\"><code>{}</code>",
-            if row.class.is_some() {
-                " class=\"seen\""
-            } else {
-                ""
-            },
-            row.capability.short_name()
-        );
-        if catalogue::entry(row.capability).escape {
-            out.push_str("<span class=\"esc\">escape</span>");
-        }
-        w!(
-            out,
-            "</td><td>{}</td><td class=\"nw\">",
-            if row.in_default { "yes" } else { "-" }
-        );
-        match &row.class {
-            Some(class) => {
-                w!(out, "{}", Esc(class));
-                if let Some((n, m)) = row.seen_in {
-                    w!(out, " <span class=\"note\">(in {n} of {m})</span>");
-                }
-            }
-            None => out.push_str("<i>not used</i>"),
-        }
-        w!(
-            out,
-            "</td><td class=\"n\">{}</td><td class=\"act-{}\">{}</td><td class=\"nw\">{}</td><td>{}</td><td>{}</td><td>",
-            if row.class.is_some() {
-                row.checks.to_string()
-            } else {
-                String::new()
-            },
-            row.action,
-            row.action,
-            if row.class.is_some() {
-                row.phase.label()
-            } else {
-                ""
-            },
-            Esc(time_of_day(row.first_seen.as_deref())),
-            Esc(time_of_day(row.last_seen.as_deref())),
-        );
-        for ev in &row.evidence {
-            w!(out, "<div class=\"ev\"><code>{}</code>", Esc(&ev.comm));
-            if let Some(exe) = &ev.exe
-                && exe.rsplit('/').next() != Some(ev.comm.as_str())
-            {
-                w!(out, " {}", Esc(exe));
-            } else if let Some(exe) = &ev.exe {
-                w!(out, " <span class=\"note\">{}</span>", Esc(exe));
-            }
-            if let Some(syscall) = &ev.syscall {
-                w!(out, " · {}", Esc(syscall));
-            }
-            if let Some(site) = &ev.call_site {
-                w!(out, " · {}", Esc(site));
-            }
-            w!(out, " · uid {}", ev.uid);
-            let class = ev.class.as_str().to_owned();
-            if Some(&class) != row.class.as_ref() {
-                w!(out, " · {}", Esc(&class));
-            }
-            out.push_str("</div>");
-        }
-        out.push_str("</td></tr>\n");
+        usage_row(out, row);
     }
     out.push_str("</tbody></table>\n");
     w!(
@@ -210,6 +144,90 @@ fn usage_table(out: &mut String, c: &Container) {
         c.drop.len(),
         c.add.len()
     );
+    runtime_setup_note(out, c);
+}
+
+/// One capability's row: whether it is a default, how it was used, and
+/// the evidence of each use.
+fn usage_row(out: &mut String, row: &CapRow) {
+    w!(
+        out,
+        "<tr{}><td class=\"cap\"><code>{}</code>",
+        if row.class.is_some() {
+            " class=\"seen\""
+        } else {
+            ""
+        },
+        row.capability.short_name()
+    );
+    if catalogue::entry(row.capability).escape {
+        out.push_str("<span class=\"esc\">escape</span>");
+    }
+    w!(
+        out,
+        "</td><td>{}</td><td class=\"nw\">",
+        if row.in_default { "yes" } else { "-" }
+    );
+    match &row.class {
+        Some(class) => {
+            w!(out, "{}", Esc(class));
+            if let Some((n, m)) = row.seen_in {
+                w!(out, " <span class=\"note\">(in {n} of {m})</span>");
+            }
+        }
+        None => out.push_str("<i>not used</i>"),
+    }
+    w!(
+        out,
+        "</td><td class=\"n\">{}</td><td class=\"act-{}\">{}</td><td class=\"nw\">{}</td><td>{}</td><td>{}</td><td>",
+        if row.class.is_some() {
+            row.checks.to_string()
+        } else {
+            String::new()
+        },
+        row.action,
+        row.action,
+        if row.class.is_some() {
+            row.phase.label()
+        } else {
+            ""
+        },
+        Esc(time_of_day(row.first_seen.as_deref())),
+        Esc(time_of_day(row.last_seen.as_deref())),
+    );
+    for ev in &row.evidence {
+        evidence_line(out, ev, row.class.as_ref());
+    }
+    out.push_str("</td></tr>\n");
+}
+
+/// One piece of evidence: program, syscall, call site and uid, and its
+/// class when it differs from the row's.
+fn evidence_line(out: &mut String, ev: &Evidence, row_class: Option<&String>) {
+    w!(out, "<div class=\"ev\"><code>{}</code>", Esc(&ev.comm));
+    if let Some(exe) = &ev.exe
+        && exe.rsplit('/').next() != Some(ev.comm.as_str())
+    {
+        w!(out, " {}", Esc(exe));
+    } else if let Some(exe) = &ev.exe {
+        w!(out, " <span class=\"note\">{}</span>", Esc(exe));
+    }
+    if let Some(syscall) = &ev.syscall {
+        w!(out, " · {}", Esc(syscall));
+    }
+    if let Some(site) = &ev.call_site {
+        w!(out, " · {}", Esc(site));
+    }
+    w!(out, " · uid {}", ev.uid);
+    let class = ev.class.as_str().to_owned();
+    if Some(&class) != row_class {
+        w!(out, " · {}", Esc(&class));
+    }
+    out.push_str("</div>");
+}
+
+/// The runtime's own checks before the workload's exec, when it made any.
+fn runtime_setup_note(out: &mut String, c: &Container) {
     if !c.runtime_setup.is_empty() {
         out.push_str(
             "<p class=\"note\">Runtime setup, before the workload's exec (the runtime's own checks, \
