@@ -28,7 +28,7 @@ use crate::{
     progs::{delta, hook_kind_progs, prog_snapshot},
     reader::Reader,
     util::{cpu_ns_of, emit, make_dir, worker_cpu},
-    worker::{WorkerSpec, Workload, window_stat},
+    worker::{Worker, WorkerSpec, Workload, window_stat},
 };
 
 /// What is attached to the `cap_capable` tracepoint.
@@ -152,24 +152,8 @@ pub fn measure_in(args: &MeasureArgs, root: &OwnedCgroup) -> Result<()> {
     let mixed: Vec<PathBuf> = (0..args.cgroups.max(1))
         .map(|i| make_dir(&mixed_parent, &format!("m{i:03}")))
         .collect::<Result<_>>()?;
-    let cpu = worker_cpu();
     let baseline = args.config != Config::None;
-
-    let mut workers = Vec::new();
-    for &workload in &args.workloads {
-        let cgroups = match workload {
-            Workload::Mixed => mixed.clone(),
-            _ => vec![single.clone()],
-        };
-        let mut w = WorkerSpec {
-            workload,
-            cgroups,
-            cpu,
-        }
-        .spawn()?;
-        w.wait_ready()?;
-        workers.push(w);
-    }
+    let mut workers = spawn_workers(&args.workloads, &single, &mixed)?;
     let others_at_start = hook_kind_progs(&BTreeSet::new());
     let before_ns: Vec<Option<f64>> = workers
         .iter_mut()
@@ -180,41 +164,122 @@ pub fn measure_in(args: &MeasureArgs, root: &OwnedCgroup) -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    let before: HashSet<u32> = prog_snapshot().into_keys().collect();
-    let started = Instant::now();
-    let attached = Attached::set_up(args.config, root, &other)?;
-    let setup_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mine: HashSet<u32> = match &attached {
-        // Only the tracepoint program: capprof's process hooks do not run
-        // in these loops, and its calibration program is unloaded.
-        Attached::Capprof { .. } => prog_snapshot()
-            .into_iter()
-            .filter(|(id, p)| !before.contains(id) && p.name == names::PROG_TP_BTF)
-            .map(|(id, _)| id)
-            .collect(),
-        _ => prog_snapshot()
+    let setup = Setup::attach(args, root, &other, &others_at_start)?;
+    let mut others_stable = setup.others_stable;
+    let mut lines = workers
+        .iter_mut()
+        .map(|w| setup.measure(w, args))
+        .collect::<Result<Vec<_>>>()?;
+    others_stable &= hook_kind_progs(&setup.ours) == others_at_start;
+    let ours = setup.ours;
+    drop(setup.attached);
+
+    measure_after(&mut workers, &mut lines, before_ns, args.base_ms, baseline)?;
+    others_stable &= hook_kind_progs(&ours) == others_at_start;
+    for w in workers {
+        w.finish()?;
+    }
+    for line in &mut lines {
+        line.others_stable = others_stable;
+    }
+    for line in &lines {
+        emit(line)?;
+    }
+    Ok(())
+}
+
+/// One worker per workload, ready: `Mixed` spreads over the `mixed`
+/// cgroups, the others run in `single`.
+fn spawn_workers(workloads: &[Workload], single: &Path, mixed: &[PathBuf]) -> Result<Vec<Worker>> {
+    let cpu = worker_cpu();
+    let mut workers = Vec::new();
+    for &workload in workloads {
+        let cgroups = match workload {
+            Workload::Mixed => mixed.to_vec(),
+            _ => vec![single.to_owned()],
+        };
+        let mut w = WorkerSpec {
+            workload,
+            cgroups,
+            cpu,
+        }
+        .spawn()?;
+        w.wait_ready()?;
+        workers.push(w);
+    }
+    Ok(workers)
+}
+
+/// The configuration under measurement, set up, and which programs are its.
+struct Setup {
+    attached: Attached,
+    setup_ms: f64,
+    /// The programs whose bpf_stats are the configuration's own cost.
+    mine: HashSet<u32>,
+    /// Every program the set-up loaded.
+    ours: BTreeSet<u32>,
+    /// Whether other tools' programs on the hook were still
+    /// `others_at_start` once it was set up.
+    others_stable: bool,
+}
+
+impl Setup {
+    /// Sets up `args.config`, timing it, and tells its programs from
+    /// those that were loaded before.
+    fn attach(
+        args: &MeasureArgs,
+        root: &OwnedCgroup,
+        other: &Path,
+        others_at_start: &BTreeSet<u32>,
+    ) -> Result<Self> {
+        let before: HashSet<u32> = prog_snapshot().into_keys().collect();
+        let started = Instant::now();
+        let attached = Attached::set_up(args.config, root, other)?;
+        let setup_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mine: HashSet<u32> = match &attached {
+            // Only the tracepoint program: capprof's process hooks do not run
+            // in these loops, and its calibration program is unloaded.
+            Attached::Capprof { .. } => prog_snapshot()
+                .into_iter()
+                .filter(|(id, p)| !before.contains(id) && p.name == names::PROG_TP_BTF)
+                .map(|(id, _)| id)
+                .collect(),
+            _ => prog_snapshot()
+                .into_keys()
+                .filter(|id| !before.contains(id))
+                .collect(),
+        };
+        let ours: BTreeSet<u32> = prog_snapshot()
             .into_keys()
             .filter(|id| !before.contains(id))
-            .collect(),
-    };
-    let ours: BTreeSet<u32> = prog_snapshot()
-        .into_keys()
-        .filter(|id| !before.contains(id))
-        .collect();
-    let mut others_stable = hook_kind_progs(&ours) == others_at_start;
-    if args.config != Config::None && mine.is_empty() {
-        bail!("{:?}: no program of ours is loaded", args.config);
-    }
-    if mine.len() > 1 && matches!(attached, Attached::Capprof { .. }) {
-        tracing::warn!("another capprof_tp_btf appeared while loading; stats include it");
+            .collect();
+        let others_stable = hook_kind_progs(&ours) == *others_at_start;
+        if args.config != Config::None && mine.is_empty() {
+            bail!("{:?}: no program of ours is loaded", args.config);
+        }
+        if mine.len() > 1 && matches!(attached, Attached::Capprof { .. }) {
+            tracing::warn!("another capprof_tp_btf appeared while loading; stats include it");
+        }
+
+        Ok(Self {
+            attached,
+            setup_ms,
+            mine,
+            ours,
+            others_stable,
+        })
     }
 
-    let mut lines = Vec::new();
-    for w in &mut workers {
+    /// One workload's line: its end-to-end phase with bpf_stats off, then
+    /// its programs' own cost with bpf_stats on for this phase only.
+    fn measure(&self, w: &mut Worker, args: &MeasureArgs) -> Result<MeasureLine> {
         // End to end, bpf_stats off.
-        let consumer_before = attached.consumer_cpu_ns();
+        let consumer_before = self.attached.consumer_cpu_ns();
         let e2e = w.run(args.e2e_ms)?;
-        let consumer_ns = attached.consumer_cpu_ns().saturating_sub(consumer_before);
+        let consumer_ns = self
+            .attached
+            .consumer_cpu_ns()
+            .saturating_sub(consumer_before);
 
         // The programs' own cost, bpf_stats on for this phase only.
         let stats_fd = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
@@ -223,10 +288,10 @@ pub fn measure_in(args: &MeasureArgs, root: &OwnedCgroup) -> Result<()> {
         let s1 = prog_snapshot();
         drop(stats_fd);
 
-        let (run_cnt, run_time_ns) = delta(&s0, &s1, |id| mine.contains(&id));
+        let (run_cnt, run_time_ns) = delta(&s0, &s1, |id| self.mine.contains(&id));
         let foreign: Vec<String> = s1
             .iter()
-            .filter(|(id, _)| !mine.contains(id))
+            .filter(|(id, _)| !self.mine.contains(id))
             .filter_map(|(id, p)| {
                 let runs = p
                     .run_cnt
@@ -234,13 +299,13 @@ pub fn measure_in(args: &MeasureArgs, root: &OwnedCgroup) -> Result<()> {
                 (runs >= stats.iters.max(1)).then(|| format!("{}#{id}", p.name))
             })
             .collect();
-        let (records, ringbuf_lost) = attached.records();
+        let (records, ringbuf_lost) = self.attached.records();
         let per = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
-        lines.push(MeasureLine {
+        Ok(MeasureLine {
             kind: "measure",
             config: args.config,
             workload: w.workload,
-            setup_ms,
+            setup_ms: self.setup_ms,
             iters: e2e.iters,
             ns_per_iter: e2e.median(),
             ns_per_iter_min: window_stat(&e2e.windows, 0.0),
@@ -260,14 +325,22 @@ pub fn measure_in(args: &MeasureArgs, root: &OwnedCgroup) -> Result<()> {
             others_stable: true,
             records,
             ringbuf_lost,
-        });
+        })
     }
-    others_stable &= hook_kind_progs(&ours) == others_at_start;
-    drop(attached);
+}
 
-    for ((w, line), before) in workers.iter_mut().zip(&mut lines).zip(before_ns) {
+/// The second baseline, with the configuration torn down, and the cost
+/// each line adds over the mean of its two baselines.
+fn measure_after(
+    workers: &mut [Worker],
+    lines: &mut [MeasureLine],
+    before_ns: Vec<Option<f64>>,
+    base_ms: u64,
+    baseline: bool,
+) -> Result<()> {
+    for ((w, line), before) in workers.iter_mut().zip(lines).zip(before_ns) {
         let after = if baseline {
-            Some(w.run(args.base_ms)?.median())
+            Some(w.run(base_ms)?.median())
         } else {
             None
         };
@@ -276,16 +349,6 @@ pub fn measure_in(args: &MeasureArgs, root: &OwnedCgroup) -> Result<()> {
         line.added_ns_per_iter = before
             .zip(after)
             .map(|(b, a)| line.ns_per_iter - (a + b) / 2.0);
-    }
-    others_stable &= hook_kind_progs(&ours) == others_at_start;
-    for w in workers {
-        w.finish()?;
-    }
-    for line in &mut lines {
-        line.others_stable = others_stable;
-    }
-    for line in &lines {
-        emit(line)?;
     }
     Ok(())
 }
