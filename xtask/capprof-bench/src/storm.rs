@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use capprof::{
     cgroup::{self, OwnedCgroup},
-    observer::{Observer, WatchMode},
+    observer::{KernelStats, Observer, WatchMode},
 };
 use capprof_common::{check::EVIDENCE_BUDGET, event::EVENT_EVIDENCE};
 use clap::Args;
@@ -110,8 +110,52 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     observer.watch(root.id(), WatchMode::Command)?;
 
     let threads = args.threads.max(1);
+    let made = run_workers(&dirs, &ids, threads, (args.secs * 1e3) as u64)?;
+    // Let the reader catch up with the last records.
+    thread::sleep(Duration::from_millis(100));
+    let records = reader.records.load(Ordering::Relaxed);
+    let (evidence, ring) = reader.finish().context("the ring buffer reader failed")?;
+    let id_set: HashSet<u64> = ids.iter().copied().collect();
+    let drained = observer.drain_counts(|id| id_set.contains(&id))?;
+    let stats = observer.kernel_stats()?;
+    let mut counted: HashMap<(u64, u32), u64> = HashMap::new();
+    for c in drained {
+        *counted.entry((c.cgroup_id, c.cap.number())).or_default() += c.count;
+    }
+    let mut line = StormLine::new(args, dirs.len(), threads, &made, &stats, load_ms);
+    line.compare(&made.pairs, &counted, &evidence);
+    line.records = records;
+    line.silent_loss = line.pairs_without_evidence > 0 && stats.ringbuf_lost == 0;
+    overflow(&mut observer, ring, root, threads, &mut line)?;
+    // Nothing counted twice either: beyond what they made, the workers only
+    // kill their helper process once each as they exit.
+    line.overcounted = line.counted_total > made.total + threads as u64;
+    line.no_loss = line.pairs_missing == 0
+        && line.pairs_undercounted == 0
+        && !line.overcounted
+        && stats.counts_full == 0
+        && !line.silent_loss
+        && made.total > 0
+        && line.overflow_accounted;
+    let _ = observer.unwatch(root.id(), &ids);
+    emit(&line)
+}
+
+/// The checks the workers made, by cgroup and capability, and what the
+/// run cost them.
+struct Made {
+    pairs: BTreeMap<(u64, u32), u64>,
+    total: u64,
+    /// The longest worker's wall time.
+    wall_ns: u64,
+    /// All workers' CPU time.
+    cpu_ns: u64,
+}
+
+/// Runs `threads` storm workers for `ms`, each over its share of `dirs`
+/// (cgroup ids `ids`), one CPU each, and adds up what they made.
+fn run_workers(dirs: &[PathBuf], ids: &[u64], threads: usize, ms: u64) -> Result<Made> {
     let ncpu = cpu_count();
-    let ms = (args.secs * 1e3) as u64;
     let mut workers = Vec::new();
     let mut owned: Vec<Vec<usize>> = Vec::new();
     for t in 0..threads {
@@ -132,100 +176,101 @@ pub fn storm_in(args: &StormArgs, root: &OwnedCgroup) -> Result<()> {
     for (w, mine) in workers.iter_mut().zip(&owned) {
         w.go(ms, visit(mine.len()))?;
     }
-    let mut made: BTreeMap<(u64, u32), u64> = BTreeMap::new();
-    let mut made_total = 0;
-    let mut wall_ns: u64 = 0;
-    let mut cpu_ns: u64 = 0;
+    let mut made = Made {
+        pairs: BTreeMap::new(),
+        total: 0,
+        wall_ns: 0,
+        cpu_ns: 0,
+    };
     for (w, mine) in workers.iter_mut().zip(&owned) {
         let r = w.result()?;
-        wall_ns = wall_ns.max(r.wall_ns);
-        cpu_ns += r.cpu_ns;
+        made.wall_ns = made.wall_ns.max(r.wall_ns);
+        made.cpu_ns += r.cpu_ns;
         for (pos, cap, n) in r.made {
             let id = ids[mine[pos]];
-            *made.entry((id, cap)).or_default() += n;
-            made_total += n;
+            *made.pairs.entry((id, cap)).or_default() += n;
+            made.total += n;
         }
     }
     for w in workers {
         w.finish()?;
     }
-    // Let the reader catch up with the last records.
-    thread::sleep(Duration::from_millis(100));
-    let records = reader.records.load(Ordering::Relaxed);
-    let (evidence, ring) = reader.finish().context("the ring buffer reader failed")?;
-    let id_set: HashSet<u64> = ids.iter().copied().collect();
-    let drained = observer.drain_counts(|id| id_set.contains(&id))?;
-    let stats = observer.kernel_stats()?;
-    let mut counted: HashMap<(u64, u32), u64> = HashMap::new();
-    for c in drained {
-        *counted.entry((c.cgroup_id, c.cap.number())).or_default() += c.count;
+    Ok(made)
+}
+
+impl StormLine {
+    /// The line's rates and the kernel's loss counters; the comparison and
+    /// the overflow phase fill in the rest.
+    fn new(
+        args: &StormArgs,
+        cgroups: usize,
+        threads: usize,
+        made: &Made,
+        stats: &KernelStats,
+        load_ms: f64,
+    ) -> Self {
+        StormLine {
+            kind: "storm",
+            secs: args.secs,
+            cgroups,
+            threads,
+            checks_per_s: if made.wall_ns == 0 {
+                0.0
+            } else {
+                made.total as f64 / (made.wall_ns as f64 / 1e9)
+            },
+            made_total: made.total,
+            counted_total: 0,
+            pairs_exercised: made.pairs.len(),
+            pairs_missing: 0,
+            pairs_undercounted: 0,
+            overcounted: false,
+            ringbuf_lost: stats.ringbuf_lost,
+            cgroup_events_lost: stats.cgroup_events_lost,
+            counts_full: stats.counts_full,
+            pending_dropped: stats.pending_dropped,
+            records: 0,
+            pairs_without_evidence: 0,
+            silent_loss: false,
+            worker_cpu_share: if made.wall_ns == 0 {
+                0.0
+            } else {
+                made.cpu_ns as f64 / (threads as f64 * made.wall_ns as f64)
+            },
+            load_ms,
+            overflow_checks: 0,
+            overflow_attempts: 0,
+            overflow_records: 0,
+            overflow_lost: 0,
+            overflow_counted: 0,
+            overflow_accounted: false,
+            no_loss: false,
+        }
     }
-    let mut line = StormLine {
-        kind: "storm",
-        secs: args.secs,
-        cgroups: dirs.len(),
-        threads,
-        checks_per_s: if wall_ns == 0 {
-            0.0
-        } else {
-            made_total as f64 / (wall_ns as f64 / 1e9)
-        },
-        made_total,
-        counted_total: 0,
-        pairs_exercised: made.len(),
-        pairs_missing: 0,
-        pairs_undercounted: 0,
-        overcounted: false,
-        ringbuf_lost: stats.ringbuf_lost,
-        cgroup_events_lost: stats.cgroup_events_lost,
-        counts_full: stats.counts_full,
-        pending_dropped: stats.pending_dropped,
-        records: 0,
-        pairs_without_evidence: 0,
-        silent_loss: false,
-        worker_cpu_share: if wall_ns == 0 {
-            0.0
-        } else {
-            cpu_ns as f64 / (threads as f64 * wall_ns as f64)
-        },
-        load_ms,
-        overflow_checks: 0,
-        overflow_attempts: 0,
-        overflow_records: 0,
-        overflow_lost: 0,
-        overflow_counted: 0,
-        overflow_accounted: false,
-        no_loss: false,
-    };
-    for (pair, &n) in &made {
-        match counted.get(pair) {
-            None => line.pairs_missing += 1,
-            Some(&c) => {
-                line.counted_total += c;
-                if c < n {
-                    line.pairs_undercounted += 1;
+
+    /// Compares what was made with what was counted and which pairs had
+    /// evidence.
+    fn compare(
+        &mut self,
+        made: &BTreeMap<(u64, u32), u64>,
+        counted: &HashMap<(u64, u32), u64>,
+        evidence: &HashSet<(u64, u32)>,
+    ) {
+        for (pair, &n) in made {
+            match counted.get(pair) {
+                None => self.pairs_missing += 1,
+                Some(&c) => {
+                    self.counted_total += c;
+                    if c < n {
+                        self.pairs_undercounted += 1;
+                    }
                 }
             }
-        }
-        if !evidence.contains(pair) {
-            line.pairs_without_evidence += 1;
+            if !evidence.contains(pair) {
+                self.pairs_without_evidence += 1;
+            }
         }
     }
-    line.records = records;
-    line.silent_loss = line.pairs_without_evidence > 0 && stats.ringbuf_lost == 0;
-    overflow(&mut observer, ring, root, threads, &mut line)?;
-    // Nothing counted twice either: beyond what they made, the workers only
-    // kill their helper process once each as they exit.
-    line.overcounted = line.counted_total > made_total + threads as u64;
-    line.no_loss = line.pairs_missing == 0
-        && line.pairs_undercounted == 0
-        && !line.overcounted
-        && stats.counts_full == 0
-        && !line.silent_loss
-        && made_total > 0
-        && line.overflow_accounted;
-    let _ = observer.unwatch(root.id(), &ids);
-    emit(&line)
 }
 
 /// Fresh cgroups each overflow worker hops through.
