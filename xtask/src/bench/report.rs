@@ -154,6 +154,24 @@ impl Report {
     }
 
     pub fn render(&self, out: &mut String, plan: &Plan, args: &BenchArgs, secs: f64, load: &str) {
+        self.render_header(out, plan, args, secs, load);
+        for w in WORKLOADS {
+            self.render_workload(out, w);
+        }
+        self.render_ladder(out);
+        self.render_setup(out);
+    }
+
+    /// The run's conditions, what each column means, and other tools'
+    /// programs that ran on every check.
+    fn render_header(
+        &self,
+        out: &mut String,
+        plan: &Plan,
+        args: &BenchArgs,
+        secs: f64,
+        load: &str,
+    ) {
         let _ = writeln!(
             out,
             "\n## capprof bench ({})\n",
@@ -189,47 +207,52 @@ impl Report {
                 self.foreign.iter().cloned().collect::<Vec<_>>().join(", ")
             );
         }
+    }
+
+    /// One workload's table: each configuration's cost per check.
+    fn render_workload(&self, out: &mut String, w: &str) {
         let describe = |w: &str| match w {
             "kill" => "`kill(pid, 0)` to another uid: one CAP_KILL check per call",
             "mmap" => "mmap + munmap of one page: one advisory CAP_SYS_ADMIN check per iteration",
             _ => "kill, setuid, setgid, chroot, fchown, refused setrlimit, hopping over cgroups",
         };
-        for w in WORKLOADS {
-            let cpi = self.checks_per_iter.get(*w).copied().unwrap_or(1.0);
-            let _ = writeln!(
-                out,
-                "\n### {w}: {} ({cpi:.3} checks per iteration)\n",
-                describe(w)
-            );
-            let _ = writeln!(
-                out,
-                "| configuration | e2e ns/check | added ns/check | added ÷ empty | per run ns | per run ÷ empty | userspace ns/check | e2e rounds |"
-            );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-            for &c in ATTACHMENTS {
-                if self.rows(c, w).is_empty() {
-                    continue;
-                }
-                let added = if c == "none" { None } else { self.added(c, w) };
-                let _ = writeln!(
-                    out,
-                    "| {c} | {} | {} | {} | {} | {} | {} | {}/{} |",
-                    show_opt(self.e2e(c, w), 0),
-                    show_opt(added, 0),
-                    if c == "none" {
-                        "–".to_owned()
-                    } else {
-                        show_ratio(ratio(added, self.added("empty", w)))
-                    },
-                    show_opt(self.per_run(c, w), 1),
-                    show_ratio(ratio(self.per_run(c, w), self.per_run("empty", w))),
-                    show_opt(self.field(c, w, |r| Some(r.consumer_ns_per_iter), true), 1),
-                    self.stable_rows(c, w).len(),
-                    self.rows(c, w).len(),
-                );
+        let cpi = self.checks_per_iter.get(w).copied().unwrap_or(1.0);
+        let _ = writeln!(
+            out,
+            "\n### {w}: {} ({cpi:.3} checks per iteration)\n",
+            describe(w)
+        );
+        let _ = writeln!(
+            out,
+            "| configuration | e2e ns/check | added ns/check | added ÷ empty | per run ns | per run ÷ empty | userspace ns/check | e2e rounds |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        for &c in ATTACHMENTS {
+            if self.rows(c, w).is_empty() {
+                continue;
             }
+            let added = if c == "none" { None } else { self.added(c, w) };
+            let _ = writeln!(
+                out,
+                "| {c} | {} | {} | {} | {} | {} | {} | {}/{} |",
+                show_opt(self.e2e(c, w), 0),
+                show_opt(added, 0),
+                if c == "none" {
+                    "–".to_owned()
+                } else {
+                    show_ratio(ratio(added, self.added("empty", w)))
+                },
+                show_opt(self.per_run(c, w), 1),
+                show_ratio(ratio(self.per_run(c, w), self.per_run("empty", w))),
+                show_opt(self.field(c, w, |r| Some(r.consumer_ns_per_iter), true), 1),
+                self.stable_rows(c, w).len(),
+                self.rows(c, w).len(),
+            );
         }
+    }
 
+    /// The ladder: what each step of the profiled path adds per run.
+    fn render_ladder(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\n### Where the profiled path's time goes (`{TARGET_WORKLOAD}`, bpf_stats, capprof_bench_ladder)\n"
@@ -284,7 +307,10 @@ impl Report {
             );
             prev = cur;
         }
+    }
 
+    /// How long each configuration took to set up.
+    fn render_setup(&self, out: &mut String) {
         let _ = writeln!(out, "\n### Setup time per configuration (ms)\n");
         let _ = writeln!(out, "| configuration | setup ms |");
         let _ = writeln!(out, "|---|---|");
