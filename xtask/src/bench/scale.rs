@@ -81,141 +81,192 @@ pub fn run(plan: &ScalePlan, capprof: &Path, bench: &Path) -> Result<ScaleResult
         ..Default::default()
     };
     let label = format!("capprof-bench-scale={}", std::process::id());
-    let result = (|| -> Result<()> {
-        step(format_args!(
-            "scale: starting {} long-running containers",
-            plan.long
-        ));
-        let started = run_many(&engine, plan.long, &label, |_| {
-            vec!["-d".into(), IMAGE.into(), "sleep".into(), "1000000".into()]
-        });
-        let long_ids = started.ids;
-        if long_ids.len() < plan.long {
-            bail!(
-                "only {} of {} long-running containers started",
-                long_ids.len(),
-                plan.long
-            );
-        }
-        // Let the daemon catch up with the starts before measuring idle.
-        thread::sleep(Duration::from_secs(5));
-        step(format_args!(
-            "scale: the daemon's CPU while {} containers sit idle, over {} s",
-            plan.long, plan.idle_secs
-        ));
-        let t0 = cpu_ticks(daemon.pid())?;
-        let w0 = Instant::now();
-        thread::sleep(Duration::from_secs(plan.idle_secs));
-        let t1 = cpu_ticks(daemon.pid())?;
-        r.idle_secs = w0.elapsed().as_secs_f64();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        r.idle_cpu = (t1 - t0) as f64 / hz / r.idle_secs;
-        r.rss_idle_mb = status_kb(daemon.pid(), "VmRSS:")? / 1024.0;
-
-        step(format_args!(
-            "scale: {} short-lived containers (each chowns a file), while `capprof ps` and `capprof profile` are timed",
-            plan.short
-        ));
-        let done = AtomicBool::new(false);
-        let ps_ms = Mutex::new(vec![]);
-        let profile_ms = Mutex::new(vec![]);
-        let ps_api_ms = Mutex::new(vec![]);
-        let profile_api_ms = Mutex::new(vec![]);
-        let api_errors = AtomicUsize::new(0);
-        let w = Instant::now();
-        let short = thread::scope(|s| {
-            s.spawn(|| {
-                let mut i = 0;
-                while !done.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let ok = daemon
-                        .client("ps")
-                        .args(["--format", "json"])
-                        .stdout(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    ps_ms.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
-                    let id = &long_ids[i % long_ids.len()];
-                    let t = Instant::now();
-                    let ok2 = daemon
-                        .client("profile")
-                        .args([&id[..12], "--format", "json"])
-                        .stdout(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    profile_ms
-                        .lock()
-                        .unwrap()
-                        .push(t.elapsed().as_secs_f64() * 1e3);
-                    let t = Instant::now();
-                    let ok3 = api_get(&daemon.socket(), "/v1/containers");
-                    ps_api_ms
-                        .lock()
-                        .unwrap()
-                        .push(t.elapsed().as_secs_f64() * 1e3);
-                    let t = Instant::now();
-                    let ok4 = api_get(&daemon.socket(), &format!("/v1/containers/{}", &id[..12]));
-                    profile_api_ms
-                        .lock()
-                        .unwrap()
-                        .push(t.elapsed().as_secs_f64() * 1e3);
-                    if !(ok && ok2 && ok3 && ok4) {
-                        api_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    i += 1;
-                    thread::sleep(Duration::from_millis(100));
-                }
-            });
-            let short = run_many(&engine, plan.short, &label, |_| {
-                vec![
-                    "--rm".into(),
-                    IMAGE.into(),
-                    "sh".into(),
-                    "-c".into(),
-                    "touch /tmp/f && chown 1000 /tmp/f".into(),
-                ]
-            });
-            done.store(true, Ordering::Relaxed);
-            short
-        });
-        r.churn_secs = w.elapsed().as_secs_f64();
-        r.short_started = short.ids.len();
-        r.ps_ms = ps_ms.into_inner().unwrap();
-        r.profile_ms = profile_ms.into_inner().unwrap();
-        r.ps_api_ms = ps_api_ms.into_inner().unwrap();
-        r.profile_api_ms = profile_api_ms.into_inner().unwrap();
-        r.api_errors = api_errors.into_inner();
-        if short.failed > 0 {
-            note(format_args!(
-                "{} short-lived containers failed to run",
-                short.failed
-            ));
-        }
-        // The daemon finalizes a profile once the container's last records
-        // are in.
-        thread::sleep(Duration::from_secs(5));
-        step("scale: every short-lived container's profile, from the daemon");
-        for id in &short.ids {
-            let shown = stdout_of(
-                daemon
-                    .client("profile")
-                    .args([id.as_str(), "--format", "json"]),
-            );
-            if !shown.is_ok_and(|p| p.contains("CAP_CHOWN")) {
-                r.profiles_missing += 1;
-            }
-        }
-        r.rss_after_mb = status_kb(daemon.pid(), "VmRSS:")? / 1024.0;
-        r.hwm_mb = status_kb(daemon.pid(), "VmHWM:")? / 1024.0;
-        r.smaps =
-            fs::read_to_string(format!("/proc/{}/smaps_rollup", daemon.pid())).unwrap_or_default();
-        Ok(())
-    })();
+    let result = measure(plan, &engine, &daemon, &label, &mut r);
     step("scale: removing the containers");
     let _ = remove_labelled(&engine, &label);
     daemon.stop();
     result.map(|()| r)
+}
+
+/// The phases, in order: long-running containers started, the daemon idle
+/// beside them, short-lived ones churned while the API is timed, then each
+/// short-lived container's profile and the daemon's memory.
+fn measure(
+    plan: &ScalePlan,
+    engine: &Engine,
+    daemon: &Daemon,
+    label: &str,
+    r: &mut ScaleResults,
+) -> Result<()> {
+    let long_ids = start_long(plan, engine, label)?;
+    // Let the daemon catch up with the starts before measuring idle.
+    thread::sleep(Duration::from_secs(5));
+    measure_idle(plan, daemon, r)?;
+    let short = churn(plan, engine, daemon, label, &long_ids, r);
+    if short.failed > 0 {
+        note(format_args!(
+            "{} short-lived containers failed to run",
+            short.failed
+        ));
+    }
+    // The daemon finalizes a profile once the container's last records
+    // are in.
+    thread::sleep(Duration::from_secs(5));
+    step("scale: every short-lived container's profile, from the daemon");
+    for id in &short.ids {
+        let shown = stdout_of(
+            daemon
+                .client("profile")
+                .args([id.as_str(), "--format", "json"]),
+        );
+        if !shown.is_ok_and(|p| p.contains("CAP_CHOWN")) {
+            r.profiles_missing += 1;
+        }
+    }
+    r.rss_after_mb = status_kb(daemon.pid(), "VmRSS:")? / 1024.0;
+    r.hwm_mb = status_kb(daemon.pid(), "VmHWM:")? / 1024.0;
+    r.smaps =
+        fs::read_to_string(format!("/proc/{}/smaps_rollup", daemon.pid())).unwrap_or_default();
+    Ok(())
+}
+
+/// Starts `plan.long` long-running containers; their ids.
+fn start_long(plan: &ScalePlan, engine: &Engine, label: &str) -> Result<Vec<String>> {
+    step(format_args!(
+        "scale: starting {} long-running containers",
+        plan.long
+    ));
+    let started = run_many(engine, plan.long, label, |_| {
+        vec!["-d".into(), IMAGE.into(), "sleep".into(), "1000000".into()]
+    });
+    if started.ids.len() < plan.long {
+        bail!(
+            "only {} of {} long-running containers started",
+            started.ids.len(),
+            plan.long
+        );
+    }
+    Ok(started.ids)
+}
+
+/// The daemon's CPU share and RSS while the containers sit idle.
+fn measure_idle(plan: &ScalePlan, daemon: &Daemon, r: &mut ScaleResults) -> Result<()> {
+    step(format_args!(
+        "scale: the daemon's CPU while {} containers sit idle, over {} s",
+        plan.long, plan.idle_secs
+    ));
+    let t0 = cpu_ticks(daemon.pid())?;
+    let w0 = Instant::now();
+    thread::sleep(Duration::from_secs(plan.idle_secs));
+    let t1 = cpu_ticks(daemon.pid())?;
+    r.idle_secs = w0.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    r.idle_cpu = (t1 - t0) as f64 / hz / r.idle_secs;
+    r.rss_idle_mb = status_kb(daemon.pid(), "VmRSS:")? / 1024.0;
+    Ok(())
+}
+
+/// `plan.short` short-lived containers (each chowns a file), run while
+/// `capprof ps` and `capprof profile` are timed.
+fn churn(
+    plan: &ScalePlan,
+    engine: &Engine,
+    daemon: &Daemon,
+    label: &str,
+    long_ids: &[String],
+    r: &mut ScaleResults,
+) -> Started {
+    step(format_args!(
+        "scale: {} short-lived containers (each chowns a file), while `capprof ps` and `capprof profile` are timed",
+        plan.short
+    ));
+    let done = AtomicBool::new(false);
+    let api = ApiTimes::default();
+    let w = Instant::now();
+    let short = thread::scope(|s| {
+        s.spawn(|| api.poll(daemon, long_ids, &done));
+        let short = run_many(engine, plan.short, label, |_| {
+            vec![
+                "--rm".into(),
+                IMAGE.into(),
+                "sh".into(),
+                "-c".into(),
+                "touch /tmp/f && chown 1000 /tmp/f".into(),
+            ]
+        });
+        done.store(true, Ordering::Relaxed);
+        short
+    });
+    r.churn_secs = w.elapsed().as_secs_f64();
+    r.short_started = short.ids.len();
+    r.ps_ms = api.ps_ms.into_inner().unwrap();
+    r.profile_ms = api.profile_ms.into_inner().unwrap();
+    r.ps_api_ms = api.ps_api_ms.into_inner().unwrap();
+    r.profile_api_ms = api.profile_api_ms.into_inner().unwrap();
+    r.api_errors = api.errors.into_inner();
+    short
+}
+
+/// How long `capprof ps` and `capprof profile` took, as whole processes
+/// and on the socket, and how often any of them failed.
+#[derive(Default)]
+struct ApiTimes {
+    ps_ms: Mutex<Vec<f64>>,
+    profile_ms: Mutex<Vec<f64>>,
+    ps_api_ms: Mutex<Vec<f64>>,
+    profile_api_ms: Mutex<Vec<f64>>,
+    errors: AtomicUsize,
+}
+
+impl ApiTimes {
+    /// Times `ps`, then `profile` of one of `long_ids` in turn, as
+    /// processes and then on the socket, every 100 ms until `done`.
+    fn poll(&self, daemon: &Daemon, long_ids: &[String], done: &AtomicBool) {
+        let mut i = 0;
+        while !done.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let ok = daemon
+                .client("ps")
+                .args(["--format", "json"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            self.ps_ms
+                .lock()
+                .unwrap()
+                .push(t.elapsed().as_secs_f64() * 1e3);
+            let id = &long_ids[i % long_ids.len()];
+            let t = Instant::now();
+            let ok2 = daemon
+                .client("profile")
+                .args([&id[..12], "--format", "json"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            self.profile_ms
+                .lock()
+                .unwrap()
+                .push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let ok3 = api_get(&daemon.socket(), "/v1/containers");
+            self.ps_api_ms
+                .lock()
+                .unwrap()
+                .push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let ok4 = api_get(&daemon.socket(), &format!("/v1/containers/{}", &id[..12]));
+            self.profile_api_ms
+                .lock()
+                .unwrap()
+                .push(t.elapsed().as_secs_f64() * 1e3);
+            if !(ok && ok2 && ok3 && ok4) {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            i += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 struct Started {
