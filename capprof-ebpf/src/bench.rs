@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use capprof_common::{
     check::{
-        CheckKey, CheckStats, EvidenceKey, HOT_SITES, SYSCALL_UNKNOWN, VERDICT_DENIED,
+        CheckKey, CheckStats, EvidenceKey, HOT_SITES, HotCache, SYSCALL_UNKNOWN, VERDICT_DENIED,
         VERDICT_GRANTED, decision, generations, kind, phase, stat, userns, watch,
     },
     event::{EVENT_EVIDENCE, EvidenceEvent},
@@ -111,13 +111,47 @@ const LADDER_SLOT_CALLER: u64 = 12;
 const LADDER_SLOT_OUTER: u64 = 17;
 const LADDER_ORIG_AX: u64 = 15 * 8;
 
+/// The steps of `capprof_bench_ladder`, each inlined as `observe()`'s are,
+/// so that each step's price is that of the same instructions.
 #[inline(always)]
 fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
     // 1. The unwatched path.
     let cgroup_id = helpers::cgroup_id();
-    let Some(hot) = HOT.get_ptr_mut(0) else {
+    let Some(hot) = ladder_hot(cgroup_id) else {
         return;
     };
+    if step <= 1 || hot.mode == watch::UNWATCHED {
+        return;
+    }
+    // 2. The counter.
+    // observe() compares the tgid with capprof's own.
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == 0 {
+        return;
+    }
+    let jiffies = helpers::jiffies();
+    let verdict = if ret == 0 {
+        VERDICT_GRANTED
+    } else {
+        VERDICT_DENIED
+    };
+    let before = ladder_count(cgroup_id, cap, verdict, jiffies);
+    if step <= 2 || before == u64::MAX {
+        return;
+    }
+    // 3. Call-site classification.
+    let site_kind = ladder_classify(hot, frame);
+    if step <= 3 {
+        return;
+    }
+    // 4. Evidence dedup.
+    ladder_evidence(cgroup_id, cap, verdict, site_kind);
+}
+
+/// Step 1: this CPU's `HOT` entry, with the cgroup's watch mode read again
+/// when the cgroup or the watch generation changed.
+#[inline(always)]
+fn ladder_hot(cgroup_id: u64) -> Option<&'static mut HotCache> {
+    let hot = HOT.get_ptr_mut(0)?;
     // SAFETY: this CPU's entry, written only by this program.
     let hot = unsafe { &mut *hot };
     let watch_gen = generation(generations::WATCH);
@@ -133,20 +167,12 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         hot.cgroup_id = cgroup_id;
         hot.watch_gen = watch_gen;
     }
-    if step <= 1 || hot.mode == watch::UNWATCHED {
-        return;
-    }
-    // 2. The counter.
-    // observe() compares the tgid with capprof's own.
-    if (bpf_get_current_pid_tgid() >> 32) as u32 == 0 {
-        return;
-    }
-    let jiffies = helpers::jiffies();
-    let verdict = if ret == 0 {
-        VERDICT_GRANTED
-    } else {
-        VERDICT_DENIED
-    };
+    Some(hot)
+}
+
+/// Step 2: the counter, added to atomically; its count before this check.
+#[inline(always)]
+fn ladder_count(cgroup_id: u64, cap: u32, verdict: u8, jiffies: u64) -> u64 {
     let key = CheckKey {
         cgroup_id,
         cap,
@@ -155,7 +181,7 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         phase: phase::WORKLOAD,
         userns: userns::OWN,
     };
-    let before = match COUNTS.get_ptr_mut(key) {
+    match COUNTS.get_ptr_mut(key) {
         // SAFETY: a live map value, updated atomically.
         Some(stats) => unsafe {
             let before = core::ptr::read_volatile(&raw const (*stats).count);
@@ -177,11 +203,12 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
             let _ = COUNTS.insert(key, fresh, BPF_NOEXIST as u64);
             0
         }
-    };
-    if step <= 2 || before == u64::MAX {
-        return;
     }
-    // 3. Call-site classification.
+}
+
+/// Step 3: the two stack slots' call sites, through `HOT`'s site cache.
+#[inline(always)]
+fn ladder_classify(hot: &mut HotCache, frame: u64) -> u8 {
     let mut site_kind = 0;
     for slot in [LADDER_SLOT_CALLER, LADDER_SLOT_OUTER] {
         // SAFETY: checked kernel read.
@@ -203,10 +230,12 @@ fn ladder(step: u32, cap: u32, ret: i32, frame: u64) {
         hot.site_kind[i] = found;
         site_kind |= found;
     }
-    if step <= 3 {
-        return;
-    }
-    // 4. Evidence dedup.
+    site_kind
+}
+
+/// Step 4: the evidence key, looked up and inserted when new.
+#[inline(always)]
+fn ladder_evidence(cgroup_id: u64, cap: u32, verdict: u8, site_kind: u8) {
     // SAFETY: helpers returning kernel pointers; the read is checked.
     let syscall = unsafe {
         let regs = bpf_task_pt_regs(helpers::task_btf() as *mut _) as u64;
