@@ -93,38 +93,7 @@ impl CommandWorkload {
             command: shown.clone(),
             source,
         };
-        let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes()).map_err(|_| {
-            spawn_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the cgroup path holds a NUL byte",
-            ))
-        })?;
-        let mut cmd = tokio::process::Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(dir) = &self.workdir {
-            cmd.current_dir(dir);
-        }
-        // SAFETY: only async-signal-safe calls (open, write, close, prctl,
-        // capget, capset) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if written != 1 {
-                    return Err(err);
-                }
-                limit.apply()
-            });
-        }
+        let mut cmd = self.command(cgroup, limit).map_err(spawn_err)?;
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let stderr = tokio::spawn(probe::tail(child.stderr.take()));
@@ -136,27 +105,7 @@ impl CommandWorkload {
         let mut log = CredLog::default();
         log.add(creds::sample_cgroup(cgroup.path()));
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        let probe_loop = async {
-            let Some(Probe::Host(argv)) = &self.options.probe else {
-                return std::future::pending().await;
-            };
-            let mut last = String::from("the probe never ran");
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok::<_, ProofError>(Err(format!(
-                        "the probe did not pass within {}s: {last}",
-                        self.options.timeout.as_secs()
-                    )));
-                }
-                match probe::run_host(argv, &env, left).await? {
-                    (Some(0), _) => return Ok(Ok(())),
-                    (Some(code), out) => last = format!("exit status {code} ({out})"),
-                    (None, _) => last = "timed out".into(),
-                }
-                tokio::time::sleep(PROBE_RETRY).await;
-            }
-        };
+        let probe_loop = self.probe_until_pass(&env, deadline);
         tokio::pin!(probe_loop);
         let has_probe = self.options.probe.is_some();
         // With a probe, its own give-up (at the deadline, with the last
@@ -168,15 +117,7 @@ impl CommandWorkload {
         };
         let outcome = loop {
             tokio::select! {
-                status = child.wait() => {
-                    let status = status.map_err(spawn_err)?;
-                    break match (has_probe, status.code()) {
-                        (false, Some(0)) => Outcome::Passed,
-                        (false, Some(code)) => Outcome::Failed(format!("exit status {code}")),
-                        (false, None) => Outcome::Failed(format!("killed ({status})")),
-                        (true, _) => Outcome::Failed(format!("it exited ({status}) before the probe passed")),
-                    };
-                }
+                status = child.wait() => break exit_outcome(has_probe, status.map_err(spawn_err)?),
                 result = &mut probe_loop, if has_probe => {
                     match result? {
                         Ok(()) => {
@@ -205,28 +146,112 @@ impl CommandWorkload {
             }
         };
         log.add(creds::sample_cgroup(cgroup.path()));
-        let outcome = match outcome {
-            Outcome::Failed(why) => {
-                // Its last word on stderr says why, when it had one.
-                let said = match tokio::time::timeout(Duration::from_millis(200), stderr).await {
-                    Ok(Ok(bytes)) => probe::last_line(&String::from_utf8_lossy(&bytes)),
-                    _ => String::new(),
-                };
-                Outcome::Failed(if said.is_empty() {
-                    why
-                } else {
-                    format!("{why} ({said})")
-                })
-            }
-            passed => {
-                stderr.abort();
-                passed
-            }
-        };
         Ok(Trial {
-            outcome,
+            outcome: in_its_words(outcome, stderr).await,
             refused: vec![],
             processes: log.processes(&[]),
         })
+    }
+
+    /// The command, set to join `cgroup` and take on `limit` between fork
+    /// and exec, so that its first instruction already runs there.
+    fn command(
+        &self,
+        cgroup: &OwnedCgroup,
+        limit: CapLimit,
+    ) -> Result<tokio::process::Command, std::io::Error> {
+        let procs = CString::new(cgroup.procs_path().as_os_str().as_bytes()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the cgroup path holds a NUL byte",
+            )
+        })?;
+        let mut cmd = tokio::process::Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &self.workdir {
+            cmd.current_dir(dir);
+        }
+        // SAFETY: only async-signal-safe calls (open, write, close, prctl,
+        // capget, capset) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
+                limit.apply()
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Runs the host probe until it passes (`Ok(Ok)`), or says why it gave
+    /// up at `deadline`; never ends without a probe.
+    async fn probe_until_pass(
+        &self,
+        env: &[(String, String)],
+        deadline: Instant,
+    ) -> Result<Result<(), String>, ProofError> {
+        let Some(Probe::Host(argv)) = &self.options.probe else {
+            return std::future::pending().await;
+        };
+        let mut last = String::from("the probe never ran");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Err(format!(
+                    "the probe did not pass within {}s: {last}",
+                    self.options.timeout.as_secs()
+                )));
+            }
+            match probe::run_host(argv, env, left).await? {
+                (Some(0), _) => return Ok(Ok(())),
+                (Some(code), out) => last = format!("exit status {code} ({out})"),
+                (None, _) => last = "timed out".into(),
+            }
+            tokio::time::sleep(PROBE_RETRY).await;
+        }
+    }
+}
+
+/// How a run ended when the command exited first: without a probe its
+/// exit status says; with one, it exited too soon.
+fn exit_outcome(has_probe: bool, status: std::process::ExitStatus) -> Outcome {
+    match (has_probe, status.code()) {
+        (false, Some(0)) => Outcome::Passed,
+        (false, Some(code)) => Outcome::Failed(format!("exit status {code}")),
+        (false, None) => Outcome::Failed(format!("killed ({status})")),
+        (true, _) => Outcome::Failed(format!("it exited ({status}) before the probe passed")),
+    }
+}
+
+/// A failed run says why in its last word on stderr, when it had one.
+async fn in_its_words(outcome: Outcome, stderr: tokio::task::JoinHandle<Vec<u8>>) -> Outcome {
+    match outcome {
+        Outcome::Failed(why) => {
+            let said = match tokio::time::timeout(Duration::from_millis(200), stderr).await {
+                Ok(Ok(bytes)) => probe::last_line(&String::from_utf8_lossy(&bytes)),
+                _ => String::new(),
+            };
+            Outcome::Failed(if said.is_empty() {
+                why
+            } else {
+                format!("{why} ({said})")
+            })
+        }
+        passed => {
+            stderr.abort();
+            passed
+        }
     }
 }

@@ -257,42 +257,10 @@ impl ContainerWorkload {
                 processes: vec![],
             });
         }
-        let info = self.engine.inspect(id).await;
-        let cgroup = info
-            .as_ref()
-            .and_then(|i| i.pid)
-            .and_then(|pid| cgroup_of(&self.mount, pid))
-            .or_else(|| {
-                self.engine
-                    .cgroup_parents()
-                    .first()
-                    .map(|p| self.mount.join(p.trim_start_matches('/')).join(id))
-            });
-        // Its cgroup's id while it exists: refused capset() calls are
-        // reported by the id (and, once it is gone, found by its name).
-        let cgroup_ids: Vec<u64> = cgroup
-            .as_deref()
-            .and_then(|dir| crate::cgroup::cgroup_id(dir).ok())
-            .into_iter()
-            .collect();
-        let mut env = vec![
-            ("CAPPROF_CONTAINER_NAME".to_owned(), name.to_owned()),
-            ("CAPPROF_CONTAINER_ID".to_owned(), id.to_owned()),
-        ];
-        if let Some(pid) = info.as_ref().and_then(|i| i.pid) {
-            env.push(("CAPPROF_CONTAINER_PID".into(), pid.to_string()));
-        }
-        let address = match self.spec.network_mode.as_deref() {
-            Some("host") => Some("127.0.0.1".to_owned()),
-            _ => info.as_ref().and_then(|i| i.address.clone()),
-        };
-        if let Some(a) = address {
-            env.push(("CAPPROF_CONTAINER_ADDRESS".into(), a));
-        }
-
+        let running = self.running(id, name).await;
         let mut log = CredLog::default();
         let sample = |log: &mut CredLog| {
-            if let Some(dir) = &cgroup {
+            if let Some(dir) = &running.cgroup {
                 log.add(creds::sample_cgroup(dir));
             }
         };
@@ -308,22 +276,11 @@ impl ContainerWorkload {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         // The probe's exec sessions: their processes are not the workload's.
         let sessions = std::cell::RefCell::new(vec![]);
-        let probe_loop = self.probe_until_pass(id, &env, deadline, &sessions);
+        let probe_loop = self.probe_until_pass(id, &running.env, deadline, &sessions);
         tokio::pin!(probe_loop);
         let outcome = loop {
             tokio::select! {
-                exited = wait.next() => {
-                    let status = exit_status(exited);
-                    break match (&self.options.probe, status) {
-                        (None, Some(0)) => Outcome::Passed,
-                        (None, Some(code)) => Outcome::Failed(format!("exit status {code}")),
-                        (None, None) => Outcome::Failed("the engine lost track of it".into()),
-                        (Some(_), code) => Outcome::Failed(format!(
-                            "it exited ({}) before the probe passed",
-                            code.map_or("status unknown".to_owned(), |c| format!("status {c}"))
-                        )),
-                    };
-                }
+                exited = wait.next() => break self.exit_outcome(exit_status(exited)),
                 result = &mut probe_loop, if self.options.probe.is_some() => {
                     match result {
                         Ok(ProbeEnd::Passed) => {
@@ -353,16 +310,9 @@ impl ContainerWorkload {
             }
         };
         sample(&mut log);
-        // A failed run says why in its own words, when it said any.
-        let outcome = match outcome {
-            Outcome::Failed(why) => match self.last_log_line(id).await {
-                Some(said) => Outcome::Failed(format!("{why}: {said}")),
-                None => Outcome::Failed(why),
-            },
-            passed => passed,
-        };
+        let outcome = self.in_its_words(id, outcome).await;
         let refused = match &self.options.refusals {
-            Some(watch) => watch.take(&cgroup_ids, Some(id)).await,
+            Some(watch) => watch.take(&running.cgroup_ids, Some(id)).await,
             None => vec![],
         };
         Ok(Trial {
@@ -370,6 +320,73 @@ impl ContainerWorkload {
             refused,
             processes: log.processes(&sessions.borrow()),
         })
+    }
+
+    /// What a started container is, for the rest of its run: its cgroup
+    /// (to sample), that cgroup's id while it exists (refused capset()
+    /// calls are reported by it; once it is gone they are found by the
+    /// container's id), and the probe's environment.
+    async fn running(&self, id: &str, name: &str) -> Running {
+        let info = self.engine.inspect(id).await;
+        let cgroup = info
+            .as_ref()
+            .and_then(|i| i.pid)
+            .and_then(|pid| cgroup_of(&self.mount, pid))
+            .or_else(|| {
+                self.engine
+                    .cgroup_parents()
+                    .first()
+                    .map(|p| self.mount.join(p.trim_start_matches('/')).join(id))
+            });
+        let cgroup_ids = cgroup
+            .as_deref()
+            .and_then(|dir| crate::cgroup::cgroup_id(dir).ok())
+            .into_iter()
+            .collect();
+        let mut env = vec![
+            ("CAPPROF_CONTAINER_NAME".to_owned(), name.to_owned()),
+            ("CAPPROF_CONTAINER_ID".to_owned(), id.to_owned()),
+        ];
+        if let Some(pid) = info.as_ref().and_then(|i| i.pid) {
+            env.push(("CAPPROF_CONTAINER_PID".into(), pid.to_string()));
+        }
+        let address = match self.spec.network_mode.as_deref() {
+            Some("host") => Some("127.0.0.1".to_owned()),
+            _ => info.as_ref().and_then(|i| i.address.clone()),
+        };
+        if let Some(a) = address {
+            env.push(("CAPPROF_CONTAINER_ADDRESS".into(), a));
+        }
+        Running {
+            cgroup,
+            cgroup_ids,
+            env,
+        }
+    }
+
+    /// How a run ended when the container exited first: without a probe
+    /// its exit status says; with one, it exited too soon.
+    fn exit_outcome(&self, status: Option<i64>) -> Outcome {
+        match (&self.options.probe, status) {
+            (None, Some(0)) => Outcome::Passed,
+            (None, Some(code)) => Outcome::Failed(format!("exit status {code}")),
+            (None, None) => Outcome::Failed("the engine lost track of it".into()),
+            (Some(_), code) => Outcome::Failed(format!(
+                "it exited ({}) before the probe passed",
+                code.map_or("status unknown".to_owned(), |c| format!("status {c}"))
+            )),
+        }
+    }
+
+    /// A failed run says why in its own words, when it said any.
+    async fn in_its_words(&self, id: &str, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::Failed(why) => match self.last_log_line(id).await {
+                Some(said) => Outcome::Failed(format!("{why}: {said}")),
+                None => Outcome::Failed(why),
+            },
+            passed => passed,
+        }
     }
 
     /// The container's last line of output.
@@ -523,6 +540,13 @@ pub(super) enum ProbeEnd {
 }
 
 /// The exit status from the engine's wait stream, when it said.
+/// A started container, as its run needs it (`ContainerWorkload::running`).
+struct Running {
+    cgroup: Option<std::path::PathBuf>,
+    cgroup_ids: Vec<u64>,
+    env: Vec<(String, String)>,
+}
+
 fn exit_status(
     item: Option<Result<bollard::models::ContainerWaitResponse, bollard::errors::Error>>,
 ) -> Option<i64> {
