@@ -39,7 +39,7 @@ pub struct View {
     /// `ps`, by name then id.
     list: Vec<Arc<ContainerSummary>>,
     /// Every container a profile can be asked for.
-    entries: Vec<Entry>,
+    entries: Vec<ViewEntry>,
     /// Where an evicted container's profile is read from.
     state: Option<Arc<StateDir>>,
     /// `ps` as the API sends it, encoded by the first query after a
@@ -51,7 +51,7 @@ pub struct View {
 
 /// A container a profile can be asked for.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub struct ViewEntry {
     pub id: String,
     pub name: Option<String>,
     /// Its profile when it is in memory; None when it is on disk only.
@@ -62,7 +62,7 @@ impl View {
     /// `list` is `ps`, in the order shown.
     pub fn new(
         list: Vec<Arc<ContainerSummary>>,
-        entries: Vec<Entry>,
+        entries: Vec<ViewEntry>,
         state: Option<Arc<StateDir>>,
     ) -> Self {
         Self {
@@ -94,7 +94,7 @@ impl View {
     /// ambiguous) or by an id prefix of at least 4 characters.
     pub fn profile(&self, key: &str) -> Result<Profile, Lookup> {
         let name = key.trim_start_matches('/');
-        let mut found: Vec<&Entry> = self
+        let mut found: Vec<&ViewEntry> = self
             .entries
             .iter()
             .filter(|e| e.name.as_deref() == Some(name))
@@ -242,9 +242,9 @@ impl Aggregator {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         let recorder = self.session.recorder();
-        let mut entries: Vec<Entry> = recorder
+        let mut entries: Vec<ViewEntry> = recorder
             .records()
-            .map(|rec| Entry {
+            .map(|rec| ViewEntry {
                 id: rec.id.clone(),
                 name: rec.info.name.clone(),
                 profile: self
@@ -258,7 +258,7 @@ impl Aggregator {
             self.on_disk
                 .iter()
                 .filter(|(id, _)| !in_memory.contains(id.as_str()))
-                .map(|(id, filed)| Entry {
+                .map(|(id, filed)| ViewEntry {
                     id: id.clone(),
                     name: filed.name.clone(),
                     profile: None,
@@ -327,8 +327,8 @@ mod tests {
         )
     }
 
-    fn entry(id: &str, name: &str) -> Entry {
-        Entry {
+    fn entry(id: &str, name: &str) -> ViewEntry {
+        ViewEntry {
             id: id.to_owned(),
             name: Some(name.to_owned()),
             profile: Some(Arc::new(profile_of(id))),

@@ -68,7 +68,7 @@ pub struct CapabilityProfile {
     pub metadata: Metadata,
     pub spec: Spec,
     #[serde(default)]
-    pub status: Status,
+    pub status: ProfileStatus,
 }
 
 /// The metadata fields capprof reads; the rest stays on the server.
@@ -99,7 +99,7 @@ pub struct WorkloadRef {
 /// node's part) and the parts themselves.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Status {
+pub struct ProfileStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowlist: Vec<ShortCap>,
     #[serde(default, skip_serializing_if = "Classes::is_empty")]
@@ -113,7 +113,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub coverage: Vec<CapCoverage>,
+    pub coverage: Vec<StatusCoverage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -151,7 +151,7 @@ impl Classes {
 
 /// In how many pods and on how many nodes a capability was needed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CapCoverage {
+pub struct StatusCoverage {
     pub capability: ShortCap,
     pub pods: u64,
     pub nodes: u64,

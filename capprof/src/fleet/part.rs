@@ -15,8 +15,8 @@ use std::{
 };
 
 use super::object::{
-    CapCoverage, CapabilityProfile, Classes, NodePart, PartCapability, PartConditional, PartKept,
-    PartTransient, ShortCap, Status, Warning, WarningKind, short,
+    CapabilityProfile, Classes, NodePart, PartCapability, PartConditional, PartKept, PartTransient,
+    ProfileStatus, ShortCap, StatusCoverage, Warning, WarningKind, short,
 };
 use crate::{
     capability::Cap,
@@ -26,8 +26,8 @@ use crate::{
     load::Loaded,
     merge::{self, MergeError},
     profile::{
-        self, CapCoverage as ProfileCapCoverage, CapUsage, Coverage, K8sRef, Observation, Owner,
-        Partial, Profile, Subject, SubjectKind,
+        self, CapCoverage, CapUsage, Coverage, K8sRef, Observation, Owner, Partial, Profile,
+        Subject, SubjectKind,
     },
 };
 
@@ -218,7 +218,7 @@ fn part_profile(key: &WorkloadKey, part: &NodePart) -> Profile {
             .capabilities
             .iter()
             .map(|c| {
-                let cov = ProfileCapCoverage {
+                let cov = CapCoverage {
                     seen_in: c.pods,
                     executables: vec![],
                 };
@@ -287,8 +287,8 @@ pub fn summarize(
     object: &CapabilityProfile,
     now: SystemTime,
     stale_after: Duration,
-) -> Result<Status, MergeError> {
-    let mut status = Status {
+) -> Result<ProfileStatus, MergeError> {
+    let mut status = ProfileStatus {
         nodes: object.status.nodes.clone(),
         proof: Some("observed".into()),
         ..Default::default()
@@ -331,7 +331,7 @@ pub fn summarize(
     status.coverage = fleet
         .capabilities
         .iter()
-        .map(|u| CapCoverage {
+        .map(|u| StatusCoverage {
             capability: ShortCap(u.name),
             pods: coverage.get(&u.name).map_or(0, |(n, _)| *n),
             nodes: nodes_with(u.name),
@@ -451,7 +451,7 @@ mod tests {
                 },
                 container: "app".into(),
             },
-            status: Status {
+            status: ProfileStatus {
                 nodes: parts,
                 ..Default::default()
             },

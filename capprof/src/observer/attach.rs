@@ -156,7 +156,7 @@ pub fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<Attache
 }
 
 /// What `load_concurrently` made of each program, by name.
-pub type Loaded = std::collections::HashMap<&'static str, Result<(), AttachError>>;
+pub type AttachResults = std::collections::HashMap<&'static str, Result<(), AttachError>>;
 
 /// Loads the programs of `first` on a thread of their own and those of
 /// `rest` on this one. The verifier runs in the loading thread, and the
@@ -167,7 +167,7 @@ pub fn load_concurrently(
     btf: &Btf,
     first: &[(&'static str, Hook)],
     rest: &[(&'static str, Hook)],
-) -> Loaded {
+) -> AttachResults {
     let mut programs: std::collections::HashMap<&str, &mut Program> = ebpf.programs_mut().collect();
     let mut take = |list: &[(&'static str, Hook)]| -> Vec<_> {
         list.iter()
@@ -196,7 +196,7 @@ pub fn load_concurrently(
         let spawned = std::thread::Builder::new()
             .name("verify".into())
             .spawn_scoped(scope, load_first);
-        let mut loaded: Loaded = load_all(rest).into_iter().collect();
+        let mut loaded: AttachResults = load_all(rest).into_iter().collect();
         match spawned.map(|thread| thread.join()) {
             Ok(Ok(done)) => loaded.extend(done),
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
@@ -209,7 +209,7 @@ pub fn load_concurrently(
 /// Attaches program `name`, which `load_concurrently` loaded (or failed to).
 pub fn attach_loaded(
     ebpf: &mut Ebpf,
-    loaded: &mut Loaded,
+    loaded: &mut AttachResults,
     name: &'static str,
     hook: Hook,
 ) -> Result<Attached, AttachError> {

@@ -14,7 +14,7 @@ use aya::{Ebpf, EbpfLoader, maps::Array};
 use capprof_common::{config::Config, names};
 
 use super::{
-    Backend, Classification, LoadOptions, Observer, ObserverError, PROCESS_HOOKS, Phases,
+    Backend, Classification, LoadOptions, LoadPhases, Observer, ObserverError, PROCESS_HOOKS,
     Unavailable,
     attach::{self, AttachError, Attached, Hook},
     backend_programs, bpf_lsm_active,
@@ -46,7 +46,7 @@ impl Observer {
         let mut cleanup = pin::PinGuard {
             dir: pins.dir.clone().filter(|_| !pins.reused),
         };
-        let mut phases = Phases::new(started);
+        let mut phases = LoadPhases::new(started);
         // aya 0.14's `EbpfLoader::new` parses the kernel's BTF by itself
         // (20-45 ms here) and has no way to be handed ours: let it do so on
         // the other core while this thread parses what it needs.
@@ -168,7 +168,7 @@ fn load_object(
     new_loader: std::io::Result<std::thread::JoinHandle<EbpfLoader<'static>>>,
     btf: &aya::Btf,
     pin_dir: Option<&Path>,
-    phases: &mut Phases,
+    phases: &mut LoadPhases,
 ) -> Result<Ebpf, ObserverError> {
     let map_pins: Vec<(&'static str, PathBuf)> = match pin_dir {
         Some(dir) => pin::PINNED_MAPS
@@ -295,7 +295,7 @@ fn verify_and_attach(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
     backend: Backend,
-    phases: &mut Phases,
+    phases: &mut LoadPhases,
 ) -> Result<Vec<Attached>, ObserverError> {
     let hooks: Vec<_> = PROCESS_HOOKS
         .iter()
@@ -351,7 +351,7 @@ impl Symbols<'_> {
         ebpf: &mut Ebpf,
         btf: &aya::Btf,
         backend: Backend,
-        phases: &mut Phases,
+        phases: &mut LoadPhases,
     ) -> (Option<symbols::KnownFunctions>, Calibrated) {
         if let Some(known) = self.cached.take() {
             phases.mark("cached functions");
@@ -417,7 +417,7 @@ fn bump_memlock_rlimit() {
 /// Process lifecycle hooks for the runtime-setup/workload split. Without
 /// them container profiles would count runtime setup as the workload's, so
 /// failures are loud, but `capprof run` does not need them.
-fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::Loaded) -> Vec<Attached> {
+fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::AttachResults) -> Vec<Attached> {
     let mut attached = vec![];
     for (name, tracepoint) in PROCESS_HOOKS {
         match attach::attach_loaded(ebpf, loaded, name, Hook::TpBtf(tracepoint)) {
@@ -435,7 +435,7 @@ fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::Loaded) -> Vec<Att
 /// BTF, so its refusal is a capprof bug.
 fn attach_backend(
     ebpf: &mut Ebpf,
-    loaded: &mut attach::Loaded,
+    loaded: &mut attach::AttachResults,
     backend: Backend,
 ) -> Result<Vec<Attached>, ObserverError> {
     let unavailable = |e: AttachError| match e {

@@ -396,12 +396,12 @@ impl Drop for Observer {
 }
 
 /// How long each phase of something took, logged at debug level.
-pub struct Phases {
+pub struct LoadPhases {
     last: Instant,
     done: Vec<(&'static str, Duration)>,
 }
 
-impl Phases {
+impl LoadPhases {
     pub fn new(started: Instant) -> Self {
         Self {
             last: started,

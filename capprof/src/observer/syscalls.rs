@@ -41,7 +41,7 @@ pub fn programs() -> impl Iterator<Item = (&'static str, Hook)> {
 /// Attaches every syscall hook that loaded, and returns their links (to
 /// pin, or to drop with `ebpf`). A hook that cannot load or attach is
 /// warned about and left out.
-pub fn attach(ebpf: &mut Ebpf, loaded: &mut attach::Loaded) -> Vec<Attached> {
+pub fn attach(ebpf: &mut Ebpf, loaded: &mut attach::AttachResults) -> Vec<Attached> {
     let mut attached = vec![];
     for &(program, tracepoint) in names::SYSCALL_HOOKS {
         match attach::attach_loaded(ebpf, loaded, program, hook(tracepoint)) {

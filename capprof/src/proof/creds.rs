@@ -382,7 +382,7 @@ pub fn gained(a: &Creds, b: &Creds) -> Vec<String> {
 
 /// What comparing a run's processes with the baseline's found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Comparison {
+pub struct Drifts {
     /// Settled processes more privileged than the baseline's: a drop that
     /// failed.
     pub drift: Vec<Drift>,
@@ -393,8 +393,8 @@ pub struct Comparison {
 
 /// Compares the processes of `run` with `baseline`'s (see the module's
 /// comment for the matching and the rule).
-pub fn compare(baseline: &[ProcSample], run: &[ProcSample]) -> Comparison {
-    let mut found = Comparison::default();
+pub fn compare(baseline: &[ProcSample], run: &[ProcSample]) -> Drifts {
+    let mut found = Drifts::default();
     for p in run {
         let candidates = matches(baseline, p);
         if candidates.is_empty() {

@@ -201,7 +201,7 @@ impl Baseline {
     /// processes (`creds::compare`), and the capset() calls the kernel
     /// refused in it that no baseline run made. Each of those is a drop
     /// that failed, whatever the sampler caught of it.
-    fn judge(&self, t: &Trial) -> creds::Comparison {
+    fn judge(&self, t: &Trial) -> creds::Drifts {
         let mut found = creds::compare(&self.processes, &t.processes);
         found.drift.extend(
             refusals::new_in(&self.refused, &t.refused)
@@ -242,7 +242,7 @@ async fn try_without(
         let mut found = if t.outcome.passed() {
             base.judge(&t)
         } else {
-            creds::Comparison::default()
+            creds::Drifts::default()
         };
         progress(Event::Ran {
             without: Some(without),

@@ -13,7 +13,7 @@ use crate::{
     capability::Cap,
     daemon::{
         query::{ContainerSummary, Health, Lookup, MetricsSnapshot},
-        view::{Entry, View, ViewRx},
+        view::{View, ViewEntry, ViewRx},
     },
     profile::Profile,
 };
@@ -77,7 +77,7 @@ pub fn sample_health() -> Health {
 pub fn fake_view() -> ViewRx {
     let entries = sample_list()
         .into_iter()
-        .map(|line| Entry {
+        .map(|line| ViewEntry {
             profile: (line.id == ID).then(|| Arc::new(sample_profile())),
             id: line.id,
             name: line.name,

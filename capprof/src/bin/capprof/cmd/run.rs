@@ -19,7 +19,7 @@ use capprof::{
     cgroup::{self, OwnedCgroup},
     fsutil,
     observer::{
-        Backend, Classification, Count, KernelStats, Observer, Phases, WatchMode,
+        Backend, Classification, Count, KernelStats, LoadPhases, Observer, WatchMode,
         events::RingEvent,
         preflight,
         reader::{EventReader, Received},
@@ -129,7 +129,7 @@ async fn run(
     limit: Option<(Vec<Cap>, CapLimit)>,
 ) -> Result<ExitCode, Error> {
     // Where the time goes, for CAPPROF_LOG=debug (BENCHMARKS.md's table).
-    let mut phases = Phases::new(Instant::now());
+    let mut phases = LoadPhases::new(Instant::now());
     let (cgroup, held) = start_held(&args, &program, &mount, limit.as_ref())?;
     phases.mark("cgroup and CMD");
     let mut observer = Observer::load(args.backend)?;
