@@ -173,6 +173,20 @@ pub struct CapsetEvent {
 }
 const _: () = assert!(size_of::<CapsetEvent>() == 96);
 
+impl CapsetEvent {
+    /// The call's sets, to ask what it kept or lacked.
+    pub const fn call(&self) -> crate::syscalls::CapsetCall {
+        crate::syscalls::CapsetCall {
+            old_permitted: self.old_permitted,
+            old_effective: self.old_effective,
+            old_inheritable: self.old_inheritable,
+            new_permitted: self.new_permitted,
+            new_effective: self.new_effective,
+            new_inheritable: self.new_inheritable,
+        }
+    }
+}
+
 /// A process whose capset() calls kept capabilities exec'd: what the exec
 /// left of them.
 pub const EVENT_CAPSET_EXEC: u32 = 6;

@@ -36,6 +36,11 @@ impl Cap {
     pub fn all() -> impl Iterator<Item = Cap> {
         (0..=cap::CAP_LAST_CAP).map(Cap)
     }
+
+    /// The capabilities whose bits are set in a kernel mask, in order.
+    pub fn in_mask(mask: u64) -> impl Iterator<Item = Cap> {
+        Cap::all().filter(move |cap| mask & (1 << cap.number()) != 0)
+    }
 }
 
 /// Capabilities as every human-facing line shows them (`record`'s and

@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 
 use capprof_common::{
     event::{CapsetEvent, CapsetExecEvent, ConditionalEvent, held},
-    syscalls::{
-        AF_INET6, CapsetCall, SETPCAP_BIT, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, operation,
-    },
+    syscalls::{AF_INET6, SETPCAP_BIT, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, operation},
 };
 pub use capprof_profile::conditional::*;
 
@@ -152,17 +150,8 @@ fn kept_of(e: &CapsetEvent, exe: Option<String>) -> Vec<Kept> {
         uid: e.uid,
         gid: None,
     };
-    let call = CapsetCall {
-        old_permitted: e.old_permitted,
-        old_effective: e.old_effective,
-        old_inheritable: e.old_inheritable,
-        new_permitted: e.new_permitted,
-        new_effective: e.new_effective,
-        new_inheritable: e.new_inheritable,
-    };
-    let mask = call.kept();
-    Cap::all()
-        .filter(|cap| mask & (1 << cap.number()) != 0)
+    let call = e.call();
+    Cap::in_mask(call.kept())
         .map(|capability| {
             let bit = 1 << capability.number();
             let mut sets = BTreeSet::new();

@@ -25,8 +25,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use capprof_common::syscalls::CapsetCall;
-
 use crate::{
     capability::Cap,
     observer::{
@@ -187,20 +185,8 @@ impl RefusalWatch {
 /// A refused call's record as a `Refusal`; None if the record says it was
 /// not refused after all (never trust a record).
 fn refusal_of(e: &capprof_common::event::CapsetEvent) -> Option<Refusal> {
-    let call = CapsetCall {
-        old_permitted: e.old_permitted,
-        old_effective: e.old_effective,
-        old_inheritable: e.old_inheritable,
-        new_permitted: e.new_permitted,
-        new_effective: e.new_effective,
-        new_inheritable: e.new_inheritable,
-    };
-    let caps = |mask: u64| -> Vec<Cap> {
-        Cap::all()
-            .filter(|cap| mask & (1 << cap.number()) != 0)
-            .collect()
-    };
-    let lacking = call.lacking();
+    let caps = |mask: u64| -> Vec<Cap> { Cap::in_mask(mask).collect() };
+    let lacking = e.call().lacking();
     // A refused call that would have dropped nothing leaves the process
     // with less than it asked for, not more: whether it copes shows in the
     // run's outcome, as any other missing capability does.
