@@ -381,24 +381,40 @@ impl Serialize for SysctlValue {
     }
 }
 
-/// A namespaced sysctl to set, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A namespaced sysctl to set, and why. Which sysctl follows from the
+/// value.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SysctlSetting {
-    pub sysctl: Sysctl,
     pub value: SysctlValue,
     pub why: String,
 }
 
+/// `{"sysctl": NAME, "value": TEXT, "why": …}`.
+impl Serialize for SysctlSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("SysctlSetting", 3)?;
+        st.serialize_field("sysctl", &self.sysctl())?;
+        st.serialize_field("value", &self.value)?;
+        st.serialize_field("why", &self.why)?;
+        st.end()
+    }
+}
+
 impl SysctlSetting {
+    pub fn sysctl(&self) -> Sysctl {
+        self.value.sysctl()
+    }
+
     /// One setting per sysctl that lets through everything each of
     /// `settings` does (the containers of one pod share its sysctls): the
     /// lowest port start, the widest group range.
     pub fn combine(settings: impl IntoIterator<Item = SysctlSetting>) -> Vec<SysctlSetting> {
         let mut by: BTreeMap<Sysctl, SysctlSetting> = BTreeMap::new();
         for s in settings {
-            match by.get_mut(&s.sysctl) {
+            match by.get_mut(&s.sysctl()) {
                 None => {
-                    by.insert(s.sysctl, s);
+                    by.insert(s.sysctl(), s);
                 }
                 Some(acc) => {
                     acc.value = acc.value.widen(s.value);
@@ -471,7 +487,6 @@ pub fn decide(conditional: &[Conditional], allowlist: &[Cap], target: &TargetSys
     for (sysctl, cs) in &relax {
         let value = relaxed_value(*sysctl, cs);
         decision.relax.push(SysctlSetting {
-            sysctl: *sysctl,
             why: format!(
                 "{} by a process without {} in its effective set, which no granted \
                  capability reaches (no container runtime sets ambient capabilities); {} has \

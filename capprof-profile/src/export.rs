@@ -370,7 +370,7 @@ fn compose<'a>(caps: &[Cap], decision: &'a Decision) -> ComposeService<'a> {
         sysctls: decision
             .relax
             .iter()
-            .map(|s| (s.sysctl.name(), s.value.to_string()))
+            .map(|s| (s.sysctl().name(), s.value.to_string()))
             .collect(),
     }
 }
@@ -426,7 +426,7 @@ fn oci(
             })
             .chain(decision.relax.iter().map(|s| {
                 (
-                    format!("org.capprof.sysctl.{}", s.sysctl.name()),
+                    format!("org.capprof.sysctl.{}", s.sysctl().name()),
                     s.why.clone(),
                 )
             }))
@@ -436,7 +436,7 @@ fn oci(
             sysctl: decision
                 .relax
                 .iter()
-                .map(|s| (s.sysctl.name().to_owned(), s.value.to_string()))
+                .map(|s| (s.sysctl().name().to_owned(), s.value.to_string()))
                 .collect(),
         }),
     };
@@ -456,7 +456,7 @@ fn run_flags(caps: &[Cap], relax: &[SysctlSetting]) -> String {
         out.push_str(cap.short_name());
     }
     for s in relax {
-        let setting = format!("{}={}", s.sysctl.name(), s.value);
+        let setting = format!("{}={}", s.sysctl().name(), s.value);
         if setting.contains(' ') {
             out.push_str(&format!(" --sysctl '{setting}'"));
         } else {

@@ -48,7 +48,7 @@ pub fn notes(profile: &Profile, decision: &Decision) -> Vec<String> {
     let relax = decision
         .relax
         .iter()
-        .map(|s| format!("{} set to {}: {}", s.sysctl.name(), s.value, s.why));
+        .map(|s| format!("{} set to {}: {}", s.sysctl().name(), s.value, s.why));
     added
         .chain(left_out)
         .chain(relax)
@@ -117,7 +117,7 @@ pub(crate) struct K8sSysctl {
 impl K8sSysctl {
     pub(crate) fn of(s: &SysctlSetting) -> Self {
         Self {
-            name: s.sysctl.name(),
+            name: s.sysctl().name(),
             value: s.value.to_string(),
         }
     }

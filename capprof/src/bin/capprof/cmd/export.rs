@@ -308,7 +308,12 @@ fn comparison_table(c: &Comparison, profile: &Profile) -> String {
         out.push_str(&format!("{cap}: {why}\n"));
     }
     for s in &c.set_sysctls {
-        out.push_str(&format!("set {}={}: {}\n", s.sysctl.name(), s.value, s.why));
+        out.push_str(&format!(
+            "set {}={}: {}\n",
+            s.sysctl().name(),
+            s.value,
+            s.why
+        ));
     }
     if !c.refused.is_empty() {
         let names: Vec<String> = c.refused.iter().map(Cap::to_string).collect();
