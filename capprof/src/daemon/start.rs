@@ -77,6 +77,7 @@ pub(super) fn load(
     let mut observer = Observer::load_with(LoadOptions {
         backend,
         pin_bpffs: Some(config.bpffs.clone()),
+        ..LoadOptions::default()
     })?;
     // Call sites outside the functions calibration knows are named from
     // /proc/kallsyms, which shows addresses only while privileged (with

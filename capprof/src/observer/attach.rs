@@ -101,8 +101,23 @@ enum Link {
     TracePoint(TracePointLinkId),
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, AttachError> {
-    ebpf.program_mut(name).ok_or(AttachError::Missing(name))
+/// Where programs are found by name: an object loaded now, or the
+/// programs of a warm set reopened from bpffs (`warm`).
+pub trait Programs {
+    fn program_mut(&mut self, name: &str) -> Option<&mut Program>;
+}
+
+impl Programs for Ebpf {
+    fn program_mut(&mut self, name: &str) -> Option<&mut Program> {
+        Ebpf::program_mut(self, name)
+    }
+}
+
+fn program<'a>(
+    programs: &'a mut dyn Programs,
+    name: &'static str,
+) -> Result<&'a mut Program, AttachError> {
+    programs.program_mut(name).ok_or(AttachError::Missing(name))
 }
 
 fn failed(name: &'static str) -> impl FnOnce(ProgramError) -> AttachError {
@@ -110,7 +125,12 @@ fn failed(name: &'static str) -> impl FnOnce(ProgramError) -> AttachError {
 }
 
 /// Loads program `name` for `hook`: the verifier runs here.
-pub fn load(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, hook: Hook) -> Result<(), AttachError> {
+pub fn load(
+    ebpf: &mut dyn Programs,
+    btf: &Btf,
+    name: &'static str,
+    hook: Hook,
+) -> Result<(), AttachError> {
     load_program(program(ebpf, name)?, btf, name, hook)
 }
 
@@ -132,7 +152,11 @@ fn load_program(
 }
 
 /// Attaches a loaded program to `hook`.
-pub fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<Attached, AttachError> {
+pub fn attach(
+    ebpf: &mut dyn Programs,
+    name: &'static str,
+    hook: Hook,
+) -> Result<Attached, AttachError> {
     let prog = program(ebpf, name)?;
     let link = match hook {
         Hook::TpBtf(_) => <&mut BtfTracePoint>::try_from(prog)
@@ -208,7 +232,7 @@ pub fn load_concurrently(
 
 /// Attaches program `name`, which `load_concurrently` loaded (or failed to).
 pub fn attach_loaded(
-    ebpf: &mut Ebpf,
+    ebpf: &mut dyn Programs,
     loaded: &mut AttachResults,
     name: &'static str,
     hook: Hook,
@@ -221,7 +245,7 @@ pub fn attach_loaded(
 
 /// Loads program `name` and attaches it to `hook`.
 pub fn load_and_attach(
-    ebpf: &mut Ebpf,
+    ebpf: &mut dyn Programs,
     btf: &Btf,
     name: &'static str,
     hook: Hook,
@@ -231,7 +255,7 @@ pub fn load_and_attach(
 }
 
 /// Unloads program `name`, detaching whatever links it still has.
-pub fn unload(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), AttachError> {
+pub fn unload(ebpf: &mut dyn Programs, name: &'static str, hook: Hook) -> Result<(), AttachError> {
     let prog = program(ebpf, name)?;
     match hook {
         Hook::TpBtf(_) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.unload()),
@@ -245,7 +269,7 @@ pub fn unload(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), Att
 
 impl Attached {
     /// Detaches the program (it stays loaded).
-    pub fn detach(self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
+    pub fn detach(self, ebpf: &mut dyn Programs) -> Result<(), AttachError> {
         let name = self.name;
         let prog = program(ebpf, name)?;
         match self.link {
@@ -259,7 +283,7 @@ impl Attached {
     }
 
     /// Takes the link out of the program's keeping, to be dropped elsewhere.
-    fn into_owned(self, ebpf: &mut Ebpf) -> Result<OwnedLink, AttachError> {
+    fn into_owned(self, ebpf: &mut dyn Programs) -> Result<OwnedLink, AttachError> {
         let name = self.name;
         let prog = program(ebpf, name)?;
         match self.link {
@@ -287,7 +311,7 @@ impl Attached {
     /// tracepoint's is a perf-event link, which pins (and keeps its perf
     /// event open) where the kernel has `BPF_LINK_TYPE_PERF_EVENT` (5.15+);
     /// an older kernel's legacy attachment cannot be pinned: None.
-    pub fn into_fd_link(self, ebpf: &mut Ebpf) -> Result<Option<FdLink>, AttachError> {
+    pub fn into_fd_link(self, ebpf: &mut dyn Programs) -> Result<Option<FdLink>, AttachError> {
         let name = self.name;
         let prog = program(ebpf, name)?;
         let link = match self.link {
@@ -332,7 +356,7 @@ enum OwnedLink {
 /// One after the other, the four syscall hooks made `capprof run` wait
 /// ~250 ms at exit; waits that run together share their grace periods.
 /// Links that cannot be taken are left to go with the object.
-pub fn detach_concurrently(ebpf: &mut Ebpf, attached: Vec<Attached>) {
+pub fn detach_concurrently(ebpf: &mut dyn Programs, attached: Vec<Attached>) {
     let links: Vec<OwnedLink> = attached
         .into_iter()
         .filter_map(|a| a.into_owned(ebpf).ok())

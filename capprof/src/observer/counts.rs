@@ -268,7 +268,7 @@ impl Observer {
     pub fn recursion_misses(&self) -> Option<u64> {
         capprof_common::names::ALL_PROGRAMS
             .iter()
-            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|name| self.objects.program(name)?.fd().ok())
             .filter_map(|fd| {
                 use std::os::fd::AsFd as _;
                 super::prog_stats::recursion_misses(fd.as_fd())

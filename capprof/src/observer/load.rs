@@ -14,8 +14,8 @@ use aya::{Ebpf, EbpfLoader, maps::Array};
 use capprof_common::{config::Config, names};
 
 use super::{
-    Backend, Classification, LoadOptions, LoadPhases, Observer, ObserverError, PROCESS_HOOKS,
-    Unavailable,
+    Backend, Classification, LoadOptions, LoadPhases, Objects, Observer, ObserverError,
+    PROCESS_HOOKS, Unavailable,
     attach::{self, AttachError, Attached, Hook},
     backend_programs, bpf_lsm_active,
     btf::{self, KernelBtf},
@@ -23,6 +23,7 @@ use super::{
     choose_backend,
     kallsyms::Kallsyms,
     map_err, pin, preflight, symbols, syscalls,
+    warm::{self, Claim, WarmSet},
 };
 
 impl Observer {
@@ -32,6 +33,10 @@ impl Observer {
         let started = Instant::now();
         preflight()?;
         bump_memlock_rlimit();
+        let warm = match Self::start_warm(&options, started) {
+            Ok(observer) => return Ok(observer),
+            Err(set) => set,
+        };
         // The functions calibration needs, from this boot's cache; without
         // one, /proc/kallsyms (~50 ms of kernel time) is read while BTF is
         // parsed and the object is loaded.
@@ -63,7 +68,28 @@ impl Observer {
             aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(btf::BtfError::Aya)?;
         drop(btf_data);
         phases.mark("aya btf");
-        let mut ebpf = load_object(new_loader, &btf, pins.dir.as_deref(), &mut phases)?;
+        let map_pins = match (&warm, &pins.dir) {
+            (Some(set), _) => set.map_pins(),
+            (None, Some(dir)) => pin::PINNED_MAPS
+                .iter()
+                .map(|n| (*n, pin::map_path(dir, n)))
+                .collect(),
+            (None, None) => vec![],
+        };
+        // A warm set's programs serve later runs, with other pids: they
+        // leave out no process of their own (a run watches only its
+        // command's cgroup, never its own).
+        let own_tgid = if warm.is_some() {
+            0
+        } else {
+            std::process::id()
+        };
+        let target = Target {
+            map_pins: &map_pins,
+            own_tgid,
+            sizes: options.sizes,
+        };
+        let mut ebpf = load_object(new_loader, &btf, &target, &mut phases)?;
         let mut config = kernel_config(&kernel);
         let kallsyms = OnceLock::new();
         let symbols = Symbols {
@@ -76,9 +102,13 @@ impl Observer {
         let classification = classify(backend, slots, known.as_ref(), &mut config)?;
         write_config(&mut ebpf, config)?;
         let attached = verify_and_attach(&mut ebpf, &btf, backend, &mut phases)?;
+        if let Some(set) = &warm {
+            set.keep(&mut ebpf, backend, &classification, attached.len());
+            phases.mark("keep warm");
+        }
         phases.log("load");
         let mut observer = Self {
-            ebpf,
+            objects: Objects::Loaded(ebpf),
             backend,
             classification,
             kallsyms,
@@ -89,11 +119,96 @@ impl Observer {
             reused_pins: pins.reused,
             _pin_lock: pins.lock,
             counts_cache: std::sync::Mutex::new(None),
+            warm,
         };
         observer.pin_links()?;
         cleanup.dir = None;
         Ok(observer)
     }
+}
+
+impl Observer {
+    /// Starts from the warm set under `options.warm`, when there is a
+    /// complete one to reopen. Otherwise the set to make while loading
+    /// cold (None: load cold and keep nothing), as `Err`.
+    fn start_warm(options: &LoadOptions, started: Instant) -> Result<Self, Option<WarmSet>> {
+        let root = options.warm.as_deref().ok_or(None)?;
+        let (set, backend) = match WarmSet::claim(root, options.backend) {
+            Ok(Claim::Reopen(set, backend)) => (set, backend),
+            Ok(Claim::Create(set)) => return Err(Some(set)),
+            Err(e) => {
+                tracing::debug!("no warm start: {e}");
+                return Err(None);
+            }
+        };
+        match reopen(&set, backend, started) {
+            Ok(Reopened {
+                objects,
+                classification,
+                known,
+                attached,
+            }) => Ok(Self {
+                objects: Objects::Reopened(objects),
+                backend,
+                classification,
+                kallsyms: OnceLock::new(),
+                known,
+                load_time: started.elapsed(),
+                attached,
+                pin_dir: None,
+                reused_pins: false,
+                _pin_lock: None,
+                counts_cache: std::sync::Mutex::new(None),
+                warm: Some(set),
+            }),
+            Err(e) => {
+                tracing::warn!("cannot start from the kept programs ({e}): loading them afresh");
+                if let Err(e) = set.empty() {
+                    tracing::warn!("{e}; keeping nothing");
+                    return Err(None);
+                }
+                Err(Some(set))
+            }
+        }
+    }
+}
+
+/// What an observer is made of, from a warm set.
+struct Reopened {
+    objects: warm::Reopened,
+    classification: Classification,
+    known: Option<symbols::KnownFunctions>,
+    attached: Vec<Attached>,
+}
+
+/// Reopens a complete warm set for `backend`, leaves its maps as a fresh
+/// load's, and attaches as a cold load does, in the same order.
+fn reopen(set: &WarmSet, backend: Backend, started: Instant) -> Result<Reopened, ObserverError> {
+    let mut phases = LoadPhases::new(started);
+    let mut objects = warm::Reopened::open(set, backend)?;
+    let config = objects.config()?;
+    let classification = warm::classification(&config, backend)?;
+    let known = warm::confirmed_functions(&config);
+    phases.mark("reopen");
+    objects.reset()?;
+    phases.mark("reset");
+    let mut loaded: attach::AttachResults = objects
+        .programs
+        .keys()
+        .map(|&name| (name, Ok(())))
+        .collect();
+    let mut attached = attach_backend(&mut objects, &mut loaded, backend)?;
+    attached.extend(attach_process_hooks(&mut objects, &mut loaded));
+    attached.extend(syscalls::attach(&mut objects, &mut loaded));
+    phases.mark("attach");
+    tracing::debug!("started warm from {}", set.dir().display());
+    phases.log("warm load");
+    Ok(Reopened {
+        objects,
+        classification,
+        known,
+        attached,
+    })
 }
 
 /// The daemon's pin directory, locked, and whether an earlier run's pins
@@ -161,22 +276,23 @@ fn check_backend(backend: Backend, kernel: &KernelBtf) -> Result<(), ObserverErr
     Ok(())
 }
 
+/// What a load makes of the object beside the kernel's BTF.
+struct Target<'a> {
+    /// The maps to pin (or reuse) by path.
+    map_pins: &'a [(&'static str, PathBuf)],
+    /// The tgid whose checks the programs leave out (0: none).
+    own_tgid: u32,
+    sizes: super::MapSizes,
+}
+
 /// Loads the object with the loader the `loader` thread made (or a new
-/// one if it could not start), given our BTF, our tgid and, when pinning,
-/// the maps' pin paths under `pin_dir`.
+/// one if it could not start), given our BTF and the `target`.
 fn load_object(
     new_loader: std::io::Result<std::thread::JoinHandle<EbpfLoader<'static>>>,
     btf: &aya::Btf,
-    pin_dir: Option<&Path>,
+    target: &Target<'_>,
     phases: &mut LoadPhases,
 ) -> Result<Ebpf, ObserverError> {
-    let map_pins: Vec<(&'static str, PathBuf)> = match pin_dir {
-        Some(dir) => pin::PINNED_MAPS
-            .iter()
-            .map(|n| (*n, pin::map_path(dir, n)))
-            .collect(),
-        None => vec![],
-    };
     let tgid = std::process::id();
     let mut loader = match new_loader.map(std::thread::JoinHandle::join) {
         Ok(Ok(loader)) => loader,
@@ -186,10 +302,13 @@ fn load_object(
     phases.mark("loader");
     loader.btf(Some(btf));
     loader
-        .override_global("CAPPROF_TGID", &tgid, true)
+        .override_global("CAPPROF_TGID", &target.own_tgid, true)
         .override_global("CALIBRATE_TGID", &tgid, true);
-    for (name, path) in &map_pins {
+    for (name, path) in target.map_pins {
         loader.map_pin_path(name, path.as_path());
+    }
+    for &(name, entries) in target.sizes.overrides() {
+        loader.map_max_entries(name, entries);
     }
     let ebpf = loader.load(super::OBJECT)?;
     phases.mark("object");
@@ -417,7 +536,10 @@ fn bump_memlock_rlimit() {
 /// Process lifecycle hooks for the runtime-setup/workload split. Without
 /// them container profiles would count runtime setup as the workload's, so
 /// failures are loud, but `capprof run` does not need them.
-fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::AttachResults) -> Vec<Attached> {
+fn attach_process_hooks(
+    ebpf: &mut dyn attach::Programs,
+    loaded: &mut attach::AttachResults,
+) -> Vec<Attached> {
     let mut attached = vec![];
     for (name, tracepoint) in PROCESS_HOOKS {
         match attach::attach_loaded(ebpf, loaded, name, Hook::TpBtf(tracepoint)) {
@@ -434,7 +556,7 @@ fn attach_process_hooks(ebpf: &mut Ebpf, loaded: &mut attach::AttachResults) -> 
 /// or lsm lacks the backend (exit 2); the tracepoint was already checked in
 /// BTF, so its refusal is a capprof bug.
 fn attach_backend(
-    ebpf: &mut Ebpf,
+    ebpf: &mut dyn attach::Programs,
     loaded: &mut attach::AttachResults,
     backend: Backend,
 ) -> Result<Vec<Attached>, ObserverError> {

@@ -8,7 +8,6 @@
 //! is down they keep recording into the pinned ring buffer, which the next
 //! run reads from where this one stopped.
 
-use aya::Ebpf;
 use capprof_common::names;
 
 use super::attach::{self, Attached, Hook};
@@ -39,9 +38,12 @@ pub fn programs() -> impl Iterator<Item = (&'static str, Hook)> {
 }
 
 /// Attaches every syscall hook that loaded, and returns their links (to
-/// pin, or to drop with `ebpf`). A hook that cannot load or attach is
+/// pin, or to drop with their programs). A hook that cannot load or attach is
 /// warned about and left out.
-pub fn attach(ebpf: &mut Ebpf, loaded: &mut attach::AttachResults) -> Vec<Attached> {
+pub fn attach(
+    ebpf: &mut dyn attach::Programs,
+    loaded: &mut attach::AttachResults,
+) -> Vec<Attached> {
     let mut attached = vec![];
     for &(program, tracepoint) in names::SYSCALL_HOOKS {
         match attach::attach_loaded(ebpf, loaded, program, hook(tracepoint)) {

@@ -35,3 +35,4 @@ mod startup;
 mod startup_cache;
 mod trust;
 mod userns;
+mod warm_start;

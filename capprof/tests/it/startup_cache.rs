@@ -7,7 +7,7 @@ use std::{path::Path, process::Command};
 
 use crate::common::*;
 
-const CACHE_FILE: &str = "kernel-functions-v1";
+pub(crate) const CACHE_FILE: &str = "kernel-functions-v1";
 
 /// `capprof run` of a chown with its cache in `cache_dir`: the profile.
 fn chown_profile(cache_dir: &Path, scratch: &Scratch) -> serde_json::Value {
@@ -16,7 +16,16 @@ fn chown_profile(cache_dir: &Path, scratch: &Scratch) -> serde_json::Value {
     let out_file = scratch.path("profile.json");
     let out = Command::new(CAPPROF)
         .env("CAPPROF_CACHE_DIR", cache_dir)
-        .args(["run", "--quiet", "--out", out_file.to_str().unwrap(), "--"])
+        // Cold: a warm start calibrates nothing, so it neither reads the
+        // cache to calibrate nor writes it (warm_start.rs covers its use).
+        .args([
+            "run",
+            "--cold",
+            "--quiet",
+            "--out",
+            out_file.to_str().unwrap(),
+            "--",
+        ])
         .args([ACTION, "chown", file.to_str().unwrap()])
         .output()
         .expect("capprof runs");
@@ -51,7 +60,7 @@ fn assert_calibrated_chown(profile: &serde_json::Value) {
 }
 
 /// Moves every address in a cache file by 1 MiB: still well formed, wrong.
-fn shift_addresses(text: &str) -> String {
+pub(crate) fn shift_addresses(text: &str) -> String {
     let shift = |hex: &str| format!("{:x}", u64::from_str_radix(hex, 16).unwrap() + (1 << 20));
     text.lines()
         .enumerate()

@@ -19,10 +19,12 @@ use capprof::{
     cgroup::{self, OwnedCgroup},
     fsutil,
     observer::{
-        Backend, Classification, Count, KernelStats, LoadPhases, Observer, WatchMode,
+        Backend, Classification, Count, KernelStats, LoadOptions, LoadPhases, MapSizes, Observer,
+        WatchMode,
         events::RingEvent,
         preflight,
         reader::{EventReader, Received},
+        warm,
     },
     profile::{self, Class, Observation, Profile, RunSpec, Subject, SubjectKind, rfc3339},
     table,
@@ -64,6 +66,13 @@ pub struct RunArgs {
     /// sets are all cut down to LIST before it starts.
     #[arg(long, value_name = "LIST", env = "CAPPROF_CAPS")]
     pub caps: Option<String>,
+    /// Load and verify the eBPF programs afresh, and keep none loaded
+    /// afterwards. By default a run keeps this build's verified programs
+    /// (idle, never attached between runs) and their maps under
+    /// /sys/fs/bpf/capprof-run, and the next run starts from them without
+    /// the verifier; removing that directory frees them.
+    #[arg(long)]
+    pub cold: bool,
     /// The command to run, after `--`.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -132,13 +141,23 @@ async fn run(
     let mut phases = LoadPhases::new(Instant::now());
     let (cgroup, held) = start_held(&args, &program, &mount, limit.as_ref())?;
     phases.mark("cgroup and CMD");
-    let mut observer = Observer::load(args.backend)?;
+    let mut observer = Observer::load_with(LoadOptions {
+        backend: args.backend,
+        warm: (!args.cold).then(|| PathBuf::from(warm::DEFAULT_ROOT)),
+        sizes: MapSizes::Command,
+        ..LoadOptions::default()
+    })?;
     phases.mark("load");
     tracing::info!(
-        "loaded {} backend ({} classification) in {:?}",
+        "loaded {} backend ({} classification) in {:?}{}",
         observer.backend(),
         observer.classification(),
-        observer.load_time()
+        observer.load_time(),
+        if observer.started_warm() {
+            ", warm"
+        } else {
+            ""
+        }
     );
     // Start the reader before anything can happen in the cgroup.
     let (reader, mut rx) = EventReader::spawn(&mut observer)?;
@@ -273,6 +292,12 @@ fn build_profile(
     };
     if let Classification::Uncalibrated(reason) = observer.classification() {
         tracing::warn!("classification uncalibrated: {reason}");
+    }
+    if seen.stats.counts_full > 0 {
+        tracing::warn!(
+            "{} checks were not counted: the counters' table was full",
+            seen.stats.counts_full
+        );
     }
     profile::from_observer(observer, seen.counts, &seen.received, subject, observation)
 }

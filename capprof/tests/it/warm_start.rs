@@ -1,0 +1,220 @@
+//! Root integration tests: `capprof run` starts warm from the verified
+//! programs and maps an earlier run kept in bpffs (observer/warm.rs), and
+//! a warm start never changes a profile: not when it follows another run
+//! at once (whose links are still closing), not beside a run that holds
+//! the set, not from a damaged set, not with a wrong kernel-functions
+//! cache.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+use crate::{
+    common::*,
+    startup_cache::{CACHE_FILE, shift_addresses},
+};
+
+/// One `capprof run` of `cmd`, its profile in `out`, with the debug log.
+fn run(extra: &[&str], cache_dir: &Path, out: &Path, cmd: &[&str]) -> Command {
+    let mut command = Command::new(CAPPROF);
+    command
+        .env("CAPPROF_LOG", "capprof=debug")
+        .env("CAPPROF_CACHE_DIR", cache_dir)
+        .args(["run", "--quiet", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .arg("--")
+        .args(cmd);
+    command
+}
+
+/// A finished run: its profile and whether it started warm (and from
+/// which set).
+struct Ran {
+    profile: Value,
+    warm_from: Option<PathBuf>,
+}
+
+fn finished(out: Output, file: &Path) -> Ran {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "capprof run failed: {stderr}");
+    let profile = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
+        .unwrap_or_else(|e| panic!("no profile ({e}): {stderr}"));
+    let warm_from = stderr.lines().find_map(|l| {
+        l.split_once("started warm from ")
+            .map(|(_, d)| d.trim().into())
+    });
+    Ran { profile, warm_from }
+}
+
+struct Bench {
+    scratch: Scratch,
+    cache_dir: PathBuf,
+    target: PathBuf,
+}
+
+impl Bench {
+    fn new(tag: &str) -> Self {
+        let scratch = Scratch::new(tag);
+        let target = scratch.path("target");
+        fixture_file(&target, 0, 0, 0o644);
+        Self {
+            cache_dir: scratch.path("cache"),
+            target,
+            scratch,
+        }
+    }
+
+    /// The command every run profiles: two chowns of a root-owned file.
+    fn cmd(&self) -> Vec<String> {
+        let t = self.target.to_str().unwrap();
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("{ACTION} chown {t} && {ACTION} chown {t}"),
+        ]
+    }
+
+    fn run(&self, extra: &[&str], n: usize) -> Ran {
+        let file = self.scratch.path(&format!("profile-{n}.json"));
+        let cmd = self.cmd();
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let out = run(extra, &self.cache_dir, &file, &cmd)
+            .output()
+            .expect("capprof runs");
+        finished(out, &file)
+    }
+}
+
+/// What a warm start must not change: the lists, and each capability's
+/// class, count and named call sites.
+fn essentials(profile: &Value) -> Value {
+    let caps: Vec<Value> = profile["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let sites: Vec<&Value> = c["evidence"]
+                .as_array()
+                .map(|e| e.iter().map(|e| &e["call_site"]).collect())
+                .unwrap_or_default();
+            serde_json::json!([
+                c["name"],
+                c["class"],
+                c["granted"],
+                c["denied"],
+                c["by_class"],
+                sites
+            ])
+        })
+        .collect();
+    serde_json::json!({
+        "allowlist": profile["allowlist"],
+        "required": profile["required"],
+        "capabilities": caps,
+        "classification": profile["observation"]["classification"],
+        "lost": profile["observation"]["lost_records"],
+    })
+}
+
+fn assert_same(cold: &Value, warm: &Ran, what: &str) {
+    assert_eq!(
+        essentials(cold),
+        essentials(&warm.profile),
+        "{what}: the warm profile differs from the cold one"
+    );
+    let chown = capability(&warm.profile, "CAP_CHOWN");
+    assert_eq!(chown["class"], "required", "{what}: {chown}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_warm_run_profiles_as_a_cold_one_even_right_after_another() {
+    require_root();
+    let bench = Bench::new("warm-same");
+    let cold = bench.run(&["--cold"], 0);
+    assert!(cold.warm_from.is_none(), "--cold started warm");
+    assert_eq!(names(&cold.profile, "required"), ["CAP_CHOWN"]);
+    // The first may make the set; the next ones start from it, each at
+    // once after the one before, while its links are still closing: a
+    // check counted by both runs' links would show as a count of 4.
+    bench.run(&[], 1);
+    for n in 2..5 {
+        let warm = bench.run(&[], n);
+        assert!(warm.warm_from.is_some(), "run {n} did not start warm");
+        assert_same(&cold.profile, &warm, &format!("run {n}"));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_run_beside_one_that_holds_the_set_loads_cold_and_both_see_their_own() {
+    require_root();
+    let bench = Bench::new("warm-beside");
+    let cold = bench.run(&["--cold"], 0);
+    bench.run(&[], 1);
+    // The first holds the set for a second; the second cannot have it.
+    let slow_file = bench.scratch.path("slow.json");
+    let t = bench.target.to_str().unwrap();
+    let slow_cmd = format!("{ACTION} chown {t} && {ACTION} chown {t} && sleep 1");
+    let slow = run(&[], &bench.cache_dir, &slow_file, &["sh", "-c", &slow_cmd])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capprof runs");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let beside = bench.run(&[], 2);
+    let slow = finished(slow.wait_with_output().unwrap(), &slow_file);
+    assert!(slow.warm_from.is_some(), "the first run did not start warm");
+    assert!(
+        beside.warm_from.is_none(),
+        "the second run shared the set the first one held"
+    );
+    // Its command runs `sleep` too: only its chowns compare.
+    let chown = |p: &Value| {
+        essentials(p)["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == "CAP_CHOWN")
+            .cloned()
+    };
+    assert_eq!(chown(&cold.profile), chown(&slow.profile));
+    assert_eq!(names(&slow.profile, "required"), ["CAP_CHOWN"]);
+    assert_same(&cold.profile, &beside, "the run beside it");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_damaged_set_or_a_wrong_cache_never_changes_a_profile() {
+    require_root();
+    let bench = Bench::new("warm-damaged");
+    let cold = bench.run(&["--cold"], 0);
+    bench.run(&[], 1);
+    let warm = bench.run(&[], 2);
+    let set = warm.warm_from.clone().expect("started warm");
+    assert_same(&cold.profile, &warm, "warm");
+
+    // A program gone: the set is made again by a cold load.
+    std::fs::remove_file(set.join("progs/capprof_exec")).unwrap();
+    let remade = bench.run(&[], 3);
+    assert!(remade.warm_from.is_none(), "started warm from a broken set");
+    assert_same(&cold.profile, &remade, "after a program was removed");
+    assert!(
+        set.join("progs/capprof_exec").exists(),
+        "the set was not made again"
+    );
+    let again = bench.run(&[], 4);
+    assert_eq!(again.warm_from.as_ref(), Some(&set));
+    assert_same(&cold.profile, &again, "from the set made again");
+
+    // A kernel-functions cache that is not the one the set was calibrated
+    // with: call sites are named from /proc/kallsyms instead.
+    let cache = bench.cache_dir.join(CACHE_FILE);
+    let written = std::fs::read_to_string(&cache).expect("a cache");
+    std::fs::write(&cache, shift_addresses(&written)).unwrap();
+    let shifted = bench.run(&[], 5);
+    assert!(shifted.warm_from.is_some());
+    assert_same(&cold.profile, &shifted, "with a wrong cache");
+}
