@@ -1,4 +1,6 @@
-//! `capprof-bench startup`: `capprof run -- true`, load + attach alone,
+//! `capprof-bench startup`: `capprof run -- true` warm (from the verified
+//! programs an earlier run kept), again right after (waiting for the first
+//! one's links to close), and cold (`--cold`); a cold load + attach alone;
 //! and bpftrace's own start-up (`bpftrace -e 'BEGIN { exit(); }'`) in the
 //! same round, with the machine's load average: on a shared machine, the
 //! numbers mean something only next to each other.
@@ -26,9 +28,15 @@ pub struct StartupArgs {
 #[derive(Debug, Serialize)]
 pub struct StartupLine {
     pub kind: &'static str,
-    /// Wall time of `capprof run --quiet -- true`, load and attach included.
+    /// Wall time of `capprof run --quiet -- true`, load and attach
+    /// included, started warm (a run before it kept the programs).
     pub run_true_ms: f64,
-    /// `Observer::load_time()`: load, calibrate and attach alone.
+    /// The same, started at once after another: it waits for the links of
+    /// the one before to close.
+    pub run_again_ms: f64,
+    /// The same with `--cold`: BTF, verifier and calibration.
+    pub run_cold_ms: f64,
+    /// `Observer::load_time()`, cold: load, calibrate and attach alone.
     pub load_ms: f64,
     /// Wall time of `bpftrace -e 'BEGIN { exit(); }'`; None without bpftrace.
     pub bpftrace_ms: Option<f64>,
@@ -72,10 +80,18 @@ fn on_path(program: &str) -> bool {
 
 pub fn startup(args: &StartupArgs) -> Result<()> {
     let load_avg = load_avg()?;
-    let run_true_ms = time_ms(
-        Command::new(&args.capprof).args(["run", "--quiet", "--", "true"]),
-        "capprof run -- true",
-    )?;
+    let run = |extra: &[&str]| {
+        time_ms(
+            Command::new(&args.capprof)
+                .args(["run", "--quiet"])
+                .args(extra)
+                .args(["--", "true"]),
+            &format!("capprof run --quiet {} -- true", extra.join(" ")),
+        )
+    };
+    // Keeps the programs, if no run has yet, and lets its links close
+    // while bpftrace starts.
+    run(&[])?;
     let bpftrace_ms = match on_path("bpftrace") {
         true => Some(time_ms(
             Command::new("bpftrace").args(["-e", "BEGIN { exit(); }"]),
@@ -83,12 +99,20 @@ pub fn startup(args: &StartupArgs) -> Result<()> {
         )?),
         false => None,
     };
+    if bpftrace_ms.is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let run_true_ms = run(&[])?;
+    let run_again_ms = run(&[])?;
+    let run_cold_ms = run(&["--cold"])?;
     let observer = Observer::load(None).context("loading capprof")?;
     let load_ms = observer.load_time().as_secs_f64() * 1e3;
     drop(observer);
     emit(&StartupLine {
         kind: "startup",
         run_true_ms,
+        run_again_ms,
+        run_cold_ms,
         load_ms,
         bpftrace_ms,
         load_avg,

@@ -101,9 +101,13 @@ pub struct StormRow {
 /// `capprof-bench startup`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StartupRow {
-    /// Wall time of `capprof run --quiet -- true`.
+    /// Wall time of `capprof run --quiet -- true`, started warm.
     pub run_true_ms: f64,
-    /// `Observer::load_time()`.
+    /// The same, right after another (waiting for its links to close).
+    pub run_again_ms: f64,
+    /// The same with `--cold`.
+    pub run_cold_ms: f64,
+    /// `Observer::load_time()`, cold.
     pub load_ms: f64,
     /// `bpftrace -e 'BEGIN { exit(); }'`, in the same round.
     pub bpftrace_ms: Option<f64>,
@@ -121,7 +125,7 @@ mod tests {
     #[test]
     fn lines_read_as_typed_rows() {
         let line = Line::parse(
-            r#"{"kind":"startup","run_true_ms":120.5,"load_ms":80.0,"bpftrace_ms":250.0,"load_avg":2.5}"#,
+            r#"{"kind":"startup","run_true_ms":20.5,"run_again_ms":90.0,"run_cold_ms":300.0,"load_ms":80.0,"bpftrace_ms":250.0,"load_avg":2.5}"#,
             3,
         )
         .unwrap();
@@ -129,7 +133,8 @@ mod tests {
         let Row::Startup(startup) = line.row else {
             panic!("not a startup row: {:?}", line.row);
         };
-        assert_eq!((startup.run_true_ms, startup.load_ms), (120.5, 80.0));
+        assert_eq!((startup.run_true_ms, startup.load_ms), (20.5, 80.0));
+        assert_eq!((startup.run_again_ms, startup.run_cold_ms), (90.0, 300.0));
         assert_eq!((startup.bpftrace_ms, startup.load_avg), (Some(250.0), 2.5));
         assert!(Line::parse(r#"{"kind":"startup","load_ms":80.0}"#, 0).is_err());
         assert!(Line::parse(r#"{"kind":"unknown"}"#, 0).is_err());

@@ -119,13 +119,18 @@ impl Report {
             Summary::of(&self.startup.iter().filter_map(f).collect::<Vec<_>>())
         };
         let run_true = of(|s| Some(s.run_true_ms));
+        let run_again = of(|s| Some(s.run_again_ms));
+        let run_cold = of(|s| Some(s.run_cold_ms));
         let load = of(|s| Some(s.load_ms));
         let bpftrace = of(|s| s.bpftrace_ms);
         let load_avg = of(|s| Some(s.load_avg));
         let shown = format!(
-            "{} ms (n = {}); Observer::load_time() alone {} ms; load average {}",
+            "warm {} ms (n = {}); right after another {} ms; --cold {} ms, \
+             Observer::load_time() alone {} ms; load average {}",
             show_opt(run_true, 0),
             run_true.map_or(0, |s| s.n),
+            show_opt(run_again, 0),
+            show_opt(run_cold, 0),
             show_opt(load, 0),
             show_opt(load_avg, 1),
         );
