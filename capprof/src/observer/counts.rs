@@ -263,9 +263,16 @@ impl Observer {
     }
 
     /// `recursion_misses` summed over the programs this load keeps in the
-    /// kernel (the backend's and the process hooks'); None when the kernel
-    /// reports it for none of them.
+    /// kernel (the backend's and the process hooks'), since this observer
+    /// started (a warm set's programs count from when they were made);
+    /// None when the kernel reports it for none of them.
     pub fn recursion_misses(&self) -> Option<u64> {
+        self.lifetime_recursion_misses()
+            .map(|n| n.saturating_sub(self.recursion_misses_before))
+    }
+
+    /// `recursion_misses` of the programs since they were loaded.
+    pub(super) fn lifetime_recursion_misses(&self) -> Option<u64> {
         capprof_common::names::ALL_PROGRAMS
             .iter()
             .filter_map(|name| self.objects.program(name)?.fd().ok())

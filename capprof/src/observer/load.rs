@@ -120,6 +120,7 @@ impl Observer {
             _pin_lock: pins.lock,
             counts_cache: std::sync::Mutex::new(None),
             warm,
+            recursion_misses_before: 0,
         };
         observer.pin_links()?;
         cleanup.dir = None;
@@ -147,7 +148,7 @@ impl Observer {
                 classification,
                 known,
                 attached,
-            }) => Ok(Self {
+            }) => Ok(Self::started_from(Self {
                 objects: Objects::Reopened(objects),
                 backend,
                 classification,
@@ -160,7 +161,8 @@ impl Observer {
                 _pin_lock: None,
                 counts_cache: std::sync::Mutex::new(None),
                 warm: Some(set),
-            }),
+                recursion_misses_before: 0,
+            })),
             Err(e) => {
                 tracing::warn!("cannot start from the kept programs ({e}): loading them afresh");
                 if let Err(e) = set.empty() {
@@ -170,6 +172,13 @@ impl Observer {
                 Err(Some(set))
             }
         }
+    }
+
+    /// A reopened observer, counting its programs' recursion misses from
+    /// now on.
+    fn started_from(mut self) -> Self {
+        self.recursion_misses_before = self.lifetime_recursion_misses().unwrap_or(0);
+        self
     }
 }
 

@@ -246,6 +246,9 @@ pub struct Observer {
     counts_cache: std::sync::Mutex<Option<(u64, Vec<counts::Count>)>>,
     /// The warm set this run reopened or made, held until it is done.
     warm: Option<warm::WarmSet>,
+    /// The programs' `recursion_misses` when this observer started: a
+    /// warm set's count earlier runs' too.
+    recursion_misses_before: u64,
 }
 
 /// How a watched cgroup subtree's checks are told apart; the kernel reads
