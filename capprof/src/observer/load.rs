@@ -68,27 +68,7 @@ impl Observer {
             aya::Btf::parse(&btf_data, aya::Endianness::default()).map_err(btf::BtfError::Aya)?;
         drop(btf_data);
         phases.mark("aya btf");
-        let map_pins = match (&warm, &pins.dir) {
-            (Some(set), _) => set.map_pins(),
-            (None, Some(dir)) => pin::PINNED_MAPS
-                .iter()
-                .map(|n| (*n, pin::map_path(dir, n)))
-                .collect(),
-            (None, None) => vec![],
-        };
-        // A warm set's programs serve later runs, with other pids: they
-        // leave out no process of their own (a run watches only its
-        // command's cgroup, never its own).
-        let own_tgid = if warm.is_some() {
-            0
-        } else {
-            std::process::id()
-        };
-        let target = Target {
-            map_pins: &map_pins,
-            own_tgid,
-            sizes: options.sizes,
-        };
+        let target = Target::new(warm.as_ref(), pins.dir.as_deref(), options.sizes);
         let mut ebpf = load_object(new_loader, &btf, &target, &mut phases)?;
         let mut config = kernel_config(&kernel);
         let kallsyms = OnceLock::new();
@@ -286,12 +266,38 @@ fn check_backend(backend: Backend, kernel: &KernelBtf) -> Result<(), ObserverErr
 }
 
 /// What a load makes of the object beside the kernel's BTF.
-struct Target<'a> {
+struct Target {
     /// The maps to pin (or reuse) by path.
-    map_pins: &'a [(&'static str, PathBuf)],
+    map_pins: Vec<(&'static str, PathBuf)>,
     /// The tgid whose checks the programs leave out (0: none).
     own_tgid: u32,
     sizes: super::MapSizes,
+}
+
+impl Target {
+    /// Pins for a warm set's maps (all of them) or the daemon's.
+    fn new(warm: Option<&WarmSet>, pin_dir: Option<&Path>, sizes: super::MapSizes) -> Self {
+        let map_pins = match (warm, pin_dir) {
+            (Some(set), _) => set.map_pins(),
+            (None, Some(dir)) => pin::PINNED_MAPS
+                .iter()
+                .map(|n| (*n, pin::map_path(dir, n)))
+                .collect(),
+            (None, None) => vec![],
+        };
+        // A warm set's programs serve later runs, with other pids: they
+        // leave out no process of their own (a run watches only its
+        // command's cgroup, never its own).
+        let own_tgid = match warm {
+            Some(_) => 0,
+            None => std::process::id(),
+        };
+        Self {
+            map_pins,
+            own_tgid,
+            sizes,
+        }
+    }
 }
 
 /// Loads the object with the loader the `loader` thread made (or a new
@@ -299,7 +305,7 @@ struct Target<'a> {
 fn load_object(
     new_loader: std::io::Result<std::thread::JoinHandle<EbpfLoader<'static>>>,
     btf: &aya::Btf,
-    target: &Target<'_>,
+    target: &Target,
     phases: &mut LoadPhases,
 ) -> Result<Ebpf, ObserverError> {
     let tgid = std::process::id();
@@ -313,7 +319,7 @@ fn load_object(
     loader
         .override_global("CAPPROF_TGID", &target.own_tgid, true)
         .override_global("CALIBRATE_TGID", &tgid, true);
-    for (name, path) in target.map_pins {
+    for (name, path) in &target.map_pins {
         loader.map_pin_path(name, path.as_path());
     }
     for &(name, entries) in target.sizes.overrides() {

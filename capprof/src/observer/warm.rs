@@ -230,11 +230,7 @@ impl WarmSet {
         classification: &Classification,
         attached: usize,
     ) {
-        let programs: Vec<_> = backend_programs(backend)
-            .iter()
-            .copied()
-            .chain(hooks())
-            .collect();
+        let programs: Vec<_> = programs_of(backend).collect();
         let calibrated = matches!(
             classification,
             Classification::CallSite { .. } | Classification::Opts { call_site: Some(_) }
@@ -275,6 +271,11 @@ fn hooks() -> impl Iterator<Item = (&'static str, attach::Hook)> {
         .chain(syscalls::programs())
 }
 
+/// The programs a set for `backend` keeps: the backend's and every hook's.
+fn programs_of(backend: Backend) -> impl Iterator<Item = (&'static str, attach::Hook)> {
+    backend_programs(backend).iter().copied().chain(hooks())
+}
+
 /// A complete set's maps and programs, reopened.
 pub struct Reopened {
     pub maps: StdHashMap<&'static str, Map>,
@@ -298,10 +299,7 @@ impl Reopened {
             maps.insert(name, map);
         }
         let mut programs = StdHashMap::new();
-        for &(name, hook) in backend_programs(backend)
-            .iter()
-            .chain(&hooks().collect::<Vec<_>>())
-        {
+        for (name, hook) in programs_of(backend) {
             programs.insert(name, open_program(&set.prog_path(name), name, hook)?);
         }
         Ok(Self { maps, programs })
