@@ -57,6 +57,9 @@ if [ \"$1\" = remove ]; then
         capprof daemon --reset || true
     fi
 fi
+# capprof run's warm sets: verified programs kept idle, never attached
+# between runs; another build cannot reuse them.
+rm -rf /sys/fs/bpf/capprof-run
 ";
 
 /// Forgets the removed unit.
