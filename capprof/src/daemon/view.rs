@@ -14,6 +14,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    path::{Path, PathBuf},
     sync::{Arc, OnceLock},
     time::Instant,
 };
@@ -56,6 +57,8 @@ pub struct ViewEntry {
     pub name: Option<String>,
     /// Its profile when it is in memory; None when it is on disk only.
     pub profile: Option<Arc<Profile>>,
+    /// Its cgroup directory while the daemon has not seen it exit.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl View {
@@ -92,6 +95,14 @@ impl View {
 
     /// One container's profile, by name (a name several containers had is
     /// ambiguous) or by an id prefix of at least 4 characters.
+    ///
+    /// `NotFound` (ask the owner) also when the published copy may lack
+    /// the container's last checks: it was running when published, and
+    /// its cgroup has emptied since. The daemon finalizes a container a
+    /// grace period after the engine's `die` event, and publishes then:
+    /// until that, a client that has just stopped a container would read
+    /// a profile without what it did while it stopped. The owner answers
+    /// from the kernel's counters as they are now.
     pub fn profile(&self, key: &str) -> Result<Profile, Lookup> {
         let name = key.trim_start_matches('/');
         let mut found: Vec<&ViewEntry> = self
@@ -108,6 +119,7 @@ impl View {
         }
         match found.as_slice() {
             [] => Err(Lookup::NotFound),
+            [one] if one.cgroup.as_deref().is_some_and(emptied) => Err(Lookup::NotFound),
             [one] => match &one.profile {
                 Some(profile) => Some(Profile::clone(profile)),
                 None => self
@@ -123,6 +135,16 @@ impl View {
                 Err(Lookup::Ambiguous(ids))
             }
         }
+    }
+}
+
+/// Whether a container's cgroup has no process left (or is gone): the
+/// kernel's `cgroup.events`. Unreadable for another reason: not known to
+/// have emptied.
+fn emptied(cgroup: &Path) -> bool {
+    match std::fs::read_to_string(cgroup.join("cgroup.events")) {
+        Ok(events) => events.lines().any(|l| l.trim() == "populated 0"),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -247,6 +269,11 @@ impl Aggregator {
             .map(|rec| ViewEntry {
                 id: rec.id.clone(),
                 name: rec.info.name.clone(),
+                cgroup: rec
+                    .cgroup
+                    .as_deref()
+                    .filter(|_| !rec.exited)
+                    .map(|cg| recorder.cgroup_dir(cg)),
                 profile: self
                     .lines
                     .by_id
@@ -262,6 +289,7 @@ impl Aggregator {
                     id: id.clone(),
                     name: filed.name.clone(),
                     profile: None,
+                    cgroup: None,
                 }),
         );
         let view = View::new(list, entries, Some(self.state.clone()));
@@ -332,7 +360,40 @@ mod tests {
             id: id.to_owned(),
             name: Some(name.to_owned()),
             profile: Some(Arc::new(profile_of(id))),
+            cgroup: None,
         }
+    }
+
+    /// A running container's published profile is not the answer once its
+    /// cgroup has emptied: the owner gives the profile from the counters
+    /// as they are now, with what it did while it stopped.
+    #[test]
+    fn a_container_whose_cgroup_emptied_is_asked_of_the_owner() {
+        let dir = std::env::temp_dir().join(format!("capprof-view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = "d".repeat(64);
+        let view = |cgroup: Option<PathBuf>| {
+            let mut e = entry(&id, "web");
+            e.cgroup = cgroup;
+            View::new(vec![], vec![e], None)
+        };
+        let events = dir.join("cgroup.events");
+        std::fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        assert!(view(Some(dir.clone())).profile("web").is_ok(), "running");
+        std::fs::write(&events, "populated 0\nfrozen 0\n").unwrap();
+        assert_eq!(
+            view(Some(dir.clone())).profile("web"),
+            Err(Lookup::NotFound),
+            "emptied"
+        );
+        assert!(view(None).profile("web").is_ok(), "seen to exit: final");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            view(Some(dir)).profile("web"),
+            Err(Lookup::NotFound),
+            "removed"
+        );
     }
 
     #[test]

@@ -154,6 +154,11 @@ pub struct Recorder {
 pub type Archive = Box<dyn Fn(&str) -> Option<PersistedContainer> + Send + Sync>;
 
 impl Recorder {
+    /// The directory of `cgroup`, a path relative to the cgroup2 mount.
+    pub fn cgroup_dir(&self, cgroup: &str) -> PathBuf {
+        self.mount.join(cgroup.trim_start_matches('/'))
+    }
+
     pub fn new(mount: &Path, roots: Vec<String>, observer: &Observer) -> Self {
         Self::labelled(
             mount,

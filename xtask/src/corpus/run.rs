@@ -220,6 +220,7 @@ impl Pass<'_> {
             .docker()
             .args(["stop", "-t", "10", &name])
             .output();
+        self.wait_exited(&id)?;
         let out = Command::new(self.capprof)
             .args([
                 "profile",
@@ -241,6 +242,34 @@ impl Pass<'_> {
         let path = self.dir.join("recorded.json");
         fs::write(&path, &out.stdout)?;
         Ok(path)
+    }
+
+    /// Waits until the daemon has seen container `id` exit, so that the
+    /// profile asked for next is the finalized one, with the evidence
+    /// records that arrive in the grace after `die`. (Before the daemon's
+    /// view took emptied cgroups to its owner, the profile asked for at
+    /// once lacked what the server did while it stopped: snmpd's unlink
+    /// of its persistent file as its own user.)
+    fn wait_exited(&self, id: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new(self.capprof)
+                .args(["ps", "--socket", path_str(self.socket)?, "-f", "json"])
+                .output()
+                .context("running capprof ps")?;
+            let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let exited = listed.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|c| c["id"].as_str() == Some(id) && c["state"] == "exited")
+            });
+            if exited {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not see container {id} exit within 15 s");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts the server detached as `name`; its id.

@@ -81,6 +81,7 @@ pub fn fake_view() -> ViewRx {
             profile: (line.id == ID).then(|| Arc::new(sample_profile())),
             id: line.id,
             name: line.name,
+            cgroup: None,
         })
         .collect();
     let lines = sample_list().into_iter().map(Arc::new).collect();
