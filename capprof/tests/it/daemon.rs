@@ -139,7 +139,7 @@ impl Daemon {
     }
     fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let status = self.child.wait().unwrap();
-        let mut lines = self.early;
+        let mut lines = std::mem::take(&mut self.early);
         lines.extend(drain_lines(&self.lines));
         (status, lines)
     }
@@ -150,6 +150,19 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap()
+    }
+}
+
+/// A test that failed before stopping its daemon does not leave it
+/// running: it would hold the World's pins (their programs attached on
+/// every check of the machine, and `--reset` refused) and the test
+/// runner's output.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

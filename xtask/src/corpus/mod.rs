@@ -262,6 +262,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 struct Daemon {
     child: std::process::Child,
     socket: PathBuf,
+    capprof: PathBuf,
+    /// Its own bpffs mount, where its links stay pinned after it stops.
+    bpffs: PathBuf,
 }
 
 impl Daemon {
@@ -269,6 +272,7 @@ impl Daemon {
         let dir = fresh_service_dir("corpus-daemon")?;
         let socket = dir.join("capprof.sock");
         step("starting capprof daemon");
+        let bpffs = dir.join("bpffs");
         let mut cmd = Command::new(capprof);
         cmd.args(["daemon", "--state-dir"])
             .arg(dir.join("state"))
@@ -276,10 +280,15 @@ impl Daemon {
             .arg(&socket)
             // Its own bpffs: a daemon of the host or of a test keeps its pins.
             .arg("--bpffs")
-            .arg(dir.join("bpffs"))
+            .arg(&bpffs)
             .envs(engine.host().map(|h| ("DOCKER_HOST", h)));
         let child = spawn_logged(&mut cmd, &dir.join("daemon.log"))?;
-        let mut daemon = Daemon { child, socket };
+        let mut daemon = Daemon {
+            child,
+            socket,
+            capprof: capprof.to_owned(),
+            bpffs,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !daemon.socket.exists() {
             if Instant::now() > deadline || !matches!(daemon.child.try_wait(), Ok(None)) {
@@ -296,7 +305,15 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Stops it, then removes its pins and unmounts its bpffs: its links
+    /// stay pinned, and their programs run on every check of the machine,
+    /// until then (a dozen runs of the corpus left a dozen attached).
     fn drop(&mut self) {
         terminate(&mut self.child, "capprof daemon", Duration::from_secs(10));
+        let _ = Command::new(&self.capprof)
+            .args(["daemon", "--reset", "--bpffs"])
+            .arg(&self.bpffs)
+            .output();
+        let _ = Command::new("umount").arg(&self.bpffs).output();
     }
 }
