@@ -20,7 +20,7 @@ use super::{
     backend_programs, bpf_lsm_active,
     btf::{self, KernelBtf},
     calibrate::{self, CalibrateError},
-    choose_backend,
+    choose_backend, hook_programs,
     kallsyms::Kallsyms,
     map_err, pin, preflight, symbols, syscalls,
     warm::{self, Claim, WarmSet},
@@ -431,11 +431,7 @@ fn verify_and_attach(
     backend: Backend,
     phases: &mut LoadPhases,
 ) -> Result<Vec<Attached>, ObserverError> {
-    let hooks: Vec<_> = PROCESS_HOOKS
-        .iter()
-        .map(|&(name, tp)| (name, Hook::TpBtf(tp)))
-        .chain(syscalls::programs())
-        .collect();
+    let hooks: Vec<_> = hook_programs().collect();
     let mut loaded = attach::load_concurrently(ebpf, btf, backend_programs(backend), &hooks);
     phases.mark("verify");
     let mut attached = attach_backend(ebpf, &mut loaded, backend)?;

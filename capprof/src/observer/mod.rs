@@ -539,6 +539,15 @@ const PROCESS_HOOKS: [(&str, &str); 3] = [
     (names::PROG_EXIT, "sched_process_exit"),
 ];
 
+/// Every hook's program beside the backend's: the process hooks, then the
+/// syscall hooks, in the order they load and attach.
+fn hook_programs() -> impl Iterator<Item = (&'static str, Hook)> {
+    PROCESS_HOOKS
+        .iter()
+        .map(|&(name, tp)| (name, Hook::TpBtf(tp)))
+        .chain(syscalls::programs())
+}
+
 /// The backend's program(s), in the order they attach.
 fn backend_programs(backend: Backend) -> &'static [(&'static str, Hook)] {
     match backend {

@@ -56,9 +56,7 @@ use capprof_common::{
     syscalls::{CapsetRaise, OperationKey, PendingSocket},
 };
 
-use super::{
-    Backend, Classification, PROCESS_HOOKS, attach, backend_programs, calibrate, symbols, syscalls,
-};
+use super::{Backend, Classification, attach, backend_programs, calibrate, hook_programs, symbols};
 
 /// Where `capprof run` keeps its warm sets.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/capprof-run";
@@ -195,7 +193,7 @@ impl WarmSet {
         if !names::ALL_MAPS.iter().all(|m| has(self.map_path(m))) {
             return None;
         }
-        if !hooks().all(|(name, _)| has(self.prog_path(name))) {
+        if !hook_programs().all(|(name, _)| has(self.prog_path(name))) {
             return None;
         }
         BACKENDS
@@ -263,17 +261,12 @@ impl WarmSet {
     }
 }
 
-/// Every hook's program, beside the backend's.
-fn hooks() -> impl Iterator<Item = (&'static str, attach::Hook)> {
-    PROCESS_HOOKS
-        .iter()
-        .map(|&(name, tp)| (name, attach::Hook::TpBtf(tp)))
-        .chain(syscalls::programs())
-}
-
 /// The programs a set for `backend` keeps: the backend's and every hook's.
 fn programs_of(backend: Backend) -> impl Iterator<Item = (&'static str, attach::Hook)> {
-    backend_programs(backend).iter().copied().chain(hooks())
+    backend_programs(backend)
+        .iter()
+        .copied()
+        .chain(hook_programs())
 }
 
 /// A complete set's maps and programs, reopened.
