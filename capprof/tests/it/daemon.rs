@@ -459,30 +459,20 @@ fn a_container_stopped_a_moment_ago_is_answered_with_what_it_did_while_stopping(
             .status
             .success()
     );
-    let socket = world.socket();
-    let profile = || {
-        let out = capprof(&[
-            "profile",
-            &name,
-            "--format",
-            "json",
-            "--socket",
-            socket.to_str().unwrap(),
-        ]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
-    };
     // In the published view (`ps` reads only that), then one flush more.
     wait_until("its line in ps", Duration::from_secs(10), || {
-        let out = capprof(&["ps", "-f", "json", "--socket", socket.to_str().unwrap()]);
-        String::from_utf8_lossy(&out.stdout).contains(&format!("\"{name}\""))
+        world
+            .ps()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name)
     });
     std::thread::sleep(Duration::from_millis(1500));
-    let before = profile().expect("its profile");
+    let before = world.profile(&name);
     assert!(!names(&before, "allowlist").contains(&"CAP_CHOWN".to_owned()));
     assert!(docker(&["stop", "-t", "10", &name]).status.success());
-    let after = profile().expect("a profile right after the stop");
+    let after = world.profile(&name);
     assert!(
         names(&after, "required").contains(&"CAP_CHOWN".to_owned()),
         "the chown made while it stopped is missing: {after}"
