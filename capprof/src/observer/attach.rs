@@ -390,6 +390,21 @@ impl Holder {
     /// once, so that the holder is nobody's child to reap), or None when
     /// it cannot.
     pub fn fork(keep: &dyn Fn(RawFd, &Path) -> bool) -> Option<Self> {
+        // SAFETY: doing nothing is async-signal-safe.
+        unsafe { Self::fork_then(keep, &|| {}) }
+    }
+
+    /// Like `fork`, and once released the holder calls `then` before it
+    /// exits.
+    ///
+    /// # Safety
+    /// `then` runs in a forked child of a threaded process: it may only
+    /// make async-signal-safe calls (raw system calls), and must not
+    /// allocate or take a lock.
+    pub unsafe fn fork_then(
+        keep: &dyn Fn(RawFd, &Path) -> bool,
+        then: &(dyn Fn() + Sync),
+    ) -> Option<Self> {
         let mut fds = [0; 2];
         // SAFETY: a valid array of two fds.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -410,13 +425,16 @@ impl Holder {
             })
             .collect();
         // SAFETY: the children call only fork, close, read and _exit, which
-        // are async-signal-safe, as a fork of a threaded process must.
+        // are async-signal-safe, as a fork of a threaded process must, and
+        // `then`, whose caller promised the same.
         match unsafe { libc::fork() } {
             -1 => None,
             0 => unsafe {
                 if libc::fork() == 0 {
                     hold(wait_fd, &to_close);
+                    then();
                 }
+                // The first child leaves at once; the holder leaves here.
                 libc::_exit(0)
             },
             child => {
@@ -441,22 +459,22 @@ pub fn is_link(target: &Path) -> bool {
     )
 }
 
-/// The holder: closes `to_close` (the pipe's write end among them), waits
-/// for the end of the pipe, then exits, closing what it kept.
+/// The holder: closes `to_close` (the pipe's write end among them) and
+/// waits for the end of the pipe. Its caller then exits, closing what it
+/// kept.
 ///
 /// # Safety
-/// Only in a forked child: it never returns.
-unsafe fn hold(wait_fd: RawFd, to_close: &[RawFd]) -> ! {
-    // SAFETY: closing and reading fds this process owns, then leaving.
+/// Only in a forked child.
+unsafe fn hold(wait_fd: RawFd, to_close: &[RawFd]) {
+    // SAFETY: closing and reading fds this process owns.
     unsafe {
         for &fd in to_close {
             libc::close(fd);
         }
         let mut byte = 0u8;
         while libc::read(wait_fd, (&raw mut byte).cast(), 1) == -1
-            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            && *libc::__errno_location() == libc::EINTR
         {}
-        libc::_exit(0)
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use aya::{Ebpf, EbpfLoader, maps::Array};
+use aya::{Ebpf, EbpfLoader, maps::Array, programs::links::PinnedLink};
 use capprof_common::{config::Config, names};
 
 use super::{
@@ -81,9 +81,12 @@ impl Observer {
         let (known, slots) = symbols.calibrate(&mut ebpf, &btf, backend, &mut phases);
         let classification = classify(backend, slots, known.as_ref(), &mut config)?;
         write_config(&mut ebpf, config)?;
-        let attached = verify_and_attach(&mut ebpf, &btf, backend, &mut phases)?;
-        if let Some(set) = &warm {
-            set.keep(&mut ebpf, backend, &classification, attached.len());
+        let mut attached = verify_and_attach(&mut ebpf, &btf, backend, &mut phases)?;
+        let mut links = KeptLinks::default();
+        if let Some(set) = &warm
+            && set.keep(&mut ebpf, backend, &classification, attached.len())
+        {
+            links = KeptLinks::pin(set, &mut ebpf, &mut attached, backend)?;
             phases.mark("keep warm");
         }
         phases.log("load");
@@ -100,6 +103,8 @@ impl Observer {
             _pin_lock: pins.lock,
             counts_cache: std::sync::Mutex::new(None),
             warm,
+            kept_links: links.pinned,
+            linger: links.holder,
             recursion_misses_before: 0,
         };
         observer.pin_links()?;
@@ -128,6 +133,7 @@ impl Observer {
                 classification,
                 known,
                 attached,
+                links,
             }) => Ok(Self::started_from(Self {
                 objects: Objects::Reopened(objects),
                 backend,
@@ -141,6 +147,8 @@ impl Observer {
                 _pin_lock: None,
                 counts_cache: std::sync::Mutex::new(None),
                 warm: Some(set),
+                kept_links: links.pinned,
+                linger: links.holder,
                 recursion_misses_before: 0,
             })),
             Err(e) => {
@@ -168,10 +176,45 @@ struct Reopened {
     classification: Classification,
     known: Option<symbols::KnownFunctions>,
     attached: Vec<Attached>,
+    links: KeptLinks,
+}
+
+/// A run's links pinned in its warm set, and the holder that detaches
+/// them after the run (see `warm`); empty when they are not pinned.
+#[derive(Default)]
+struct KeptLinks {
+    pinned: Vec<PinnedLink>,
+    holder: Option<attach::Holder>,
+}
+
+impl KeptLinks {
+    /// Pins the links just `attached`, if they all pin, and forks their
+    /// holder.
+    fn pin(
+        set: &WarmSet,
+        programs: &mut dyn attach::Programs,
+        attached: &mut Vec<Attached>,
+        backend: Backend,
+    ) -> Result<Self, ObserverError> {
+        let pinned = set.pin_links(programs, attached, backend)?;
+        Ok(Self::held(set, pinned))
+    }
+
+    fn held(set: &WarmSet, pinned: Vec<(&'static str, PinnedLink)>) -> Self {
+        if pinned.is_empty() {
+            return Self::default();
+        }
+        let holder = set.hold_links(&pinned);
+        Self {
+            pinned: pinned.into_iter().map(|(_, link)| link).collect(),
+            holder,
+        }
+    }
 }
 
 /// Reopens a complete warm set for `backend`, leaves its maps as a fresh
-/// load's, and attaches as a cold load does, in the same order.
+/// load's, and takes over the links the run before left attached, or
+/// attaches as a cold load does, in the same order.
 fn reopen(set: &WarmSet, backend: Backend, started: Instant) -> Result<Reopened, ObserverError> {
     let mut phases = LoadPhases::new(started);
     let mut objects = warm::Reopened::open(set, backend)?;
@@ -179,16 +222,27 @@ fn reopen(set: &WarmSet, backend: Backend, started: Instant) -> Result<Reopened,
     let classification = warm::classification(&config, backend)?;
     let known = warm::confirmed_functions(&config);
     phases.mark("reopen");
+    // No watched cgroup first: links taken over record nothing from here.
     objects.reset()?;
     phases.mark("reset");
-    let mut loaded: attach::AttachResults = objects
-        .programs
-        .keys()
-        .map(|&name| (name, Ok(())))
-        .collect();
-    let mut attached = attach_backend(&mut objects, &mut loaded, backend)?;
-    attached.extend(attach_process_hooks(&mut objects, &mut loaded));
-    attached.extend(syscalls::attach(&mut objects, &mut loaded));
+    let (attached, links) = match set.adopt_links(&objects.programs, backend)? {
+        Some(pinned) => {
+            tracing::debug!("took over the links of the run before");
+            (vec![], KeptLinks::held(set, pinned))
+        }
+        None => {
+            let mut loaded: attach::AttachResults = objects
+                .programs
+                .keys()
+                .map(|&name| (name, Ok(())))
+                .collect();
+            let mut attached = attach_backend(&mut objects, &mut loaded, backend)?;
+            attached.extend(attach_process_hooks(&mut objects, &mut loaded));
+            attached.extend(syscalls::attach(&mut objects, &mut loaded));
+            let links = KeptLinks::pin(set, &mut objects, &mut attached, backend)?;
+            (attached, links)
+        }
+    };
     phases.mark("attach");
     tracing::debug!("started warm from {}", set.dir().display());
     phases.log("warm load");
@@ -197,6 +251,7 @@ fn reopen(set: &WarmSet, backend: Backend, started: Instant) -> Result<Reopened,
         classification,
         known,
         attached,
+        links,
     })
 }
 

@@ -246,6 +246,10 @@ pub struct Observer {
     counts_cache: std::sync::Mutex<Option<(u64, Vec<counts::Count>)>>,
     /// The warm set this run reopened or made, held until it is done.
     warm: Option<warm::WarmSet>,
+    /// This run's links, pinned in the warm set for the next run to take
+    /// over, and the holder that detaches them if none does (`warm`).
+    kept_links: Vec<PinnedLink>,
+    linger: Option<attach::Holder>,
     /// The programs' `recursion_misses` when this observer started: a
     /// warm set's count earlier runs' too.
     recursion_misses_before: u64,
@@ -473,8 +477,14 @@ impl Observer {
     /// as they would have while it waited.
     ///
     /// A warm set's attached-lock goes with the links: the next run
-    /// attaches its programs only once these links are gone.
+    /// attaches its programs only once these links are gone. Links pinned
+    /// in a warm set are not closed at all: they stay for the next run.
     pub fn drop_in_background(mut self) {
+        if self.linger.is_some() {
+            // Pinned, the links stay for the next run; the holder forked
+            // as they were pinned detaches them later if none takes them.
+            return;
+        }
         let warm_lock = self.warm.as_ref().map(warm::WarmSet::attached_fd);
         let holder =
             attach::Holder::fork(&|fd, target| attach::is_link(target) || Some(fd) == warm_lock);
@@ -495,6 +505,12 @@ impl Drop for Observer {
     fn drop(&mut self) {
         let attached = std::mem::take(&mut self.attached);
         attach::detach_concurrently(&mut self.objects, attached);
+        // Pinned links without a holder would stay attached: they go now.
+        if self.linger.is_none() {
+            for link in std::mem::take(&mut self.kept_links) {
+                drop(link.unpin());
+            }
+        }
     }
 }
 

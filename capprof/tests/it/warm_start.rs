@@ -1,15 +1,20 @@
 //! Root integration tests: `capprof run` starts warm from the verified
 //! programs and maps an earlier run kept in bpffs (observer/warm.rs), and
 //! a warm start never changes a profile: not when it follows another run
-//! at once (whose links are still closing), not beside a run that holds
-//! the set, not from a damaged set, not with a wrong kernel-functions
-//! cache.
+//! at once (taking over its links), not beside a run that holds the set,
+//! not from a damaged set, not with a wrong kernel-functions cache. A
+//! run's links stay attached a moment after it, and then go, even when
+//! the run was killed.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::{Duration, Instant},
 };
 
+use aya::programs::{ProgramInfo, loaded_links};
+use capprof::observer::warm::LINGER;
 use serde_json::Value;
 
 use crate::{
@@ -30,11 +35,12 @@ fn run(extra: &[&str], cache_dir: &Path, out: &Path, cmd: &[&str]) -> Command {
     command
 }
 
-/// A finished run: its profile and whether it started warm (and from
-/// which set).
+/// A finished run: its profile, whether it started warm (and from which
+/// set), and whether it took over the links of the run before.
 struct Ran {
     profile: Value,
     warm_from: Option<PathBuf>,
+    took_over: bool,
 }
 
 fn finished(out: Output, file: &Path) -> Ran {
@@ -46,7 +52,48 @@ fn finished(out: Output, file: &Path) -> Ran {
         l.split_once("started warm from ")
             .map(|(_, d)| d.trim().into())
     });
-    Ran { profile, warm_from }
+    let took_over = stderr.contains("took over the links of the run before");
+    Ran {
+        profile,
+        warm_from,
+        took_over,
+    }
+}
+
+/// How many links the kernel has attached to the programs of `set`.
+fn links_on(set: &Path) -> usize {
+    let programs: BTreeSet<u32> = std::fs::read_dir(set.join("progs"))
+        .unwrap()
+        .flatten()
+        .map(|pin| ProgramInfo::from_pin(pin.path()).unwrap().id())
+        .collect();
+    assert!(!programs.is_empty(), "no programs in {}", set.display());
+    loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| programs.contains(&link.program_id()))
+        .count()
+}
+
+/// How many links are pinned in `set`.
+fn pinned_links(set: &Path) -> usize {
+    std::fs::read_dir(set.join("links")).unwrap().count()
+}
+
+/// Waits up to `within` for the links on `set`'s programs to be gone, and
+/// says how long that took.
+fn links_gone(set: &Path, within: Duration) -> Duration {
+    let started = Instant::now();
+    while links_on(set) > 0 {
+        assert!(
+            started.elapsed() < within,
+            "{} links still attached to {} after {within:?}, {} pinned",
+            links_on(set),
+            set.display(),
+            pinned_links(set)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
 }
 
 struct Bench {
@@ -138,13 +185,80 @@ fn a_warm_run_profiles_as_a_cold_one_even_right_after_another() {
     assert!(cold.warm_from.is_none(), "--cold started warm");
     assert_eq!(names(&cold.profile, "required"), ["CAP_CHOWN"]);
     // The first may make the set; the next ones start from it, each at
-    // once after the one before, while its links are still closing: a
-    // check counted by both runs' links would show as a count of 4.
+    // once after the one before, taking over its links: a check counted
+    // twice (by links of both runs, or one left from a run before) would
+    // show as a count of 4.
     bench.run(&[], 1);
     for n in 2..5 {
         let warm = bench.run(&[], n);
         assert!(warm.warm_from.is_some(), "run {n} did not start warm");
+        assert!(warm.took_over, "run {n} did not take over the links");
         assert_same(&cold.profile, &warm, &format!("run {n}"));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_runs_links_stay_a_moment_then_go_even_when_it_was_killed() {
+    require_root();
+    let bench = Bench::new("warm-linger");
+    let cold = bench.run(&["--cold"], 0);
+    bench.run(&[], 1);
+    let warm = bench.run(&[], 2);
+    let set = warm.warm_from.clone().expect("started warm");
+    // Right after the run, its links are still attached, for the next.
+    let programs = std::fs::read_dir(set.join("progs")).unwrap().count();
+    assert_eq!(pinned_links(&set), programs, "a link per program pinned");
+    assert_eq!(links_on(&set), programs, "a link per program attached");
+    // Then they go, by the holder the run forked, not before `LINGER`.
+    let gone = links_gone(&set, LINGER * 5);
+    assert!(gone >= LINGER / 2, "the links went after {gone:?}");
+    assert_eq!(pinned_links(&set), 0);
+    let after = bench.run(&[], 3);
+    assert!(!after.took_over, "took over links that were gone");
+    assert_same(&cold.profile, &after, "after the links went");
+    links_gone(&set, LINGER * 5);
+
+    // A run killed by SIGKILL cannot say so: its holder sees it die.
+    let pid_file = bench.scratch.path("cmd.pid");
+    let cmd = format!("echo $$ > {} && exec sleep 60", pid_file.display());
+    let out = bench.scratch.path("killed.json");
+    let mut killed = run(&[], &bench.cache_dir, &out, &["sh", "-c", &cmd])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("capprof runs");
+    let started = Instant::now();
+    while pinned_links(&set) < programs || !pid_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never attached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let sleeper = std::fs::read_to_string(&pid_file).unwrap();
+    let _ = Command::new("kill").args(["-9", sleeper.trim()]).status();
+    links_gone(&set, LINGER * 5);
+    assert_eq!(pinned_links(&set), 0, "the killed run's pins stayed");
+    remove_leftover_cgroups(killed.id());
+    let last = bench.run(&[], 4);
+    assert_same(&cold.profile, &last, "after a killed run");
+}
+
+/// Removes the cgroups of a killed `capprof run` with this pid.
+fn remove_leftover_cgroups(pid: u32) {
+    let mount = capprof::cgroup::cgroup2_mount().unwrap();
+    let prefix = format!("run-{pid}-");
+    for entry in std::fs::read_dir(mount.join("capprof")).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let started = Instant::now();
+            while std::fs::remove_dir(entry.path()).is_err()
+                && started.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

@@ -68,9 +68,10 @@ pub struct RunArgs {
     pub caps: Option<String>,
     /// Load and verify the eBPF programs afresh, and keep none loaded
     /// afterwards. By default a run keeps this build's verified programs
-    /// (idle, never attached between runs) and their maps under
-    /// /sys/fs/bpf/capprof-run, and the next run starts from them without
-    /// the verifier; removing that directory frees them.
+    /// and their maps under /sys/fs/bpf/capprof-run (their links stay
+    /// attached, watching nothing, for 2 s after a run, for the next run to
+    /// take over; then the programs are idle), and the next run starts from
+    /// them without the verifier; removing that directory frees them.
     #[arg(long)]
     pub cold: bool,
     /// The command to run, after `--`.

@@ -9,9 +9,18 @@
 //! of the same executable reopens them, empties the maps, and attaches:
 //! no BTF, no verifier, no calibration (its result is in the `CONFIG` map).
 //!
-//! Between runs nothing is attached: the programs cost kernel memory (their
-//! maps), and no check pays for them. `capprof run --cold` neither uses nor
-//! makes a set; removing `<bpffs>/capprof-run` frees every set.
+//! **Links linger, then go.** A run pins its links under `links/` too, and
+//! they stay attached for `LINGER` after it ends, watching no cgroup: a run
+//! started meanwhile (a script's next command) takes them over rather than
+//! attach anew, which would first wait out the grace periods of the links
+//! just closed (~100 ms here). A holder that each run forks as it starts
+//! (`Linger`) detaches them once the run is over and `LINGER` has passed,
+//! unless a run holds the set or took them over; it is kept alive by the
+//! run itself, so a run killed by SIGKILL is covered too. Then, between
+//! runs, nothing is attached: the programs cost kernel memory (their maps),
+//! and no check pays for them. `capprof run --cold` neither uses nor makes
+//! a set; removing `<bpffs>/capprof-run` frees every set (and detaches any
+//! lingering links).
 //!
 //! **The key** is the executable's identity (device, inode, size and
 //! modification time): another build, even with the same eBPF object, may
@@ -22,10 +31,14 @@
 //! when their holder dies, even by `kill -9`:
 //! - on the set's directory, held while a run uses the set: a second run
 //!   at the same time loads cold rather than wait;
-//! - on its `progs/` directory, held while a run's links are attached.
-//!   A run's detach holder (`Observer::drop_in_background`) keeps it until
-//!   the last link is closed, and the next run waits for that (tens of ms):
-//!   two runs' links on the same programs would count each check twice.
+//! - on its `progs/` directory, held while a run's unpinned links are
+//!   attached (kprobes, and tracepoints before 5.15, cannot be pinned).
+//!   That run's detach holder (`Observer::drop_in_background`) keeps it
+//!   until the last link is closed, and the next run waits for that (tens
+//!   of ms): two runs' links on the same programs would count each check
+//!   twice. For the same reason, pinned links are detached only by one
+//!   that holds the set's lock, and a run attaches anew only after it
+//!   found no links to take over.
 //!
 //! **Trust.** The directories must be root's and writable by nobody else.
 //! A set that is incomplete, or whose maps do not open with this build's
@@ -58,6 +71,10 @@ use capprof_common::{
 
 use super::{Backend, Classification, attach, backend_programs, calibrate, hook_programs, symbols};
 
+mod links;
+
+pub use links::{settled, wait_settled};
+
 /// Where `capprof run` keeps its warm sets.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/capprof-run";
 
@@ -66,6 +83,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// How long a run waits for the previous run's links to be closed.
 const ATTACHED_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a run's links stay attached after it, for the next run to
+/// take over.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Backends in the order a complete set is looked for.
 const BACKENDS: [Backend; 4] = [
@@ -107,6 +128,8 @@ pub enum WarmError {
     WrongType(&'static str),
     #[error("the set was made without calibrated call sites")]
     Uncalibrated,
+    #[error("link {name}: {why}")]
+    Link { name: &'static str, why: String },
 }
 
 /// A warm set this run holds: its directory, locked.
@@ -140,7 +163,7 @@ impl WarmSet {
         if !try_lock(&in_use, &dir)? {
             return Err(WarmError::InUse(dir));
         }
-        for sub in ["maps", "progs"] {
+        for sub in ["maps", "progs", "links"] {
             private_dir(&dir.join(sub))?;
         }
         let progs = dir.join("progs");
@@ -178,6 +201,10 @@ impl WarmSet {
         self.dir.join("progs").join(name)
     }
 
+    fn link_path(&self, name: &str) -> PathBuf {
+        self.dir.join("links").join(name)
+    }
+
     /// The maps to pin when making the set: all of them.
     pub fn map_pins(&self) -> Vec<(&'static str, PathBuf)> {
         names::ALL_MAPS
@@ -206,8 +233,10 @@ impl WarmSet {
             })
     }
 
-    /// Removes every pin in the set, keeping its (locked) directories.
+    /// Detaches the links pinned in the set, then removes every pin,
+    /// keeping its (locked) directories.
     pub fn empty(&self) -> Result<(), WarmError> {
+        self.detach_links();
         for sub in ["maps", "progs"] {
             let path = self.dir.join(sub);
             let entries = fs::read_dir(&path).map_err(io_err(&path))?;
@@ -220,14 +249,14 @@ impl WarmSet {
     }
 
     /// Pins the programs of a cold load that attached `backend` and every
-    /// hook, calibrated, making the set complete; else empties it.
+    /// hook, calibrated, making the set complete (true); else empties it.
     pub fn keep(
         &self,
         ebpf: &mut aya::Ebpf,
         backend: Backend,
         classification: &Classification,
         attached: usize,
-    ) {
+    ) -> bool {
         let programs: Vec<_> = programs_of(backend).collect();
         let calibrated = matches!(
             classification,
@@ -250,12 +279,16 @@ impl WarmSet {
             })
         };
         match kept {
-            Ok(()) => tracing::debug!("kept a warm set in {}", self.dir.display()),
+            Ok(()) => {
+                tracing::debug!("kept a warm set in {}", self.dir.display());
+                true
+            }
             Err(why) => {
                 tracing::debug!("no warm set kept ({why})");
                 if let Err(e) = self.empty() {
                     tracing::warn!("cannot empty {}: {e}", self.dir.display());
                 }
+                false
             }
         }
     }
