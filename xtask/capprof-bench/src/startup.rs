@@ -1,9 +1,11 @@
 //! `capprof-bench startup`: `capprof run -- true` warm (from the verified
-//! programs an earlier run kept), again right after (waiting for the first
-//! one's links to close), and cold (`--cold`); a cold load + attach alone;
-//! and bpftrace's own start-up (`bpftrace -e 'BEGIN { exit(); }'`) in the
-//! same round, with the machine's load average: on a shared machine, the
-//! numbers mean something only next to each other.
+//! programs an earlier run kept, once its links are gone), again right
+//! after (taking over the first one's links), and cold (`--cold`); a cold
+//! load + attach alone; and bpftrace's own start-up (`bpftrace -e 'BEGIN {
+//! exit(); }'`) in the same round, with the machine's load average: on a
+//! shared machine, the numbers mean something only next to each other.
+//! It returns only once no run's links linger, so that what is measured
+//! next pays for none.
 
 use std::{
     path::PathBuf,
@@ -12,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use capprof::observer::Observer;
+use capprof::observer::{Observer, warm};
 use clap::Args;
 use serde::Serialize;
 
@@ -29,10 +31,11 @@ pub struct StartupArgs {
 pub struct StartupLine {
     pub kind: &'static str,
     /// Wall time of `capprof run --quiet -- true`, load and attach
-    /// included, started warm (a run before it kept the programs).
+    /// included, started warm (a run before it kept the programs, and its
+    /// links are gone).
     pub run_true_ms: f64,
-    /// The same, started at once after another: it waits for the links of
-    /// the one before to close.
+    /// The same, started at once after another: it takes over the links
+    /// of the one before.
     pub run_again_ms: f64,
     /// The same with `--cold`: BTF, verifier and calibration.
     pub run_cold_ms: f64,
@@ -89,8 +92,18 @@ pub fn startup(args: &StartupArgs) -> Result<()> {
             &format!("capprof run --quiet {} -- true", extra.join(" ")),
         )
     };
-    // Keeps the programs, if no run has yet, and lets its links close
-    // while bpftrace starts.
+    // Waits until no run's links linger (they go `warm::LINGER` after it).
+    let settle = || {
+        let root = std::path::Path::new(warm::DEFAULT_ROOT);
+        match warm::wait_settled(root, warm::LINGER * 4) {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!(
+                "a capprof run's links were still attached {:?} after it",
+                warm::LINGER * 4
+            )),
+        }
+    };
+    // Keeps the programs, if no run has yet.
     run(&[])?;
     let bpftrace_ms = match on_path("bpftrace") {
         true => Some(time_ms(
@@ -99,15 +112,14 @@ pub fn startup(args: &StartupArgs) -> Result<()> {
         )?),
         false => None,
     };
-    if bpftrace_ms.is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    settle()?;
     let run_true_ms = run(&[])?;
     let run_again_ms = run(&[])?;
     let run_cold_ms = run(&["--cold"])?;
     let observer = Observer::load(None).context("loading capprof")?;
     let load_ms = observer.load_time().as_secs_f64() * 1e3;
     drop(observer);
+    settle()?;
     emit(&StartupLine {
         kind: "startup",
         run_true_ms,

@@ -103,7 +103,7 @@ pub struct StormRow {
 pub struct StartupRow {
     /// Wall time of `capprof run --quiet -- true`, started warm.
     pub run_true_ms: f64,
-    /// The same, right after another (waiting for its links to close).
+    /// The same, right after another (taking over its links).
     pub run_again_ms: f64,
     /// The same with `--cold`.
     pub run_cold_ms: f64,

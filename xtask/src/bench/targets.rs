@@ -125,7 +125,7 @@ impl Report {
         let bpftrace = of(|s| s.bpftrace_ms);
         let load_avg = of(|s| Some(s.load_avg));
         let shown = format!(
-            "warm {} ms (n = {}); right after another {} ms; --cold {} ms, \
+            "warm {} ms (n = {}); right after another, taking over its links, {} ms; --cold {} ms, \
              Observer::load_time() alone {} ms; load average {}",
             show_opt(run_true, 0),
             run_true.map_or(0, |s| s.n),
