@@ -424,13 +424,17 @@ impl Holder {
                 (fd != wait_fd && !keep(fd, &target)).then_some(fd)
             })
             .collect();
-        // SAFETY: the children call only fork, close, read and _exit, which
-        // are async-signal-safe, as a fork of a threaded process must, and
-        // `then`, whose caller promised the same.
+        // SAFETY: the children call only fork, setsid, close, read and
+        // _exit, which are async-signal-safe, as a fork of a threaded
+        // process must, and `then`, whose caller promised the same.
         match unsafe { libc::fork() } {
             -1 => None,
             0 => unsafe {
                 if libc::fork() == 0 {
+                    // A session of its own: Ctrl-C on the terminal signals
+                    // the whole foreground group, which must not take the
+                    // holder (and what it was to detach) with it.
+                    libc::setsid();
                     hold(wait_fd, &to_close);
                     then();
                 }

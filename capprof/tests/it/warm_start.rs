@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::programs::{ProgramInfo, loaded_links};
-use capprof::observer::warm::LINGER;
+use capprof::observer::warm::{self, LINGER};
 use serde_json::Value;
 
 use crate::{
@@ -80,7 +80,9 @@ fn pinned_links(set: &Path) -> usize {
 }
 
 /// Waits up to `within` for the links on `set`'s programs to be gone, and
-/// says how long that took.
+/// says how long that took. Their holder holds the set's lock a moment
+/// after the last one: it then waits for that too, so that what the test
+/// does next starts from a settled set.
 fn links_gone(set: &Path, within: Duration) -> Duration {
     let started = Instant::now();
     while links_on(set) > 0 {
@@ -93,7 +95,14 @@ fn links_gone(set: &Path, within: Duration) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    started.elapsed()
+    let gone = started.elapsed();
+    let root = set.parent().unwrap();
+    assert!(
+        warm::wait_settled(root, within),
+        "{} still busy after its links went",
+        set.display()
+    );
+    gone
 }
 
 struct Bench {
@@ -244,6 +253,87 @@ fn a_runs_links_stay_a_moment_then_go_even_when_it_was_killed() {
     remove_leftover_cgroups(killed.id());
     let last = bench.run(&[], 4);
     assert_same(&cold.profile, &last, "after a killed run");
+}
+
+/// A holder detaching the links of a run before holds the set's lock,
+/// and `links/`'s to say so: a run waits for it rather than load cold,
+/// unlike beside a run, which holds the set's lock alone.
+#[test]
+#[ignore = "needs root"]
+fn a_run_waits_for_a_holder_detaching_links_rather_than_load_cold() {
+    use std::os::fd::AsRawFd as _;
+    require_root();
+    let bench = Bench::new("warm-wait");
+    let cold = bench.run(&["--cold"], 0);
+    bench.run(&[], 1);
+    let set = bench.run(&[], 2).warm_from.expect("started warm");
+    links_gone(&set, LINGER * 5);
+    // As a holder at work holds them: `links/`, then the set.
+    let lock = |path: &Path| {
+        let dir = std::fs::File::open(path).unwrap();
+        // SAFETY: flock on an fd we own.
+        let locked = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(locked, 0, "cannot lock {}", path.display());
+        dir
+    };
+    let links = lock(&set.join("links"));
+    let busy = lock(&set);
+    let out = bench.scratch.path("waited.json");
+    let cmd = bench.cmd();
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let waiting = run(&[], &bench.cache_dir, &out, &cmd)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capprof runs");
+    std::thread::sleep(Duration::from_millis(500));
+    drop((links, busy));
+    let waited = finished(waiting.wait_with_output().unwrap(), &out);
+    assert_eq!(waited.warm_from.as_ref(), Some(&set), "loaded cold");
+    assert_same(&cold.profile, &waited, "after waiting");
+}
+
+/// Ctrl-C signals the terminal's whole foreground process group: the
+/// run, its command and, unless it left the group, the holder that is to
+/// detach the run's links later. Without a holder they would stay attached.
+#[test]
+#[ignore = "needs root"]
+fn ctrl_c_on_a_runs_process_group_leaves_no_links_behind() {
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let bench = Bench::new("warm-ctrl-c");
+    let cold = bench.run(&["--cold"], 0);
+    bench.run(&[], 1);
+    let set = bench.run(&[], 2).warm_from.expect("started warm");
+    links_gone(&set, LINGER * 5);
+    let out = bench.scratch.path("interrupted.json");
+    let programs = std::fs::read_dir(set.join("progs")).unwrap().count();
+    let mut run = run(&[], &bench.cache_dir, &out, &["sleep", "60"]);
+    let interrupted = run
+        .process_group(0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capprof runs");
+    let started = Instant::now();
+    while pinned_links(&set) < programs {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never attached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // As the terminal does: the whole group.
+    // SAFETY: signalling a process group we made.
+    unsafe { libc::kill(-(interrupted.id() as i32), libc::SIGINT) };
+    let output = interrupted.wait_with_output().unwrap();
+    assert!(
+        !output.status.success(),
+        "sleep was not interrupted: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    links_gone(&set, LINGER * 5);
+    assert_eq!(pinned_links(&set), 0, "the interrupted run's pins stayed");
+    let after = bench.run(&[], 3);
+    assert_same(&cold.profile, &after, "after an interrupted run");
 }
 
 /// Removes the cgroups of a killed `capprof run` with this pid.

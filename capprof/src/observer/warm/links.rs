@@ -163,6 +163,8 @@ impl WarmSet {
 /// between would attach anew beside links still attached.)
 struct Linger {
     set: File,
+    /// The set's `links/`, locked while the holder is at work.
+    links: File,
     pins: Vec<(CString, u64)>,
 }
 
@@ -179,18 +181,21 @@ impl Linger {
             .collect::<Result<_, WarmError>>()?;
         Ok(Self {
             set: open_dir(&set.dir)?,
+            links: open_dir(&set.dir.join("links"))?,
             pins,
         })
     }
 
-    /// The fd the holder keeps: the set, to lock.
+    /// The fds the holder keeps: the set and its links, to lock.
     fn keeps(&self, fd: RawFd) -> bool {
-        fd == self.set.as_raw_fd()
+        fd == self.set.as_raw_fd() || fd == self.links.as_raw_fd()
     }
 
     /// In the holder, once the run is over: waits `LINGER`, then, if no
     /// run holds the set and the pins are still those it was given,
-    /// detaches each link (see the type's doc).
+    /// detaches each link (see the type's doc). It locks `links/` first,
+    /// so that a run that finds the set taken knows to wait for it; both
+    /// locks go as it exits.
     ///
     /// Raw system calls only, no allocation: this runs in a forked child
     /// of a threaded process.
@@ -207,6 +212,11 @@ impl Linger {
                 && *libc::__errno_location() == libc::EINTR
             {
                 wait = left;
+            }
+            while libc::flock(self.links.as_raw_fd(), libc::LOCK_EX) != 0 {
+                if *libc::__errno_location() != libc::EINTR {
+                    return;
+                }
             }
             if libc::flock(self.set.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 {
                 return;
@@ -259,9 +269,16 @@ unsafe fn bpf_obj_get(path: &CString) -> RawFd {
     }
 }
 
-/// Whether no run uses a set under `root` and no links are attached to
-/// one: no run's links are lingering or being detached. It takes each
-/// set's lock for a moment: a run that starts right then loads cold.
+/// Whether a run's holder is detaching links in the set at `dir`: it
+/// holds the lock on `links/`.
+pub(super) fn holder_at_work(dir: &Path) -> bool {
+    let links = dir.join("links");
+    File::open(&links).is_ok_and(|file| !try_lock(&file, &links).unwrap_or(true))
+}
+
+/// Whether no links are pinned in any set under `root`, and no holder is
+/// detaching some: no run's links are lingering or going. (It never takes
+/// a set's lock, which would send a holder away with its work undone.)
 pub fn settled(root: &Path) -> bool {
     let Ok(sets) = fs::read_dir(root) else {
         return true;
@@ -269,8 +286,7 @@ pub fn settled(root: &Path) -> bool {
     sets.flatten().all(|set| {
         let path = set.path();
         let links = fs::read_dir(path.join("links")).map_or(0, Iterator::count);
-        let free = File::open(&path).is_ok_and(|dir| try_lock(&dir, &path).unwrap_or(false));
-        links == 0 && free
+        links == 0 && !holder_at_work(&path)
     })
 }
 

@@ -31,6 +31,9 @@
 //! when their holder dies, even by `kill -9`:
 //! - on the set's directory, held while a run uses the set: a second run
 //!   at the same time loads cold rather than wait;
+//! - on its `links/` directory, held by a run's holder (below) while it
+//!   detaches that run's links: a run that finds the set's lock taken
+//!   waits for such a holder, and loads cold only beside another run;
 //! - on its `progs/` directory, held while a run's unpinned links are
 //!   attached (kprobes, and tracepoints before 5.15, cannot be pinned).
 //!   That run's detach holder (`Observer::drop_in_background`) keeps it
@@ -161,7 +164,12 @@ impl WarmSet {
         private_dir(&dir)?;
         let in_use = open_dir(&dir)?;
         if !try_lock(&in_use, &dir)? {
-            return Err(WarmError::InUse(dir));
+            // A holder detaching the links of a run before holds it for
+            // the links' grace periods only: worth waiting for, unlike a run.
+            if !links::holder_at_work(&dir) {
+                return Err(WarmError::InUse(dir));
+            }
+            wait_lock(&in_use, &dir)?;
         }
         for sub in ["maps", "progs", "links"] {
             private_dir(&dir.join(sub))?;
