@@ -20,6 +20,18 @@ pub enum CgroupError {
     Read { path: PathBuf, source: io::Error },
 }
 
+/// Whether any process is left in the cgroup at `dir` or below it: the
+/// `populated` line of the kernel's `cgroup.events` (`InvalidData`
+/// without one).
+pub fn populated(dir: &Path) -> io::Result<bool> {
+    let events = fs::read_to_string(dir.join("cgroup.events"))?;
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("populated "))
+        .map(|n| n.trim() != "0")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no populated line"))
+}
+
 /// Where cgroup2 is mounted: /sys/fs/cgroup on unified hosts,
 /// /sys/fs/cgroup/unified on hybrid ones.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
@@ -116,8 +128,7 @@ impl OwnedCgroup {
 
     /// Whether any process is left in the cgroup or below it.
     pub fn populated(&self) -> bool {
-        let events = fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
-        events.lines().any(|l| l == "populated 1")
+        populated(&self.path).unwrap_or(false)
     }
 
     /// The ids of this cgroup and of every cgroup below it.

@@ -142,8 +142,8 @@ impl View {
 /// kernel's `cgroup.events`. Unreadable for another reason: not known to
 /// have emptied.
 fn emptied(cgroup: &Path) -> bool {
-    match std::fs::read_to_string(cgroup.join("cgroup.events")) {
-        Ok(events) => events.lines().any(|l| l.trim() == "populated 0"),
+    match crate::cgroup::populated(cgroup) {
+        Ok(populated) => !populated,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
