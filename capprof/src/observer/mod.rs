@@ -313,15 +313,10 @@ impl Observer {
                 continue;
             };
             let path = pin::link_path(&dir, name);
-            if path.exists() {
-                match PinnedLink::from_pin(&path) {
-                    // Dropping the unpinned old link detaches the old program.
-                    Ok(old) => drop(old.unpin()),
-                    Err(e) => {
-                        tracing::warn!("cannot reopen {}: {e}; removing it", path.display());
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
+            if path.exists()
+                && let Err(e) = pin::detach_pinned_link(&path)
+            {
+                tracing::warn!("cannot reopen {}: {e}; removed it", path.display());
             }
             link.pin(&path)
                 .map_err(|source| ObserverError::PinLink { path, source })?;

@@ -186,6 +186,23 @@ pub fn link_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("links").join(name)
 }
 
+/// Detaches the link pinned at `path`, now: opened, unpinned, and closed
+/// here as its last reference (removing the pin alone would leave the
+/// detach to a kernel worker, later). A pin that does not open as a link
+/// is removed all the same, and said why.
+pub fn detach_pinned_link(path: &Path) -> Result<(), aya::programs::links::LinkError> {
+    match aya::programs::links::PinnedLink::from_pin(path) {
+        Ok(link) => {
+            drop(link.unpin());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
 fn is_bpffs_mounted(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;

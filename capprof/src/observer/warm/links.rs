@@ -24,28 +24,19 @@ use super::{LINGER, WarmError, WarmSet, io_err, open_dir, programs_of, try_lock}
 use crate::observer::{
     Backend,
     attach::{self, Attached},
+    pin,
 };
 
 impl WarmSet {
-    /// Detaches every link pinned in the set, now: each is opened,
-    /// unpinned, and closed by its last holder, here.
+    /// Detaches every link pinned in the set, now.
     pub(super) fn detach_links(&self) {
         let dir = self.dir.join("links");
         let Ok(entries) = fs::read_dir(&dir) else {
             return;
         };
-        let links: Vec<FdLink> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let path = entry.path();
-                match PinnedLink::from_pin(&path) {
-                    Ok(link) => link.unpin().ok(),
-                    Err(_) => fs::remove_file(&path).ok().and(None),
-                }
-            })
-            .collect();
-        if !links.is_empty() {
-            tracing::debug!("detaching {} links left in {}", links.len(), dir.display());
+        for entry in entries.flatten() {
+            tracing::debug!("detaching {}", entry.path().display());
+            let _ = pin::detach_pinned_link(&entry.path());
         }
     }
 
@@ -200,19 +191,11 @@ impl Linger {
     /// Raw system calls only, no allocation: this runs in a forked child
     /// of a threaded process.
     fn finish(&self) {
+        // nanosleep, again after a signal: nothing else.
+        std::thread::sleep(LINGER);
         // SAFETY: system calls on an fd this process owns and on
         // NUL-terminated paths, with valid pointers.
         unsafe {
-            let mut wait = libc::timespec {
-                tv_sec: LINGER.as_secs() as libc::time_t,
-                tv_nsec: LINGER.subsec_nanos() as libc::c_long,
-            };
-            let mut left = wait;
-            while libc::nanosleep(&wait, &mut left) == -1
-                && *libc::__errno_location() == libc::EINTR
-            {
-                wait = left;
-            }
             while libc::flock(self.links.as_raw_fd(), libc::LOCK_EX) != 0 {
                 if *libc::__errno_location() != libc::EINTR {
                     return;
