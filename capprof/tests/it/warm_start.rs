@@ -74,6 +74,20 @@ fn links_on(set: &Path) -> usize {
         .count()
 }
 
+/// Waits for a run started in the background to have pinned a link per
+/// program of `set`, and for `ready`.
+fn wait_attached(set: &Path, ready: impl Fn() -> bool) {
+    let programs = std::fs::read_dir(set.join("progs")).unwrap().count();
+    let started = Instant::now();
+    while pinned_links(set) < programs || !ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never attached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How many links are pinned in `set`.
 fn pinned_links(set: &Path) -> usize {
     std::fs::read_dir(set.join("links")).unwrap().count()
@@ -131,6 +145,16 @@ impl Bench {
             "-c".into(),
             format!("{ACTION} chown {t} && {ACTION} chown {t}"),
         ]
+    }
+
+    /// A cold run's profile, then a run that started warm (the one before
+    /// it may have made the set), and the set it started from.
+    fn cold_then_warm(&self) -> (Value, Ran, PathBuf) {
+        let cold = self.run(&["--cold"], 0);
+        self.run(&[], 1);
+        let warm = self.run(&[], 2);
+        let set = warm.warm_from.clone().expect("started warm");
+        (cold.profile, warm, set)
     }
 
     fn run(&self, extra: &[&str], n: usize) -> Ran {
@@ -211,10 +235,7 @@ fn a_warm_run_profiles_as_a_cold_one_even_right_after_another() {
 fn a_runs_links_stay_a_moment_then_go_even_when_it_was_killed() {
     require_root();
     let bench = Bench::new("warm-linger");
-    let cold = bench.run(&["--cold"], 0);
-    bench.run(&[], 1);
-    let warm = bench.run(&[], 2);
-    let set = warm.warm_from.clone().expect("started warm");
+    let (cold, _, set) = bench.cold_then_warm();
     // Right after the run, its links are still attached, for the next.
     let programs = std::fs::read_dir(set.join("progs")).unwrap().count();
     assert_eq!(pinned_links(&set), programs, "a link per program pinned");
@@ -225,7 +246,7 @@ fn a_runs_links_stay_a_moment_then_go_even_when_it_was_killed() {
     assert_eq!(pinned_links(&set), 0);
     let after = bench.run(&[], 3);
     assert!(!after.took_over, "took over links that were gone");
-    assert_same(&cold.profile, &after, "after the links went");
+    assert_same(&cold, &after, "after the links went");
     links_gone(&set, LINGER * 5);
 
     // A run killed by SIGKILL cannot say so: its holder sees it die.
@@ -236,14 +257,7 @@ fn a_runs_links_stay_a_moment_then_go_even_when_it_was_killed() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("capprof runs");
-    let started = Instant::now();
-    while pinned_links(&set) < programs || !pid_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the run never attached"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_attached(&set, || pid_file.exists());
     killed.kill().unwrap();
     killed.wait().unwrap();
     let sleeper = std::fs::read_to_string(&pid_file).unwrap();
@@ -252,7 +266,7 @@ fn a_runs_links_stay_a_moment_then_go_even_when_it_was_killed() {
     assert_eq!(pinned_links(&set), 0, "the killed run's pins stayed");
     remove_leftover_cgroups(killed.id());
     let last = bench.run(&[], 4);
-    assert_same(&cold.profile, &last, "after a killed run");
+    assert_same(&cold, &last, "after a killed run");
 }
 
 /// A holder detaching the links of a run before holds the set's lock,
@@ -264,9 +278,7 @@ fn a_run_waits_for_a_holder_detaching_links_rather_than_load_cold() {
     use std::os::fd::AsRawFd as _;
     require_root();
     let bench = Bench::new("warm-wait");
-    let cold = bench.run(&["--cold"], 0);
-    bench.run(&[], 1);
-    let set = bench.run(&[], 2).warm_from.expect("started warm");
+    let (cold, _, set) = bench.cold_then_warm();
     links_gone(&set, LINGER * 5);
     // As a holder at work holds them: `links/`, then the set.
     let lock = |path: &Path| {
@@ -289,7 +301,7 @@ fn a_run_waits_for_a_holder_detaching_links_rather_than_load_cold() {
     drop((links, busy));
     let waited = finished(waiting.wait_with_output().unwrap(), &out);
     assert_eq!(waited.warm_from.as_ref(), Some(&set), "loaded cold");
-    assert_same(&cold.profile, &waited, "after waiting");
+    assert_same(&cold, &waited, "after waiting");
 }
 
 /// Ctrl-C signals the terminal's whole foreground process group: the
@@ -301,26 +313,16 @@ fn ctrl_c_on_a_runs_process_group_leaves_no_links_behind() {
     use std::os::unix::process::CommandExt as _;
     require_root();
     let bench = Bench::new("warm-ctrl-c");
-    let cold = bench.run(&["--cold"], 0);
-    bench.run(&[], 1);
-    let set = bench.run(&[], 2).warm_from.expect("started warm");
+    let (cold, _, set) = bench.cold_then_warm();
     links_gone(&set, LINGER * 5);
     let out = bench.scratch.path("interrupted.json");
-    let programs = std::fs::read_dir(set.join("progs")).unwrap().count();
     let mut run = run(&[], &bench.cache_dir, &out, &["sleep", "60"]);
     let interrupted = run
         .process_group(0)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("capprof runs");
-    let started = Instant::now();
-    while pinned_links(&set) < programs {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the run never attached"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_attached(&set, || true);
     // As the terminal does: the whole group.
     // SAFETY: signalling a process group we made.
     unsafe { libc::kill(-(interrupted.id() as i32), libc::SIGINT) };
@@ -333,7 +335,7 @@ fn ctrl_c_on_a_runs_process_group_leaves_no_links_behind() {
     links_gone(&set, LINGER * 5);
     assert_eq!(pinned_links(&set), 0, "the interrupted run's pins stayed");
     let after = bench.run(&[], 3);
-    assert_same(&cold.profile, &after, "after an interrupted run");
+    assert_same(&cold, &after, "after an interrupted run");
 }
 
 /// Removes the cgroups of a killed `capprof run` with this pid.
@@ -394,24 +396,21 @@ fn a_run_beside_one_that_holds_the_set_loads_cold_and_both_see_their_own() {
 fn a_damaged_set_or_a_wrong_cache_never_changes_a_profile() {
     require_root();
     let bench = Bench::new("warm-damaged");
-    let cold = bench.run(&["--cold"], 0);
-    bench.run(&[], 1);
-    let warm = bench.run(&[], 2);
-    let set = warm.warm_from.clone().expect("started warm");
-    assert_same(&cold.profile, &warm, "warm");
+    let (cold, warm, set) = bench.cold_then_warm();
+    assert_same(&cold, &warm, "warm");
 
     // A program gone: the set is made again by a cold load.
     std::fs::remove_file(set.join("progs/capprof_exec")).unwrap();
     let remade = bench.run(&[], 3);
     assert!(remade.warm_from.is_none(), "started warm from a broken set");
-    assert_same(&cold.profile, &remade, "after a program was removed");
+    assert_same(&cold, &remade, "after a program was removed");
     assert!(
         set.join("progs/capprof_exec").exists(),
         "the set was not made again"
     );
     let again = bench.run(&[], 4);
     assert_eq!(again.warm_from.as_ref(), Some(&set));
-    assert_same(&cold.profile, &again, "from the set made again");
+    assert_same(&cold, &again, "from the set made again");
 
     // A kernel-functions cache that is not the one the set was calibrated
     // with: call sites are named from /proc/kallsyms instead.
@@ -420,5 +419,5 @@ fn a_damaged_set_or_a_wrong_cache_never_changes_a_profile() {
     std::fs::write(&cache, shift_addresses(&written)).unwrap();
     let shifted = bench.run(&[], 5);
     assert!(shifted.warm_from.is_some());
-    assert_same(&cold.profile, &shifted, "with a wrong cache");
+    assert_same(&cold, &shifted, "with a wrong cache");
 }
